@@ -1,0 +1,327 @@
+"""The functional API: torch.nn.functional's names, argument order and semantics, on NumPy arrays.
+
+Each function checks its arguments (TypeError / ValueError naming the argument, MemoryError for
+an output that cannot fit), builds a frozen problem descriptor, brings the arrays into the one
+form backends accept (C-contiguous, native byte order, one float dtype) and makes one dispatch
+call.  Inputs are never modified; ``batch_norm(training=True)`` updates the running statistics in
+place, as torch does.  fastconv's own options are keyword-only and come last.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from . import dispatch
+from ._args import (as_bool, as_float, as_float_array, as_int, as_pair, check_ndim, check_output_size,
+                    nonnegative_pair, positive_pair)
+from .problem import (PADDING_MODES, AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem,
+                      Pool2dProblem, ReluProblem)
+
+_NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_IMAGE = "(N, C, H, W) or unbatched (C, H, W)"
+
+
+def _batched(x: np.ndarray) -> np.ndarray:
+    return x[np.newaxis] if x.ndim == 3 else x
+
+
+def _conv_padding(padding, r: int, s: int, dilation: tuple[int, int], stride: tuple[int, int]):
+    """(top, bottom, left, right) from an int, a pair, "same" or "valid"."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions, got stride={stride}")
+            th, tw = dilation[0] * (r - 1), dilation[1] * (s - 1)
+            # torch puts the odd extra row/column at the bottom/right.
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"padding must be an int, a tuple of 2 ints, 'same' or 'valid', got padding={padding!r}")
+    ph, pw = nonnegative_pair(padding, "padding")
+    return (ph, ph, pw, pw)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode="zeros", residual=None, activation=None, backend=None):
+    """2-D convolution, ``y = act(conv(input, weight) + bias + residual)``, as torch.nn.functional.conv2d.
+
+    input (N, C, H, W) or unbatched (C, H, W); weight (K, C // groups, R, S); bias (K,).
+    ``padding`` is an int, a pair, "same" (stride 1 only; an odd total puts the extra row and
+    column at the bottom/right) or "valid".  ``padding_mode`` is "zeros", "reflect" (padding <
+    input size), "replicate" or "circular" (padding <= input size), as in torch.nn.Conv2d.
+    ``residual`` (the output's shape) is added after the bias, then ``activation`` (None or
+    "relu") is applied -- a ResNet skip connection in one call.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 3, 3), dtype=np.float32)
+    >>> fastconv.conv2d(x, w)
+    array([[[[45., 54.],
+             [81., 90.]]]], dtype=float32)
+    >>> fastconv.conv2d(x, w, padding="same", stride=1).shape
+    (1, 1, 4, 4)
+    >>> fastconv.conv2d(x, w, residual=np.full((1, 1, 2, 2), -60, np.float32), activation="relu")
+    array([[[[ 0.,  0.],
+             [21., 30.]]]], dtype=float32)
+    """
+    x = as_float_array(input, "input")
+    check_ndim(x, "input", (3, 4), _IMAGE)
+    w = as_float_array(weight, "weight", like=x.dtype)
+    check_ndim(w, "weight", (4,), "(out_channels, in_channels / groups, kH, kW)")
+    groups = as_int(groups, "groups")
+    stride = positive_pair(stride, "stride")
+    dilation = positive_pair(dilation, "dilation")
+    if groups <= 0:
+        raise ValueError(f"groups must be positive, got groups={groups}")
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got activation={activation!r}")
+    x4 = _batched(x)
+    n, c, h, wd = x4.shape
+    k, cg, r, s = w.shape
+    if cg * groups != c:
+        raise ValueError(f"input has {c} channels but weight of shape {tuple(w.shape)} with groups={groups} "
+                         f"expects {cg * groups} (weight.shape[1] * groups)")
+    if k % groups:
+        raise ValueError(f"groups={groups} must divide the out channels, weight.shape[0]={k}")
+    pads = _conv_padding(padding, r, s, dilation, stride)
+    if padding_mode == "reflect" and (max(pads[:2]) >= h or max(pads[2:]) >= wd):
+        raise ValueError(f"padding_mode='reflect' needs padding smaller than the input size, "
+                         f"got padding {pads} (top, bottom, left, right) for input {h}x{wd}")
+    if padding_mode == "circular" and (max(pads[:2]) > h or max(pads[2:]) > wd):
+        raise ValueError(f"padding_mode='circular' needs padding at most the input size, "
+                         f"got padding {pads} (top, bottom, left, right) for input {h}x{wd}")
+    b = None
+    if bias is not None:
+        b = as_float_array(bias, "bias", like=x.dtype)
+        if b.shape != (k,):
+            raise ValueError(f"bias must have shape ({k},) to match weight of shape {tuple(w.shape)}, "
+                             f"got {tuple(b.shape)}")
+    p = Conv2dProblem(n, c, h, wd, k, r, s, stride, pads, dilation, groups, x.dtype.name,
+                      bias=b is not None, residual=residual is not None, activation=activation,
+                      padding_mode=padding_mode)
+    out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
+    res = None
+    if residual is not None:
+        res = as_float_array(residual, "residual", like=x.dtype)
+        if res.shape != out_shape:
+            raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(res.shape)}")
+        res = _batched(res)
+    check_output_size(out_shape, x.dtype, "conv2d")
+    if padding_mode != "zeros":
+        # Backends only see zero padding: the other modes become an explicit padded copy.
+        pt, pb, pl, pr = pads
+        x4 = np.pad(x4, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=_NP_PAD_MODE[padding_mode])
+        p = replace(p, h=h + pt + pb, w=wd + pl + pr, padding=(0, 0, 0, 0), padding_mode="zeros")
+    y = dispatch.run(p, x4, w, b, res, backend=backend)
+    return y if x.ndim == 4 else y[0]
+
+
+def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode):
+    x = as_float_array(input, "input")
+    check_ndim(x, "input", (3, 4), _IMAGE)
+    kernel = positive_pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) \
+        else positive_pair(stride, "stride")
+    padding = nonnegative_pair(padding, "padding")
+    dilation = positive_pair(dilation, "dilation")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"padding should be at most half of kernel_size, but got padding={padding} "
+                         f"and kernel_size={kernel}")
+    x4 = _batched(x)
+    if x4.shape[1] == 0 or x4.shape[2] == 0 or x4.shape[3] == 0:
+        raise ValueError(f"input must have non-zero channels, height and width, got shape {tuple(x.shape)}")
+    return x, x4, kernel, stride, padding, dilation, as_bool(ceil_mode, "ceil_mode")
+
+
+def _run_pool(p, x, x4, backend):
+    out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
+    check_output_size(out_shape, x.dtype, p.op)
+    y = dispatch.run(p, x4, backend=backend)
+    return y if x.ndim == 4 else y[0]
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
+    """2-D max pooling, as torch.nn.functional.max_pool2d.
+
+    Padding counts as -inf and is at most half the kernel; a window containing NaN gives NaN;
+    ``stride`` defaults to ``kernel_size``; ``ceil_mode`` rounds the output size up but drops a
+    last window that would start in the right padding.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> fastconv.max_pool2d(x, 2)
+    array([[[[ 5.,  7.],
+             [13., 15.]]]], dtype=float32)
+    >>> fastconv.max_pool2d(x, 3, stride=2, padding=1).shape
+    (1, 1, 2, 2)
+    """
+    x, x4, kernel, stride, padding, dilation, ceil_mode = _pool_args(
+        input, kernel_size, stride, padding, dilation, ceil_mode)
+    p = Pool2dProblem("max", *x4.shape, kernel, stride, padding, dilation, ceil_mode, dtype=x.dtype.name)
+    return _run_pool(p, x, x4, backend)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend=None):
+    """2-D average pooling, as torch.nn.functional.avg_pool2d.
+
+    The divisor counts the padded cells of a window when ``count_include_pad`` (but never the part
+    of a ceil-mode window that hangs past the padding), only the real cells otherwise; a non-zero
+    ``divisor_override`` replaces both.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    >>> fastconv.avg_pool2d(x, 2)
+    array([[[[ 2.5,  4.5],
+             [10.5, 12.5]]]])
+    >>> fastconv.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)[0, 0, 0, 0]
+    2.5
+    """
+    x, x4, kernel, stride, padding, dilation, ceil_mode = _pool_args(
+        input, kernel_size, stride, padding, 1, ceil_mode)
+    count_include_pad = as_bool(count_include_pad, "count_include_pad")
+    if divisor_override is not None:
+        divisor_override = as_int(divisor_override, "divisor_override")
+        if divisor_override == 0:
+            raise ValueError("divisor_override must be non-zero, got 0")
+    p = Pool2dProblem("avg", *x4.shape, kernel, stride, padding, dilation, ceil_mode, count_include_pad,
+                      divisor_override, dtype=x.dtype.name)
+    return _run_pool(p, x, x4, backend)
+
+
+def adaptive_avg_pool2d(input, output_size, *, backend=None):
+    """Average pooling to a fixed output size, as torch.nn.functional.adaptive_avg_pool2d.
+
+    Output bin i averages input rows ``floor(i*H/O)`` to ``ceil((i+1)*H/O)`` (exclusive), so bins
+    may overlap and ``O`` may exceed ``H``.  ``output_size`` is an int or a pair whose None entries
+    keep the input's size.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    >>> fastconv.adaptive_avg_pool2d(x, 1)
+    array([[[[7.5]]]])
+    >>> fastconv.adaptive_avg_pool2d(x, (2, None)).shape
+    (1, 1, 2, 4)
+    """
+    x = as_float_array(input, "input")
+    check_ndim(x, "input", (3, 4), _IMAGE)
+    x4 = _batched(x)
+    n, c, h, w = x4.shape
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"adaptive_avg_pool2d expects non-zero channels, height and width, "
+                         f"got input of shape {tuple(x.shape)}")
+    if isinstance(output_size, (list, tuple)):
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be an int or a pair, got output_size={tuple(output_size)!r}")
+        oh, ow = (h if output_size[0] is None else as_int(output_size[0], "output_size"),
+                  w if output_size[1] is None else as_int(output_size[1], "output_size"))
+    else:
+        oh, ow = as_pair(output_size, "output_size")
+    if oh < 0 or ow < 0:
+        raise ValueError(f"output_size must be non-negative, got output_size={output_size!r}")
+    p = AdaptivePool2dProblem(n, c, h, w, oh, ow, x.dtype.name)
+    return _run_pool(p, x, x4, backend)
+
+
+def _stat(a, name: str, c: int, like: np.dtype):
+    arr = as_float_array(a, name, like=like)
+    if arr.shape != (c,):
+        raise ValueError(f"{name} must have shape ({c},) to match the input's {c} channels, got {tuple(arr.shape)}")
+    return arr
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5, *, backend=None):
+    """Batch normalisation over axis 1 of an (N, C, *) input, as torch.nn.functional.batch_norm.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``.  In eval mode mean and var are the
+    running statistics.  With ``training=True`` they are the batch's own (biased variance), and
+    the running statistics, when given, are updated in place:
+    ``running = (1 - momentum) * running + momentum * batch``, the variance stored unbiased.
+    Note: as in torch, a 3-D input is (N, C, L), not an unbatched image.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[1.0, 3.0]], [[5.0, 7.0]]])          # N=2, C=1, L=2
+    >>> mean, var = np.zeros(1), np.ones(1)
+    >>> fastconv.batch_norm(x, mean, var, training=True, eps=0.0)[:, 0]
+    array([[-1.34164079, -0.4472136 ],
+           [ 0.4472136 ,  1.34164079]])
+    >>> mean, var                                            # 0.9*0 + 0.1*4, 0.9*1 + 0.1*(5*4/3)
+    (array([0.4]), array([1.56666667]))
+    """
+    x = as_float_array(input, "input")
+    if x.ndim < 2:
+        raise ValueError(f"input must be at least 2-D (N, C, *), got {x.ndim}-D with shape {tuple(x.shape)}")
+    n, c, *spatial = x.shape
+    training = as_bool(training, "training")
+    momentum = as_float(momentum, "momentum")
+    eps = as_float(eps, "eps")
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be non-negative and finite, got eps={eps}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    if running_mean is None and not training:
+        raise ValueError("running_mean and running_var must be given in evaluation mode (training=False)")
+    mean = var = None
+    if running_mean is not None:
+        mean = _stat(running_mean, "running_mean", c, x.dtype)
+        var = _stat(running_var, "running_var", c, x.dtype)
+        if training:
+            for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+                if not isinstance(stat, np.ndarray):
+                    raise TypeError(f"{name} must be a NumPy array to be updated in place, got {type(stat).__name__}")
+                if not stat.flags.writeable:
+                    raise ValueError(f"{name} is read-only, but training=True updates it in place")
+    w = np.ones(c, x.dtype) if weight is None else _stat(weight, "weight", c, x.dtype)
+    b = np.zeros(c, x.dtype) if bias is None else _stat(bias, "bias", c, x.dtype)
+    p = BatchNormProblem(n, c, tuple(spatial), training, eps, x.dtype.name)
+    if training and p.count == 1:
+        raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
+    check_output_size(x.shape, x.dtype, "batch_norm")
+    x3 = x.reshape(n, c, p.l)
+    y, batch_mean, batch_var = dispatch.run(p, x3, None if training else mean, None if training else var,
+                                            w, b, backend=backend)
+    if training and running_mean is not None and p.count > 0:
+        unbiased = np.asarray(batch_var, np.float64) * (p.count / (p.count - 1))
+        running_mean[...] = (1 - momentum) * running_mean + momentum * np.asarray(batch_mean, np.float64)
+        running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+    return y.reshape(x.shape)
+
+
+def relu(input, *, backend=None):
+    """max(x, 0) elementwise on an array of any shape; NaN stays NaN, as torch.relu.
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.relu(np.array([-1.5, 0.0, 2.0], dtype=np.float32))
+    array([0., 0., 2.], dtype=float32)
+    """
+    x = as_float_array(input, "input")
+    p = ReluProblem(tuple(x.shape), x.dtype.name)
+    return dispatch.run(p, x, backend=backend)
+
+
+def warmup(backends=None) -> None:
+    """Run every op once on tiny inputs, in both dtypes, on each backend (default: all available).
+
+    Numba compiles (or loads from its cache) here instead of in the first real call.
+    """
+    names = [b for b in (backends or dispatch.available_backends()) if b != "torch"]
+    rng = np.random.default_rng(0)
+    for name in names:
+        for dtype in (np.float32, np.float64):
+            x = rng.standard_normal((1, 2, 5, 5)).astype(dtype)
+            w = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
+            ones, zeros = np.ones(2, dtype), np.zeros(2, dtype)
+            conv2d(x, w, zeros, padding=1, backend=name)
+            conv2d(x, w[:, :1], groups=2, backend=name)
+            conv2d(x, w[:, :, :1, :1], residual=x, activation="relu", backend=name)
+            max_pool2d(x, 3, 2, 1, backend=name)
+            avg_pool2d(x, 3, 2, 1, backend=name)
+            adaptive_avg_pool2d(x, 2, backend=name)
+            batch_norm(x, zeros, ones, backend=name)
+            batch_norm(x, zeros.copy(), ones.copy(), training=True, backend=name)
+            relu(x, backend=name)

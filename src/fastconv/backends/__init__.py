@@ -1,0 +1,30 @@
+"""Kernel backends: one module each, all with the same functions.
+
+The contract (the dispatcher relies on nothing else):
+
+``NAME``
+    The backend's name, as users pass it to ``backend=``.
+``available() -> (bool, str)``
+    Whether it can run on this machine, and why not.  Must be cheap and must not raise.
+``supports(problem) -> None | str``
+    None when it can run ``problem`` (a descriptor from :mod:`fastconv.problem`), else the reason.
+``FUSED_EPILOGUE``
+    Optional, default False.  True when ``conv2d`` applies ``residual`` and ``activation``
+    itself; otherwise the dispatcher passes a problem without them and applies them after.
+
+The op functions take a validated problem and C-contiguous, native-order arrays of the problem's
+dtype, never modify their inputs, and return a new output array of that dtype:
+
+    conv2d(p, x, weight, bias, residual) -> y           x (N,C,H,W), bias/residual may be None
+    max_pool2d(p, x) -> y                               x (N,C,H,W)
+    avg_pool2d(p, x) -> y
+    adaptive_avg_pool2d(p, x) -> y
+    batch_norm(p, x, mean, var, weight, bias) -> (y, mean, var)
+        x is (N, C, L).  In eval mode mean/var are the running statistics; in training mode they
+        are None and the backend computes the batch mean and biased variance, returning them as
+        float64 (C,) arrays.  Updating running statistics is the API's job.
+    relu(p, x) -> y                                     x of any shape
+
+Backends never re-validate user input, never see an empty output (the dispatcher returns it),
+and touch no global state but the thread count (``fastconv.threads.get_num_threads()``).
+"""

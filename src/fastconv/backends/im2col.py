@@ -1,0 +1,375 @@
+"""im2col + GEMM: convolution lowered to matrix products on NumPy's BLAS.
+
+The classic lowering: gather every receptive field into a column (im2col), so that the
+convolution of one group is ``weight (Kg, Cg*R*S) @ cols (Cg*R*S, pixels)``.  The windows are a
+strided view of the zero-padded input; only the copy into ``cols`` touches memory.
+
+Speed comes from blocking, not from one huge GEMM: the output pixels are cut into blocks whose
+``cols`` fit in a core's L2 cache, and each of ``get_num_threads()`` Python threads gathers a
+block and multiplies it with single-threaded BLAS (NumPy releases the GIL in both).  Gathering
+then runs in parallel and in cache, where one big gather would run on one core from memory.
+Small images are grouped into one block so a GEMM still has enough columns to amortise
+reading the weights; when there are fewer blocks than threads the output channels are split.
+
+Depthwise convolutions (one input channel per group) skip the GEMM -- a 1 x R*S matrix product
+per channel is all overhead -- and accumulate the taps directly.  Pooling, batch norm and relu
+are vectorised NumPy on window views, split over image planes across the same threads.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .. import threads
+from ..problem import adaptive_bins
+
+NAME = "im2col"
+FUSED_EPILOGUE = True
+
+#: Bytes of ``cols`` one block gathers: about half of a core's L2, so the GEMM reads it from cache.
+BLOCK_BYTES = 512 * 1024
+#: Fewer output pixels per GEMM than this and re-reading the weights dominates the block.
+MIN_BLOCK_PIXELS = 192
+#: Refuse a zero-padded copy larger than this many times the input (absurd padding).
+MAX_PAD_GROWTH = 64
+
+
+def available():
+    return True, ""
+
+
+def supports(p):
+    if p.op == "conv2d":
+        grown = (p.h + p.padding[0] + p.padding[1]) * (p.w + p.padding[2] + p.padding[3])
+        if grown > MAX_PAD_GROWTH * p.h * p.w and grown > 2**20:
+            return (f"the zero-padded input copy would be {grown / (p.h * p.w):.0f}x the input; "
+                    f"im2col pads explicitly")
+    return None
+
+
+# -- threads -----------------------------------------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_executor_size = 0
+_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _executor, _executor_size
+    with _lock:
+        if _executor is None or _executor_size != n:
+            if _executor is not None:
+                _executor.shutdown(wait=False)
+            _executor = ThreadPoolExecutor(n, thread_name_prefix="fastconv-im2col")
+            _executor_size = n
+        return _executor
+
+
+class _SingleThreadedBlas:
+    """Keep BLAS on one thread while any call runs its own threads; restore it after the last.
+
+    The parallelism is ours; a multi-threaded BLAS under each of our threads would oversubscribe
+    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread.
+    """
+
+    def __enter__(self):
+        global _blas_users, _blas_limiter
+        with _lock:
+            if _blas_users == 0:
+                from threadpoolctl import threadpool_limits
+
+                _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+            _blas_users += 1
+
+    def __exit__(self, *exc):
+        global _blas_users, _blas_limiter
+        with _lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+def _parallel(work, items: list) -> None:
+    """work(part) for round-robin parts of ``items``, one part per thread."""
+    n = min(threads.get_num_threads(), len(items))
+    with _SingleThreadedBlas():
+        if n <= 1:
+            work(items)
+            return
+        futures = [_pool(threads.get_num_threads()).submit(work, items[t::n]) for t in range(n)]
+        for f in futures:
+            f.result()
+
+
+def _plane_chunks(planes: int) -> list[tuple[int, int]]:
+    """About four ranges of image planes per thread, for load balance."""
+    count = max(1, min(planes, 4 * threads.get_num_threads()))
+    edges = np.linspace(0, planes, count + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _padded(x: np.ndarray, pads: tuple[int, int, int, int], value: float) -> np.ndarray:
+    """x (P, H, W) with ``value`` rows/columns added (top, bottom, left, right); filled in parallel."""
+    pt, pb, pl, pr = pads
+    if not any(pads):
+        return x
+    planes, h, w = x.shape
+    out = np.empty((planes, h + pt + pb, w + pl + pr), x.dtype)
+
+    def work(part):
+        for a, b in part:
+            o = out[a:b]
+            o[:, :pt], o[:, pt + h:], o[:, pt:pt + h, :pl], o[:, pt:pt + h, pl + w:] = value, value, value, value
+            o[:, pt:pt + h, pl:pl + w] = x[a:b]
+
+    _parallel(work, _plane_chunks(planes))
+    return out
+
+
+# -- convolution -------------------------------------------------------------------------------
+
+def _blocks(p) -> list[tuple[int, int, int, int, int, int]]:
+    """(n0, n1, i0, i1, k0, k1): images, output rows and output channels (within a group) of a task."""
+    item = np.dtype(p.dtype).itemsize
+    pixels = max(MIN_BLOCK_PIXELS, BLOCK_BYTES // (p.groups * p.reduction * item))
+    per_image = p.oh * p.ow
+    if per_image >= pixels:
+        rows = max(1, pixels // p.ow)
+        units = [(n, n + 1, i, min(i + rows, p.oh)) for n in range(p.n) for i in range(0, p.oh, rows)]
+    else:
+        images = max(1, pixels // per_image)
+        units = [(n, min(n + images, p.n), 0, p.oh) for n in range(0, p.n, images)]
+    # Fewer blocks than threads (a small image at batch 1): split the output channels too.
+    nthreads = threads.get_num_threads()
+    splits = max(1, min(-(-nthreads // len(units)), p.kg // 16))
+    edges = [p.kg * s // splits for s in range(splits + 1)]
+    return [(*u, k0, k1) for u in units for k0, k1 in zip(edges[:-1], edges[1:])]
+
+
+def conv2d(p, x, weight, bias, residual):
+    if p.cg == 1 and p.groups > 1:
+        return _depthwise(p, x, weight, bias, residual)
+    g_, cg, kg = p.groups, p.cg, p.kg
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    crs = cg * p.r * p.s
+    xp = _padded(x.reshape(p.n * p.c, p.h, p.w), p.padding, 0.0)
+    xp = xp.reshape(p.n, p.c, *xp.shape[1:])
+    sn, sc, sy, sx = xp.strides
+    # windows[n, g, c, r, s, i, j] = xp[n, g*Cg + c, i*sh + r*dh, j*sw + s*dw]
+    windows = as_strided(xp, (p.n, g_, cg, p.r, p.s, p.oh, p.ow),
+                         (sn, cg * sc, sc, dh * sy, dw * sx, sh * sy, sw * sx), writeable=False)
+    wmat = weight.reshape(g_, kg, crs)
+    bias_gk = None if bias is None else bias.reshape(g_, kg)
+    # A 1x1, stride-1, unpadded convolution needs no gather: each image already is the matrix.
+    direct = p.r == p.s == 1 and p.stride == (1, 1) and not any(p.padding)
+    y = np.empty(p.output_shape, p.dtype)
+    y_g = y.reshape(p.n, g_, kg, p.oh, p.ow)
+    res_g = None if residual is None else residual.reshape(p.n, g_, kg, p.oh, p.ow)
+    blocks = _blocks(p)
+    biggest = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1, _, _ in blocks) * p.ow
+
+    def work(part):
+        cols_buf = np.empty(g_ * crs * biggest, p.dtype)
+        out_buf = np.empty(g_ * kg * biggest, p.dtype)
+        for n0, n1, i0, i1, k0, k1 in part:
+            nb, rows, kk = n1 - n0, i1 - i0, k1 - k0
+            pixels = nb * rows * p.ow
+            if direct and nb == 1:
+                cols = x[n0].reshape(g_, cg, p.h * p.w)[:, :, i0 * p.w:i1 * p.w]
+            else:
+                cols = cols_buf[:g_ * crs * pixels].reshape(g_, cg, p.r, p.s, nb, rows, p.ow)
+                np.copyto(cols, windows[n0:n1, :, :, :, :, i0:i1].transpose(1, 2, 3, 4, 0, 5, 6))
+                cols = cols.reshape(g_, crs, pixels)
+            out = out_buf[:g_ * kk * pixels].reshape(g_, kk, pixels)
+            np.matmul(wmat[:, k0:k1], cols, out=out)
+            out = out.reshape(g_, kk, nb, rows, p.ow)
+            # The epilogue runs on the block while it is still in cache.
+            if bias_gk is not None:
+                out += bias_gk[:, k0:k1, None, None, None]
+            if res_g is not None:
+                out += res_g[n0:n1, :, k0:k1, i0:i1].transpose(1, 2, 0, 3, 4)
+            if p.activation == "relu":
+                np.maximum(out, 0, out=out)
+            y_g[n0:n1, :, k0:k1, i0:i1] = out.transpose(2, 0, 1, 3, 4)
+
+    _parallel(work, blocks)
+    return y
+
+
+def _depthwise(p, x, weight, bias, residual):
+    """One input channel per group: y[n, g*m + q] = sum over taps of w[g*m + q, 0, r, s] * x[n, g] window."""
+    m = p.kg  # channel multiplier
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    planes = p.n * p.c
+    xp = _padded(x.reshape(planes, p.h, p.w), p.padding, 0.0)
+    taps = weight.reshape(p.c, m, p.r * p.s)
+    y = np.empty(p.output_shape, p.dtype)
+    y_pm = y.reshape(planes, m, p.oh, p.ow)
+    res_pm = None if residual is None else residual.reshape(planes, m, p.oh, p.ow)
+    bias_cm = None if bias is None else bias.reshape(p.c, m)
+
+    def work(part):
+        for a, b in part:
+            chan = np.arange(a, b) % p.c  # the channel of each plane
+            acc = np.zeros((b - a, m, p.oh, p.ow), p.dtype)
+            for r in range(p.r):
+                for s in range(p.s):
+                    window = xp[a:b, r * dh:r * dh + sh * (p.oh - 1) + 1:sh, s * dw:s * dw + sw * (p.ow - 1) + 1:sw]
+                    acc += taps[chan, :, r * p.s + s][:, :, None, None] * window[:, None]
+            if bias_cm is not None:
+                acc += bias_cm[chan][:, :, None, None]
+            if res_pm is not None:
+                acc += res_pm[a:b]
+            if p.activation == "relu":
+                np.maximum(acc, 0, out=acc)
+            y_pm[a:b] = acc
+
+    _parallel(work, _plane_chunks(planes))
+    return y
+
+
+# -- pooling -----------------------------------------------------------------------------------
+
+def _pool_taps(p, xp: np.ndarray):
+    """The (kh*kw) strided views of padded planes xp whose [i, j] is tap (r, s) of window (i, j)."""
+    (kh, kw), (sh, sw), (dh, dw) = p.kernel, p.stride, p.dilation
+    for r in range(kh):
+        for s in range(kw):
+            yield xp[:, r * dh:r * dh + sh * (p.oh - 1) + 1:sh, s * dw:s * dw + sw * (p.ow - 1) + 1:sw]
+
+
+def _overhang(p) -> tuple[int, int]:
+    """Extra bottom/right cells a ceil-mode last window reaches past the padding."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    eh = max(0, (p.oh - 1) * sh + (kh - 1) * dh + 1 - (p.h + 2 * ph))
+    ew = max(0, (p.ow - 1) * sw + (kw - 1) * dw + 1 - (p.w + 2 * pw))
+    return eh, ew
+
+
+def max_pool2d(p, x):
+    planes = x.reshape(p.n * p.c, p.h, p.w)
+    (ph, pw), (eh, ew) = p.padding, _overhang(p)
+    y = np.empty((p.n * p.c, p.oh, p.ow), p.dtype)
+
+    def work(part):
+        for a, b in part:
+            xp = _padded_local(planes[a:b], (ph, ph + eh, pw, pw + ew), -np.inf)
+            taps = _pool_taps(p, xp)
+            out = y[a:b]
+            np.copyto(out, next(taps))
+            for tap in taps:
+                np.maximum(out, tap, out=out)  # np.maximum propagates NaN, like torch
+
+    _parallel(work, _plane_chunks(p.n * p.c))
+    return y.reshape(p.output_shape)
+
+
+def _padded_local(x: np.ndarray, pads, value) -> np.ndarray:
+    pt, pb, pl, pr = pads
+    if not any(pads):
+        return x
+    out = np.full((x.shape[0], x.shape[1] + pt + pb, x.shape[2] + pl + pr), value, x.dtype)
+    out[:, pt:pt + x.shape[1], pl:pl + x.shape[2]] = x
+    return out
+
+
+def _avg_divisors(p) -> np.ndarray:
+    """p.divisor(i, j) for every output cell, as an (oh, ow) array."""
+    if p.divisor_override is not None:
+        return np.full((p.oh, p.ow), p.divisor_override, np.float64)
+    (kh, kw), (sh, sw), (ph, pw) = p.kernel, p.stride, p.padding
+
+    def counts(out, k, s, pad, n):
+        start = np.arange(out) * s - pad
+        end = np.minimum(start + k, n + pad)  # the ceil-mode overhang past the padding never counts
+        if not p.count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, n)
+        return end - start
+
+    return np.outer(counts(p.oh, kh, sh, ph, p.h), counts(p.ow, kw, sw, pw, p.w)).astype(np.float64)
+
+
+def avg_pool2d(p, x):
+    planes = x.reshape(p.n * p.c, p.h, p.w)
+    (ph, pw), (eh, ew) = p.padding, _overhang(p)
+    inv = (1.0 / _avg_divisors(p)).astype(p.dtype)
+    y = np.empty((p.n * p.c, p.oh, p.ow), p.dtype)
+
+    def work(part):
+        for a, b in part:
+            xp = _padded_local(planes[a:b], (ph, ph + eh, pw, pw + ew), 0.0)
+            out = y[a:b]
+            out[...] = 0
+            for tap in _pool_taps(p, xp):
+                out += tap
+            out *= inv
+
+    _parallel(work, _plane_chunks(p.n * p.c))
+    return y.reshape(p.output_shape)
+
+
+def adaptive_avg_pool2d(p, x):
+    planes = x.reshape(p.n * p.c, p.h, p.w)
+    rows, cols = adaptive_bins(p.h, p.oh), adaptive_bins(p.w, p.ow)
+    y = np.empty((p.n * p.c, p.oh, p.ow), p.dtype)
+
+    def work(part):
+        for a, b in part:
+            chunk = planes[a:b]
+            # Sum each bin's rows, then each bin's columns: oh + ow vectorised reductions.
+            row_sums = np.stack([chunk[:, h0:h1].sum(axis=1) for h0, h1 in rows], axis=1)
+            for j, (w0, w1) in enumerate(cols):
+                y[a:b, :, j] = row_sums[:, :, w0:w1].sum(axis=2)
+            y[a:b] /= np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(p.dtype)
+
+    _parallel(work, _plane_chunks(p.n * p.c))
+    return y.reshape(p.output_shape)
+
+
+# -- batch norm and relu -----------------------------------------------------------------------
+
+def batch_norm(p, x, mean, var, weight, bias):
+    if p.training:
+        # float64 statistics, as torch accumulates them; two passes for a stable variance.
+        mean = np.empty(p.c)
+        var = np.empty(p.c)
+
+        def stats(part):
+            for a, b in part:
+                chunk = x[:, a:b].astype(np.float64)
+                mean[a:b] = chunk.mean(axis=(0, 2))
+                var[a:b] = ((chunk - mean[a:b, None]) ** 2).mean(axis=(0, 2))
+
+        _parallel(stats, _plane_chunks(p.c))
+    scale = (weight / np.sqrt(np.asarray(var, np.float64) + p.eps)).astype(p.dtype)
+    shift = (bias - np.asarray(mean, np.float64) * scale).astype(p.dtype)
+    y = np.empty(x.shape, p.dtype)
+
+    def work(part):
+        for a, b in part:  # a range of channels, all images
+            np.multiply(x[:, a:b], scale[a:b, None], out=y[:, a:b])
+            y[:, a:b] += shift[a:b, None]
+
+    _parallel(work, _plane_chunks(p.c))
+    return y, mean, var
+
+
+def relu(p, x):
+    flat = x.reshape(-1)
+    y = np.empty_like(flat)
+
+    def work(part):
+        for a, b in part:
+            np.maximum(flat[a:b], 0, out=y[a:b])  # keeps NaN, as torch.relu
+
+    size = flat.size
+    chunk = max(1 << 16, -(-size // (4 * threads.get_num_threads())))
+    _parallel(work, [(a, min(a + chunk, size)) for a in range(0, size, chunk)])
+    return y.reshape(x.shape)

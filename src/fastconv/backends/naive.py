@@ -1,0 +1,159 @@
+"""The specification: every op written as its formula, one output element at a time.
+
+Read this module to know what an op means; every other backend is tested to agree with torch,
+and this one is what "agree" looks like in plain Python.  Indices outside the input are the
+padding: zero for convolution and average pooling, -inf for max pooling -- so they are simply
+skipped.  Sums over channels use ``np.dot`` on float64 copies, which keeps the reference
+accurate and small problems fast enough to test; everything else is scalar Python.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..problem import adaptive_bins
+
+NAME = "naive"
+FUSED_EPILOGUE = True
+
+#: Python-level loop iterations above which the naive backend refuses (about ten seconds).
+MAX_STEPS = 5_000_000
+
+
+def available():
+    return True, ""
+
+
+def _steps(p) -> int:
+    if p.op == "conv2d":
+        return p.n * p.k * p.oh * p.ow * p.r * p.s
+    if p.op in ("max_pool2d", "avg_pool2d"):
+        return p.n * p.c * p.oh * p.ow * p.kernel[0] * p.kernel[1]
+    if p.op == "adaptive_avg_pool2d":
+        return p.n * p.c * p.oh * p.ow
+    if p.op == "batch_norm":
+        return p.c
+    return math.prod(p.shape)
+
+
+def supports(p):
+    steps = _steps(p)
+    if steps > MAX_STEPS:
+        return f"too large for plain Python loops ({steps:,} steps > {MAX_STEPS:,})"
+    return None
+
+
+def conv2d(p, x, weight, bias, residual):
+    """y[n,k,i,j] = act(bias[k] + residual[n,k,i,j]
+                        + sum_{c,r,s} x[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw] * w[k,c,r,s])
+
+    where g = k // Kg is the group of output channel k and (c, r, s) runs over its Cg input
+    channels and the kernel taps.
+    """
+    x, weight = x.astype(np.float64), weight.astype(np.float64)
+    (sh, sw), (dh, dw), (pt, _, pl, _) = p.stride, p.dilation, p.padding
+    y = np.empty(p.output_shape, np.float64)
+    for n in range(p.n):
+        for k in range(p.k):
+            g = k // p.kg
+            xg = x[n, g * p.cg:(g + 1) * p.cg]  # the input channels output channel k sees
+            for i in range(p.oh):
+                for j in range(p.ow):
+                    total = 0.0 if bias is None else float(bias[k])
+                    for r in range(p.r):
+                        ih = i * sh - pt + r * dh
+                        if not 0 <= ih < p.h:
+                            continue
+                        for s in range(p.s):
+                            iw = j * sw - pl + s * dw
+                            if 0 <= iw < p.w:
+                                total += float(np.dot(xg[:, ih, iw], weight[k, :, r, s]))  # sum over c
+                    if residual is not None:
+                        total += float(residual[n, k, i, j])
+                    if p.activation == "relu" and total < 0:  # NaN < 0 is False: NaN stays
+                        total = 0.0
+                    y[n, k, i, j] = total
+    return y.astype(p.dtype)
+
+
+def max_pool2d(p, x):
+    """y[n,c,i,j] = max over taps (r, s) of x[n, c, i*sh - ph + r*dh, j*sw - pw + s*dw]; NaN wins."""
+    xs = x.tolist()
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    y = np.empty(p.output_shape, p.dtype)
+    for n in range(p.n):
+        for c in range(p.c):
+            plane = xs[n][c]
+            for i in range(p.oh):
+                for j in range(p.ow):
+                    best = -math.inf  # the padding's value
+                    for r in range(kh):
+                        ih = i * sh - ph + r * dh
+                        if not 0 <= ih < p.h:
+                            continue
+                        for s in range(kw):
+                            iw = j * sw - pw + s * dw
+                            if 0 <= iw < p.w:
+                                v = plane[ih][iw]
+                                if v > best or v != v:  # v != v: NaN propagates, as in torch
+                                    best = v
+                    y[n, c, i, j] = best
+    return y
+
+
+def avg_pool2d(p, x):
+    """y[n,c,i,j] = sum of x over the window's cells inside the input / p.divisor(i, j)."""
+    xs = x.tolist()
+    (kh, kw), (sh, sw), (ph, pw) = p.kernel, p.stride, p.padding
+    y = np.empty(p.output_shape, p.dtype)
+    for n in range(p.n):
+        for c in range(p.c):
+            plane = xs[n][c]
+            for i in range(p.oh):
+                for j in range(p.ow):
+                    total = 0.0
+                    for ih in range(max(i * sh - ph, 0), min(i * sh - ph + kh, p.h)):
+                        for iw in range(max(j * sw - pw, 0), min(j * sw - pw + kw, p.w)):
+                            total += plane[ih][iw]
+                    y[n, c, i, j] = total / p.divisor(i, j)
+    return y
+
+
+def adaptive_avg_pool2d(p, x):
+    """y[n,c,i,j] = mean of x[n, c, bin_i, bin_j], bin i = [floor(i*H/OH), ceil((i+1)*H/OH))."""
+    xs = x.tolist()
+    rows, cols = adaptive_bins(p.h, p.oh), adaptive_bins(p.w, p.ow)
+    y = np.empty(p.output_shape, p.dtype)
+    for n in range(p.n):
+        for c in range(p.c):
+            plane = xs[n][c]
+            for i, (h0, h1) in enumerate(rows):
+                for j, (w0, w1) in enumerate(cols):
+                    total = sum(plane[ih][iw] for ih in range(h0, h1) for iw in range(w0, w1))
+                    y[n, c, i, j] = total / ((h1 - h0) * (w1 - w0))
+    return y
+
+
+def batch_norm(p, x, mean, var, weight, bias):
+    """y[:, c] = (x[:, c] - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c].
+
+    In training mode mean and var are the channel's own: the average and the biased variance
+    of its N*L values.
+    """
+    y = np.empty(x.shape, p.dtype)
+    if p.training:
+        mean, var = np.empty(p.c), np.empty(p.c)
+    for c in range(p.c):
+        values = x[:, c, :].astype(np.float64)
+        if p.training:
+            mean[c] = values.mean()
+            var[c] = ((values - mean[c]) ** 2).mean()
+        y[:, c, :] = (values - float(mean[c])) / math.sqrt(float(var[c]) + p.eps) * float(weight[c]) + float(bias[c])
+    return y, mean, var
+
+
+def relu(p, x):
+    """y = x if x > 0 else 0, elementwise; NaN stays NaN."""
+    values = [0.0 if v < 0 else v for v in x.ravel().tolist()]
+    return np.array(values, dtype=p.dtype).reshape(x.shape)

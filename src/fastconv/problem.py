@@ -1,0 +1,449 @@
+"""Frozen problem descriptors: the shapes and options of one op call, and their arithmetic.
+
+A problem is what every layer of fastconv talks about.  The API builds one from validated user
+arguments, the dispatcher keys its choices and caches on it, each backend reads its fields, and
+the benchmark suites and tests are lists of them.  All output-size arithmetic lives here, so the
+formulas exist exactly once.
+
+Each descriptor checks its own invariants in ``__post_init__`` and raises ValueError naming the
+offending argument, so a problem that exists can be run.  ``problem.id`` is the compact string
+used as test id, benchmark parameter and log text, e.g. ``n8_c64h56w56_k64r3s3_st1p1d1g1_f32``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+DTYPES = ("float32", "float64")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+ACTIVATIONS = (None, "relu")
+
+
+def conv_out_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> int:
+    """Output length of a convolution along one dimension (torch's formula, floor mode)."""
+    return (n + pad_before + pad_after - dilation * (k - 1) - 1) // stride + 1
+
+
+def pool_out_size(n: int, k: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """Output length of a max/avg pool along one dimension.
+
+    In ceil mode the division rounds up, but a last window that would start inside the right
+    padding is dropped -- it would see no input at all.
+    """
+    span = n + 2 * pad - dilation * (k - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= n + pad:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def adaptive_bins(n: int, out: int) -> list[tuple[int, int]]:
+    """The [start, end) input ranges of adaptive pooling: bin i spans floor(i*n/O) to ceil((i+1)*n/O)."""
+    return [((i * n) // out, -(-((i + 1) * n) // out)) for i in range(out)]
+
+
+def _dt(dtype: str) -> str:
+    return {"float32": "f32", "float64": "f64"}[dtype]
+
+
+def _pair_id(a: int, b: int) -> str:
+    return f"{a}" if a == b else f"{a}x{b}"
+
+
+def _pad_id(top: int, bottom: int, left: int, right: int) -> str:
+    h = f"{top}" if top == bottom else f"{top}-{bottom}"
+    w = f"{left}" if left == right else f"{left}-{right}"
+    return h if h == w else f"{h}x{w}"
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _check_dtype(dtype: str) -> None:
+    _require(dtype in DTYPES, f"dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+@dataclass(frozen=True)
+class Conv2dProblem:
+    """One 2-D convolution: input (n, c, h, w), weight (k, c // groups, r, s).
+
+    ``padding`` is explicit per side, (top, bottom, left, right), because padding="same" with an
+    even kernel puts the extra row and column at the bottom and right.  ``padding_mode`` other than
+    "zeros" is applied by the API before a backend runs, so backends only ever see zero padding.
+    ``residual`` and ``activation`` describe the fused epilogue ``act(conv(x) + bias + residual)``.
+    """
+
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    dtype: str = "float32"
+    bias: bool = False
+    residual: bool = False
+    activation: str | None = None
+    padding_mode: str = "zeros"
+    op: str = field(default="conv2d", init=False)
+
+    def __post_init__(self):
+        _check_dtype(self.dtype)
+        _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
+        _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
+        _require(self.h >= 1 and self.w >= 1,
+                 f"input spatial size must be positive, got {self.h}x{self.w}")
+        _require(self.k >= 1, f"weight must have at least one output channel, got weight.shape[0]={self.k}")
+        _require(self.r >= 1 and self.s >= 1,
+                 f"weight kernel size must be positive, got {self.r}x{self.s}")
+        _require(self.groups >= 1, f"groups must be positive, got groups={self.groups}")
+        _require(all(v >= 1 for v in self.stride), f"stride must be positive, got stride={self.stride}")
+        _require(all(v >= 1 for v in self.dilation),
+                 f"dilation must be positive, got dilation={self.dilation}")
+        _require(all(v >= 0 for v in self.padding), f"padding must be non-negative, got padding={self.padding}")
+        _require(self.c % self.groups == 0,
+                 f"groups={self.groups} must divide the input channels, got {self.c} channels")
+        _require(self.k % self.groups == 0,
+                 f"groups={self.groups} must divide the output channels, got weight.shape[0]={self.k}")
+        _require(self.padding_mode in PADDING_MODES,
+                 f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
+        _require(self.activation in ACTIVATIONS,
+                 f"activation must be None or 'relu', got {self.activation!r}")
+        pt, pb, pl, pr = self.padding
+        for name, n, k, d, pad in (("height", self.h, self.r, self.dilation[0], pt + pb),
+                                   ("width", self.w, self.s, self.dilation[1], pl + pr)):
+            _require(n + pad >= d * (k - 1) + 1,
+                     f"kernel size can't be greater than the padded input size: padded input {name} "
+                     f"is {n + pad} but the dilated kernel {name} is {d * (k - 1) + 1}")
+
+    # -- derived sizes --------------------------------------------------------------------------
+    @property
+    def oh(self) -> int:
+        return conv_out_size(self.h, self.r, self.stride[0], self.padding[0], self.padding[1], self.dilation[0])
+
+    @property
+    def ow(self) -> int:
+        return conv_out_size(self.w, self.s, self.stride[1], self.padding[2], self.padding[3], self.dilation[1])
+
+    @property
+    def cg(self) -> int:
+        """Input channels per group."""
+        return self.c // self.groups
+
+    @property
+    def kg(self) -> int:
+        """Output channels per group."""
+        return self.k // self.groups
+
+    @property
+    def depthwise(self) -> bool:
+        """One input channel per group (MobileNet's depthwise convolution, channel multiplier k/c)."""
+        return self.groups == self.c and self.groups > 1
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.k, self.cg, self.r, self.s)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.k, self.oh, self.ow)
+
+    @property
+    def reduction(self) -> int:
+        """Terms summed per output element (for error bounds)."""
+        return self.cg * self.r * self.s
+
+    @property
+    def macs(self) -> int:
+        return self.n * self.k * self.oh * self.ow * self.reduction
+
+    @property
+    def flops(self) -> int:
+        """2 FLOPs per multiply-add (benchdnn's convention)."""
+        return 2 * self.macs
+
+    @property
+    def id(self) -> str:
+        sh, sw = self.stride
+        dh, dw = self.dilation
+        text = (f"n{self.n}_c{self.c}h{self.h}w{self.w}_k{self.k}r{self.r}s{self.s}"
+                f"_st{_pair_id(sh, sw)}p{_pad_id(*self.padding)}d{_pair_id(dh, dw)}g{self.groups}")
+        if self.padding_mode != "zeros":
+            text += f"_{self.padding_mode}"
+        text += "".join(tag for flag, tag in ((self.bias, "_bias"), (self.residual, "_res")) if flag)
+        if self.activation:
+            text += f"_{self.activation}"
+        return text + f"_{_dt(self.dtype)}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class Pool2dProblem:
+    """One max or average pooling: input (n, c, h, w), window ``kernel``, symmetric ``padding``.
+
+    Max pooling pads with -inf and may dilate; average pooling has ``dilation`` (1, 1) and divides
+    by the window size counted as torch does (see ``divisor``).
+    """
+
+    kind: str
+    n: int
+    c: int
+    h: int
+    w: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_dtype(self.dtype)
+        _require(self.kind in ("max", "avg"), f"pool kind must be 'max' or 'avg', got {self.kind!r}")
+        _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
+        _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
+        _require(self.h >= 1 and self.w >= 1, f"input spatial size must be positive, got {self.h}x{self.w}")
+        _require(all(v >= 1 for v in self.kernel), f"kernel_size must be positive, got kernel_size={self.kernel}")
+        _require(all(v >= 1 for v in self.stride), f"stride must be positive, got stride={self.stride}")
+        _require(all(v >= 1 for v in self.dilation), f"dilation must be positive, got dilation={self.dilation}")
+        _require(all(v >= 0 for v in self.padding), f"padding must be non-negative, got padding={self.padding}")
+        _require(self.kind == "max" or self.dilation == (1, 1), "avg_pool2d has no dilation")
+        _require(self.padding[0] <= self.kernel[0] // 2 and self.padding[1] <= self.kernel[1] // 2,
+                 f"padding should be at most half of kernel_size, but got padding={self.padding} "
+                 f"and kernel_size={self.kernel}")
+        _require(self.divisor_override is None or self.divisor_override != 0,
+                 "divisor_override must be non-zero")
+        _require(self.oh >= 1 and self.ow >= 1,
+                 f"given input size ({self.c}x{self.h}x{self.w}), the calculated output size "
+                 f"({self.c}x{self.oh}x{self.ow}) is too small")
+
+    @property
+    def oh(self) -> int:
+        return pool_out_size(self.h, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0], self.ceil_mode)
+
+    @property
+    def ow(self) -> int:
+        return pool_out_size(self.w, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1], self.ceil_mode)
+
+    @property
+    def op(self) -> str:
+        return f"{self.kind}_pool2d"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.oh, self.ow)
+
+    @property
+    def reduction(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes read plus written once each: the memory traffic a perfect kernel needs."""
+        item = 4 if self.dtype == "float32" else 8
+        return item * (self.n * self.c * (self.h * self.w + self.oh * self.ow))
+
+    def divisor(self, i: int, j: int) -> int:
+        """The average pool's divisor for output (i, j), torch's rule.
+
+        divisor_override wins; otherwise count_include_pad counts the padded cells of the window
+        but not the part that ceil mode lets hang past the padding; without it only real cells count.
+        """
+        if self.divisor_override is not None:
+            return self.divisor_override
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        h0, w0 = i * sh - ph, j * sw - pw
+        h1, w1 = min(h0 + kh, self.h + ph), min(w0 + kw, self.w + pw)
+        if self.count_include_pad:
+            return (h1 - h0) * (w1 - w0)
+        return (min(h1, self.h) - max(h0, 0)) * (min(w1, self.w) - max(w0, 0))
+
+    @property
+    def id(self) -> str:
+        text = (f"{self.kind}_n{self.n}_c{self.c}h{self.h}w{self.w}_k{_pair_id(*self.kernel)}"
+                f"_st{_pair_id(*self.stride)}p{_pair_id(*self.padding)}")
+        if self.kind == "max":
+            text += f"d{_pair_id(*self.dilation)}"
+        if self.ceil_mode:
+            text += "_ceil"
+        if self.kind == "avg" and not self.count_include_pad:
+            text += "_nopad"
+        if self.divisor_override is not None:
+            text += f"_div{self.divisor_override}"
+        return text + f"_{_dt(self.dtype)}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class AdaptivePool2dProblem:
+    """Adaptive average pooling of (n, c, h, w) to (n, c, oh, ow); bins from ``adaptive_bins``."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    oh: int
+    ow: int
+    dtype: str = "float32"
+    op: str = field(default="adaptive_avg_pool2d", init=False)
+
+    def __post_init__(self):
+        _check_dtype(self.dtype)
+        _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
+        _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
+        _require(self.h >= 1 and self.w >= 1,
+                 f"adaptive_avg_pool2d expects input with non-zero spatial size, got {self.h}x{self.w}")
+        _require(self.oh >= 0 and self.ow >= 0,
+                 f"output_size must be non-negative, got ({self.oh}, {self.ow})")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.oh, self.ow)
+
+    @property
+    def reduction(self) -> int:
+        """The largest bin's cell count."""
+        rows = max((b - a for a, b in adaptive_bins(self.h, self.oh)), default=1)
+        cols = max((b - a for a, b in adaptive_bins(self.w, self.ow)), default=1)
+        return rows * cols
+
+    @property
+    def bytes_moved(self) -> int:
+        item = 4 if self.dtype == "float32" else 8
+        return item * (self.n * self.c * (self.h * self.w + self.oh * self.ow))
+
+    @property
+    def id(self) -> str:
+        return f"aavg_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}_{_dt(self.dtype)}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class BatchNormProblem:
+    """Batch norm over channel axis 1 of an (n, c, *spatial) input, viewed by backends as (n, c, l).
+
+    ``training`` normalises with the batch's own statistics (biased variance); otherwise with the
+    running statistics.  Updating the running statistics is the API's job, not a backend's.
+    """
+
+    n: int
+    c: int
+    spatial: tuple[int, ...] = ()
+    training: bool = False
+    eps: float = 1e-5
+    dtype: str = "float32"
+    op: str = field(default="batch_norm", init=False)
+
+    def __post_init__(self):
+        _check_dtype(self.dtype)
+        _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
+        _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
+        _require(all(v >= 0 for v in self.spatial), f"input sizes must be non-negative, got {self.spatial}")
+        _require(self.eps >= 0 and math.isfinite(self.eps), f"eps must be non-negative and finite, got eps={self.eps}")
+
+    @property
+    def l(self) -> int:  # noqa: E743 - the flattened spatial length, as in (n, c, l)
+        return math.prod(self.spatial)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n, self.c, *self.spatial)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.input_shape
+
+    @property
+    def count(self) -> int:
+        """Values per channel that a batch statistic averages over."""
+        return self.n * self.l
+
+    @property
+    def reduction(self) -> int:
+        return self.count if self.training else 1
+
+    @property
+    def bytes_moved(self) -> int:
+        item = 4 if self.dtype == "float32" else 8
+        passes = 3 if self.training else 2  # training reads the input once more for its statistics
+        return item * passes * self.n * self.c * self.l
+
+    @property
+    def id(self) -> str:
+        dims = "".join(f"{a}{v}" for a, v in zip("hwd", self.spatial)) if len(self.spatial) <= 3 else \
+            "x".join(map(str, self.spatial))
+        mode = "train" if self.training else "eval"
+        return f"bn_n{self.n}_c{self.c}{dims}_{mode}_{_dt(self.dtype)}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class ReluProblem:
+    """Elementwise max(x, 0) over an array of any shape; NaN stays NaN, as in torch."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    op: str = field(default="relu", init=False)
+
+    def __post_init__(self):
+        _check_dtype(self.dtype)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    reduction = 1
+
+    @property
+    def bytes_moved(self) -> int:
+        item = 4 if self.dtype == "float32" else 8
+        return 2 * item * self.size
+
+    @property
+    def id(self) -> str:
+        return f"relu_{'x'.join(map(str, self.shape)) or 'scalar'}_{_dt(self.dtype)}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+Problem = Conv2dProblem | Pool2dProblem | AdaptivePool2dProblem | BatchNormProblem | ReluProblem

@@ -1,0 +1,85 @@
+"""One thread count for every backend.
+
+``set_num_threads(n)`` is the single knob.  Each backend applies it the way its runtime wants,
+at call time, so the count is right whatever was imported first:
+
+- c: passed to every C call, which opens its OpenMP region with ``num_threads(n)``;
+- numba: ``numba.set_num_threads`` before each parallel call (numba keeps it per thread);
+- im2col: NumPy's BLAS through threadpoolctl (``apply_blas``; cached, the lookup costs ms);
+- torch: ``torch.set_num_threads`` before each call.
+
+The default is the CPUs this process may run on, or ``FASTCONV_NUM_THREADS`` when set.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import threading
+
+_num_threads: int | None = None
+_blas_lock = threading.Lock()
+_blas_applied: int | None = None
+_blas_limiter = None
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_count(n, name: str) -> int:
+    if isinstance(n, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be at least 1, got {n}")
+    return n
+
+
+def _default() -> int:
+    env = os.environ.get("FASTCONV_NUM_THREADS")
+    if env:
+        try:
+            return _check_count(int(env), "FASTCONV_NUM_THREADS")
+        except ValueError as exc:
+            raise ValueError(f"FASTCONV_NUM_THREADS must be a positive integer, got {env!r}") from exc
+    return _cpu_count()
+
+
+def get_num_threads() -> int:
+    """The thread count every backend uses."""
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _default()
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in every backend (and in torch when it is the backend or the baseline).
+
+    >>> import fastconv
+    >>> fastconv.set_num_threads(2); fastconv.get_num_threads()
+    2
+    """
+    global _num_threads
+    _num_threads = _check_count(n, "num_threads")
+
+
+def apply_blas() -> None:
+    """Limit NumPy's BLAS to the current thread count (no-op when already applied)."""
+    global _blas_applied, _blas_limiter
+    n = get_num_threads()
+    if _blas_applied == n:
+        return
+    with _blas_lock:
+        if _blas_applied != n:
+            from threadpoolctl import threadpool_limits
+
+            # Not used as a context manager: the limit stays until the next change.
+            _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+            _blas_applied = n

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=500, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _clean_dispatch_state():
+    """Each test starts from the default backend choice and thread count."""
+    import fastconv
+    from fastconv import dispatch, threads
+
+    n = threads.get_num_threads()
+    yield
+    fastconv.set_backend(None)
+    dispatch.set_autotune(False) if dispatch._autotune else None
+    dispatch._autotune = None
+    threads.set_num_threads(n)

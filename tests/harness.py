@@ -1,0 +1,187 @@
+"""The one differential harness: run an op on a fastconv backend and on torch.nn.functional, compare.
+
+A ``Case`` names the arrays' shapes and the op's keyword arguments.  ``check(case, backend)``
+draws inputs from a seeded generator, runs fastconv with ``backend=`` and torch (in float64, so
+the reference is more accurate than a float32 result can be), asserts the inputs unmodified and
+the outputs equal within a tolerance that grows with the number of terms each output sums.
+The same function serves the named edge cases and the Hypothesis-drawn problems of every backend.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fastconv
+from fastconv import dispatch
+
+torch = __import__("pytest").importorskip("torch")
+F = torch.nn.functional
+
+#: Base relative tolerance per dtype; scaled by sqrt(terms summed per output) / 8 above 64 terms.
+RTOL = {"float32": 1e-4, "float64": 1e-9}
+
+
+def fastconv_backends() -> list[str]:
+    """Every registered backend but the torch reference, available or not (tests skip with reason)."""
+    return [name for name in dispatch._registry if name != "torch"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op call: ``op`` name, input shape, and for conv the weight shape and options."""
+
+    op: str
+    name: str
+    x: tuple
+    w: tuple | None = None
+    kwargs: dict = field(default_factory=dict)
+    bias: bool = False
+    residual: bool = False
+    dtype: str = "float32"
+    special: str | None = None  # "nan", "inf", "large", "neg": values that stress the kernel
+
+    def __hash__(self):
+        return hash((self.op, self.name, self.x, self.w, tuple(sorted(self.kwargs.items())), self.dtype))
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{self.name}-{self.dtype[-2:]}"
+
+
+def make_inputs(case: Case, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(case.dtype)
+    x = rng.standard_normal(case.x).astype(dt)
+    if case.special == "nan" and x.size:
+        x.flat[rng.integers(0, x.size, max(1, x.size // 7))] = np.nan
+    elif case.special == "inf" and x.size:
+        x.flat[rng.integers(0, x.size, max(1, x.size // 7))] = -np.inf
+    elif case.special == "neg":
+        x = -np.abs(x) - 1  # all negative: max pooling over padding must not see a 0
+    elif case.special == "large":
+        x *= 1e4
+    inputs = {"x": x}
+    if case.op == "conv2d":
+        inputs["w"] = rng.standard_normal(case.w).astype(dt)
+        if case.bias:
+            inputs["b"] = rng.standard_normal(case.w[0]).astype(dt)
+    if case.op == "batch_norm":
+        c = case.x[1]
+        inputs["mean"] = rng.standard_normal(c).astype(dt)
+        inputs["var"] = rng.uniform(0.5, 2.0, c).astype(dt)
+        if case.kwargs.get("affine", True):
+            inputs["weight"] = rng.standard_normal(c).astype(dt)
+            inputs["bias"] = rng.standard_normal(c).astype(dt)
+    return inputs
+
+
+def _t(a):
+    return None if a is None else torch.from_numpy(np.array(a, dtype=np.float64))
+
+
+def torch_reference(case: Case, inputs: dict, residual=None):
+    """torch.nn.functional's answer in float64 (and the updated running stats for batch norm)."""
+    k = dict(case.kwargs)
+    x = _t(inputs["x"])
+    with torch.no_grad():
+        if case.op == "conv2d":
+            mode = k.pop("padding_mode", "zeros")
+            k.pop("activation", None)
+            if mode != "zeros":
+                pad = k.pop("padding", 0)
+                r, s = case.w[2:]
+                dil = k.get("dilation", 1)
+                dh, dw = (dil, dil) if isinstance(dil, int) else dil
+                if pad == "same":
+                    th, tw = dh * (r - 1), dw * (s - 1)
+                    pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+                elif pad == "valid":
+                    pads = (0, 0, 0, 0)
+                else:
+                    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+                    pads = (pw, pw, ph, ph)
+                x = F.pad(x if x.dim() == 4 else x[None], pads, mode=mode)
+                if len(case.x) == 3:
+                    x = x[0]
+            y = F.conv2d(x, _t(inputs["w"]), _t(inputs.get("b")), **k)
+            if residual is not None:
+                y = y + _t(residual)
+            if case.kwargs.get("activation") == "relu":
+                y = F.relu(y)
+            return y.numpy()
+        if case.op == "max_pool2d":
+            return F.max_pool2d(x, **k).numpy()
+        if case.op == "avg_pool2d":
+            return F.avg_pool2d(x, **k).numpy()
+        if case.op == "adaptive_avg_pool2d":
+            return F.adaptive_avg_pool2d(x, **k).numpy()
+        if case.op == "relu":
+            return F.relu(x).numpy()
+        if case.op == "batch_norm":
+            k.pop("affine", None)
+            mean, var = _t(inputs["mean"]), _t(inputs["var"])
+            y = F.batch_norm(x, mean, var, _t(inputs.get("weight")), _t(inputs.get("bias")), **k)
+            return y.numpy(), mean.numpy(), var.numpy()
+    raise ValueError(case.op)
+
+
+def reduction(case: Case) -> int:
+    if case.op == "conv2d":
+        return math.prod(case.w[1:])
+    if case.op in ("max_pool2d", "avg_pool2d"):
+        ks = case.kwargs["kernel_size"]
+        return ks * ks if isinstance(ks, int) else math.prod(ks)
+    if case.op == "adaptive_avg_pool2d":
+        return math.prod(case.x[-2:])
+    if case.op == "batch_norm":
+        return math.prod(case.x) // case.x[1]
+    return 1
+
+
+def assert_close(actual, expected, case: Case, what: str = "output") -> None:
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{case.id}: {what} shape {actual.shape} != torch {expected.shape}"
+    assert actual.dtype == np.dtype(case.dtype), f"{case.id}: {what} dtype {actual.dtype} != {case.dtype}"
+    rtol = RTOL[case.dtype] * max(1.0, math.sqrt(reduction(case)) / 8)
+    finite = np.isfinite(expected)
+    scale = max(1.0, float(np.abs(expected[finite]).max())) if finite.any() else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True,
+                               err_msg=f"{case.id}: {what} differs from torch")
+
+
+def run_fastconv(case: Case, inputs: dict, backend: str, residual=None, running=None):
+    k = dict(case.kwargs)
+    x = inputs["x"]
+    if case.op == "conv2d":
+        return fastconv.conv2d(x, inputs["w"], inputs.get("b"), residual=residual, backend=backend, **k)
+    if case.op == "batch_norm":
+        k.pop("affine", None)
+        mean, var = running
+        return fastconv.batch_norm(x, mean, var, inputs.get("weight"), inputs.get("bias"), backend=backend, **k)
+    return getattr(fastconv, case.op)(x, backend=backend, **k)
+
+
+def check(case: Case, backend: str, seed: int = 0) -> None:
+    """Run ``case`` on ``backend`` and on torch; assert agreement and untouched inputs."""
+    inputs = make_inputs(case, seed)
+    residual = None
+    if case.residual:
+        out_shape = torch_reference(case, inputs).shape
+        residual = np.random.default_rng(seed + 1).standard_normal(out_shape).astype(case.dtype)
+        inputs["residual"] = residual
+    before = {name: a.copy() for name, a in inputs.items()}
+    running = None
+    if case.op == "batch_norm":
+        running = (inputs["mean"].copy(), inputs["var"].copy())
+    actual = run_fastconv(case, inputs, backend, residual, running)
+    for name, a in inputs.items():
+        np.testing.assert_array_equal(a, before[name], err_msg=f"{case.id}: {backend} modified {name}")
+    if case.op == "batch_norm":
+        expected, mean, var = torch_reference(case, inputs)
+        assert_close(actual, expected, case)
+        assert_close(running[0], mean, case, "running_mean")
+        assert_close(running[1], var, case, "running_var")
+    else:
+        assert_close(actual, torch_reference(case, inputs, residual), case)
