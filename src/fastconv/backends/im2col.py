@@ -141,8 +141,10 @@ def _blocks(p) -> list[tuple[int, int, int, int, int, int]]:
     pixels = max(MIN_BLOCK_PIXELS, BLOCK_BYTES // (p.groups * p.reduction * item))
     per_image = p.oh * p.ow
     if per_image >= pixels:
-        rows = max(1, pixels // p.ow)
-        units = [(n, n + 1, i, min(i + rows, p.oh)) for n in range(p.n) for i in range(0, p.oh, rows)]
+        # Even row chunks: a one-row remainder would be a GEMM too thin to be efficient.
+        chunks = min(p.oh, per_image // pixels)
+        edges = [p.oh * t // chunks for t in range(chunks + 1)]
+        units = [(n, n + 1, i0, i1) for n in range(p.n) for i0, i1 in zip(edges[:-1], edges[1:])]
     else:
         images = max(1, pixels // per_image)
         units = [(n, min(n + images, p.n), 0, p.oh) for n in range(0, p.n, images)]
