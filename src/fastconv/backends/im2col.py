@@ -115,22 +115,31 @@ def _plane_chunks(planes: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def _padded(x: np.ndarray, pads: tuple[int, int, int, int], value: float) -> np.ndarray:
-    """x (P, H, W) with ``value`` rows/columns added (top, bottom, left, right); filled in parallel."""
+def _zero_padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """x (P, H, W) with zero rows/columns added (top, bottom, left, right).
+
+    np.zeros maps zero pages lazily, so only the interior copy costs time; it runs in parallel.
+    """
     pt, pb, pl, pr = pads
     if not any(pads):
         return x
     planes, h, w = x.shape
-    out = np.empty((planes, h + pt + pb, w + pl + pr), x.dtype)
+    out = np.zeros((planes, h + pt + pb, w + pl + pr), x.dtype)
 
     def work(part):
         for a, b in part:
-            o = out[a:b]
-            o[:, :pt], o[:, pt + h:], o[:, pt:pt + h, :pl], o[:, pt:pt + h, pl + w:] = value, value, value, value
-            o[:, pt:pt + h, pl:pl + w] = x[a:b]
+            out[a:b, pt:pt + h, pl:pl + w] = x[a:b]
 
     _parallel(work, _plane_chunks(planes))
     return out
+
+
+def _view(a: np.ndarray, shape) -> np.ndarray:
+    """``a`` reshaped without a copy -- a silent copy would make a GEMM write its result nowhere."""
+    v = a.reshape(shape)
+    if v.size and not np.may_share_memory(v, a):
+        raise AssertionError(f"im2col: reshape of {a.shape} to {shape} would copy")
+    return v
 
 
 # -- convolution -------------------------------------------------------------------------------
@@ -161,7 +170,7 @@ def conv2d(p, x, weight, bias, residual):
     g_, cg, kg = p.groups, p.cg, p.kg
     (sh, sw), (dh, dw) = p.stride, p.dilation
     crs = cg * p.r * p.s
-    xp = _padded(x.reshape(p.n * p.c, p.h, p.w), p.padding, 0.0)
+    xp = _zero_padded(x.reshape(p.n * p.c, p.h, p.w), p.padding)
     xp = xp.reshape(p.n, p.c, *xp.shape[1:])
     sn, sc, sy, sx = xp.strides
     # windows[n, g, c, r, s, i, j] = xp[n, g*Cg + c, i*sh + r*dh, j*sw + s*dw]
@@ -189,9 +198,12 @@ def conv2d(p, x, weight, bias, residual):
                 cols = cols_buf[:g_ * crs * pixels].reshape(g_, cg, p.r, p.s, nb, rows, p.ow)
                 np.copyto(cols, windows[n0:n1, :, :, :, :, i0:i1].transpose(1, 2, 3, 4, 0, 5, 6))
                 cols = cols.reshape(g_, crs, pixels)
-            out = out_buf[:g_ * kk * pixels].reshape(g_, kk, pixels)
+            if nb == 1:  # one image: the GEMM writes straight into the output's rows
+                out = _view(y_g[n0, :, k0:k1, i0:i1], (g_, kk, pixels))
+            else:  # several small images: (channels, images, pixels) is transposed on the way out
+                out = out_buf[:g_ * kk * pixels].reshape(g_, kk, pixels)
             np.matmul(wmat[:, k0:k1], cols, out=out)
-            out = out.reshape(g_, kk, nb, rows, p.ow)
+            out = _view(out, (g_, kk, nb, rows, p.ow))
             # The epilogue runs on the block while it is still in cache.
             if bias_gk is not None:
                 out += bias_gk[:, k0:k1, None, None, None]
@@ -199,7 +211,8 @@ def conv2d(p, x, weight, bias, residual):
                 out += res_g[n0:n1, :, k0:k1, i0:i1].transpose(1, 2, 0, 3, 4)
             if p.activation == "relu":
                 np.maximum(out, 0, out=out)
-            y_g[n0:n1, :, k0:k1, i0:i1] = out.transpose(2, 0, 1, 3, 4)
+            if nb > 1:
+                y_g[n0:n1, :, k0:k1, i0:i1] = out.transpose(2, 0, 1, 3, 4)
 
     _parallel(work, blocks)
     return y
@@ -210,7 +223,7 @@ def _depthwise(p, x, weight, bias, residual):
     m = p.kg  # channel multiplier
     (sh, sw), (dh, dw) = p.stride, p.dilation
     planes = p.n * p.c
-    xp = _padded(x.reshape(planes, p.h, p.w), p.padding, 0.0)
+    xp = _zero_padded(x.reshape(planes, p.h, p.w), p.padding)
     taps = weight.reshape(p.c, m, p.r * p.s)
     y = np.empty(p.output_shape, p.dtype)
     y_pm = y.reshape(planes, m, p.oh, p.ow)
