@@ -60,6 +60,7 @@ class _Entry:
 
 _registry: dict[str, _Entry] = {name: _Entry(name, f"fastconv.backends.{name}") for name in _BUILTIN}
 _extra_order: list[str] = []  # registered backends, tried by "auto" after the built-in ones
+_extra_first: set[str] = set()  # ... except these (register_backend(first=True)): before them
 _registry_lock = threading.Lock()
 
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastconv_backend", default=None)
@@ -82,8 +83,11 @@ def register_backend(module, name: str | None = None, *, first: bool = False) ->
         _registry[name] = _Entry(name, module, module=module)
         if name in _extra_order:
             _extra_order.remove(name)
+        _extra_first.discard(name)
         if name not in _BUILTIN:
             _extra_order.insert(0, name) if first else _extra_order.append(name)
+            if first:
+                _extra_first.add(name)
         _autotune_cache.clear()
     return name
 
@@ -97,6 +101,7 @@ def unregister_backend(name: str) -> None:
             _registry.pop(name, None)
             if name in _extra_order:
                 _extra_order.remove(name)
+            _extra_first.discard(name)
         _autotune_cache.clear()
 
 
@@ -232,7 +237,9 @@ def _refusal(name: str, problem) -> str | None:
 def _auto_candidates(op: str) -> list[str]:
     order = [*_AUTO_ORDER.get(op, _AUTO_DEFAULT)]
     builtin_rest = [n for n in _BUILTIN if n not in order and n not in _NOT_AUTO]
-    return [n for n in (*_extra_order, *order, *builtin_rest) if n in _registry]
+    first = [n for n in _extra_order if n in _extra_first]
+    last = [n for n in _extra_order if n not in _extra_first]
+    return [n for n in (*first, *order, *builtin_rest, *last) if n in _registry]
 
 
 def select(problem, backend: str | None = None) -> tuple[str, str]:

@@ -35,7 +35,7 @@ def _run(fn, *arrays, **kwargs) -> np.ndarray:
     torch = _torch()
     with torch.no_grad():
         # from_numpy shares memory and warns on read-only arrays; torch never writes inputs here.
-        out = fn(*(None if a is None else torch.from_numpy(a if a.flags.writeable else a.copy())
+        out = fn(*(torch.from_numpy(a if a.flags.writeable else a.copy()) if isinstance(a, np.ndarray) else a
                    for a in arrays), **kwargs)
     return out.numpy()
 

@@ -1,0 +1,296 @@
+"""Layers with torch.nn's constructor arguments, defaults and parameter names, on NumPy arrays.
+
+Each layer validates its constructor arguments (TypeError/ValueError naming the argument, as
+torch does) and calls the functional API with ``backend=self.backend`` in ``__call__``: the
+kernels live in the backends, never here.  Linear, Flatten and Identity are plain NumPy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import api
+from .._args import as_bool, as_float, as_float_array, as_int, nonnegative_pair, positive_pair
+from ..problem import PADDING_MODES
+from ..threads import apply_blas
+from . import init
+from .module import Module, as_float_dtype
+
+
+def _positive_int(v, name: str) -> int:
+    v = as_int(v, name)
+    if v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {name}={v}")
+    return v
+
+
+def _check_device(device) -> None:
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"device: fastconv layers live on the CPU, got device={device!r}")
+
+
+class Conv2d(Module):
+    """2-D convolution layer, as torch.nn.Conv2d; weight (out, in/groups, kH, kW), bias (out,).
+
+    ``layer(x, residual=None, activation=None)`` exposes conv2d's fused epilogue,
+    ``act(conv(x) + bias + residual)``, which the ResNet blocks use for their skip connections.
+
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    >>> conv(np.zeros((1, 3, 5, 5), np.float32)).shape
+    (1, 8, 5, 5)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None):
+        super().__init__()
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_size = positive_pair(kernel_size, "kernel_size")
+        self.stride = positive_pair(stride, "stride")
+        self.dilation = positive_pair(dilation, "dilation")
+        self.groups = _positive_int(groups, "groups")
+        if self.in_channels % self.groups:
+            raise ValueError(f"in_channels must be divisible by groups, got in_channels={self.in_channels}, "
+                             f"groups={self.groups}")
+        if self.out_channels % self.groups:
+            raise ValueError(f"out_channels must be divisible by groups, got out_channels={self.out_channels}, "
+                             f"groups={self.groups}")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got padding={padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions, got stride={stride!r}")
+            self.padding = padding
+        else:
+            self.padding = nonnegative_pair(padding, "padding")
+        if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}")
+        self.padding_mode = padding_mode
+        bias = as_bool(bias, "bias")
+        _check_device(device)
+        dt = as_float_dtype(dtype)
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        self.register_parameter("weight", init.default_weight(shape, dt))
+        self.register_parameter("bias", init.default_bias(shape, dt) if bias else None)
+
+    def forward(self, x, residual=None, activation=None):
+        return api.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                          padding_mode=self.padding_mode, residual=residual, activation=activation,
+                          backend=self.backend)
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over channels of (N, C, H, W), as torch.nn.BatchNorm2d.
+
+    Eval mode normalises with the running statistics.  Training mode normalises with the batch's
+    own and updates the running statistics in place (``momentum=None``: a cumulative average over
+    the ``num_batches_tracked`` batches seen), as torch does.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None):
+        super().__init__()
+        self.num_features = _positive_int(num_features, "num_features")
+        self.eps = as_float(eps, "eps")
+        if not (self.eps >= 0 and np.isfinite(self.eps)):
+            raise ValueError(f"eps must be non-negative and finite, got eps={eps!r}")
+        self.momentum = None if momentum is None else as_float(momentum, "momentum")
+        self.affine = as_bool(affine, "affine")
+        self.track_running_stats = as_bool(track_running_stats, "track_running_stats")
+        _check_device(device)
+        dt = as_float_dtype(dtype)
+        c = self.num_features
+        self.register_parameter("weight", np.ones(c, dt) if self.affine else None)
+        self.register_parameter("bias", np.zeros(c, dt) if self.affine else None)
+        track = self.track_running_stats
+        self.register_buffer("running_mean", np.zeros(c, dt) if track else None)
+        self.register_buffer("running_var", np.ones(c, dt) if track else None)
+        self.register_buffer("num_batches_tracked", np.array(0, np.int64) if track else None)
+
+    def forward(self, x):
+        if getattr(x, "ndim", None) != 4:
+            raise ValueError(f"BatchNorm2d expects 4-D input (N, C, H, W), got {getattr(x, 'ndim', '?')}-D")
+        counting = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        momentum = self.momentum
+        if counting and momentum is None:
+            momentum = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        y = api.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                           training=self.training or self.running_mean is None,
+                           momentum=0.0 if momentum is None else momentum, eps=self.eps, backend=self.backend)
+        if counting:
+            self.num_batches_tracked += 1
+        return y
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+def _pool_common(kernel_size, stride, padding):
+    kernel = positive_pair(kernel_size, "kernel_size")
+    if stride is not None and not (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        positive_pair(stride, "stride")
+    pad = nonnegative_pair(padding, "padding")
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(f"padding should be at most half of kernel_size, but got padding={padding!r} "
+                         f"and kernel_size={kernel_size!r}")
+
+
+class MaxPool2d(Module):
+    """2-D max pooling, as torch.nn.MaxPool2d (``return_indices`` is not supported)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__()
+        _pool_common(kernel_size, stride, padding)
+        positive_pair(dilation, "dilation")
+        if as_bool(return_indices, "return_indices"):
+            raise ValueError("return_indices=True is not supported: fastconv's max_pool2d returns values only")
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.return_indices = False
+        self.ceil_mode = as_bool(ceil_mode, "ceil_mode")
+
+    def forward(self, x):
+        return api.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              backend=self.backend)
+
+    def extra_repr(self):
+        stride = self.kernel_size if self.stride is None else self.stride
+        return (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    """2-D average pooling, as torch.nn.AvgPool2d."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        super().__init__()
+        _pool_common(kernel_size, stride, padding)
+        if divisor_override is not None and as_int(divisor_override, "divisor_override") == 0:
+            raise ValueError("divisor_override must be non-zero, got 0")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode = as_bool(ceil_mode, "ceil_mode")
+        self.count_include_pad = as_bool(count_include_pad, "count_include_pad")
+        self.divisor_override = divisor_override
+
+    def forward(self, x):
+        return api.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                              self.count_include_pad, self.divisor_override, backend=self.backend)
+
+    def extra_repr(self):
+        stride = self.kernel_size if self.stride is None else self.stride
+        return f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size (int, or pair whose None keeps the input's size)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        sizes = output_size if isinstance(output_size, (list, tuple)) else (output_size,)
+        if len(sizes) not in (1, 2):
+            raise ValueError(f"output_size must be an int or a pair, got output_size={output_size!r}")
+        for s in sizes:
+            if s is not None and as_int(s, "output_size") < 0:
+                raise ValueError(f"output_size must be non-negative, got output_size={output_size!r}")
+        self.output_size = output_size
+
+    def forward(self, x):
+        return api.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class ReLU(Module):
+    """max(x, 0) elementwise.  ``inplace`` is accepted for torch compatibility; inputs are never modified."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = as_bool(inplace, "inplace")
+
+    def forward(self, x):
+        return api.relu(x, backend=self.backend)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``, as torch.nn.Linear; a NumPy BLAS GEMM on every backend."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        bias = as_bool(bias, "bias")
+        _check_device(device)
+        dt = as_float_dtype(dtype)
+        shape = (self.out_features, self.in_features)
+        self.register_parameter("weight", init.default_weight(shape, dt))
+        self.register_parameter("bias", init.default_bias(shape, dt) if bias else None)
+
+    def forward(self, x):
+        x = as_float_array(x, "input")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear expects input of shape (*, {self.in_features}), got {tuple(x.shape)}")
+        w = as_float_array(self.weight, "weight", like=x.dtype)
+        apply_blas()  # the thread count fastconv.set_num_threads chose
+        y = x @ w.T
+        if self.bias is not None:
+            y += as_float_array(self.bias, "bias", like=x.dtype)
+        return y
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Flatten(Module):
+    """Merge dimensions ``start_dim`` .. ``end_dim`` into one, as torch.nn.Flatten."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = as_int(start_dim, "start_dim")
+        self.end_dim = as_int(end_dim, "end_dim")
+
+    def forward(self, x):
+        x = np.asarray(x)
+        nd = max(x.ndim, 1)
+        start, end = (d + nd if d < 0 else d for d in (self.start_dim, self.end_dim))
+        if not (0 <= start < nd and 0 <= end < nd):
+            raise ValueError(f"Flatten: start_dim={self.start_dim} and end_dim={self.end_dim} must lie in "
+                             f"[{-nd}, {nd - 1}] for a {x.ndim}-D input")
+        if start > end:
+            raise ValueError(f"Flatten: start_dim={self.start_dim} comes after end_dim={self.end_dim}")
+        if x.ndim == 0:
+            return x.reshape(1)
+        merged = int(np.prod(x.shape[start:end + 1]))
+        return x.reshape(*x.shape[:start], merged, *x.shape[end + 1:])
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Identity(Module):
+    """Returns its input; takes (and ignores) any constructor arguments, as torch.nn.Identity."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
