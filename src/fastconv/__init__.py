@@ -12,6 +12,18 @@ from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
+_SUBPACKAGES = ("nn", "models", "interop")
+
+
+def __getattr__(name):
+    # fastconv.nn, fastconv.models and fastconv.interop load on first use: `import fastconv` stays
+    # light, and never imports torch.
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "warmup",
     "available_backends", "backend_status", "set_backend", "get_backend", "use_backend",

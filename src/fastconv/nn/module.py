@@ -245,6 +245,8 @@ class Module:
 
         for prefix, m in list(self.named_modules()):
             for conv_name, bn_name in m.fusable_pairs():
+                if isinstance(getattr(m, bn_name), _identity_type()):
+                    continue  # folded by an earlier fuse()
                 path = f"{prefix}.{bn_name}" if prefix else bn_name
                 fold_batch_norm(getattr(m, conv_name), getattr(m, bn_name), path)
                 identity = _identity()
@@ -290,7 +292,11 @@ def as_float_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _identity():
+def _identity_type():
     from .layers import Identity
 
-    return Identity()
+    return Identity
+
+
+def _identity():
+    return _identity_type()()
