@@ -251,6 +251,20 @@ def test_fuse_sequential_conv_bn():
     assert_matches(net(x), _reference(tnet, x))
 
 
+@pytest.mark.parametrize("bias, affine", [(True, True), (False, False)])
+def test_fuse_folds_every_batch_norm_term(bias, affine):
+    # A large eps and far-from-trivial statistics: dropping any term of the fold shows.
+    torch.manual_seed(4)
+    t = tnn.Sequential(tnn.Conv2d(3, 6, 3, bias=bias), _randomise_bn(tnn.BatchNorm2d(6, eps=0.3, affine=affine)))
+    with torch.no_grad():
+        t[1].running_mean.mul_(5)
+    t.eval()
+    net = _load_from(nn.Sequential(nn.Conv2d(3, 6, 3, bias=bias), nn.BatchNorm2d(6, eps=0.3, affine=affine)), t)
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_matches(net.fuse()(x), _reference(t, x), what="fused conv + batch norm")
+    assert net[0].bias is not None and type(net[1]) is nn.Identity
+
+
 def test_fuse_refuses_training_mode_and_batch_stats():
     net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
     with pytest.raises(ValueError, match=r"1 is in training mode.*eval\(\)"):
@@ -329,3 +343,14 @@ def test_parameters_and_buffers_are_registered_by_assignment():
     assert [k for k, _ in bn.named_buffers()] == ["running_mean", "running_var", "num_batches_tracked"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         bn.nope
+
+
+@pytest.mark.parametrize("module_name", ["fastconv.nn", "fastconv.nn.module", "fastconv.nn.layers", "fastconv.nn.container",
+                                         "fastconv.nn.init", "fastconv.models", "fastconv.models.resnet",
+                                         "fastconv.interop.torch"])
+def test_docstring_examples(module_name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
