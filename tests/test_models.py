@@ -193,13 +193,14 @@ def test_bad_input_is_named():
 
 
 def test_resnet_command(tmp_path, capsys):
-    out = tmp_path / "r.json"
+    out, weights = tmp_path / "r.json", tmp_path / "w.npz"
+    np.savez(weights, **{k: v.numpy() for k, v in torch_resnet.build("resnet18", num_classes=10).state_dict().items()})
     status = command.main(["--arch", "resnet18", "--size", "32", "--repeat", "2", "--backend", "im2col",
                            "--backend", "torch,im2col", "--threads", "1", "--num-classes", "10",
-                           "--json", str(out)])
+                           "--weights", str(weights), "--json", str(out)])
     assert status == 0
     text = capsys.readouterr().out
-    assert "resnet18, batch 1, 32x32" in text and "torch (eager)" in text
+    assert "resnet18, batch 1, 32x32" in text and "torch (eager)" in text and "w.npz" in text
     rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == ["im2col", "torch", "torch (eager)"]
     for name in ("im2col", "torch"):
