@@ -244,6 +244,10 @@ def test_fuse_sequential_conv_bn():
     net = _load_from(LAYERS["sequential"][0](nn), tnet).eval()
     x = RNG.standard_normal(shape).astype(np.float32)
     expected = net(x)
+    import copy
+
+    fused_copy = copy.deepcopy(net).fuse()  # the usual way to keep both: the original is untouched
+    assert type(net[1]) is nn.BatchNorm2d and type(fused_copy[1]) is nn.Identity
     assert net.fuse() is net
     assert type(net[1]) is nn.Identity and net[0].bias is not None
     assert "1.running_mean" not in net.state_dict()
