@@ -4,9 +4,14 @@
 
 builds the model (random torchvision-style weights, or ``--weights`` a torchvision state_dict),
 runs it once per backend to warm up (JIT, caches, thread pools) and to compare its output with
-torch's, then times the backends and torch eager interleaved -- one forward pass each per round,
-so a busy machine slows them alike -- and prints the median and fastest time per backend, the
-speed relative to torch, and the largest difference from torch's output.
+torch's, then times the backends and torch eager interleaved -- so a busy machine slows them
+alike -- and prints the median and fastest time per backend, the speed relative to torch, and the
+largest difference from torch's output.
+
+Each round runs every backend twice in a row and times the second pass.  The thread pools of
+the backend before it (OpenBLAS, torch's and the C backend's OpenMP) keep spinning for a while
+after returning; on a machine with few cores that halves the speed of whatever runs next, so a
+single pass would time the previous backend's leftovers, not this one.
 
 The torch side is the same model converted with ``fastconv.interop.torch.to_torch`` (a plain
 torch.nn model with torchvision's forward pass), run under ``torch.no_grad()`` with the same
@@ -151,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         for run in runners.values():
             run()
     samples = {name: [] for name in runners}
-    for _ in range(args.repeat):  # interleaved: each round runs every backend once
+    for _ in range(args.repeat):  # interleaved: each round runs every backend
         for name, run in runners.items():
+            run()  # settle: the previous backend's spinning threads go idle (see the module docstring)
             t0 = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - t0)
@@ -178,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     header = (f"{args.arch}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {threads} threads, "
               f"{'fused' if args.fuse else 'unfused'}, {'weights ' + args.weights if args.weights else 'random weights'}"
-              f"; median of {args.repeat} interleaved runs")
+              f"; median of {args.repeat} interleaved rounds")
     _print(header, rows, torch is not None)
     if args.json:
         with open(args.json, "w") as f:
