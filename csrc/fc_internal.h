@@ -71,6 +71,20 @@ static inline void fc_valid_range(int64_t n, int64_t out, int64_t stride, int64_
 enum fc_level { FC_GENERIC = 0, FC_AVX2 = 1, FC_AVX512 = 2 };
 int fc_level(void);
 
+/* The float32 GEMM microkernels (conv_gemm_f32.c): C[MR][NR] (+)= A[MR][kc] B[kc][NR].
+ * MR output channels x NR output pixels; NR is three 16-float vectors.  Row i of A starts at
+ * a + i * lda (the weights themselves); row p of B at b + boff[p] (a packed panel or a window
+ * of the input itself).  C is a contiguous MR x NR tile.  Variant NV computes only the first
+ * NV * 16 columns (tail panels). */
+#define FC_MR 8
+#define FC_NR 48
+typedef void (*fc_ukernel_fn)(int64_t kc, const float *a, int64_t lda, const float *b,
+                              const int64_t *boff, float *c, int accumulate);
+extern const fc_ukernel_fn fc_f32_gemm_kernels_avx512[3];
+extern const fc_ukernel_fn fc_f32_gemm_kernels_avx2[3];
+void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias,
+                              const float *res, float *out, int64_t ldo, int relu);
+
 /* float32 convolution through packed GEMM panels (conv_gemm_f32.c); FC_EINVAL when the CPU has
  * no AVX2 so the caller falls back to the portable direct loops. */
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
