@@ -27,7 +27,6 @@
 #include "fc_internal.h"
 
 #define KC_TARGET 192
-#define CBUF_BYTES (192 * 1024)
 #define MAX_SEGS (FC_NR + 1)
 
 typedef struct {
@@ -47,6 +46,8 @@ typedef struct {
     int64_t *off;            /* direct: [crs] offset of B row p from a panel's first pixel */
     const float *w;          /* weights (k, cg, r, s): full 8-channel blocks are read in place */
     float *atail;            /* [groups][MR][crs]: each group's last, partial 8-channel block */
+    float *gpack;            /* packed: [npanels][crs][NR], every panel gathered once per call */
+    const int64_t *poff;     /* [max(crs, kcb)]: p * NR, the row offsets of a packed block */
     const fc_ukernel_fn *uk;
     int avx512;
 } plan_t;
@@ -107,40 +108,63 @@ static int64_t merge_segments(const fc_conv2d_desc *d, seg_t *segs, int64_t nseg
     return out;
 }
 
+/* Where tap column s of segment t reads: out[j] = xrow[src + j * stride_w] for j in [lo, hi),
+ * zero elsewhere.  Computed once per panel, so packing a row does no division. */
+typedef struct {
+    int64_t lo, hi, src;
+} span_t;
+
+static void panel_spans(const plan_t *P, const seg_t *segs, int64_t nsegs, span_t *spans) {
+    const fc_conv2d_desc *d = P->d;
+    for (int64_t t = 0; t < nsegs; t++)
+        for (int64_t s = 0; s < d->s; s++) {
+            int64_t off = s * d->dil_w - d->pad_left, lo, hi, end = segs[t].ow0 + segs[t].len;
+            fc_valid_range(d->w, end, d->stride_w, off, &lo, &hi);
+            lo = FC_MAX(lo, segs[t].ow0);
+            hi = FC_MAX(hi, lo);
+            spans[t * d->s + s] = (span_t){lo - segs[t].ow0, hi - segs[t].ow0, segs[t].ow0 * d->stride_w + off};
+        }
+}
+
 /* Gather B rows [k0, k1) of a panel (im2col of its segments) into bpack, FC_NR floats a row;
  * columns past the panel's end are zeroed up to the kernel's vector width `cols`. */
-static void pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, int64_t ncols,
-                       int64_t cols, int64_t k0, int64_t k1, float *bpack) {
+static void pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, const span_t *spans,
+                       int64_t ncols, int64_t cols, int64_t k0, int64_t k1, float *bpack) {
     const fc_conv2d_desc *d = P->d;
-    const int64_t rs = d->r * d->s;
+    const int64_t rs = d->r * d->s, sw = d->stride_w;
+    int64_t c = k0 / rs, r = k0 % rs / d->s, s = k0 % d->s;
     for (int64_t p = k0; p < k1; p++) {
-        int64_t c = p / rs, r = p % rs / d->s, s = p % d->s;
         float *row = bpack + (p - k0) * FC_NR;
         for (int64_t t = 0; t < nsegs; t++) {
             const seg_t *sg = &segs[t];
-            float *out = row + sg->j0; /* out[i] is output column ow0 + i */
-            int64_t ih = sg->oh * d->stride_h - d->pad_top + r * d->dil_h;
-            int64_t end = sg->ow0 + sg->len, lo = end, hi = end;
-            int64_t off = s * d->dil_w - d->pad_left;
-            const float *xrow = P->x;
-            if (ih >= 0 && ih < d->h) {
-                xrow = P->x + (((size_t)sg->n * d->c + g * P->cg + c) * d->h + ih) * d->w;
-                fc_valid_range(d->w, end, d->stride_w, off, &lo, &hi);
-                lo = FC_MAX(lo, sg->ow0);
-                hi = FC_MAX(hi, lo);
+            const span_t *sp = &spans[t * d->s + s];
+            float *out = row + sg->j0;
+            int64_t ih = sg->oh * d->stride_h - d->pad_top + r * d->dil_h, lo = sp->lo, hi = sp->hi;
+            if (ih < 0 || ih >= d->h)
+                lo = hi = sg->len;
+            for (int64_t j = 0; j < lo; j++)
+                out[j] = 0.0f;
+            if (hi > lo) {
+                const float *xs = P->x + (((size_t)sg->n * d->c + g * P->cg + c) * d->h + ih) * d->w + sp->src;
+                if (sw == 1)
+                    for (int64_t j = lo; j < hi; j++)
+                        out[j] = xs[j];
+                else
+                    for (int64_t j = lo; j < hi; j++)
+                        out[j] = xs[j * sw];
             }
-            for (int64_t ow = sg->ow0; ow < lo; ow++)
-                out[ow - sg->ow0] = 0.0f;
-            if (d->stride_w == 1 && hi > lo)
-                memcpy(out + (lo - sg->ow0), xrow + (lo + off), (size_t)(hi - lo) * sizeof(float));
-            else
-                for (int64_t ow = lo; ow < hi; ow++)
-                    out[ow - sg->ow0] = xrow[ow * d->stride_w + off];
-            for (int64_t ow = hi; ow < end; ow++)
-                out[ow - sg->ow0] = 0.0f;
+            for (int64_t j = hi; j < sg->len; j++)
+                out[j] = 0.0f;
         }
         for (int64_t j = ncols; j < cols; j++)
             row[j] = 0.0f;
+        if (++s == d->s) {
+            s = 0;
+            if (++r == d->r) {
+                r = 0;
+                c++;
+            }
+        }
     }
 }
 
@@ -206,21 +230,27 @@ static int64_t round16(int64_t v) {
     return (v + 15) / 16 * 16;
 }
 
-/* Direct pays for the discarded columns, packed for gathering every panel: pick the cheaper. */
-static int choose_direct(const fc_conv2d_desc *d, int64_t wq, int plain_1x1) {
+/* Direct pays for the discarded columns, packed for gathering B (im2col) once, a cost that
+ * matters less the more output channels share each gathered value.  Measured on ResNet shapes:
+ * packing costs about as much as computing 8 more 8-channel blocks over the same pixels. */
+static int choose_direct(const fc_conv2d_desc *d, int64_t wq, int64_t mblocks_total) {
     int64_t virt = (d->oh - 1) * wq + d->ow, real = d->oh * d->ow;
     double direct = (double)d->n * round16(virt);
-    double packed = (double)round16(d->n * real) * (plain_1x1 ? 1.03 : 1.10);
+    double packed = (double)round16(d->n * real) * (1.0 + 8.0 / (double)mblocks_total);
     return direct <= packed;
 }
 
 /* -- the tasks --------------------------------------------------------------------------------- */
 
+#define MAX_TASK_PANELS 8
+#define MAX_TASK_TILES 96
+
 typedef struct {
     float *cbuf;    /* [panels][mblocks][MR][NR] partial sums of one task */
     float *bpack;   /* [panels][kcb][NR] the task's packed panel blocks */
-    int64_t *poff;  /* [kcb] row offsets within a packed block: p * NR */
-    seg_t *segs;
+    seg_t *isegs;   /* [panels][MAX_SEGS] input runs of each panel (packed panels) */
+    seg_t *osegs;   /* [panels][MAX_SEGS] output runs of each panel */
+    span_t *spans;  /* [panels][MAX_SEGS * s] */
 } scratch_t;
 
 /* bias + residual + relu while writing one finished tile's rows into NCHW. */
@@ -244,48 +274,88 @@ static void store_tile(const plan_t *P, const float *c, const float *bias, const
     }
 }
 
-#define MAX_TASK_PANELS 16
-
 static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
                      int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
     const int64_t mt = mb1 - mb0, tile = FC_MR * FC_NR;
     const float *b[MAX_TASK_PANELS];
     const int64_t *boff[MAX_TASK_PANELS];
-    int64_t nv[MAX_TASK_PANELS];
+    int64_t nv[MAX_TASK_PANELS], ncols[MAX_TASK_PANELS], nis[MAX_TASK_PANELS], nos[MAX_TASK_PANELS];
+    int in_place[MAX_TASK_PANELS];
+    /* Each panel's runs, once per task. */
+    for (int64_t j = 0; j < p1 - p0; j++) {
+        int64_t n, q0;
+        panel_range(P, p0 + j, &n, &q0, &ncols[j]);
+        nv[j] = (ncols[j] + 15) / 16;
+        seg_t *is = S->isegs + j * MAX_SEGS, *os = S->osegs + j * MAX_SEGS;
+        nis[j] = panel_segments(P, p0 + j, is, &ncols[j]);
+        memcpy(os, is, (size_t)nis[j] * sizeof(seg_t));
+        nos[j] = merge_segments(P->d, os, nis[j]);
+        /* A direct panel reading x itself must not run past x's end: pack its tail here. */
+        in_place[j] = !P->direct || P->src != P->x || q0 + FC_NR <= P->img_cols;
+        if (!P->direct)
+            b[j] = P->gpack + ((size_t)g * P->npanels + p0 + j) * P->crs * FC_NR;
+        else if (in_place[j])
+            b[j] = P->src + (size_t)n * P->src_img + (size_t)g * P->cg * P->src_chan + q0;
+        else
+            panel_spans(P, is, nis[j], S->spans + j * MAX_SEGS * P->d->s);
+    }
     for (int64_t k0 = 0; k0 < P->crs; k0 += P->kcb) {
         int64_t k1 = FC_MIN(P->crs, k0 + P->kcb);
         int last = k1 == P->crs;
         /* The B block of every panel first (in place, or packed once for all weight blocks)... */
-        for (int64_t pi = p0; pi < p1; pi++) {
-            int64_t n, q0, ncols, j = pi - p0;
-            panel_range(P, pi, &n, &q0, &ncols);
-            nv[j] = (ncols + 15) / 16;
-            /* A direct panel reading x itself must not run past x's end: pack its tail. */
-            if (P->direct && (P->src != P->x || q0 + FC_NR <= P->img_cols)) {
-                b[j] = P->src + (size_t)n * P->src_img + (size_t)g * P->cg * P->src_chan + q0;
-                boff[j] = P->off + k0;
+        for (int64_t j = 0; j < p1 - p0; j++) {
+            if (in_place[j]) {
+                boff[j] = P->direct ? P->off + k0 : P->poff + k0;
             } else {
                 float *dst = S->bpack + j * P->kcb * FC_NR;
-                int64_t nseg = panel_segments(P, pi, S->segs, &ncols);
-                pack_panel(P, g, S->segs, nseg, ncols, nv[j] * 16, k0, k1, dst);
+                pack_panel(P, g, S->isegs + j * MAX_SEGS, nis[j], S->spans + j * MAX_SEGS * P->d->s,
+                           ncols[j], nv[j] * 16, k0, k1, dst);
                 b[j] = dst;
-                boff[j] = S->poff;
+                boff[j] = P->poff;
             }
         }
         /* ...then each 8-channel weight block meets every panel while it sits in L1. */
         for (int64_t mb = mb0; mb < mb1; mb++) {
             const float *a = a_block(P, g, mb) + k0;
-            for (int64_t pi = p0; pi < p1; pi++) {
-                int64_t j = pi - p0;
+            for (int64_t j = 0; j < p1 - p0; j++) {
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
                 P->uk[nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
-                if (last) { /* finished: write it out while the tile is in L1 */
-                    int64_t ncols, nseg = panel_segments(P, pi, S->segs, &ncols);
-                    nseg = merge_segments(P->d, S->segs, nseg);
-                    store_tile(P, c, bias, residual, y, g, mb, S->segs, nseg);
-                }
+                if (last) /* finished: write it out while the tile is in L1 */
+                    store_tile(P, c, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
             }
         }
+    }
+}
+
+/* Tasks of pt panels x mt weight blocks: enough of them to keep every thread busy, and among
+ * those the split that moves the least data -- each task reads its weight block and its
+ * panels' B blocks, so cutting panels re-reads weights and cutting weight blocks re-reads
+ * (or re-packs) B. */
+static void task_shape(const plan_t *P, int nthreads, int64_t *pt_out, int64_t *mt_out) {
+    const fc_conv2d_desc *d = P->d;
+    double a_cost = (double)P->kg * P->crs, b_cost = (double)P->crs * FC_MIN(P->npanels * FC_NR, P->img_cols);
+    int64_t target = FC_MIN(4 * (int64_t)nthreads, d->groups * P->npanels * P->mblocks);
+    double best = -1;
+    for (int64_t mc = 1;; mc *= 2) {
+        int64_t mt = (P->mblocks + mc - 1) / mc;
+        for (int64_t pc = 1;; pc *= 2) {
+            int64_t pt = (P->npanels + pc - 1) / pc;
+            int64_t tasks = d->groups * ((P->npanels + pt - 1) / pt) * ((P->mblocks + mt - 1) / mt);
+            if (pt <= MAX_TASK_PANELS && pt * mt <= MAX_TASK_TILES) {
+                double cost = a_cost * ((P->npanels + pt - 1) / pt) + b_cost * ((P->mblocks + mt - 1) / mt);
+                if (tasks < target) /* idle threads cost more than any traffic */
+                    cost += 1e18 * (double)(target - tasks);
+                if (best < 0 || cost < best) {
+                    best = cost;
+                    *pt_out = pt;
+                    *mt_out = mt;
+                }
+            }
+            if (pt == 1)
+                break;
+        }
+        if (mt == 1)
+            break;
     }
 }
 
@@ -329,7 +399,15 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
 
     int plain_1x1 = d->r == 1 && d->s == 1 && d->stride_h == 1 && d->stride_w == 1 &&
                     d->pad_top == 0 && d->pad_left == 0 && d->oh == d->h && d->ow == d->w;
-    P.direct = choose_direct(d, plain_1x1 ? d->ow : ph.wq, plain_1x1);
+    /* Packed mode gathers all of B up front; beyond about 64 MB direct mode is always used. */
+    double packed_floats = (double)d->groups * P.crs * round16(d->n * P.ohw + FC_NR);
+    P.direct = packed_floats > (double)(16 << 20) || choose_direct(d, plain_1x1 ? d->ow : ph.wq, d->groups * P.mblocks);
+    /* Test hook: FASTCONV_F32_CONV=direct|packed forces a mode, so tests reach both paths. */
+    const char *force = getenv("FASTCONV_F32_CONV");
+    if (force && !strcmp(force, "direct"))
+        P.direct = 1;
+    else if (force && !strcmp(force, "packed") && packed_floats <= (double)(16 << 20))
+        P.direct = 0;
     int copy_input = P.direct && !plain_1x1;
 
     size_t phase_floats = 0;
@@ -347,15 +425,8 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         P.npanels = (P.img_cols + FC_NR - 1) / FC_NR;
     }
 
-    /* Task shape: enough tasks for every thread, partial sums of one task in about L2/8. */
-    int64_t mt = FC_MIN(P.mblocks, 32);
-    int64_t pt = FC_MAX(1, CBUF_BYTES / (mt * FC_MR * FC_NR * (int64_t)sizeof(float)));
-    pt = FC_MIN(FC_MIN(pt, P.npanels), MAX_TASK_PANELS);
-#define NTASKS(pt_, mt_) (d->groups * ((P.npanels + (pt_) - 1) / (pt_)) * ((P.mblocks + (mt_) - 1) / (mt_)))
-    while (pt > 1 && NTASKS(pt, mt) < 4 * (int64_t)nthreads)
-        pt = (pt + 1) / 2;
-    while (mt > 1 && NTASKS(pt, mt) < 2 * (int64_t)nthreads)
-        mt = (mt + 1) / 2;
+    int64_t pt = 1, mt = 1;
+    task_shape(&P, nthreads, &pt, &mt);
     const int64_t pchunks = (P.npanels + pt - 1) / pt, mchunks = (P.mblocks + mt - 1) / mt;
     const int64_t ntasks = d->groups * pchunks * mchunks;
     int team = fc_team(nthreads, d->n * d->k * P.ohw * P.crs, 1 << 16);
@@ -368,15 +439,21 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     P.off = fc_alloc((size_t)P.crs * sizeof(int64_t));
     float *phase = phase_floats ? fc_alloc(phase_floats * sizeof(float)) : NULL;
     float *tbuf = fc_alloc((size_t)team * (cbuf_floats + bpack_floats) * sizeof(float));
-    int64_t *poff = fc_alloc((size_t)P.kcb * sizeof(int64_t));
-    seg_t *segs = fc_alloc((size_t)team * MAX_SEGS * sizeof(seg_t));
+    int64_t *poff = fc_alloc((size_t)P.crs * sizeof(int64_t));
+    size_t gpack_floats = P.direct ? 0 : (size_t)d->groups * P.npanels * P.crs * FC_NR;
+    P.gpack = gpack_floats ? fc_alloc(gpack_floats * sizeof(float)) : NULL;
+    size_t seg_count = (size_t)pt * MAX_SEGS * 2, span_count = (size_t)pt * MAX_SEGS * d->s;
+    seg_t *segs = fc_alloc((size_t)team * seg_count * sizeof(seg_t));
+    span_t *spans = fc_alloc((size_t)team * span_count * sizeof(span_t));
     int status = FC_OK;
-    if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs) {
+    if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs || !spans ||
+        (gpack_floats && !P.gpack)) {
         status = FC_ENOMEM;
         goto done;
     }
-    for (int64_t p = 0; p < P.kcb; p++)
+    for (int64_t p = 0; p < P.crs; p++)
         poff[p] = p * FC_NR;
+    P.poff = poff;
     if (P.direct) {
         P.src = copy_input ? phase : x;
         const int64_t rs = d->r * d->s;
@@ -400,8 +477,9 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         int tid = FC_THREAD_ID();
         S.cbuf = tbuf + (size_t)tid * (cbuf_floats + bpack_floats);
         S.bpack = S.cbuf + cbuf_floats;
-        S.poff = poff;
-        S.segs = segs + (size_t)tid * MAX_SEGS;
+        S.isegs = segs + (size_t)tid * seg_count;
+        S.osegs = S.isegs + (size_t)pt * MAX_SEGS;
+        S.spans = spans + (size_t)tid * span_count;
 
         if (tail) {
             #pragma omp for schedule(static) nowait
@@ -412,6 +490,18 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
             #pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < d->n * d->c; t++)
                 fill_phase_plane(&P, &ph, t / d->c, t % d->c, phase + (size_t)t * P.src_chan);
+        }
+        if (!P.direct) { /* gather every panel once, in cache-sized blocks of rows */
+            const int64_t kblocks = (P.crs + P.kcb - 1) / P.kcb;
+            #pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t u = 0; u < d->groups * P.npanels * kblocks; u++) {
+                int64_t kb = u % kblocks, pi = u / kblocks % P.npanels, g = u / (kblocks * P.npanels);
+                int64_t ncols, nseg = panel_segments(&P, pi, S.isegs, &ncols);
+                int64_t k0 = kb * P.kcb, k1 = FC_MIN(P.crs, k0 + P.kcb);
+                panel_spans(&P, S.isegs, nseg, S.spans);
+                pack_panel(&P, g, S.isegs, nseg, S.spans, ncols, round16(ncols), k0, k1,
+                           P.gpack + ((g * P.npanels + pi) * P.crs + k0) * FC_NR);
+            }
         }
         #pragma omp barrier
 
@@ -430,5 +520,7 @@ done:
     free(tbuf);
     free(poff);
     free(segs);
+    free(spans);
+    free(P.gpack);
     return status;
 }

@@ -22,6 +22,9 @@ gemm_8xNV(const int nv, int64_t kc, const float *restrict a, int64_t lda, const 
     for (int i = 0; i < FC_MR; i++)
         ar[i] = a + i * lda;
     for (int64_t p = 0; p < kc; p++) {
+        /* The weights stream from L2/L3 once per call: fetch each row two lines ahead, one
+         * row per step (so every 64-byte line is requested twice, early enough). */
+        _mm_prefetch((const char *)(ar[p & (FC_MR - 1)] + p + 32), _MM_HINT_T0);
         const float *bp = b + boff[p];
         __m512 bv[3];
         for (int j = 0; j < nv; j++)

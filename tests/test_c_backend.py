@@ -93,6 +93,24 @@ def test_tile_edges(case):
     check(case, "c")
 
 
+#: (FASTCONV_ISA, FASTCONV_F32_CONV): the C test hooks that cap the instruction set and force
+#: the float32 convolution's B source, so every kernel variant meets the tile edges here.
+VARIANTS = [("avx512", "direct"), ("avx512", "packed"), ("avx2", "direct"), ("avx2", "packed"),
+            ("generic", "auto")]
+
+
+@pytest.mark.parametrize("isa,mode", VARIANTS, ids=[f"{i}-{m}" for i, m in VARIANTS])
+def test_kernel_variants_on_tile_edges(isa, mode, monkeypatch):
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_ISA", isa)
+    monkeypatch.setenv("FASTCONV_F32_CONV", mode)
+    if cbackend.isa() != isa:
+        pytest.skip(f"this CPU has no {isa}")
+    for case in TILE_CASES:
+        if case.dtype == "float32":
+            check(case, "c")
+
+
 @pytest.mark.parametrize("residual,relu", [(True, True), (True, False), (False, True)])
 def test_fused_epilogue_on_panel_edges(residual, relu):
     _needs_c()
