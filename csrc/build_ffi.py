@@ -19,7 +19,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["conv_direct.c", "conv_gemm_f32.c", "gemm_f32_avx512.c", "gemm_f32_avx2.c", "pool.c",
+SOURCES = ["conv_direct.c", "conv_gemm_f32.c", "conv_panels_f32.c", "gemm_f32_avx512.c", "gemm_f32_avx2.c", "pool.c",
            "norm.c", "cpu.c"]
 
 
@@ -62,7 +62,8 @@ def build_flags() -> tuple[list[str], list[str]]:
     if sys.platform == "win32":
         return ["/O2", "/openmp"], []
     omp = _openmp_flags()
-    compile_args = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas", *omp]
+    compile_args = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-fvisibility=hidden", "-Wall",
+                    "-Wno-unknown-pragmas", *omp]
     link_args = [*omp]
     if os.environ.get("FASTCONV_SANITIZE") == "1":
         san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

@@ -24,149 +24,9 @@
  * thread.  Each output element is summed by one thread in a fixed order: results do not depend
  * on the thread count.
  */
-#include "fc_internal.h"
+#include "conv_gemm_f32.h"
 
 #define KC_TARGET 192
-#define MAX_SEGS (FC_NR + 1)
-
-typedef struct {
-    int64_t j0, len, n, oh, ow0; /* panel columns [j0, j0 + len) = output pixels (n, oh, ow0 + i) */
-} seg_t;
-
-typedef struct {
-    const fc_conv2d_desc *d;
-    const float *x;
-    int64_t cg, kg, crs, mblocks, ohw, kcb;
-    int direct;
-    const float *src;        /* direct: where B rows live (x itself or the phase planes) */
-    int64_t src_img, src_chan; /* direct: floats per image and per channel in src */
-    int64_t wq;              /* direct: virtual row width */
-    int64_t img_cols;        /* direct: virtual pixels per image; packed: real pixels in the batch */
-    int64_t ppi, npanels;    /* panels per image (direct) and in all */
-    int64_t *off;            /* direct: [crs] offset of B row p from a panel's first pixel */
-    const float *w;          /* weights (k, cg, r, s): full 8-channel blocks are read in place */
-    float *atail;            /* [groups][MR][crs]: each group's last, partial 8-channel block */
-    float *gpack;            /* packed: [npanels][crs][NR], every panel gathered once per call */
-    const int64_t *poff;     /* [max(crs, kcb)]: p * NR, the row offsets of a packed block */
-    const fc_ukernel_fn *uk;
-    int avx512;
-} plan_t;
-
-/* -- panels ------------------------------------------------------------------------------------ */
-
-static void panel_range(const plan_t *P, int64_t idx, int64_t *n, int64_t *q0, int64_t *ncols) {
-    if (P->direct) {
-        *n = idx / P->ppi;
-        *q0 = idx % P->ppi * FC_NR;
-        *ncols = FC_MIN(FC_NR, P->img_cols - *q0);
-    } else {
-        *n = 0;
-        *q0 = idx * FC_NR;
-        *ncols = FC_MIN(FC_NR, P->img_cols - *q0);
-    }
-}
-
-/* The output runs a panel's columns map to.  Direct panels skip the discarded columns. */
-static int64_t panel_segments(const plan_t *P, int64_t idx, seg_t *segs, int64_t *ncols_out) {
-    const fc_conv2d_desc *d = P->d;
-    int64_t n, q0, ncols, count = 0;
-    panel_range(P, idx, &n, &q0, &ncols);
-    *ncols_out = ncols;
-    for (int64_t q = q0; q < q0 + ncols;) {
-        int64_t oh, ow, nn = n;
-        if (P->direct) {
-            oh = q / P->wq;
-            ow = q % P->wq;
-            if (ow >= d->ow) {
-                q += P->wq - ow;
-                continue;
-            }
-        } else {
-            nn = q / P->ohw;
-            oh = q % P->ohw / d->ow;
-            ow = q % d->ow;
-        }
-        int64_t len = FC_MIN(d->ow - ow, q0 + ncols - q);
-        segs[count++] = (seg_t){q - q0, len, nn, oh, ow};
-        q += len;
-    }
-    return count;
-}
-
-/* Consecutive segments that are also consecutive in the output (the same image, the next row)
- * merge into one run, so the epilogue writes long runs. */
-static int64_t merge_segments(const fc_conv2d_desc *d, seg_t *segs, int64_t nseg) {
-    int64_t out = 0;
-    for (int64_t t = 0; t < nseg; t++) {
-        seg_t *last = out ? &segs[out - 1] : NULL;
-        if (last && segs[t].n == last->n && segs[t].j0 == last->j0 + last->len &&
-            segs[t].oh * d->ow + segs[t].ow0 == last->oh * d->ow + last->ow0 + last->len)
-            last->len += segs[t].len;
-        else
-            segs[out++] = segs[t];
-    }
-    return out;
-}
-
-/* Where tap column s of segment t reads: out[j] = xrow[src + j * stride_w] for j in [lo, hi),
- * zero elsewhere.  Computed once per panel, so packing a row does no division. */
-typedef struct {
-    int64_t lo, hi, src;
-} span_t;
-
-static void panel_spans(const plan_t *P, const seg_t *segs, int64_t nsegs, span_t *spans) {
-    const fc_conv2d_desc *d = P->d;
-    for (int64_t t = 0; t < nsegs; t++)
-        for (int64_t s = 0; s < d->s; s++) {
-            int64_t off = s * d->dil_w - d->pad_left, lo, hi, end = segs[t].ow0 + segs[t].len;
-            fc_valid_range(d->w, end, d->stride_w, off, &lo, &hi);
-            lo = FC_MAX(lo, segs[t].ow0);
-            hi = FC_MAX(hi, lo);
-            spans[t * d->s + s] = (span_t){lo - segs[t].ow0, hi - segs[t].ow0, segs[t].ow0 * d->stride_w + off};
-        }
-}
-
-/* Gather B rows [k0, k1) of a panel (im2col of its segments) into bpack, FC_NR floats a row;
- * columns past the panel's end are zeroed up to the kernel's vector width `cols`. */
-static void pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, const span_t *spans,
-                       int64_t ncols, int64_t cols, int64_t k0, int64_t k1, float *bpack) {
-    const fc_conv2d_desc *d = P->d;
-    const int64_t rs = d->r * d->s, sw = d->stride_w;
-    int64_t c = k0 / rs, r = k0 % rs / d->s, s = k0 % d->s;
-    for (int64_t p = k0; p < k1; p++) {
-        float *row = bpack + (p - k0) * FC_NR;
-        for (int64_t t = 0; t < nsegs; t++) {
-            const seg_t *sg = &segs[t];
-            const span_t *sp = &spans[t * d->s + s];
-            float *out = row + sg->j0;
-            int64_t ih = sg->oh * d->stride_h - d->pad_top + r * d->dil_h, lo = sp->lo, hi = sp->hi;
-            if (ih < 0 || ih >= d->h)
-                lo = hi = sg->len;
-            for (int64_t j = 0; j < lo; j++)
-                out[j] = 0.0f;
-            if (hi > lo) {
-                const float *xs = P->x + (((size_t)sg->n * d->c + g * P->cg + c) * d->h + ih) * d->w + sp->src;
-                if (sw == 1)
-                    for (int64_t j = lo; j < hi; j++)
-                        out[j] = xs[j];
-                else
-                    for (int64_t j = lo; j < hi; j++)
-                        out[j] = xs[j * sw];
-            }
-            for (int64_t j = hi; j < sg->len; j++)
-                out[j] = 0.0f;
-        }
-        for (int64_t j = ncols; j < cols; j++)
-            row[j] = 0.0f;
-        if (++s == d->s) {
-            s = 0;
-            if (++r == d->r) {
-                r = 0;
-                c++;
-            }
-        }
-    }
-}
 
 /* -- preparation ------------------------------------------------------------------------------- */
 
@@ -188,46 +48,6 @@ static const float *a_block(const plan_t *P, int64_t g, int64_t mb) {
     if ((mb + 1) * FC_MR > P->kg)
         return P->atail + g * FC_MR * P->crs;
     return P->w + (size_t)(g * P->kg + mb * FC_MR) * P->crs;
-}
-
-typedef struct {
-    int64_t nb, hq, wq;      /* used column phases; phase plane size */
-    int64_t arow[64], bcol[64]; /* index of row phase a / column phase b among the used ones, or -1 */
-    int64_t rowphases[64], colphases[64], na;
-} phases_t;
-
-/* Zero-padded, stride-split planes: plane (a, b) of channel c holds padded-input pixels
- * (i * sh + a, j * sw + b), so every tap's window of virtual pixels is contiguous. */
-static void fill_phase_plane(const plan_t *P, const phases_t *ph, int64_t n, int64_t c, float *dst) {
-    const fc_conv2d_desc *d = P->d;
-    const float *plane = P->x + ((size_t)n * d->c + c) * d->h * d->w;
-    for (int64_t ia = 0; ia < ph->na; ia++)
-        for (int64_t ib = 0; ib < ph->nb; ib++) {
-            int64_t a = ph->rowphases[ia], b = ph->colphases[ib], lo, hi;
-            float *out = dst + (ia * ph->nb + ib) * ph->hq * ph->wq;
-            fc_valid_range(d->w, ph->wq, d->stride_w, b - d->pad_left, &lo, &hi);
-            for (int64_t i = 0; i < ph->hq; i++) {
-                float *orow = out + i * ph->wq;
-                int64_t ih = i * d->stride_h + a - d->pad_top;
-                if (ih < 0 || ih >= d->h) {
-                    memset(orow, 0, (size_t)ph->wq * sizeof(float));
-                    continue;
-                }
-                const float *xrow = plane + ih * d->w; /* orow[j] = xrow[j * sw + b - pad_left] */
-                int64_t off = b - d->pad_left;
-                memset(orow, 0, (size_t)lo * sizeof(float));
-                if (d->stride_w == 1 && hi > lo)
-                    memcpy(orow + lo, xrow + (lo + off), (size_t)(hi - lo) * sizeof(float));
-                else
-                    for (int64_t j = lo; j < hi; j++)
-                        orow[j] = xrow[j * d->stride_w + off];
-                memset(orow + hi, 0, (size_t)(ph->wq - hi) * sizeof(float));
-            }
-        }
-}
-
-static int64_t round16(int64_t v) {
-    return (v + 15) / 16 * 16;
 }
 
 /* Direct pays for the discarded columns, packed for gathering B (im2col) once, a cost that
@@ -284,12 +104,12 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
     /* Each panel's runs, once per task. */
     for (int64_t j = 0; j < p1 - p0; j++) {
         int64_t n, q0;
-        panel_range(P, p0 + j, &n, &q0, &ncols[j]);
+        fc_f32_panel_range(P, p0 + j, &n, &q0, &ncols[j]);
         nv[j] = (ncols[j] + 15) / 16;
         seg_t *is = S->isegs + j * MAX_SEGS, *os = S->osegs + j * MAX_SEGS;
-        nis[j] = panel_segments(P, p0 + j, is, &ncols[j]);
+        nis[j] = fc_f32_panel_segments(P, p0 + j, is, &ncols[j]);
         memcpy(os, is, (size_t)nis[j] * sizeof(seg_t));
-        nos[j] = merge_segments(P->d, os, nis[j]);
+        nos[j] = fc_f32_merge_segments(P->d, os, nis[j]);
         /* A direct panel reading x itself must not run past x's end: pack its tail here. */
         in_place[j] = !P->direct || P->src != P->x || q0 + FC_NR <= P->img_cols;
         if (!P->direct)
@@ -297,7 +117,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         else if (in_place[j])
             b[j] = P->src + (size_t)n * P->src_img + (size_t)g * P->cg * P->src_chan + q0;
         else
-            panel_spans(P, is, nis[j], S->spans + j * MAX_SEGS * P->d->s);
+            fc_f32_panel_spans(P, is, nis[j], S->spans + j * MAX_SEGS * P->d->s);
     }
     for (int64_t k0 = 0; k0 < P->crs; k0 += P->kcb) {
         int64_t k1 = FC_MIN(P->crs, k0 + P->kcb);
@@ -308,7 +128,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
                 boff[j] = P->direct ? P->off + k0 : P->poff + k0;
             } else {
                 float *dst = S->bpack + j * P->kcb * FC_NR;
-                pack_panel(P, g, S->isegs + j * MAX_SEGS, nis[j], S->spans + j * MAX_SEGS * P->d->s,
+                fc_f32_pack_panel(P, g, S->isegs + j * MAX_SEGS, nis[j], S->spans + j * MAX_SEGS * P->d->s,
                            ncols[j], nv[j] * 16, k0, k1, dst);
                 b[j] = dst;
                 boff[j] = P->poff;
@@ -489,17 +309,17 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         if (copy_input) {
             #pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < d->n * d->c; t++)
-                fill_phase_plane(&P, &ph, t / d->c, t % d->c, phase + (size_t)t * P.src_chan);
+                fc_f32_fill_phase_plane(&P, &ph, t / d->c, t % d->c, phase + (size_t)t * P.src_chan);
         }
         if (!P.direct) { /* gather every panel once, in cache-sized blocks of rows */
             const int64_t kblocks = (P.crs + P.kcb - 1) / P.kcb;
             #pragma omp for schedule(dynamic, 1) nowait
             for (int64_t u = 0; u < d->groups * P.npanels * kblocks; u++) {
                 int64_t kb = u % kblocks, pi = u / kblocks % P.npanels, g = u / (kblocks * P.npanels);
-                int64_t ncols, nseg = panel_segments(&P, pi, S.isegs, &ncols);
+                int64_t ncols, nseg = fc_f32_panel_segments(&P, pi, S.isegs, &ncols);
                 int64_t k0 = kb * P.kcb, k1 = FC_MIN(P.crs, k0 + P.kcb);
-                panel_spans(&P, S.isegs, nseg, S.spans);
-                pack_panel(&P, g, S.isegs, nseg, S.spans, ncols, round16(ncols), k0, k1,
+                fc_f32_panel_spans(&P, S.isegs, nseg, S.spans);
+                fc_f32_pack_panel(&P, g, S.isegs, nseg, S.spans, ncols, round16(ncols), k0, k1,
                            P.gpack + ((g * P.npanels + pi) * P.crs + k0) * FC_NR);
             }
         }

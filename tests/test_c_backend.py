@@ -21,8 +21,9 @@ from fastconv import dispatch
 from fastconv.backends import c as cbackend
 from harness import Case, check
 
-#: The float32 GEMM tile (csrc/conv_gemm_f32.c): output channels x pixels, and the reduction block.
-MR, NR, KC = 8, 48, 256
+#: The float32 GEMM tile (csrc/conv_gemm_f32.c): output channels x pixels, and the reduction
+#: block (KC_TARGET rows, rounded down to whole input channels: 192 for 1x1, 189 for 3x3).
+MR, NR, KC = 8, 48, 192
 
 
 def _compiler() -> str | None:
@@ -70,7 +71,8 @@ def tile_cases() -> list[Case]:
     add("straddle_1x1_n4", (4, 3, 1, 1), (MR, 3, 1, 1))
     # Reduction terms (C * R * S) around the reduction block.
     for crs, (c, r, s) in {KC - 1: (KC - 1, 1, 1), KC: (KC, 1, 1), KC + 1: (KC + 1, 1, 1),
-                           2 * KC + 1: (2 * KC + 1, 1, 1), 3 * 9 * 10: (30, 3, 3)}.items():
+                           2 * KC + 1: (2 * KC + 1, 1, 1), 180: (20, 3, 3), 189: (21, 3, 3), 198: (22, 3, 3),
+                           147: (3, 7, 7), 196: (4, 7, 7)}.items():
         add(f"crs{crs}", (1, c, 4, 5), (MR + 3, c, r, s), padding=(r // 2, s // 2))
     # Strided and dilated gathers into the panels, and groups (one GEMM per group).
     add("stride2_pack", (2, 6, 13, 15), (MR + 1, 6, 3, 3), stride=2, padding=1)

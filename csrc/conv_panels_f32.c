@@ -1,0 +1,142 @@
+/* Where the float32 GEMM convolution's B operand comes from (see conv_gemm_f32.c): the output
+ * pixels of each 48-wide panel (as runs of output rows), the im2col gather of packed panels,
+ * and the zero-padded, stride-split planes that direct panels read in place. */
+#include "conv_gemm_f32.h"
+
+void fc_f32_panel_range(const plan_t *P, int64_t idx, int64_t *n, int64_t *q0, int64_t *ncols) {
+    if (P->direct) {
+        *n = idx / P->ppi;
+        *q0 = idx % P->ppi * FC_NR;
+        *ncols = FC_MIN(FC_NR, P->img_cols - *q0);
+    } else {
+        *n = 0;
+        *q0 = idx * FC_NR;
+        *ncols = FC_MIN(FC_NR, P->img_cols - *q0);
+    }
+}
+
+/* The output runs a panel's columns map to.  Direct panels skip the discarded columns. */
+int64_t fc_f32_panel_segments(const plan_t *P, int64_t idx, seg_t *segs, int64_t *ncols_out) {
+    const fc_conv2d_desc *d = P->d;
+    int64_t n, q0, ncols, count = 0;
+    fc_f32_panel_range(P, idx, &n, &q0, &ncols);
+    *ncols_out = ncols;
+    for (int64_t q = q0; q < q0 + ncols;) {
+        int64_t oh, ow, nn = n;
+        if (P->direct) {
+            oh = q / P->wq;
+            ow = q % P->wq;
+            if (ow >= d->ow) {
+                q += P->wq - ow;
+                continue;
+            }
+        } else {
+            nn = q / P->ohw;
+            oh = q % P->ohw / d->ow;
+            ow = q % d->ow;
+        }
+        int64_t len = FC_MIN(d->ow - ow, q0 + ncols - q);
+        segs[count++] = (seg_t){q - q0, len, nn, oh, ow};
+        q += len;
+    }
+    return count;
+}
+
+/* Consecutive segments that are also consecutive in the output (the same image, the next row)
+ * merge into one run, so the epilogue writes long runs. */
+int64_t fc_f32_merge_segments(const fc_conv2d_desc *d, seg_t *segs, int64_t nseg) {
+    int64_t out = 0;
+    for (int64_t t = 0; t < nseg; t++) {
+        seg_t *last = out ? &segs[out - 1] : NULL;
+        if (last && segs[t].n == last->n && segs[t].j0 == last->j0 + last->len &&
+            segs[t].oh * d->ow + segs[t].ow0 == last->oh * d->ow + last->ow0 + last->len)
+            last->len += segs[t].len;
+        else
+            segs[out++] = segs[t];
+    }
+    return out;
+}
+
+void fc_f32_panel_spans(const plan_t *P, const seg_t *segs, int64_t nsegs, span_t *spans) {
+    const fc_conv2d_desc *d = P->d;
+    for (int64_t t = 0; t < nsegs; t++)
+        for (int64_t s = 0; s < d->s; s++) {
+            int64_t off = s * d->dil_w - d->pad_left, lo, hi, end = segs[t].ow0 + segs[t].len;
+            fc_valid_range(d->w, end, d->stride_w, off, &lo, &hi);
+            lo = FC_MAX(lo, segs[t].ow0);
+            hi = FC_MAX(hi, lo);
+            spans[t * d->s + s] = (span_t){lo - segs[t].ow0, hi - segs[t].ow0, segs[t].ow0 * d->stride_w + off};
+        }
+}
+
+/* Gather B rows [k0, k1) of a panel (im2col of its segments) into bpack, FC_NR floats a row;
+ * columns past the panel's end are zeroed up to the kernel's vector width `cols`. */
+void fc_f32_pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, const span_t *spans,
+                       int64_t ncols, int64_t cols, int64_t k0, int64_t k1, float *bpack) {
+    const fc_conv2d_desc *d = P->d;
+    const int64_t rs = d->r * d->s, sw = d->stride_w;
+    int64_t c = k0 / rs, r = k0 % rs / d->s, s = k0 % d->s;
+    for (int64_t p = k0; p < k1; p++) {
+        float *row = bpack + (p - k0) * FC_NR;
+        for (int64_t t = 0; t < nsegs; t++) {
+            const seg_t *sg = &segs[t];
+            const span_t *sp = &spans[t * d->s + s];
+            float *out = row + sg->j0;
+            int64_t ih = sg->oh * d->stride_h - d->pad_top + r * d->dil_h, lo = sp->lo, hi = sp->hi;
+            if (ih < 0 || ih >= d->h)
+                lo = hi = sg->len;
+            for (int64_t j = 0; j < lo; j++)
+                out[j] = 0.0f;
+            if (hi > lo) {
+                const float *xs = P->x + (((size_t)sg->n * d->c + g * P->cg + c) * d->h + ih) * d->w + sp->src;
+                if (sw == 1)
+                    for (int64_t j = lo; j < hi; j++)
+                        out[j] = xs[j];
+                else
+                    for (int64_t j = lo; j < hi; j++)
+                        out[j] = xs[j * sw];
+            }
+            for (int64_t j = hi; j < sg->len; j++)
+                out[j] = 0.0f;
+        }
+        for (int64_t j = ncols; j < cols; j++)
+            row[j] = 0.0f;
+        if (++s == d->s) {
+            s = 0;
+            if (++r == d->r) {
+                r = 0;
+                c++;
+            }
+        }
+    }
+}
+
+/* Zero-padded, stride-split planes: plane (a, b) of channel c holds padded-input pixels
+ * (i * sh + a, j * sw + b), so every tap's window of virtual pixels is contiguous. */
+void fc_f32_fill_phase_plane(const plan_t *P, const phases_t *ph, int64_t n, int64_t c, float *dst) {
+    const fc_conv2d_desc *d = P->d;
+    const float *plane = P->x + ((size_t)n * d->c + c) * d->h * d->w;
+    for (int64_t ia = 0; ia < ph->na; ia++)
+        for (int64_t ib = 0; ib < ph->nb; ib++) {
+            int64_t a = ph->rowphases[ia], b = ph->colphases[ib], lo, hi;
+            float *out = dst + (ia * ph->nb + ib) * ph->hq * ph->wq;
+            fc_valid_range(d->w, ph->wq, d->stride_w, b - d->pad_left, &lo, &hi);
+            for (int64_t i = 0; i < ph->hq; i++) {
+                float *orow = out + i * ph->wq;
+                int64_t ih = i * d->stride_h + a - d->pad_top;
+                if (ih < 0 || ih >= d->h) {
+                    memset(orow, 0, (size_t)ph->wq * sizeof(float));
+                    continue;
+                }
+                const float *xrow = plane + ih * d->w; /* orow[j] = xrow[j * sw + b - pad_left] */
+                int64_t off = b - d->pad_left;
+                memset(orow, 0, (size_t)lo * sizeof(float));
+                if (d->stride_w == 1 && hi > lo)
+                    memcpy(orow + lo, xrow + (lo + off), (size_t)(hi - lo) * sizeof(float));
+                else
+                    for (int64_t j = lo; j < hi; j++)
+                        orow[j] = xrow[j * d->stride_w + off];
+                memset(orow + hi, 0, (size_t)(ph->wq - hi) * sizeof(float));
+            }
+        }
+}
