@@ -11,12 +11,17 @@ would reach on two free cores: FLOPs / (CPU time at 2 threads / 2).  Minimum ove
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import numpy as np
+# Idle OpenMP threads must sleep, or their spinning is counted as CPU time.  Set before the
+# runtime loads (it reads the variable once); torch is not imported here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import fastconv
-from c_vs_torch import LAYERS
+import numpy as np  # noqa: E402
+
+import fastconv  # noqa: E402
+from resnet_layers import LAYERS  # noqa: E402
 
 
 def cpu_time(f, reps: int) -> float:

@@ -21,21 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
+from resnet_layers import LAYERS
 
-#: ResNet-50 v1.5 convolutions: name, C, H, W, K, R, S, stride, pad (docs/notes shape catalogue).
-LAYERS = [
-    ("stem 7x7/2 3->64 @224", 3, 224, 224, 64, 7, 7, 2, 3),
-    ("res2 3x3 64 @56", 64, 56, 56, 64, 3, 3, 1, 1),
-    ("res2 1x1 64->256 @56", 64, 56, 56, 256, 1, 1, 1, 0),
-    ("res2 1x1 256->64 @56", 256, 56, 56, 64, 1, 1, 1, 0),
-    ("res3a 3x3/2 128 @56", 128, 56, 56, 128, 3, 3, 2, 1),
-    ("res3 3x3 128 @28", 128, 28, 28, 128, 3, 3, 1, 1),
-    ("res3a proj 1x1/2 256->512 @56", 256, 56, 56, 512, 1, 1, 2, 0),
-    ("res4 3x3 256 @14", 256, 14, 14, 256, 3, 3, 1, 1),
-    ("res4 1x1 1024->256 @14", 1024, 14, 14, 256, 1, 1, 1, 0),
-    ("res5 3x3 512 @7", 512, 7, 7, 512, 3, 3, 1, 1),
-    ("res5 1x1 512->2048 @7", 512, 7, 7, 2048, 1, 1, 1, 0),
-]
 
 
 def interleaved(fa, fb, reps: int, warmup: int = 2) -> tuple[float, float]:

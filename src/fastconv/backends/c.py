@@ -13,8 +13,6 @@ convolutions use direct loops that the compiler vectorises.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import threads
@@ -23,28 +21,12 @@ NAME = "c"
 FUSED_EPILOGUE = True
 
 
-def _load():
-    """Import the extension with OpenMP's idle threads set to sleep, not spin.
-
-    libgomp reads OMP_WAIT_POLICY once, when it loads (with our extension, unless something
-    loaded it before).  Spinning idle threads are fatal on a small or shared machine: after each
-    call they keep a core busy while the next parallel region -- ours, or torch's, which has its
-    own OpenMP runtime -- waits for a thread that cannot get a core (measured on 2 cores: 1 ms
-    calls took 24 ms).  Sleeping costs a few microseconds per call.  A user's own setting wins.
-    """
-    saved = os.environ.get("OMP_WAIT_POLICY")
-    if saved is None:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        from .. import _ckernels as module
-    finally:
-        if saved is None:
-            del os.environ["OMP_WAIT_POLICY"]
-    return module
-
-
+# The extension links the process's libgomp.  torch's wheel ships its own copy under the same
+# soname, so whichever loads first is the one OpenMP runtime (and thread pool) both use; its
+# OMP_WAIT_POLICY decides whether idle threads spin or sleep.  On a shared or oversubscribed
+# machine OMP_WAIT_POLICY=PASSIVE avoids spinning threads that hold cores other threads need.
 try:
-    _ckernels = _load()
+    from .. import _ckernels
 except ImportError as exc:  # not built: no compiler at install time, or a broken build
     _ckernels = None
     _IMPORT_ERROR = f"the C extension fastconv._ckernels is not built ({exc}); reinstall with a C compiler"
