@@ -26,7 +26,7 @@ typedef struct {
     float *atail;            /* [groups][MR][crs]: each group's last, partial 8-channel block */
     float *gpack;            /* packed: [npanels][crs][NR], every panel gathered once per call */
     const int64_t *poff;     /* [max(crs, kcb)]: p * NR, the row offsets of a packed block */
-    const fc_ukernel_fn *uk;
+    const fc_ukernel_fn (*uk)[3];
     int avx512;
 } plan_t;
 

@@ -80,8 +80,9 @@ int fc_level(void);
 #define FC_NR 48
 typedef void (*fc_ukernel_fn)(int64_t kc, const float *a, int64_t lda, const float *b,
                               const int64_t *boff, float *c, int accumulate);
-extern const fc_ukernel_fn fc_f32_gemm_kernels_avx512[3];
-extern const fc_ukernel_fn fc_f32_gemm_kernels_avx2[3];
+/* [prefetch][NV - 1]: the prefetch variants also fetch B rows ahead (first pass over a block). */
+extern const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3];
+extern const fc_ukernel_fn fc_f32_gemm_kernels_avx2[2][3];
 void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias,
                               const float *res, float *out, int64_t ldo, int relu);
 

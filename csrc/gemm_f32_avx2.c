@@ -45,8 +45,9 @@ FC_GEMM_VARIANT(1, 16)
 FC_GEMM_VARIANT(2, 32)
 FC_GEMM_VARIANT(3, 48)
 
-const fc_ukernel_fn fc_f32_gemm_kernels_avx2[3] = {fc_f32_gemm_8x16_avx2, fc_f32_gemm_8x32_avx2,
-                                                fc_f32_gemm_8x48_avx2};
+const fc_ukernel_fn fc_f32_gemm_kernels_avx2[2][3] = {
+    {fc_f32_gemm_8x16_avx2, fc_f32_gemm_8x32_avx2, fc_f32_gemm_8x48_avx2},
+    {fc_f32_gemm_8x16_avx2, fc_f32_gemm_8x32_avx2, fc_f32_gemm_8x48_avx2}};
 #else
-const fc_ukernel_fn fc_f32_gemm_kernels_avx2[3] = {0, 0, 0};
+const fc_ukernel_fn fc_f32_gemm_kernels_avx2[2][3] = {{0, 0, 0}, {0, 0, 0}};
 #endif

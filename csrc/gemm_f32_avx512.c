@@ -11,7 +11,7 @@
 #include <immintrin.h>
 
 __attribute__((target("avx512f"), always_inline)) static inline void
-gemm_8xNV(const int nv, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
+gemm_8xNV(const int nv, const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
           const int64_t *restrict boff, float *restrict c, int accumulate) {
     __m512 acc[FC_MR][3];
     for (int i = 0; i < FC_MR; i++)
@@ -25,6 +25,14 @@ gemm_8xNV(const int nv, int64_t kc, const float *restrict a, int64_t lda, const 
         /* The weights stream from L2/L3 once per call: fetch each row two lines ahead, one
          * row per step (so every 64-byte line is requested twice, early enough). */
         _mm_prefetch((const char *)(ar[p & (FC_MR - 1)] + p + 32), _MM_HINT_T0);
+        /* First pass over a block (cold B rows, from L3 at large batch): fetch the row 8 steps
+         * ahead, all the lines it spans, while this one computes. */
+        if (prefetch_b && p + 8 < kc) {
+            const char *next = (const char *)(b + boff[p + 8]);
+            for (int j = 0; j < nv * 64; j += 64)
+                _mm_prefetch(next + j, _MM_HINT_T0);
+            _mm_prefetch(next + nv * 64 - 4, _MM_HINT_T0);
+        }
         const float *bp = b + boff[p];
         __m512 bv[3];
         for (int j = 0; j < nv; j++)
@@ -40,18 +48,22 @@ gemm_8xNV(const int nv, int64_t kc, const float *restrict a, int64_t lda, const 
             _mm512_storeu_ps(c + i * FC_NR + j * 16, acc[i][j]);
 }
 
-#define FC_GEMM_VARIANT(NV, COLS)                                                                      \
-    __attribute__((target("avx512f"))) static void fc_f32_gemm_8x##COLS##_avx512(                 \
-        int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, float *c,        \
-        int accumulate) { \
-        gemm_8xNV(NV, kc, a, lda, b, boff, c, accumulate);                                              \
+#define FC_GEMM_VARIANT(NV, COLS, PF, SUFFIX)                                                   \
+    __attribute__((target("avx512f"))) static void fc_f32_gemm_8x##COLS##SUFFIX##_avx512(    \
+        int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, float *c, \
+        int accumulate) {                                                                   \
+        gemm_8xNV(NV, PF, kc, a, lda, b, boff, c, accumulate);                              \
     }
-FC_GEMM_VARIANT(1, 16)
-FC_GEMM_VARIANT(2, 32)
-FC_GEMM_VARIANT(3, 48)
+FC_GEMM_VARIANT(1, 16, 0, )
+FC_GEMM_VARIANT(2, 32, 0, )
+FC_GEMM_VARIANT(3, 48, 0, )
+FC_GEMM_VARIANT(1, 16, 1, _prefetch)
+FC_GEMM_VARIANT(2, 32, 1, _prefetch)
+FC_GEMM_VARIANT(3, 48, 1, _prefetch)
 
-const fc_ukernel_fn fc_f32_gemm_kernels_avx512[3] = {fc_f32_gemm_8x16_avx512, fc_f32_gemm_8x32_avx512,
-                                                  fc_f32_gemm_8x48_avx512};
+const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3] = {
+    {fc_f32_gemm_8x16_avx512, fc_f32_gemm_8x32_avx512, fc_f32_gemm_8x48_avx512},
+    {fc_f32_gemm_8x16_prefetch_avx512, fc_f32_gemm_8x32_prefetch_avx512, fc_f32_gemm_8x48_prefetch_avx512}};
 
 /* out[i * ldo + j] = act(c[i * NR + j0 + j] + bias[i] + res[i * ldo + j]) for i < rows, j < len:
  * one contiguous output run of a finished tile, 16 lanes at a time (masked at the end). */
@@ -73,5 +85,5 @@ __attribute__((target("avx512f"))) void fc_f32_tile_store_avx512(const float *c,
     }
 }
 #else
-const fc_ukernel_fn fc_f32_gemm_kernels_avx512[3] = {0, 0, 0};
+const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};
 #endif
