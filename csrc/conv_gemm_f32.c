@@ -139,6 +139,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
             const float *a = a_block(P, g, mb) + k0;
             for (int64_t j = 0; j < p1 - p0; j++) {
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
+                /* The first weight block meets cold B rows: use the kernel that prefetches them. */
                 P->uk[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
                 if (last) /* finished: write it out while the tile is in L1 */
                     store_tile(P, c, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
