@@ -71,6 +71,26 @@ static int FN(conv2d_direct)(const fc_conv2d_desc *d, const T *x, const T *w, co
     return FC_OK;
 }
 
+/* One output row of a 3x3 depthwise convolution from three padded input rows: all nine taps
+ * per output column at once, so the row is written once (MobileNet's case). */
+FC_CLONES
+static void FN(dw3x3_row)(T *restrict yrow, const T *restrict x0, const T *restrict x1, const T *restrict x2,
+                          const T *restrict wk, int64_t ow, int64_t sw, T b) {
+    const T w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3], w4 = wk[4], w5 = wk[5], w6 = wk[6],
+            w7 = wk[7], w8 = wk[8];
+    if (sw == 1) {
+        for (int64_t j = 0; j < ow; j++)
+            yrow[j] = b + w0 * x0[j] + w1 * x0[j + 1] + w2 * x0[j + 2] + w3 * x1[j] + w4 * x1[j + 1] +
+                      w5 * x1[j + 2] + w6 * x2[j] + w7 * x2[j + 1] + w8 * x2[j + 2];
+    } else {
+        for (int64_t j = 0; j < ow; j++) {
+            int64_t q = j * sw;
+            yrow[j] = b + w0 * x0[q] + w1 * x0[q + 1] + w2 * x0[q + 2] + w3 * x1[q] + w4 * x1[q + 1] +
+                      w5 * x1[q + 2] + w6 * x2[q] + w7 * x2[q + 1] + w8 * x2[q + 2];
+        }
+    }
+}
+
 /* Depthwise (one input channel per group): each task is one (image, channel) plane, copied once
  * into a zero-padded scratch plane so that every tap of every output row is a plain run of the
  * padded row; the channel's k/c output planes (the channel multiplier) are computed from it. */
@@ -101,6 +121,12 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
                 const T b = bias ? bias[kk] : (T)0;
                 for (int64_t i = 0; i < d->oh; i++) {
                     T *yrow = y + obase + i * d->ow;
+                    if (d->r == 3 && d->s == 3 && d->dil_w == 1) {
+                        const T *x0 = xp + i * d->stride_h * wp;
+                        FN(dw3x3_row)(yrow, x0, x0 + d->dil_h * wp, x0 + 2 * d->dil_h * wp, wk, d->ow, d->stride_w, b);
+                        FN(row_epilogue)(yrow, residual ? residual + obase + i * d->ow : NULL, d->ow, d->relu);
+                        continue;
+                    }
                     for (int64_t j = 0; j < d->ow; j++)
                         yrow[j] = b;
                     for (int64_t r = 0; r < d->r; r++) {

@@ -83,6 +83,12 @@ def tile_cases() -> list[Case]:
     add("wide_row", (1, 3, 2, 130), (MR, 3, 1, 5), padding=(0, 2))
     add("stem_like", (1, 3, 31, 31), (MR + 1, 3, 7, 7), stride=2, padding=3)
     add("tiny_f64", (1, 1, 1, 1), (1, 1, 1, 1), dtype="float64")
+    # The depthwise kernel's 3x3 fast path (dilated rows, strided columns, channel multiplier).
+    for dtype in ("float32", "float64"):
+        add(f"dw3x3_dilh2_{dtype}", (2, 8, 10, 11), (8, 1, 3, 3), dtype=dtype, groups=8, dilation=(2, 1),
+            padding=(2, 1))
+        add(f"dw3x3_s2_mult2_{dtype}", (1, 5, 9, 12), (10, 1, 3, 3), dtype=dtype, groups=5, stride=2, padding=1)
+        add(f"dw3x3_wide17_{dtype}", (1, 3, 4, 17), (3, 1, 3, 3), dtype=dtype, groups=3, padding=1)
     return cases
 
 
