@@ -19,13 +19,14 @@
 /* Portable loops compiled once per instruction set and picked at load time (GCC/Clang ifunc), so
  * auto-vectorised code uses AVX-512 or AVX2+FMA where the CPU has them without -march=native
  * and still runs on any x86-64.  Other compilers and architectures get the one plain version. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FC_NO_CLONES)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FC_NO_CLONES) && !defined(FC_NO_X86)
 #define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FC_CLONES
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__)
+/* -DFC_NO_X86 builds the portable code only, as on other architectures (to test that build). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(FC_NO_X86)
 #define FC_X86 1
 #else
 #define FC_X86 0

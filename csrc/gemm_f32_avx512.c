@@ -85,6 +85,10 @@ __attribute__((target("avx512f"))) void fc_f32_tile_store_avx512(const float *c,
         }
     }
 }
-#else
+#else /* not x86: never called (fc_level() is FC_GENERIC), defined so the module links */
 const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};
+void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias, const float *res,
+                              float *out, int64_t ldo, int relu) {
+    (void)c, (void)rows, (void)len, (void)bias, (void)res, (void)out, (void)ldo, (void)relu;
+}
 #endif
