@@ -70,7 +70,6 @@ typedef struct {
     float *bpack;   /* [panels][kcb][NR] the task's packed panel blocks */
     seg_t *isegs;   /* [panels][MAX_SEGS] input runs of each panel (packed panels) */
     seg_t *osegs;   /* [panels][MAX_SEGS] output runs of each panel */
-    span_t *spans;  /* [panels][MAX_SEGS * s] */
 } scratch_t;
 
 /* bias + residual + relu while writing one finished tile's rows into NCHW. */
@@ -116,8 +115,6 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
             b[j] = P->gpack + ((size_t)g * P->npanels + p0 + j) * P->crs * FC_NR;
         else if (in_place[j])
             b[j] = P->src + (size_t)n * P->src_img + (size_t)g * P->cg * P->src_chan + q0;
-        else
-            fc_f32_panel_spans(P, is, nis[j], S->spans + j * MAX_SEGS * P->d->s);
     }
     for (int64_t k0 = 0; k0 < P->crs; k0 += P->kcb) {
         int64_t k1 = FC_MIN(P->crs, k0 + P->kcb);
@@ -128,8 +125,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
                 boff[j] = P->direct ? P->off + k0 : P->poff + k0;
             } else {
                 float *dst = S->bpack + j * P->kcb * FC_NR;
-                fc_f32_pack_panel(P, g, S->isegs + j * MAX_SEGS, nis[j], S->spans + j * MAX_SEGS * P->d->s,
-                           ncols[j], nv[j] * 16, k0, k1, dst);
+                fc_f32_pack_panel(P, g, S->isegs + j * MAX_SEGS, nis[j], ncols[j], nv[j] * 16, k0, k1, dst);
                 b[j] = dst;
                 boff[j] = P->poff;
             }
@@ -229,18 +225,16 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         P.direct = 1;
     else if (force && !strcmp(force, "packed") && packed_floats <= (double)(16 << 20))
         P.direct = 0;
-    int copy_input = P.direct && !plain_1x1;
-
-    size_t phase_floats = 0;
+    /* Both modes read B rows as windows of one source: x itself (plain 1x1), else the phase planes. */
+    int copy_input = !plain_1x1;
+    P.wq = plain_1x1 ? d->ow : ph.wq;
+    P.src_chan = plain_1x1 ? d->h * d->w : ph.na * ph.nb * ph.hq * ph.wq;
+    P.src_img = d->c * P.src_chan;
+    size_t phase_floats = copy_input ? (size_t)d->n * P.src_img + FC_NR : 0; /* slack: the last panel runs past */
     if (P.direct) {
-        P.wq = plain_1x1 ? d->ow : ph.wq;
         P.img_cols = (d->oh - 1) * P.wq + d->ow;
         P.ppi = (P.img_cols + FC_NR - 1) / FC_NR;
         P.npanels = d->n * P.ppi;
-        P.src_chan = plain_1x1 ? d->h * d->w : ph.na * ph.nb * ph.hq * ph.wq;
-        P.src_img = d->c * P.src_chan;
-        if (copy_input)
-            phase_floats = (size_t)d->n * P.src_img + FC_NR; /* slack: the last panel runs past */
     } else {
         P.img_cols = d->n * P.ohw;
         P.npanels = (P.img_cols + FC_NR - 1) / FC_NR;
@@ -263,11 +257,10 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     int64_t *poff = fc_alloc((size_t)P.crs * sizeof(int64_t));
     size_t gpack_floats = P.direct ? 0 : (size_t)d->groups * P.npanels * P.crs * FC_NR;
     P.gpack = gpack_floats ? fc_alloc(gpack_floats * sizeof(float)) : NULL;
-    size_t seg_count = (size_t)pt * MAX_SEGS * 2, span_count = (size_t)pt * MAX_SEGS * d->s;
+    size_t seg_count = (size_t)pt * MAX_SEGS * 2;
     seg_t *segs = fc_alloc((size_t)team * seg_count * sizeof(seg_t));
-    span_t *spans = fc_alloc((size_t)team * span_count * sizeof(span_t));
     int status = FC_OK;
-    if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs || !spans ||
+    if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs ||
         (gpack_floats && !P.gpack)) {
         status = FC_ENOMEM;
         goto done;
@@ -275,7 +268,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     for (int64_t p = 0; p < P.crs; p++)
         poff[p] = p * FC_NR;
     P.poff = poff;
-    if (P.direct) {
+    {
         P.src = copy_input ? phase : x;
         const int64_t rs = d->r * d->s;
         for (int64_t p = 0; p < P.crs; p++) {
@@ -300,7 +293,6 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         S.bpack = S.cbuf + cbuf_floats;
         S.isegs = segs + (size_t)tid * seg_count;
         S.osegs = S.isegs + (size_t)pt * MAX_SEGS;
-        S.spans = spans + (size_t)tid * span_count;
 
         if (tail) {
             #pragma omp for schedule(static) nowait
@@ -312,16 +304,16 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
             for (int64_t t = 0; t < d->n * d->c; t++)
                 fc_f32_fill_phase_plane(&P, &ph, t / d->c, t % d->c, phase + (size_t)t * P.src_chan);
         }
-        if (!P.direct) { /* gather every panel once, in cache-sized blocks of rows */
+        if (!P.direct) { /* gather every panel once (from the finished planes), in blocks of rows */
+            #pragma omp barrier
             const int64_t kblocks = (P.crs + P.kcb - 1) / P.kcb;
             #pragma omp for schedule(dynamic, 1) nowait
             for (int64_t u = 0; u < d->groups * P.npanels * kblocks; u++) {
                 int64_t kb = u % kblocks, pi = u / kblocks % P.npanels, g = u / (kblocks * P.npanels);
                 int64_t ncols, nseg = fc_f32_panel_segments(&P, pi, S.isegs, &ncols);
                 int64_t k0 = kb * P.kcb, k1 = FC_MIN(P.crs, k0 + P.kcb);
-                fc_f32_panel_spans(&P, S.isegs, nseg, S.spans);
-                fc_f32_pack_panel(&P, g, S.isegs, nseg, S.spans, ncols, round16(ncols), k0, k1,
-                           P.gpack + ((g * P.npanels + pi) * P.crs + k0) * FC_NR);
+                fc_f32_pack_panel(&P, g, S.isegs, nseg, ncols, round16(ncols), k0, k1,
+                                  P.gpack + ((g * P.npanels + pi) * P.crs + k0) * FC_NR);
             }
         }
         #pragma omp barrier
@@ -341,7 +333,6 @@ done:
     free(tbuf);
     free(poff);
     free(segs);
-    free(spans);
     free(P.gpack);
     return status;
 }

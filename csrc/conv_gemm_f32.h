@@ -30,11 +30,6 @@ typedef struct {
     int avx512;
 } plan_t;
 
-/* Where tap column s of segment t reads: out[j] = xrow[src + j * stride_w] for j in [lo, hi),
- * zero elsewhere.  Computed once per panel, so packing a row does no division. */
-typedef struct {
-    int64_t lo, hi, src;
-} span_t;
 
 typedef struct {
     int64_t nb, hq, wq;      /* used column phases; phase plane size */
@@ -45,9 +40,8 @@ typedef struct {
 void fc_f32_panel_range(const plan_t *P, int64_t idx, int64_t *n, int64_t *q0, int64_t *ncols);
 int64_t fc_f32_panel_segments(const plan_t *P, int64_t idx, seg_t *segs, int64_t *ncols_out);
 int64_t fc_f32_merge_segments(const fc_conv2d_desc *d, seg_t *segs, int64_t nseg);
-void fc_f32_panel_spans(const plan_t *P, const seg_t *segs, int64_t nsegs, span_t *spans);
-void fc_f32_pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, const span_t *spans,
-                int64_t ncols, int64_t cols, int64_t k0, int64_t k1, float *bpack);
+void fc_f32_pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, int64_t ncols,
+                       int64_t cols, int64_t k0, int64_t k1, float *bpack);
 void fc_f32_fill_phase_plane(const plan_t *P, const phases_t *ph, int64_t n, int64_t c, float *dst);
 
 static inline int64_t round16(int64_t v) {

@@ -57,57 +57,21 @@ int64_t fc_f32_merge_segments(const fc_conv2d_desc *d, seg_t *segs, int64_t nseg
     return out;
 }
 
-void fc_f32_panel_spans(const plan_t *P, const seg_t *segs, int64_t nsegs, span_t *spans) {
-    const fc_conv2d_desc *d = P->d;
-    for (int64_t t = 0; t < nsegs; t++)
-        for (int64_t s = 0; s < d->s; s++) {
-            int64_t off = s * d->dil_w - d->pad_left, lo, hi, end = segs[t].ow0 + segs[t].len;
-            fc_valid_range(d->w, end, d->stride_w, off, &lo, &hi);
-            lo = FC_MAX(lo, segs[t].ow0);
-            hi = FC_MAX(hi, lo);
-            spans[t * d->s + s] = (span_t){lo - segs[t].ow0, hi - segs[t].ow0, segs[t].ow0 * d->stride_w + off};
-        }
-}
-
-/* Gather B rows [k0, k1) of a panel (im2col of its segments) into bpack, FC_NR floats a row;
- * columns past the panel's end are zeroed up to the kernel's vector width `cols`. */
-void fc_f32_pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, const span_t *spans,
-                       int64_t ncols, int64_t cols, int64_t k0, int64_t k1, float *bpack) {
-    const fc_conv2d_desc *d = P->d;
-    const int64_t rs = d->r * d->s, sw = d->stride_w;
-    int64_t c = k0 / rs, r = k0 % rs / d->s, s = k0 % d->s;
+/* Gather B rows [k0, k1) of a panel into bpack, FC_NR floats a row: each output run of the
+ * panel is a contiguous run of the B source (padding is already in the phase planes), so a
+ * row is a few memcpy's.  Columns past the panel's end are zeroed up to `cols`. */
+void fc_f32_pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, int64_t ncols,
+                       int64_t cols, int64_t k0, int64_t k1, float *bpack) {
+    const float *base = P->src + (size_t)g * P->cg * P->src_chan;
     for (int64_t p = k0; p < k1; p++) {
         float *row = bpack + (p - k0) * FC_NR;
         for (int64_t t = 0; t < nsegs; t++) {
             const seg_t *sg = &segs[t];
-            const span_t *sp = &spans[t * d->s + s];
-            float *out = row + sg->j0;
-            int64_t ih = sg->oh * d->stride_h - d->pad_top + r * d->dil_h, lo = sp->lo, hi = sp->hi;
-            if (ih < 0 || ih >= d->h)
-                lo = hi = sg->len;
-            for (int64_t j = 0; j < lo; j++)
-                out[j] = 0.0f;
-            if (hi > lo) {
-                const float *xs = P->x + (((size_t)sg->n * d->c + g * P->cg + c) * d->h + ih) * d->w + sp->src;
-                if (sw == 1)
-                    for (int64_t j = lo; j < hi; j++)
-                        out[j] = xs[j];
-                else
-                    for (int64_t j = lo; j < hi; j++)
-                        out[j] = xs[j * sw];
-            }
-            for (int64_t j = hi; j < sg->len; j++)
-                out[j] = 0.0f;
+            const float *run = base + (size_t)sg->n * P->src_img + P->off[p] + sg->oh * P->wq + sg->ow0;
+            memcpy(row + sg->j0, run, (size_t)sg->len * sizeof(float));
         }
         for (int64_t j = ncols; j < cols; j++)
             row[j] = 0.0f;
-        if (++s == d->s) {
-            s = 0;
-            if (++r == d->r) {
-                r = 0;
-                c++;
-            }
-        }
     }
 }
 
