@@ -12,8 +12,10 @@
  *   plane[c, phase(r, s)][q + offset(r, s)].  Columns ow >= OW are computed and discarded (a few
  *   percent on large images).  A 1x1, stride-1, unpadded convolution reads the input itself.
  * - "packed": small images, where those discarded columns would cost too much, gather real
- *   pixels (over the whole batch, so a panel may span images) into a 48-wide panel per pass,
- *   as im2col would, but only a cache-sized block at a time.
+ *   pixels (over the whole batch, so a panel may span images) into 48-wide panels once per
+ *   call, as im2col would: each run of a panel row is a run of the same phase planes.  Packing
+ *   inflates a 3x3 convolution's B ninefold (direct windows share cache lines between taps),
+ *   so it pays only where the discarded columns are many (7x7 images at batch 8).
  *
  * Blocking: the reduction runs in blocks of about KC_TARGET rows (whole channels).  Within a
  * block, each 8-channel slice of the weights (read in place, 8 row streams: no weight
