@@ -194,7 +194,7 @@ def show_main(argv: list[str]) -> int:
         return 2
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("\n".join(report.markdown(doc) for doc in docs))
+            f.write(report.markdown_document(docs))
         err.print(f"wrote {args.markdown}")
     if args.plot or args.csv:
         _write_outputs(docs[0], argparse.Namespace(plot=args.plot, csv=args.csv), err)

@@ -225,6 +225,28 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_document(docs: list[dict]) -> str:
+    """Several runs' summaries under one heading, with how they were made (docs/results/bench.md)."""
+    cuda = any(d["device"] == "cuda" for d in docs)
+    policy = {d["thread_counts"].get("OMP_WAIT_POLICY") for d in docs} - {None}
+    head = ["## Benchmark results", "",
+            "Made by `make bench-results` (`fastconv bench --suite S --threads 2 --json "
+            "benchmarks/results/S.json --plot benchmarks/results/S.png` per suite, then "
+            "`fastconv bench show ... --markdown`); the JSON files hold every figure (quartiles, first "
+            "calls, errors, workspace), the PNGs plot them. Cells: throughput (x = torch time / backend "
+            "time); bold: fastest correct backend; skip: the backend refuses the problem (see the JSON "
+            "for why).",
+            "",
+            f"OpenMP wait policy: {', '.join(sorted(policy)) or 'runtime default'}. The cores are shared "
+            "with other processes (see each run's load average in its JSON): treat single figures as "
+            "+-20%.",
+            ""]
+    if not cuda:
+        head += ["torch on CUDA (`--device cuda`) is not part of these runs: no GPU was available, so "
+                 "the CUDA rows are unverified.", ""]
+    return "\n".join(head) + "\n" + "\n".join(markdown(doc) for doc in docs)
+
+
 CSV_PROBLEM_FIELDS = ("label", "op", "n", "dtype", "count", "unit", "flops", "bytes")
 
 
