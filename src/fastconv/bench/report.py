@@ -219,7 +219,10 @@ def markdown(doc: dict) -> str:
                      f"{fmt_ratio(s['geomean_vs_torch']) or '-'} | {fmt_time(s['first_use_s']) or '-'} | "
                      f"{fmt_time(s['warmup_extra_s']) or '-'} |")
     notes = [f"{b['name']}: not available ({b['reason']})" for b in gone]
-    notes += [f"{n}: skipped on every problem" for n in others]
+    for name in [*others, *(["torch"] if all(r["status"] == "skipped" for r in doc["results"]
+                                            if r["backend"] == "torch") else [])]:
+        reasons = sorted({r["reason"] for r in doc["results"] if r["backend"] == name and r["reason"]})
+        notes.append(f"{name}: skipped on every problem ({'; '.join(reasons) or 'no reason given'})")
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -96,9 +96,6 @@ class Run:
 
     def cell(self, problem: str, backend: str) -> Measurement | None:
         return next((m for m in self.measurements if m.problem == problem and m.backend == backend), None)
-
-    def target_names(self) -> list[str]:
-        return [b["name"] for b in self.backends]
 
 
 Progress = Callable[[int, int, str], None]  # (cases done, cases, what runs now)
@@ -264,7 +261,3 @@ def run_suite(suite, cases, targets, settings: Settings, device: str = "cpu",
               progress: Progress | None = None, peak: bool = True) -> Run:
     """Everything: environment, peak, then every case on every target."""
     return run_cases(new_run(suite, cases, targets, settings, device, peak), targets, progress)
-
-
-def measurement_dict(m: Measurement) -> dict:
-    return asdict(m)
