@@ -242,3 +242,34 @@ def test_peak_prefers_the_c_backend(monkeypatch):
 
 def test_numpy_gemm_peak_is_positive():
     assert machine._numpy_gemm_gflops(1, n=64) > 0
+
+
+def test_models_suite_checks_against_the_torch_twin(monkeypatch):
+    import torch
+
+    weights = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+
+    class Twin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.from_numpy(weights.copy()))
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) @ self.w
+
+    class PoolNet:  # global average pool (through the public API) and a linear layer
+        def __call__(self, x):
+            return fastconv.adaptive_avg_pool2d(x, 1)[:, :, 0, 0] @ weights
+
+        def to_torch(self):
+            return Twin()
+
+    fake = types.ModuleType("fastconv.models")
+    fake.resnet18 = PoolNet
+    monkeypatch.setitem(sys.modules, "fastconv.models", fake)
+    monkeypatch.setattr(targets.models, "_fastconv_models", {})
+    monkeypatch.setattr(targets.models, "_torch_models", {})
+    case = suites.get_suite("models").cases(batch_sizes=(1,))[0]
+    cells = runner.measure_case(case, targets.fastconv_targets(["im2col", "naive"]) + targets.torch_targets(), FAST)
+    assert [c.status for c in cells] == ["ok", "ok", "ok"], [(c.backend, c.reason) for c in cells]
+    assert all(c.max_rel_error < 1e-5 and c.speed_vs_torch > 0 for c in cells)

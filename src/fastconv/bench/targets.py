@@ -280,7 +280,9 @@ class TorchTarget:
         torch = _torch()
         on_cuda = self.device != "cpu"
         if case.op == "model":
-            model = models.torch_counterpart(case, torch)[0].to(self.device)
+            model = models.torch_counterpart(case, torch)[0]
+            if on_cuda:  # .to() moves a module in place: keep the shared CPU twin on the CPU
+                model = copy.deepcopy(model).to(self.device)
             x = torch.from_numpy(data["x"]).to(self.device)
 
             def run():
