@@ -5,6 +5,8 @@
 #   benchmarks/history.sh main~5..main [extra `asv run` arguments, e.g. -b Compute.time_call]
 # No network and no second torch install, unlike asv's managed environments.
 set -euo pipefail
+# As in the Makefile: idle OpenMP threads sleep (the cores may be shared), unless told otherwise.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 range=${1:?usage: benchmarks/history.sh A..B [asv run arguments]}
 shift
 root=$(git rev-parse --show-toplevel)
