@@ -25,7 +25,7 @@ def _console(stderr: bool = False):
 
     # Piped output (make bench | tee) gets a wide table instead of rich's 80-column default.
     probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, width=160)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=190)
 
 
 def _positive_int(text: str) -> int:
