@@ -98,7 +98,19 @@ def as_float(v, name: str) -> float:
     return float(v)
 
 
-def _physical_memory() -> int:
+def _available_memory() -> int:
+    """Bytes this machine can still give: MemAvailable on Linux, else all physical memory.
+
+    Linux overcommits, so an allocation larger than this can succeed and then get the process
+    killed when the kernel writes it; refusing it up front is the only clean way out.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -111,7 +123,8 @@ def check_output_size(shape: tuple[int, ...], dtype: np.dtype, what: str) -> Non
     for n in shape:
         count *= n
     nbytes = count * np.dtype(dtype).itemsize
-    limit = _physical_memory()
-    if nbytes > limit:
-        raise MemoryError(f"{what}: the output of shape {tuple(shape)} needs {nbytes / 2**30:.1f} GiB, "
-                          f"more than this machine's {limit / 2**30:.1f} GiB of memory")
+    if nbytes > 2**26:  # reading /proc/meminfo costs microseconds: only for outputs over 64 MiB
+        limit = _available_memory()
+        if nbytes > limit:
+            raise MemoryError(f"{what}: the output of shape {tuple(shape)} needs {nbytes / 2**30:.1f} GiB, "
+                              f"more than the {limit / 2**30:.1f} GiB of memory available")

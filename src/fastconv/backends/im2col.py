@@ -17,7 +17,7 @@ are vectorised NumPy on window views, split over image planes across the same th
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -75,16 +75,21 @@ class _SingleThreadedBlas:
     """Keep BLAS on one thread while any call runs its own threads; restore it after the last.
 
     The parallelism is ours; a multi-threaded BLAS under each of our threads would oversubscribe
-    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread.
+    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread.  The
+    controller is made once: finding the loaded BLAS libraries costs ~80 us, limiting them ~3 us.
     """
+
+    controller = None
 
     def __enter__(self):
         global _blas_users, _blas_limiter
         with _lock:
             if _blas_users == 0:
-                from threadpoolctl import threadpool_limits
+                if _SingleThreadedBlas.controller is None:
+                    from threadpoolctl import ThreadpoolController
 
-                _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+                    _SingleThreadedBlas.controller = ThreadpoolController()
+                _blas_limiter = _SingleThreadedBlas.controller.limit(limits=1, user_api="blas")
             _blas_users += 1
 
     def __exit__(self, *exc):
@@ -96,10 +101,13 @@ class _SingleThreadedBlas:
                 _blas_limiter = None
 
 
-def _parallel(work, items: list) -> None:
-    """work(part) for round-robin parts of ``items``, one part per thread."""
+def _parallel(work, items: list, blas: bool = False) -> None:
+    """work(part) for round-robin parts of ``items``, one part per thread.
+
+    ``blas``: the work calls BLAS, which must then stay single-threaded under our threads.
+    """
     n = min(threads.get_num_threads(), len(items))
-    with _SingleThreadedBlas():
+    with _SingleThreadedBlas() if blas else contextlib.nullcontext():
         if n <= 1:
             work(items)
             return
@@ -108,29 +116,42 @@ def _parallel(work, items: list) -> None:
             f.result()
 
 
-def _plane_chunks(planes: int) -> list[tuple[int, int]]:
-    """About four ranges of image planes per thread, for load balance."""
-    count = max(1, min(planes, 4 * threads.get_num_threads()))
-    edges = np.linspace(0, planes, count + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+#: Elements below which splitting work over threads costs more than it saves.
+MIN_CHUNK_ELEMENTS = 1 << 15
 
 
-def _padded(x: np.ndarray, pads: tuple[int, int, int, int], value: float) -> np.ndarray:
-    """x (P, H, W) with ``value`` rows/columns added (top, bottom, left, right); filled in parallel."""
+def _chunks(count: int, unit: int = 1) -> list[tuple[int, int]]:
+    """Ranges over ``count`` units of ``unit`` elements: about four per thread, none tiny."""
+    pieces = max(1, min(count, 4 * threads.get_num_threads(), count * unit // MIN_CHUNK_ELEMENTS))
+    edges = [count * t // pieces for t in range(pieces + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _zero_padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """x (P, H, W) with zero rows/columns added (top, bottom, left, right).
+
+    np.zeros maps zero pages lazily, so only the interior copy costs time; it runs in parallel.
+    """
     pt, pb, pl, pr = pads
     if not any(pads):
         return x
     planes, h, w = x.shape
-    out = np.empty((planes, h + pt + pb, w + pl + pr), x.dtype)
+    out = np.zeros((planes, h + pt + pb, w + pl + pr), x.dtype)
 
     def work(part):
         for a, b in part:
-            o = out[a:b]
-            o[:, :pt], o[:, pt + h:], o[:, pt:pt + h, :pl], o[:, pt:pt + h, pl + w:] = value, value, value, value
-            o[:, pt:pt + h, pl:pl + w] = x[a:b]
+            out[a:b, pt:pt + h, pl:pl + w] = x[a:b]
 
-    _parallel(work, _plane_chunks(planes))
+    _parallel(work, _chunks(planes, h * w))
     return out
+
+
+def _view(a: np.ndarray, shape) -> np.ndarray:
+    """``a`` reshaped without a copy -- a silent copy would make a GEMM write its result nowhere."""
+    v = a.reshape(shape)
+    if v.size and not np.may_share_memory(v, a):
+        raise AssertionError(f"im2col: reshape of {a.shape} to {shape} would copy")
+    return v
 
 
 # -- convolution -------------------------------------------------------------------------------
@@ -141,8 +162,10 @@ def _blocks(p) -> list[tuple[int, int, int, int, int, int]]:
     pixels = max(MIN_BLOCK_PIXELS, BLOCK_BYTES // (p.groups * p.reduction * item))
     per_image = p.oh * p.ow
     if per_image >= pixels:
-        rows = max(1, pixels // p.ow)
-        units = [(n, n + 1, i, min(i + rows, p.oh)) for n in range(p.n) for i in range(0, p.oh, rows)]
+        # Even row chunks: a one-row remainder would be a GEMM too thin to be efficient.
+        chunks = min(p.oh, per_image // pixels)
+        edges = [p.oh * t // chunks for t in range(chunks + 1)]
+        units = [(n, n + 1, i0, i1) for n in range(p.n) for i0, i1 in zip(edges[:-1], edges[1:])]
     else:
         images = max(1, pixels // per_image)
         units = [(n, min(n + images, p.n), 0, p.oh) for n in range(0, p.n, images)]
@@ -159,7 +182,7 @@ def conv2d(p, x, weight, bias, residual):
     g_, cg, kg = p.groups, p.cg, p.kg
     (sh, sw), (dh, dw) = p.stride, p.dilation
     crs = cg * p.r * p.s
-    xp = _padded(x.reshape(p.n * p.c, p.h, p.w), p.padding, 0.0)
+    xp = _zero_padded(x.reshape(p.n * p.c, p.h, p.w), p.padding)
     xp = xp.reshape(p.n, p.c, *xp.shape[1:])
     sn, sc, sy, sx = xp.strides
     # windows[n, g, c, r, s, i, j] = xp[n, g*Cg + c, i*sh + r*dh, j*sw + s*dw]
@@ -187,9 +210,12 @@ def conv2d(p, x, weight, bias, residual):
                 cols = cols_buf[:g_ * crs * pixels].reshape(g_, cg, p.r, p.s, nb, rows, p.ow)
                 np.copyto(cols, windows[n0:n1, :, :, :, :, i0:i1].transpose(1, 2, 3, 4, 0, 5, 6))
                 cols = cols.reshape(g_, crs, pixels)
-            out = out_buf[:g_ * kk * pixels].reshape(g_, kk, pixels)
+            if nb == 1:  # one image: the GEMM writes straight into the output's rows
+                out = _view(y_g[n0, :, k0:k1, i0:i1], (g_, kk, pixels))
+            else:  # several small images: (channels, images, pixels) is transposed on the way out
+                out = out_buf[:g_ * kk * pixels].reshape(g_, kk, pixels)
             np.matmul(wmat[:, k0:k1], cols, out=out)
-            out = out.reshape(g_, kk, nb, rows, p.ow)
+            out = _view(out, (g_, kk, nb, rows, p.ow))
             # The epilogue runs on the block while it is still in cache.
             if bias_gk is not None:
                 out += bias_gk[:, k0:k1, None, None, None]
@@ -197,9 +223,10 @@ def conv2d(p, x, weight, bias, residual):
                 out += res_g[n0:n1, :, k0:k1, i0:i1].transpose(1, 2, 0, 3, 4)
             if p.activation == "relu":
                 np.maximum(out, 0, out=out)
-            y_g[n0:n1, :, k0:k1, i0:i1] = out.transpose(2, 0, 1, 3, 4)
+            if nb > 1:
+                y_g[n0:n1, :, k0:k1, i0:i1] = out.transpose(2, 0, 1, 3, 4)
 
-    _parallel(work, blocks)
+    _parallel(work, blocks, blas=True)
     return y
 
 
@@ -208,7 +235,7 @@ def _depthwise(p, x, weight, bias, residual):
     m = p.kg  # channel multiplier
     (sh, sw), (dh, dw) = p.stride, p.dilation
     planes = p.n * p.c
-    xp = _padded(x.reshape(planes, p.h, p.w), p.padding, 0.0)
+    xp = _zero_padded(x.reshape(planes, p.h, p.w), p.padding)
     taps = weight.reshape(p.c, m, p.r * p.s)
     y = np.empty(p.output_shape, p.dtype)
     y_pm = y.reshape(planes, m, p.oh, p.ow)
@@ -218,11 +245,14 @@ def _depthwise(p, x, weight, bias, residual):
     def work(part):
         for a, b in part:
             chan = np.arange(a, b) % p.c  # the channel of each plane
+            w_planes = taps[chan][..., None, None]  # (planes, m, taps, 1, 1)
             acc = np.zeros((b - a, m, p.oh, p.ow), p.dtype)
+            term = np.empty_like(acc)
             for r in range(p.r):
                 for s in range(p.s):
                     window = xp[a:b, r * dh:r * dh + sh * (p.oh - 1) + 1:sh, s * dw:s * dw + sw * (p.ow - 1) + 1:sw]
-                    acc += taps[chan, :, r * p.s + s][:, :, None, None] * window[:, None]
+                    np.multiply(w_planes[:, :, r * p.s + s], window[:, None], out=term)
+                    acc += term
             if bias_cm is not None:
                 acc += bias_cm[chan][:, :, None, None]
             if res_pm is not None:
@@ -231,7 +261,9 @@ def _depthwise(p, x, weight, bias, residual):
                 np.maximum(acc, 0, out=acc)
             y_pm[a:b] = acc
 
-    _parallel(work, _plane_chunks(planes))
+    # Planes per task: the accumulator and the product stay in L2 across all the taps' passes.
+    per = max(1, (128 << 10) // (m * p.oh * p.ow * x.itemsize))
+    _parallel(work, [(a, min(a + per, planes)) for a in range(0, planes, per)])
     return y
 
 
@@ -267,7 +299,7 @@ def max_pool2d(p, x):
             for tap in taps:
                 np.maximum(out, tap, out=out)  # np.maximum propagates NaN, like torch
 
-    _parallel(work, _plane_chunks(p.n * p.c))
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
     return y.reshape(p.output_shape)
 
 
@@ -311,7 +343,7 @@ def avg_pool2d(p, x):
                 out += tap
             out *= inv
 
-    _parallel(work, _plane_chunks(p.n * p.c))
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
     return y.reshape(p.output_shape)
 
 
@@ -329,7 +361,7 @@ def adaptive_avg_pool2d(p, x):
                 y[a:b, :, j] = row_sums[:, :, w0:w1].sum(axis=2)
             y[a:b] /= np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(p.dtype)
 
-    _parallel(work, _plane_chunks(p.n * p.c))
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
     return y.reshape(p.output_shape)
 
 
@@ -347,7 +379,7 @@ def batch_norm(p, x, mean, var, weight, bias):
                 mean[a:b] = chunk.mean(axis=(0, 2))
                 var[a:b] = ((chunk - mean[a:b, None]) ** 2).mean(axis=(0, 2))
 
-        _parallel(stats, _plane_chunks(p.c))
+        _parallel(stats, _chunks(p.c, p.n * p.l))
     scale = (weight / np.sqrt(np.asarray(var, np.float64) + p.eps)).astype(p.dtype)
     shift = (bias - np.asarray(mean, np.float64) * scale).astype(p.dtype)
     y = np.empty(x.shape, p.dtype)
@@ -357,7 +389,7 @@ def batch_norm(p, x, mean, var, weight, bias):
             np.multiply(x[:, a:b], scale[a:b, None], out=y[:, a:b])
             y[:, a:b] += shift[a:b, None]
 
-    _parallel(work, _plane_chunks(p.c))
+    _parallel(work, _chunks(p.c, p.n * p.l))
     return y, mean, var
 
 
@@ -369,7 +401,5 @@ def relu(p, x):
         for a, b in part:
             np.maximum(flat[a:b], 0, out=y[a:b])  # keeps NaN, as torch.relu
 
-    size = flat.size
-    chunk = max(1 << 16, -(-size // (4 * threads.get_num_threads())))
-    _parallel(work, [(a, min(a + chunk, size)) for a in range(0, size, chunk)])
+    _parallel(work, _chunks(flat.size))
     return y.reshape(x.shape)

@@ -1,0 +1,232 @@
+"""Backend selection: argument > use_backend > set_backend > FASTCONV_BACKEND > auto, refusals,
+the shared epilogue, autotuning and the verbose log -- with mock backends."""
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import dispatch
+
+
+class Mock:
+    """A backend that records its calls and returns an identifiable answer."""
+
+    def __init__(self, name, ok=True, refuse=None, fused=False, delay=0.0):
+        self.NAME, self.ok, self.refuse, self.FUSED_EPILOGUE, self.delay = name, ok, refuse, fused, delay
+        self.calls = []
+
+    def available(self):
+        return (True, "") if self.ok else (False, f"{self.NAME} needs a flux capacitor")
+
+    def supports(self, p):
+        return self.refuse(p) if self.refuse else None
+
+    def conv2d(self, p, x, w, b, residual):
+        self.calls.append(("conv2d", p, residual))
+        if self.delay:
+            import time
+            time.sleep(self.delay)
+        return np.full(p.output_shape, float(len(self.NAME)), x.dtype)
+
+    def relu(self, p, x):
+        self.calls.append(("relu", p, None))
+        return np.full(x.shape, float(len(self.NAME)), x.dtype)
+
+
+@pytest.fixture
+def mocks():
+    made = []
+
+    def make(name, **kw):
+        m = Mock(name, **kw)
+        dispatch.register_backend(m, first=True)
+        made.append(name)
+        return m
+
+    yield make
+    for name in made:
+        dispatch.unregister_backend(name)
+
+
+X = np.ones((1, 2, 5, 5), np.float32)
+W = np.ones((3, 2, 3, 3), np.float32)
+
+
+def test_auto_prefers_first_registered(mocks):
+    m = mocks("mockA")
+    fastconv.relu(X)
+    assert m.calls and m.calls[0][0] == "relu"
+
+
+def test_precedence_argument_context_global_env(mocks, monkeypatch):
+    a, b, c, d = mocks("aaaa"), mocks("bbbbb"), mocks("cccccc"), mocks("ddddddd")
+    monkeypatch.setenv("FASTCONV_BACKEND", "ddddddd")
+    assert fastconv.relu(X)[0, 0, 0, 0] == 7
+    fastconv.set_backend("cccccc")
+    assert fastconv.relu(X)[0, 0, 0, 0] == 6
+    with fastconv.use_backend("bbbbb"):
+        assert fastconv.get_backend() == "bbbbb"
+        assert fastconv.relu(X)[0, 0, 0, 0] == 5
+        assert fastconv.relu(X, backend="aaaa")[0, 0, 0, 0] == 4
+    assert fastconv.get_backend() == "cccccc"
+    fastconv.set_backend(None)
+    assert fastconv.get_backend() == "ddddddd"
+
+
+def test_env_backend_unknown_is_named(monkeypatch):
+    monkeypatch.setenv("FASTCONV_BACKEND", "nope")
+    with pytest.raises(ValueError, match="FASTCONV_BACKEND: unknown backend 'nope'"):
+        fastconv.relu(X)
+
+
+def test_use_backend_is_per_thread(mocks):
+    mocks("aaaa")
+    mocks("bbbbb")
+    seen = {}
+
+    def other():
+        seen["other"] = fastconv.get_backend()
+
+    with fastconv.use_backend("bbbbb"):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert fastconv.get_backend() == "bbbbb"
+    assert seen["other"] == "auto"
+
+
+def test_use_backend_restores_after_error(mocks):
+    mocks("aaaa")
+    with pytest.raises(RuntimeError):
+        with fastconv.use_backend("aaaa"):
+            raise RuntimeError
+    assert fastconv.get_backend() == "auto"
+
+
+def test_named_unavailable_backend_says_why(mocks):
+    mocks("broken", ok=False)
+    with pytest.raises(fastconv.BackendError, match="flux capacitor"):
+        fastconv.relu(X, backend="broken")
+    assert "broken" not in fastconv.available_backends()
+    assert ("broken", False, "broken needs a flux capacitor") in fastconv.backend_status()
+
+
+def test_named_backend_that_refuses_says_why(mocks):
+    mocks("picky", refuse=lambda p: "only odd sizes")
+    with pytest.raises(fastconv.BackendError, match=r"'picky' cannot run relu relu_1x2x5x5_f32: only odd sizes"):
+        fastconv.relu(X, backend="picky")
+
+
+def test_named_backend_without_the_op(mocks):
+    mocks("reluonly")
+    with pytest.raises(fastconv.BackendError, match="does not implement max_pool2d"):
+        fastconv.max_pool2d(X, 2, backend="reluonly")
+
+
+def test_auto_skips_refusals_and_logs_them(mocks, monkeypatch, caplog):
+    mocks("picky", refuse=lambda p: "not today")
+    broken = mocks("broken", ok=False)
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        y = fastconv.relu(np.array([-1.0, 1.0]))
+    assert y.tolist() == [0.0, 1.0]  # a real backend ran
+    assert not broken.calls
+    text = caplog.text
+    assert "picky refused: not today" in text and "broken refused: not available" in text
+    assert "relu relu_2_f64 -> c" in text or "-> im2col (auto" in text or "-> numba (auto" in text
+
+
+def test_auto_never_picks_torch():
+    assert "torch" not in dispatch._auto_candidates("conv2d")
+
+
+def test_no_backend_can_run(monkeypatch, mocks):
+    monkeypatch.setattr(dispatch, "_auto_candidates", lambda op: ["picky"])
+    mocks("picky", refuse=lambda p: "never")
+    with pytest.raises(fastconv.BackendError, match="no backend can run relu .*picky: never"):
+        fastconv.relu(X)
+
+
+def test_epilogue_applied_by_dispatcher_for_unfused_backend(mocks):
+    m = mocks("plain", fused=False)
+    res = np.full((1, 3, 3, 3), -10.0, np.float32)
+    y = fastconv.conv2d(X, W, residual=res, activation="relu", backend="plain")
+    _, p, passed = m.calls[0]
+    assert passed is None and not p.residual and p.activation is None  # the backend saw plain conv
+    np.testing.assert_array_equal(y, np.zeros((1, 3, 3, 3)))  # relu(5 - 10)
+    y = fastconv.conv2d(X, W, residual=-res, backend="plain")
+    np.testing.assert_array_equal(y, np.full((1, 3, 3, 3), 15.0))
+
+
+def test_epilogue_passed_to_fused_backend(mocks):
+    m = mocks("fused", fused=True)
+    res = np.zeros((1, 3, 3, 3), np.float32)
+    fastconv.conv2d(X, W, residual=res, activation="relu", backend="fused")
+    _, p, passed = m.calls[0]
+    assert passed is not None and p.residual and p.activation == "relu"
+
+
+def test_empty_output_needs_no_kernel(mocks):
+    m = mocks("aaaa")
+    y = fastconv.conv2d(np.ones((0, 2, 5, 5), np.float32), W, backend="aaaa")
+    assert y.shape == (0, 3, 3, 3) and not m.calls
+
+
+def test_autotune_times_candidates_and_caches(mocks, monkeypatch):
+    slow, fast = mocks("slow", delay=0.01), mocks("fastest")
+    monkeypatch.setattr(dispatch, "_auto_candidates", lambda op: ["slow", "fastest"])
+    fastconv.set_autotune(True)
+    dispatch.clear_autotune_cache()
+    y = fastconv.conv2d(X, W)
+    assert y[0, 0, 0, 0] == len("fastest")
+    assert len(slow.calls) == 4 and len(fast.calls) == 5  # warm-up + 3 timed each, then the winner
+    fastconv.conv2d(X, W)
+    assert len(slow.calls) == 4 and len(fast.calls) == 6  # cached: no more timing
+    fastconv.set_num_threads(fastconv.get_num_threads() + 1)  # a new signature times again
+    fastconv.conv2d(X, W)
+    assert len(slow.calls) == 8
+
+
+def test_autotune_env(monkeypatch):
+    monkeypatch.setenv("FASTCONV_AUTOTUNE", "1")
+    assert fastconv.get_autotune()
+    fastconv.set_autotune(False)
+    assert not fastconv.get_autotune()
+
+
+def test_register_rejects_bad_names():
+    with pytest.raises(ValueError):
+        dispatch.register_backend(Mock("auto"))
+    with pytest.raises(ValueError):
+        dispatch.register_backend(object())
+
+
+def test_available_backends_lists_builtin():
+    names = fastconv.available_backends()
+    assert {"naive", "im2col"} <= set(names)
+
+
+def test_threads_default_and_env(monkeypatch):
+    from fastconv import threads
+
+    monkeypatch.setattr(threads, "_num_threads", None)
+    monkeypatch.setenv("FASTCONV_NUM_THREADS", "3")
+    assert fastconv.get_num_threads() == 3
+    monkeypatch.setattr(threads, "_num_threads", None)
+    monkeypatch.setenv("FASTCONV_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="FASTCONV_NUM_THREADS"):
+        fastconv.get_num_threads()
+    monkeypatch.setattr(threads, "_num_threads", None)
+    monkeypatch.delenv("FASTCONV_NUM_THREADS")
+    assert fastconv.get_num_threads() >= 1
+
+
+def test_im2col_restores_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    fastconv.set_num_threads(2)
+    fastconv.conv2d(np.ones((2, 3, 16, 16)), np.ones((4, 3, 3, 3)), backend="im2col")
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before

@@ -1,0 +1,20 @@
+"""Hypothesis-drawn problems across the whole option space, for every backend, against torch."""
+import pytest
+from hypothesis import given, settings
+
+import strategies
+from harness import check, fastconv_backends
+from test_conformance import _require
+
+
+@pytest.mark.parametrize("backend", fastconv_backends())
+@pytest.mark.parametrize("family", list(strategies.ALL))
+def test_drawn_problems_match_torch(backend, family):
+    _require(backend, None)
+
+    @settings(max_examples=60 if family in ("conv2d", "pool") else 25)
+    @given(case=strategies.ALL[family])
+    def run(case):
+        check(case, backend)
+
+    run()
