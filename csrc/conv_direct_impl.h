@@ -101,12 +101,13 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
     const int64_t hp = FC_MAX(d->h + d->pad_top, (d->oh - 1) * d->stride_h + (d->r - 1) * d->dil_h + 1);
     const int64_t wp = FC_MAX(d->w + d->pad_left, (d->ow - 1) * d->stride_w + (d->s - 1) * d->dil_w + 1);
     int team = fc_team(nthreads, planes * mult * ohw * d->r * d->s, 1 << 15);
-    T *scratch = fc_alloc((size_t)team * hp * wp * sizeof(T));
+    const size_t slice = fc_slice((size_t)hp * wp * sizeof(T));
+    char *scratch = fc_alloc((size_t)team * slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
     {
-        T *xp = scratch + (size_t)FC_THREAD_ID() * hp * wp;
+        T *xp = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
         #pragma omp for schedule(static)
         for (int64_t p = 0; p < planes; p++) {
             const T *src = x + (size_t)p * d->h * d->w;

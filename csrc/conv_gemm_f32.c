@@ -255,12 +255,14 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     P.atail = tail ? fc_alloc((size_t)d->groups * FC_MR * P.crs * sizeof(float)) : NULL;
     P.off = fc_alloc((size_t)P.crs * sizeof(int64_t));
     float *phase = phase_floats ? fc_alloc(phase_floats * sizeof(float)) : NULL;
-    float *tbuf = fc_alloc((size_t)team * (cbuf_floats + bpack_floats) * sizeof(float));
+    const size_t tslice = fc_slice((cbuf_floats + bpack_floats) * sizeof(float));
+    char *tbuf = fc_alloc((size_t)team * tslice);
     int64_t *poff = fc_alloc((size_t)P.crs * sizeof(int64_t));
     size_t gpack_floats = P.direct ? 0 : (size_t)d->groups * P.npanels * P.crs * FC_NR;
     P.gpack = gpack_floats ? fc_alloc(gpack_floats * sizeof(float)) : NULL;
     size_t seg_count = (size_t)pt * MAX_SEGS * 2;
-    seg_t *segs = fc_alloc((size_t)team * seg_count * sizeof(seg_t));
+    const size_t sslice = fc_slice(seg_count * sizeof(seg_t));
+    char *segs = fc_alloc((size_t)team * sslice);
     int status = FC_OK;
     if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs ||
         (gpack_floats && !P.gpack)) {
@@ -291,9 +293,9 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     {
         scratch_t S;
         int tid = FC_THREAD_ID();
-        S.cbuf = tbuf + (size_t)tid * (cbuf_floats + bpack_floats);
+        S.cbuf = (float *)(tbuf + (size_t)tid * tslice);
         S.bpack = S.cbuf + cbuf_floats;
-        S.isegs = segs + (size_t)tid * seg_count;
+        S.isegs = (seg_t *)(segs + (size_t)tid * sslice);
         S.osegs = S.isegs + (size_t)pt * MAX_SEGS;
 
         if (tail) {

@@ -42,12 +42,13 @@ static void FN(max_cols)(T *restrict out, const T *restrict buf, int64_t ow, int
 int FN(max_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
     const int64_t planes = d->n * d->c, len = FN(pool_row_len)(d);
     int team = fc_team(nthreads, planes * d->oh * d->ow * d->kh * d->kw, 1 << 15);
-    T *scratch = fc_alloc((size_t)team * len * sizeof(T));
+    const size_t slice = fc_slice((size_t)len * sizeof(T));
+    char *scratch = fc_alloc((size_t)team * slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
     {
-        T *buf = scratch + (size_t)FC_THREAD_ID() * len;
+        T *buf = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < planes * d->oh; t++) {
             int64_t p = t / d->oh, i = t % d->oh;
@@ -88,12 +89,13 @@ int FN(avg_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
     const int64_t planes = d->n * d->c, len = FN(pool_row_len)(d);
     int team = fc_team(nthreads, planes * d->oh * d->ow * d->kh * d->kw, 1 << 15);
     /* Per thread: the scratch row, then the ow horizontal divisor factors. */
-    T *scratch = fc_alloc((size_t)team * (len + d->ow) * sizeof(T));
+    const size_t slice = fc_slice((size_t)(len + d->ow) * sizeof(T));
+    char *scratch = fc_alloc((size_t)team * slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
     {
-        T *buf = scratch + (size_t)FC_THREAD_ID() * (len + d->ow);
+        T *buf = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
         T *wcount = buf + len;
         for (int64_t j = 0; j < d->ow; j++)
             wcount[j] = (T)FN(pool_count)(j * d->stride_w - d->pad_w, d->kw, d->w, d->pad_w, d->count_include_pad);
@@ -141,12 +143,13 @@ int FN(adaptive_avg_pool2d)(int64_t planes, int64_t h, int64_t w, int64_t oh, in
     if (planes < 0 || h < 1 || w < 1 || oh < 0 || ow < 0)
         return FC_EINVAL;
     int team = fc_team(nthreads, planes * (h * w + oh * ow), 1 << 15);
-    T *scratch = fc_alloc((size_t)team * w * sizeof(T));
+    const size_t slice = fc_slice((size_t)w * sizeof(T));
+    char *scratch = fc_alloc((size_t)team * slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
     {
-        T *rowsum = scratch + (size_t)FC_THREAD_ID() * w;
+        T *rowsum = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < planes * oh; t++) {
             int64_t p = t / oh, i = t % oh, h0, h1;
