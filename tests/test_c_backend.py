@@ -215,3 +215,20 @@ def test_auto_prefers_c():
     from fastconv.problem import ReluProblem
 
     assert dispatch.select(ReluProblem((3,)))[0] == "c"
+
+
+def test_arrays_that_do_not_match_the_problem_never_reach_c():
+    # The backend is called with validated arrays; a mismatch is a fastconv bug, and must raise
+    # rather than let C read past an array's end.
+    _needs_c()
+    from fastconv.problem import Conv2dProblem, ReluProblem
+
+    p = Conv2dProblem(1, 2, 5, 5, 3, 3, 3, dtype="float32")
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    assert cbackend.conv2d(p, x, w, None, None).shape == (1, 3, 3, 3)
+    with pytest.raises(TypeError, match="fastconv bug"):
+        cbackend.conv2d(p, x.astype(np.float64), w, None, None)
+    with pytest.raises(TypeError, match="fastconv bug"):
+        cbackend.conv2d(p, x[:, :1], w, None, None)
+    with pytest.raises(TypeError, match="fastconv bug"):
+        cbackend.relu(ReluProblem((4,), "float64"), np.zeros(3))

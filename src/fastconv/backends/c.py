@@ -33,7 +33,6 @@ except ImportError as exc:  # not built: no compiler at install time, or a broke
 else:
     _IMPORT_ERROR = ""
 
-_CTYPE = {"float32": "float", "float64": "double"}
 _PREFIX = {"float32": "fc_f32_", "float64": "fc_f64_"}
 
 
@@ -68,16 +67,24 @@ def peak_gflops(nthreads: int | None = None) -> float | None:
 # -- plumbing ------------------------------------------------------------------------------------
 
 class _Call:
-    """Pointers for one C call.  The from_buffer objects keep their arrays alive until the call."""
+    """Pointers for one C call.  The from_buffer objects keep their arrays alive until the call.
+
+    C indexes every array by the problem's sizes, so each array's dtype and element count are
+    checked against them here (cheap): a wrong array reaching C would be read out of bounds.
+    """
 
     def __init__(self, dtype: str):
         self.ffi = _ckernels.ffi
-        self.ctype = _CTYPE[dtype]
+        self.dtype = np.dtype(dtype)
 
-    def ptr(self, a: np.ndarray | None, ctype: str | None = None, writable: bool = False):
+    def ptr(self, a: np.ndarray | None, size: int, dtype=None, writable: bool = False):
         if a is None:
             return self.ffi.NULL
-        return self.ffi.from_buffer(f"{ctype or self.ctype}[]", a, require_writable=writable)
+        want = self.dtype if dtype is None else np.dtype(dtype)
+        if a.dtype != want or a.size != size or not a.flags.c_contiguous:
+            raise TypeError(f"c backend: expected a C-contiguous {want} array of {size} elements, "
+                            f"got {a.dtype} of shape {a.shape}; this is a fastconv bug")
+        return self.ffi.from_buffer("float[]" if want == np.float32 else "double[]", a, require_writable=writable)
 
 
 def _fn(dtype: str, op: str):
@@ -110,9 +117,9 @@ def conv2d(p, x, weight, bias, residual):
     d.groups = p.groups
     d.relu = 1 if p.activation == "relu" else 0
     y = np.empty(p.output_shape, p.dtype)
-    status = _fn(p.dtype, "conv2d")(d, call.ptr(x), call.ptr(weight), call.ptr(bias),
-                                    call.ptr(residual if p.residual else None), call.ptr(y, writable=True),
-                                    threads.get_num_threads())
+    status = _fn(p.dtype, "conv2d")(d, call.ptr(x, p.n * p.c * p.h * p.w), call.ptr(weight, p.k * p.cg * p.r * p.s),
+                                    call.ptr(bias, p.k), call.ptr(residual if p.residual else None, y.size),
+                                    call.ptr(y, y.size, writable=True), threads.get_num_threads())
     _check(status, "conv2d")
     return y
 
@@ -133,8 +140,8 @@ def _pool_desc(call, p):
 def _pool(p, x, op):
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
-    status = _fn(p.dtype, op)(_pool_desc(call, p), call.ptr(x), call.ptr(y, writable=True),
-                              threads.get_num_threads())
+    status = _fn(p.dtype, op)(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
+                              call.ptr(y, y.size, writable=True), threads.get_num_threads())
     _check(status, op)
     return y
 
@@ -150,8 +157,8 @@ def avg_pool2d(p, x):
 def adaptive_avg_pool2d(p, x):
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
-    status = _fn(p.dtype, "adaptive_avg_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x),
-                                                  call.ptr(y, writable=True), threads.get_num_threads())
+    status = _fn(p.dtype, "adaptive_avg_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
+                                                  call.ptr(y, y.size, writable=True), threads.get_num_threads())
     _check(status, "adaptive_avg_pool2d")
     return y
 
@@ -161,13 +168,14 @@ def batch_norm(p, x, mean, var, weight, bias):
     nthreads = threads.get_num_threads()
     if p.training:
         mean, var = np.empty(p.c), np.empty(p.c)
-        status = _fn(p.dtype, "batch_stats")(p.n, p.c, p.l, call.ptr(x), call.ptr(mean, "double", True),
-                                             call.ptr(var, "double", True), nthreads)
+        status = _fn(p.dtype, "batch_stats")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l), call.ptr(mean, p.c, np.float64, True),
+                                             call.ptr(var, p.c, np.float64, True), nthreads)
         _check(status, "batch_norm")
     params = [_f64(a) for a in (mean, var, weight, bias)]
     y = np.empty(x.shape, p.dtype)
-    status = _fn(p.dtype, "batch_norm")(p.n, p.c, p.l, call.ptr(x), *(call.ptr(a, "double") for a in params),
-                                        float(p.eps), call.ptr(y, writable=True), nthreads)
+    status = _fn(p.dtype, "batch_norm")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l),
+                                        *(call.ptr(a, p.c, np.float64) for a in params),
+                                        float(p.eps), call.ptr(y, y.size, writable=True), nthreads)
     _check(status, "batch_norm")
     return y, mean, var
 
@@ -176,6 +184,7 @@ def relu(p, x):
     call = _Call(p.dtype)
     y = np.empty(x.shape, p.dtype)
     if y.size:
-        status = _fn(p.dtype, "relu")(y.size, call.ptr(x), call.ptr(y, writable=True), threads.get_num_threads())
+        status = _fn(p.dtype, "relu")(y.size, call.ptr(x, y.size), call.ptr(y, y.size, writable=True),
+                                      threads.get_num_threads())
         _check(status, "relu")
     return y
