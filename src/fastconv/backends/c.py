@@ -172,7 +172,7 @@ def batch_norm(p, x, mean, var, weight, bias):
                                              call.ptr(var, p.c, np.float64, True), nthreads)
         _check(status, "batch_norm")
     params = [_f64(a) for a in (mean, var, weight, bias)]
-    y = np.empty(x.shape, p.dtype)
+    y = np.empty((p.n, p.c, p.l), p.dtype)
     status = _fn(p.dtype, "batch_norm")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l),
                                         *(call.ptr(a, p.c, np.float64) for a in params),
                                         float(p.eps), call.ptr(y, y.size, writable=True), nthreads)
@@ -182,9 +182,9 @@ def batch_norm(p, x, mean, var, weight, bias):
 
 def relu(p, x):
     call = _Call(p.dtype)
-    y = np.empty(x.shape, p.dtype)
+    y = np.empty(p.shape, p.dtype)
     if y.size:
-        status = _fn(p.dtype, "relu")(y.size, call.ptr(x, y.size), call.ptr(y, y.size, writable=True),
+        status = _fn(p.dtype, "relu")(y.size, call.ptr(x, p.size), call.ptr(y, y.size, writable=True),
                                       threads.get_num_threads())
         _check(status, "relu")
     return y
