@@ -1,0 +1,286 @@
+"""Numba convolution kernels: direct convolution on a channels-last copy of the input.
+
+Why channels-last: in an (H, W*C) row of the padded input, the terms one output pixel takes from
+kernel row r -- all (s, c) of its window -- are one contiguous run, and so are the matching
+weights once repacked to (K, R, S*C).  The innermost loop is then a dot product, which LLVM
+vectorises with its accumulators held in vector registers.  A tile of 3 output pixels x 4 output
+channels shares every load: 7 loads feed 12 multiply-adds, so the FMA units, not the load ports,
+set the pace.  Each call repacks the input (zero padding included) and the weights once.
+
+Shape classes with their own kernel:
+
+- dense (any groups, stride, dilation; 1x1 included): the dot products above, one per kernel row
+  (one per tap when the kernel is dilated along the width);
+- few input channels (the 3-channel stem): one kernel row's run would be too short to vectorise,
+  so each output row's windows are first gathered into a contiguous (OW, R*S*C) block
+  (im2col, one row at a time, in cache) and the dot products run over whole windows;
+- depthwise (one input channel per group): no channel sum to vectorise, so it stays NCHW and
+  vectorises along the output row, one tap at a time.
+
+The epilogue ``act(conv + bias + residual)`` is applied as each tile is stored.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._numba_jit import inline, kernel
+
+#: Output pixels x output channels of one register tile.
+TILE_PIXELS = 3
+TILE_CHANNELS = 4
+#: Output-channel tiles one task walks through, reusing the input rows it has in cache.
+TILES_PER_TASK = 4
+#: Below this many contiguous terms per kernel row, gather whole windows first (see above).
+MIN_RUN = 32
+
+
+# -- repacking ---------------------------------------------------------------------------------
+
+@kernel
+def _pack_input(x, groups, pt, pl, xh):
+    """xh[n, g, pt + h, (pl + w) * Cg + c] = x[n, g * Cg + c, h, w]; the padding is zero."""
+    n_, c_all, h, w = x.shape
+    _, _, hp, wc = xh.shape
+    cg = c_all // groups
+    for task in prange(n_ * groups * hp):
+        row = task % hp
+        g = (task // hp) % groups
+        n = task // (hp * groups)
+        out = xh[n, g, row]
+        out[:] = 0
+        ih = row - pt
+        if ih < 0 or ih >= h:
+            continue
+        # Channel by channel: reads stream along the input row, the writes stay in this
+        # (cached) output row.
+        for c in range(cg):
+            src = x[n, g * cg + c, ih]
+            for iw in range(w):
+                out[(pl + iw) * cg + c] = src[iw]
+
+
+@kernel
+def _pack_weight(weight, groups, kg_padded, wt):
+    """wt[g, k, (r * S + s) * Cg + c] = weight[g * Kg + k, c, r, s]; rows k >= Kg stay zero."""
+    k_all, cg, r_, s_ = weight.shape
+    kg = k_all // groups
+    for task in prange(groups * kg_padded):
+        k = task % kg_padded
+        g = task // kg_padded
+        out = wt[g, k]
+        if k >= kg:
+            out[:] = 0
+            continue
+        src = weight[g * kg + k]
+        for c in range(cg):
+            for r in range(r_):
+                for s in range(s_):
+                    out[(r * s_ + s) * cg + c] = src[c, r, s]
+
+
+# -- the 3 x 4 register tile -------------------------------------------------------------------
+
+@inline
+def _dot3x4(x0, x1, x2, w0, w1, w2, w3, length, acc):
+    """acc + the 12 dot products of 3 input runs with 4 weight runs (all ``length`` long)."""
+    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
+    for t in range(length):
+        u, v, z = x0[t], x1[t], x2[t]
+        p, q, r, s = w0[t], w1[t], w2[t], w3[t]
+        a00 += u * p
+        a01 += u * q
+        a02 += u * r
+        a03 += u * s
+        a10 += v * p
+        a11 += v * q
+        a12 += v * r
+        a13 += v * s
+        a20 += z * p
+        a21 += z * q
+        a22 += z * r
+        a23 += z * s
+    return a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23
+
+
+@inline
+def _put(y, bias, res, n, k, i, j, value, has_res, relu):
+    """Store one output with the epilogue: act(value + bias + residual); relu keeps NaN."""
+    v = value + bias[k]
+    if has_res:
+        v += res[n, k, i, j]
+    if relu and v < 0:
+        y[n, k, i, j] = 0
+    else:
+        y[n, k, i, j] = v
+
+
+@inline
+def _store3x4(y, bias, res, n, k0, valid, i, j0, j1, j2, acc, has_res, relu):
+    """The tile's outputs: channels k0..k0+3 (the first ``valid``) at columns j0, j1, j2."""
+    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
+    _put(y, bias, res, n, k0, i, j0, a00, has_res, relu)
+    _put(y, bias, res, n, k0, i, j1, a10, has_res, relu)
+    _put(y, bias, res, n, k0, i, j2, a20, has_res, relu)
+    if valid > 1:
+        _put(y, bias, res, n, k0 + 1, i, j0, a01, has_res, relu)
+        _put(y, bias, res, n, k0 + 1, i, j1, a11, has_res, relu)
+        _put(y, bias, res, n, k0 + 1, i, j2, a21, has_res, relu)
+    if valid > 2:
+        _put(y, bias, res, n, k0 + 2, i, j0, a02, has_res, relu)
+        _put(y, bias, res, n, k0 + 2, i, j1, a12, has_res, relu)
+        _put(y, bias, res, n, k0 + 2, i, j2, a22, has_res, relu)
+    if valid > 3:
+        _put(y, bias, res, n, k0 + 3, i, j0, a03, has_res, relu)
+        _put(y, bias, res, n, k0 + 3, i, j1, a13, has_res, relu)
+        _put(y, bias, res, n, k0 + 3, i, j2, a23, has_res, relu)
+
+
+@inline
+def _zeros12(zero):
+    return zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+
+
+# -- dense and grouped convolution -------------------------------------------------------------
+
+@kernel
+def _conv_dense(xh, wt, bias, res, y, r_, s_, sh, sw, dh, dw, has_res, relu):
+    """y = conv(x, w) from the packed input xh (N, G, Hp, Wp*Cg) and weights wt (G, Kgp, R*S*Cg).
+
+    One task: an image, a group, an output row and TILES_PER_TASK output-channel tiles.
+    """
+    n_, groups, _, _ = xh.shape
+    kg_padded, rsc = wt.shape[1], wt.shape[2]
+    _, k_all, oh, ow = y.shape
+    kg = k_all // groups
+    cg = rsc // (r_ * s_)
+    # A dot product runs along (s, c) of one kernel row; with width dilation only along c.
+    runs = r_ if dw == 1 else r_ * s_
+    length = s_ * cg if dw == 1 else cg
+    tiles = kg_padded // TILE_CHANNELS
+    chunks = (tiles + TILES_PER_TASK - 1) // TILES_PER_TASK
+    zero = np.zeros(1, y.dtype)[0]
+    for task in prange(n_ * groups * oh * chunks):
+        chunk = task % chunks
+        i = (task // chunks) % oh
+        g = (task // (chunks * oh)) % groups
+        n = task // (chunks * oh * groups)
+        for tile in range(chunk * TILES_PER_TASK, min(tiles, (chunk + 1) * TILES_PER_TASK)):
+            k0 = tile * TILE_CHANNELS
+            w_k = wt[g, k0:k0 + TILE_CHANNELS]
+            for j0 in range(0, ow, TILE_PIXELS):
+                # A last tile short of pixels recomputes the last column instead of branching.
+                j1, j2 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1)
+                acc = _zeros12(zero)
+                for run in range(runs):
+                    r, s = (run, 0) if dw == 1 else (run // s_, run % s_)
+                    row = xh[n, g, i * sh + r * dh]
+                    c0 = (j0 * sw + s * dw) * cg
+                    c1 = (j1 * sw + s * dw) * cg
+                    c2 = (j2 * sw + s * dw) * cg
+                    o = (r * s_ + s) * cg
+                    acc = _dot3x4(row[c0:c0 + length], row[c1:c1 + length], row[c2:c2 + length],
+                                  w_k[0, o:o + length], w_k[1, o:o + length], w_k[2, o:o + length],
+                                  w_k[3, o:o + length], length, acc)
+                _store3x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, j1, j2, acc, has_res, relu)
+
+
+@kernel
+def _conv_windows(xh, wt, bias, res, y, r_, s_, sh, sw, dh, dw, has_res, relu):
+    """Same result as _conv_dense, for few input channels: gather each output row's windows
+    into a contiguous (OW, R*S*Cg) block, then one dot product per window.
+
+    One task: an image, a group and an output row, all of the group's output channels.
+    """
+    n_, groups, _, _ = xh.shape
+    kg_padded, rsc = wt.shape[1], wt.shape[2]
+    _, k_all, oh, ow = y.shape
+    kg = k_all // groups
+    cg = rsc // (r_ * s_)
+    zero = np.zeros(1, y.dtype)[0]
+    for task in prange(n_ * groups * oh):
+        i = task % oh
+        g = (task // oh) % groups
+        n = task // (oh * groups)
+        windows = np.empty((ow, rsc), y.dtype)
+        for j in range(ow):
+            for r in range(r_):
+                row = xh[n, g, i * sh + r * dh]
+                for s in range(s_):
+                    src = (j * sw + s * dw) * cg
+                    dst = (r * s_ + s) * cg
+                    windows[j, dst:dst + cg] = row[src:src + cg]
+        for k0 in range(0, kg_padded, TILE_CHANNELS):
+            w_k = wt[g, k0:k0 + TILE_CHANNELS]
+            for j0 in range(0, ow, TILE_PIXELS):
+                j1, j2 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1)
+                acc = _dot3x4(windows[j0], windows[j1], windows[j2], w_k[0], w_k[1], w_k[2], w_k[3],
+                              rsc, _zeros12(zero))
+                _store3x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, j1, j2, acc, has_res, relu)
+
+
+# -- depthwise convolution ---------------------------------------------------------------------
+
+@kernel
+def _pad_planes(x, pt, pl, xp):
+    """xp[n, c] = x[n, c] with pt rows above and pl columns left (and the rest) of zeros."""
+    n_, c_all, h, w = x.shape
+    for plane in prange(n_ * c_all):
+        n, c = plane // c_all, plane % c_all
+        out = xp[n, c]
+        out[:, :] = 0
+        out[pt:pt + h, pl:pl + w] = x[n, c]
+
+
+@kernel
+def _conv_depthwise(xp, weight, bias, res, y, sh, sw, dh, dw, has_res, relu):
+    """y[n, k] = sum over taps of weight[k, 0, r, s] * xp[n, k // m] window, m = K / C.
+
+    One task: an output plane.  Each output row accumulates in a cached row buffer, one tap at
+    a time, so the inner loop runs along the row (contiguous at stride 1).
+    """
+    n_, c_all, _, _ = xp.shape
+    k_all, _, r_, s_ = weight.shape
+    _, _, oh, ow = y.shape
+    m = k_all // c_all
+    for plane in prange(n_ * k_all):
+        n, k = plane // k_all, plane % k_all
+        src = xp[n, k // m]
+        taps = weight[k, 0]
+        acc = np.empty(ow, y.dtype)
+        for i in range(oh):
+            acc[:] = 0
+            for r in range(r_):
+                row = src[i * sh + r * dh]
+                for s in range(s_):
+                    wv = taps[r, s]
+                    o = s * dw
+                    for j in range(ow):
+                        acc[j] += wv * row[o + j * sw]
+            for j in range(ow):
+                _put(y, bias, res, n, k, i, j, acc[j], has_res, relu)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def conv2d(p, x, weight, bias, res, has_res, relu):
+    """Run problem ``p``; bias and res are always arrays (zeros / a dummy when absent)."""
+    (sh, sw), (dh, dw), (pt, pb, pl, pr) = p.stride, p.dilation, p.padding
+    y = np.empty(p.output_shape, p.dtype)
+    if p.depthwise:
+        xp = x
+        if pt or pb or pl or pr:
+            xp = np.empty((p.n, p.c, p.h + pt + pb, p.w + pl + pr), p.dtype)
+            _pad_planes(x, pt, pl, xp)
+        _conv_depthwise(xp, weight, bias, res, y, sh, sw, dh, dw, has_res, relu)
+        return y
+    kg_padded = -(-p.kg // TILE_CHANNELS) * TILE_CHANNELS
+    xh = np.empty((p.n, p.groups, p.h + pt + pb, (p.w + pl + pr) * p.cg), p.dtype)
+    _pack_input(x, p.groups, pt, pl, xh)
+    wt = np.empty((p.groups, kg_padded, p.cg * p.r * p.s), p.dtype)
+    _pack_weight(weight, p.groups, kg_padded, wt)
+    run = p.s * p.cg if dw == 1 else p.cg
+    few_channels = run < MIN_RUN and p.r * p.s > 1
+    conv = _conv_windows if few_channels else _conv_dense
+    conv(xh, wt, bias, res, y, p.r, p.s, sh, sw, dh, dw, has_res, relu)
+    return y
