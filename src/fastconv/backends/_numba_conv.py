@@ -61,16 +61,39 @@ def _pack_input(x, groups, pt, pl, xh):
 
 
 @kernel
-def _pack_weight(weight, groups, kg_padded, wt):
-    """wt[g, k, (r * S + s) * Cg + c] = weight[g * Kg + k, c, r, s]; rows k >= Kg stay zero."""
+def _pack_pixels(x, groups, sh, sw, xh):
+    """For 1x1 kernels: xh[n, g, 0, (i * OW + j) * Cg + c] = x[n, g * Cg + c, i * sh, j * sw].
+
+    The pixels a strided 1x1 convolution reads, channels last, as one long row: the convolution
+    is then a matrix product, run by the dense kernel at stride 1.
+    """
+    n_, c_all, h, w = x.shape
+    cg = c_all // groups
+    oh, ow = (h - 1) // sh + 1, (w - 1) // sw + 1
+    for task in prange(n_ * groups * oh):
+        i = task % oh
+        g = (task // oh) % groups
+        n = task // (oh * groups)
+        out = xh[n, g, 0, i * ow * cg:(i + 1) * ow * cg]
+        for c in range(cg):
+            src = x[n, g * cg + c, i * sh]
+            for j in range(ow):
+                out[j * cg + c] = src[j * sw]
+
+
+@kernel
+def _pack_weight(weight, groups, wt):
+    """wt[g, k, (r * S + s) * Cg + c] = weight[g * Kg + k, c, r, s]; the rest of wt is zero
+    (rows k >= Kg, and the row tail past R*S*Cg)."""
     k_all, cg, r_, s_ = weight.shape
+    _, kg_padded, _ = wt.shape
     kg = k_all // groups
     for task in prange(groups * kg_padded):
         k = task % kg_padded
         g = task // kg_padded
         out = wt[g, k]
+        out[:] = 0
         if k >= kg:
-            out[:] = 0
             continue
         src = weight[g * kg + k]
         for c in range(cg):
@@ -144,31 +167,38 @@ def _zeros12(zero):
 # -- dense and grouped convolution -------------------------------------------------------------
 
 @kernel
-def _conv_dense(xh, wt, bias, res, y, r_, s_, sh, sw, dh, dw, has_res, relu):
+def _conv_dense(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, block, tiles_per_task,
+                weights_outer, has_res, relu):
     """y = conv(x, w) from the packed input xh (N, G, Hp, Wp*Cg) and weights wt (G, Kgp, R*S*Cg).
 
-    One task: an image, a group, an output row and TILES_PER_TASK output-channel tiles.
+    One task: an image, a group, an output row, ``block`` output columns of it and
+    ``tiles_per_task`` output-channel tiles.  Consecutive tasks (one thread's share) keep either
+    their weights (``weights_outer``: big weights, small images) or their input block in cache.
     """
     n_, groups, _, _ = xh.shape
-    kg_padded, rsc = wt.shape[1], wt.shape[2]
+    kg_padded = wt.shape[1]
     _, k_all, oh, ow = y.shape
     kg = k_all // groups
-    cg = rsc // (r_ * s_)
     # A dot product runs along (s, c) of one kernel row; with width dilation only along c.
     runs = r_ if dw == 1 else r_ * s_
     length = s_ * cg if dw == 1 else cg
     tiles = kg_padded // TILE_CHANNELS
-    chunks = (tiles + TILES_PER_TASK - 1) // TILES_PER_TASK
+    chunks = (tiles + tiles_per_task - 1) // tiles_per_task
+    blocks = (ow + block - 1) // block
+    places = oh * blocks  # (row, column block) pairs
     zero = np.zeros(1, y.dtype)[0]
-    for task in prange(n_ * groups * oh * chunks):
-        chunk = task % chunks
-        i = (task // chunks) % oh
-        g = (task // (chunks * oh)) % groups
-        n = task // (chunks * oh * groups)
-        for tile in range(chunk * TILES_PER_TASK, min(tiles, (chunk + 1) * TILES_PER_TASK)):
+    for task in prange(n_ * groups * chunks * places):
+        if weights_outer:
+            place, chunk = task % places, (task // places) % chunks
+        else:
+            chunk, place = task % chunks, (task // chunks) % places
+        g = (task // (chunks * places)) % groups
+        n = task // (chunks * places * groups)
+        i, col0 = place // blocks, (place % blocks) * block
+        for tile in range(chunk * tiles_per_task, min(tiles, (chunk + 1) * tiles_per_task)):
             k0 = tile * TILE_CHANNELS
             w_k = wt[g, k0:k0 + TILE_CHANNELS]
-            for j0 in range(0, ow, TILE_PIXELS):
+            for j0 in range(col0, min(col0 + block, ow), TILE_PIXELS):
                 # A last tile short of pixels recomputes the last column instead of branching.
                 j1, j2 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1)
                 acc = _zeros12(zero)
@@ -186,36 +216,41 @@ def _conv_dense(xh, wt, bias, res, y, r_, s_, sh, sw, dh, dw, has_res, relu):
 
 
 @kernel
-def _conv_windows(xh, wt, bias, res, y, r_, s_, sh, sw, dh, dw, has_res, relu):
+def _conv_windows(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, has_res, relu):
     """Same result as _conv_dense, for few input channels: gather each output row's windows
-    into a contiguous (OW, R*S*Cg) block, then one dot product per window.
+    into a contiguous (OW, R*S*Cg) block, then one dot product per window.  The block's rows
+    (and wt's) are padded with zeros to whole vectors, so no dot product has a scalar tail.
 
     One task: an image, a group and an output row, all of the group's output channels.
     """
     n_, groups, _, _ = xh.shape
-    kg_padded, rsc = wt.shape[1], wt.shape[2]
+    kg_padded, row_len = wt.shape[1], wt.shape[2]
     _, k_all, oh, ow = y.shape
     kg = k_all // groups
-    cg = rsc // (r_ * s_)
+    run = s_ * cg
     zero = np.zeros(1, y.dtype)[0]
     for task in prange(n_ * groups * oh):
         i = task % oh
         g = (task // oh) % groups
         n = task // (oh * groups)
-        windows = np.empty((ow, rsc), y.dtype)
+        windows = np.zeros((ow, row_len), y.dtype)
         for j in range(ow):
             for r in range(r_):
                 row = xh[n, g, i * sh + r * dh]
-                for s in range(s_):
-                    src = (j * sw + s * dw) * cg
-                    dst = (r * s_ + s) * cg
-                    windows[j, dst:dst + cg] = row[src:src + cg]
+                if dw == 1:  # the kernel row's (s, c) are one run of the input row
+                    src = j * sw * cg
+                    windows[j, r * run:(r + 1) * run] = row[src:src + run]
+                else:
+                    for s in range(s_):
+                        src = (j * sw + s * dw) * cg
+                        dst = (r * s_ + s) * cg
+                        windows[j, dst:dst + cg] = row[src:src + cg]
         for k0 in range(0, kg_padded, TILE_CHANNELS):
             w_k = wt[g, k0:k0 + TILE_CHANNELS]
             for j0 in range(0, ow, TILE_PIXELS):
                 j1, j2 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1)
                 acc = _dot3x4(windows[j0], windows[j1], windows[j2], w_k[0], w_k[1], w_k[2], w_k[3],
-                              rsc, _zeros12(zero))
+                              row_len, _zeros12(zero))
                 _store3x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, j1, j2, acc, has_res, relu)
 
 
@@ -263,6 +298,18 @@ def _conv_depthwise(xp, weight, bias, res, y, sh, sw, dh, dw, has_res, relu):
 
 # -- entry point -------------------------------------------------------------------------------
 
+#: Output columns per task when an output row is long (a 1x1 convolution's single row).
+BLOCK_PIXELS = 48
+#: Vector length the windows kernel pads its rows to.
+VECTOR = 16
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """Packed arrays reach the kernels read-only, like the caller's (one numba type each)."""
+    a.flags.writeable = False
+    return a
+
+
 def conv2d(p, x, weight, bias, res, has_res, relu):
     """Run problem ``p``; bias and res are always arrays (zeros / a dummy when absent)."""
     (sh, sw), (dh, dw), (pt, pb, pl, pr) = p.stride, p.dilation, p.padding
@@ -272,15 +319,42 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
         if pt or pb or pl or pr:
             xp = np.empty((p.n, p.c, p.h + pt + pb, p.w + pl + pr), p.dtype)
             _pad_planes(x, pt, pl, xp)
+            xp = _frozen(xp)
         _conv_depthwise(xp, weight, bias, res, y, sh, sw, dh, dw, has_res, relu)
         return y
     kg_padded = -(-p.kg // TILE_CHANNELS) * TILE_CHANNELS
-    xh = np.empty((p.n, p.groups, p.h + pt + pb, (p.w + pl + pr) * p.cg), p.dtype)
-    _pack_input(x, p.groups, pt, pl, xh)
-    wt = np.empty((p.groups, kg_padded, p.cg * p.r * p.s), p.dtype)
-    _pack_weight(weight, p.groups, kg_padded, wt)
     run = p.s * p.cg if dw == 1 else p.cg
-    few_channels = run < MIN_RUN and p.r * p.s > 1
-    conv = _conv_windows if few_channels else _conv_dense
-    conv(xh, wt, bias, res, y, p.r, p.s, sh, sw, dh, dw, has_res, relu)
+    if p.r * p.s > 1 and run < MIN_RUN:
+        row_len = -(-p.cg * p.r * p.s // VECTOR) * VECTOR
+        xh = np.empty((p.n, p.groups, p.h + pt + pb, (p.w + pl + pr) * p.cg), p.dtype)
+        _pack_input(x, p.groups, pt, pl, xh)
+        wt = np.empty((p.groups, kg_padded, row_len), p.dtype)
+        _pack_weight(weight, p.groups, wt)
+        _conv_windows(_frozen(xh), _frozen(wt), bias, res, y, p.cg, p.r, p.s, sh, sw, dh, dw,
+                      has_res, relu)
+        return y
+    if kg_padded == p.kg and p.r * p.s == 1:  # already in the packed layout
+        wt = weight.reshape(p.groups, p.kg, p.cg)
+    else:
+        wt = np.empty((p.groups, kg_padded, p.cg * p.r * p.s), p.dtype)
+        _pack_weight(weight, p.groups, wt)
+        wt = _frozen(wt)
+    out = y
+    if p.r * p.s == 1 and not any(p.padding):
+        # A 1x1 convolution is a matrix product: the pixels it reads as one long row.
+        xh = np.empty((p.n, p.groups, 1, p.oh * p.ow * p.cg), p.dtype)
+        _pack_pixels(x, p.groups, sh, sw, xh)
+        out = y.reshape(p.n, p.k, 1, p.oh * p.ow)
+        sh = sw = 1
+    else:
+        xh = np.empty((p.n, p.groups, p.h + pt + pb, (p.w + pl + pr) * p.cg), p.dtype)
+        _pack_input(x, p.groups, pt, pl, xh)
+    ow = out.shape[3]
+    block = ow if ow <= 2 * BLOCK_PIXELS else BLOCK_PIXELS
+    tiles_per_task = TILES_PER_TASK
+    # Weights first when one task's weights outweigh its input rows: they then stay in cache
+    # while the rows stream past.
+    weights_outer = tiles_per_task * TILE_CHANNELS * p.r * p.s > block * p.r
+    _conv_dense(_frozen(xh), wt, bias, res, out, p.cg, p.r, p.s, sh, sw, dh, dw, block,
+                tiles_per_task, weights_outer, has_res, relu)
     return y

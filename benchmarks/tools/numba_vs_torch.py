@@ -1,0 +1,127 @@
+"""Interleaved timing of the numba backend against torch on ResNet-50 convolution layers.
+
+    python benchmarks/tools/numba_vs_torch.py [--threads 2] [--batch 1 8] [--reps 15] [--only NAME]
+    python benchmarks/tools/numba_vs_torch.py --compile     # cold and cached compile times
+
+Both sides run with the same thread count, alternately (numba, torch, numba, ...) in one process,
+so machine noise hits both alike; the figures are medians.  float32, no bias (ResNet's convs have
+none).  GFLOP/s counts 2 FLOPs per multiply-add.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# (name, C, H, W, K, R, S, stride, pad) from /work/shared/notes/cpu-kernels.md
+RESNET50 = [
+    ("stem 7x7/2", 3, 224, 224, 64, 7, 7, 2, 3),
+    ("res2 3x3", 64, 56, 56, 64, 3, 3, 1, 1),
+    ("res2 1x1 expand", 64, 56, 56, 256, 1, 1, 1, 0),
+    ("res2 1x1 reduce", 256, 56, 56, 64, 1, 1, 1, 0),
+    ("res3a 3x3/2", 128, 56, 56, 128, 3, 3, 2, 1),
+    ("res3 3x3", 128, 28, 28, 128, 3, 3, 1, 1),
+    ("res3a proj 1x1/2", 256, 56, 56, 512, 1, 1, 2, 0),
+    ("res4 3x3", 256, 14, 14, 256, 3, 3, 1, 1),
+    ("res4 1x1 reduce", 1024, 14, 14, 256, 1, 1, 1, 0),
+    ("res5 3x3", 512, 7, 7, 512, 3, 3, 1, 1),
+    ("res5 1x1 expand", 512, 7, 7, 2048, 1, 1, 1, 0),
+]
+
+
+def bench_layers(threads: int, batches, reps: int, only: str | None) -> None:
+    import torch
+
+    import fastconv
+
+    fastconv.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    print(f"float32, {threads} threads, medians of {reps} interleaved runs; torch {torch.__version__}")
+    print("| layer | batch | numba ms | torch ms | numba GFLOP/s | torch GFLOP/s | numba/torch |")
+    print("|---|---|---|---|---|---|---|")
+    ratios = {b: [] for b in batches}
+    for batch in batches:
+        for name, c, h, w, k, r, s, stride, pad in RESNET50:
+            if only and only not in name:
+                continue
+            x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+            wt = (rng.standard_normal((k, c, r, s)) / math.sqrt(c * r * s)).astype(np.float32)
+            xt, wtt = torch.from_numpy(x), torch.from_numpy(wt)
+            oh = (h + 2 * pad - r) // stride + 1
+            ow = (w + 2 * pad - s) // stride + 1
+            flops = 2 * batch * k * oh * ow * c * r * s
+
+            def ours():
+                return fastconv.conv2d(x, wt, None, stride, pad, backend="numba")
+
+            def theirs():
+                with torch.no_grad():
+                    return torch.nn.functional.conv2d(xt, wtt, None, stride, pad)
+
+            err = np.abs(ours() - theirs().numpy()).max()
+            assert err < 1e-3, (name, err)
+            for _ in range(2):
+                ours(), theirs()
+            times = {"numba": [], "torch": []}
+            for _ in range(reps):
+                for side, fn in (("numba", ours), ("torch", theirs)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[side].append(time.perf_counter() - t0)
+            a, b = statistics.median(times["numba"]), statistics.median(times["torch"])
+            ratios[batch].append(b / a)
+            print(f"| {name} | {batch} | {a * 1e3:.3f} | {b * 1e3:.3f} | {flops / a / 1e9:.1f} | "
+                  f"{flops / b / 1e9:.1f} | {b / a:.2f} |", flush=True)
+    every = [v for vs in ratios.values() for v in vs]
+    for batch, vs in ratios.items():
+        if vs:
+            print(f"geomean speed vs torch, batch {batch}: {math.exp(statistics.mean(map(math.log, vs))):.2f}x")
+    if every:
+        print(f"geomean speed vs torch, all: {math.exp(statistics.mean(map(math.log, every))):.2f}x")
+
+
+_COMPILE_PROBE = """
+import time
+t0 = time.perf_counter()
+import fastconv
+t1 = time.perf_counter()
+fastconv.warmup(["numba"])
+t2 = time.perf_counter()
+print(f"{t1 - t0:.3f} {t2 - t1:.3f}")
+"""
+
+
+def bench_compile() -> None:
+    """fastconv.warmup(['numba']) in fresh processes: with an empty cache, then from the cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("cold (empty NUMBA_CACHE_DIR)", "from cache", "from cache"):
+            out = subprocess.run([sys.executable, "-c", _COMPILE_PROBE], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split()
+            print(f"{label}: import fastconv {float(out[0]):.2f} s, warmup(['numba']) {float(out[1]):.2f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--only", help="run the layers whose name contains this text")
+    ap.add_argument("--compile", action="store_true", help="measure compile times instead")
+    args = ap.parse_args()
+    if args.compile:
+        bench_compile()
+    else:
+        bench_layers(args.threads, args.batch, args.reps, args.only)
+
+
+if __name__ == "__main__":
+    main()
