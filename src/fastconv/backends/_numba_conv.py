@@ -37,27 +37,56 @@ MIN_RUN = 32
 
 # -- repacking ---------------------------------------------------------------------------------
 
-@kernel
-def _pack_input(x, groups, pt, pl, xh):
-    """xh[n, g, pt + h, (pl + w) * Cg + c] = x[n, g * Cg + c, h, w]; the padding is zero."""
-    n_, c_all, h, w = x.shape
-    _, _, hp, wc = xh.shape
+@inline
+def _pack_input_row(x, groups, pt, pl, xh, task):
+    """Row ``task`` of xh: xh[n, g, pt + h, (pl + w) * Cg + c] = x[n, g * Cg + c, h, w], zero padding."""
+    _, c_all, h, w = x.shape
+    _, _, hp, _ = xh.shape
     cg = c_all // groups
-    for task in prange(n_ * groups * hp):
-        row = task % hp
-        g = (task // hp) % groups
-        n = task // (hp * groups)
-        out = xh[n, g, row]
-        out[:] = 0
-        ih = row - pt
-        if ih < 0 or ih >= h:
-            continue
+    row = task % hp
+    g = (task // hp) % groups
+    n = task // (hp * groups)
+    out = xh[n, g, row]
+    out[:] = 0
+    ih = row - pt
+    if ih >= 0 and ih < h:
         # Channel by channel: reads stream along the input row, the writes stay in this
         # (cached) output row.
         for c in range(cg):
             src = x[n, g * cg + c, ih]
             for iw in range(w):
                 out[(pl + iw) * cg + c] = src[iw]
+
+
+@inline
+def _pack_weight_row(weight, groups, wt, task):
+    """Row ``task`` of wt: wt[g, k, (r * S + s) * Cg + c] = weight[g * Kg + k, c, r, s]; the rest
+    of wt is zero (rows k >= Kg, and the row tail past R*S*Cg)."""
+    k_all, cg, r_, s_ = weight.shape
+    kg_padded = wt.shape[1]
+    kg = k_all // groups
+    k = task % kg_padded
+    g = task // kg_padded
+    out = wt[g, k]
+    out[:] = 0
+    if k < kg:
+        src = weight[g * kg + k]
+        for c in range(cg):
+            for r in range(r_):
+                for s in range(s_):
+                    out[(r * s_ + s) * cg + c] = src[c, r, s]
+
+
+@kernel
+def _pack(x, weight, groups, pt, pl, xh, wt):
+    """Repack the input (channels last, zero-padded) and the weights in one parallel pass:
+    every parallel region costs a wake-up of the worker threads."""
+    rows = xh.shape[0] * xh.shape[1] * xh.shape[2]
+    for task in prange(rows + wt.shape[0] * wt.shape[1]):
+        if task < rows:
+            _pack_input_row(x, groups, pt, pl, xh, task)
+        else:
+            _pack_weight_row(weight, groups, wt, task - rows)
 
 
 @kernel
@@ -79,27 +108,6 @@ def _pack_pixels(x, groups, sh, sw, xh):
             src = x[n, g * cg + c, i * sh]
             for j in range(ow):
                 out[j * cg + c] = src[j * sw]
-
-
-@kernel
-def _pack_weight(weight, groups, wt):
-    """wt[g, k, (r * S + s) * Cg + c] = weight[g * Kg + k, c, r, s]; the rest of wt is zero
-    (rows k >= Kg, and the row tail past R*S*Cg)."""
-    k_all, cg, r_, s_ = weight.shape
-    _, kg_padded, _ = wt.shape
-    kg = k_all // groups
-    for task in prange(groups * kg_padded):
-        k = task % kg_padded
-        g = task // kg_padded
-        out = wt[g, k]
-        out[:] = 0
-        if k >= kg:
-            continue
-        src = weight[g * kg + k]
-        for c in range(cg):
-            for r in range(r_):
-                for s in range(s_):
-                    out[(r * s_ + s) * cg + c] = src[c, r, s]
 
 
 # -- the 3 x 4 register tile -------------------------------------------------------------------
@@ -327,28 +335,25 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
     if p.r * p.s > 1 and run < MIN_RUN:
         row_len = -(-p.cg * p.r * p.s // VECTOR) * VECTOR
         xh = np.empty((p.n, p.groups, p.h + pt + pb, (p.w + pl + pr) * p.cg), p.dtype)
-        _pack_input(x, p.groups, pt, pl, xh)
         wt = np.empty((p.groups, kg_padded, row_len), p.dtype)
-        _pack_weight(weight, p.groups, wt)
+        _pack(x, weight, p.groups, pt, pl, xh, wt)
         _conv_windows(_frozen(xh), _frozen(wt), bias, res, y, p.cg, p.r, p.s, sh, sw, dh, dw,
                       has_res, relu)
         return y
-    if kg_padded == p.kg and p.r * p.s == 1:  # already in the packed layout
-        wt = weight.reshape(p.groups, p.kg, p.cg)
-    else:
-        wt = np.empty((p.groups, kg_padded, p.cg * p.r * p.s), p.dtype)
-        _pack_weight(weight, p.groups, wt)
-        wt = _frozen(wt)
     out = y
-    if p.r * p.s == 1 and not any(p.padding):
-        # A 1x1 convolution is a matrix product: the pixels it reads as one long row.
+    if p.r * p.s == 1 and not any(p.padding) and kg_padded == p.kg:
+        # A 1x1 convolution is a matrix product: the pixels it reads as one long row.  Its
+        # weights are already in the packed layout.
+        wt = weight.reshape(p.groups, p.kg, p.cg)
         xh = np.empty((p.n, p.groups, 1, p.oh * p.ow * p.cg), p.dtype)
         _pack_pixels(x, p.groups, sh, sw, xh)
         out = y.reshape(p.n, p.k, 1, p.oh * p.ow)
         sh = sw = 1
     else:
         xh = np.empty((p.n, p.groups, p.h + pt + pb, (p.w + pl + pr) * p.cg), p.dtype)
-        _pack_input(x, p.groups, pt, pl, xh)
+        wt = np.empty((p.groups, kg_padded, p.cg * p.r * p.s), p.dtype)
+        _pack(x, weight, p.groups, pt, pl, xh, wt)
+        wt = _frozen(wt)
     ow = out.shape[3]
     block = ow if ow <= 2 * BLOCK_PIXELS else BLOCK_PIXELS
     tiles_per_task = TILES_PER_TASK
