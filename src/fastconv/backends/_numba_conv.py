@@ -31,6 +31,8 @@ TILE_PIXELS = 3
 TILE_CHANNELS = 4
 #: Output-channel tiles one task walks through, reusing the input rows it has in cache.
 TILES_PER_TASK = 4
+#: Input channels the repacking transposes at a time (their rows' pages stay in the TLB).
+CHANNEL_BLOCK = 32
 #: Below this many contiguous terms per kernel row, gather whole windows first (see above).
 MIN_RUN = 32
 
@@ -50,12 +52,15 @@ def _pack_input_row(x, groups, pt, pl, xh, task):
     out[:] = 0
     ih = row - pt
     if ih >= 0 and ih < h:
-        # Channel by channel: reads stream along the input row, the writes stay in this
-        # (cached) output row.
-        for c in range(cg):
-            src = x[n, g * cg + c, ih]
+        # A block of channels at a time, pixel by pixel: the block's input rows stay in L1
+        # (and their pages in the TLB) while the 16 pixels of each cache line are read.
+        for c0 in range(g * cg, (g + 1) * cg, CHANNEL_BLOCK):
+            c1 = min(c0 + CHANNEL_BLOCK, (g + 1) * cg)
+            planes = x[n, c0:c1]
             for iw in range(w):
-                out[(pl + iw) * cg + c] = src[iw]
+                dst = out[(pl + iw) * cg + c0 - g * cg:]
+                for c in range(c1 - c0):
+                    dst[c] = planes[c, ih, iw]
 
 
 @inline
@@ -104,10 +109,13 @@ def _pack_pixels(x, groups, sh, sw, xh):
         g = (task // oh) % groups
         n = task // (oh * groups)
         out = xh[n, g, 0, i * ow * cg:(i + 1) * ow * cg]
-        for c in range(cg):
-            src = x[n, g * cg + c, i * sh]
+        for c0 in range(g * cg, (g + 1) * cg, CHANNEL_BLOCK):  # as in _pack_input_row
+            c1 = min(c0 + CHANNEL_BLOCK, (g + 1) * cg)
+            planes = x[n, c0:c1]
             for j in range(ow):
-                out[j * cg + c] = src[j * sw]
+                dst = out[j * cg + c0 - g * cg:]
+                for c in range(c1 - c0):
+                    dst[c] = planes[c, i * sh, j * sw]
 
 
 # -- the 3 x 4 register tile -------------------------------------------------------------------
