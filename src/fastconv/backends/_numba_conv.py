@@ -3,8 +3,8 @@
 Why channels-last: in an (H, W*C) row of the padded input, the terms one output pixel takes from
 kernel row r -- all (s, c) of its window -- are one contiguous run, and so are the matching
 weights once repacked to (K, R, S*C).  The innermost loop is then a dot product, which LLVM
-vectorises with its accumulators held in vector registers.  A tile of 3 output pixels x 4 output
-channels shares every load: 7 loads feed 12 multiply-adds, so the FMA units, not the load ports,
+vectorises with its accumulators held in vector registers.  A tile of 4 output pixels x 4 output
+channels shares every load: 8 loads feed 16 multiply-adds, so the FMA units, not the load ports,
 set the pace.  Each call repacks the input (zero padding included) and the weights once.
 
 Shape classes with their own kernel:
@@ -27,7 +27,7 @@ from numba import prange
 from ._numba_jit import inline, kernel
 
 #: Output pixels x output channels of one register tile.
-TILE_PIXELS = 3
+TILE_PIXELS = 4
 TILE_CHANNELS = 4
 #: Output-channel tiles one task walks through, reusing the input rows it has in cache.
 TILES_PER_TASK = 4
@@ -118,28 +118,60 @@ def _pack_pixels(x, groups, sh, sw, xh):
                     dst[c] = planes[c, i * sh, j * sw]
 
 
-# -- the 3 x 4 register tile -------------------------------------------------------------------
+# -- the 4 x 4 register tile -------------------------------------------------------------------
 
 @inline
-def _dot3x4(x0, x1, x2, w0, w1, w2, w3, length, acc):
-    """acc + the 12 dot products of 3 input runs with 4 weight runs (all ``length`` long)."""
-    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
+def _dot4x4(x0, x1, x2, x3, w0, w1, w2, w3, length, acc):
+    """acc + the 16 dot products of 4 input runs (pixels) with 4 weight runs (output channels).
+
+    acc[4 * p + q] belongs to pixel p and channel q.  LLVM vectorises the loop with one vector
+    accumulator per product: 8 loads feed 16 multiply-adds.
+    """
+    (a00, a01, a02, a03, a10, a11, a12, a13,
+     a20, a21, a22, a23, a30, a31, a32, a33) = acc
     for t in range(length):
-        u, v, z = x0[t], x1[t], x2[t]
-        p, q, r, s = w0[t], w1[t], w2[t], w3[t]
-        a00 += u * p
-        a01 += u * q
-        a02 += u * r
-        a03 += u * s
-        a10 += v * p
-        a11 += v * q
-        a12 += v * r
-        a13 += v * s
-        a20 += z * p
-        a21 += z * q
-        a22 += z * r
-        a23 += z * s
-    return a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23
+        u0, u1, u2, u3 = x0[t], x1[t], x2[t], x3[t]
+        v0, v1, v2, v3 = w0[t], w1[t], w2[t], w3[t]
+        a00 += u0 * v0
+        a01 += u0 * v1
+        a02 += u0 * v2
+        a03 += u0 * v3
+        a10 += u1 * v0
+        a11 += u1 * v1
+        a12 += u1 * v2
+        a13 += u1 * v3
+        a20 += u2 * v0
+        a21 += u2 * v1
+        a22 += u2 * v2
+        a23 += u2 * v3
+        a30 += u3 * v0
+        a31 += u3 * v1
+        a32 += u3 * v2
+        a33 += u3 * v3
+    return (a00, a01, a02, a03, a10, a11, a12, a13,
+            a20, a21, a22, a23, a30, a31, a32, a33)
+
+
+@inline
+def _zeros16(zero):
+    return (zero, zero, zero, zero, zero, zero, zero, zero,
+            zero, zero, zero, zero, zero, zero, zero, zero)
+
+
+@inline
+def _store4x4(y, bias, res, n, k0, valid_k, i, j0, valid_j, acc, has_res, relu):
+    """The tile's outputs y[n, k0 + q, i, j0 + p] = act(acc + bias + residual), for the first
+    ``valid_k`` channels and ``valid_j`` pixels; relu keeps NaN."""
+    for q in range(min(valid_k, TILE_CHANNELS)):
+        k = k0 + q
+        for p in range(min(valid_j, TILE_PIXELS)):
+            v = acc[TILE_CHANNELS * p + q] + bias[k]
+            if has_res:
+                v += res[n, k, i, j0 + p]
+            if relu and v < 0:
+                y[n, k, i, j0 + p] = 0
+            else:
+                y[n, k, i, j0 + p] = v
 
 
 @inline
@@ -152,32 +184,6 @@ def _put(y, bias, res, n, k, i, j, value, has_res, relu):
         y[n, k, i, j] = 0
     else:
         y[n, k, i, j] = v
-
-
-@inline
-def _store3x4(y, bias, res, n, k0, valid, i, j0, j1, j2, acc, has_res, relu):
-    """The tile's outputs: channels k0..k0+3 (the first ``valid``) at columns j0, j1, j2."""
-    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
-    _put(y, bias, res, n, k0, i, j0, a00, has_res, relu)
-    _put(y, bias, res, n, k0, i, j1, a10, has_res, relu)
-    _put(y, bias, res, n, k0, i, j2, a20, has_res, relu)
-    if valid > 1:
-        _put(y, bias, res, n, k0 + 1, i, j0, a01, has_res, relu)
-        _put(y, bias, res, n, k0 + 1, i, j1, a11, has_res, relu)
-        _put(y, bias, res, n, k0 + 1, i, j2, a21, has_res, relu)
-    if valid > 2:
-        _put(y, bias, res, n, k0 + 2, i, j0, a02, has_res, relu)
-        _put(y, bias, res, n, k0 + 2, i, j1, a12, has_res, relu)
-        _put(y, bias, res, n, k0 + 2, i, j2, a22, has_res, relu)
-    if valid > 3:
-        _put(y, bias, res, n, k0 + 3, i, j0, a03, has_res, relu)
-        _put(y, bias, res, n, k0 + 3, i, j1, a13, has_res, relu)
-        _put(y, bias, res, n, k0 + 3, i, j2, a23, has_res, relu)
-
-
-@inline
-def _zeros12(zero):
-    return zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
 
 
 # -- dense and grouped convolution -------------------------------------------------------------
@@ -216,19 +222,20 @@ def _conv_dense(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, block, tiles_p
             w_k = wt[g, k0:k0 + TILE_CHANNELS]
             for j0 in range(col0, min(col0 + block, ow), TILE_PIXELS):
                 # A last tile short of pixels recomputes the last column instead of branching.
-                j1, j2 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1)
-                acc = _zeros12(zero)
+                j1, j2, j3 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1), min(j0 + 3, ow - 1)
+                acc = _zeros16(zero)
                 for run in range(runs):
                     r, s = (run, 0) if dw == 1 else (run // s_, run % s_)
                     row = xh[n, g, i * sh + r * dh]
                     c0 = (j0 * sw + s * dw) * cg
                     c1 = (j1 * sw + s * dw) * cg
                     c2 = (j2 * sw + s * dw) * cg
+                    c3 = (j3 * sw + s * dw) * cg
                     o = (r * s_ + s) * cg
-                    acc = _dot3x4(row[c0:c0 + length], row[c1:c1 + length], row[c2:c2 + length],
-                                  w_k[0, o:o + length], w_k[1, o:o + length], w_k[2, o:o + length],
-                                  w_k[3, o:o + length], length, acc)
-                _store3x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, j1, j2, acc, has_res, relu)
+                    acc = _dot4x4(row[c0:c0 + length], row[c1:c1 + length], row[c2:c2 + length],
+                                  row[c3:c3 + length], w_k[0, o:o + length], w_k[1, o:o + length],
+                                  w_k[2, o:o + length], w_k[3, o:o + length], length, acc)
+                _store4x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, ow - j0, acc, has_res, relu)
 
 
 @kernel
@@ -264,10 +271,10 @@ def _conv_windows(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, has_res, rel
         for k0 in range(0, kg_padded, TILE_CHANNELS):
             w_k = wt[g, k0:k0 + TILE_CHANNELS]
             for j0 in range(0, ow, TILE_PIXELS):
-                j1, j2 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1)
-                acc = _dot3x4(windows[j0], windows[j1], windows[j2], w_k[0], w_k[1], w_k[2], w_k[3],
-                              row_len, _zeros12(zero))
-                _store3x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, j1, j2, acc, has_res, relu)
+                j1, j2, j3 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1), min(j0 + 3, ow - 1)
+                acc = _dot4x4(windows[j0], windows[j1], windows[j2], windows[j3], w_k[0], w_k[1],
+                              w_k[2], w_k[3], row_len, _zeros16(zero))
+                _store4x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, ow - j0, acc, has_res, relu)
 
 
 # -- depthwise convolution ---------------------------------------------------------------------
