@@ -36,7 +36,33 @@ RESNET50 = [
 ]
 
 
-def bench_layers(threads: int, batches, reps: int, only: str | None) -> None:
+def _idle_cpus(interval: float = 0.25) -> float:
+    """How many CPUs were idle over ``interval`` seconds (Linux /proc/stat; inf elsewhere)."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total (in ticks)
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+    except OSError:
+        return math.inf
+    return (idle1 - idle0) / max(1, total1 - total0) * os.cpu_count()
+
+
+def wait_for_quiet(threads: int, patience: float) -> float:
+    """On a shared machine, wait (up to ``patience`` s) until ``threads`` CPUs are idle."""
+    deadline = time.monotonic() + patience
+    idle = _idle_cpus()
+    while idle < 0.9 * threads and time.monotonic() < deadline:
+        time.sleep(0.5)
+        idle = _idle_cpus()
+    return idle
+
+
+def bench_layers(threads: int, batches, reps: int, only: str | None, patience: float = 60) -> None:
     import torch
 
     import fastconv
@@ -45,8 +71,8 @@ def bench_layers(threads: int, batches, reps: int, only: str | None) -> None:
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     print(f"float32, {threads} threads, medians of {reps} interleaved runs; torch {torch.__version__}")
-    print("| layer | batch | numba ms | torch ms | numba GFLOP/s | torch GFLOP/s | numba/torch |")
-    print("|---|---|---|---|---|---|---|")
+    print("| layer | batch | numba ms | torch ms | numba GFLOP/s | torch GFLOP/s | numba/torch | idle CPUs |")
+    print("|---|---|---|---|---|---|---|---|")
     ratios = {b: [] for b in batches}
     for batch in batches:
         for name, c, h, w, k, r, s, stride, pad in RESNET50:
@@ -70,6 +96,7 @@ def bench_layers(threads: int, batches, reps: int, only: str | None) -> None:
             assert err < 1e-3, (name, err)
             for _ in range(2):
                 ours(), theirs()
+            idle = wait_for_quiet(threads, patience)
             times = {"numba": [], "torch": []}
             for _ in range(reps):
                 for side, fn in (("numba", ours), ("torch", theirs)):
@@ -79,7 +106,7 @@ def bench_layers(threads: int, batches, reps: int, only: str | None) -> None:
             a, b = statistics.median(times["numba"]), statistics.median(times["torch"])
             ratios[batch].append(b / a)
             print(f"| {name} | {batch} | {a * 1e3:.3f} | {b * 1e3:.3f} | {flops / a / 1e9:.1f} | "
-                  f"{flops / b / 1e9:.1f} | {b / a:.2f} |", flush=True)
+                  f"{flops / b / 1e9:.1f} | {b / a:.2f} | {idle:.1f} |", flush=True)
     every = [v for vs in ratios.values() for v in vs]
     for batch, vs in ratios.items():
         if vs:

@@ -11,9 +11,10 @@ Shape classes with their own kernel:
 
 - dense (any groups, stride, dilation; 1x1 included): the dot products above, one per kernel row
   (one per tap when the kernel is dilated along the width);
-- few input channels (the 3-channel stem): one kernel row's run would be too short to vectorise,
-  so each output row's windows are first gathered into a contiguous (OW, R*S*C) block
-  (im2col, one row at a time, in cache) and the dot products run over whole windows;
+- few input channels (the 3-channel stem, 64-channel 3x3): one kernel row's run is too short to
+  vectorise well, so each output row's windows are first gathered into a contiguous
+  (OW, R*S*C) block (im2col, one row at a time, in cache) and the dot products run over whole
+  windows;
 - depthwise (one input channel per group): no channel sum to vectorise, so it stays NCHW and
   vectorises along the output row, one tap at a time.
 
@@ -33,8 +34,11 @@ TILE_CHANNELS = 4
 TILES_PER_TASK = 4
 #: Input channels the repacking transposes at a time (their rows' pages stay in the TLB).
 CHANNEL_BLOCK = 32
-#: Below this many contiguous terms per kernel row, gather whole windows first (see above).
-MIN_RUN = 32
+#: Below this many contiguous terms per kernel row, gather whole windows first (see above):
+#: summing vector accumulators across lanes once per kernel row costs too much on short rows.
+MIN_RUN = 512
+#: Weights one windows task keeps in cache (a part of a core's L2).
+WEIGHT_BYTES = 512 * 1024
 
 
 # -- repacking ---------------------------------------------------------------------------------
@@ -239,23 +243,28 @@ def _conv_dense(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, block, tiles_p
 
 
 @kernel
-def _conv_windows(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, has_res, relu):
-    """Same result as _conv_dense, for few input channels: gather each output row's windows
-    into a contiguous (OW, R*S*Cg) block, then one dot product per window.  The block's rows
-    (and wt's) are padded with zeros to whole vectors, so no dot product has a scalar tail.
+def _conv_windows(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, k_chunk, has_res, relu):
+    """Same result as _conv_dense: gather each output row's windows into a contiguous
+    (OW, R*S*Cg) block, then one dot product per window and output channel.  Each product runs
+    over a whole window, so its vector accumulators are summed across lanes once per window,
+    not once per kernel row.  The block's rows (and wt's) are padded with zeros to whole
+    vectors, so no dot product has a scalar tail.
 
-    One task: an image, a group and an output row, all of the group's output channels.
+    One task: an image, a group, an output row and ``k_chunk`` output channels (all of them
+    unless the weights would not stay in cache; the rows then run inside a chunk).
     """
     n_, groups, _, _ = xh.shape
     kg_padded, row_len = wt.shape[1], wt.shape[2]
     _, k_all, oh, ow = y.shape
     kg = k_all // groups
     run = s_ * cg
+    chunks = (kg_padded + k_chunk - 1) // k_chunk
     zero = np.zeros(1, y.dtype)[0]
-    for task in prange(n_ * groups * oh):
+    for task in prange(n_ * groups * chunks * oh):
         i = task % oh
-        g = (task // oh) % groups
-        n = task // (oh * groups)
+        chunk = (task // oh) % chunks
+        g = (task // (oh * chunks)) % groups
+        n = task // (oh * chunks * groups)
         windows = np.zeros((ow, row_len), y.dtype)
         for j in range(ow):
             for r in range(r_):
@@ -268,7 +277,7 @@ def _conv_windows(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, has_res, rel
                         src = (j * sw + s * dw) * cg
                         dst = (r * s_ + s) * cg
                         windows[j, dst:dst + cg] = row[src:src + cg]
-        for k0 in range(0, kg_padded, TILE_CHANNELS):
+        for k0 in range(chunk * k_chunk, min(kg_padded, (chunk + 1) * k_chunk), TILE_CHANNELS):
             w_k = wt[g, k0:k0 + TILE_CHANNELS]
             for j0 in range(0, ow, TILE_PIXELS):
                 j1, j2, j3 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1), min(j0 + 3, ow - 1)
@@ -352,8 +361,10 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
         xh = np.empty((p.n, p.groups, p.h + pt + pb, (p.w + pl + pr) * p.cg), p.dtype)
         wt = np.empty((p.groups, kg_padded, row_len), p.dtype)
         _pack(x, weight, p.groups, pt, pl, xh, wt)
+        item = np.dtype(p.dtype).itemsize
+        k_chunk = max(TILE_CHANNELS, WEIGHT_BYTES // (row_len * item) // TILE_CHANNELS * TILE_CHANNELS)
         _conv_windows(_frozen(xh), _frozen(wt), bias, res, y, p.cg, p.r, p.s, sh, sw, dh, dw,
-                      has_res, relu)
+                      k_chunk, has_res, relu)
         return y
     out = y
     if p.r * p.s == 1 and not any(p.padding) and kg_padded == p.kg:
