@@ -1,10 +1,12 @@
 """Interleaved timing of the numba backend against torch on ResNet-50 convolution layers.
 
     python benchmarks/tools/numba_vs_torch.py [--threads 2] [--batch 1 8] [--reps 15] [--only NAME]
+    python benchmarks/tools/numba_vs_torch.py --other-ops   # pooling, batch norm, relu, depthwise
     python benchmarks/tools/numba_vs_torch.py --compile     # cold and cached compile times
 
 Both sides run with the same thread count, alternately (numba, torch, numba, ...) in one process,
-so machine noise hits both alike; the figures are medians.  float32, no bias (ResNet's convs have
+so machine noise hits both alike; the figures are medians.  On a shared machine each row first
+waits (up to --patience seconds) for the CPUs to be idle, and reports how many were.  float32, no bias (ResNet's convs have
 none).  GFLOP/s counts 2 FLOPs per multiply-add.
 """
 from __future__ import annotations
@@ -115,6 +117,59 @@ def bench_layers(threads: int, batches, reps: int, only: str | None, patience: f
         print(f"geomean speed vs torch, all: {math.exp(statistics.mean(map(math.log, every))):.2f}x")
 
 
+def bench_other_ops(threads: int, batches, reps: int, patience: float = 60) -> None:
+    """The non-ResNet-conv ops on ResNet/MobileNet-sized inputs, numba vs torch, interleaved."""
+    import torch
+    import torch.nn.functional as F
+
+    import fastconv
+
+    fastconv.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    print("| op | batch | numba ms | torch ms | numba/torch | idle CPUs |")
+    print("|---|---|---|---|---|---|")
+    for batch in batches:
+        x = rng.standard_normal((batch, 64, 112, 112)).astype(np.float32)
+        dwx = rng.standard_normal((batch, 128, 56, 56)).astype(np.float32)
+        dww = rng.standard_normal((128, 1, 3, 3)).astype(np.float32)
+        top = rng.standard_normal((batch, 2048, 7, 7)).astype(np.float32)
+        c = x.shape[1]
+        mean, var = np.zeros(c, np.float32), np.ones(c, np.float32)
+        gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+        t = {k: torch.from_numpy(v) for k, v in dict(x=x, dwx=dwx, dww=dww, top=top, mean=mean, var=var,
+                                                        gamma=gamma, beta=beta).items()}
+        cases = [
+            ("depthwise 3x3 128ch @56", lambda: fastconv.conv2d(dwx, dww, None, 1, 1, 1, 128, backend="numba"),
+             lambda: F.conv2d(t["dwx"], t["dww"], None, 1, 1, 1, 128)),
+            ("max pool 3x3/2 64ch @112", lambda: fastconv.max_pool2d(x, 3, 2, 1, backend="numba"),
+             lambda: F.max_pool2d(t["x"], 3, 2, 1)),
+            ("avg pool 3x3/2 64ch @112", lambda: fastconv.avg_pool2d(x, 3, 2, 1, backend="numba"),
+             lambda: F.avg_pool2d(t["x"], 3, 2, 1)),
+            ("adaptive avg 2048ch 7x7->1", lambda: fastconv.adaptive_avg_pool2d(top, 1, backend="numba"),
+             lambda: F.adaptive_avg_pool2d(t["top"], 1)),
+            ("batch norm eval 64ch @112", lambda: fastconv.batch_norm(x, mean, var, gamma, beta, backend="numba"),
+             lambda: F.batch_norm(t["x"], t["mean"], t["var"], t["gamma"], t["beta"])),
+            ("batch norm train 64ch @112",
+             lambda: fastconv.batch_norm(x, mean.copy(), var.copy(), gamma, beta, training=True, backend="numba"),
+             lambda: F.batch_norm(t["x"], t["mean"].clone(), t["var"].clone(), t["gamma"], t["beta"], training=True)),
+            ("relu 64ch @112", lambda: fastconv.relu(x, backend="numba"), lambda: F.relu(t["x"])),
+        ]
+        for name, ours, theirs in cases:
+            with torch.no_grad():
+                for _ in range(2):
+                    ours(), theirs()
+                idle = wait_for_quiet(threads, patience)
+                times = {"numba": [], "torch": []}
+                for _ in range(reps):
+                    for side, fn in (("numba", ours), ("torch", theirs)):
+                        t0 = time.perf_counter()
+                        fn()
+                        times[side].append(time.perf_counter() - t0)
+            a, b = statistics.median(times["numba"]), statistics.median(times["torch"])
+            print(f"| {name} | {batch} | {a * 1e3:.3f} | {b * 1e3:.3f} | {b / a:.2f} | {idle:.1f} |", flush=True)
+
+
 _COMPILE_PROBE = """
 import time
 t0 = time.perf_counter()
@@ -143,11 +198,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--only", help="run the layers whose name contains this text")
     ap.add_argument("--compile", action="store_true", help="measure compile times instead")
+    ap.add_argument("--other-ops", action="store_true", help="pooling, batch norm, relu, depthwise instead")
+    ap.add_argument("--patience", type=float, default=60, help="seconds to wait for idle CPUs per row")
     args = ap.parse_args()
     if args.compile:
         bench_compile()
+    elif args.other_ops:
+        bench_other_ops(args.threads, args.batch, args.reps, args.patience)
     else:
-        bench_layers(args.threads, args.batch, args.reps, args.only)
+        bench_layers(args.threads, args.batch, args.reps, args.only, args.patience)
 
 
 if __name__ == "__main__":

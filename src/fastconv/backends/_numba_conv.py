@@ -178,18 +178,6 @@ def _store4x4(y, bias, res, n, k0, valid_k, i, j0, valid_j, acc, has_res, relu):
                 y[n, k, i, j0 + p] = v
 
 
-@inline
-def _put(y, bias, res, n, k, i, j, value, has_res, relu):
-    """Store one output with the epilogue: act(value + bias + residual); relu keeps NaN."""
-    v = value + bias[k]
-    if has_res:
-        v += res[n, k, i, j]
-    if relu and v < 0:
-        y[n, k, i, j] = 0
-    else:
-        y[n, k, i, j] = v
-
-
 # -- dense and grouped convolution -------------------------------------------------------------
 
 @kernel
@@ -288,44 +276,94 @@ def _conv_windows(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, k_chunk, has
 
 # -- depthwise convolution ---------------------------------------------------------------------
 
-@kernel
-def _pad_planes(x, pt, pl, xp):
-    """xp[n, c] = x[n, c] with pt rows above and pl columns left (and the rest) of zeros."""
-    n_, c_all, h, w = x.shape
-    for plane in prange(n_ * c_all):
-        n, c = plane // c_all, plane % c_all
-        out = xp[n, c]
-        out[:, :] = 0
-        out[pt:pt + h, pl:pl + w] = x[n, c]
+@inline
+def _depthwise_flat(src, taps, oh, ow, pt, pl, dh, dw, acc):
+    """Stride 1: acc[i * pitch + j] = output (i, j), for pitch = the padded row width.
 
-
-@kernel
-def _conv_depthwise(xp, weight, bias, res, y, sh, sw, dh, dw, has_res, relu):
-    """y[n, k] = sum over taps of weight[k, 0, r, s] * xp[n, k // m] window, m = K / C.
-
-    One task: an output plane.  Each output row accumulates in a cached row buffer, one tap at
-    a time, so the inner loop runs along the row (contiguous at stride 1).
+    In a zero-padded copy of the plane, tap (r, s) of output (i, j) is cell i * pitch + j +
+    (r * dh * pitch + s * dw): every tap is one long contiguous multiply-add over the whole
+    plane (the columns j >= ow in between are computed and ignored).
     """
-    n_, c_all, _, _ = xp.shape
+    h, w = src.shape
+    r_, s_ = taps.shape
+    pitch = ow + (s_ - 1) * dw
+    padded = np.zeros((oh + (r_ - 1) * dh) * pitch, acc.dtype)
+    for ih in range(h):
+        padded[(ih + pt) * pitch + pl:(ih + pt) * pitch + pl + w] = src[ih]
+    count = (oh - 1) * pitch + ow
+    acc[:count] = 0
+    for r in range(r_):
+        for s in range(s_):
+            wv = taps[r, s]
+            off = r * dh * pitch + s * dw
+            cells = padded[off:off + count]
+            for q in range(count):
+                acc[q] += wv * cells[q]
+    return pitch
+
+
+@inline
+def _depthwise_rows(src, taps, oh, ow, sh, sw, pt, pl, dh, dw, acc):
+    """Any stride: acc[i * ow + j] = output (i, j), a row and a tap at a time; the padding is
+    never materialised (for each tap, the columns whose input cell exists are one range)."""
+    h, w = src.shape
+    r_, s_ = taps.shape
+    acc[:oh * ow] = 0
+    for i in range(oh):
+        out = acc[i * ow:(i + 1) * ow]
+        for r in range(r_):
+            ih = i * sh + r * dh - pt
+            if ih < 0 or ih >= h:
+                continue
+            row = src[ih]
+            for s in range(s_):
+                off = s * dw - pl
+                j_lo = 0 if off >= 0 else (sw - 1 - off) // sw
+                j_hi = min(ow, (w - 1 - off) // sw + 1)
+                if j_hi <= j_lo:
+                    continue
+                # Slices indexed from 0: numba then needs no negative-index fix-up, and LLVM
+                # vectorises the loop.
+                dst = out[j_lo:j_hi]
+                cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
+                wv = taps[r, s]
+                for t in range(j_hi - j_lo):
+                    dst[t] += wv * cells[t]
+    return ow
+
+
+@kernel
+def _conv_depthwise(x, weight, bias, res, y, sh, sw, pt, pl, dh, dw, has_res, relu):
+    """y[n, k] = sum over taps of weight[k, 0, r, s] * x[n, k // m] window, m = K / C.
+
+    One task: an output plane, accumulated in a cached buffer one tap at a time, so the inner
+    loop runs along contiguous memory.
+    """
+    n_, c_all, _, _ = x.shape
     k_all, _, r_, s_ = weight.shape
     _, _, oh, ow = y.shape
     m = k_all // c_all
+    size = oh * (ow + (s_ - 1) * dw)
     for plane in prange(n_ * k_all):
         n, k = plane // k_all, plane % k_all
-        src = xp[n, k // m]
-        taps = weight[k, 0]
-        acc = np.empty(ow, y.dtype)
+        acc = np.empty(size, y.dtype)
+        if sh == 1 and sw == 1:
+            pitch = _depthwise_flat(x[n, k // m], weight[k, 0], oh, ow, pt, pl, dh, dw, acc)
+        else:
+            pitch = _depthwise_rows(x[n, k // m], weight[k, 0], oh, ow, sh, sw, pt, pl, dh, dw, acc)
+        b = bias[k]
         for i in range(oh):
-            acc[:] = 0
-            for r in range(r_):
-                row = src[i * sh + r * dh]
-                for s in range(s_):
-                    wv = taps[r, s]
-                    o = s * dw
-                    for j in range(ow):
-                        acc[j] += wv * row[o + j * sw]
+            out, row = y[n, k, i], acc[i * pitch:i * pitch + ow]
+            if has_res:
+                extra = res[n, k, i]
+                for j in range(ow):
+                    row[j] += extra[j]
             for j in range(ow):
-                _put(y, bias, res, n, k, i, j, acc[j], has_res, relu)
+                v = row[j] + b
+                if relu and v < 0:  # NaN stays
+                    out[j] = 0
+                else:
+                    out[j] = v
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -347,12 +385,7 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
     (sh, sw), (dh, dw), (pt, pb, pl, pr) = p.stride, p.dilation, p.padding
     y = np.empty(p.output_shape, p.dtype)
     if p.depthwise:
-        xp = x
-        if pt or pb or pl or pr:
-            xp = np.empty((p.n, p.c, p.h + pt + pb, p.w + pl + pr), p.dtype)
-            _pad_planes(x, pt, pl, xp)
-            xp = _frozen(xp)
-        _conv_depthwise(xp, weight, bias, res, y, sh, sw, dh, dw, has_res, relu)
+        _conv_depthwise(x, weight, bias, res, y, sh, sw, pt, pl, dh, dw, has_res, relu)
         return y
     kg_padded = -(-p.kg // TILE_CHANNELS) * TILE_CHANNELS
     run = p.s * p.cg if dw == 1 else p.cg

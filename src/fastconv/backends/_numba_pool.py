@@ -32,10 +32,15 @@ def _max_pool(x, y, kh, kw, sh, sw, ph, pw, dh, dw):
                     # Columns j whose cell j*sw + off lies in [0, w).
                     j_lo = 0 if off >= 0 else (sw - 1 - off) // sw
                     j_hi = min(ow, (w - 1 - off) // sw + 1)
-                    for j in range(j_lo, j_hi):
-                        v, best = row[j * sw + off], out[j]
+                    if j_hi <= j_lo:
+                        continue
+                    # Slices indexed from 0: no negative-index fix-up, so LLVM vectorises.
+                    dst = out[j_lo:j_hi]
+                    cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
+                    for t in range(j_hi - j_lo):
+                        v, best = cells[t], dst[t]
                         # v != v: a NaN wins and then stays (NaN > x is false), as in torch.
-                        out[j] = v if (v > best or v != v) else best
+                        dst[t] = v if (v > best or v != v) else best
 
 
 @kernel
@@ -55,8 +60,12 @@ def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override)
                     off = s - pw
                     j_lo = 0 if off >= 0 else (sw - 1 - off) // sw
                     j_hi = min(ow, (w - 1 - off) // sw + 1)
-                    for j in range(j_lo, j_hi):
-                        out[j] += row[j * sw + off]
+                    if j_hi <= j_lo:
+                        continue
+                    dst = out[j_lo:j_hi]  # as in _max_pool
+                    cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
+                    for t in range(j_hi - j_lo):
+                        dst[t] += cells[t]
             # torch's divisor: the window clipped to the padded input (a ceil-mode overhang
             # never counts), and to the input itself without count_include_pad.
             h1 = min(h0 + kh, h + ph)
@@ -76,14 +85,19 @@ def _adaptive_avg_pool(x, y):
     _, _, oh, ow = y.shape
     for plane in prange(n_ * c_all):
         src, dst = x[plane // c_all, plane % c_all], y[plane // c_all, plane % c_all]
+        flat = src.reshape(h * w)
         for i in range(oh):
             h0, h1 = (i * h) // oh, ((i + 1) * h + oh - 1) // oh
             for j in range(ow):
                 w0, w1 = (j * w) // ow, ((j + 1) * w + ow - 1) // ow
                 total = 0.0  # float64, whatever the input's dtype
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        total += src[ih, iw]
+                if w0 == 0 and w1 == w:  # whole rows (global pooling): one contiguous run
+                    for t in range(h0 * w, h1 * w):
+                        total += flat[t]
+                else:
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            total += src[ih, iw]
                 dst[i, j] = total / ((h1 - h0) * (w1 - w0))
 
 
