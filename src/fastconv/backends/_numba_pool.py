@@ -35,12 +35,12 @@ def _max_pool(x, y, kh, kw, sh, sw, ph, pw, dh, dw):
                     if j_hi <= j_lo:
                         continue
                     # Slices indexed from 0: no negative-index fix-up, so LLVM vectorises.
-                    dst = out[j_lo:j_hi]
+                    part = out[j_lo:j_hi]
                     cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
                     for t in range(j_hi - j_lo):
-                        v, best = cells[t], dst[t]
+                        v, best = cells[t], part[t]
                         # v != v: a NaN wins and then stays (NaN > x is false), as in torch.
-                        dst[t] = v if (v > best or v != v) else best
+                        part[t] = v if (v > best or v != v) else best
 
 
 @kernel
@@ -62,10 +62,10 @@ def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override)
                     j_hi = min(ow, (w - 1 - off) // sw + 1)
                     if j_hi <= j_lo:
                         continue
-                    dst = out[j_lo:j_hi]  # as in _max_pool
+                    part = out[j_lo:j_hi]  # as in _max_pool
                     cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
                     for t in range(j_hi - j_lo):
-                        dst[t] += cells[t]
+                        part[t] += cells[t]
             # torch's divisor: the window clipped to the padded input (a ceil-mode overhang
             # never counts), and to the input itself without count_include_pad.
             h1 = min(h0 + kh, h + ph)
