@@ -79,26 +79,26 @@ def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override)
 
 
 @kernel
-def _adaptive_avg_pool(x, y):
-    """Output bin (i, j) averages rows floor(i*H/OH) .. ceil((i+1)*H/OH) (exclusive), same for columns."""
-    n_, c_all, h, w = x.shape
-    _, _, oh, ow = y.shape
-    for plane in prange(n_ * c_all):
-        src, dst = x[plane // c_all, plane % c_all], y[plane // c_all, plane % c_all]
-        flat = src.reshape(h * w)
+def _adaptive_avg_pool(x, y, h, w, oh, ow):
+    """x (planes, H*W), y (planes, OH*OW): output bin (i, j) averages rows floor(i*H/OH) ..
+    ceil((i+1)*H/OH) (exclusive), and the same for columns."""
+    for plane in prange(x.shape[0]):
+        src, dst = x[plane], y[plane]
         for i in range(oh):
             h0, h1 = (i * h) // oh, ((i + 1) * h + oh - 1) // oh
             for j in range(ow):
                 w0, w1 = (j * w) // ow, ((j + 1) * w + ow - 1) // ow
                 total = 0.0  # float64, whatever the input's dtype
                 if w0 == 0 and w1 == w:  # whole rows (global pooling): one contiguous run
-                    for t in range(h0 * w, h1 * w):
-                        total += flat[t]
+                    cells = src[h0 * w:h1 * w]
+                    for t in range((h1 - h0) * w):
+                        total += cells[t]
                 else:
                     for ih in range(h0, h1):
-                        for iw in range(w0, w1):
-                            total += src[ih, iw]
-                dst[i, j] = total / ((h1 - h0) * (w1 - w0))
+                        cells = src[ih * w + w0:ih * w + w1]
+                        for t in range(w1 - w0):
+                            total += cells[t]
+                dst[i * ow + j] = total / ((h1 - h0) * (w1 - w0))
 
 
 def max_pool2d(p, x):
@@ -117,5 +117,6 @@ def avg_pool2d(p, x):
 
 def adaptive_avg_pool2d(p, x):
     y = np.empty(p.output_shape, p.dtype)
-    _adaptive_avg_pool(x, y)
+    _adaptive_avg_pool(x.reshape(p.n * p.c, p.h * p.w), y.reshape(p.n * p.c, p.oh * p.ow),
+                       p.h, p.w, p.oh, p.ow)
     return y
