@@ -79,11 +79,12 @@ def _pack_weight_row(weight, groups, wt, task):
     out = wt[g, k]
     out[:] = 0
     if k < kg:
-        src = weight[g * kg + k]
-        for c in range(cg):
-            for r in range(r_):
-                for s in range(s_):
-                    out[(r * s_ + s) * cg + c] = src[c, r, s]
+        # Tap by tap, writing contiguously; the reads stride through the (cached) source row.
+        src = weight[g * kg + k].reshape(cg, r_ * s_)
+        for tap in range(r_ * s_):
+            dst = out[tap * cg:(tap + 1) * cg]
+            for c in range(cg):
+                dst[c] = src[c, tap]
 
 
 @kernel
