@@ -175,6 +175,31 @@ def test_no_cache_location_at_all_still_runs(tmp_path):
     assert out.stdout.split() == ["ok", "NullCache"]
 
 
+# -- one compiled signature per kernel and dtype ----------------------------------------------
+
+def _kernels():
+    from numba.core.registry import CPUDispatcher
+
+    from fastconv.backends import _numba_conv, _numba_pointwise, _numba_pool
+
+    return {f"{m.__name__}.{name}": obj for m in (_numba_conv, _numba_pool, _numba_pointwise)
+            for name, obj in vars(m).items()
+            if isinstance(obj, CPUDispatcher) and obj.targetoptions.get("parallel")}
+
+
+def test_warmup_compiles_every_kernel_once_per_dtype():
+    # Whatever ran before in this session (every conformance case, Hypothesis), each kernel
+    # has exactly the float32 and the float64 signature that warmup() compiles: no shape,
+    # layout or read-only flag makes a third.
+    fastconv.warmup(["numba"])
+    kernels = _kernels()
+    assert len(kernels) == 11, sorted(kernels)
+    for name, dispatcher in kernels.items():
+        dtypes = sorted({str(sig[0].dtype) for sig in dispatcher.signatures})
+        assert len(dispatcher.signatures) == 2 and dtypes == ["float32", "float64"], \
+            f"{name}: {dispatcher.signatures}"
+
+
 # -- read-only inputs use the same compiled kernels -------------------------------------------
 
 def test_readonly_inputs_share_one_signature():

@@ -401,10 +401,14 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
                       k_chunk, has_res, relu)
         return y
     out = y
-    if p.r * p.s == 1 and not any(p.padding) and kg_padded == p.kg:
+    if p.r * p.s == 1 and not any(p.padding):
         # A 1x1 convolution is a matrix product: the pixels it reads as one long row.  Its
-        # weights are already in the packed layout.
+        # weights are already in the packed layout, short of the zero rows of a last tile.
         wt = weight.reshape(p.groups, p.kg, p.cg)
+        if kg_padded != p.kg:
+            wt = np.zeros((p.groups, kg_padded, p.cg), p.dtype)
+            wt[:, :p.kg] = weight.reshape(p.groups, p.kg, p.cg)
+            wt = _frozen(wt)
         xh = np.empty((p.n, p.groups, 1, p.oh * p.ow * p.cg), p.dtype)
         _pack_pixels(x, p.groups, sh, sw, xh)
         out = y.reshape(p.n, p.k, 1, p.oh * p.ow)
