@@ -130,6 +130,30 @@ def test_thread_safe_layer_and_count_in_a_fresh_process():
     assert layer in ("omp", "tbb", "workqueue")
 
 
+def test_forked_child_gets_an_error_not_a_kill():
+    # GNU OpenMP cannot serve a child forked after the parent used it: numba would SIGTERM the
+    # child.  The backend must raise a RuntimeError there instead.
+    out = _run("""
+        import os, numpy as np, fastconv
+        from fastconv.backends import numba as nb
+        fastconv.relu(np.ones(4, np.float32), backend="numba")
+        from numba.np.ufunc import omppool
+        if nb._layer != "omp" or omppool.openmp_vendor != "GNU":
+            print("fork-safe layer"); raise SystemExit
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fastconv.relu(np.ones(4, np.float32), backend="numba")
+                os._exit(3)
+            except RuntimeError as exc:
+                os._exit(0 if "fork" in str(exc) else 4)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("child 0", "fork-safe layer")
+
+
 # -- the on-disk cache -------------------------------------------------------------------------
 
 _CACHE_PROBE = """

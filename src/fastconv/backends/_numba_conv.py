@@ -9,14 +9,16 @@ set the pace.  Each call repacks the input (zero padding included) and the weigh
 
 Shape classes with their own kernel:
 
-- dense (any groups, stride, dilation; 1x1 included): the dot products above, one per kernel row
-  (one per tap when the kernel is dilated along the width);
-- few input channels (the 3-channel stem, 64-channel 3x3): one kernel row's run is too short to
-  vectorise well, so each output row's windows are first gathered into a contiguous
-  (OW, R*S*C) block (im2col, one row at a time, in cache) and the dot products run over whole
-  windows;
+- dense (any groups, stride, dilation): the dot products above, one per kernel row (one per
+  tap when the kernel is dilated along the width), for long kernel rows (S*C >= MIN_RUN);
+- windows (short kernel rows: the 3-channel stem, 64- and 128-channel 3x3): each dot product
+  ends with a sum across vector lanes, too costly once per short kernel row, so each output
+  row's windows are first gathered into a contiguous (OW, R*S*C) block (im2col, one row at a
+  time, in cache) and the dot products run over whole windows;
+- 1x1 without padding: a matrix product; the pixels it reads (strided ones subsampled) are
+  packed channels-last as one long row, which the dense kernel takes in cache-sized blocks;
 - depthwise (one input channel per group): no channel sum to vectorise, so it stays NCHW and
-  vectorises along the output row, one tap at a time.
+  vectorises along the image, one kernel tap at a time.
 
 The epilogue ``act(conv + bias + residual)`` is applied as each tile is stored.
 """

@@ -35,15 +35,15 @@ def _channel_stats(x, mean, var):
 
 
 @kernel
-def _normalize(x, mean, scale, shift, y):
-    """y = (x - mean[c]) * scale[c] + shift[c], with float64 per-channel constants."""
+def _normalize(x, scale, shift, y):
+    """y = x * scale[c] + shift[c]: one multiply-add per element, in the input's dtype."""
     n_, c_all, l_ = x.shape
     for task in prange(n_ * c_all):
         n, c = task // c_all, task % c_all
         src, dst = x[n, c], y[n, c]
-        m, a, b = mean[c], scale[c], shift[c]
+        a, b = scale[c], shift[c]
         for t in range(l_):
-            dst[t] = (src[t] - m) * a + b
+            dst[t] = src[t] * a + b
 
 
 @kernel
@@ -65,10 +65,13 @@ def batch_norm(p, x, mean, var, weight, bias):
         m, v = mean, var
     else:
         m, v = mean.astype(np.float64), var.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):  # var + eps == 0 gives inf, as in torch
+    # torch's folding, with its constants computed in float64: scale = weight / sqrt(var + eps),
+    # shift = bias - mean * scale (so var + eps == 0 gives torch's inf/NaN).
+    with np.errstate(divide="ignore", invalid="ignore"):
         scale = weight.astype(np.float64) / np.sqrt(v + p.eps)
+        shift = bias.astype(np.float64) - m * scale
     y = np.empty(x.shape, p.dtype)
-    _normalize(x, m, scale, bias.astype(np.float64), y)
+    _normalize(x, scale.astype(p.dtype), shift.astype(p.dtype), y)
     return y, mean, var
 
 
