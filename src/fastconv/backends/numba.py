@@ -10,9 +10,12 @@ Threads.  Each call applies ``fastconv.get_num_threads()`` with ``numba.set_num_
 at NUMBA_NUM_THREADS, numba's pool size).  Numba's default threading layer may pick
 ``workqueue``, which aborts the process when two Python threads run parallel kernels at once, so
 before the first parallel call this module asks numba for a thread-safe layer (OpenMP or TBB),
-unless NUMBA_THREADING_LAYER says otherwise.  Only when the layer in use is still workqueue are
-calls serialised with a lock.  GNU OpenMP cannot run in a child forked after the parent used it
-(numba kills such a child); the backend raises a RuntimeError there instead.
+unless NUMBA_THREADING_LAYER says otherwise.  Only when the layer in use is still workqueue
+(neither OpenMP nor TBB installed, or chosen by the user) are calls serialised with a lock: each
+call already uses every thread, so that costs concurrency, not throughput.  OpenMP workers sleep
+between kernels instead of spinning (see ``_launch``).  GNU OpenMP cannot run in a child forked
+after the parent used it (numba kills such a child); the backend raises a RuntimeError there
+instead.  ``_numba_jit`` explains the one other process-wide numba setting (512-bit vectors).
 """
 from __future__ import annotations
 
