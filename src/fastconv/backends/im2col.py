@@ -380,14 +380,16 @@ def batch_norm(p, x, mean, var, weight, bias):
                 var[a:b] = ((chunk - mean[a:b, None]) ** 2).mean(axis=(0, 2))
 
         _parallel(stats, _chunks(p.c, p.n * p.l))
-    scale = (weight / np.sqrt(np.asarray(var, np.float64) + p.eps)).astype(p.dtype)
-    shift = (bias - np.asarray(mean, np.float64) * scale).astype(p.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):  # var + eps == 0: torch's NaN
+        scale = (weight / np.sqrt(np.asarray(var, np.float64) + p.eps)).astype(p.dtype)
+        shift = (bias - np.asarray(mean, np.float64) * scale).astype(p.dtype)
     y = np.empty(x.shape, p.dtype)
 
     def work(part):
-        for a, b in part:  # a range of channels, all images
-            np.multiply(x[:, a:b], scale[a:b, None], out=y[:, a:b])
-            y[:, a:b] += shift[a:b, None]
+        with np.errstate(invalid="ignore"):  # inf scale and shift (var + eps == 0) make torch's NaN
+            for a, b in part:  # a range of channels, all images
+                np.multiply(x[:, a:b], scale[a:b, None], out=y[:, a:b])
+                y[:, a:b] += shift[a:b, None]
 
     _parallel(work, _chunks(p.c, p.n * p.l))
     return y, mean, var
