@@ -7,10 +7,15 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 THREADS    ?= 2
 SUITE      ?= quick
+# Idle OpenMP threads sleep instead of spinning, for torch and the C backend alike: where other
+# processes share the cores, spinning threads of one runtime starve the next one's (torch ran up
+# to 50x slower here).  Runs record it; `make bench BENCH_ENV=` measures the runtime defaults.
+BENCH_ENV  ?= OMP_WAIT_POLICY=PASSIVE
+RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: all test bench env clean
+.PHONY: all test bench bench-results bench-pytest asv env clean sanitize
 
 all: test
 
@@ -26,7 +31,45 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(VENV)/bin/fastconv bench --suite $(SUITE) --threads $(THREADS)
+	$(BENCH_ENV) $(VENV)/bin/fastconv bench --suite $(SUITE) --threads $(THREADS)
+
+# The committed results: every suite as JSON (+ plot), and the README's summary table.
+bench-results: $(STAMP)
+	mkdir -p $(RESULTS) docs/results
+	for s in resnet50 conv-zoo pool-bn models; do \
+	  $(BENCH_ENV) $(VENV)/bin/fastconv bench --suite $$s --threads $(THREADS) --quiet \
+	    --json $(RESULTS)/$$s.json --plot $(RESULTS)/$$s.png || exit 1; \
+	done
+	$(VENV)/bin/fastconv bench show $(RESULTS)/resnet50.json $(RESULTS)/conv-zoo.json $(RESULTS)/pool-bn.json \
+	  $(RESULTS)/models.json --markdown docs/results/bench.md
+
+# pytest-benchmark: one table per problem ranking the backends; each run is saved under
+# .benchmarks/ and compared with the previous one.
+bench-pytest: $(STAMP)
+	$(BENCH_ENV) $(PY) -m pytest tests/perf --benchmark-only --benchmark-autosave \
+	  --benchmark-group-by=group --benchmark-columns=min,median,iqr,ops,rounds \
+	  $(if $(wildcard .benchmarks/*/*.json),--benchmark-compare)
+
+# asv: record this commit with the current environment, then build the dashboard in .asv/html
+# (view it with `$(VENV)/bin/asv preview`; history over many commits: docs/benchmarking.md).
+asv: $(STAMP)
+	$(VENV)/bin/asv machine --yes --machine $$(hostname) >/dev/null
+	$(BENCH_ENV) $(VENV)/bin/asv run --python=same --set-commit-hash=$$(git rev-parse HEAD) --machine $$(hostname)
+	$(VENV)/bin/asv publish
+	@echo "dashboard written to .asv/html: run '$(VENV)/bin/asv preview' and open the address it prints"
+
+# The c backend's tests against a copy of the package whose C extension is built with
+# AddressSanitizer + UndefinedBehaviorSanitizer; any report aborts the run (so it fails).
+SANITIZE_DIR := build/sanitize
+SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONPATH=$(SANITIZE_DIR)
+sanitize: $(STAMP)
+	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
+	cp -r src/fastconv $(SANITIZE_DIR)/ && rm -f $(SANITIZE_DIR)/fastconv/_ckernels*
+	FASTCONV_SANITIZE=1 $(PY) setup.py -q build_ext --force --build-lib $(SANITIZE_DIR) --build-temp build/sanitize-tmp
+	$(SANITIZE_ENV) $(PY) -c "import fastconv._ckernels as m; assert '$(SANITIZE_DIR)' in m.__file__, m.__file__"
+	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_c_backend.py
+	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_conformance.py::test_matches_torch -k "c]"
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/fastconv/_ckernels* .pytest_cache .hypothesis
+	rm -rf $(VENV) build src/*.egg-info src/fastconv/_ckernels* .pytest_cache .hypothesis .asv .benchmarks

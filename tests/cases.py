@@ -126,6 +126,7 @@ def bn_relu_cases(dtype: str = "float32") -> list[Case]:
     add("batch_norm", "train_momentum1", (3, 4, 2, 2), training=True, momentum=1.0)
     add("batch_norm", "channels17", (2, 17, 6, 6), training=True)
     add("batch_norm", "eps0", (2, 3, 4, 4), eps=0.0)
+    add("batch_norm", "eps0_zero_var", (2, 3, 4, 4), special="zero_var", eps=0.0)
     add("batch_norm", "input2d", (6, 4))
     add("batch_norm", "input2d_train", (6, 4), training=True)
     add("batch_norm", "input3d_train", (3, 4, 7), training=True)

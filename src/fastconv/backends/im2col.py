@@ -17,7 +17,7 @@ are vectorised NumPy on window views, split over image planes across the same th
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -75,16 +75,21 @@ class _SingleThreadedBlas:
     """Keep BLAS on one thread while any call runs its own threads; restore it after the last.
 
     The parallelism is ours; a multi-threaded BLAS under each of our threads would oversubscribe
-    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread.
+    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread.  The
+    controller is made once: finding the loaded BLAS libraries costs ~80 us, limiting them ~3 us.
     """
+
+    controller = None
 
     def __enter__(self):
         global _blas_users, _blas_limiter
         with _lock:
             if _blas_users == 0:
-                from threadpoolctl import threadpool_limits
+                if _SingleThreadedBlas.controller is None:
+                    from threadpoolctl import ThreadpoolController
 
-                _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+                    _SingleThreadedBlas.controller = ThreadpoolController()
+                _blas_limiter = _SingleThreadedBlas.controller.limit(limits=1, user_api="blas")
             _blas_users += 1
 
     def __exit__(self, *exc):
@@ -96,10 +101,13 @@ class _SingleThreadedBlas:
                 _blas_limiter = None
 
 
-def _parallel(work, items: list) -> None:
-    """work(part) for round-robin parts of ``items``, one part per thread."""
+def _parallel(work, items: list, blas: bool = False) -> None:
+    """work(part) for round-robin parts of ``items``, one part per thread.
+
+    ``blas``: the work calls BLAS, which must then stay single-threaded under our threads.
+    """
     n = min(threads.get_num_threads(), len(items))
-    with _SingleThreadedBlas():
+    with _SingleThreadedBlas() if blas else contextlib.nullcontext():
         if n <= 1:
             work(items)
             return
@@ -108,11 +116,15 @@ def _parallel(work, items: list) -> None:
             f.result()
 
 
-def _plane_chunks(planes: int) -> list[tuple[int, int]]:
-    """About four ranges of image planes per thread, for load balance."""
-    count = max(1, min(planes, 4 * threads.get_num_threads()))
-    edges = np.linspace(0, planes, count + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+#: Elements below which splitting work over threads costs more than it saves.
+MIN_CHUNK_ELEMENTS = 1 << 15
+
+
+def _chunks(count: int, unit: int = 1) -> list[tuple[int, int]]:
+    """Ranges over ``count`` units of ``unit`` elements: about four per thread, none tiny."""
+    pieces = max(1, min(count, 4 * threads.get_num_threads(), count * unit // MIN_CHUNK_ELEMENTS))
+    edges = [count * t // pieces for t in range(pieces + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _zero_padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
@@ -130,7 +142,7 @@ def _zero_padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
         for a, b in part:
             out[a:b, pt:pt + h, pl:pl + w] = x[a:b]
 
-    _parallel(work, _plane_chunks(planes))
+    _parallel(work, _chunks(planes, h * w))
     return out
 
 
@@ -214,7 +226,7 @@ def conv2d(p, x, weight, bias, residual):
             if nb > 1:
                 y_g[n0:n1, :, k0:k1, i0:i1] = out.transpose(2, 0, 1, 3, 4)
 
-    _parallel(work, blocks)
+    _parallel(work, blocks, blas=True)
     return y
 
 
@@ -233,11 +245,14 @@ def _depthwise(p, x, weight, bias, residual):
     def work(part):
         for a, b in part:
             chan = np.arange(a, b) % p.c  # the channel of each plane
+            w_planes = taps[chan][..., None, None]  # (planes, m, taps, 1, 1)
             acc = np.zeros((b - a, m, p.oh, p.ow), p.dtype)
+            term = np.empty_like(acc)
             for r in range(p.r):
                 for s in range(p.s):
                     window = xp[a:b, r * dh:r * dh + sh * (p.oh - 1) + 1:sh, s * dw:s * dw + sw * (p.ow - 1) + 1:sw]
-                    acc += taps[chan, :, r * p.s + s][:, :, None, None] * window[:, None]
+                    np.multiply(w_planes[:, :, r * p.s + s], window[:, None], out=term)
+                    acc += term
             if bias_cm is not None:
                 acc += bias_cm[chan][:, :, None, None]
             if res_pm is not None:
@@ -246,7 +261,9 @@ def _depthwise(p, x, weight, bias, residual):
                 np.maximum(acc, 0, out=acc)
             y_pm[a:b] = acc
 
-    _parallel(work, _plane_chunks(planes))
+    # Planes per task: the accumulator and the product stay in L2 across all the taps' passes.
+    per = max(1, (128 << 10) // (m * p.oh * p.ow * x.itemsize))
+    _parallel(work, [(a, min(a + per, planes)) for a in range(0, planes, per)])
     return y
 
 
@@ -282,7 +299,7 @@ def max_pool2d(p, x):
             for tap in taps:
                 np.maximum(out, tap, out=out)  # np.maximum propagates NaN, like torch
 
-    _parallel(work, _plane_chunks(p.n * p.c))
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
     return y.reshape(p.output_shape)
 
 
@@ -326,7 +343,7 @@ def avg_pool2d(p, x):
                 out += tap
             out *= inv
 
-    _parallel(work, _plane_chunks(p.n * p.c))
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
     return y.reshape(p.output_shape)
 
 
@@ -344,7 +361,7 @@ def adaptive_avg_pool2d(p, x):
                 y[a:b, :, j] = row_sums[:, :, w0:w1].sum(axis=2)
             y[a:b] /= np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(p.dtype)
 
-    _parallel(work, _plane_chunks(p.n * p.c))
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
     return y.reshape(p.output_shape)
 
 
@@ -362,17 +379,19 @@ def batch_norm(p, x, mean, var, weight, bias):
                 mean[a:b] = chunk.mean(axis=(0, 2))
                 var[a:b] = ((chunk - mean[a:b, None]) ** 2).mean(axis=(0, 2))
 
-        _parallel(stats, _plane_chunks(p.c))
-    scale = (weight / np.sqrt(np.asarray(var, np.float64) + p.eps)).astype(p.dtype)
-    shift = (bias - np.asarray(mean, np.float64) * scale).astype(p.dtype)
+        _parallel(stats, _chunks(p.c, p.n * p.l))
+    with np.errstate(divide="ignore", invalid="ignore"):  # var + eps == 0: torch's NaN
+        scale = (weight / np.sqrt(np.asarray(var, np.float64) + p.eps)).astype(p.dtype)
+        shift = (bias - np.asarray(mean, np.float64) * scale).astype(p.dtype)
     y = np.empty(x.shape, p.dtype)
 
     def work(part):
-        for a, b in part:  # a range of channels, all images
-            np.multiply(x[:, a:b], scale[a:b, None], out=y[:, a:b])
-            y[:, a:b] += shift[a:b, None]
+        with np.errstate(invalid="ignore"):  # inf scale and shift (var + eps == 0) make torch's NaN
+            for a, b in part:  # a range of channels, all images
+                np.multiply(x[:, a:b], scale[a:b, None], out=y[:, a:b])
+                y[:, a:b] += shift[a:b, None]
 
-    _parallel(work, _plane_chunks(p.c))
+    _parallel(work, _chunks(p.c, p.n * p.l))
     return y, mean, var
 
 
@@ -384,7 +403,5 @@ def relu(p, x):
         for a, b in part:
             np.maximum(flat[a:b], 0, out=y[a:b])  # keeps NaN, as torch.relu
 
-    size = flat.size
-    chunk = max(1 << 16, -(-size // (4 * threads.get_num_threads())))
-    _parallel(work, [(a, min(a + chunk, size)) for a in range(0, size, chunk)])
+    _parallel(work, _chunks(flat.size))
     return y.reshape(x.shape)

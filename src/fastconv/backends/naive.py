@@ -139,7 +139,9 @@ def batch_norm(p, x, mean, var, weight, bias):
     """y[:, c] = (x[:, c] - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c].
 
     In training mode mean and var are the channel's own: the average and the biased variance
-    of its N*L values.
+    of its N*L values.  Written as torch evaluates it, ``x * scale + (bias - mean * scale)`` with
+    ``scale = weight / sqrt(var + eps)``: the same values up to rounding, and the same NaN when
+    var + eps is 0 (eval mode allows eps=0).
     """
     y = np.empty(x.shape, p.dtype)
     if p.training:
@@ -149,7 +151,9 @@ def batch_norm(p, x, mean, var, weight, bias):
         if p.training:
             mean[c] = values.mean()
             var[c] = ((values - mean[c]) ** 2).mean()
-        y[:, c, :] = (values - float(mean[c])) / math.sqrt(float(var[c]) + p.eps) * float(weight[c]) + float(bias[c])
+        with np.errstate(divide="ignore", invalid="ignore"):  # var + eps == 0: torch's NaN
+            scale = np.float64(weight[c]) / np.sqrt(np.float64(var[c]) + p.eps)
+            y[:, c, :] = values * scale + (bias[c] - mean[c] * scale)
     return y, mean, var
 
 

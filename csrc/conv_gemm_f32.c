@@ -1,0 +1,342 @@
+/* float32 convolution as GEMM: per group, y[k, pixel] = sum over (c, r, s) of w[k, (c, r, s)] *
+ * B[(c, r, s), pixel], with B the convolution's input windows.
+ *
+ * The microkernel (gemm_f32_*.c) computes 8 output channels x 48 output pixels in registers,
+ * pixels along the vectors, so a finished tile is 8 runs of output row: it is written straight
+ * into NCHW with bias, residual and relu fused -- no output layout conversion.  Where its B rows
+ * come from is what makes this fast:
+ *
+ * - "direct": every B row is a contiguous window of one buffer, read in place.  The input is
+ *   copied once into zero-padded, stride-split ("phase") planes of width wq; the kernel then
+ *   computes virtual pixels q = oh * wq + ow of each image, where tap (r, s) of channel c reads
+ *   plane[c, phase(r, s)][q + offset(r, s)].  Columns ow >= OW are computed and discarded (a few
+ *   percent on large images).  A 1x1, stride-1, unpadded convolution reads the input itself.
+ * - "packed": small images, where those discarded columns would cost too much, gather real
+ *   pixels (over the whole batch, so a panel may span images) into 48-wide panels once per
+ *   call, as im2col would: each run of a panel row is a run of the same phase planes.  Packing
+ *   inflates a 3x3 convolution's B ninefold (direct windows share cache lines between taps),
+ *   so it pays only where the discarded columns are many (7x7 images at batch 8).
+ *
+ * Blocking: the reduction runs in blocks of about KC_TARGET rows (whole channels).  Within a
+ * block, each 8-channel slice of the weights (read in place, 8 row streams: no weight
+ * reordering per call) meets every pixel panel of the task while it sits in L1, the panels'
+ * B blocks waiting in L2; a task's partial sums live in a small per-thread tile buffer, and a
+ * tile is written out (epilogue fused) as soon as its last block is summed.  Tasks (group x
+ * pixel panels x output-channel blocks) are shared out dynamically, so batch 1 also uses every
+ * thread.  Each output element is summed by one thread in a fixed order: results do not depend
+ * on the thread count.
+ */
+#include "conv_gemm_f32.h"
+
+#define KC_TARGET 192
+
+/* -- preparation ------------------------------------------------------------------------------- */
+
+/* A group's last block of 8 output channels, when kg is not a multiple of 8: its rows, then
+ * zero rows, so the microkernel never reads past the weights. */
+static void pack_tail(const plan_t *P, int64_t g) {
+    float *dst = P->atail + g * FC_MR * P->crs;
+    int64_t m0 = (P->mblocks - 1) * FC_MR;
+    for (int64_t i = 0; i < FC_MR; i++) {
+        if (m0 + i < P->kg)
+            memcpy(dst + i * P->crs, P->w + (size_t)(g * P->kg + m0 + i) * P->crs, (size_t)P->crs * sizeof(float));
+        else
+            memset(dst + i * P->crs, 0, (size_t)P->crs * sizeof(float));
+    }
+}
+
+/* Row 0 of the A block mb of group g. */
+static const float *a_block(const plan_t *P, int64_t g, int64_t mb) {
+    if ((mb + 1) * FC_MR > P->kg)
+        return P->atail + g * FC_MR * P->crs;
+    return P->w + (size_t)(g * P->kg + mb * FC_MR) * P->crs;
+}
+
+/* Direct pays for the discarded columns, packed for gathering B (im2col) once, a cost that
+ * matters less the more output channels share each gathered value.  Measured on ResNet shapes:
+ * packing costs about as much as computing 8 more 8-channel blocks over the same pixels. */
+static int choose_direct(const fc_conv2d_desc *d, int64_t wq, int64_t mblocks_total) {
+    int64_t virt = (d->oh - 1) * wq + d->ow, real = d->oh * d->ow;
+    double direct = (double)d->n * round16(virt);
+    double packed = (double)round16(d->n * real) * (1.0 + 8.0 / (double)mblocks_total);
+    return direct <= packed;
+}
+
+/* -- the tasks --------------------------------------------------------------------------------- */
+
+#define MAX_TASK_PANELS 8
+#define MAX_TASK_TILES 96
+
+typedef struct {
+    float *cbuf;    /* [panels][mblocks][MR][NR] partial sums of one task */
+    float *bpack;   /* [panels][kcb][NR] the task's packed panel blocks */
+    seg_t *isegs;   /* [panels][MAX_SEGS] input runs of each panel (packed panels) */
+    seg_t *osegs;   /* [panels][MAX_SEGS] output runs of each panel */
+} scratch_t;
+
+/* bias + residual + relu while writing one finished tile's rows into NCHW. */
+static void store_tile(const plan_t *P, const float *c, const float *bias, const float *residual,
+                       float *y, int64_t g, int64_t mb, const seg_t *segs, int64_t nseg) {
+    const fc_conv2d_desc *d = P->d;
+    const int64_t k0 = g * P->kg + mb * FC_MR, rows = FC_MIN(FC_MR, P->kg - mb * FC_MR);
+    for (int64_t t = 0; t < nseg; t++) {
+        const seg_t *sg = &segs[t];
+        size_t at = ((size_t)sg->n * d->k + k0) * P->ohw + sg->oh * d->ow + sg->ow0;
+        const float *res = residual ? residual + at : NULL, *bk = bias ? bias + k0 : NULL;
+        if (P->avx512) {
+            fc_f32_tile_store_avx512(c + sg->j0, rows, sg->len, bk, res, y + at, P->ohw, d->relu);
+            continue;
+        }
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < sg->len; j++) {
+                float v = c[i * FC_NR + sg->j0 + j] + (bk ? bk[i] : 0.0f) + (res ? res[i * P->ohw + j] : 0.0f);
+                y[at + i * P->ohw + j] = d->relu && v < 0 ? 0.0f : v; /* NaN < 0 is false: NaN stays */
+            }
+    }
+}
+
+static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
+                     int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
+    const int64_t mt = mb1 - mb0, tile = FC_MR * FC_NR;
+    const float *b[MAX_TASK_PANELS];
+    const int64_t *boff[MAX_TASK_PANELS];
+    int64_t nv[MAX_TASK_PANELS], ncols[MAX_TASK_PANELS], nis[MAX_TASK_PANELS], nos[MAX_TASK_PANELS];
+    int in_place[MAX_TASK_PANELS];
+    /* Each panel's runs, once per task. */
+    for (int64_t j = 0; j < p1 - p0; j++) {
+        int64_t n, q0;
+        fc_f32_panel_range(P, p0 + j, &n, &q0, &ncols[j]);
+        nv[j] = (ncols[j] + 15) / 16;
+        seg_t *is = S->isegs + j * MAX_SEGS, *os = S->osegs + j * MAX_SEGS;
+        nis[j] = fc_f32_panel_segments(P, p0 + j, is, &ncols[j]);
+        memcpy(os, is, (size_t)nis[j] * sizeof(seg_t));
+        nos[j] = fc_f32_merge_segments(P->d, os, nis[j]);
+        /* A direct panel reading x itself must not run past x's end: pack its tail here. */
+        in_place[j] = !P->direct || P->src != P->x || q0 + FC_NR <= P->img_cols;
+        if (!P->direct)
+            b[j] = P->gpack + ((size_t)g * P->npanels + p0 + j) * P->crs * FC_NR;
+        else if (in_place[j])
+            b[j] = P->src + (size_t)n * P->src_img + (size_t)g * P->cg * P->src_chan + q0;
+    }
+    for (int64_t k0 = 0; k0 < P->crs; k0 += P->kcb) {
+        int64_t k1 = FC_MIN(P->crs, k0 + P->kcb);
+        int last = k1 == P->crs;
+        /* The B block of every panel first (in place, or packed once for all weight blocks)... */
+        for (int64_t j = 0; j < p1 - p0; j++) {
+            if (in_place[j]) {
+                boff[j] = P->direct ? P->off + k0 : P->poff + k0;
+            } else {
+                float *dst = S->bpack + j * P->kcb * FC_NR;
+                fc_f32_pack_panel(P, g, S->isegs + j * MAX_SEGS, nis[j], ncols[j], nv[j] * 16, k0, k1, dst);
+                b[j] = dst;
+                boff[j] = P->poff;
+            }
+        }
+        /* ...then each 8-channel weight block meets every panel while it sits in L1. */
+        for (int64_t mb = mb0; mb < mb1; mb++) {
+            const float *a = a_block(P, g, mb) + k0;
+            for (int64_t j = 0; j < p1 - p0; j++) {
+                float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
+                /* The first weight block meets cold B rows: use the kernel that prefetches them. */
+                P->uk[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
+                if (last) /* finished: write it out while the tile is in L1 */
+                    store_tile(P, c, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
+            }
+        }
+    }
+}
+
+/* Tasks of pt panels x mt weight blocks: enough of them to keep every thread busy, and among
+ * those the split that moves the least data -- each task reads its weight block and its
+ * panels' B blocks, so cutting panels re-reads weights and cutting weight blocks re-reads
+ * (or re-packs) B. */
+static void task_shape(const plan_t *P, int nthreads, int64_t *pt_out, int64_t *mt_out) {
+    const fc_conv2d_desc *d = P->d;
+    double a_cost = (double)P->kg * P->crs, b_cost = (double)P->crs * FC_MIN(P->npanels * FC_NR, P->img_cols);
+    int64_t target = FC_MIN(4 * (int64_t)nthreads, d->groups * P->npanels * P->mblocks);
+    double best = -1;
+    for (int64_t mc = 1;; mc *= 2) {
+        int64_t mt = (P->mblocks + mc - 1) / mc;
+        for (int64_t pc = 1;; pc *= 2) {
+            int64_t pt = (P->npanels + pc - 1) / pc;
+            int64_t tasks = d->groups * ((P->npanels + pt - 1) / pt) * ((P->mblocks + mt - 1) / mt);
+            if (pt <= MAX_TASK_PANELS && pt * mt <= MAX_TASK_TILES) {
+                double cost = a_cost * ((P->npanels + pt - 1) / pt) + b_cost * ((P->mblocks + mt - 1) / mt);
+                if (tasks < target) /* idle threads cost more than any traffic */
+                    cost += 1e18 * (double)(target - tasks);
+                if (best < 0 || cost < best) {
+                    best = cost;
+                    *pt_out = pt;
+                    *mt_out = mt;
+                }
+            }
+            if (pt == 1)
+                break;
+        }
+        if (mt == 1)
+            break;
+    }
+}
+
+int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
+                       const float *residual, float *y, int nthreads) {
+    int level = fc_level();
+    if (level == FC_GENERIC)
+        return FC_EINVAL; /* no vector kernels: the caller runs the portable loops */
+    plan_t P = {.d = d, .x = x, .w = w};
+    P.uk = level == FC_AVX512 ? fc_f32_gemm_kernels_avx512 : fc_f32_gemm_kernels_avx2;
+    P.avx512 = level == FC_AVX512;
+    P.cg = d->c / d->groups;
+    P.kg = d->k / d->groups;
+    P.crs = P.cg * d->r * d->s;
+    P.mblocks = (P.kg + FC_MR - 1) / FC_MR;
+    P.ohw = d->oh * d->ow;
+    P.kcb = FC_MIN(P.crs, FC_MAX(1, KC_TARGET / (d->r * d->s)) * d->r * d->s);
+
+    /* Which taps land on which stride phase. */
+    phases_t ph = {0};
+    if (d->stride_h > 64 || d->stride_w > 64)
+        return FC_EINVAL; /* absurd strides: the portable loops handle them */
+    for (int64_t a = 0; a < 64; a++)
+        ph.arow[a] = ph.bcol[a] = -1;
+    for (int64_t r = 0; r < d->r; r++) {
+        int64_t a = r * d->dil_h % d->stride_h;
+        if (ph.arow[a] < 0) {
+            ph.arow[a] = ph.na;
+            ph.rowphases[ph.na++] = a;
+        }
+    }
+    for (int64_t s = 0; s < d->s; s++) {
+        int64_t b = s * d->dil_w % d->stride_w;
+        if (ph.bcol[b] < 0) {
+            ph.bcol[b] = ph.nb;
+            ph.colphases[ph.nb++] = b;
+        }
+    }
+    ph.hq = d->oh + (d->r - 1) * d->dil_h / d->stride_h;
+    ph.wq = d->ow + (d->s - 1) * d->dil_w / d->stride_w;
+
+    int plain_1x1 = d->r == 1 && d->s == 1 && d->stride_h == 1 && d->stride_w == 1 &&
+                    d->pad_top == 0 && d->pad_left == 0 && d->oh == d->h && d->ow == d->w;
+    /* Packed mode gathers all of B up front; beyond about 64 MB direct mode is always used. */
+    double packed_floats = (double)d->groups * P.crs * round16(d->n * P.ohw + FC_NR);
+    P.direct = packed_floats > (double)(16 << 20) || choose_direct(d, plain_1x1 ? d->ow : ph.wq, d->groups * P.mblocks);
+    /* Test hook: FASTCONV_F32_CONV=direct|packed forces a mode, so tests reach both paths. */
+    const char *force = getenv("FASTCONV_F32_CONV");
+    if (force && !strcmp(force, "direct"))
+        P.direct = 1;
+    else if (force && !strcmp(force, "packed") && packed_floats <= (double)(16 << 20))
+        P.direct = 0;
+    /* Both modes read B rows as windows of one source: x itself (plain 1x1), else the phase planes. */
+    int copy_input = !plain_1x1;
+    P.wq = plain_1x1 ? d->ow : ph.wq;
+    P.src_chan = plain_1x1 ? d->h * d->w : ph.na * ph.nb * ph.hq * ph.wq;
+    P.src_img = d->c * P.src_chan;
+    size_t phase_floats = copy_input ? (size_t)d->n * P.src_img + FC_NR : 0; /* slack: the last panel runs past */
+    if (P.direct) {
+        P.img_cols = (d->oh - 1) * P.wq + d->ow;
+        P.ppi = (P.img_cols + FC_NR - 1) / FC_NR;
+        P.npanels = d->n * P.ppi;
+    } else {
+        P.img_cols = d->n * P.ohw;
+        P.npanels = (P.img_cols + FC_NR - 1) / FC_NR;
+    }
+
+    int64_t pt = 1, mt = 1;
+    task_shape(&P, nthreads, &pt, &mt);
+    const int64_t pchunks = (P.npanels + pt - 1) / pt, mchunks = (P.mblocks + mt - 1) / mt;
+    const int64_t ntasks = d->groups * pchunks * mchunks;
+    int team = fc_team(nthreads, d->n * d->k * P.ohw * P.crs, 1 << 16);
+    team = (int)FC_MIN(team, ntasks);
+
+    /* Every buffer up front, so a failed allocation stops the call before any work. */
+    size_t cbuf_floats = (size_t)pt * mt * FC_MR * FC_NR, bpack_floats = (size_t)pt * P.kcb * FC_NR;
+    int tail = P.kg % FC_MR != 0;
+    P.atail = tail ? fc_alloc((size_t)d->groups * FC_MR * P.crs * sizeof(float)) : NULL;
+    P.off = fc_alloc((size_t)P.crs * sizeof(int64_t));
+    float *phase = phase_floats ? fc_alloc(phase_floats * sizeof(float)) : NULL;
+    const size_t tslice = fc_slice((cbuf_floats + bpack_floats) * sizeof(float));
+    char *tbuf = fc_alloc((size_t)team * tslice);
+    int64_t *poff = fc_alloc((size_t)P.crs * sizeof(int64_t));
+    size_t gpack_floats = P.direct ? 0 : (size_t)d->groups * P.npanels * P.crs * FC_NR;
+    P.gpack = gpack_floats ? fc_alloc(gpack_floats * sizeof(float)) : NULL;
+    size_t seg_count = (size_t)pt * MAX_SEGS * 2;
+    const size_t sslice = fc_slice(seg_count * sizeof(seg_t));
+    char *segs = fc_alloc((size_t)team * sslice);
+    int status = FC_OK;
+    if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs ||
+        (gpack_floats && !P.gpack)) {
+        status = FC_ENOMEM;
+        goto done;
+    }
+    for (int64_t p = 0; p < P.crs; p++)
+        poff[p] = p * FC_NR;
+    P.poff = poff;
+    {
+        P.src = copy_input ? phase : x;
+        const int64_t rs = d->r * d->s;
+        for (int64_t p = 0; p < P.crs; p++) {
+            int64_t c = p / rs, r = p % rs / d->s, s = p % d->s;
+            if (plain_1x1) {
+                P.off[p] = c * P.src_chan;
+                continue;
+            }
+            int64_t rr = r * d->dil_h, ss = s * d->dil_w;
+            int64_t phase_idx = ph.arow[rr % d->stride_h] * ph.nb + ph.bcol[ss % d->stride_w];
+            P.off[p] = c * P.src_chan + phase_idx * ph.hq * ph.wq + rr / d->stride_h * ph.wq + ss / d->stride_w;
+        }
+        if (copy_input)
+            memset(phase + (size_t)d->n * P.src_img, 0, FC_NR * sizeof(float));
+    }
+
+    #pragma omp parallel num_threads(team)
+    {
+        scratch_t S;
+        int tid = FC_THREAD_ID();
+        S.cbuf = (float *)(tbuf + (size_t)tid * tslice);
+        S.bpack = S.cbuf + cbuf_floats;
+        S.isegs = (seg_t *)(segs + (size_t)tid * sslice);
+        S.osegs = S.isegs + (size_t)pt * MAX_SEGS;
+
+        if (tail) {
+            #pragma omp for schedule(static) nowait
+            for (int64_t g = 0; g < d->groups; g++)
+                pack_tail(&P, g);
+        }
+        if (copy_input) {
+            #pragma omp for schedule(static) nowait
+            for (int64_t t = 0; t < d->n * d->c; t++)
+                fc_f32_fill_phase_plane(&P, &ph, t / d->c, t % d->c, phase + (size_t)t * P.src_chan);
+        }
+        if (!P.direct) { /* gather every panel once (from the finished planes), in blocks of rows */
+            #pragma omp barrier
+            const int64_t kblocks = (P.crs + P.kcb - 1) / P.kcb;
+            #pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t u = 0; u < d->groups * P.npanels * kblocks; u++) {
+                int64_t kb = u % kblocks, pi = u / kblocks % P.npanels, g = u / (kblocks * P.npanels);
+                int64_t ncols, nseg = fc_f32_panel_segments(&P, pi, S.isegs, &ncols);
+                int64_t k0 = kb * P.kcb, k1 = FC_MIN(P.crs, k0 + P.kcb);
+                fc_f32_pack_panel(&P, g, S.isegs, nseg, ncols, round16(ncols), k0, k1,
+                                  P.gpack + ((g * P.npanels + pi) * P.crs + k0) * FC_NR);
+            }
+        }
+        #pragma omp barrier
+
+        /* Panels vary fastest, so consecutive tasks share their weights block in cache. */
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntasks; t++) {
+            int64_t pc = t % pchunks, mc = t / pchunks % mchunks, g = t / (pchunks * mchunks);
+            run_task(&P, bias, residual, y, g, pc * pt, FC_MIN(P.npanels, (pc + 1) * pt), mc * mt,
+                     FC_MIN(P.mblocks, (mc + 1) * mt), &S);
+        }
+    }
+done:
+    free(P.atail);
+    free(P.off);
+    free(phase);
+    free(tbuf);
+    free(poff);
+    free(segs);
+    free(P.gpack);
+    return status;
+}

@@ -1,0 +1,98 @@
+/* fastconv's C kernels: the one contract between Python (cffi) and C.
+ *
+ * build_ffi.py hands this file to cffi's cdef, so it holds only declarations cdef can parse:
+ * no macros beyond the include guard (which build_ffi.py strips) and no inline code.
+ *
+ * Conventions every function follows:
+ * - Arrays are C-contiguous, native byte order, of the function's dtype (f32 = float,
+ *   f64 = double); tensors are NCHW.  Python (api.py) has validated every size and option, and
+ *   computed the output size; C trusts that and only indexes with int64_t / size_t.
+ * - `nthreads` is fastconv.get_num_threads(): each call opens its OpenMP team with exactly that
+ *   many threads, so fastconv.set_num_threads governs C as it does every other backend.
+ * - The return value is FC_OK, or an FC_E* code that Python turns into an exception.
+ * - No global mutable state: concurrent calls from several Python threads are safe (cffi
+ *   releases the GIL around every call).
+ */
+#ifndef FASTCONV_H
+#define FASTCONV_H
+
+#include <stdint.h>
+
+enum fc_status {
+    FC_OK = 0,
+    FC_ENOMEM = 1,   /* a scratch buffer could not be allocated */
+    FC_EINVAL = 2    /* descriptor inconsistent (a bug on the Python side, caught defensively) */
+};
+
+/* One convolution.  weight is (k, c / groups, r, s); output (n, k, oh, ow).  Padding is zeros;
+ * pad_top / pad_left place the first window, bottom and right padding follow from oh and ow. */
+typedef struct fc_conv2d_desc {
+    int64_t n, c, h, w;
+    int64_t k, r, s;
+    int64_t oh, ow;
+    int64_t stride_h, stride_w;
+    int64_t pad_top, pad_left;
+    int64_t dil_h, dil_w;
+    int64_t groups;
+    int32_t relu;              /* 1: y = max(y, 0) after bias and residual (NaN stays NaN) */
+} fc_conv2d_desc;
+
+/* y = act(conv(x, weight) + bias + residual); bias (k,) and residual (like y) may be NULL. */
+int fc_f32_conv2d(const fc_conv2d_desc *d, const float *x, const float *weight, const float *bias,
+                  const float *residual, float *y, int nthreads);
+int fc_f64_conv2d(const fc_conv2d_desc *d, const double *x, const double *weight, const double *bias,
+                  const double *residual, double *y, int nthreads);
+
+/* Max or average pooling of (n, c, h, w) into (n, c, oh, ow), torch's rules (see problem.py). */
+typedef struct fc_pool2d_desc {
+    int64_t n, c, h, w;
+    int64_t oh, ow;
+    int64_t kh, kw;
+    int64_t stride_h, stride_w;
+    int64_t pad_h, pad_w;
+    int64_t dil_h, dil_w;          /* max pooling only */
+    int32_t count_include_pad;     /* average pooling only */
+    int64_t divisor_override;      /* average pooling only; 0 = none */
+} fc_pool2d_desc;
+
+int fc_f32_max_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nthreads);
+int fc_f64_max_pool2d(const fc_pool2d_desc *d, const double *x, double *y, int nthreads);
+int fc_f32_avg_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nthreads);
+int fc_f64_avg_pool2d(const fc_pool2d_desc *d, const double *x, double *y, int nthreads);
+
+/* Adaptive average pooling of `planes` (= n * c) planes of h x w into oh x ow. */
+int fc_f32_adaptive_avg_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                               const float *x, float *y, int nthreads);
+int fc_f64_adaptive_avg_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                               const double *x, double *y, int nthreads);
+
+/* Batch norm of x (n, c, l): y = (x - mean) / sqrt(var + eps) * weight + bias per channel.
+ * The per-channel parameters are float64 whatever x's dtype, so the scale is computed once,
+ * accurately. */
+int fc_f32_batch_norm(int64_t n, int64_t c, int64_t l, const float *x, const double *mean,
+                      const double *var, const double *weight, const double *bias, double eps,
+                      float *y, int nthreads);
+int fc_f64_batch_norm(int64_t n, int64_t c, int64_t l, const double *x, const double *mean,
+                      const double *var, const double *weight, const double *bias, double eps,
+                      double *y, int nthreads);
+
+/* The batch statistics of x (n, c, l) per channel: mean and biased variance, in float64. */
+int fc_f32_batch_stats(int64_t n, int64_t c, int64_t l, const float *x, double *mean, double *var,
+                       int nthreads);
+int fc_f64_batch_stats(int64_t n, int64_t c, int64_t l, const double *x, double *mean, double *var,
+                       int nthreads);
+
+/* y = max(x, 0) over `size` elements; NaN stays NaN. */
+int fc_f32_relu(int64_t size, const float *x, float *y, int nthreads);
+int fc_f64_relu(int64_t size, const double *x, double *y, int nthreads);
+
+/* What this build and CPU offer: the instruction set the float32 kernels use ("avx512",
+ * "avx2", "generic"), and whether OpenMP was compiled in (0 = every call runs on one thread). */
+const char *fc_isa(void);
+int fc_openmp(void);
+
+/* The measured peak float32 FMA rate, GFLOP/s (2 per multiply-add), of `nthreads` threads
+ * running a short register-only FMA loop with the best instruction set available. */
+double fc_peak_gflops(int nthreads);
+
+#endif

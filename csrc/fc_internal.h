@@ -1,0 +1,102 @@
+/* Helpers shared by the kernel files; not part of the Python contract (that is fastconv.h). */
+#ifndef FC_INTERNAL_H
+#define FC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastconv.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#define FC_THREAD_ID() omp_get_thread_num()
+#else
+#define FC_THREAD_ID() 0
+#endif
+
+/* Portable loops compiled once per instruction set and picked at load time (GCC/Clang ifunc), so
+ * auto-vectorised code uses AVX-512 or AVX2+FMA where the CPU has them without -march=native
+ * and still runs on any x86-64.  Other compilers and architectures get the one plain version. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FC_NO_CLONES) && !defined(FC_NO_X86)
+#define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FC_CLONES
+#endif
+
+/* -DFC_NO_X86 builds the portable code only, as on other architectures (to test that build). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(FC_NO_X86)
+#define FC_X86 1
+#else
+#define FC_X86 0
+#endif
+
+#define FC_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define FC_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Vectors are 64 bytes; aligning scratch buffers to that keeps every vector load in one line. */
+#define FC_ALIGN 64
+
+static inline void *fc_alloc(size_t bytes) {
+    void *p = NULL;
+    /* Round up: aligned_alloc wants a multiple of the alignment; never ask for 0 bytes. */
+    size_t rounded = (bytes + FC_ALIGN - 1) / FC_ALIGN * FC_ALIGN;
+    if (posix_memalign(&p, FC_ALIGN, rounded ? rounded : FC_ALIGN) != 0)
+        return NULL;
+    return p;
+}
+
+/* Per-thread slices of one scratch allocation start 128 bytes apart (two cache lines, the
+ * adjacent-line prefetcher's pair): threads writing neighbouring slices would otherwise share a
+ * line, and bounce it between cores on every write (measured: 2 threads slower than 1). */
+static inline size_t fc_slice(size_t bytes) {
+    return (bytes + 127) / 128 * 128;
+}
+
+/* Threads worth starting for `work` units of about `grain` units each: waking a thread costs
+ * microseconds, so tiny calls stay on the calling thread. */
+static inline int fc_team(int nthreads, int64_t work, int64_t grain) {
+    int64_t useful = grain > 0 ? work / grain : work;
+    if (useful < 1)
+        useful = 1;
+    if (nthreads < 1)
+        nthreads = 1;
+    return useful < nthreads ? (int)useful : nthreads;
+}
+
+/* Output columns [lo, hi) whose tap at offset `off` (input column = o * stride + off) lands in
+ * [0, n): the part of a row that needs no padding checks. */
+static inline void fc_valid_range(int64_t n, int64_t out, int64_t stride, int64_t off,
+                                  int64_t *lo, int64_t *hi) {
+    int64_t a = off >= 0 ? 0 : (-off + stride - 1) / stride;
+    int64_t b = n - 1 - off < 0 ? 0 : (n - 1 - off) / stride + 1;
+    *lo = FC_MIN(a, out);
+    *hi = FC_MAX(FC_MIN(b, out), *lo);
+}
+
+/* Instruction-set levels for the hand-written float32 kernels. */
+enum fc_level { FC_GENERIC = 0, FC_AVX2 = 1, FC_AVX512 = 2 };
+int fc_level(void);
+
+/* The float32 GEMM microkernels (conv_gemm_f32.c): C[MR][NR] (+)= A[MR][kc] B[kc][NR].
+ * MR output channels x NR output pixels; NR is three 16-float vectors.  Row i of A starts at
+ * a + i * lda (the weights themselves); row p of B at b + boff[p] (a packed panel or a window
+ * of the input itself).  C is a contiguous MR x NR tile.  Variant NV computes only the first
+ * NV * 16 columns (tail panels). */
+#define FC_MR 8
+#define FC_NR 48
+typedef void (*fc_ukernel_fn)(int64_t kc, const float *a, int64_t lda, const float *b,
+                              const int64_t *boff, float *c, int accumulate);
+/* [prefetch][NV - 1]: the prefetch variants also fetch B rows ahead (first pass over a block). */
+extern const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3];
+extern const fc_ukernel_fn fc_f32_gemm_kernels_avx2[2][3];
+void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias,
+                              const float *res, float *out, int64_t ldo, int relu);
+
+/* float32 convolution through packed GEMM panels (conv_gemm_f32.c); FC_EINVAL when the CPU has
+ * no AVX2 so the caller falls back to the portable direct loops. */
+int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
+                       const float *residual, float *y, int nthreads);
+
+#endif

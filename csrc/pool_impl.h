@@ -1,0 +1,174 @@
+/* Max, average and adaptive average pooling, written once for T = float and T = double
+ * (pool.c includes it twice).  torch's rules, as problem.py states them.
+ *
+ * Max and average pooling are separable, so each output row is made in two vectorisable
+ * passes: a vertical pass reduces the window's rows (only those inside the input: padding is
+ * -inf for max, 0 for sums) into a scratch row padded on both sides, then a horizontal pass
+ * reduces kw (strided) columns of that scratch row per output column.  Each input row is read
+ * about kh/stride_h times, from cache, and no inner loop tests for padding.
+ */
+
+/* The padded scratch row holds every column any window of the row reaches. */
+static int64_t FN(pool_row_len)(const fc_pool2d_desc *d) {
+    return FC_MAX(d->w + d->pad_w, (d->ow - 1) * d->stride_w + (d->kw - 1) * d->dil_w + 1);
+}
+
+/* NaN-propagating max, as torch: a NaN anywhere in the window wins. */
+#define FC_NANMAX(best, v) (((v) > (best) || (v) != (v)) ? (v) : (best))
+
+FC_CLONES
+static void FN(max_rows)(T *restrict acc, const T *restrict row, int64_t w) {
+    for (int64_t j = 0; j < w; j++)
+        acc[j] = FC_NANMAX(acc[j], row[j]);
+}
+
+FC_CLONES
+static void FN(max_cols)(T *restrict out, const T *restrict buf, int64_t ow, int64_t kw, int64_t sw, int64_t dw) {
+    if (sw == 2 && dw == 1 && kw == 3) { /* ResNet's 3x3 stride-2 pool: fixed taps vectorise */
+        for (int64_t j = 0; j < ow; j++) {
+            T m = buf[2 * j];
+            m = FC_NANMAX(m, buf[2 * j + 1]);
+            out[j] = FC_NANMAX(m, buf[2 * j + 2]);
+        }
+        return;
+    }
+    for (int64_t j = 0; j < ow; j++)
+        out[j] = buf[j * sw];
+    for (int64_t s = 1; s < kw; s++)
+        for (int64_t j = 0; j < ow; j++)
+            out[j] = FC_NANMAX(out[j], buf[j * sw + s * dw]);
+}
+
+int FN(max_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
+    const int64_t planes = d->n * d->c, len = FN(pool_row_len)(d);
+    int team = fc_team(nthreads, planes * d->oh * d->ow * d->kh * d->kw, 1 << 15);
+    const size_t slice = fc_slice((size_t)len * sizeof(T));
+    char *scratch = fc_alloc((size_t)team * slice);
+    if (!scratch)
+        return FC_ENOMEM;
+    #pragma omp parallel num_threads(team)
+    {
+        T *buf = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < planes * d->oh; t++) {
+            int64_t p = t / d->oh, i = t % d->oh;
+            const T *plane = x + (size_t)p * d->h * d->w;
+            for (int64_t j = 0; j < len; j++)
+                buf[j] = -(T)INFINITY;
+            T *acc = buf + d->pad_w;
+            for (int64_t r = 0; r < d->kh; r++) {
+                int64_t ih = i * d->stride_h - d->pad_h + r * d->dil_h;
+                if (ih >= 0 && ih < d->h)
+                    FN(max_rows)(acc, plane + ih * d->w, d->w);
+            }
+            FN(max_cols)(y + ((size_t)p * d->oh + i) * d->ow, buf, d->ow, d->kw, d->stride_w, d->dil_w);
+        }
+    }
+    free(scratch);
+    return FC_OK;
+}
+
+FC_CLONES
+static void FN(add_rows)(T *restrict acc, const T *restrict row, int64_t w) {
+    for (int64_t j = 0; j < w; j++)
+        acc[j] += row[j];
+}
+
+/* Cells of window [start, start + k) counted by the divisor along one dimension: with
+ * count_include_pad the padded cells count but the ceil-mode overhang past the padding does not. */
+static inline int64_t FN(pool_count)(int64_t start, int64_t k, int64_t n, int64_t pad, int include_pad) {
+    int64_t end = FC_MIN(start + k, n + pad);
+    if (!include_pad) {
+        start = FC_MAX(start, 0);
+        end = FC_MIN(end, n);
+    }
+    return end - start;
+}
+
+int FN(avg_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
+    const int64_t planes = d->n * d->c, len = FN(pool_row_len)(d);
+    int team = fc_team(nthreads, planes * d->oh * d->ow * d->kh * d->kw, 1 << 15);
+    /* Per thread: the scratch row, then the ow horizontal divisor factors. */
+    const size_t slice = fc_slice((size_t)(len + d->ow) * sizeof(T));
+    char *scratch = fc_alloc((size_t)team * slice);
+    if (!scratch)
+        return FC_ENOMEM;
+    #pragma omp parallel num_threads(team)
+    {
+        T *buf = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
+        T *wcount = buf + len;
+        for (int64_t j = 0; j < d->ow; j++)
+            wcount[j] = (T)FN(pool_count)(j * d->stride_w - d->pad_w, d->kw, d->w, d->pad_w, d->count_include_pad);
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < planes * d->oh; t++) {
+            int64_t p = t / d->oh, i = t % d->oh;
+            const T *plane = x + (size_t)p * d->h * d->w;
+            memset(buf, 0, (size_t)len * sizeof(T));
+            T *acc = buf + d->pad_w;
+            for (int64_t r = 0; r < d->kh; r++) {
+                int64_t ih = i * d->stride_h - d->pad_h + r;
+                if (ih >= 0 && ih < d->h)
+                    FN(add_rows)(acc, plane + ih * d->w, d->w);
+            }
+            T *out = y + ((size_t)p * d->oh + i) * d->ow;
+            for (int64_t j = 0; j < d->ow; j++) {
+                T sum = 0;
+                for (int64_t s = 0; s < d->kw; s++)
+                    sum += buf[j * d->stride_w + s];
+                out[j] = sum;
+            }
+            if (d->divisor_override) {
+                T div = (T)d->divisor_override;
+                for (int64_t j = 0; j < d->ow; j++)
+                    out[j] /= div;
+            } else {
+                T hcount = (T)FN(pool_count)(i * d->stride_h - d->pad_h, d->kh, d->h, d->pad_h, d->count_include_pad);
+                for (int64_t j = 0; j < d->ow; j++)
+                    out[j] /= hcount * wcount[j];
+            }
+        }
+    }
+    free(scratch);
+    return FC_OK;
+}
+
+/* Bin i of n cells into `out` bins: [floor(i*n/out), ceil((i+1)*n/out)). */
+static inline void FN(bin)(int64_t i, int64_t n, int64_t out, int64_t *a, int64_t *b) {
+    *a = i * n / out;
+    *b = ((i + 1) * n + out - 1) / out;
+}
+
+int FN(adaptive_avg_pool2d)(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                            const T *x, T *y, int nthreads) {
+    if (planes < 0 || h < 1 || w < 1 || oh < 0 || ow < 0)
+        return FC_EINVAL;
+    int team = fc_team(nthreads, planes * (h * w + oh * ow), 1 << 15);
+    const size_t slice = fc_slice((size_t)w * sizeof(T));
+    char *scratch = fc_alloc((size_t)team * slice);
+    if (!scratch)
+        return FC_ENOMEM;
+    #pragma omp parallel num_threads(team)
+    {
+        T *rowsum = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < planes * oh; t++) {
+            int64_t p = t / oh, i = t % oh, h0, h1;
+            FN(bin)(i, h, oh, &h0, &h1);
+            const T *plane = x + (size_t)p * h * w;
+            memset(rowsum, 0, (size_t)w * sizeof(T));
+            for (int64_t ih = h0; ih < h1; ih++)
+                FN(add_rows)(rowsum, plane + ih * w, w);
+            T *out = y + ((size_t)p * oh + i) * ow;
+            for (int64_t j = 0; j < ow; j++) {
+                int64_t w0, w1;
+                FN(bin)(j, w, ow, &w0, &w1);
+                T sum = 0;
+                for (int64_t iw = w0; iw < w1; iw++)
+                    sum += rowsum[iw];
+                out[j] = sum / (T)((h1 - h0) * (w1 - w0));
+            }
+        }
+    }
+    free(scratch);
+    return FC_OK;
+}

@@ -1,0 +1,190 @@
+"""C11 + OpenMP + SIMD kernels compiled through cffi (out-of-line API mode): the fast path.
+
+The kernels live in csrc/ (the contract is csrc/fastconv.h); this module only turns a validated
+problem into a C descriptor, hands over the arrays and turns a status code into an exception.
+Arrays reach C through ``ffi.from_buffer`` after api.py made them C-contiguous, native-order
+float32/float64; the output is allocated here.  cffi releases the GIL around every C call, so
+calls from several Python threads run in parallel; each C call runs an OpenMP team of
+``fastconv.get_num_threads()`` threads.
+
+The float32 convolution runs packed GEMM panels with AVX-512 or AVX2+FMA microkernels chosen at
+run time from the CPU's features (``isa()``), with a portable fallback; float64 and depthwise
+convolutions use direct loops that the compiler vectorises.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import threads
+
+NAME = "c"
+FUSED_EPILOGUE = True
+
+
+# The extension links the process's libgomp.  torch's wheel ships its own copy under the same
+# soname, so whichever loads first is the one OpenMP runtime (and thread pool) both use; its
+# OMP_WAIT_POLICY decides whether idle threads spin or sleep.  On a shared or oversubscribed
+# machine OMP_WAIT_POLICY=PASSIVE avoids spinning threads that hold cores other threads need.
+try:
+    from .. import _ckernels
+except ImportError as exc:  # not built: no compiler at install time, or a broken build
+    _ckernels = None
+    _IMPORT_ERROR = f"the C extension fastconv._ckernels is not built ({exc}); reinstall with a C compiler"
+else:
+    _IMPORT_ERROR = ""
+
+_PREFIX = {"float32": "fc_f32_", "float64": "fc_f64_"}
+
+
+def available():
+    if _ckernels is None:
+        return False, _IMPORT_ERROR
+    if not _ckernels.lib.fc_openmp():
+        return True, "built without OpenMP: every call runs on one thread"
+    return True, ""
+
+
+def supports(p):
+    return None
+
+
+def isa() -> str | None:
+    """The instruction set the float32 kernels use here ("avx512", "avx2", "generic")."""
+    return None if _ckernels is None else _ckernels.ffi.string(_ckernels.lib.fc_isa()).decode()
+
+
+def peak_gflops(nthreads: int | None = None) -> float | None:
+    """Measured float32 FMA peak of ``nthreads`` threads in GFLOP/s (2 FLOPs per multiply-add).
+
+    A short (tens of ms) register-only FMA loop with the best instruction set the CPU has: the
+    roof no convolution can pass.  None when the C extension is not built.
+    """
+    if _ckernels is None:
+        return None
+    return float(_ckernels.lib.fc_peak_gflops(int(nthreads or threads.get_num_threads())))
+
+
+# -- plumbing ------------------------------------------------------------------------------------
+
+class _Call:
+    """Pointers for one C call.  The from_buffer objects keep their arrays alive until the call.
+
+    C indexes every array by the problem's sizes, so each array's dtype and element count are
+    checked against them here (cheap): a wrong array reaching C would be read out of bounds.
+    """
+
+    def __init__(self, dtype: str):
+        self.ffi = _ckernels.ffi
+        self.dtype = np.dtype(dtype)
+
+    def ptr(self, a: np.ndarray | None, size: int, dtype=None, writable: bool = False):
+        if a is None:
+            return self.ffi.NULL
+        want = self.dtype if dtype is None else np.dtype(dtype)
+        if a.dtype != want or a.size != size or not a.flags.c_contiguous:
+            raise TypeError(f"c backend: expected a C-contiguous {want} array of {size} elements, "
+                            f"got {a.dtype} of shape {a.shape}; this is a fastconv bug")
+        return self.ffi.from_buffer("float[]" if want == np.float32 else "double[]", a, require_writable=writable)
+
+
+def _fn(dtype: str, op: str):
+    return getattr(_ckernels.lib, _PREFIX[dtype] + op)
+
+
+def _check(status: int, op: str) -> None:
+    if status == 0:
+        return
+    if status == 1:
+        raise MemoryError(f"c backend: {op} could not allocate its scratch buffers")
+    raise RuntimeError(f"c backend: {op} rejected its descriptor (status {status}); this is a fastconv bug")
+
+
+def _f64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+# -- ops -----------------------------------------------------------------------------------------
+
+def conv2d(p, x, weight, bias, residual):
+    call = _Call(p.dtype)
+    d = call.ffi.new("fc_conv2d_desc *")
+    d.n, d.c, d.h, d.w = p.n, p.c, p.h, p.w
+    d.k, d.r, d.s = p.k, p.r, p.s
+    d.oh, d.ow = p.oh, p.ow
+    d.stride_h, d.stride_w = p.stride
+    d.pad_top, d.pad_left = p.padding[0], p.padding[2]
+    d.dil_h, d.dil_w = p.dilation
+    d.groups = p.groups
+    d.relu = 1 if p.activation == "relu" else 0
+    y = np.empty(p.output_shape, p.dtype)
+    status = _fn(p.dtype, "conv2d")(d, call.ptr(x, p.n * p.c * p.h * p.w), call.ptr(weight, p.k * p.cg * p.r * p.s),
+                                    call.ptr(bias, p.k), call.ptr(residual if p.residual else None, y.size),
+                                    call.ptr(y, y.size, writable=True), threads.get_num_threads())
+    _check(status, "conv2d")
+    return y
+
+
+def _pool_desc(call, p):
+    d = call.ffi.new("fc_pool2d_desc *")
+    d.n, d.c, d.h, d.w = p.n, p.c, p.h, p.w
+    d.oh, d.ow = p.oh, p.ow
+    d.kh, d.kw = p.kernel
+    d.stride_h, d.stride_w = p.stride
+    d.pad_h, d.pad_w = p.padding
+    d.dil_h, d.dil_w = p.dilation
+    d.count_include_pad = 1 if p.count_include_pad else 0
+    d.divisor_override = p.divisor_override or 0
+    return d
+
+
+def _pool(p, x, op):
+    call = _Call(p.dtype)
+    y = np.empty(p.output_shape, p.dtype)
+    status = _fn(p.dtype, op)(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
+                              call.ptr(y, y.size, writable=True), threads.get_num_threads())
+    _check(status, op)
+    return y
+
+
+def max_pool2d(p, x):
+    return _pool(p, x, "max_pool2d")
+
+
+def avg_pool2d(p, x):
+    return _pool(p, x, "avg_pool2d")
+
+
+def adaptive_avg_pool2d(p, x):
+    call = _Call(p.dtype)
+    y = np.empty(p.output_shape, p.dtype)
+    status = _fn(p.dtype, "adaptive_avg_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
+                                                  call.ptr(y, y.size, writable=True), threads.get_num_threads())
+    _check(status, "adaptive_avg_pool2d")
+    return y
+
+
+def batch_norm(p, x, mean, var, weight, bias):
+    call = _Call(p.dtype)
+    nthreads = threads.get_num_threads()
+    if p.training:
+        mean, var = np.empty(p.c), np.empty(p.c)
+        status = _fn(p.dtype, "batch_stats")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l), call.ptr(mean, p.c, np.float64, True),
+                                             call.ptr(var, p.c, np.float64, True), nthreads)
+        _check(status, "batch_norm")
+    params = [_f64(a) for a in (mean, var, weight, bias)]
+    y = np.empty((p.n, p.c, p.l), p.dtype)
+    status = _fn(p.dtype, "batch_norm")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l),
+                                        *(call.ptr(a, p.c, np.float64) for a in params),
+                                        float(p.eps), call.ptr(y, y.size, writable=True), nthreads)
+    _check(status, "batch_norm")
+    return y, mean, var
+
+
+def relu(p, x):
+    call = _Call(p.dtype)
+    y = np.empty(p.shape, p.dtype)
+    if y.size:
+        status = _fn(p.dtype, "relu")(y.size, call.ptr(x, p.size), call.ptr(y, y.size, writable=True),
+                                      threads.get_num_threads())
+        _check(status, "relu")
+    return y

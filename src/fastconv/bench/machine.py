@@ -1,0 +1,192 @@
+"""What a benchmark ran on: CPU, SIMD features, thread counts, library versions, FP32 peak.
+
+Everything here is cheap and never raises (a missing library is reported as missing), except
+:func:`peak_gflops`, which runs a short GEMM once per process and thread count.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import socket
+import time
+
+import numpy as np
+
+from .. import threads
+
+#: The SIMD flags worth showing, in the order they appeared (x86, then Arm).
+SIMD_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
+              "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
+LIBRARIES = ("numpy", "numba", "llvmlite", "cffi", "threadpoolctl", "rich", "torch", "matplotlib",
+             "asv", "pytest-benchmark")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo (empty off Linux)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+
+
+def simd_features() -> list[str]:
+    """The CPU's SIMD extensions, from /proc/cpuinfo, else from NumPy's runtime CPU detection."""
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    if flags:
+        return [f for f in SIMD_FLAGS if f in flags]
+    try:  # not Linux: NumPy detected the same features at import
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        return []
+    return [name.lower() for name, present in __cpu_features__.items() if present]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions (None: not installed), read from package metadata without importing."""
+    from .. import __version__
+
+    out = {"fastconv": __version__, "python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def blas() -> list[dict]:
+    """NumPy's BLAS libraries as threadpoolctl sees them (name, version, threads, architecture)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("internal_api", "version", "num_threads", "architecture", "threading_layer")
+    return [{k: lib.get(k) for k in keys} for lib in threadpool_info() if lib.get("user_api") == "blas"]
+
+
+def thread_counts() -> dict[str, int | str | None]:
+    """The thread count fastconv uses and what each runtime would use on its own."""
+    out: dict[str, int | str | None] = {"fastconv": threads.get_num_threads(), "cpus": cpu_count(),
+                                        "os.cpu_count": os.cpu_count()}
+    for var in ("FASTCONV_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY",
+                "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER"):
+        out[var] = os.environ.get(var)
+    try:
+        import numba
+
+        out["numba"] = numba.config.NUMBA_NUM_THREADS
+    except Exception:
+        out["numba"] = None
+    torch = _torch()
+    out["torch"] = torch.get_num_threads() if torch else None
+    out["blas"] = max((lib["num_threads"] or 0 for lib in blas()), default=None)
+    return out
+
+
+def _torch():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch
+
+
+def cuda_info() -> dict:
+    """Whether torch sees a CUDA device (and which), and the cuDNN version."""
+    torch = _torch()
+    if torch is None:
+        return {"available": False, "reason": "torch is not installed"}
+    if not torch.cuda.is_available():
+        return {"available": False, "reason": f"torch {torch.__version__} sees no CUDA device "
+                                              f"(built with CUDA {torch.version.cuda})"}
+    return {"available": True, "device": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}
+
+
+def describe() -> dict:
+    """The machine section of a benchmark run."""
+    torch = _torch()
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpus": cpu_count(),
+        "simd": simd_features(),
+        "blas": blas(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
+        "load_average": load_average(),
+    }
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: on a shared machine, how busy the other tenants were."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# -- peak ----------------------------------------------------------------------------------------
+
+_peak_cache: dict[int, tuple[float, str]] = {}
+
+
+def peak_gflops(nthreads: int) -> tuple[float, str]:
+    """The machine's FP32 peak at ``nthreads`` threads, in GFLOP/s, and how it was found.
+
+    The C backend's own measurement (an FMA loop) when it offers one, else the best of five
+    2048^3 float32 matrix products on NumPy's BLAS -- a lower bound on the true peak.
+    """
+    if nthreads in _peak_cache:
+        return _peak_cache[nthreads]
+    result = None
+    try:
+        c = importlib.import_module("fastconv.backends.c")
+        value = c.peak_gflops(nthreads)
+        if value:
+            result = (float(value), "fastconv.backends.c.peak_gflops")
+    except Exception:  # no C backend, not built, or no peak function: fall back
+        pass
+    if result is None:
+        result = (_numpy_gemm_gflops(nthreads), "numpy sgemm 2048^3 (best of 5)")
+    _peak_cache[nthreads] = result
+    return result
+
+
+def _numpy_gemm_gflops(nthreads: int, n: int = 2048) -> float:
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    best = float("inf")
+    with threadpool_limits(limits=nthreads, user_api="blas"):
+        np.matmul(a, b, out=out)  # warm-up: BLAS threads, page faults
+        for _ in range(5):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9

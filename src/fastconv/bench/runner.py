@@ -1,0 +1,263 @@
+"""The benchmark method: one case at a time, every target interleaved, medians over repeats.
+
+For each case:
+
+1. make the inputs once (seeded) and torch's float64 answer, the reference;
+2. for each target: skip it with the reason if it cannot run the case; else time its *first
+   call* on its own (JIT compilation, caches, thread pools: reported, never mixed into the
+   steady state), check that call's output against the reference (a result outside the
+   tolerance is flagged "wrong" and never ranked), and time a second call to size the samples;
+3. take ``repeats`` rounds; in each, every target runs one sample (``number`` back-to-back
+   calls, enough to last ``sample_time``), in an order rotated every round so that drift,
+   turbo and cache state hit every target alike;
+4. report the median and the interquartile range of the samples.
+
+The workspace (memory beyond the output) is measured on one more, untimed call.
+
+Every target runs at one thread count (``fastconv.set_num_threads`` and ``torch.set_num_threads``).
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import fastconv
+
+from .. import dispatch
+from . import machine
+from .suites import GFLOPS
+from .targets import Prepared, make_inputs, reference, relative_error, tolerance
+
+
+@dataclass
+class Settings:
+    threads: int
+    min_time: float = 1.0        # seconds of timed samples per case, all targets together
+    min_repeats: int = 5
+    max_repeats: int = 50
+    sample_time: float = 0.002   # one sample lasts at least this long (short calls repeat)
+    seed: int = 0
+    check: bool = True           # compare every output with torch's float64 answer
+    max_traced_call: float = 0.1  # measure the workspace (a traced extra call) below this call time
+
+
+@dataclass
+class Measurement:
+    """One (case, target) cell.  Times are seconds per call; None where not measured."""
+
+    problem: str
+    backend: str
+    kind: str                      # "fastconv" or "torch"
+    device: str
+    status: str                    # ok | unchecked | wrong | skipped | error
+    reason: str | None = None
+    first_call_s: float | None = None
+    median_s: float | None = None
+    q1_s: float | None = None
+    q3_s: float | None = None
+    iqr_s: float | None = None
+    repeats: int = 0
+    number: int = 0
+    throughput: float | None = None          # GFLOP/s or GB/s (the case's unit) at the median
+    percent_of_peak: float | None = None     # GFLOP/s figures only
+    speed_vs_torch: float | None = None      # torch CPU median / this median (> 1: faster than torch)
+    max_rel_error: float | None = None
+    tolerance: float | None = None
+    workspace_bytes: int | None = None
+    workspace_method: str | None = None
+
+    @property
+    def ranked(self) -> bool:
+        return self.status in ("ok", "unchecked")
+
+
+@dataclass
+class Run:
+    """A whole benchmark run: settings, environment and one Measurement per case and target."""
+
+    suite: dict
+    settings: Settings
+    device: str
+    machine: dict
+    versions: dict
+    threads: dict
+    peak: dict
+    backends: list[dict]
+    cases: list = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    reference_notes: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+                         .isoformat(timespec="seconds"))
+
+    def cell(self, problem: str, backend: str) -> Measurement | None:
+        return next((m for m in self.measurements if m.problem == problem and m.backend == backend), None)
+
+
+Progress = Callable[[int, int, str], None]  # (cases done, cases, what runs now)
+
+
+def _apply_threads(n: int) -> None:
+    fastconv.set_num_threads(n)
+    try:
+        import torch
+    except Exception:
+        return
+    torch.set_num_threads(n)
+
+
+def backend_table(targets) -> list[dict]:
+    """Each target: name, kind, device, and whether it is available (with the reason)."""
+    status = {name: (ok, reason) for name, ok, reason in dispatch.backend_status()}
+    out = []
+    for t in targets:
+        ok, reason = status.get(t.name, (True, "")) if t.kind == "fastconv" else (True, "")
+        out.append({"name": t.name, "kind": t.kind, "device": t.device, "available": ok, "reason": reason or None})
+    return out
+
+
+def new_run(suite, cases, targets, settings: Settings, device: str = "cpu", peak: bool = True) -> Run:
+    _apply_threads(settings.threads)
+    value, source = machine.peak_gflops(settings.threads) if peak else (None, "not measured")
+    return Run(suite=suite, settings=settings, device=device, machine=machine.describe(),
+               versions=machine.versions(), threads=machine.thread_counts(),
+               peak={"gflops": value, "source": source, "threads": settings.threads},
+               backends=backend_table(targets), cases=list(cases))
+
+
+def run_cases(run: Run, targets, progress: Progress | None = None) -> Run:
+    """Measure every case of ``run`` on every target, appending to ``run.measurements``."""
+    _apply_threads(run.settings.threads)
+    for i, case in enumerate(run.cases):
+        run.measurements += measure_case(case, targets, run.settings, run,
+                                         lambda text: progress and progress(i, len(run.cases), text))
+    run.machine["load_average_end"] = machine.load_average()
+    if progress:
+        progress(len(run.cases), len(run.cases), "done")
+    return run
+
+
+@dataclass
+class _Active:
+    target: object
+    prepared: Prepared
+    cell: Measurement
+    estimate: float   # seconds per call, from the second call
+    number: int       # calls per sample
+    rounds: int = 0   # rounds this target takes part in
+    samples: list[float] = field(default_factory=list)
+
+
+def measure_case(case, targets, settings: Settings, run: Run | None = None,
+                 note: Callable[[str], object] | None = None) -> list[Measurement]:
+    """One Measurement per target for ``case`` (the method is the module docstring)."""
+    note = note or (lambda text: None)
+    note(f"{case.label}: inputs and reference")
+    data = make_inputs(case, settings.seed)
+    ref, why = reference(case, data) if settings.check else (None, "checking disabled")
+    if why and run is not None:
+        run.reference_notes[case.id] = why
+    cells, active = [], []
+    for target in targets:
+        cell = Measurement(case.id, target.name, target.kind, target.device, "skipped")
+        cells.append(cell)
+        cell.reason = target.skip_reason(case)
+        if cell.reason is not None:
+            continue
+        note(f"{case.label}: {target.name} first call")
+        entry = _start(case, target, data, ref, cell, settings)
+        if entry is not None:
+            active.append(entry)
+    if active:
+        # Enough rounds for min_time of samples.  A target too slow for min_repeats samples
+        # within min_time (the naive one) takes only the first rounds that fit, at least one.
+        round_time = sum(a.number * a.estimate for a in active)
+        repeats = min(settings.max_repeats, max(settings.min_repeats, math.ceil(settings.min_time / round_time)))
+        for a in active:
+            sample = a.number * a.estimate
+            a.rounds = repeats if sample * settings.min_repeats <= settings.min_time else \
+                max(1, min(repeats, int(settings.min_time / sample)))
+        for r in range(repeats):
+            note(f"{case.label}: round {r + 1}/{repeats}")
+            shift = r % len(active)
+            for a in active[shift:] + active[:shift]:
+                if r < a.rounds and a.cell.status != "error":
+                    _sample(a)
+        for a in active:
+            if a.cell.status == "error":
+                continue
+            _summarise(case, a)
+    _derive(case, cells, run.peak.get("gflops") if run else None)
+    return cells
+
+
+def _start(case, target, data, ref, cell: Measurement, settings: Settings) -> _Active | None:
+    """First call (timed alone, checked), then a second call to size the samples; None on failure."""
+    try:
+        prepared = target.prepare(case, data)
+        prepared.sync()
+        t0 = time.perf_counter()
+        y = prepared.call()
+        prepared.sync()
+        cell.first_call_s = time.perf_counter() - t0
+        if ref is not None:
+            cell.max_rel_error = relative_error(prepared.output(y), ref)
+            cell.tolerance = tolerance(case)
+            cell.status = "ok" if cell.max_rel_error <= cell.tolerance else "wrong"
+            if cell.status == "wrong":
+                cell.reason = (f"max relative error {cell.max_rel_error:.2e} > tolerance {cell.tolerance:.1e}"
+                               if math.isfinite(cell.max_rel_error) else
+                               "wrong shape, or NaN/inf where torch's answer is finite")
+        else:
+            cell.status = "unchecked"
+        estimate = max(prepared.timer(prepared.call, 1), 1e-9)  # sizes the samples
+        if prepared.workspace is not None:
+            # Tracing allocations slows Python-heavy calls many times over: spare the slow ones.
+            if estimate < settings.max_traced_call:
+                cell.workspace_bytes, cell.workspace_method = prepared.workspace()
+            else:
+                cell.workspace_method = "not measured (slow call)"
+    except dispatch.BackendError as exc:  # a model layer the backend refuses
+        cell.status, cell.reason = "skipped", str(exc)
+        return None
+    except Exception as exc:  # a broken target must not stop the others
+        cell.status, cell.reason = "error", f"{type(exc).__name__}: {exc}"
+        return None
+    return _Active(target, prepared, cell, estimate, max(1, math.ceil(settings.sample_time / estimate)))
+
+
+def _sample(a: _Active) -> None:
+    try:
+        a.samples.append(a.prepared.timer(a.prepared.call, a.number))
+    except Exception as exc:  # it worked once; report, do not stop the run
+        a.cell.status, a.cell.reason = "error", f"{type(exc).__name__}: {exc}"
+
+
+def _summarise(case, a: _Active) -> None:
+    q1, med, q3 = np.percentile(a.samples, [25, 50, 75])
+    a.cell.median_s, a.cell.q1_s, a.cell.q3_s = float(med), float(q1), float(q3)
+    a.cell.iqr_s = float(q3 - q1)
+    a.cell.repeats, a.cell.number = len(a.samples), a.number
+
+
+def _derive(case, cells: list[Measurement], peak: float | None) -> None:
+    """Throughput, share of peak and speed relative to torch on CPU, for the cells that ran."""
+    torch_cell = next((c for c in cells if c.backend == "torch" and c.ranked and c.median_s), None)
+    for c in cells:
+        if c.median_s is None or c.repeats == 0:
+            continue
+        c.throughput = case.throughput(c.median_s)
+        if case.unit == GFLOPS and peak:
+            c.percent_of_peak = 100.0 * c.throughput / peak
+        if torch_cell is not None and c.ranked:
+            c.speed_vs_torch = torch_cell.median_s / c.median_s
+
+
+def run_suite(suite, cases, targets, settings: Settings, device: str = "cpu",
+              progress: Progress | None = None, peak: bool = True) -> Run:
+    """Everything: environment, peak, then every case on every target."""
+    return run_cases(new_run(suite, cases, targets, settings, device, peak), targets, progress)

@@ -1,0 +1,345 @@
+"""What a benchmark times: a fastconv backend through the public API, or torch on its own terms.
+
+A *target* is one column of the comparison.  ``skip_reason(case)`` says up front why it cannot
+run a case (the naive backend refuses big problems); ``prepare(case, data)`` returns a
+:class:`Prepared` call on arrays made once, so the timed call does only what a user's call does:
+
+- a fastconv backend is called through ``fastconv.conv2d(..., backend=name)`` and friends, so
+  argument checks, dispatch and layout conversion are part of its time, as they are for users;
+- torch is the baseline, called as torch users call it: ``torch.nn.functional`` on tensors made
+  once (on CPU: oneDNN; with ``--device cuda``: cuDNN, with ``cudnn.benchmark`` off and on,
+  timed with CUDA events).  The fastconv ``torch`` backend is not listed separately.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+import tracemalloc
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+import fastconv
+
+from .. import dispatch
+from . import models
+
+#: Base relative tolerance per dtype, scaled by sqrt(terms summed per output) / 8, as in the tests.
+RTOL = {"float32": 1e-4, "float64": 1e-9}
+#: A whole network compounds rounding over ~50 layers.
+MODEL_RTOL = {"float32": 1e-3, "float64": 1e-8}
+
+
+class BenchError(RuntimeError):
+    """A benchmark cannot run as asked (e.g. --device cuda without a CUDA device)."""
+
+
+def wall_time(call: Callable[[], object], number: int) -> float:
+    """Seconds per call over ``number`` back-to-back calls, by the wall clock."""
+    t0 = time.perf_counter()
+    for _ in range(number):
+        call()
+    return (time.perf_counter() - t0) / number
+
+
+def _no_sync() -> None:
+    pass
+
+
+@dataclass
+class Prepared:
+    """A ready-to-time call: ``call()`` runs the op once; the rest is untimed bookkeeping."""
+
+    call: Callable[[], object]
+    output: Callable[[object], np.ndarray] = np.asarray  # a call's result as a NumPy array
+    timer: Callable[[Callable[[], object], int], float] = wall_time
+    sync: Callable[[], None] = _no_sync  # waits for queued device work (CUDA)
+    workspace: Callable[[], tuple[int | None, str | None]] | None = None
+
+
+# -- inputs and the reference --------------------------------------------------------------------
+
+def make_inputs(case, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded standard-normal arrays for ``case`` (batch norm variances in [0.5, 2])."""
+    p = case.problem
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(p.dtype)
+
+    def normal(shape):
+        return rng.standard_normal(shape).astype(dt)
+
+    data = {"x": normal(p.input_shape)}
+    if p.op == "conv2d":
+        data["w"] = normal(p.weight_shape)
+        if p.bias:
+            data["b"] = normal(p.k)
+        if p.residual:
+            data["residual"] = normal(p.output_shape)
+    elif p.op == "batch_norm":
+        data.update(mean=normal(p.c), var=rng.uniform(0.5, 2.0, p.c).astype(dt), weight=normal(p.c),
+                    bias=normal(p.c))
+    return data
+
+
+def tolerance(case) -> float:
+    p = case.problem
+    if p.op == "model":
+        return MODEL_RTOL[p.dtype]
+    return RTOL[p.dtype] * max(1.0, math.sqrt(p.reduction) / 8)
+
+
+def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
+    """max |y - ref| / max |ref|: the error relative to the output's scale (inf on a shape or NaN mismatch)."""
+    y = np.asarray(y, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if y.shape != ref.shape:
+        return math.inf
+    finite = np.isfinite(ref)
+    same_special = (np.isnan(y) & np.isnan(ref)) | (y == ref)
+    if np.any(~finite & ~same_special) or np.any(finite & ~np.isfinite(y)):
+        return math.inf
+    if not finite.any():
+        return 0.0
+    scale = max(float(np.abs(ref[finite]).max()), np.finfo(np.float64).tiny)
+    return float(np.abs(y[finite] - ref[finite]).max() / scale)
+
+
+def reference(case, data) -> tuple[np.ndarray | None, str | None]:
+    """torch's answer in float64 (more accurate than any float32 result), or (None, why not)."""
+    torch = _torch()
+    if torch is None:
+        return None, "torch is not installed: results are unchecked"
+    p = case.problem
+    if p.op == "model":
+        model, why = models.torch_counterpart(case, torch)
+        if model is None:
+            return None, why
+        with torch.inference_mode():
+            return copy.deepcopy(model).double()(torch.from_numpy(data["x"].astype(np.float64))).numpy(), None
+    t = {k: torch.from_numpy(v.astype(np.float64)) for k, v in data.items()}
+    with torch.no_grad():
+        return torch_call(p, t, torch)().numpy(), None
+
+
+# -- fastconv ------------------------------------------------------------------------------------
+
+def api_call(problem, data: dict, backend: str) -> Callable[[], np.ndarray]:
+    """The public-API call that builds ``problem`` from ``data``, with ``backend=``."""
+    p, x = problem, data["x"]
+    if p.op == "conv2d":
+        pt, pb, pl, pr = p.padding
+        if (pt, pl) != (pb, pr) or p.padding_mode != "zeros":
+            raise ValueError(f"{p.id}: the benchmark expresses only symmetric zero padding")
+        w, b, res = data["w"], data.get("b"), data.get("residual")
+        return lambda: fastconv.conv2d(x, w, b, p.stride, (pt, pl), p.dilation, p.groups, residual=res,
+                                       activation=p.activation, backend=backend)
+    if p.op == "max_pool2d":
+        return lambda: fastconv.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode,
+                                           backend=backend)
+    if p.op == "avg_pool2d":
+        return lambda: fastconv.avg_pool2d(x, p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad,
+                                           p.divisor_override, backend=backend)
+    if p.op == "adaptive_avg_pool2d":
+        return lambda: fastconv.adaptive_avg_pool2d(x, (p.oh, p.ow), backend=backend)
+    if p.op == "batch_norm":
+        mean, var = data["mean"].copy(), data["var"].copy()  # training updates them in place
+        return lambda: fastconv.batch_norm(x, mean, var, data["weight"], data["bias"], p.training, 0.1, p.eps,
+                                           backend=backend)
+    if p.op == "relu":
+        return lambda: fastconv.relu(x, backend=backend)
+    raise ValueError(f"no public-API call for op {p.op!r}")
+
+
+def _traced_workspace(call: Callable[[], object]) -> tuple[int | None, str | None]:
+    """Peak memory NumPy and Python allocated during one call, beyond its output.
+
+    Memory a backend allocates outside Python's allocators (C malloc, Numba's runtime, BLAS
+    buffers) is invisible here, hence the method in the record.
+    """
+    if tracemalloc.is_tracing():
+        return None, None  # someone else is tracing: do not disturb their numbers
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        y = call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    out = sum(a.nbytes for a in (y if isinstance(y, tuple) else (y,)) if isinstance(a, np.ndarray))
+    return max(0, peak - base - out), "tracemalloc"
+
+
+class FastconvTarget:
+    """A fastconv backend, timed through the public API."""
+
+    kind, device = "fastconv", "cpu"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def skip_reason(self, case) -> str | None:
+        ok, reason = dispatch._status(dispatch._registry[self.name])
+        if not ok:
+            return f"not available: {reason}"
+        if case.op == "model":
+            return models.fastconv_model_reason(case)
+        try:
+            dispatch.select(case.problem, self.name)
+        except dispatch.BackendError as exc:
+            return str(exc).split(": ", 1)[-1]
+        return None
+
+    def prepare(self, case, data) -> Prepared:
+        if case.op == "model":
+            model = models.fastconv_model(case)
+            x = data["x"]
+
+            def call():
+                with fastconv.use_backend(self.name):
+                    return model(x)
+        else:
+            call = api_call(case.problem, data, self.name)
+        module = dispatch.get_module(self.name)
+        custom = getattr(module, "workspace_bytes", None)
+        if custom is not None and case.op != "model":
+            return Prepared(call, workspace=lambda: (int(custom(case.problem)), "backend"))
+        return Prepared(call, workspace=lambda: _traced_workspace(call))
+
+
+def fastconv_targets(names: list[str] | None = None) -> list[FastconvTarget]:
+    """Every registered fastconv backend (available or not; unavailable ones show as skipped)."""
+    registered = [name for name in dispatch._registry if name != "torch"]
+    if names is not None:
+        unknown = sorted(set(names) - set(registered))
+        if unknown:
+            raise BenchError(f"backends: unknown {unknown}; registered: {registered}")
+        registered = [n for n in registered if n in names]
+    return [FastconvTarget(name) for name in registered]
+
+
+# -- torch ---------------------------------------------------------------------------------------
+
+def _torch():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch
+
+
+def torch_call(p, t: dict, torch) -> Callable[[], object]:
+    """torch.nn.functional's call for problem ``p`` on the tensors ``t`` (made once, outside the timing)."""
+    F = torch.nn.functional
+    x = t["x"]
+    if p.op == "conv2d":
+        pt, _, pl, _ = p.padding
+        w, b, res = t["w"], t.get("b"), t.get("residual")
+
+        def conv():
+            y = F.conv2d(x, w, b, p.stride, (pt, pl), p.dilation, p.groups)
+            if res is not None:
+                y += res
+            return torch.relu_(y) if p.activation == "relu" else y
+        return conv
+    if p.op == "max_pool2d":
+        return lambda: F.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+    if p.op == "avg_pool2d":
+        return lambda: F.avg_pool2d(x, p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad,
+                                    p.divisor_override)
+    if p.op == "adaptive_avg_pool2d":
+        return lambda: F.adaptive_avg_pool2d(x, (p.oh, p.ow))
+    if p.op == "batch_norm":
+        mean, var = t["mean"].clone(), t["var"].clone()
+        return lambda: F.batch_norm(x, mean, var, t["weight"], t["bias"], p.training, 0.1, p.eps)
+    if p.op == "relu":
+        return lambda: F.relu(x)
+    raise ValueError(f"no torch call for op {p.op!r}")
+
+
+class TorchTarget:
+    """torch on CPU (oneDNN), or on CUDA (cuDNN) with ``cudnn.benchmark`` off or on."""
+
+    kind = "torch"
+
+    def __init__(self, device: str = "cpu", cudnn_benchmark: bool = False):
+        self.device = device
+        self.cudnn_benchmark = cudnn_benchmark
+        self.name = "torch" if device == "cpu" else ("torch-cuda-benchmark" if cudnn_benchmark else "torch-cuda")
+
+    def skip_reason(self, case) -> str | None:
+        torch = _torch()
+        if torch is None:
+            return "torch is not installed"
+        if case.op == "model":
+            return models.torch_counterpart(case, torch)[1]
+        return None
+
+    def prepare(self, case, data) -> Prepared:
+        torch = _torch()
+        on_cuda = self.device != "cpu"
+        if case.op == "model":
+            model = models.torch_counterpart(case, torch)[0]
+            if on_cuda:  # .to() moves a module in place: keep the shared CPU twin on the CPU
+                model = copy.deepcopy(model).to(self.device)
+            x = torch.from_numpy(data["x"]).to(self.device)
+
+            def run():
+                with torch.inference_mode():
+                    return model(x)
+        else:
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in data.items()}
+            run = torch_call(case.problem, tensors, torch)
+        if not on_cuda:
+            def call():
+                with torch.no_grad():
+                    return run()
+            return Prepared(call, output=lambda y: y.numpy())
+
+        flag = self.cudnn_benchmark
+
+        def cuda_call():
+            # The flag is global in torch; set it per call, since the two CUDA targets interleave.
+            torch.backends.cudnn.benchmark = flag
+            with torch.no_grad():
+                return run()
+        return Prepared(cuda_call, output=lambda y: y.cpu().numpy(), timer=cuda_timer(torch),
+                        sync=torch.cuda.synchronize)
+
+
+def cuda_timer(torch) -> Callable[[Callable[[], object], int], float]:
+    """Seconds per call measured with CUDA events around ``number`` calls, after a synchronisation.
+
+    The events are recorded on the stream the calls are queued on, so the interval is GPU time
+    from the first kernel's start to the last one's end, not the host's launch time.
+    """
+    def timer(call, number: int) -> float:
+        torch.cuda.synchronize()  # nothing queued earlier may fall inside the interval
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(number):
+            call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / number  # elapsed_time is in milliseconds
+    return timer
+
+
+def torch_targets(device: str = "cpu") -> list[TorchTarget]:
+    """The baseline: torch on CPU when installed; with device "cuda", torch on the GPU, cuDNN benchmark off and on."""
+    torch = _torch()
+    if device == "cpu":
+        return [TorchTarget("cpu")] if torch is not None else []
+    if device != "cuda":
+        raise BenchError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    if torch is None:
+        raise BenchError("--device cuda needs torch with CUDA support, but torch is not installed")
+    if not torch.cuda.is_available():
+        raise BenchError(f"--device cuda: no CUDA device available (torch {torch.__version__}, built with CUDA "
+                         f"{torch.version.cuda or 'none: a CPU-only build'}); run without --device cuda")
+    # float32 means float32: without this, cuDNN may run fp32 convolutions in TF32.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return [TorchTarget("cpu"), TorchTarget("cuda", False), TorchTarget("cuda", True)]

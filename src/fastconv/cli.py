@@ -1,0 +1,296 @@
+"""The ``fastconv`` command (also ``python -m fastconv``).
+
+    fastconv bench [--suite quick] [--threads 2] [--json r.json] [--csv r.csv] [--plot r.png] ...
+    fastconv bench compare A.json B.json      two saved runs, side by side
+    fastconv bench show r.json [...]          a saved run's tables again (or --markdown / --plot / --csv)
+    fastconv bench list                       the suites and their problems
+    fastconv info [--json]                    backends (available or not, and why), CPU, threads, versions
+    fastconv resnet ...                       the ResNet tools of fastconv.models (when installed)
+
+Exit status: 0; 1 when a benchmark result was wrong or a target raised; 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EPILOG = ("GFLOP/s count 2 FLOPs per multiply-add. Every target runs at the same --threads; "
+          "torch on CPU is the baseline of every 'vs torch' ratio.")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    # Piped output (make bench | tee) gets a wide table instead of rich's 80-column default.
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=190)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,8, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {text!r}")
+    return sizes
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    from .bench.suites import SUITES
+    from .threads import get_num_threads
+
+    p = argparse.ArgumentParser(
+        prog="fastconv bench", epilog=EPILOG,
+        description="Time every fastconv backend and torch on a suite of layers. "
+                    "Also: 'fastconv bench compare A.json B.json', 'fastconv bench show r.json', "
+                    "'fastconv bench list'.")
+    p.add_argument("--suite", default="quick", choices=sorted(SUITES), help="which suite (default: quick)")
+    p.add_argument("--threads", type=_positive_int, default=get_num_threads(),
+                   help="threads for every backend and torch (default: %(default)s)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
+                   help="comma-separated batch sizes replacing the suite's own (default: 1,8; quick picks per layer)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--backends", default=None,
+                   help="comma-separated fastconv backends to run (default: every registered backend)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda adds torch on the GPU (cuDNN, benchmark mode off and on) to the CPU targets")
+    p.add_argument("--problems", default=None, help="only problems whose id or label contains this text")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="seconds of timed samples per problem, all targets together (default: %(default)s)")
+    p.add_argument("--min-repeats", type=_positive_int, default=5, help="samples per target at least (default: 5)")
+    p.add_argument("--max-repeats", type=_positive_int, default=50, help="samples per target at most (default: 50)")
+    p.add_argument("--omp-wait-policy", choices=("passive", "active"), default=None,
+                   help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
+                        "start; passive keeps idle threads from spinning, which matters when other processes "
+                        "share the cores (default: leave the environment as it is)")
+    p.add_argument("--no-check", action="store_true", help="do not compare results with torch")
+    p.add_argument("--no-peak", action="store_true", help="do not measure the machine's peak")
+    p.add_argument("--json", metavar="FILE", help="write the run as JSON (schema: docs/bench-schema.md)")
+    p.add_argument("--csv", metavar="FILE", help="write one row per problem and backend")
+    p.add_argument("--plot", metavar="FILE", help="plot throughput per layer and backend (needs matplotlib)")
+    p.add_argument("--markdown", metavar="FILE", help="write a Markdown summary table")
+    p.add_argument("--quiet", action="store_true", help="no tables on the terminal (files only)")
+    return p
+
+
+def _write_outputs(doc: dict, args, console) -> None:
+    from .bench import report, schema
+
+    if getattr(args, "json", None):
+        schema.dump(doc, args.json)
+        console.print(f"wrote {args.json}")
+    if getattr(args, "csv", None):
+        report.write_csv(doc, args.csv)
+        console.print(f"wrote {args.csv}")
+    if getattr(args, "markdown", None):
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown(doc))
+        console.print(f"wrote {args.markdown}")
+    if getattr(args, "plot", None):
+        from .bench.plot import plot
+
+        plot(doc, args.plot)
+        console.print(f"wrote {args.plot}")
+
+
+def bench_main(argv: list[str]) -> int:
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
+    if argv[:1] == ["show"]:
+        return show_main(argv[1:])
+    if argv[:1] == ["list"]:
+        return list_main(argv[1:])
+    args = bench_parser().parse_args(argv)
+    if args.omp_wait_policy:
+        # OpenMP reads it once, when its runtime starts: set it before torch is imported.
+        if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != args.omp_wait_policy.upper():
+            print("fastconv bench: warning: torch is already loaded; --omp-wait-policy may not apply to it",
+                  file=sys.stderr)
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench import report, runner, schema, suites, targets
+
+    out, err = _console(), _console(stderr=True)
+    suite = suites.get_suite(args.suite)
+    cases = suite.cases(args.batch_sizes, args.dtype)
+    if args.problems:
+        cases = [c for c in cases if args.problems in c.id or args.problems in c.label]
+        if not cases:
+            err.print(f"[red]--problems {args.problems!r} matches nothing in suite {suite.name}[/red]")
+            return 2
+    try:
+        chosen = args.backends.split(",") if args.backends else None
+        all_targets = targets.fastconv_targets(chosen) + targets.torch_targets(args.device)
+    except targets.BenchError as exc:
+        err.print(f"[red]fastconv bench: {exc}[/red]")
+        return 2
+    settings = runner.Settings(threads=args.threads, min_time=args.min_time, min_repeats=args.min_repeats,
+                               max_repeats=max(args.max_repeats, args.min_repeats), check=not args.no_check)
+    meta = {"name": suite.name, "version": suite.version, "description": suite.description,
+            "dtype": args.dtype, "batch_sizes": list(args.batch_sizes) if args.batch_sizes else None}
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("measuring the machine's peak", total=len(cases))
+        run = runner.new_run(meta, cases, all_targets, settings, args.device, peak=not args.no_peak)
+        runner.run_cases(run, all_targets, lambda done, total, text: bar.update(task, completed=done,
+                                                                                description=text))
+    doc = schema.to_dict(run)
+    if not args.quiet:
+        report.print_run(doc, out)
+    _write_outputs(doc, args, err)
+    bad = [r for r in doc["results"] if r["status"] in ("wrong", "error")]
+    for r in bad:
+        err.print(f"[red]{r['backend']} {r['status']} on {r['problem']}: {r['reason']}[/red]")
+    return 1 if bad else 0
+
+
+def compare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fastconv bench compare", description="Compare two saved runs (--json files).")
+    p.add_argument("a", help="the earlier run (JSON)")
+    p.add_argument("b", help="the later run (JSON)")
+    args = p.parse_args(argv)
+    from .bench import report, schema
+
+    err = _console(stderr=True)
+    try:
+        a, b = schema.load(args.a), schema.load(args.b)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]fastconv bench compare: {exc}[/red]")
+        return 2
+    for warning in report.compare_warnings(a, b):
+        err.print(f"[yellow]warning: {warning}[/yellow]")
+    _console().print(report.compare_table(a, b, args.a, args.b))
+    return 0
+
+
+def show_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fastconv bench show", description="Show saved runs again, or convert them.")
+    p.add_argument("runs", nargs="+", help="saved runs (JSON)")
+    p.add_argument("--markdown", metavar="FILE", help="write the Markdown summaries of all runs to FILE")
+    p.add_argument("--plot", metavar="FILE", help="plot the (single) run")
+    p.add_argument("--csv", metavar="FILE", help="write the (single) run as CSV")
+    args = p.parse_args(argv)
+    from .bench import report, schema
+
+    err = _console(stderr=True)
+    try:
+        docs = [schema.load(path) for path in args.runs]
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]fastconv bench show: {exc}[/red]")
+        return 2
+    if (args.plot or args.csv) and len(docs) != 1:
+        err.print("[red]fastconv bench show: --plot and --csv take one run[/red]")
+        return 2
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown_document(docs))
+        err.print(f"wrote {args.markdown}")
+    if args.plot or args.csv:
+        _write_outputs(docs[0], argparse.Namespace(plot=args.plot, csv=args.csv), err)
+    if not (args.markdown or args.plot or args.csv):
+        for doc in docs:
+            report.print_run(doc, _console())
+    return 0
+
+
+def list_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fastconv bench list", description="The suites and their problems.")
+    p.add_argument("suite", nargs="?", help="one suite's problems (default: every suite's)")
+    args = p.parse_args(argv)
+    from .bench.suites import SUITES, get_suite
+
+    console = _console()
+    for suite in [get_suite(args.suite)] if args.suite else SUITES.values():
+        console.print(f"[bold]{suite.name}[/bold] v{suite.version}: {suite.description}")
+        for case in suite.cases():
+            count = f" (x{case.count} in the network)" if case.count > 1 else ""
+            console.print(f"  {case.label:32} {case.id}{count}", highlight=False)
+    return 0
+
+
+def info_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fastconv info", description="Backends, CPU, threads and library versions.")
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    args = p.parse_args(argv)
+    import fastconv
+    from .bench import machine
+
+    info = {"backends": [{"name": n, "available": ok, "reason": reason or None}
+                         for n, ok, reason in fastconv.backend_status()],
+            "machine": machine.describe(), "threads": machine.thread_counts(), "versions": machine.versions(),
+            "cuda": machine.cuda_info()}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title="Backends", title_justify="left")
+    for col in ("backend", "available", "why not"):
+        table.add_column(col)
+    for b in info["backends"]:
+        table.add_row(b["name"], "[green]yes[/green]" if b["available"] else "[red]no[/red]", b["reason"] or "")
+    console.print(table)
+    m = info["machine"]
+    console.print(f"[bold]CPU[/bold]: {m['cpu']} ({m['cpus']} CPUs usable; load average {m['load_average']})")
+    console.print(f"[bold]SIMD[/bold]: {' '.join(m['simd']) or 'unknown'}; torch dispatches "
+                  f"{m['torch_cpu_capability'] or '-'}")
+    for lib in m["blas"]:
+        console.print(f"[bold]BLAS[/bold]: {lib['internal_api']} {lib['version']} ({lib['architecture']}, "
+                      f"{lib['threading_layer']}, {lib['num_threads']} threads)")
+    console.print("[bold]Threads[/bold]: " + ", ".join(f"{k}={v}" for k, v in info["threads"].items()
+                                                       if v is not None))
+    console.print("[bold]Versions[/bold]: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()
+                                                        if v is not None))
+    missing = [k for k, v in info["versions"].items() if v is None]
+    if missing:
+        console.print(f"[bold]Not installed[/bold]: {', '.join(missing)}")
+    cuda = info["cuda"]
+    console.print("[bold]CUDA[/bold]: " + (f"{cuda['device']} (CUDA {cuda['cuda']}, cuDNN {cuda['cudnn']})"
+                                           if cuda["available"] else f"not available: {cuda['reason']}"))
+    return 0
+
+
+def resnet_main(argv: list[str]) -> int:
+    try:
+        from .models.command import main as resnet_command
+    except ImportError as exc:
+        print(f"fastconv resnet: not available in this installation (fastconv.models.command: {exc})",
+              file=sys.stderr)
+        return 2
+    return resnet_command(argv) or 0
+
+
+COMMANDS = {"bench": bench_main, "info": info_main, "resnet": resnet_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"fastconv: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (fastconv --help)",
+              file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except KeyboardInterrupt:
+        print("fastconv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

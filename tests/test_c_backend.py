@@ -1,0 +1,234 @@
+"""The c backend beyond the shared cases: its build, its own tile edges, threads, random problems.
+
+The float32 convolution packs GEMM panels: a microkernel computes MR output channels x NR output
+pixels (pixels flattened over the batch, so a panel may straddle two images), summing KC
+reduction terms (input channel x tap) per pass.  The cases below sit one below, at and one
+above each of those sizes and their multiples.
+"""
+from __future__ import annotations
+
+import shutil
+import sysconfig
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import dispatch
+from fastconv.backends import c as cbackend
+from harness import Case, check
+
+#: The float32 GEMM tile (csrc/conv_gemm_f32.c): output channels x pixels, and the reduction
+#: block (KC_TARGET rows, rounded down to whole input channels: 192 for 1x1, 189 for 3x3).
+MR, NR, KC = 8, 48, 192
+
+
+def _compiler() -> str | None:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) or shutil.which("cc") or shutil.which("gcc")
+
+
+def test_extension_built_where_a_compiler_exists():
+    if _compiler() is None:
+        pytest.skip("no C compiler on this machine: the c backend may legitimately be missing")
+    ok, reason = cbackend.available()
+    assert cbackend._ckernels is not None, f"fastconv._ckernels did not build although a compiler exists: {reason}"
+    assert ok, reason
+    assert "c" in fastconv.available_backends()
+
+
+def _needs_c():
+    ok, reason = cbackend.available()
+    if not ok:
+        pytest.skip(f"c unavailable: {reason}")
+
+
+def test_reports_isa_openmp_and_peak():
+    _needs_c()
+    assert cbackend.isa() in ("avx512", "avx2", "generic")
+    peak = cbackend.peak_gflops(1)
+    assert peak is not None and peak > 0.1
+
+
+# -- the GEMM tile edges -------------------------------------------------------------------------
+
+def tile_cases() -> list[Case]:
+    cases = []
+
+    def add(name, x, w, dtype="float32", **kw):
+        cases.append(Case("conv2d", name, x, w, kw, bias=True, dtype=dtype))
+
+    for k in (MR - 1, MR, MR + 1, 2 * MR - 1, 2 * MR + 1, 3):
+        add(f"k{k}", (1, 5, 7, 9), (k, 5, 3, 3), padding=1)
+    # Output pixels per image (and over a batch of 3) around the panel width and its vectors.
+    for pixels in (15, 16, 17, NR - 1, NR, NR + 1, 2 * NR - 1, 2 * NR + 1):
+        add(f"pixels{pixels}", (1, 4, 1, pixels), (MR, 4, 1, 1))
+        add(f"pixels{pixels}_n3", (3, 4, 1, pixels), (MR + 1, 4, 1, 3), padding=(0, 1))
+    add("straddle_7x7_n5", (5, 16, 7, 7), (2 * MR, 16, 3, 3), padding=1)
+    add("straddle_1x1_n4", (4, 3, 1, 1), (MR, 3, 1, 1))
+    # Reduction terms (C * R * S) around the reduction block.
+    for crs, (c, r, s) in {KC - 1: (KC - 1, 1, 1), KC: (KC, 1, 1), KC + 1: (KC + 1, 1, 1),
+                           2 * KC + 1: (2 * KC + 1, 1, 1), 180: (20, 3, 3), 189: (21, 3, 3), 198: (22, 3, 3),
+                           147: (3, 7, 7), 196: (4, 7, 7)}.items():
+        add(f"crs{crs}", (1, c, 4, 5), (MR + 3, c, r, s), padding=(r // 2, s // 2))
+    # Strided and dilated gathers into the panels, and groups (one GEMM per group).
+    add("stride2_pack", (2, 6, 13, 15), (MR + 1, 6, 3, 3), stride=2, padding=1)
+    add("stride3x2_dil2", (1, 5, 17, 16), (MR, 5, 3, 2), stride=(3, 2), dilation=2, padding=(2, 1))
+    add("pointwise_s2_pad", (2, 7, 9, 10), (MR + 1, 7, 1, 1), stride=2, padding=1)
+    add("groups4_k9", (2, 8, 6, 6), (36, 2, 3, 3), groups=4, padding=1)
+    add("groups2_big", (1, 64, 9, 9), (34, 32, 3, 3), groups=2, padding=1)
+    add("wide_row", (1, 3, 2, 130), (MR, 3, 1, 5), padding=(0, 2))
+    add("stem_like", (1, 3, 31, 31), (MR + 1, 3, 7, 7), stride=2, padding=3)
+    add("tiny_f64", (1, 1, 1, 1), (1, 1, 1, 1), dtype="float64")
+    # The depthwise kernel's 3x3 fast path (dilated rows, strided columns, channel multiplier).
+    for dtype in ("float32", "float64"):
+        add(f"dw3x3_dilh2_{dtype}", (2, 8, 10, 11), (8, 1, 3, 3), dtype=dtype, groups=8, dilation=(2, 1),
+            padding=(2, 1))
+        add(f"dw3x3_s2_mult2_{dtype}", (1, 5, 9, 12), (10, 1, 3, 3), dtype=dtype, groups=5, stride=2, padding=1)
+        add(f"dw3x3_wide17_{dtype}", (1, 3, 4, 17), (3, 1, 3, 3), dtype=dtype, groups=3, padding=1)
+    return cases
+
+
+TILE_CASES = tile_cases()
+
+
+@pytest.mark.parametrize("case", TILE_CASES, ids=[c.id for c in TILE_CASES])
+def test_tile_edges(case):
+    _needs_c()
+    check(case, "c")
+
+
+#: (FASTCONV_ISA, FASTCONV_F32_CONV): the C test hooks that cap the instruction set and force
+#: the float32 convolution's B source, so every kernel variant meets the tile edges here.
+VARIANTS = [("avx512", "direct"), ("avx512", "packed"), ("avx2", "direct"), ("avx2", "packed"),
+            ("generic", "auto")]
+
+
+@pytest.mark.parametrize("isa,mode", VARIANTS, ids=[f"{i}-{m}" for i, m in VARIANTS])
+def test_kernel_variants_on_tile_edges(isa, mode, monkeypatch):
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_ISA", isa)
+    monkeypatch.setenv("FASTCONV_F32_CONV", mode)
+    if cbackend.isa() != isa:
+        pytest.skip(f"this CPU has no {isa}")
+    for case in TILE_CASES:
+        if case.dtype == "float32":
+            check(case, "c")
+
+
+@pytest.mark.parametrize("residual,relu", [(True, True), (True, False), (False, True)])
+def test_fused_epilogue_on_panel_edges(residual, relu):
+    _needs_c()
+    kw = {"padding": 1}
+    if relu:
+        kw["activation"] = "relu"
+    check(Case("conv2d", "epilogue", (3, 9, 5, 7), (MR + 1, 9, 3, 3), kw, bias=True, residual=residual), "c")
+
+
+# -- threads ---------------------------------------------------------------------------------------
+
+def test_concurrent_calls_from_python_threads_are_identical():
+    _needs_c()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 32, 20, 20), dtype=np.float32)
+    w = rng.standard_normal((40, 32, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(40, dtype=np.float32)
+
+    w_dw = rng.standard_normal((32, 1, 3, 3), dtype=np.float32)
+
+    def work():
+        return (fastconv.conv2d(x, w, b, padding=1, backend="c"),
+                fastconv.conv2d(x, w_dw, groups=32, padding=1, backend="c"),
+                fastconv.max_pool2d(x, 3, 2, 1, backend="c"),
+                fastconv.batch_norm(x, None, None, training=True, backend="c"))
+
+    expected = work()
+    results, errors = [None] * 8, []
+
+    def run(i):
+        try:
+            for _ in range(3):
+                results[i] = work()
+        except Exception as exc:  # surfaced below: an exception in a thread would be lost
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(len(results))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+    for got in results:
+        for a, b_ in zip(got, expected):
+            np.testing.assert_array_equal(a, b_)
+
+
+def test_thread_count_does_not_change_the_result():
+    _needs_c()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 24, 15, 17), dtype=np.float32)
+    w = rng.standard_normal((20, 24, 3, 3), dtype=np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        fastconv.set_num_threads(n)
+        outs.append(fastconv.conv2d(x, w, padding=1, backend="c"))
+    # Each output element is summed by one thread in a fixed order: bitwise equal.
+    for y in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0])
+
+
+# -- random problems -------------------------------------------------------------------------------
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    cg = draw(st.integers(1, 9))
+    kg = draw(st.integers(1, 10))
+    r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    h = draw(st.integers(max(1, dh * (r - 1) + 1 - 2 * ph), 14))
+    w = draw(st.integers(max(1, dw * (s - 1) + 1 - 2 * pw), 14))
+    depthwise = draw(st.booleans()) and groups > 1
+    c, k = (groups, groups * kg) if depthwise else (groups * cg, groups * kg)
+    kw = {"stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))), "padding": (ph, pw),
+          "dilation": (dh, dw), "groups": groups}
+    if draw(st.booleans()):
+        kw["activation"] = "relu"
+    return Case("conv2d", "hypothesis", (draw(st.integers(1, 3)), c, h, w), (k, c // groups, r, s), kw,
+                bias=draw(st.booleans()), residual=draw(st.booleans()),
+                dtype=draw(st.sampled_from(["float32", "float64"])))
+
+
+@settings(max_examples=60)
+@given(conv_problems())
+def test_random_conv_problems_match_torch(case):
+    _needs_c()
+    check(case, "c")
+
+
+def test_auto_prefers_c():
+    _needs_c()
+    from fastconv.problem import ReluProblem
+
+    assert dispatch.select(ReluProblem((3,)))[0] == "c"
+
+
+def test_arrays_that_do_not_match_the_problem_never_reach_c():
+    # The backend is called with validated arrays; a mismatch is a fastconv bug, and must raise
+    # rather than let C read past an array's end.
+    _needs_c()
+    from fastconv.problem import Conv2dProblem, ReluProblem
+
+    p = Conv2dProblem(1, 2, 5, 5, 3, 3, 3, dtype="float32")
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    assert cbackend.conv2d(p, x, w, None, None).shape == (1, 3, 3, 3)
+    with pytest.raises(TypeError, match="fastconv bug"):
+        cbackend.conv2d(p, x.astype(np.float64), w, None, None)
+    with pytest.raises(TypeError, match="fastconv bug"):
+        cbackend.conv2d(p, x[:, :1], w, None, None)
+    with pytest.raises(TypeError, match="fastconv bug"):
+        cbackend.relu(ReluProblem((4,), "float64"), np.zeros(3))
