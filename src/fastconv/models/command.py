@@ -4,8 +4,8 @@
 
 builds the model (random torchvision-style weights, or ``--weights`` a torchvision state_dict),
 runs it once per backend to warm up (JIT, caches, thread pools) and to compare its output with
-torch's, then times the backends and torch eager interleaved -- so a busy machine slows them
-alike -- and prints the median and fastest time per backend, the speed relative to torch, and the
+torch's, then times the backends and torch eager interleaved, the order rotated each round -- so
+a busy machine slows them alike -- and prints the median and fastest time per backend, the speed relative to torch, and the
 largest difference from torch's output.
 
 Each round runs every backend twice in a row and times the second pass.  The thread pools of
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a torchvision-style state_dict: .pth/.pt (torch.load) or .npz")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--omp-wait-policy", choices=["active", "passive"], default=None,
+                   help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
+                        "start; passive keeps idle threads from spinning, which matters on a shared machine")
     return p
 
 
@@ -108,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                     num_classes=args.num_classes)
     if args.warmup < 0:
         parser.error(f"--warmup must be non-negative, got {args.warmup}")
+    if args.omp_wait_policy:
+        # OpenMP reads it once, when its runtime loads: before torch and the C backend are imported.
+        if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != args.omp_wait_policy.upper():
+            print("fastconv resnet: warning: torch is already loaded; --omp-wait-policy may not apply to it",
+                  file=sys.stderr)
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     backends = _backends(args.backend, parser)
     threads = args.threads or fastconv.get_num_threads()
     fastconv.set_num_threads(threads)
@@ -156,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         for run in runners.values():
             run()
     samples = {name: [] for name in runners}
-    for _ in range(args.repeat):  # interleaved: each round runs every backend
-        for name, run in runners.items():
+    order = list(runners)
+    for i in range(args.repeat):  # interleaved, the order rotated each round so drift hits all alike
+        for name in order[i % len(order):] + order[:i % len(order)]:
+            run = runners[name]
             run()  # settle: the previous backend's spinning threads go idle (see the module docstring)
             t0 = time.perf_counter()
             run()
@@ -182,13 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             if not rel <= TOLERANCE[args.dtype]:
                 status = 1
         rows.append(row)
-    header = (f"{args.arch}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {threads} threads, "
+    load = ", load average {:.2f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
+    header = (f"{args.arch}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {threads} threads{load}, "
               f"{'fused' if args.fuse else 'unfused'}, {'weights ' + args.weights if args.weights else 'random weights'}"
               f"; median of {args.repeat} interleaved rounds")
     _print(header, rows, torch is not None)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": vars(args) | {"threads": threads, "backends": backends}, "rows": rows}, f, indent=2)
+            json.dump({"config": vars(args) | {"threads": threads, "backends": backends,
+                                               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+                       "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "rows": rows},
+                      f, indent=2)
     return status
 
 
