@@ -7,10 +7,12 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 THREADS    ?= 2
 SUITE      ?= quick
-# Idle OpenMP threads sleep instead of spinning, for torch and the C backend alike: where other
-# processes share the cores, spinning threads of one runtime starve the next one's (torch ran up
-# to 50x slower here).  Runs record it; `make bench BENCH_ENV=` measures the runtime defaults.
-BENCH_ENV  ?= OMP_WAIT_POLICY=PASSIVE
+# Benchmarks run with each runtime's defaults: torch's OpenMP workers spin-wait between calls,
+# which is torch at its fastest on a quiet machine (the runner's settling call keeps that spin
+# from being billed to the next backend).  On cores shared with other work, spinning threads of
+# one runtime starve the next (torch ran up to 50x slower here): there, measure with
+# `make bench BENCH_ENV=OMP_WAIT_POLICY=PASSIVE` -- it costs torch up to 40% on 3x3 layers when idle.
+BENCH_ENV  ?=
 RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed

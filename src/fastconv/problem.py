@@ -167,6 +167,16 @@ class Conv2dProblem:
         return self.cg * self.r * self.s
 
     @property
+    def pad_growth(self) -> float:
+        """How many times larger than the input a zero-padded copy of it would be.
+
+        Backends that pad explicitly refuse absurd padding by this (a huge stride can make a
+        tiny output read a padded input of terabytes).
+        """
+        pt, pb, pl, pr = self.padding
+        return (self.h + pt + pb) * (self.w + pl + pr) / (self.h * self.w)
+
+    @property
     def macs(self) -> int:
         return self.n * self.k * self.oh * self.ow * self.reduction
 

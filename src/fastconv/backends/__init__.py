@@ -28,3 +28,14 @@ dtype, never modify their inputs, and return a new output array of that dtype:
 Backends never re-validate user input, never see an empty output (the dispatcher returns it),
 and touch no global state but the thread count (``fastconv.threads.get_num_threads()``).
 """
+
+#: A padded copy may be this many times the input before an explicitly padding backend refuses
+#: (and "auto" moves on to one that reads padding implicitly): only absurd padding gets here.
+MAX_PAD_GROWTH = 64
+
+
+def refuse_padded_copy(p, name: str) -> str | None:
+    """The reason a backend that zero-pads a copy of the input cannot run conv problem ``p``."""
+    if p.op == "conv2d" and p.pad_growth > MAX_PAD_GROWTH and p.n * p.c * p.h * p.w * p.pad_growth > 2**24:
+        return f"the zero-padded input copy would be {p.pad_growth:.0f}x the input; {name} pads explicitly"
+    return None

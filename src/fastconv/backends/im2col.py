@@ -25,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import threads
+from . import refuse_padded_copy
 from ..problem import adaptive_bins
 
 NAME = "im2col"
@@ -32,10 +33,10 @@ FUSED_EPILOGUE = True
 
 #: Bytes of ``cols`` one block gathers: about half of a core's L2, so the GEMM reads it from cache.
 BLOCK_BYTES = 512 * 1024
-#: Fewer output pixels per GEMM than this and re-reading the weights dominates the block.
+#: Fewer output pixels per GEMM than this and re-reading the weights dominates the block...
 MIN_BLOCK_PIXELS = 192
-#: Refuse a zero-padded copy larger than this many times the input (absurd padding).
-MAX_PAD_GROWTH = 64
+#: ...but to give every thread a block of a small batch, blocks may shrink to this many.
+MIN_SPLIT_PIXELS = 64
 
 
 def available():
@@ -43,12 +44,7 @@ def available():
 
 
 def supports(p):
-    if p.op == "conv2d":
-        grown = (p.h + p.padding[0] + p.padding[1]) * (p.w + p.padding[2] + p.padding[3])
-        if grown > MAX_PAD_GROWTH * p.h * p.w and grown > 2**20:
-            return (f"the zero-padded input copy would be {grown / (p.h * p.w):.0f}x the input; "
-                    f"im2col pads explicitly")
-    return None
+    return refuse_padded_copy(p, "im2col")
 
 
 # -- threads -----------------------------------------------------------------------------------
@@ -156,21 +152,29 @@ def _view(a: np.ndarray, shape) -> np.ndarray:
 
 # -- convolution -------------------------------------------------------------------------------
 
+def _balanced(count: int, pieces: int, nthreads: int) -> int:
+    """``pieces`` rounded up so that few pieces still share out evenly over the threads."""
+    return min(count, -(-max(1, pieces) // nthreads) * nthreads)
+
+
 def _blocks(p) -> list[tuple[int, int, int, int, int, int]]:
     """(n0, n1, i0, i1, k0, k1): images, output rows and output channels (within a group) of a task."""
     item = np.dtype(p.dtype).itemsize
+    nthreads = threads.get_num_threads()
     pixels = max(MIN_BLOCK_PIXELS, BLOCK_BYTES // (p.groups * p.reduction * item))
     per_image = p.oh * p.ow
+    if p.n * per_image < nthreads * pixels:  # a small batch: smaller blocks, one per thread at least
+        pixels = max(MIN_SPLIT_PIXELS, p.n * per_image // nthreads)
     if per_image >= pixels:
         # Even row chunks: a one-row remainder would be a GEMM too thin to be efficient.
-        chunks = min(p.oh, per_image // pixels)
+        chunks = -(-_balanced(p.n * p.oh, p.n * (per_image // pixels), nthreads) // p.n)
         edges = [p.oh * t // chunks for t in range(chunks + 1)]
-        units = [(n, n + 1, i0, i1) for n in range(p.n) for i0, i1 in zip(edges[:-1], edges[1:])]
+        units = [(n, n + 1, i0, i1) for n in range(p.n) for i0, i1 in zip(edges[:-1], edges[1:]) if i1 > i0]
     else:
-        images = max(1, pixels // per_image)
-        units = [(n, min(n + images, p.n), 0, p.oh) for n in range(0, p.n, images)]
-    # Fewer blocks than threads (a small image at batch 1): split the output channels too.
-    nthreads = threads.get_num_threads()
+        groups_of_images = _balanced(p.n, -(-p.n // max(1, pixels // per_image)), nthreads)
+        edges = [p.n * t // groups_of_images for t in range(groups_of_images + 1)]
+        units = [(n0, n1, 0, p.oh) for n0, n1 in zip(edges[:-1], edges[1:]) if n1 > n0]
+    # Still fewer blocks than threads (a tiny image at batch 1): split the output channels too.
     splits = max(1, min(-(-nthreads // len(units)), p.kg // 16))
     edges = [p.kg * s // splits for s in range(splits + 1)]
     return [(*u, k0, k1) for u in units for k0, k1 in zip(edges[:-1], edges[1:])]

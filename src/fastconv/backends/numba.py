@@ -28,12 +28,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import threads
+from . import refuse_padded_copy
 
 NAME = "numba"
 FUSED_EPILOGUE = True
 
-#: Refuse a zero-padded copy larger than this many times the input (absurd padding).
-MAX_PAD_GROWTH = 64
 
 
 def available():
@@ -43,12 +42,7 @@ def available():
 
 
 def supports(p):
-    if p.op == "conv2d":
-        grown = (p.h + p.padding[0] + p.padding[1]) * (p.w + p.padding[2] + p.padding[3])
-        if grown > MAX_PAD_GROWTH * p.h * p.w and grown > 2**20:
-            return (f"the zero-padded input copy would be {grown / (p.h * p.w):.0f}x the input; "
-                    f"the numba backend pads explicitly")
-    return None
+    return refuse_padded_copy(p, "the numba backend")
 
 
 # -- runtime: lazy kernels, threading layer, thread count ---------------------------------------

@@ -8,8 +8,8 @@ For each case:
    steady state), check that call's output against the reference (a result outside the
    tolerance is flagged "wrong" and never ranked), and time a second call to size the samples;
 3. take ``repeats`` rounds; in each, every target runs one sample (``number`` back-to-back
-   calls, enough to last ``sample_time``), in an order rotated every round so that drift,
-   turbo and cache state hit every target alike;
+   calls, enough to last ``sample_time``, after one untimed settling call), in an order rotated
+   every round so that drift, turbo and cache state hit every target alike;
 4. report the median and the interquartile range of the samples.
 
 The workspace (memory beyond the output) is measured on one more, untimed call.
@@ -230,8 +230,17 @@ def _start(case, target, data, ref, cell: Measurement, settings: Settings) -> _A
     return _Active(target, prepared, cell, estimate, max(1, math.ceil(settings.sample_time / estimate)))
 
 
+#: Samples shorter than this get one untimed call first (see _sample).
+SETTLE_BELOW = 0.05
+
+
 def _sample(a: _Active) -> None:
     try:
+        if a.number * a.estimate < SETTLE_BELOW:
+            # Settle: after the previous target, its runtime's idle threads spin-wait for a while
+            # (OpenMP, OpenBLAS) on the cores this target needs; one untimed call lets them go
+            # to sleep, so each target is timed in its own steady state, not billed for another's.
+            a.prepared.call()
         a.samples.append(a.prepared.timer(a.prepared.call, a.number))
     except Exception as exc:  # it worked once; report, do not stop the run
         a.cell.status, a.cell.reason = "error", f"{type(exc).__name__}: {exc}"
