@@ -8,8 +8,10 @@ For each case:
    steady state), check that call's output against the reference (a result outside the
    tolerance is flagged "wrong" and never ranked), and time a second call to size the samples;
 3. take ``repeats`` rounds; in each, every target runs one sample (``number`` back-to-back
-   calls, enough to last ``sample_time``, after one untimed settling call), in an order rotated
-   every round so that drift, turbo and cache state hit every target alike;
+   calls, enough to last ``sample_time``), in an order rotated every round so that drift, turbo
+   and cache state hit every target alike.  Before each sample the target runs untimed for
+   ``settle`` seconds, so the previous target's spin-waiting threads (OpenMP's default) are not
+   billed to this one;
 4. report the median and the interquartile range of the samples.
 
 The workspace (memory beyond the output) is measured on one more, untimed call.
@@ -44,6 +46,7 @@ class Settings:
     seed: int = 0
     check: bool = True           # compare every output with torch's float64 answer
     max_traced_call: float = 0.1  # measure the workspace (a traced extra call) below this call time
+    settle: float = 0.02         # untimed calls this long before each sample (see _sample)
 
 
 @dataclass
@@ -186,7 +189,7 @@ def measure_case(case, targets, settings: Settings, run: Run | None = None,
             shift = r % len(active)
             for a in active[shift:] + active[:shift]:
                 if r < a.rounds and a.cell.status != "error":
-                    _sample(a)
+                    _sample(a, settings.settle if len(active) > 1 else 0.0)
         for a in active:
             if a.cell.status == "error":
                 continue
@@ -230,17 +233,19 @@ def _start(case, target, data, ref, cell: Measurement, settings: Settings) -> _A
     return _Active(target, prepared, cell, estimate, max(1, math.ceil(settings.sample_time / estimate)))
 
 
-#: Samples shorter than this get one untimed call first (see _sample).
-SETTLE_BELOW = 0.05
-
-
-def _sample(a: _Active) -> None:
+def _sample(a: _Active, settle: float) -> None:
     try:
-        if a.number * a.estimate < SETTLE_BELOW:
-            # Settle: after the previous target, its runtime's idle threads spin-wait for a while
-            # (OpenMP, OpenBLAS) on the cores this target needs; one untimed call lets them go
-            # to sleep, so each target is timed in its own steady state, not billed for another's.
+        # Settle: untimed calls for ``settle`` seconds (at least one).  The previous target's idle
+        # threads spin-wait for a while (OpenMP's default: about 10 ms here) on the cores this one
+        # needs; running this target meanwhile outlasts them and brings its own thread pool and
+        # caches back to the state of a program that calls only it.  Sleeping instead would let
+        # this target's own pool fall asleep too.  A call long enough to dwarf the spin (the
+        # naive backend's) needs no settling.
+        if a.estimate < 5 * settle:
+            end = time.perf_counter() + settle
             a.prepared.call()
+            while time.perf_counter() < end:
+                a.prepared.call()
         a.samples.append(a.prepared.timer(a.prepared.call, a.number))
     except Exception as exc:  # it worked once; report, do not stop the run
         a.cell.status, a.cell.reason = "error", f"{type(exc).__name__}: {exc}"

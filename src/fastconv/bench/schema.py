@@ -6,7 +6,7 @@ Schema ``fastconv-bench``, version 1 (docs/bench-schema.md describes every field
       "schema": "fastconv-bench", "schema_version": 1, "created": ISO-8601 time (UTC),
       "suite":   {"name", "version", "description", "dtype", "batch_sizes" (list or null: the suite's own)},
       "device":  "cpu" | "cuda",        "threads": int (every target ran at this count),
-      "settings": {"min_time", "min_repeats", "max_repeats", "sample_time", "seed", "check"},
+      "settings": {"min_time", "min_repeats", "max_repeats", "sample_time", "seed", "check", "settle"},
       "units":   {"time": "s", "flops": "2 FLOPs per multiply-add", "throughput": "10^9 per second"},
       "machine": {"hostname", "platform", "cpu", "cpus", "simd", "blas", "torch_cpu_capability",
                   "load_average", "load_average_end"},
