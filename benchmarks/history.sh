@@ -5,8 +5,8 @@
 #   benchmarks/history.sh main~5..main [extra `asv run` arguments, e.g. -b Compute.time_call]
 # No network and no second torch install, unlike asv's managed environments.
 set -euo pipefail
-# As in the Makefile: idle OpenMP threads sleep (the cores may be shared), unless told otherwise.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# As in the Makefile, the runtimes' own OpenMP wait policy; on shared cores run it with
+# OMP_WAIT_POLICY=PASSIVE in the environment (docs/benchmarking.md says why).
 range=${1:?usage: benchmarks/history.sh A..B [asv run arguments]}
 shift
 root=$(git rev-parse --show-toplevel)
