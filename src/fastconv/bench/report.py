@@ -228,6 +228,18 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load_note(docs: list[dict]) -> str:
+    """The 1-minute load averages the runs started under: how quiet the machine was."""
+    loads = [d["machine"].get("load_average") for d in docs]
+    loads = [load[0] for load in loads if load]
+    if not loads:
+        return "Machine load not recorded."
+    cpus = docs[0]["machine"].get("cpus") or "?"
+    return (f"1-minute load average at the start of the runs: {min(loads):.2f} to {max(loads):.2f} on {cpus} "
+            f"CPUs (a running benchmark itself counts about 1); above that, other processes shared the cores "
+            f"and single figures move by 20% or more.")
+
+
 def markdown_document(docs: list[dict]) -> str:
     """Several runs' summaries under one heading, with how they were made (docs/results/bench.md)."""
     cuda = any(d["device"] == "cuda" for d in docs)
@@ -240,13 +252,11 @@ def markdown_document(docs: list[dict]) -> str:
             "time); bold: fastest correct backend; skip: the backend refuses the problem (see the JSON "
             "for why).",
             "",
-            f"OpenMP wait policy: {', '.join(sorted(policy)) or 'runtime default'}. The cores are shared "
-            "with other processes (see each run's load average in its JSON): treat single figures as "
-            "+-20%.",
+            f"OpenMP wait policy: {', '.join(sorted(policy)) or 'runtime default'}. {_load_note(docs)}",
             ""]
     if not cuda:
-        head += ["torch on CUDA (`--device cuda`) is not part of these runs: no GPU was available, so "
-                 "the CUDA rows are unverified.", ""]
+        head += ["torch on CUDA (`--device cuda`) is not part of these runs, so the CUDA rows are "
+                 "unverified.", ""]
     return "\n".join(head) + "\n" + "\n".join(markdown(doc) for doc in docs)
 
 
