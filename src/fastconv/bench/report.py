@@ -160,8 +160,9 @@ def footnotes(doc: dict) -> list[str]:
         out.append(f"{problem}: {why}")
     load = doc["machine"].get("load_average")
     if load:
+        busy = " (other processes compete for the cores)" if load[0] > 1.5 else ""
         out.append(f"load average at start {load[0]:.2f}, at end {(doc['machine'].get('load_average_end') or ['?'])[0]}"
-                   f" on {doc['machine']['cpus']} CPUs (other processes compete for the cores)")
+                   f" on {doc['machine']['cpus']} CPUs{busy}")
     return out
 
 
