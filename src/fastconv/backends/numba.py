@@ -66,8 +66,10 @@ def _launch(numba) -> None:
         numba.config.THREADING_LAYER = "threadsafe"  # OpenMP or TBB, whichever is installed
     # GNU OpenMP reads OMP_WAIT_POLICY once, when numba's pool loads it.  Its default lets idle
     # workers spin; with as many threads as cores they then starve the Python thread preparing
-    # the next kernel (measured: a 3x3 conv took 30 ms instead of 3.7 ms on 2 busy cores).  Set
-    # only for that load and restored at once, so no other library sees it.
+    # the next kernel (measured: a 3x3 conv took 30 ms instead of 3.7 ms on 2 busy cores; on idle
+    # cores it makes no difference).  Set only for that load and restored at once.  The C backend
+    # links the same libgomp, so it sleeps too if numba loaded the runtime first; torch's wheel
+    # brings its own copy, which this does not touch.
     saved = os.environ.get("OMP_WAIT_POLICY")
     if saved is None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
