@@ -230,3 +230,16 @@ def test_im2col_restores_blas_threads():
     fastconv.set_num_threads(2)
     fastconv.conv2d(np.ones((2, 3, 16, 16)), np.ones((4, 3, 3, 3)), backend="im2col")
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_registration_order_in_auto():
+    dispatch.register_backend(Mock("early"), first=True)
+    dispatch.register_backend(Mock("late"))
+    try:
+        order = dispatch._auto_candidates("conv2d")
+        assert order[0] == "early" and order[-1] == "late"
+        assert order.index("im2col") < order.index("late")
+    finally:
+        dispatch.unregister_backend("early")
+        dispatch.unregister_backend("late")
+    assert "early" not in dispatch._auto_candidates("conv2d")

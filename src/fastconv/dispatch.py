@@ -59,8 +59,10 @@ class _Entry:
 
 
 _registry: dict[str, _Entry] = {name: _Entry(name, f"fastconv.backends.{name}") for name in _BUILTIN}
-_extra_order: list[str] = []  # registered backends, tried by "auto" after the built-in ones
-_extra_first: set[str] = set()  # ... except these (register_backend(first=True)): before them
+# Registered (non-built-in) backends: "auto" tries _extra_first before the built-in ones and
+# _extra_last after them.
+_extra_first: list[str] = []
+_extra_last: list[str] = []
 _registry_lock = threading.Lock()
 
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastconv_backend", default=None)
@@ -81,13 +83,12 @@ def register_backend(module, name: str | None = None, *, first: bool = False) ->
         raise ValueError(f"backend name must be a non-empty string other than 'auto', got {name!r}")
     with _registry_lock:
         _registry[name] = _Entry(name, module, module=module)
-        if name in _extra_order:
-            _extra_order.remove(name)
-        _extra_first.discard(name)
+        _forget_order(name)
         if name not in _BUILTIN:
-            _extra_order.insert(0, name) if first else _extra_order.append(name)
             if first:
-                _extra_first.add(name)
+                _extra_first.insert(0, name)
+            else:
+                _extra_last.append(name)
         _autotune_cache.clear()
     return name
 
@@ -99,10 +100,14 @@ def unregister_backend(name: str) -> None:
             _registry[name] = _Entry(name, f"fastconv.backends.{name}")
         else:
             _registry.pop(name, None)
-            if name in _extra_order:
-                _extra_order.remove(name)
-            _extra_first.discard(name)
+            _forget_order(name)
         _autotune_cache.clear()
+
+
+def _forget_order(name: str) -> None:
+    for order in (_extra_first, _extra_last):
+        if name in order:
+            order.remove(name)
 
 
 def _status(entry: _Entry) -> tuple[bool, str]:
@@ -237,9 +242,7 @@ def _refusal(name: str, problem) -> str | None:
 def _auto_candidates(op: str) -> list[str]:
     order = [*_AUTO_ORDER.get(op, _AUTO_DEFAULT)]
     builtin_rest = [n for n in _BUILTIN if n not in order and n not in _NOT_AUTO]
-    first = [n for n in _extra_order if n in _extra_first]
-    last = [n for n in _extra_order if n not in _extra_first]
-    return [n for n in (*first, *order, *builtin_rest, *last) if n in _registry]
+    return [n for n in (*_extra_first, *order, *builtin_rest, *_extra_last) if n in _registry]
 
 
 def select(problem, backend: str | None = None) -> tuple[str, str]:
