@@ -203,7 +203,7 @@ def conv_problems(draw):
                 dtype=draw(st.sampled_from(["float32", "float64"])))
 
 
-@settings(max_examples=60)
+@settings(max_examples=max(10, int(settings.default.max_examples * 0.6)))
 @given(conv_problems())
 def test_random_conv_problems_match_torch(case):
     _needs_c()

@@ -12,7 +12,9 @@ from test_conformance import _require
 def test_drawn_problems_match_torch(backend, family):
     _require(backend, None)
 
-    @settings(max_examples=60 if family in ("conv2d", "pool") else 25)
+    # A share of the profile's examples (default 100; HYPOTHESIS_PROFILE=thorough: 500).
+    share = 0.6 if family in ("conv2d", "pool") else 0.25
+    @settings(max_examples=max(10, int(settings.default.max_examples * share)))
     @given(case=strategies.ALL[family])
     def run(case):
         check(case, backend)

@@ -266,7 +266,7 @@ def conv_cases(draw):
 
 
 @pytest.mark.parametrize("path", ["chosen", "dense"])
-@settings(max_examples=40)
+@settings(max_examples=max(10, int(settings.default.max_examples * 0.4)))
 @given(case=conv_cases())
 def test_conv_matches_torch_hypothesis(path, case):
     # Small drawn shapes mostly take the few-channels kernel; "dense" forces the dense one too.
