@@ -12,10 +12,9 @@ at NUMBA_NUM_THREADS, numba's pool size).  Numba's default threading layer may p
 before the first parallel call this module asks numba for a thread-safe layer (OpenMP or TBB),
 unless NUMBA_THREADING_LAYER says otherwise.  Only when the layer in use is still workqueue
 (neither OpenMP nor TBB installed, or chosen by the user) are calls serialised with a lock: each
-call already uses every thread, so that costs concurrency, not throughput.  OpenMP workers sleep
-between kernels instead of spinning (see ``_launch``).  GNU OpenMP cannot run in a child forked
-after the parent used it (numba kills such a child); the backend raises a RuntimeError there
-instead.  ``_numba_jit`` explains the one other process-wide numba setting (512-bit vectors).
+call already uses every thread, so that costs concurrency, not throughput.  GNU OpenMP cannot
+run in a child forked after the parent used it (numba kills such a child); the backend raises a
+RuntimeError there instead.  ``_numba_jit`` explains the one other process-wide numba setting (512-bit vectors).
 """
 from __future__ import annotations
 
@@ -64,23 +63,14 @@ def _launch(numba) -> None:
 
     if not parallel._is_initialized and "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "threadsafe"  # OpenMP or TBB, whichever is installed
-    # GNU OpenMP reads OMP_WAIT_POLICY once, when numba's pool loads it.  Its default lets idle
-    # workers spin; with as many threads as cores they then starve the Python thread preparing
-    # the next kernel (measured: a 3x3 conv took 30 ms instead of 3.7 ms on 2 busy cores; on idle
-    # cores it makes no difference).  Set only for that load and restored at once.  The C backend
-    # links the same libgomp, so it sleeps too if numba loaded the runtime first; torch's wheel
-    # brings its own copy, which this does not touch.
-    saved = os.environ.get("OMP_WAIT_POLICY")
-    if saved is None:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # OMP_WAIT_POLICY is left alone: GNU OpenMP reads it once, when the first library loads the
+    # runtime, and torch shares that runtime (same soname) -- a policy set here would change
+    # torch's speed for the whole process.  On shared cores, set OMP_WAIT_POLICY=PASSIVE yourself.
     try:
         parallel._launch_threads()
     except ValueError:  # neither is installed: fall back to workqueue, serialised below
         numba.config.THREADING_LAYER = "workqueue"
         parallel._launch_threads()
-    finally:
-        if saved is None:
-            del os.environ["OMP_WAIT_POLICY"]
     _layer = numba.threading_layer()
     _launch_pid = os.getpid()
 
