@@ -22,20 +22,8 @@ import time
 
 import numpy as np
 
-# (name, C, H, W, K, R, S, stride, pad) from /work/shared/notes/cpu-kernels.md
-RESNET50 = [
-    ("stem 7x7/2", 3, 224, 224, 64, 7, 7, 2, 3),
-    ("res2 3x3", 64, 56, 56, 64, 3, 3, 1, 1),
-    ("res2 1x1 expand", 64, 56, 56, 256, 1, 1, 1, 0),
-    ("res2 1x1 reduce", 256, 56, 56, 64, 1, 1, 1, 0),
-    ("res3a 3x3/2", 128, 56, 56, 128, 3, 3, 2, 1),
-    ("res3 3x3", 128, 28, 28, 128, 3, 3, 1, 1),
-    ("res3a proj 1x1/2", 256, 56, 56, 512, 1, 1, 2, 0),
-    ("res4 3x3", 256, 14, 14, 256, 3, 3, 1, 1),
-    ("res4 1x1 reduce", 1024, 14, 14, 256, 1, 1, 1, 0),
-    ("res5 3x3", 512, 7, 7, 512, 3, 3, 1, 1),
-    ("res5 1x1 expand", 512, 7, 7, 2048, 1, 1, 1, 0),
-]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resnet_layers import LAYERS  # noqa: E402  (the shape list every tuning tool shares)
 
 
 def _idle_cpus(interval: float = 0.25) -> float:
@@ -64,6 +52,17 @@ def wait_for_quiet(threads: int, patience: float) -> float:
     return idle
 
 
+def interleaved_medians(ours, theirs, reps: int) -> tuple[float, float]:
+    """Median seconds of each side over ``reps`` alternating calls (ours, theirs, ours, ...)."""
+    times = ([], [])
+    for _ in range(reps):
+        for side, fn in zip(times, (ours, theirs)):
+            t0 = time.perf_counter()
+            fn()
+            side.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def bench_layers(threads: int, batches, reps: int, only: str | None, patience: float = 60) -> None:
     import torch
 
@@ -77,7 +76,7 @@ def bench_layers(threads: int, batches, reps: int, only: str | None, patience: f
     print("|---|---|---|---|---|---|---|---|")
     ratios = {b: [] for b in batches}
     for batch in batches:
-        for name, c, h, w, k, r, s, stride, pad in RESNET50:
+        for name, c, h, w, k, r, s, stride, pad in LAYERS:
             if only and only not in name:
                 continue
             x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
@@ -99,13 +98,7 @@ def bench_layers(threads: int, batches, reps: int, only: str | None, patience: f
             for _ in range(2):
                 ours(), theirs()
             idle = wait_for_quiet(threads, patience)
-            times = {"numba": [], "torch": []}
-            for _ in range(reps):
-                for side, fn in (("numba", ours), ("torch", theirs)):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[side].append(time.perf_counter() - t0)
-            a, b = statistics.median(times["numba"]), statistics.median(times["torch"])
+            a, b = interleaved_medians(ours, theirs, reps)
             ratios[batch].append(b / a)
             print(f"| {name} | {batch} | {a * 1e3:.3f} | {b * 1e3:.3f} | {flops / a / 1e9:.1f} | "
                   f"{flops / b / 1e9:.1f} | {b / a:.2f} | {idle:.1f} |", flush=True)
@@ -160,13 +153,7 @@ def bench_other_ops(threads: int, batches, reps: int, patience: float = 60) -> N
                 for _ in range(2):
                     ours(), theirs()
                 idle = wait_for_quiet(threads, patience)
-                times = {"numba": [], "torch": []}
-                for _ in range(reps):
-                    for side, fn in (("numba", ours), ("torch", theirs)):
-                        t0 = time.perf_counter()
-                        fn()
-                        times[side].append(time.perf_counter() - t0)
-            a, b = statistics.median(times["numba"]), statistics.median(times["torch"])
+                a, b = interleaved_medians(ours, theirs, reps)
             print(f"| {name} | {batch} | {a * 1e3:.3f} | {b * 1e3:.3f} | {b / a:.2f} | {idle:.1f} |", flush=True)
 
 
