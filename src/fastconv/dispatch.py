@@ -272,13 +272,13 @@ def select(problem, backend: str | None = None) -> tuple[str, str]:
 def run(problem, *arrays, backend: str | None = None):
     """Run ``problem.op`` on validated, C-contiguous arrays with the selected backend."""
     name, how = select(problem, backend)
+    if 0 in problem.output_shape:  # an empty batch or output: nothing for a kernel (or autotuning) to do
+        y = np.empty(problem.output_shape, arrays[0].dtype)
+        return (y, None, None) if problem.op == "batch_norm" else y
     if how == "auto" and get_autotune():
         name, how = _autotuned(problem, arrays, name)
     if _verbose():
         log.debug("%s %s -> %s (%s, %d threads)", problem.op, problem.id, name, how, threads.get_num_threads())
-    if 0 in problem.output_shape:  # an empty batch or output: nothing for a kernel to do
-        y = np.empty(problem.output_shape, arrays[0].dtype)
-        return (y, None, None) if problem.op == "batch_norm" else y
     return _call(name, problem, arrays)
 
 

@@ -1,0 +1,66 @@
+"""Regression tests for faults found by hostile inputs: each test names the fault it pins down.
+
+Every reproducer must give torch's result, or a clear ValueError / TypeError / MemoryError, and
+fast: none may crash the interpreter or hang.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import dispatch, threads
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+BIG = 2**31 - 1
+HALF = 2**30 - 1
+
+
+def _backends():
+    return [b for b in dispatch._registry if dispatch._status(dispatch._registry[b])[0]]
+
+
+def _torch(fn, *arrays, **kw):
+    return fn(*(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in arrays), **kw).numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_pool(op: str, shape: tuple, value: float, *args, **kw):
+    """torch's result for a constant input, once per module: torch takes seconds on 2**31 windows."""
+    return _torch(getattr(F, op), np.full(shape, value), *args, **kw)
+
+
+def _run_or_refuse(fn, backend, *args, **kw):
+    """fastconv's result, or None when the backend refuses the problem (with a reason)."""
+    try:
+        return fn(*args, backend=backend, **kw)
+    except dispatch.BackendError:
+        return None
+
+
+# -- 4. autotune and the empty-output shortcut ----------------------------------------------------
+
+def test_autotune_skips_empty_outputs():
+    """With autotuning on, empty outputs reached the timing loop ('this is a fastconv bug')."""
+    dispatch.set_autotune(True)
+    try:
+        y = fastconv.conv2d(np.ones((0, 1, 3, 3)), np.ones((1, 1, 1, 1)))
+        assert y.shape == (0, 1, 3, 3)
+        assert fastconv.adaptive_avg_pool2d(np.ones((1, 2, 3, 3)), 0).shape == (1, 2, 0, 0)
+        assert fastconv.max_pool2d(np.ones((0, 1, 4, 4)), 2).shape == (0, 1, 2, 2)
+        assert fastconv.avg_pool2d(np.ones((0, 1, 4, 4)), 2).shape == (0, 1, 2, 2)
+        assert fastconv.relu(np.ones((0, 3))).shape == (0, 3)
+    finally:
+        dispatch.set_autotune(False)
+        dispatch.clear_autotune_cache()
