@@ -120,7 +120,7 @@ CATALOGUE = [
     ("unknown_backend", lambda: fastconv.conv2d(x4(), W, backend="cuda"), ValueError, r"backend: unknown backend 'cuda'"),
     ("backend_not_string", lambda: fastconv.relu(x4(), backend=3), TypeError, r"backend must be a backend name"),
     ("set_unknown_backend", lambda: fastconv.set_backend("fast"), ValueError, r"unknown backend 'fast'"),
-    ("threads_zero", lambda: fastconv.set_num_threads(0), ValueError, r"num_threads must be at least 1"),
+    ("threads_zero", lambda: fastconv.set_num_threads(0), ValueError, r"num_threads must be between 1 and"),
     ("threads_float", lambda: fastconv.set_num_threads(2.0), TypeError, r"num_threads must be an int"),
 ]
 

@@ -64,3 +64,22 @@ def test_autotune_skips_empty_outputs():
     finally:
         dispatch.set_autotune(False)
         dispatch.clear_autotune_cache()
+
+
+# -- 7. thread count range ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, -1, threads.MAX_THREADS + 1, 2**31, 2**63])
+def test_set_num_threads_out_of_range(n):
+    """set_num_threads(2**31) was accepted; every later c call raised cffi's OverflowError."""
+    before = fastconv.get_num_threads()
+    with pytest.raises(ValueError, match="num_threads"):
+        fastconv.set_num_threads(n)
+    assert fastconv.get_num_threads() == before
+
+
+@pytest.mark.parametrize("env", ["abc", "0", "-3", str(2**31)])
+def test_bad_thread_env_is_a_clear_error(env, monkeypatch):
+    monkeypatch.setattr(threads, "_num_threads", None)
+    monkeypatch.setenv("FASTCONV_NUM_THREADS", env)
+    with pytest.raises(ValueError, match="FASTCONV_NUM_THREADS"):
+        threads.get_num_threads()

@@ -16,6 +16,10 @@ import operator
 import os
 import threading
 
+#: Most threads any backend is asked for: the count reaches C as an int and opens that many
+#: OpenMP threads, so it is kept far below both limits.
+MAX_THREADS = 1024
+
 _num_threads: int | None = None
 _blas_lock = threading.Lock()
 _blas_applied: int | None = None
@@ -36,8 +40,8 @@ def _check_count(n, name: str) -> int:
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be at least 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name} must be between 1 and {MAX_THREADS}, got {n}")
     return n
 
 
@@ -46,8 +50,8 @@ def _default() -> int:
     if env:
         try:
             return _check_count(int(env), "FASTCONV_NUM_THREADS")
-        except ValueError as exc:
-            raise ValueError(f"FASTCONV_NUM_THREADS must be a positive integer, got {env!r}") from exc
+        except ValueError:
+            raise ValueError(f"FASTCONV_NUM_THREADS must be an integer from 1 to {MAX_THREADS}, got {env!r}") from None
     return _cpu_count()
 
 
