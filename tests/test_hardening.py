@@ -83,3 +83,30 @@ def test_bad_thread_env_is_a_clear_error(env, monkeypatch):
     monkeypatch.setenv("FASTCONV_NUM_THREADS", env)
     with pytest.raises(ValueError, match="FASTCONV_NUM_THREADS"):
         threads.get_num_threads()
+
+
+# -- 8. misaligned arrays -------------------------------------------------------------------------
+
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    m = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    m[...] = a
+    assert m.flags.c_contiguous and not m.flags.aligned
+    return m
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_misaligned_arrays_are_copied(dtype):
+    """C-contiguous arrays not aligned to their dtype reached C unchanged (UBSan: misaligned load)."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 9, 9)).astype(dtype), rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    mx, mw, mb = _misaligned(x), _misaligned(w), _misaligned(b)
+    for backend in _backends():
+        np.testing.assert_array_equal(fastconv.conv2d(mx, mw, mb, padding=1, backend=backend),
+                                      fastconv.conv2d(x, w, b, padding=1, backend=backend))
+        np.testing.assert_array_equal(fastconv.relu(mx, backend=backend), fastconv.relu(x, backend=backend))
+        np.testing.assert_array_equal(fastconv.max_pool2d(mx, 2, backend=backend),
+                                      fastconv.max_pool2d(x, 2, backend=backend))
+    from fastconv._args import as_float_array
+    assert as_float_array(mx, "input").flags.aligned

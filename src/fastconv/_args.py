@@ -33,7 +33,12 @@ def as_float_array(a, name: str, like: np.dtype | None = None) -> np.ndarray:
     native = a.dtype.newbyteorder("=")
     if like is not None and native != like:
         raise TypeError(f"{name} has dtype {native} but input has dtype {like}: mixed dtypes are not supported")
-    return np.asarray(a, dtype=native, order="C")
+    a = np.asarray(a, dtype=native, order="C")
+    if not a.flags.aligned:
+        # C-contiguous but not on an element boundary (a view into a byte buffer): kernels load
+        # whole elements, which a misaligned address makes undefined behaviour.
+        a = a.copy()
+    return a
 
 
 def check_ndim(a: np.ndarray, name: str, ndims: tuple[int, ...], layout: str) -> None:

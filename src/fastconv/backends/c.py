@@ -81,9 +81,9 @@ class _Call:
         if a is None:
             return self.ffi.NULL
         want = self.dtype if dtype is None else np.dtype(dtype)
-        if a.dtype != want or a.size != size or not a.flags.c_contiguous:
+        if a.dtype != want or a.size != size or not a.flags.c_contiguous or not a.flags.aligned:
             raise TypeError(f"c backend: expected a C-contiguous {want} array of {size} elements, "
-                            f"got {a.dtype} of shape {a.shape}; this is a fastconv bug")
+                            f"got {a.dtype} of shape {a.shape} (aligned: {a.flags.aligned}); this is a fastconv bug")
         return self.ffi.from_buffer("float[]" if want == np.float32 else "double[]", a, require_writable=writable)
 
 
@@ -100,7 +100,8 @@ def _check(status: int, op: str) -> None:
 
 
 def _f64(a) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a if a.flags.aligned else a.copy()
 
 
 # -- ops -----------------------------------------------------------------------------------------
