@@ -49,6 +49,51 @@ def _run_or_refuse(fn, backend, *args, **kw):
         return None
 
 
+# -- 2. fork --------------------------------------------------------------------------------------
+
+FORK_CHILD = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    import fastconv
+    backend = sys.argv[1]
+    fastconv.set_num_threads(2)
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 64)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((64, 64, 3, 3)).astype(np.float32)
+    ref = fastconv.conv2d(x, w, backend=backend)       # the parent starts the backend's threads
+    fastconv.relu(x, backend=backend)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            y = fastconv.conv2d(x, w, backend=backend)
+            fastconv.relu(x, backend=backend)
+            os._exit(0 if np.array_equal(y, ref) else 3)
+        except BaseException as exc:  # a clear error is acceptable; a hang is not
+            print("child error:", type(exc).__name__, exc, flush=True)
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("backend", ["c", "im2col"])
+def test_forked_child_does_not_hang(backend):
+    """A child forked after the parent used c (libgomp's pool) or im2col (its thread pool) blocked
+    forever on its first call.  The problem is large enough that both run on 2 threads."""
+    if backend not in _backends():
+        pytest.skip(f"{backend} not available")
+    # Its own session, so a hung grandchild is killed with it rather than left behind.
+    proc = subprocess.Popen([sys.executable, "-c", FORK_CHILD, backend], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{backend}: the forked child hung")
+    assert proc.returncode == 0, out
+
+
 # -- 4. autotune and the empty-output shortcut ----------------------------------------------------
 
 def test_autotune_skips_empty_outputs():

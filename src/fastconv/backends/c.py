@@ -13,6 +13,8 @@ convolutions use direct loops that the compiler vectorises.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .. import threads
@@ -34,6 +36,25 @@ else:
     _IMPORT_ERROR = ""
 
 _PREFIX = {"float32": "fc_f32_", "float64": "fc_f64_"}
+
+# libgomp has no fork handler: a child forked after any OpenMP region ran (ours or torch's, which
+# shares the runtime) inherits a thread pool whose threads do not exist, and its next parallel
+# region waits for them forever.  A team of one never touches the pool, so in a forked child
+# every call runs on the calling thread.
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _nthreads() -> int:
+    return 1 if _forked else threads.get_num_threads()
 
 
 def available():
@@ -61,7 +82,7 @@ def peak_gflops(nthreads: int | None = None) -> float | None:
     """
     if _ckernels is None:
         return None
-    return float(_ckernels.lib.fc_peak_gflops(int(nthreads or threads.get_num_threads())))
+    return float(_ckernels.lib.fc_peak_gflops(int(nthreads or _nthreads())))
 
 
 # -- plumbing ------------------------------------------------------------------------------------
@@ -107,6 +128,7 @@ def _f64(a) -> np.ndarray:
 # -- ops -----------------------------------------------------------------------------------------
 
 def conv2d(p, x, weight, bias, residual):
+    nthreads = _nthreads()
     call = _Call(p.dtype)
     d = call.ffi.new("fc_conv2d_desc *")
     d.n, d.c, d.h, d.w = p.n, p.c, p.h, p.w
@@ -120,7 +142,7 @@ def conv2d(p, x, weight, bias, residual):
     y = np.empty(p.output_shape, p.dtype)
     status = _fn(p.dtype, "conv2d")(d, call.ptr(x, p.n * p.c * p.h * p.w), call.ptr(weight, p.k * p.cg * p.r * p.s),
                                     call.ptr(bias, p.k), call.ptr(residual if p.residual else None, y.size),
-                                    call.ptr(y, y.size, writable=True), threads.get_num_threads())
+                                    call.ptr(y, y.size, writable=True), nthreads)
     _check(status, "conv2d")
     return y
 
@@ -139,10 +161,11 @@ def _pool_desc(call, p):
 
 
 def _pool(p, x, op):
+    nthreads = _nthreads()
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
     status = _fn(p.dtype, op)(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
-                              call.ptr(y, y.size, writable=True), threads.get_num_threads())
+                              call.ptr(y, y.size, writable=True), nthreads)
     _check(status, op)
     return y
 
@@ -159,14 +182,14 @@ def adaptive_avg_pool2d(p, x):
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
     status = _fn(p.dtype, "adaptive_avg_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
-                                                  call.ptr(y, y.size, writable=True), threads.get_num_threads())
+                                                  call.ptr(y, y.size, writable=True), _nthreads())
     _check(status, "adaptive_avg_pool2d")
     return y
 
 
 def batch_norm(p, x, mean, var, weight, bias):
     call = _Call(p.dtype)
-    nthreads = threads.get_num_threads()
+    nthreads = _nthreads()
     if p.training:
         mean, var = np.empty(p.c), np.empty(p.c)
         status = _fn(p.dtype, "batch_stats")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l), call.ptr(mean, p.c, np.float64, True),
@@ -186,6 +209,6 @@ def relu(p, x):
     y = np.empty(p.shape, p.dtype)
     if y.size:
         status = _fn(p.dtype, "relu")(y.size, call.ptr(x, p.size), call.ptr(y, y.size, writable=True),
-                                      threads.get_num_threads())
+                                      _nthreads())
         _check(status, "relu")
     return y

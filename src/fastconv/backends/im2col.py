@@ -18,6 +18,7 @@ are vectorised NumPy on window views, split over image planes across the same th
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -65,6 +66,19 @@ def _pool(n: int) -> ThreadPoolExecutor:
             _executor = ThreadPoolExecutor(n, thread_name_prefix="fastconv-im2col")
             _executor_size = n
         return _executor
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the pool object but none of its worker threads, and maybe a lock
+    some other thread held at the fork: start from nothing."""
+    global _executor, _executor_size, _lock, _blas_users, _blas_limiter
+    _executor, _executor_size = None, 0
+    _lock = threading.Lock()
+    _blas_users, _blas_limiter = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 
 class _SingleThreadedBlas:
