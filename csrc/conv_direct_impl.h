@@ -101,8 +101,11 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
     const int64_t hp = FC_MAX(d->h + d->pad_top, (d->oh - 1) * d->stride_h + (d->r - 1) * d->dil_h + 1);
     const int64_t wp = FC_MAX(d->w + d->pad_left, (d->ow - 1) * d->stride_w + (d->s - 1) * d->dil_w + 1);
     int team = fc_team(nthreads, planes * mult * ohw * d->r * d->s, 1 << 15);
-    const size_t slice = fc_slice((size_t)hp * wp * sizeof(T));
-    char *scratch = fc_alloc((size_t)team * slice);
+    const size_t slice = fc_slice(fc_size_mul3((size_t)hp, (size_t)wp, sizeof(T)));
+    size_t total;
+    if (slice == SIZE_MAX || fc_size_mul((size_t)team, slice, &total))
+        return FC_ENOMEM;
+    char *scratch = fc_alloc(total);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
@@ -115,6 +118,11 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
             for (int64_t ih = 0; ih < d->h; ih++)
                 memcpy(xp + (ih + d->pad_top) * wp + d->pad_left, src + ih * d->w, (size_t)d->w * sizeof(T));
             int64_t c = p % d->c;
+    /* A padded plane far larger than the input and output planes (huge padding or dilation
+     * around a small output) is all zeros that no window needs: the direct loops clip taps
+     * instead and need no scratch. */
+    if ((double)hp * (double)wp > 8.0 * ((double)d->h * d->w + (double)mult * ohw) + (1 << 20))
+        return FN(conv2d_direct)(d, x, w, bias, residual, y, nthreads);
             for (int64_t m = 0; m < mult; m++) {
                 int64_t kk = c * mult + m;
                 size_t obase = ((size_t)(p / d->c) * d->k + kk) * ohw;

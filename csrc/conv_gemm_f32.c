@@ -215,6 +215,12 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     }
     ph.hq = d->oh + (d->r - 1) * d->dil_h / d->stride_h;
     ph.wq = d->ow + (d->s - 1) * d->dil_w / d->stride_w;
+    /* The phase planes span the dilated kernel's extent around the output: with huge dilation
+     * around a small output they are mostly zeros no tap needs, so the portable loops (which
+     * clip taps and need no scratch) take over. */
+    if ((double)ph.na * ph.nb * (double)ph.hq * (double)ph.wq >
+        8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20))
+        return FC_EINVAL;
 
     int plain_1x1 = d->r == 1 && d->s == 1 && d->stride_h == 1 && d->stride_w == 1 &&
                     d->pad_top == 0 && d->pad_left == 0 && d->oh == d->h && d->ow == d->w;
@@ -232,7 +238,9 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     P.wq = plain_1x1 ? d->ow : ph.wq;
     P.src_chan = plain_1x1 ? d->h * d->w : ph.na * ph.nb * ph.hq * ph.wq;
     P.src_img = d->c * P.src_chan;
-    size_t phase_floats = copy_input ? (size_t)d->n * P.src_img + FC_NR : 0; /* slack: the last panel runs past */
+    size_t phase_floats = 0; /* slack: the last panel runs past */
+    if (copy_input && fc_size_add(fc_size_mul3((size_t)d->n, (size_t)d->c, (size_t)P.src_chan), FC_NR, &phase_floats))
+        return FC_ENOMEM;
     if (P.direct) {
         P.img_cols = (d->oh - 1) * P.wq + d->ow;
         P.ppi = (P.img_cols + FC_NR - 1) / FC_NR;
@@ -249,20 +257,22 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     int team = fc_team(nthreads, d->n * d->k * P.ohw * P.crs, 1 << 16);
     team = (int)FC_MIN(team, ntasks);
 
-    /* Every buffer up front, so a failed allocation stops the call before any work. */
-    size_t cbuf_floats = (size_t)pt * mt * FC_MR * FC_NR, bpack_floats = (size_t)pt * P.kcb * FC_NR;
+    /* Every buffer up front, so a failed allocation stops the call before any work.  Sizes
+     * saturate at SIZE_MAX on overflow, which fc_alloc refuses. */
+    size_t cbuf_floats = fc_size_mul3((size_t)pt * mt, FC_MR, FC_NR), bpack_floats = fc_size_mul3(pt, P.kcb, FC_NR);
     int tail = P.kg % FC_MR != 0;
-    P.atail = tail ? fc_alloc((size_t)d->groups * FC_MR * P.crs * sizeof(float)) : NULL;
-    P.off = fc_alloc((size_t)P.crs * sizeof(int64_t));
-    float *phase = phase_floats ? fc_alloc(phase_floats * sizeof(float)) : NULL;
-    const size_t tslice = fc_slice((cbuf_floats + bpack_floats) * sizeof(float));
-    char *tbuf = fc_alloc((size_t)team * tslice);
-    int64_t *poff = fc_alloc((size_t)P.crs * sizeof(int64_t));
-    size_t gpack_floats = P.direct ? 0 : (size_t)d->groups * P.npanels * P.crs * FC_NR;
-    P.gpack = gpack_floats ? fc_alloc(gpack_floats * sizeof(float)) : NULL;
-    size_t seg_count = (size_t)pt * MAX_SEGS * 2;
-    const size_t sslice = fc_slice(seg_count * sizeof(seg_t));
-    char *segs = fc_alloc((size_t)team * sslice);
+    P.atail = tail ? fc_alloc(fc_size_mul3((size_t)d->groups * FC_MR, P.crs, sizeof(float))) : NULL;
+    P.off = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
+    float *phase = phase_floats ? fc_alloc(fc_size_mul3(phase_floats, sizeof(float), 1)) : NULL;
+    size_t tfloats, tbytes, sbytes;
+    fc_size_add(cbuf_floats, bpack_floats, &tfloats);
+    const size_t tslice = fc_slice(fc_size_mul3(tfloats, sizeof(float), 1));
+    char *tbuf = fc_size_mul((size_t)team, tslice, &tbytes) ? NULL : fc_alloc(tbytes);
+    int64_t *poff = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
+    size_t gpack_floats = P.direct ? 0 : fc_size_mul3((size_t)d->groups * P.npanels, P.crs, FC_NR);
+    P.gpack = gpack_floats ? fc_alloc(fc_size_mul3(gpack_floats, sizeof(float), 1)) : NULL;
+    const size_t sslice = fc_slice(fc_size_mul3(pt, MAX_SEGS * 2, sizeof(seg_t)));
+    char *segs = fc_size_mul((size_t)team, sslice, &sbytes) ? NULL : fc_alloc(sbytes);
     int status = FC_OK;
     if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs ||
         (gpack_floats && !P.gpack)) {

@@ -38,8 +38,45 @@
 /* Vectors are 64 bytes; aligning scratch buffers to that keeps every vector load in one line. */
 #define FC_ALIGN 64
 
+/* Checked size arithmetic for every buffer size: *out = a * b (or a + b); nonzero, and *out =
+ * SIZE_MAX, when the result does not fit in size_t.  A wrapped size would allocate a small
+ * buffer that the kernel then overruns; SIZE_MAX makes fc_alloc fail instead (FC_ENOMEM). */
+static inline int fc_size_mul(size_t a, size_t b, size_t *out) {
+#if defined(__GNUC__) || defined(__clang__)
+    if (__builtin_mul_overflow(a, b, out)) {
+#else
+    if (a && b > SIZE_MAX / a) {
+#endif
+        *out = SIZE_MAX;
+        return 1;
+    }
+#if !(defined(__GNUC__) || defined(__clang__))
+    *out = a * b;
+#endif
+    return 0;
+}
+
+static inline int fc_size_add(size_t a, size_t b, size_t *out) {
+    if (b > SIZE_MAX - a) {
+        *out = SIZE_MAX;
+        return 1;
+    }
+    *out = a + b;
+    return 0;
+}
+
+/* a * b * c, saturating at SIZE_MAX (overflow of either product saturates the result). */
+static inline size_t fc_size_mul3(size_t a, size_t b, size_t c) {
+    size_t ab, abc;
+    if (fc_size_mul(a, b, &ab) || fc_size_mul(ab, c, &abc))
+        return SIZE_MAX;
+    return abc;
+}
+
 static inline void *fc_alloc(size_t bytes) {
     void *p = NULL;
+    if (bytes > SIZE_MAX / 2) /* no machine has it; also keeps the rounding below from wrapping */
+        return NULL;
     /* Round up: aligned_alloc wants a multiple of the alignment; never ask for 0 bytes. */
     size_t rounded = (bytes + FC_ALIGN - 1) / FC_ALIGN * FC_ALIGN;
     if (posix_memalign(&p, FC_ALIGN, rounded ? rounded : FC_ALIGN) != 0)
@@ -51,6 +88,8 @@ static inline void *fc_alloc(size_t bytes) {
  * adjacent-line prefetcher's pair): threads writing neighbouring slices would otherwise share a
  * line, and bounce it between cores on every write (measured: 2 threads slower than 1). */
 static inline size_t fc_slice(size_t bytes) {
+    if (bytes > SIZE_MAX / 2)
+        return SIZE_MAX; /* saturates: the caller's fc_size_mul and fc_alloc then fail */
     return (bytes + 127) / 128 * 128;
 }
 

@@ -8,9 +8,27 @@
  * about kh/stride_h times, from cache, and no inner loop tests for padding.
  */
 
-/* The padded scratch row holds every column any window of the row reaches. */
-static int64_t FN(pool_row_len)(const fc_pool2d_desc *d) {
-    return FC_MAX(d->w + d->pad_w, (d->ow - 1) * d->stride_w + (d->kw - 1) * d->dil_w + 1);
+/* The padded scratch row holds every column any window of the row reaches -- unless that is far
+ * wider than the input and output rows (huge padding or dilation around a small output): then
+ * the row is just the input's width and the horizontal pass clips each window's taps to it
+ * (returns 0 for that case and sets *len to w). */
+static int FN(pool_row_len)(const fc_pool2d_desc *d, int64_t *len) {
+    int64_t padded = FC_MAX(d->w + d->pad_w, (d->ow - 1) * d->stride_w + (d->kw - 1) * d->dil_w + 1);
+    if ((double)padded > 4.0 * ((double)d->w + d->ow) + 4096) {
+        *len = d->w;
+        return 0;
+    }
+    *len = padded;
+    return 1;
+}
+
+/* Scratch for `team` threads of `floats` elements each; NULL when it cannot be had. */
+static char *FN(pool_scratch)(int team, int64_t floats, size_t *slice) {
+    size_t total;
+    *slice = fc_slice(fc_size_mul3((size_t)floats, sizeof(T), 1));
+    if (*slice == SIZE_MAX || fc_size_mul((size_t)team, *slice, &total))
+        return NULL;
+    return fc_alloc(total);
 }
 
 /* NaN-propagating max, as torch: a NaN anywhere in the window wins. */
@@ -39,11 +57,25 @@ static void FN(max_cols)(T *restrict out, const T *restrict buf, int64_t ow, int
             out[j] = FC_NANMAX(out[j], buf[j * sw + s * dw]);
 }
 
+/* out[j] = max of the window's taps that land in the row acc[0, w) (-inf when none do). */
+static void FN(max_cols_clipped)(T *restrict out, const T *restrict acc, const fc_pool2d_desc *d) {
+    for (int64_t j = 0; j < d->ow; j++) {
+        int64_t start = j * d->stride_w - d->pad_w, s0, s1;
+        fc_valid_range(d->w, d->kw, d->dil_w, start, &s0, &s1);
+        T m = -(T)INFINITY;
+        for (int64_t s = s0; s < s1; s++)
+            m = FC_NANMAX(m, acc[start + s * d->dil_w]);
+        out[j] = m;
+    }
+}
+
 int FN(max_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
-    const int64_t planes = d->n * d->c, len = FN(pool_row_len)(d);
-    int team = fc_team(nthreads, planes * d->oh * d->ow * d->kh * d->kw, 1 << 15);
-    const size_t slice = fc_slice((size_t)len * sizeof(T));
-    char *scratch = fc_alloc((size_t)team * slice);
+    const int64_t planes = d->n * d->c;
+    int64_t len;
+    const int padded = FN(pool_row_len)(d, &len);
+    int team = fc_team(nthreads, planes * d->oh * d->ow * FC_MIN(d->kh, d->h) * FC_MIN(d->kw, d->w), 1 << 15);
+    size_t slice;
+    char *scratch = FN(pool_scratch)(team, len, &slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
@@ -51,17 +83,21 @@ int FN(max_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
         T *buf = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < planes * d->oh; t++) {
-            int64_t p = t / d->oh, i = t % d->oh;
+            int64_t p = t / d->oh, i = t % d->oh, r0, r1;
             const T *plane = x + (size_t)p * d->h * d->w;
             for (int64_t j = 0; j < len; j++)
                 buf[j] = -(T)INFINITY;
-            T *acc = buf + d->pad_w;
-            for (int64_t r = 0; r < d->kh; r++) {
-                int64_t ih = i * d->stride_h - d->pad_h + r * d->dil_h;
-                if (ih >= 0 && ih < d->h)
-                    FN(max_rows)(acc, plane + ih * d->w, d->w);
-            }
-            FN(max_cols)(y + ((size_t)p * d->oh + i) * d->ow, buf, d->ow, d->kw, d->stride_w, d->dil_w);
+            T *acc = padded ? buf + d->pad_w : buf;
+            /* Only the window rows inside the input: padding rows are -inf. */
+            int64_t top = i * d->stride_h - d->pad_h;
+            fc_valid_range(d->h, d->kh, d->dil_h, top, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++)
+                FN(max_rows)(acc, plane + (top + r * d->dil_h) * d->w, d->w);
+            T *out = y + ((size_t)p * d->oh + i) * d->ow;
+            if (padded)
+                FN(max_cols)(out, buf, d->ow, d->kw, d->stride_w, d->dil_w);
+            else
+                FN(max_cols_clipped)(out, acc, d);
         }
     }
     free(scratch);
@@ -86,11 +122,13 @@ static inline int64_t FN(pool_count)(int64_t start, int64_t k, int64_t n, int64_
 }
 
 int FN(avg_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
-    const int64_t planes = d->n * d->c, len = FN(pool_row_len)(d);
-    int team = fc_team(nthreads, planes * d->oh * d->ow * d->kh * d->kw, 1 << 15);
+    const int64_t planes = d->n * d->c;
+    int64_t len;
+    const int padded = FN(pool_row_len)(d, &len);
+    int team = fc_team(nthreads, planes * d->oh * d->ow * FC_MIN(d->kh, d->h) * FC_MIN(d->kw, d->w), 1 << 15);
     /* Per thread: the scratch row, then the ow horizontal divisor factors. */
-    const size_t slice = fc_slice((size_t)(len + d->ow) * sizeof(T));
-    char *scratch = fc_alloc((size_t)team * slice);
+    size_t slice;
+    char *scratch = FN(pool_scratch)(team, len + d->ow, &slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
@@ -104,17 +142,23 @@ int FN(avg_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
             int64_t p = t / d->oh, i = t % d->oh;
             const T *plane = x + (size_t)p * d->h * d->w;
             memset(buf, 0, (size_t)len * sizeof(T));
-            T *acc = buf + d->pad_w;
-            for (int64_t r = 0; r < d->kh; r++) {
-                int64_t ih = i * d->stride_h - d->pad_h + r;
-                if (ih >= 0 && ih < d->h)
-                    FN(add_rows)(acc, plane + ih * d->w, d->w);
-            }
+            T *acc = padded ? buf + d->pad_w : buf;
+            int64_t top = i * d->stride_h - d->pad_h, r0, r1;
+            fc_valid_range(d->h, d->kh, 1, top, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++)
+                FN(add_rows)(acc, plane + (top + r) * d->w, d->w);
             T *out = y + ((size_t)p * d->oh + i) * d->ow;
             for (int64_t j = 0; j < d->ow; j++) {
                 T sum = 0;
-                for (int64_t s = 0; s < d->kw; s++)
-                    sum += buf[j * d->stride_w + s];
+                if (padded) {
+                    for (int64_t s = 0; s < d->kw; s++)
+                        sum += buf[j * d->stride_w + s];
+                } else { /* only the taps inside the row: padding adds zeros */
+                    int64_t start = j * d->stride_w - d->pad_w, s0, s1;
+                    fc_valid_range(d->w, d->kw, 1, start, &s0, &s1);
+                    for (int64_t s = s0; s < s1; s++)
+                        sum += acc[start + s];
+                }
                 out[j] = sum;
             }
             if (d->divisor_override) {
@@ -143,8 +187,8 @@ int FN(adaptive_avg_pool2d)(int64_t planes, int64_t h, int64_t w, int64_t oh, in
     if (planes < 0 || h < 1 || w < 1 || oh < 0 || ow < 0)
         return FC_EINVAL;
     int team = fc_team(nthreads, planes * (h * w + oh * ow), 1 << 15);
-    const size_t slice = fc_slice((size_t)w * sizeof(T));
-    char *scratch = fc_alloc((size_t)team * slice);
+    size_t slice;
+    char *scratch = FN(pool_scratch)(team, w, &slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)

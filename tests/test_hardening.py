@@ -49,6 +49,46 @@ def _run_or_refuse(fn, backend, *args, **kw):
         return None
 
 
+# -- 1. scratch sizes overflowing size_t -----------------------------------------------------------
+
+SCRATCH_OVERFLOW = [
+    # (input shape, weight shape, dtype, keyword arguments)
+    ((1, 1, 2, 2), (1, 1, 2, 2), np.float32, dict(padding=HALF, dilation=BIG)),
+    ((1, 2, 2, 2), (2, 1, 2, 2), np.float64, dict(padding=HALF, dilation=BIG, groups=2)),
+    ((1, 2, 2, 2), (2, 1, 1, 1), np.float32, dict(padding=HALF, stride=BIG, groups=2)),
+    ((1, 2, 2, 2), (2, 1, 1, 1), np.float64, dict(padding=HALF, stride=BIG, groups=2)),
+]
+
+
+@pytest.mark.parametrize("xs, ws, dtype, kw", SCRATCH_OVERFLOW)
+@pytest.mark.parametrize("backend", ["c", None])
+def test_scratch_size_overflow_gives_torchs_result(xs, ws, dtype, kw, backend):
+    """Scratch sizes wrapped in size_t: a tiny buffer was allocated and overrun (segfault)."""
+    if backend and backend not in _backends():
+        pytest.skip(f"{backend} not available")
+    x, w = np.ones(xs, dtype), np.ones(ws, dtype)
+    t0 = time.perf_counter()
+    y = fastconv.conv2d(x, w, backend=backend, **kw)
+    assert time.perf_counter() - t0 < 20  # no giant scratch walked through
+    np.testing.assert_array_equal(y, _torch(F.conv2d, x, w, **kw))
+
+
+def test_scratch_that_cannot_fit_is_refused_before_the_call(monkeypatch):
+    """Python refuses, with the number, a problem whose C scratch exceeds the memory available
+    (here a pretend 128 MiB machine: the float32 stride-2 phase planes need about 144 MB)."""
+    if "c" not in _backends():
+        pytest.skip("c not available")
+    from fastconv import _args
+    from fastconv.backends import _c_scratch
+
+    monkeypatch.setattr(_args, "_available_memory", lambda: 2**27)
+    x, w = np.ones((1, 1, 2000, 2000), np.float32), np.ones((1, 1, 3, 3), np.float32)
+    assert _c_scratch.conv2d_bytes(fastconv.problem.Conv2dProblem(1, 1, 2000, 2000, 1, 3, 3, (2, 2),
+                                                                   (2000,) * 4, (1, 1), 1, "float32"), 1) > 2**27
+    with pytest.raises(MemoryError, match=r"GiB of scratch memory \([0-9,]+ bytes\)"):
+        fastconv.conv2d(x, w, stride=2, padding=2000, backend="c")
+
+
 # -- 2. fork --------------------------------------------------------------------------------------
 
 FORK_CHILD = textwrap.dedent("""
@@ -92,6 +132,50 @@ def test_forked_child_does_not_hang(backend):
         proc.communicate()
         pytest.fail(f"{backend}: the forked child hung")
     assert proc.returncode == 0, out
+
+
+# -- 3. scratch sized from the output -------------------------------------------------------------
+
+def test_huge_dilation_with_one_output_is_fast_and_small():
+    """Scratch was sized by the dilated extent: 67 s and 16.8 GB for one output element."""
+    x, w = np.ones((1, 1, 1), np.float32), np.ones((1, 1, 3, 1), np.float32)
+    kw = dict(padding="same", dilation=(BIG, 1))
+    t0 = time.perf_counter()
+    y = fastconv.conv2d(x, w, **kw)
+    assert time.perf_counter() - t0 < 20
+    np.testing.assert_array_equal(y, _torch(F.conv2d, x, w, **kw))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", [None, "c"])
+def test_huge_pool_window_with_one_output(dtype, backend):
+    """max/avg pooling with a 2**31-wide padded window around a 1x1 input raised MemoryError."""
+    if backend and backend not in _backends():
+        pytest.skip(f"{backend} not available")
+    x = np.full((1, 1, 1, 1), 5.0, dtype)
+    t0 = time.perf_counter()
+    y_max = fastconv.max_pool2d(x, BIG, 1, HALF, backend=backend)
+    y_avg = fastconv.avg_pool2d(x, (BIG, 1), 1, (HALF, 0), backend=backend)
+    y_avg2 = fastconv.avg_pool2d(x, (1, 2**20 + 1), 1, (0, 2**19), backend=backend, count_include_pad=False)
+    assert time.perf_counter() - t0 < 20
+    np.testing.assert_array_equal(y_max, _torch_pool("max_pool2d", x.shape, 5.0, BIG, 1, HALF))
+    np.testing.assert_allclose(y_avg, _torch_pool("avg_pool2d", x.shape, 5.0, (BIG, 1), 1, (HALF, 0)), rtol=1e-6)
+    np.testing.assert_allclose(y_avg2, _torch_pool("avg_pool2d", x.shape, 5.0, (1, 2**20 + 1), 1, (0, 2**19),
+                                                   count_include_pad=False), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["c"])
+def test_wide_padding_pool_matches_torch_on_real_rows(backend):
+    """The clipped pooling path (padding far wider than the input) on several rows and columns."""
+    if backend not in _backends():
+        pytest.skip(f"{backend} not available")
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 7))
+    kw = dict(kernel_size=(3, 40001), stride=(2, 3), padding=(1, 20000))
+    np.testing.assert_array_equal(fastconv.max_pool2d(x, **kw, backend=backend), _torch(F.max_pool2d, x, **kw))
+    np.testing.assert_allclose(fastconv.avg_pool2d(x, **kw, backend=backend), _torch(F.avg_pool2d, x, **kw),
+                               rtol=1e-12)
+    kw.update(stride=(2, 7), ceil_mode=True)
+    np.testing.assert_array_equal(fastconv.max_pool2d(x, **kw, backend=backend), _torch(F.max_pool2d, x, **kw))
 
 
 # -- 4. autotune and the empty-output shortcut ----------------------------------------------------

@@ -133,3 +133,12 @@ def check_output_size(shape: tuple[int, ...], dtype: np.dtype, what: str) -> Non
         if nbytes > limit:
             raise MemoryError(f"{what}: the output of shape {tuple(shape)} needs {nbytes / 2**30:.1f} GiB, "
                               f"more than the {limit / 2**30:.1f} GiB of memory available")
+
+
+def check_scratch_size(nbytes: int, what: str) -> None:
+    """MemoryError, before any allocation, for working memory larger than this machine's memory."""
+    if nbytes > 2**26:
+        limit = _available_memory()
+        if nbytes > limit:
+            raise MemoryError(f"{what}: needs {nbytes / 2**30:.1f} GiB of scratch memory ({nbytes:,} bytes), "
+                              f"more than the {limit / 2**30:.1f} GiB available")

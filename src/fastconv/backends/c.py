@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from .. import threads
+from . import _c_scratch
 
 NAME = "c"
 FUSED_EPILOGUE = True
@@ -129,6 +130,7 @@ def _f64(a) -> np.ndarray:
 
 def conv2d(p, x, weight, bias, residual):
     nthreads = _nthreads()
+    _c_scratch.check(p, nthreads)
     call = _Call(p.dtype)
     d = call.ffi.new("fc_conv2d_desc *")
     d.n, d.c, d.h, d.w = p.n, p.c, p.h, p.w
@@ -162,6 +164,7 @@ def _pool_desc(call, p):
 
 def _pool(p, x, op):
     nthreads = _nthreads()
+    _c_scratch.check(p, nthreads)
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
     status = _fn(p.dtype, op)(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
@@ -179,6 +182,7 @@ def avg_pool2d(p, x):
 
 
 def adaptive_avg_pool2d(p, x):
+    _c_scratch.check(p, _nthreads())
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
     status = _fn(p.dtype, "adaptive_avg_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
