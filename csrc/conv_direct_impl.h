@@ -31,6 +31,15 @@ static void FN(axpy_row)(T *restrict yrow, const T *restrict xrow, T wv, int64_t
     }
 }
 
+/* yrow[j] += 0 * wv outside [lo, hi): the padded taps of a non-finite weight. */
+static void FN(pad_taps)(T *restrict yrow, T wv, int64_t lo, int64_t hi, int64_t ow) {
+    const T z = wv * (T)0;
+    for (int64_t j = 0; j < lo; j++)
+        yrow[j] += z;
+    for (int64_t j = hi; j < ow; j++)
+        yrow[j] += z;
+}
+
 /* One output row y[nn, kk, i, :] of a grouped convolution. */
 static void FN(conv_row)(const fc_conv2d_desc *d, const T *x, const T *w, const T *bias,
                          const T *residual, T *y, int64_t nn, int64_t kk, int64_t i) {
@@ -45,13 +54,19 @@ static void FN(conv_row)(const fc_conv2d_desc *d, const T *x, const T *w, const 
         const T *wk = w + ((size_t)kk * cg + c) * d->r * d->s;
         for (int64_t r = 0; r < d->r; r++) {
             int64_t ih = i * d->stride_h - d->pad_top + r * d->dil_h;
-            if (ih < 0 || ih >= d->h)
-                continue;
-            const T *xrow = xplane + ih * d->w;
+            const int row_in = ih >= 0 && ih < d->h;
+            const T *xrow = row_in ? xplane + ih * d->w : xplane;
             for (int64_t s = 0; s < d->s; s++) {
-                int64_t off = s * d->dil_w - d->pad_left, lo, hi;
-                fc_valid_range(d->w, d->ow, d->stride_w, off, &lo, &hi);
-                FN(axpy_row)(yrow, xrow, wk[r * d->s + s], lo, hi, d->stride_w, off);
+                const T wv = wk[r * d->s + s];
+                int64_t off = s * d->dil_w - d->pad_left, lo = 0, hi = 0;
+                if (row_in) {
+                    fc_valid_range(d->w, d->ow, d->stride_w, off, &lo, &hi);
+                    FN(axpy_row)(yrow, xrow, wv, lo, hi, d->stride_w, off);
+                }
+                /* Taps in the zero padding are skipped, which is exact unless the weight is NaN
+                 * or inf: then 0 * wv is NaN, as torch computes it. */
+                if (wv - wv != (T)0)
+                    FN(pad_taps)(yrow, wv, lo, hi, d->ow);
             }
         }
     }
@@ -100,6 +115,11 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
     /* The padded plane covers every row and column a window reaches (bottom/right included). */
     const int64_t hp = FC_MAX(d->h + d->pad_top, (d->oh - 1) * d->stride_h + (d->r - 1) * d->dil_h + 1);
     const int64_t wp = FC_MAX(d->w + d->pad_left, (d->ow - 1) * d->stride_w + (d->s - 1) * d->dil_w + 1);
+    /* A padded plane far larger than the input and output planes (huge padding or dilation
+     * around a small output) is all zeros that no window needs: the direct loops clip taps
+     * instead and need no scratch. */
+    if ((double)hp * (double)wp > 8.0 * ((double)d->h * d->w + (double)mult * ohw) + (1 << 20))
+        return FN(conv2d_direct)(d, x, w, bias, residual, y, nthreads);
     int team = fc_team(nthreads, planes * mult * ohw * d->r * d->s, 1 << 15);
     const size_t slice = fc_slice(fc_size_mul3((size_t)hp, (size_t)wp, sizeof(T)));
     size_t total;
@@ -118,11 +138,6 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
             for (int64_t ih = 0; ih < d->h; ih++)
                 memcpy(xp + (ih + d->pad_top) * wp + d->pad_left, src + ih * d->w, (size_t)d->w * sizeof(T));
             int64_t c = p % d->c;
-    /* A padded plane far larger than the input and output planes (huge padding or dilation
-     * around a small output) is all zeros that no window needs: the direct loops clip taps
-     * instead and need no scratch. */
-    if ((double)hp * (double)wp > 8.0 * ((double)d->h * d->w + (double)mult * ohw) + (1 << 20))
-        return FN(conv2d_direct)(d, x, w, bias, residual, y, nthreads);
             for (int64_t m = 0; m < mult; m++) {
                 int64_t kk = c * mult + m;
                 size_t obase = ((size_t)(p / d->c) * d->k + kk) * ohw;

@@ -195,6 +195,30 @@ def test_autotune_skips_empty_outputs():
         dispatch.clear_autotune_cache()
 
 
+# -- 6. NaN and inf weights on padded taps --------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [1, 2, 65])
+@pytest.mark.parametrize("channels, groups", [(2, 1), (4, 2)])
+def test_nonfinite_weight_on_padding_taps_gives_nan(dtype, stride, channels, groups):
+    """c float64 (and float32 at stride > 64) and naive skipped taps in the zero padding, so a
+    NaN (or inf) weight there gave 0 where torch gives NaN (0 * NaN).
+
+    Depthwise convolutions are left out: torch's float32 depthwise kernel itself skips padded
+    taps (0, not NaN) while its float64 one does not, so no one answer matches torch there."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, channels, 5, 70)).astype(dtype)
+    w = rng.standard_normal((2, channels // groups, 3, 3)).astype(dtype)
+    w[0, 0, 0, 0] = np.nan   # top-left tap: in the padding for the first row and column
+    w[-1, -1, 2, 1] = np.inf  # bottom tap: in the padding for the last row
+    kw = dict(stride=stride, padding=1, groups=groups)
+    ref = _torch(F.conv2d, x, w, **kw)
+    for backend in _backends():
+        y = _run_or_refuse(fastconv.conv2d, backend, x, w, **kw)
+        if y is not None:
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(ref), err_msg=backend)
+
+
 # -- 7. thread count range ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [0, -1, threads.MAX_THREADS + 1, 2**31, 2**63])

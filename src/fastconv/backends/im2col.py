@@ -232,7 +232,8 @@ def conv2d(p, x, weight, bias, residual):
                 out = _view(y_g[n0, :, k0:k1, i0:i1], (g_, kk, pixels))
             else:  # several small images: (channels, images, pixels) is transposed on the way out
                 out = out_buf[:g_ * kk * pixels].reshape(g_, kk, pixels)
-            np.matmul(wmat[:, k0:k1], cols, out=out)
+            with np.errstate(invalid="ignore"):  # inf * 0 (a padded tap) is torch's NaN, not a fault
+                np.matmul(wmat[:, k0:k1], cols, out=out)
             out = _view(out, (g_, kk, nb, rows, p.ow))
             # The epilogue runs on the block while it is still in cache.
             if bias_gk is not None:
@@ -269,8 +270,9 @@ def _depthwise(p, x, weight, bias, residual):
             for r in range(p.r):
                 for s in range(p.s):
                     window = xp[a:b, r * dh:r * dh + sh * (p.oh - 1) + 1:sh, s * dw:s * dw + sw * (p.ow - 1) + 1:sw]
-                    np.multiply(w_planes[:, :, r * p.s + s], window[:, None], out=term)
-                    acc += term
+                    with np.errstate(invalid="ignore"):  # inf * 0 (a padded tap) is torch's NaN
+                        np.multiply(w_planes[:, :, r * p.s + s], window[:, None], out=term)
+                        acc += term
             if bias_cm is not None:
                 acc += bias_cm[chan][:, :, None, None]
             if res_pm is not None:

@@ -2,9 +2,10 @@
 
 Read this module to know what an op means; every other backend is tested to agree with torch,
 and this one is what "agree" looks like in plain Python.  Indices outside the input are the
-padding: zero for convolution and average pooling, -inf for max pooling -- so they are simply
-skipped.  Sums over channels use ``np.dot`` on float64 copies, which keeps the reference
-accurate and small problems fast enough to test; everything else is scalar Python.
+padding: zero for convolution and average pooling, -inf for max pooling.  Pooling simply skips
+them; convolution multiplies the zeros, as torch does (0 * NaN and 0 * inf are NaN).  Sums over
+channels use ``np.dot`` on float64 copies, which keeps the reference accurate and small problems
+fast enough to test; everything else is scalar Python.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def conv2d(p, x, weight, bias, residual):
     x, weight = x.astype(np.float64), weight.astype(np.float64)
     (sh, sw), (dh, dw), (pt, _, pl, _) = p.stride, p.dilation, p.padding
     y = np.empty(p.output_shape, np.float64)
+    zeros = np.zeros(p.cg)
     for n in range(p.n):
         for k in range(p.k):
             g = k // p.kg
@@ -62,13 +64,13 @@ def conv2d(p, x, weight, bias, residual):
                 for j in range(p.ow):
                     total = 0.0 if bias is None else float(bias[k])
                     for r in range(p.r):
-                        ih = i * sh - pt + r * dh
-                        if not 0 <= ih < p.h:
-                            continue
                         for s in range(p.s):
-                            iw = j * sw - pl + s * dw
-                            if 0 <= iw < p.w:
-                                total += float(np.dot(xg[:, ih, iw], weight[k, :, r, s]))  # sum over c
+                            ih, iw = i * sh - pt + r * dh, j * sw - pl + s * dw
+                            # Padding is zeros that multiply like any input: a NaN or inf weight
+                            # on a padded tap makes NaN, as in torch.
+                            xv = xg[:, ih, iw] if 0 <= ih < p.h and 0 <= iw < p.w else zeros
+                            with np.errstate(invalid="ignore"):  # 0 * inf is NaN, as in torch
+                                total += float(np.dot(xv, weight[k, :, r, s]))  # sum over c
                     if residual is not None:
                         total += float(residual[n, k, i, j])
                     if p.activation == "relu" and total < 0:  # NaN < 0 is False: NaN stays
