@@ -195,6 +195,43 @@ def test_autotune_skips_empty_outputs():
         dispatch.clear_autotune_cache()
 
 
+# -- 5. im2col's executor replaced under a running call -------------------------------------------
+
+def test_im2col_survives_concurrent_set_num_threads():
+    """While one thread changed the thread count, another's executor was shut down under it
+    ("cannot schedule new futures after shutdown", 152 of 1,200 calls)."""
+    if "im2col" not in _backends():
+        pytest.skip("im2col not available")
+    x = np.random.default_rng(0).standard_normal((4, 8, 64, 64)).astype(np.float32)
+    ref = np.maximum(x, 0)
+    stop, errors = threading.Event(), []
+
+    def flip():
+        n = 0
+        while not stop.is_set():
+            threads.set_num_threads(2 + n % 3)
+            n += 1
+
+    def call():
+        for _ in range(150):
+            try:
+                if not np.array_equal(fastconv.relu(x, backend="im2col"), ref):
+                    errors.append("wrong result")
+            except Exception as exc:  # noqa: BLE001 -- any failure is the fault
+                errors.append(repr(exc))
+
+    flipper = threading.Thread(target=flip)
+    workers = [threading.Thread(target=call) for _ in range(2)]
+    flipper.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    flipper.join()
+    assert not errors, errors[:3]
+
+
 # -- 6. NaN and inf weights on padded taps --------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -61,11 +61,12 @@ def _pool(n: int) -> ThreadPoolExecutor:
     global _executor, _executor_size
     with _lock:
         if _executor is None or _executor_size != n:
-            if _executor is not None:
-                _executor.shutdown(wait=False)
+            # The old pool is dropped, not shut down: a call on another thread may still be
+            # submitting to it.  Its idle workers exit once the last reference goes.
             _executor = ThreadPoolExecutor(n, thread_name_prefix="fastconv-im2col")
             _executor_size = n
         return _executor
+
 
 def _after_fork_in_child() -> None:
     """A forked child inherits the pool object but none of its worker threads, and maybe a lock
@@ -78,7 +79,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 
 class _SingleThreadedBlas:
@@ -121,7 +121,8 @@ def _parallel(work, items: list, blas: bool = False) -> None:
         if n <= 1:
             work(items)
             return
-        futures = [_pool(threads.get_num_threads()).submit(work, items[t::n]) for t in range(n)]
+        pool = _pool(threads.get_num_threads())
+        futures = [pool.submit(work, items[t::n]) for t in range(n)]
         for f in futures:
             f.result()
 
