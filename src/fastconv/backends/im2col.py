@@ -27,7 +27,6 @@ from numpy.lib.stride_tricks import as_strided
 
 from .. import threads
 from . import refuse_padded_copy
-from ..problem import adaptive_bins
 
 NAME = "im2col"
 FUSED_EPILOGUE = True
@@ -368,21 +367,37 @@ def avg_pool2d(p, x):
     return y.reshape(p.output_shape)
 
 
+def _bins(n: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """adaptive_bins(n, out) as two arrays: bin i spans [lo[i], hi[i])."""
+    i = np.arange(out, dtype=np.int64)
+    return i * n // out, -(-(i + 1) * n // out)
+
+
+def _bin_sums(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
+    """Sums of ``a`` over the (possibly overlapping) ranges [lo[i], hi[i]) along ``axis``.
+
+    One reduceat over the interleaved starts and ends: every even result is a bin.  A zero slice
+    appended along the axis makes an end equal to the axis length a valid index.
+    """
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, 1)
+    idx = np.stack([lo, hi], axis=1).reshape(-1)
+    return np.add.reduceat(np.pad(a, pad), idx, axis=axis).take(np.arange(0, idx.size, 2), axis=axis)
+
+
 def adaptive_avg_pool2d(p, x):
     planes = x.reshape(p.n * p.c, p.h, p.w)
-    rows, cols = adaptive_bins(p.h, p.oh), adaptive_bins(p.w, p.ow)
+    (h0, h1), (w0, w1) = _bins(p.h, p.oh), _bins(p.w, p.ow)
+    counts = np.outer(h1 - h0, w1 - w0).astype(p.dtype)
     y = np.empty((p.n * p.c, p.oh, p.ow), p.dtype)
 
     def work(part):
         for a, b in part:
-            chunk = planes[a:b]
-            # Sum each bin's rows, then each bin's columns: oh + ow vectorised reductions.
-            row_sums = np.stack([chunk[:, h0:h1].sum(axis=1) for h0, h1 in rows], axis=1)
-            for j, (w0, w1) in enumerate(cols):
-                y[a:b, :, j] = row_sums[:, :, w0:w1].sum(axis=2)
-            y[a:b] /= np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(p.dtype)
+            # Sum each bin's rows, then each bin's columns: two vectorised reductions.
+            sums = _bin_sums(_bin_sums(planes[a:b], h0, h1, axis=1), w0, w1, axis=2)
+            np.divide(sums, counts, out=y[a:b])
 
-    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w + p.oh * p.ow))
     return y.reshape(p.output_shape)
 
 
