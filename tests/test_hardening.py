@@ -312,3 +312,14 @@ def test_im2col_adaptive_pool_matches_torch(shape, out):
     x = np.random.default_rng(0).standard_normal(shape)
     np.testing.assert_allclose(fastconv.adaptive_avg_pool2d(x, out, backend="im2col"),
                                _torch(F.adaptive_avg_pool2d, x, out), rtol=1e-12, atol=1e-15)
+
+
+# -- 11. masked arrays ----------------------------------------------------------------------------
+
+def test_masked_arrays_are_refused():
+    """A masked array's mask was silently dropped."""
+    x = np.ma.masked_array(np.ones((1, 1, 4, 4)), mask=np.eye(4, dtype=bool)[None, None])
+    with pytest.raises(TypeError, match="masked"):
+        fastconv.relu(x)
+    with pytest.raises(TypeError, match="masked"):
+        fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ma.masked_array(np.ones((1, 1, 3, 3))))

@@ -21,6 +21,9 @@ def as_float_array(a, name: str, like: np.dtype | None = None) -> np.ndarray:
 
     ``like`` is the dtype the other arrays of the call have; a different one is a TypeError.
     """
+    if isinstance(a, np.ma.MaskedArray):
+        # Converting would silently drop the mask (and compute on whatever the masked cells hold).
+        raise TypeError(f"{name} must not be a masked array: fill it first (e.g. {name}.filled(0))")
     if not isinstance(a, np.ndarray):
         if a is None:
             raise TypeError(f"{name} must be an array, got None")
