@@ -323,3 +323,45 @@ def test_masked_arrays_are_refused():
         fastconv.relu(x)
     with pytest.raises(TypeError, match="masked"):
         fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ma.masked_array(np.ones((1, 1, 3, 3))))
+
+
+def test_empty_output_with_huge_dimensions_is_a_clear_error():
+    """An empty output whose other dimensions multiply past NumPy's limit raised NumPy's own
+    'array is too big' from deep inside the dispatcher."""
+    with pytest.raises(ValueError, match="conv2d: the output shape .* is empty"):
+        fastconv.conv2d(np.ones((0, 1, 1, 1), np.float32), np.ones((3, 1, 1, 1), np.float32), padding=BIG)
+    with pytest.raises(ValueError, match="adaptive_avg_pool2d: the output shape"):
+        fastconv.adaptive_avg_pool2d(np.ones((0, 4, 1, 1)), (BIG, BIG))
+    # Representable empty outputs still come back, with torch's shape.
+    assert fastconv.adaptive_avg_pool2d(np.ones((0, 4, 1, 1)), (3, BIG)).shape == (0, 4, 3, BIG)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--min-time", "nan"], None),
+    (["bench", "--min-time", "-1"], None),
+    (["bench", "--threads", str(2**31)], None),
+    (["bench", "--json", "/no/such/folder/r.json", "--problems", "small"], "does not exist"),
+    (["bench", "--csv", ".", "--problems", "small"], "is a directory"),
+])
+def test_cli_bad_options_are_one_line_errors(argv, message, capsys):
+    """Unwritable --json/--csv/--markdown paths gave a traceback after the whole run (results
+    lost); --min-time nan was accepted."""
+    from fastconv import cli
+
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:  # argparse's own one-line error
+        rc = exc.code
+    assert rc == 2
+    if message:
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env", ["abc", "0"])
+def test_cli_bad_thread_env_is_a_one_line_error(env, capsys, monkeypatch):
+    from fastconv import cli
+
+    monkeypatch.setattr(threads, "_num_threads", None)
+    monkeypatch.setenv("FASTCONV_NUM_THREADS", env)
+    assert cli.main(["info"]) == 2
+    assert "FASTCONV_NUM_THREADS" in capsys.readouterr().err

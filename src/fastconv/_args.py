@@ -131,6 +131,15 @@ def check_output_size(shape: tuple[int, ...], dtype: np.dtype, what: str) -> Non
     for n in shape:
         count *= n
     nbytes = count * np.dtype(dtype).itemsize
+    if count == 0:
+        # NumPy refuses even an empty array whose other dimensions multiply past its size limit.
+        extent = np.dtype(dtype).itemsize
+        for n in shape:
+            extent *= max(n, 1)
+        if extent >= 2**63:
+            raise ValueError(f"{what}: the output shape {tuple(shape)} is empty but its other dimensions "
+                             f"multiply past NumPy's largest array size, so it cannot be made")
+        return
     if nbytes > 2**26:  # reading /proc/meminfo costs microseconds: only for outputs over 64 MiB
         limit = _available_memory()
         if nbytes > limit:

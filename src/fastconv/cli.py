@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -35,6 +36,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _thread_count(text: str) -> int:
+    from .threads import MAX_THREADS
+
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
+
+
+def _check_writable(paths) -> str | None:
+    """Why one of the output files cannot be written, checked before a run that may take minutes."""
+    for path in paths:
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            return f"{path} is a directory"
+        if not os.path.isdir(folder):
+            return f"cannot write {path}: folder {folder} does not exist"
+        if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            return f"cannot write {path}: permission denied"
+    return None
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in text.split(","))
@@ -55,7 +90,7 @@ def bench_parser() -> argparse.ArgumentParser:
                     "Also: 'fastconv bench compare A.json B.json', 'fastconv bench show r.json', "
                     "'fastconv bench list'.")
     p.add_argument("--suite", default="quick", choices=sorted(SUITES), help="which suite (default: quick)")
-    p.add_argument("--threads", type=_positive_int, default=get_num_threads(),
+    p.add_argument("--threads", type=_thread_count, default=get_num_threads(),
                    help="threads for every backend and torch (default: %(default)s)")
     p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
                    help="comma-separated batch sizes replacing the suite's own (default: 1,8; quick picks per layer)")
@@ -65,7 +100,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda adds torch on the GPU (cuDNN, benchmark mode off and on) to the CPU targets")
     p.add_argument("--problems", default=None, help="only problems whose id or label contains this text")
-    p.add_argument("--min-time", type=float, default=1.0,
+    p.add_argument("--min-time", type=_seconds, default=1.0,
                    help="seconds of timed samples per problem, all targets together (default: %(default)s)")
     p.add_argument("--min-repeats", type=_positive_int, default=5, help="samples per target at least (default: 5)")
     p.add_argument("--max-repeats", type=_positive_int, default=50, help="samples per target at most (default: 50)")
@@ -122,6 +157,10 @@ def bench_main(argv: list[str]) -> int:
     from .bench import report, runner, schema, suites, targets
 
     out, err = _console(), _console(stderr=True)
+    why = _check_writable((args.json, args.csv, args.markdown, args.plot))
+    if why:
+        err.print(f"[red]fastconv bench: {why}[/red]")
+        return 2
     suite = suites.get_suite(args.suite)
     cases = suite.cases(args.batch_sizes, args.dtype)
     if args.problems:
@@ -148,7 +187,11 @@ def bench_main(argv: list[str]) -> int:
     doc = schema.to_dict(run)
     if not args.quiet:
         report.print_run(doc, out)
-    _write_outputs(doc, args, err)
+    try:
+        _write_outputs(doc, args, err)
+    except OSError as exc:  # e.g. the disk filled during the run: say so, keep the printed tables
+        err.print(f"[red]fastconv bench: could not write the results: {exc}[/red]")
+        return 2
     bad = [r for r in doc["results"] if r["status"] in ("wrong", "error")]
     for r in bad:
         err.print(f"[red]{r['backend']} {r['status']} on {r['problem']}: {r['reason']}[/red]")
@@ -191,6 +234,10 @@ def show_main(argv: list[str]) -> int:
         return 2
     if (args.plot or args.csv) and len(docs) != 1:
         err.print("[red]fastconv bench show: --plot and --csv take one run[/red]")
+        return 2
+    why = _check_writable((args.markdown, args.plot, args.csv))
+    if why:
+        err.print(f"[red]fastconv bench show: {why}[/red]")
         return 2
     if args.markdown:
         with open(args.markdown, "w") as f:
@@ -284,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"fastconv: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (fastconv --help)",
               file=sys.stderr)
+        return 2
+    from .threads import get_num_threads
+
+    try:
+        get_num_threads()  # a bad FASTCONV_NUM_THREADS is a one-line error, not a traceback
+    except ValueError as exc:
+        print(f"fastconv: {exc}", file=sys.stderr)
         return 2
     try:
         return command(argv[1:])
