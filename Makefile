@@ -17,7 +17,7 @@ RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: all test bench bench-results bench-pytest asv env clean sanitize
+.PHONY: all test bench bench-results bench-pytest asv env clean sanitize fuzz fuzz-c
 
 all: test
 
@@ -72,6 +72,12 @@ sanitize: $(STAMP)
 	$(SANITIZE_ENV) $(PY) -c "import fastconv._ckernels as m; assert '$(SANITIZE_DIR)' in m.__file__, m.__file__"
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_c_backend.py
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_conformance.py::test_matches_torch -k "c]"
+
+# The differential fuzzer (tests/test_fuzz.py) at length: FUZZ_EXAMPLES calls per op, drawn afresh
+# (make test runs the same property with 40 fixed examples per op).
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	FASTCONV_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/fastconv/_ckernels* .pytest_cache .hypothesis .asv .benchmarks

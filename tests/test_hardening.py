@@ -404,3 +404,25 @@ def test_cli_bad_thread_env_is_a_one_line_error(env, capsys, monkeypatch):
     monkeypatch.setenv("FASTCONV_NUM_THREADS", env)
     assert cli.main(["info"]) == 2
     assert "FASTCONV_NUM_THREADS" in capsys.readouterr().err
+
+
+# -- found by the differential fuzzer (tests/test_fuzz.py) ----------------------------------------
+
+def test_negative_stride_on_a_length_one_axis_reaches_every_backend():
+    """NumPy calls such an array C-contiguous, so it reached the torch backend, which refuses
+    negative strides ('tensors with negative strides are not currently supported')."""
+    x = np.random.default_rng(0).standard_normal((2, 1, 1, 1)).astype(np.float32)[:, ::-1]
+    assert x.flags.c_contiguous and min(x.strides) < 0
+    for backend in _backends():
+        np.testing.assert_array_equal(fastconv.adaptive_avg_pool2d(x, 1, backend=backend), x.copy())
+
+
+def test_training_batch_norm_with_inf_input_gives_nan_without_warnings():
+    """inf - inf in a channel's statistics raised NumPy's 'invalid value' RuntimeWarning (an error
+    in this suite) on im2col, naive and torch; torch itself returns NaN quietly."""
+    x = np.array([[[np.inf, -0.13, 0.64]]], np.float32)
+    mean, var = np.zeros(1, np.float32), np.ones(1, np.float32)
+    ref = _torch(F.batch_norm, x, None, None, training=True)
+    for backend in _backends():
+        np.testing.assert_array_equal(fastconv.batch_norm(x, mean.copy(), var.copy(), training=True, momentum=0.0,
+                                                          backend=backend), ref)

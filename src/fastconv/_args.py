@@ -37,9 +37,11 @@ def as_float_array(a, name: str, like: np.dtype | None = None) -> np.ndarray:
     if like is not None and native != like:
         raise TypeError(f"{name} has dtype {native} but input has dtype {like}: mixed dtypes are not supported")
     a = np.asarray(a, dtype=native, order="C")
-    if not a.flags.aligned:
+    if not a.flags.aligned or min(a.strides, default=0) < 0:
         # C-contiguous but not on an element boundary (a view into a byte buffer): kernels load
-        # whole elements, which a misaligned address makes undefined behaviour.
+        # whole elements, which a misaligned address makes undefined behaviour.  NumPy also calls
+        # an array C-contiguous when a negative stride sits on a length-1 axis, which torch
+        # (a backend and the interop layer) refuses to wrap.
         a = a.copy()
     return a
 

@@ -289,9 +289,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     y, batch_mean, batch_var = dispatch.run(p, x3, None if training else mean, None if training else var,
                                             w, b, backend=backend)
     if training and running_mean is not None and p.count > 0:
-        unbiased = np.asarray(batch_var, np.float64) * (p.count / (p.count - 1))
-        running_mean[...] = (1 - momentum) * running_mean + momentum * np.asarray(batch_mean, np.float64)
-        running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+        with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf or inf - inf: torch's NaN
+            unbiased = np.asarray(batch_var, np.float64) * (p.count / (p.count - 1))
+            running_mean[...] = (1 - momentum) * running_mean + momentum * np.asarray(batch_mean, np.float64)
+            running_var[...] = (1 - momentum) * running_var + momentum * unbiased
     return y.reshape(x.shape)
 
 

@@ -410,10 +410,11 @@ def batch_norm(p, x, mean, var, weight, bias):
         var = np.empty(p.c)
 
         def stats(part):
-            for a, b in part:
-                chunk = x[:, a:b].astype(np.float64)
-                mean[a:b] = chunk.mean(axis=(0, 2))
-                var[a:b] = ((chunk - mean[a:b, None]) ** 2).mean(axis=(0, 2))
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in a channel: torch's NaN
+                for a, b in part:
+                    chunk = x[:, a:b].astype(np.float64)
+                    mean[a:b] = chunk.mean(axis=(0, 2))
+                    var[a:b] = ((chunk - mean[a:b, None]) ** 2).mean(axis=(0, 2))
 
         _parallel(stats, _chunks(p.c, p.n * p.l))
     with np.errstate(divide="ignore", invalid="ignore"):  # var + eps == 0: torch's NaN

@@ -150,10 +150,10 @@ def batch_norm(p, x, mean, var, weight, bias):
         mean, var = np.empty(p.c), np.empty(p.c)
     for c in range(p.c):
         values = x[:, c, :].astype(np.float64)
-        if p.training:
-            mean[c] = values.mean()
-            var[c] = ((values - mean[c]) ** 2).mean()
-        with np.errstate(divide="ignore", invalid="ignore"):  # var + eps == 0: torch's NaN
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # var + eps == 0, inf - inf: NaN
+            if p.training:
+                mean[c] = values.mean()
+                var[c] = ((values - mean[c]) ** 2).mean()
             scale = np.float64(weight[c]) / np.sqrt(np.float64(var[c]) + p.eps)
             y[:, c, :] = values * scale + (bias[c] - mean[c] * scale)
     return y, mean, var

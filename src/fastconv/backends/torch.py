@@ -77,7 +77,8 @@ def batch_norm(p, x, mean, var, weight, bias):
     if p.training:
         # torch's stats: the batch mean and biased variance it normalises with.
         x64 = x.astype(np.float64)
-        mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in a channel: torch's NaN
+            mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
     y = _run(F.batch_norm, x, None if p.training else mean, None if p.training else var, weight, bias,
              training=p.training, eps=p.eps)
     return y, mean, var

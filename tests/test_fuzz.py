@@ -1,0 +1,362 @@
+"""Differential fuzzing against torch: any options, valid or not, on every op, backend and array form.
+
+Each op is one row of ``FUZZ_OPS`` (keyed by op and direction, so backward ops and new backends
+plug in as rows): how to draw a call from the *whole* option space -- zero, negative and
+mismatched sizes, strings, padding modes, ceil mode, NaN and inf values -- how to run it on
+fastconv and on torch, and which refusals of fastconv's are deliberate.  The properties:
+
+- torch raises if and only if fastconv raises (fastconv's error is a ValueError, TypeError or
+  MemoryError: never a crash, a RuntimeError or an IndexError from deep inside);
+- when both succeed the results agree (torch in float64 as the reference) and no input changed;
+- every backend (and "auto"), every array form (Fortran order, negative strides, strided views,
+  byte-swapped, misaligned, read-only, unbatched).
+
+``make test`` runs a bounded profile (FASTCONV_FUZZ_EXAMPLES per op, derandomized);
+``make fuzz`` runs many more, drawn afresh.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import dispatch
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+EXAMPLES = int(os.environ.get("FASTCONV_FUZZ_EXAMPLES", "40"))
+FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: What fastconv may raise for bad input; anything else is a fault.
+CLEAN_ERRORS = (ValueError, TypeError, MemoryError)
+
+
+def _backends() -> list[str | None]:
+    return [None] + [b for b in dispatch._registry if dispatch._status(dispatch._registry[b])[0]]
+
+
+# -- array forms -----------------------------------------------------------------------------------
+
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    m = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    m[...] = a
+    return m
+
+
+def _strided(a: np.ndarray) -> np.ndarray:
+    big = np.zeros(tuple(2 * s for s in a.shape), a.dtype)
+    view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    view[...] = a
+    return view
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+FORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "contiguous": lambda a: a,
+    "fortran": np.asfortranarray,
+    "negative_strides": lambda a: a[..., ::-1].copy()[..., ::-1],
+    "strided_view": _strided,
+    "byteswapped": lambda a: a.astype(a.dtype.newbyteorder(">")),
+    "misaligned": _misaligned,
+    "readonly": _readonly,
+}
+
+
+# -- one call ------------------------------------------------------------------------------------
+
+@dataclass
+class Call:
+    arrays: dict                      # name -> np.ndarray (float64 values; cast to dtype on use)
+    options: dict                     # keyword options, passed to both libraries as drawn
+    dtype: str = "float32"
+    form: str = "contiguous"
+    unbatched: bool = False           # drop the batch axis of "input" (n == 1 only)
+    extra: dict = field(default_factory=dict)  # fastconv-only options (residual, activation)
+
+    def numpy(self, name):
+        a = self.arrays[name]
+        return a if a is None else a.astype(self.dtype)
+
+
+def _values(draw, shape, special: bool) -> np.ndarray:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    a = rng.standard_normal(shape)
+    if special and a.size:
+        a.flat[rng.integers(0, a.size, max(1, a.size // 5))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return a
+
+
+def _opt(draw, lo, hi, allow_bad=True):
+    """An int or a pair in [lo, hi], now and then a value torch rejects."""
+    bad = allow_bad and draw(st.integers(0, 9)) == 0
+    if bad:
+        return draw(st.sampled_from([0, -1, (1, 0), (1, 2, 3), (), 1.5, "2", None, True]))
+    a = draw(st.integers(lo, hi))
+    return a if draw(st.booleans()) else (a, draw(st.integers(lo, hi)))
+
+
+def _image(draw, lo_c=1):
+    n = draw(st.sampled_from([1, 1, 2, 0, 3]))
+    c = draw(st.integers(lo_c, 5))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    return n, c, h, w
+
+
+def _common(draw, call: Call) -> Call:
+    call.dtype = draw(st.sampled_from(["float32", "float64"]))
+    call.form = draw(st.sampled_from(list(FORMS)))
+    x = call.arrays["input"]
+    call.unbatched = x.ndim == 4 and x.shape[0] == 1 and draw(st.integers(0, 4)) == 0
+    return call
+
+
+# -- conv2d --------------------------------------------------------------------------------------
+
+@st.composite
+def draw_conv2d(draw) -> Call:
+    n, c, h, w = _image(draw)
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3, c, 0, -1]))
+    k = draw(st.integers(1, 6))
+    cg = c // groups if groups > 0 and draw(st.integers(0, 5)) else draw(st.integers(1, 3))
+    r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    padding = draw(st.one_of(st.just(None), st.sampled_from(["same", "valid", "full"])))
+    if padding is None:
+        padding = _opt(draw, 0, 4)
+    options = dict(stride=_opt(draw, 1, 3), padding=padding, dilation=_opt(draw, 1, 3), groups=groups)
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    if mode != "zeros":
+        options["padding_mode"] = mode
+    special = draw(st.integers(0, 6)) == 0
+    arrays = {"input": _values(draw, (n, c, h, w), special), "weight": _values(draw, (k, cg, r, s), False),
+              "bias": _values(draw, (k,), False) if draw(st.booleans()) else None}
+    extra = {}
+    if draw(st.integers(0, 3)) == 0:
+        extra["activation"] = "relu"
+    if draw(st.integers(0, 3)) == 0:
+        extra["residual"] = draw(st.integers(0, 2**32 - 1))  # a seed: the output's shape is known later
+    return _common(draw, Call(arrays, options, extra=extra))
+
+
+def torch_conv2d(call: Call, t: dict):
+    o = dict(call.options)
+    mode = o.pop("padding_mode", "zeros")
+    if mode == "zeros":
+        return F.conv2d(t["input"], t["weight"], t["bias"], **o)
+    w = t["weight"]
+    m = torch.nn.Conv2d(w.shape[1] * o["groups"] if isinstance(o["groups"], int) else 1, w.shape[0],
+                        tuple(w.shape[2:]), bias=t["bias"] is not None, padding_mode=mode,
+                        dtype=torch.float64, **o)
+    m.weight.data = w
+    if t["bias"] is not None:
+        m.bias.data = t["bias"]
+    with torch.no_grad():
+        return m(t["input"])
+
+
+def fastconv_conv2d(call: Call, a: dict, backend):
+    return fastconv.conv2d(a["input"], a["weight"], a["bias"], backend=backend, **call.options, **a["extra"])
+
+
+def conv2d_terms(call: Call) -> int:
+    return int(np.prod(call.arrays["weight"].shape[1:]))
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+
+@st.composite
+def draw_max_pool2d(draw) -> Call:
+    n, c, h, w = _image(draw)
+    options = dict(kernel_size=_opt(draw, 1, 4), stride=draw(st.one_of(st.none(), st.just(None))) or _opt(draw, 1, 3),
+                   padding=_opt(draw, 0, 2), dilation=_opt(draw, 1, 3), ceil_mode=draw(st.booleans()))
+    if draw(st.integers(0, 3)) == 0:
+        options.pop("stride")
+    return _common(draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)}, options))
+
+
+@st.composite
+def draw_avg_pool2d(draw) -> Call:
+    n, c, h, w = _image(draw)
+    options = dict(kernel_size=_opt(draw, 1, 4), stride=_opt(draw, 1, 3), padding=_opt(draw, 0, 2),
+                   ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()),
+                   divisor_override=draw(st.sampled_from([None, None, 1, 3, 0, -2])))
+    return _common(draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)}, options))
+
+
+@st.composite
+def draw_adaptive_avg_pool2d(draw) -> Call:
+    n, c, h, w = _image(draw)
+    size = draw(st.one_of(st.integers(-1, 12), st.tuples(st.one_of(st.none(), st.integers(-1, 12)),
+                                                         st.one_of(st.none(), st.integers(0, 12)))))
+    return _common(draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)},
+                              {"output_size": size}))
+
+
+# -- batch norm and relu ---------------------------------------------------------------------------
+
+@st.composite
+def draw_batch_norm(draw) -> Call:
+    n, c = draw(st.integers(0, 4)), draw(st.integers(1, 5))
+    spatial = draw(st.sampled_from([(), (3,), (2, 3), (1, 1, 2)]))
+    training = draw(st.booleans())
+    stats = draw(st.booleans()) or not training
+    arrays = {"input": _values(draw, (n, c, *spatial), draw(st.integers(0, 5)) == 0),
+              "running_mean": _values(draw, (c,), False) if stats else None,
+              "running_var": np.abs(_values(draw, (c,), False)) if stats else None,
+              "weight": _values(draw, (c,), False) if draw(st.booleans()) else None,
+              "bias": _values(draw, (c,), False) if draw(st.booleans()) else None}
+    options = dict(training=training, momentum=draw(st.sampled_from([0.1, 0.0, 1.0, 0.5])),
+                   eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])))
+    call = Call(arrays, options, dtype=draw(st.sampled_from(["float32", "float64"])))
+    call.form = draw(st.sampled_from(list(FORMS)))
+    return call
+
+
+@st.composite
+def draw_relu(draw) -> Call:
+    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=5)))
+    call = Call({"input": _values(draw, shape, draw(st.booleans()))}, {},
+                dtype=draw(st.sampled_from(["float32", "float64"])))
+    call.form = draw(st.sampled_from(list(FORMS)))
+    return call
+
+
+def _array_args(names):
+    return lambda call, t: [t[n] for n in names]
+
+
+@dataclass(frozen=True)
+class FuzzOp:
+    draw: Callable                                  # hypothesis strategy factory -> Call
+    fastconv: Callable                              # (call, arrays, backend) -> result
+    torch: Callable                                 # (call, tensors) -> result
+    terms: Callable = lambda call: 9                # terms each output sums (tolerance)
+    stateful: tuple = ()                            # arrays the op updates in place (compared too)
+
+
+FUZZ_OPS: dict[tuple[str, str], FuzzOp] = {
+    ("conv2d", "fwd"): FuzzOp(draw_conv2d, fastconv_conv2d, torch_conv2d, conv2d_terms),
+    ("max_pool2d", "fwd"): FuzzOp(
+        draw_max_pool2d, lambda c, a, b: fastconv.max_pool2d(a["input"], backend=b, **c.options),
+        lambda c, t: F.max_pool2d(t["input"], **c.options)),
+    ("avg_pool2d", "fwd"): FuzzOp(
+        draw_avg_pool2d, lambda c, a, b: fastconv.avg_pool2d(a["input"], backend=b, **c.options),
+        lambda c, t: F.avg_pool2d(t["input"], **c.options)),
+    ("adaptive_avg_pool2d", "fwd"): FuzzOp(
+        draw_adaptive_avg_pool2d, lambda c, a, b: fastconv.adaptive_avg_pool2d(a["input"], backend=b, **c.options),
+        lambda c, t: F.adaptive_avg_pool2d(t["input"], **c.options), lambda c: 81),
+    ("batch_norm", "fwd"): FuzzOp(
+        draw_batch_norm,
+        lambda c, a, b: fastconv.batch_norm(a["input"], a["running_mean"], a["running_var"], a["weight"],
+                                            a["bias"], backend=b, **c.options),
+        lambda c, t: F.batch_norm(t["input"], t["running_mean"], t["running_var"], t["weight"], t["bias"],
+                                  **c.options),
+        lambda c: max(1, c.arrays["input"].size), stateful=("running_mean", "running_var")),
+    ("relu", "fwd"): FuzzOp(draw_relu, lambda c, a, b: fastconv.relu(a["input"], backend=b),
+                            lambda c, t: F.relu(t["input"]), lambda c: 1),
+}
+
+
+# -- the property ----------------------------------------------------------------------------------
+
+def _torch_side(op: FuzzOp, call: Call):
+    """torch's result in float64 (with its in-place updates), or the exception it raised."""
+    t = {}
+    for name, a in call.arrays.items():
+        t[name] = None if a is None else torch.from_numpy(np.array(a, np.float64))
+    if call.unbatched:
+        t["input"] = t["input"][0]
+    try:
+        return op.torch(call, t).numpy(), {n: t[n].numpy() for n in op.stateful if t[n] is not None}, None
+    except Exception as exc:  # noqa: BLE001 -- any torch refusal counts as "raises"
+        return None, None, exc
+
+
+def _form(call: Call, v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v)
+    if v.ndim == 0 and call.form in ("strided_view", "negative_strides", "misaligned", "fortran"):
+        return v  # a 0-d array has no strides to vary (and np.asfortranarray makes it 1-d)
+    return FORMS[call.form](v)
+
+
+def _fastconv_arrays(call: Call, ref) -> dict:
+    a = {}
+    for name in call.arrays:
+        v = call.numpy(name)
+        a[name] = None if v is None else _form(call, v) if name == "input" else v
+    if call.unbatched:
+        a["input"] = a["input"][0]
+    extra = dict(call.extra)
+    if "residual" in extra:
+        if ref is None:
+            extra.pop("residual")
+        else:
+            extra["residual"] = np.random.default_rng(extra["residual"]).standard_normal(ref.shape).astype(call.dtype)
+    a["extra"] = extra
+    return a
+
+
+def _reference_with_extras(call: Call, ref, a):
+    if ref is None:
+        return None
+    if a["extra"].get("residual") is not None:
+        ref = ref + a["extra"]["residual"].astype(np.float64)
+    if a["extra"].get("activation") == "relu":
+        ref = np.where(ref < 0, 0.0, ref)
+    return ref
+
+
+def _close(actual, expected, call: Call, terms: int, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != torch's {expected.shape}"
+    rtol = (2e-4 if call.dtype == "float32" else 1e-9) * max(1.0, math.sqrt(terms) / 4)
+    finite = np.isfinite(expected)
+    scale = float(np.abs(expected[finite]).max()) if finite.any() else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * max(scale, 1.0), equal_nan=True,
+                               err_msg=what)
+
+
+def check_call(key: tuple[str, str], call: Call, backend) -> None:
+    op = FUZZ_OPS[key]
+    ref, ref_state, torch_error = _torch_side(op, call)
+    a = _fastconv_arrays(call, ref)
+    before = {n: v.copy() for n, v in a.items() if isinstance(v, np.ndarray) and n not in op.stateful}
+    try:
+        y = op.fastconv(call, a, backend)
+    except dispatch.BackendError:
+        return  # this backend refuses the problem, with a reason; "auto" would move on
+    except CLEAN_ERRORS as exc:
+        assert torch_error is not None, f"fastconv raised {type(exc).__name__}: {exc}; torch accepted the call"
+        return
+    assert torch_error is None, f"fastconv accepted a call torch refuses: {type(torch_error).__name__}: {torch_error}"
+    for n, v in before.items():
+        np.testing.assert_array_equal(a[n], v, err_msg=f"{n} was modified")
+    expected = _reference_with_extras(call, ref, a)
+    _close(np.asarray(y, np.float64), expected, call, op.terms(call), "output")
+    assert np.asarray(y).dtype == np.dtype(call.dtype)
+    for n, v in (ref_state or {}).items():
+        _close(np.asarray(a[n], np.float64), v, call, op.terms(call), n)
+
+
+@pytest.mark.parametrize("key", list(FUZZ_OPS), ids=lambda k: "-".join(k))
+def test_fastconv_raises_iff_torch_raises_and_agrees(key):
+    op = FUZZ_OPS[key]
+
+    @FUZZ_SETTINGS
+    @given(call=op.draw(), backend=st.sampled_from(_backends()))
+    def run(call, backend):
+        check_call(key, call, backend)
+
+    run()
