@@ -17,7 +17,7 @@ RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: all test bench bench-results bench-pytest asv env clean sanitize fuzz fuzz-c
+.PHONY: all test bench bench-results bench-pytest asv env clean sanitize sanitize-build fuzz fuzz-c
 
 all: test
 
@@ -65,13 +65,29 @@ asv: $(STAMP)
 SANITIZE_DIR := build/sanitize
 SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONPATH=$(SANITIZE_DIR)
-sanitize: $(STAMP)
+sanitize-build: $(STAMP)
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
 	cp -r src/fastconv $(SANITIZE_DIR)/ && rm -f $(SANITIZE_DIR)/fastconv/_ckernels*
-	FASTCONV_SANITIZE=1 $(PY) setup.py -q build_ext --force --build-lib $(SANITIZE_DIR) --build-temp build/sanitize-tmp
+	FASTCONV_SANITIZE=1 $(PY) setup.py -q build_ext --force --build-lib $(SANITIZE_DIR) --build-temp build/sanitize-tmp \
+	  >build/sanitize-build.log 2>&1 || { cat build/sanitize-build.log; exit 1; }
 	$(SANITIZE_ENV) $(PY) -c "import fastconv._ckernels as m; assert '$(SANITIZE_DIR)' in m.__file__, m.__file__"
-	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_c_backend.py
+
+# Also the hardening regressions and the bounded fuzz profile on the c backend: the hostile
+# sizes they pass must not make C read or write out of bounds.
+sanitize: sanitize-build
+	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_c_backend.py tests/test_hardening.py
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_conformance.py::test_matches_torch -k "c]"
+	$(SANITIZE_ENV) FASTCONV_FUZZ_BACKENDS=c FASTCONV_FUZZ_TORCH=0 FASTCONV_FUZZ_EXAMPLES=200 \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+# Coverage-guided fuzzing (atheris) of the API on the sanitized c backend for FUZZ_C_SECONDS;
+# the corpus it grows is kept in build/fuzz-c-corpus for the next run.
+FUZZ_C_SECONDS ?= 60
+fuzz-c: sanitize-build
+	@if ! $(PY) -c "import atheris" 2>/dev/null && ! $(PY) -m pip install -q --disable-pip-version-check atheris; then \
+	  echo "fuzz-c skipped: atheris is not installed and does not install for $$($(PY) -V)"; exit 0; fi; \
+	mkdir -p build/fuzz-c-corpus && \
+	$(SANITIZE_ENV) $(PY) fuzz/fuzz_c.py -max_total_time=$(FUZZ_C_SECONDS) -print_final_stats=1 build/fuzz-c-corpus
 
 # The differential fuzzer (tests/test_fuzz.py) at length: FUZZ_EXAMPLES calls per op, drawn afresh
 # (make test runs the same property with 40 fixed examples per op).

@@ -1,0 +1,86 @@
+"""Coverage-guided fuzzing of the C kernels' boundary (atheris / libFuzzer).
+
+Each input becomes one call of the public API on the c backend: small arrays but any stride,
+padding, dilation, kernel and output size up to the API's limits (2**31 - 1), in float32 or
+float64.  Run against the extension built with AddressSanitizer + UndefinedBehaviorSanitizer
+(`make fuzz-c`), any out-of-bounds access, overflow or misaligned load in C aborts the run with
+a report; a clean ValueError / TypeError / MemoryError from the Python side is the expected
+refusal.  The machine's memory is pretended to be 256 MiB, so problems whose output or scratch
+would be large are refused quickly instead of computed.
+
+    python fuzz/fuzz_c.py -max_total_time=60 [corpus_dir]
+"""
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    import numpy as np
+
+    import fastconv
+    from fastconv import _args
+
+_args._available_memory = lambda: 2**28
+fastconv.set_num_threads(2)
+
+BIG = [0, 1, 2, 3, 5, 64, 65, 2**15, 2**30 - 1, 2**30, 2**31 - 2, 2**31 - 1]
+ACCEPTED = (ValueError, TypeError, MemoryError, fastconv.BackendError)
+
+
+def _dim(fdp, lo=1, hi=3):
+    """A small size, or now and then one from the list of extremes."""
+    if fdp.ConsumeIntInRange(0, 3) == 0:
+        return fdp.PickValueInList(BIG)
+    return fdp.ConsumeIntInRange(lo, hi)
+
+
+def _pair(fdp, lo=1, hi=3):
+    return (_dim(fdp, lo, hi), _dim(fdp, lo, hi))
+
+
+def one_input(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    dtype = np.float32 if fdp.ConsumeBool() else np.float64
+    n, c = fdp.ConsumeIntInRange(0, 2), fdp.ConsumeIntInRange(1, 4)
+    h, w = fdp.ConsumeIntInRange(1, 8), fdp.ConsumeIntInRange(1, 8)
+    x = np.linspace(-1, 1, n * c * h * w, dtype=dtype).reshape(n, c, h, w)
+    op = fdp.ConsumeIntInRange(0, 4)
+    try:
+        if op == 0:
+            groups = fdp.PickValueInList([1, c]) if c > 1 else 1
+            k = groups * fdp.ConsumeIntInRange(1, 3)
+            r, s = fdp.ConsumeIntInRange(1, 4), fdp.ConsumeIntInRange(1, 4)
+            wt = np.ones((k, c // groups, r, s), dtype)
+            if fdp.ConsumeBool():
+                wt[0, 0, 0, 0] = np.nan
+            fastconv.conv2d(x, wt, np.zeros(k, dtype) if fdp.ConsumeBool() else None, stride=_pair(fdp),
+                            padding=_pair(fdp, 0, 2), dilation=_pair(fdp), groups=groups,
+                            activation="relu" if fdp.ConsumeBool() else None, backend="c")
+        elif op == 1:
+            kernel = _pair(fdp, 1, 4)
+            fastconv.max_pool2d(x, kernel, stride=_pair(fdp), padding=(kernel[0] // 2, kernel[1] // 2),
+                                dilation=_pair(fdp), ceil_mode=fdp.ConsumeBool(), backend="c")
+        elif op == 2:
+            kernel = _pair(fdp, 1, 4)
+            fastconv.avg_pool2d(x, kernel, stride=_pair(fdp), padding=(kernel[0] // 2, kernel[1] // 2),
+                                ceil_mode=fdp.ConsumeBool(), count_include_pad=fdp.ConsumeBool(),
+                                divisor_override=fdp.PickValueInList([None, 1, 7, 2**31 - 1]), backend="c")
+        elif op == 3:
+            fastconv.adaptive_avg_pool2d(x, _pair(fdp, 0, 9), backend="c")
+        else:
+            training = fdp.ConsumeBool()
+            fastconv.batch_norm(x, np.zeros(c, dtype), np.ones(c, dtype), training=training, backend="c")
+            fastconv.relu(x, backend="c")
+    except ACCEPTED:
+        pass
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
