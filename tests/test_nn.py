@@ -172,8 +172,9 @@ def test_backend_errors():
         conv.to_backend("nope")
     with pytest.raises(TypeError, match="backend must be"):
         conv.backend = 3
-    dispatch.register_backend(type("M", (), {"NAME": "broken", "available": staticmethod(lambda: (False, "no CPU"))}),
-                              "broken")
+    dispatch.register_backend(type("M", (), {"NAME": "broken", "available": staticmethod(lambda: (False, "no CPU")),
+                                             "supports": staticmethod(lambda p: None),
+                                             "relu": staticmethod(lambda p, x: x)}), "broken")
     try:
         with pytest.raises(fastconv.BackendError, match="no CPU"):
             conv.to_backend("broken")

@@ -36,6 +36,6 @@ MAX_PAD_GROWTH = 64
 
 def refuse_padded_copy(p, name: str) -> str | None:
     """The reason a backend that zero-pads a copy of the input cannot run conv problem ``p``."""
-    if p.op == "conv2d" and p.pad_growth > MAX_PAD_GROWTH and p.n * p.c * p.h * p.w * p.pad_growth > 2**24:
+    if getattr(p, "pad_growth", 0) > MAX_PAD_GROWTH and p.n * p.c * p.h * p.w * p.pad_growth > 2**24:
         return f"the zero-padded input copy would be {p.pad_growth:.0f}x the input; {name} pads explicitly"
     return None

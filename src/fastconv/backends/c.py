@@ -18,6 +18,7 @@ import numpy as np
 from .. import threads
 
 NAME = "c"
+DEVICES = ("cpu",)
 FUSED_EPILOGUE = True
 
 

@@ -29,6 +29,7 @@ from . import refuse_padded_copy
 from ..problem import adaptive_bins
 
 NAME = "im2col"
+DEVICES = ("cpu",)
 FUSED_EPILOGUE = True
 
 #: Bytes of ``cols`` one block gathers: about half of a core's L2, so the GEMM reads it from cache.
