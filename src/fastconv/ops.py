@@ -101,7 +101,7 @@ def _bn_data(p, rng) -> dict:
             "bias": _normal(rng, p.c, dt)}
     if p.direction != "fwd":
         data["grad_output"] = _normal(rng, data["x"].shape, dt)
-        if p.training:  # the backward pass gets the batch statistics the forward pass used
+        if p.training and p.count:  # the backward pass gets the batch statistics the forward pass used
             x64 = data["x"].reshape(p.n, p.c, p.l).astype(np.float64)
             data["mean"], data["var"] = x64.mean(axis=(0, 2)).astype(dt), x64.var(axis=(0, 2)).astype(dt)
     return data
