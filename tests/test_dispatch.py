@@ -61,7 +61,7 @@ def test_auto_prefers_first_registered(mocks):
 
 
 def test_precedence_argument_context_global_env(mocks, monkeypatch):
-    a, b, c, d = mocks("aaaa"), mocks("bbbbb"), mocks("cccccc"), mocks("ddddddd")
+    mocks("aaaa"), mocks("bbbbb"), mocks("cccccc"), mocks("ddddddd")
     monkeypatch.setenv("FASTCONV_BACKEND", "ddddddd")
     assert fastconv.relu(X)[0, 0, 0, 0] == 7
     fastconv.set_backend("cccccc")

@@ -347,7 +347,7 @@ def test_parameters_and_buffers_are_registered_by_assignment():
     bn = nn.BatchNorm2d(2)
     assert [k for k, _ in bn.named_buffers()] == ["running_mean", "running_var", "num_batches_tracked"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        bn.nope
+        _ = bn.nope
 
 
 @pytest.mark.parametrize("module_name", ["fastconv.nn", "fastconv.nn.module", "fastconv.nn.layers", "fastconv.nn.container",

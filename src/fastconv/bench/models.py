@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import inspect
 
-import numpy as np
-
 _fastconv_models: dict[tuple[str, str], object] = {}
 _torch_models: dict[tuple[str, str], tuple[object, str | None]] = {}
 
