@@ -24,14 +24,20 @@ def _no_sync() -> None:
     pass
 
 
-def time_calls(call: Callable[[], object], number: int = 1, sync: Callable[[], None] = _no_sync) -> float:
-    """Seconds per call over ``number`` back-to-back calls, by the wall clock, device synchronised."""
+def time_calls(call: Callable[[], object], number: int = 1, sync: Callable[[], None] = _no_sync,
+               timer: Callable[[], float] | None = None) -> float:
+    """Seconds per call over ``number`` back-to-back calls, device synchronised.
+
+    ``timer`` is the wall clock by default; ``time.process_time`` gives the process's CPU time
+    (what a multi-threaded call costs, unaffected by other processes on shared cores).
+    """
+    now = timer or clock
     sync()
-    t0 = clock()
+    t0 = now()
     for _ in range(number):
         call()
     sync()
-    return (clock() - t0) / number
+    return (now() - t0) / number
 
 
 def settle(call: Callable[[], object], seconds: float) -> None:
@@ -59,7 +65,8 @@ def median(samples: list[float]) -> float:
 
 
 def interleaved(calls: Mapping[str, Callable[[], object]], repeats: int, *, number: int = 1,
-                settle_s: float = 0.0, sync: Callable[[], None] = _no_sync) -> dict[str, list[float]]:
+                settle_s: float = 0.0, sync: Callable[[], None] = _no_sync,
+                timer: Callable[[], float] | None = None) -> dict[str, list[float]]:
     """``repeats`` samples (seconds per call) of each call, interleaved, order rotated per round."""
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -68,5 +75,5 @@ def interleaved(calls: Mapping[str, Callable[[], object]], repeats: int, *, numb
         for name in names[shift:] + names[:shift]:
             if settle_s > 0:
                 settle(calls[name], settle_s)
-            samples[name].append(time_calls(calls[name], number, sync))
+            samples[name].append(time_calls(calls[name], number, sync, timer))
     return samples
