@@ -139,7 +139,24 @@ def _suffix(p) -> str:
 
 
 @dataclass(frozen=True)
-class Conv2dProblem:
+class _Problem:
+    """What every descriptor has: a direction and a device (keyword-only, after its own fields)."""
+
+    direction: str = field(default="fwd", kw_only=True)
+    device: str = field(default="cpu", kw_only=True)
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes read plus written once each: the memory traffic a perfect kernel needs."""
+        item = 4 if self.dtype == "float32" else 8
+        return item * (math.prod(self.input_shape) + math.prod(self.output_shape))
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class Conv2dProblem(_Problem):
     """One 2-D convolution: input (n, c, h, w), weight (k, c // groups, r, s).
 
     ``padding`` is explicit per side, (top, bottom, left, right), because padding="same" with an
@@ -164,8 +181,6 @@ class Conv2dProblem:
     residual: bool = False
     activation: str | None = None
     padding_mode: str = "zeros"
-    direction: str = field(default="fwd", kw_only=True)
-    device: str = field(default="cpu", kw_only=True)
     op: str = field(default="conv2d", init=False)
 
     def __post_init__(self):
@@ -275,12 +290,9 @@ class Conv2dProblem:
             text += f"_{self.activation}"
         return text + f"_{_dt(self.dtype)}" + _suffix(self)
 
-    def __str__(self) -> str:
-        return self.id
-
 
 @dataclass(frozen=True)
-class Pool2dProblem:
+class Pool2dProblem(_Problem):
     """One max or average pooling: input (n, c, h, w), window ``kernel``, symmetric ``padding``.
 
     Max pooling pads with -inf and may dilate; average pooling has ``dilation`` (1, 1) and divides
@@ -300,8 +312,6 @@ class Pool2dProblem:
     count_include_pad: bool = True
     divisor_override: int | None = None
     dtype: str = "float32"
-    direction: str = field(default="fwd", kw_only=True)
-    device: str = field(default="cpu", kw_only=True)
 
     def __post_init__(self):
         _check_common(self, DIRECTIONS[:2])
@@ -344,12 +354,6 @@ class Pool2dProblem:
     def reduction(self) -> int:
         return self.kernel[0] * self.kernel[1]
 
-    @property
-    def bytes_moved(self) -> int:
-        """Bytes read plus written once each: the memory traffic a perfect kernel needs."""
-        item = 4 if self.dtype == "float32" else 8
-        return item * (self.n * self.c * (self.h * self.w + self.oh * self.ow))
-
     def divisor(self, i: int, j: int) -> int:
         """The average pool's divisor for output (i, j), torch's rule.
 
@@ -379,12 +383,9 @@ class Pool2dProblem:
             text += f"_div{self.divisor_override}"
         return text + f"_{_dt(self.dtype)}" + _suffix(self)
 
-    def __str__(self) -> str:
-        return self.id
-
 
 @dataclass(frozen=True)
-class AdaptivePool2dProblem:
+class AdaptivePool2dProblem(_Problem):
     """Adaptive average pooling of (n, c, h, w) to (n, c, oh, ow); bins from ``adaptive_bins``."""
 
     n: int
@@ -394,8 +395,6 @@ class AdaptivePool2dProblem:
     oh: int
     ow: int
     dtype: str = "float32"
-    direction: str = field(default="fwd", kw_only=True)
-    device: str = field(default="cpu", kw_only=True)
     op: str = field(default="adaptive_avg_pool2d", init=False)
 
     def __post_init__(self):
@@ -422,20 +421,12 @@ class AdaptivePool2dProblem:
         return rows * cols
 
     @property
-    def bytes_moved(self) -> int:
-        item = 4 if self.dtype == "float32" else 8
-        return item * (self.n * self.c * (self.h * self.w + self.oh * self.ow))
-
-    @property
     def id(self) -> str:
         return f"aavg_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}_{_dt(self.dtype)}" + _suffix(self)
 
-    def __str__(self) -> str:
-        return self.id
-
 
 @dataclass(frozen=True)
-class BatchNormProblem:
+class BatchNormProblem(_Problem):
     """Batch norm over channel axis 1 of an (n, c, *spatial) input, viewed by backends as (n, c, l).
 
     ``training`` normalises with the batch's own statistics (biased variance); otherwise with the
@@ -448,8 +439,6 @@ class BatchNormProblem:
     training: bool = False
     eps: float = 1e-5
     dtype: str = "float32"
-    direction: str = field(default="fwd", kw_only=True)
-    device: str = field(default="cpu", kw_only=True)
     op: str = field(default="batch_norm", init=False)
 
     def __post_init__(self):
@@ -493,18 +482,13 @@ class BatchNormProblem:
         mode = "train" if self.training else "eval"
         return f"bn_n{self.n}_c{self.c}{dims}_{mode}_{_dt(self.dtype)}" + _suffix(self)
 
-    def __str__(self) -> str:
-        return self.id
-
 
 @dataclass(frozen=True)
-class ReluProblem:
+class ReluProblem(_Problem):
     """Elementwise max(x, 0) over an array of any shape; NaN stays NaN, as in torch."""
 
     shape: tuple[int, ...]
     dtype: str = "float32"
-    direction: str = field(default="fwd", kw_only=True)
-    device: str = field(default="cpu", kw_only=True)
     op: str = field(default="relu", init=False)
 
     def __post_init__(self):
@@ -525,16 +509,8 @@ class ReluProblem:
     reduction = 1
 
     @property
-    def bytes_moved(self) -> int:
-        item = 4 if self.dtype == "float32" else 8
-        return 2 * item * self.size
-
-    @property
     def id(self) -> str:
         return f"relu_{'x'.join(map(str, self.shape)) or 'scalar'}_{_dt(self.dtype)}" + _suffix(self)
-
-    def __str__(self) -> str:
-        return self.id
 
 
 Problem = Conv2dProblem | Pool2dProblem | AdaptivePool2dProblem | BatchNormProblem | ReluProblem
