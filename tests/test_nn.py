@@ -282,7 +282,7 @@ def test_fuse_refuses_training_mode_and_batch_stats():
 @pytest.mark.parametrize("make, error, match", [
     (lambda: nn.Conv2d(3, 8, 0), ValueError, "kernel_size must be positive"),
     (lambda: nn.Conv2d(3.0, 8, 3), TypeError, "in_channels must be an int"),
-    (lambda: nn.Conv2d(3, 0, 3), ValueError, "out_channels must be a positive int"),
+    (lambda: nn.Conv2d(3, 0, 3), ValueError, "out_channels must be positive"),
     (lambda: nn.Conv2d(3, 8, 3, groups=2), ValueError, "in_channels must be divisible by groups"),
     (lambda: nn.Conv2d(4, 6, 3, groups=4), ValueError, "out_channels must be divisible by groups"),
     (lambda: nn.Conv2d(3, 8, 3, stride=2, padding="same"), ValueError, "padding='same'"),
