@@ -50,18 +50,6 @@ def _forward(p, data: dict) -> np.ndarray:
     return out[0] if isinstance(out, tuple) else out
 
 
-#: The forward arrays each backward result is the gradient of, in the order the kernel returns them.
-WRT = {"bwd_data": ("x",), "bwd_weight": ("w", "b")}
-
-
-def _wrt(p, entry) -> tuple[str, ...]:
-    if entry.op == "batch_norm":
-        return ("x", "weight", "bias")
-    if entry.op == "relu":
-        return ("x",)
-    return WRT[entry.direction]
-
-
 @pytest.mark.parametrize("backend", fastconv_backends())
 @pytest.mark.parametrize("p,entry", CASES, ids=[p.id for p, _ in CASES])
 def test_gradient_matches_finite_differences(backend, p, entry):
@@ -75,7 +63,7 @@ def test_gradient_matches_finite_differences(backend, p, entry):
     got = got if isinstance(got, tuple) else (got,)
     g = data["grad_output"]
     h = 1e-6
-    for name, grad in zip(_wrt(p, entry), got):
+    for name, grad in zip(entry.wrt, got, strict=True):
         if data.get(name) is None:
             assert grad is None, f"{entry.kernel}: a gradient for the absent {name}"
             continue
@@ -105,6 +93,7 @@ def test_every_backward_function_has_an_entry():
     assert kernels == {"conv2d_bwd_data", "conv2d_bwd_weight", "max_pool2d_bwd_data", "avg_pool2d_bwd_data",
                        "adaptive_avg_pool2d_bwd_data", "batch_norm_bwd_data", "relu_bwd_data"}
     assert {e.op for e in ops.entries()} == set(ops.OPS)
+    assert all(e.wrt for e in ops.entries() if e.direction != "fwd")
     assert len(CASES) >= 10
 
 

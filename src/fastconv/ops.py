@@ -15,7 +15,7 @@ This module imports no torch: torch references receive the module as an argument
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -41,7 +41,8 @@ class OpInfo:
     (keyed like ``args``); ``api(p, data)`` gives the (args, kwargs) of the public function
     ``fastconv.<op>`` that builds this problem (forward only);
     ``empty(p, dtype, alloc)`` is the result when there is nothing to compute (an empty batch);
-    ``steps(p)`` the Python-level loop count of the naive formula.
+    ``steps(p)`` the Python-level loop count of the naive formula; ``wrt`` (backward entries)
+    names the forward arrays whose gradients the function returns, in its return order.
     """
 
     op: str
@@ -55,6 +56,7 @@ class OpInfo:
     steps: Callable
     api: Callable | None = None
     metric: str = "bytes"  # "flops" (GFLOP/s) or "bytes" (GB/s): the benchmark's throughput unit
+    wrt: tuple[str, ...] = ()  # backward: the forward arrays whose gradients it returns, in order
 
     @property
     def key(self) -> tuple[str, str]:
@@ -169,19 +171,18 @@ def _grads(forward_call, t, torch, wrt: tuple[str, ...], grad_out: str = "grad_o
     return call
 
 
-def _bwd(forward_ref, wrt, rename=None):
-    """A backward reference from a forward one; ``rename`` maps the backward's names to the forward's."""
+def _bwd(forward_ref, wrt):
+    """A backward reference: autograd through the forward reference, with respect to ``wrt``."""
     def ref(p, t, torch):
-        fp = _forward(p)
-        t2 = {rename.get(k, k) if rename else k: v for k, v in t.items()}
-        return _grads(lambda leaves: forward_ref(fp, leaves, torch), t2, torch, wrt)
+        fp = replace(p, direction="fwd")
+        return _grads(lambda leaves: forward_ref(fp, leaves, torch), t, torch, wrt)
     return ref
 
 
 def _torch_bn_bwd(p, t, torch):
     # The batch statistics are inputs of the backward pass, not functions of x: in training mode
     # the gradient flows through them, so recompute them inside the graph, as torch's forward does.
-    fp = _forward(p)
+    fp = replace(p, direction="fwd")
 
     def forward(leaves):
         x = leaves["x"]
@@ -199,11 +200,6 @@ def _torch_bn_bwd(p, t, torch):
 def _torch_relu_bwd(p, t, torch):
     # relu's gradient from its output, as torch's threshold_backward: zero where y <= 0.
     return lambda: torch.ops.aten.threshold_backward(t["grad_output"], t["y"], 0)
-
-
-def _forward(p):
-    from dataclasses import replace
-    return replace(p, direction="fwd")
 
 
 # -- empty results and step counts ---------------------------------------------------------------
@@ -297,19 +293,20 @@ _ENTRIES = [
            _api_relu),
     # Backward: forward-shaped problems, the contract's function names and argument order.
     OpInfo("conv2d", "bwd_data", "conv2d_bwd_data", _p.Conv2dProblem, ("grad_output", "w"), _conv_data,
-           _bwd(_torch_conv, ("x",)), _empty_in, _conv_steps, metric="flops"),
+           _bwd(_torch_conv, ("x",)), _empty_in, _conv_steps, metric="flops", wrt=("x",)),
     OpInfo("conv2d", "bwd_weight", "conv2d_bwd_weight", _p.Conv2dProblem, ("x", "grad_output"), _conv_data,
-           _bwd(_torch_conv, ("w", "b")), _empty_conv_bwd_weight, _conv_steps, metric="flops"),
+           _bwd(_torch_conv, ("w", "b")), _empty_conv_bwd_weight, _conv_steps, metric="flops", wrt=("w", "b")),
     OpInfo("max_pool2d", "bwd_data", "max_pool2d_bwd_data", _p.Pool2dProblem, ("x", "grad_output"), _image_data,
-           _bwd(_torch_max_pool, ("x",)), _empty_in, _pool_steps),
+           _bwd(_torch_max_pool, ("x",)), _empty_in, _pool_steps, wrt=("x",)),
     OpInfo("avg_pool2d", "bwd_data", "avg_pool2d_bwd_data", _p.Pool2dProblem, ("grad_output",), _image_data,
-           _bwd(_torch_avg_pool, ("x",)), _empty_in, _pool_steps),
+           _bwd(_torch_avg_pool, ("x",)), _empty_in, _pool_steps, wrt=("x",)),
     OpInfo("adaptive_avg_pool2d", "bwd_data", "adaptive_avg_pool2d_bwd_data", _p.AdaptivePool2dProblem,
-           ("grad_output",), _image_data, _bwd(_torch_adaptive, ("x",)), _empty_in, _adaptive_steps),
+           ("grad_output",), _image_data, _bwd(_torch_adaptive, ("x",)), _empty_in, _adaptive_steps, wrt=("x",)),
     OpInfo("batch_norm", "bwd_data", "batch_norm_bwd_data", _p.BatchNormProblem,
-           ("x", "grad_output", "mean", "var", "weight"), _bn_data, _torch_bn_bwd, _empty_bn_bwd, _bn_steps),
+           ("x", "grad_output", "mean", "var", "weight"), _bn_data, _torch_bn_bwd, _empty_bn_bwd, _bn_steps,
+           wrt=("x", "weight", "bias")),
     OpInfo("relu", "bwd_data", "relu_bwd_data", _p.ReluProblem, ("y", "grad_output"), _relu_data,
-           _torch_relu_bwd, _empty_in, _relu_steps),
+           _torch_relu_bwd, _empty_in, _relu_steps, wrt=("x",)),
 ]
 
 TABLE: dict[tuple[str, str], OpInfo] = {e.key: e for e in _ENTRIES}
