@@ -317,8 +317,9 @@ def run(problem, *arrays_, backend: str | None = None):
     module = _registry[name].module
     hooks = getattr(module, "ARRAYS", arrays.numpy)
     entry = ops.get(problem)
-    hooks.check_size(problem.output_shape, problem.dtype, problem.op)
-    if 0 in problem.output_shape:  # an empty batch or output: nothing for a kernel to do
+    shape = problem.output_shape
+    hooks.check_size(shape, problem.dtype, problem.op)
+    if 0 in shape:  # an empty batch or output: nothing for a kernel to do
         return entry.empty(problem, problem.dtype, hooks)
     return _call(module, entry, problem, arrays_)
 
