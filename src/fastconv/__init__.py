@@ -6,8 +6,8 @@ NCHW NumPy arrays in, NumPy arrays out, with torch.nn.functional's names and sem
     y = fastconv.conv2d(x, w, b, stride=1, padding=1, backend="im2col")
 """
 from .api import adaptive_avg_pool2d, avg_pool2d, batch_norm, conv2d, max_pool2d, relu, warmup
-from .dispatch import (BackendError, available_backends, backend_status, backends, get_autotune, get_backend,
-                       register_backend, set_autotune, set_backend, status, unregister_backend, use_backend)
+from .dispatch import (BackendError, available_backends, backend_status, get_autotune, get_backend,
+                       register_backend, set_autotune, set_backend, unregister_backend, use_backend)
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -26,7 +26,7 @@ def __getattr__(name):
 
 __all__ = [
     "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "warmup",
-    "available_backends", "backend_status", "backends", "status", "set_backend", "get_backend", "use_backend",
+    "available_backends", "backend_status", "set_backend", "get_backend", "use_backend",
     "register_backend", "unregister_backend", "set_autotune", "get_autotune", "BackendError",
     "set_num_threads", "get_num_threads", "__version__",
 ]
