@@ -17,7 +17,7 @@ RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: all test bench bench-results bench-pytest asv env clean sanitize sanitize-build fuzz fuzz-c
+.PHONY: all test lint bench bench-results bench-pytest asv env clean sanitize sanitize-build fuzz fuzz-c
 
 all: test
 
@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
 env: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest
+
+# Lint only: `ruff format` is applied to the whole tree once, not file by file.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(BENCH_ENV) $(VENV)/bin/fastconv bench --suite $(SUITE) --threads $(THREADS)

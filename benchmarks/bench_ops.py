@@ -10,10 +10,9 @@ Each benchmark runs in a fresh process: setup makes the inputs and makes the fir
 reports GFLOP/s (2 FLOPs per multiply-add) or GB/s, the median of timed calls after setup.
 """
 import os
-import statistics
-import time
 
 import fastconv
+from fastconv import timing
 from fastconv.bench import suites, targets
 
 SUITE = os.environ.get("FASTCONV_ASV_SUITE", "quick")
@@ -57,12 +56,8 @@ class _Ops:
         self.prepared.call()
 
     def _throughput(self):
-        samples = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            self.prepared.call()
-            samples.append(time.perf_counter() - t0)
-        return self.case.throughput(statistics.median(samples))
+        samples = timing.interleaved({"call": self.prepared.call}, 5)["call"]
+        return self.case.throughput(timing.median(samples))
 
 
 def _problems(unit):

@@ -14,19 +14,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fastconv
-from fastconv import dispatch
+from fastconv import dispatch, ops
 
 torch = __import__("pytest").importorskip("torch")
 F = torch.nn.functional
-
-#: Base relative tolerance per dtype; scaled by sqrt(terms summed per output) / 8 above 64 terms.
-RTOL = {"float32": 1e-4, "float64": 1e-9}
 
 
 def fastconv_backends() -> list[str]:
     """Every registered backend, available or not (tests skip with reason); the torch backend too --
     its wrapper is code of ours, checked against the same reference."""
-    return list(dispatch._registry)
+    return dispatch.backends()
 
 
 @dataclass(frozen=True)
@@ -64,20 +61,29 @@ def make_inputs(case: Case, seed: int = 0) -> dict:
     elif case.special == "large":
         x *= 1e4
     inputs = {"x": x}
-    if case.op == "conv2d":
-        inputs["w"] = rng.standard_normal(case.w).astype(dt)
-        if case.bias:
-            inputs["b"] = rng.standard_normal(case.w[0]).astype(dt)
-    if case.op == "batch_norm":
-        c = case.x[1]
-        inputs["mean"] = rng.standard_normal(c).astype(dt)
-        inputs["var"] = rng.uniform(0.5, 2.0, c).astype(dt)
-        if case.special == "zero_var":  # with eps=0: division by zero gives torch's inf/NaN
-            inputs["var"][0] = 0
-        if case.kwargs.get("affine", True):
-            inputs["weight"] = rng.standard_normal(c).astype(dt)
-            inputs["bias"] = rng.standard_normal(c).astype(dt)
+    _EXTRA_INPUTS.get(case.op, lambda case, rng, dt, inputs: None)(case, rng, dt, inputs)
     return inputs
+
+
+def _conv_inputs(case, rng, dt, inputs):
+    inputs["w"] = rng.standard_normal(case.w).astype(dt)
+    if case.bias:
+        inputs["b"] = rng.standard_normal(case.w[0]).astype(dt)
+
+
+def _bn_inputs(case, rng, dt, inputs):
+    c = case.x[1]
+    inputs["mean"] = rng.standard_normal(c).astype(dt)
+    inputs["var"] = rng.uniform(0.5, 2.0, c).astype(dt)
+    if case.special == "zero_var":  # with eps=0: division by zero gives torch's inf/NaN
+        inputs["var"][0] = 0
+    if case.kwargs.get("affine", True):
+        inputs["weight"] = rng.standard_normal(c).astype(dt)
+        inputs["bias"] = rng.standard_normal(c).astype(dt)
+
+
+#: The arrays besides the input that an op's case needs.
+_EXTRA_INPUTS = {"conv2d": _conv_inputs, "batch_norm": _bn_inputs}
 
 
 def _t(a):
@@ -85,69 +91,78 @@ def _t(a):
 
 
 def torch_reference(case: Case, inputs: dict, residual=None):
-    """torch.nn.functional's answer in float64 (and the updated running stats for batch norm)."""
+    """torch.nn.functional's answer in float64 (and the updated running stats for batch norm).
+
+    Called with the case's own keyword arguments, as a torch user would: the API-level reference,
+    independent of how fastconv turns those arguments into a problem.
+    """
+    with torch.no_grad():
+        special = _TORCH_CALLS.get(case.op)
+        if special is not None:
+            return special(case, inputs, residual)
+        return getattr(F, case.op)(_t(inputs["x"]), **case.kwargs).numpy()
+
+
+def _torch_conv(case, inputs, residual):
     k = dict(case.kwargs)
     x = _t(inputs["x"])
-    with torch.no_grad():
-        if case.op == "conv2d":
-            mode = k.pop("padding_mode", "zeros")
-            k.pop("activation", None)
-            if mode != "zeros":
-                pad = k.pop("padding", 0)
-                r, s = case.w[2:]
-                dil = k.get("dilation", 1)
-                dh, dw = (dil, dil) if isinstance(dil, int) else dil
-                if pad == "same":
-                    th, tw = dh * (r - 1), dw * (s - 1)
-                    pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-                elif pad == "valid":
-                    pads = (0, 0, 0, 0)
-                else:
-                    ph, pw = (pad, pad) if isinstance(pad, int) else pad
-                    pads = (pw, pw, ph, ph)
-                x = F.pad(x if x.dim() == 4 else x[None], pads, mode=mode)
-                if len(case.x) == 3:
-                    x = x[0]
-            y = F.conv2d(x, _t(inputs["w"]), _t(inputs.get("b")), **k)
-            if residual is not None:
-                y = y + _t(residual)
-            if case.kwargs.get("activation") == "relu":
-                y = F.relu(y)
-            return y.numpy()
-        if case.op == "max_pool2d":
-            return F.max_pool2d(x, **k).numpy()
-        if case.op == "avg_pool2d":
-            return F.avg_pool2d(x, **k).numpy()
-        if case.op == "adaptive_avg_pool2d":
-            return F.adaptive_avg_pool2d(x, **k).numpy()
-        if case.op == "relu":
-            return F.relu(x).numpy()
-        if case.op == "batch_norm":
-            k.pop("affine", None)
-            mean, var = _t(inputs["mean"]), _t(inputs["var"])
-            y = F.batch_norm(x, mean, var, _t(inputs.get("weight")), _t(inputs.get("bias")), **k)
-            return y.numpy(), mean.numpy(), var.numpy()
-    raise ValueError(case.op)
+    mode = k.pop("padding_mode", "zeros")
+    k.pop("activation", None)
+    if mode != "zeros":
+        pad = k.pop("padding", 0)
+        r, s = case.w[2:]
+        dil = k.get("dilation", 1)
+        dh, dw = (dil, dil) if isinstance(dil, int) else dil
+        if pad == "same":
+            th, tw = dh * (r - 1), dw * (s - 1)
+            pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+        elif pad == "valid":
+            pads = (0, 0, 0, 0)
+        else:
+            ph, pw = (pad, pad) if isinstance(pad, int) else pad
+            pads = (pw, pw, ph, ph)
+        x = F.pad(x if x.dim() == 4 else x[None], pads, mode=mode)
+        if len(case.x) == 3:
+            x = x[0]
+    y = F.conv2d(x, _t(inputs["w"]), _t(inputs.get("b")), **k)
+    if residual is not None:
+        y = y + _t(residual)
+    if case.kwargs.get("activation") == "relu":
+        y = F.relu(y)
+    return y.numpy()
 
 
-def reduction(case: Case) -> int:
-    if case.op == "conv2d":
-        return math.prod(case.w[1:])
-    if case.op in ("max_pool2d", "avg_pool2d"):
-        ks = case.kwargs["kernel_size"]
-        return ks * ks if isinstance(ks, int) else math.prod(ks)
-    if case.op == "adaptive_avg_pool2d":
-        return math.prod(case.x[-2:])
-    if case.op == "batch_norm":
-        return math.prod(case.x) // case.x[1]
-    return 1
+def _torch_bn(case, inputs, residual):
+    k = dict(case.kwargs)
+    k.pop("affine", None)
+    mean, var = _t(inputs["mean"]), _t(inputs["var"])
+    y = F.batch_norm(_t(inputs["x"]), mean, var, _t(inputs.get("weight")), _t(inputs.get("bias")), **k)
+    return y.numpy(), mean.numpy(), var.numpy()
+
+
+_TORCH_CALLS = {"conv2d": _torch_conv, "batch_norm": _torch_bn}
+
+
+def _kernel_terms(case: Case) -> int:
+    ks = case.kwargs["kernel_size"]
+    return ks * ks if isinstance(ks, int) else math.prod(ks)
+
+
+#: Terms summed per output element, from a case's shapes (the tolerance grows with it); 1 if absent.
+_REDUCTION = {
+    "conv2d": lambda case: math.prod(case.w[1:]),
+    "max_pool2d": _kernel_terms,
+    "avg_pool2d": _kernel_terms,
+    "adaptive_avg_pool2d": lambda case: math.prod(case.x[-2:]),
+    "batch_norm": lambda case: math.prod(case.x) // case.x[1],
+}
 
 
 def assert_close(actual, expected, case: Case, what: str = "output") -> None:
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, f"{case.id}: {what} shape {actual.shape} != torch {expected.shape}"
     assert actual.dtype == np.dtype(case.dtype), f"{case.id}: {what} dtype {actual.dtype} != {case.dtype}"
-    rtol = RTOL[case.dtype] * max(1.0, math.sqrt(reduction(case)) / 8)
+    rtol = ops.tolerance(case.dtype, _REDUCTION.get(case.op, lambda case: 1)(case))
     finite = np.isfinite(expected)
     scale = max(1.0, float(np.abs(expected[finite]).max())) if finite.any() else 1.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True,
@@ -156,14 +171,20 @@ def assert_close(actual, expected, case: Case, what: str = "output") -> None:
 
 def run_fastconv(case: Case, inputs: dict, backend: str, residual=None, running=None):
     k = dict(case.kwargs)
-    x = inputs["x"]
-    if case.op == "conv2d":
-        return fastconv.conv2d(x, inputs["w"], inputs.get("b"), residual=residual, backend=backend, **k)
-    if case.op == "batch_norm":
-        k.pop("affine", None)
-        mean, var = running
-        return fastconv.batch_norm(x, mean, var, inputs.get("weight"), inputs.get("bias"), backend=backend, **k)
-    return getattr(fastconv, case.op)(x, backend=backend, **k)
+    args = _API_ARGS.get(case.op, lambda inputs, k, residual, running: ((), k))(inputs, k, residual, running)
+    return getattr(fastconv, case.op)(inputs["x"], *args[0], backend=backend, **args[1])
+
+
+def _conv_args(inputs, k, residual, running):
+    return (inputs["w"], inputs.get("b")), {**k, "residual": residual}
+
+
+def _bn_args(inputs, k, residual, running):
+    k.pop("affine", None)
+    return (*running, inputs.get("weight"), inputs.get("bias")), k
+
+
+_API_ARGS = {"conv2d": _conv_args, "batch_norm": _bn_args}
 
 
 def check(case: Case, backend: str, seed: int = 0) -> None:
@@ -175,13 +196,11 @@ def check(case: Case, backend: str, seed: int = 0) -> None:
         residual = np.random.default_rng(seed + 1).standard_normal(out_shape).astype(case.dtype)
         inputs["residual"] = residual
     before = {name: a.copy() for name, a in inputs.items()}
-    running = None
-    if case.op == "batch_norm":
-        running = (inputs["mean"].copy(), inputs["var"].copy())
+    running = (inputs["mean"].copy(), inputs["var"].copy()) if "mean" in inputs else None
     actual = run_fastconv(case, inputs, backend, residual, running)
     for name, a in inputs.items():
         np.testing.assert_array_equal(a, before[name], err_msg=f"{case.id}: {backend} modified {name}")
-    if case.op == "batch_norm":
+    if running is not None:
         expected, mean, var = torch_reference(case, inputs)
         assert_close(actual, expected, case)
         assert_close(running[0], mean, case, "running_mean")

@@ -8,7 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from harness import RTOL, fastconv_backends
+from harness import fastconv_backends
+
+from fastconv.ops import RTOL
 
 from fastconv import dispatch
 from fastconv.backends import im2col
@@ -18,7 +20,7 @@ BACKENDS = [*fastconv_backends(), "torch"]
 
 
 def require(backend: str) -> None:
-    ok, reason = dispatch._status(dispatch._registry[backend])
+    ok, reason = dispatch.status(backend)
     if not ok:
         pytest.skip(f"{backend} unavailable: {reason}")
 

@@ -261,9 +261,9 @@ def test_models_suite_checks_against_the_torch_twin(monkeypatch):
         def __call__(self, x):
             return fastconv.adaptive_avg_pool2d(x, 1)[:, :, 0, 0] @ weights
 
-        def to_torch(self):
-            return Twin()
+    from fastconv.interop import torch as interop_torch  # before fastconv.models is replaced below
 
+    monkeypatch.setattr(interop_torch, "to_torch", lambda model: Twin())
     fake = types.ModuleType("fastconv.models")
     fake.resnet18 = PoolNet
     monkeypatch.setitem(sys.modules, "fastconv.models", fake)

@@ -86,14 +86,14 @@ def test_device_cuda_without_gpu_is_a_clear_error(capsys):
 def test_resnet_routes_to_the_models_command(monkeypatch, capsys):
     import types
 
-    monkeypatch.setitem(sys.modules, "fastconv.models.command", None)
+    monkeypatch.setitem(sys.modules, "fastconv.bench.resnet_command", None)
     assert cli.main(["resnet", "--help"]) == 2
     assert "not available" in capsys.readouterr().err
     seen = []
-    fake = types.ModuleType("fastconv.models.command")
+    fake = types.ModuleType("fastconv.bench.resnet_command")
     fake.main = lambda argv: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "fastconv.models", types.ModuleType("fastconv.models"))
-    monkeypatch.setitem(sys.modules, "fastconv.models.command", fake)
+    monkeypatch.setitem(sys.modules, "fastconv.bench.resnet_command", fake)
     assert cli.main(["resnet", "infer", "--batch", "2"]) == 0
     assert seen == [["infer", "--batch", "2"]]
 

@@ -2,6 +2,7 @@
 the shared epilogue, autotuning and the verbose log -- with mock backends."""
 import logging
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_auto_prefers_first_registered(mocks):
 
 
 def test_precedence_argument_context_global_env(mocks, monkeypatch):
-    a, b, c, d = mocks("aaaa"), mocks("bbbbb"), mocks("cccccc"), mocks("ddddddd")
+    mocks("aaaa"), mocks("bbbbb"), mocks("cccccc"), mocks("ddddddd")
     monkeypatch.setenv("FASTCONV_BACKEND", "ddddddd")
     assert fastconv.relu(X)[0, 0, 0, 0] == 7
     fastconv.set_backend("cccccc")
@@ -243,3 +244,60 @@ def test_registration_order_in_auto():
         dispatch.unregister_backend("early")
         dispatch.unregister_backend("late")
     assert "early" not in dispatch._auto_candidates("conv2d")
+
+
+def test_register_checks_the_contract():
+    with pytest.raises(TypeError, match="supports"):
+        dispatch.register_backend(types.SimpleNamespace(NAME="nosupports", available=lambda: (True, ""), relu=None))
+    with pytest.raises(TypeError, match="implements none of the ops"):
+        dispatch.register_backend(types.SimpleNamespace(NAME="noops", available=lambda: (True, ""),
+                                                        supports=lambda p: None))
+    base = dict(available=lambda: (True, ""), supports=lambda p: None, relu=lambda p, x: x)
+    with pytest.raises(TypeError, match="DEVICES"):
+        dispatch.register_backend(types.SimpleNamespace(NAME="tpu", DEVICES=("tpu",), **base))
+    with pytest.raises(TypeError, match="ARRAYS lacks"):
+        dispatch.register_backend(types.SimpleNamespace(NAME="noarrays", ARRAYS=types.SimpleNamespace(), **base))
+    assert "nosupports" not in dispatch.backends() and "tpu" not in dispatch.backends()
+
+
+def test_public_registry_api():
+    # fastconv.dispatch's registry API (fastconv.backends is the package of backend modules).
+    assert {"naive", "im2col", "numba", "c", "torch"} <= set(dispatch.backends())
+    assert dispatch.status("naive") == (True, "")
+    assert [(n, *dispatch.status(n)) for n in dispatch.backends()] == fastconv.backend_status()
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        dispatch.status("nope")
+
+
+def test_dispatcher_uses_the_backends_array_hooks(monkeypatch):
+    """Allocation, epilogue and size check go through ARRAYS, and autotune synchronises through it."""
+    seen = []
+    hooks = types.SimpleNamespace(
+        empty=lambda shape, dtype: seen.append("empty") or np.empty(shape, dtype),
+        zeros=lambda shape, dtype: seen.append("zeros") or np.zeros(shape, dtype),
+        add_=lambda y, r: seen.append("add_") or np.add(y, r, out=y),
+        relu_=lambda y: seen.append("relu_") or np.maximum(y, 0, out=y),
+        check_size=lambda shape, dtype, what: seen.append("check_size"),
+        synchronize=lambda: seen.append("synchronize"))
+
+    def conv2d(p, x, w, b, res):
+        return np.full(p.output_shape, -1.0 if x.shape[0] == 1 else 1.0, x.dtype)
+
+    module = types.SimpleNamespace(NAME="hooked", ARRAYS=hooks, available=lambda: (True, ""),
+                                   supports=lambda p: None, conv2d=conv2d)
+    dispatch.register_backend(module, first=True)
+    try:
+        y = fastconv.conv2d(X, W, residual=np.full((1, 3, 3, 3), 3, np.float32), activation="relu",
+                            backend="hooked")
+        assert np.all(y == 2) and seen == ["check_size", "add_", "relu_"]
+        seen.clear()
+        assert fastconv.conv2d(X[:0], W, backend="hooked").shape == (0, 3, 3, 3)
+        assert seen == ["check_size", "empty"]
+        seen.clear()
+        monkeypatch.setattr(dispatch, "_autotune", True)
+        dispatch.clear_autotune_cache()
+        fastconv.conv2d(X, W)  # "hooked" and the built-in backends compete; every sample is synchronised
+        assert seen.count("synchronize") >= 2
+    finally:
+        dispatch.clear_autotune_cache()
+        dispatch.unregister_backend("hooked")

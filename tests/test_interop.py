@@ -119,7 +119,7 @@ def test_to_torch_round_trip(resnet18):
     np.testing.assert_array_equal(_reference(to_torch(stack), x), _reference(_plain_stack(), x))
     with pytest.raises(TypeError, match="fastconv.nn.Module"):
         to_torch(tnn.ReLU())
-    assert list(stack.to_torch().state_dict()) == list(to_torch(stack).state_dict())  # the method form
+    assert not hasattr(stack, "to_torch")  # the model layer never reaches up to interop
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -13,7 +13,7 @@ from nn_helpers import BACKENDS, assert_matches, fast_backend, require, spy_back
 
 import fastconv
 from fastconv import models, nn
-from fastconv.models import command
+from fastconv.bench import resnet_command as command
 
 torch = pytest.importorskip("torch")
 torch_resnet = pytest.importorskip("torch_resnet")

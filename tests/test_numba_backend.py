@@ -23,7 +23,7 @@ from fastconv import dispatch
 from harness import Case, check
 
 pytest.importorskip("numba")
-ok, why = dispatch._status(dispatch._registry["numba"])
+ok, why = dispatch.status("numba")
 pytestmark = pytest.mark.skipif(not ok, reason=f"numba unavailable: {why}")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -68,7 +68,7 @@ def test_flops_count_two_per_multiply_add():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(groups=3), "groups=3 must divide the input channels"),
+    (dict(groups=3), "in_channels must be divisible by groups, got in_channels=4, groups=3"),
     (dict(stride=(0, 1)), "stride must be positive"),
     (dict(padding=(0, 0, -1, 0)), "padding must be non-negative"),
     (dict(dtype="float16"), "dtype must be one of"),

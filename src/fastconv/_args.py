@@ -1,7 +1,7 @@
-"""Argument checks shared by the functional API and the layers.
+"""Argument conversion shared by the functional API and the layers.
 
-Every check raises TypeError (wrong kind of thing) or ValueError (wrong value) with a message
-that names the argument and shows what it got, before any kernel runs.  Arrays come out
+Every conversion raises TypeError (wrong kind of thing) with a message that names the argument
+and shows what it got, before any kernel runs; value rules are :mod:`fastconv.problem`'s.  Arrays come out
 C-contiguous, native byte order, float32 or float64 -- the only form a backend ever sees.
 """
 from __future__ import annotations
@@ -10,6 +10,8 @@ import operator
 import os
 
 import numpy as np
+
+from .problem import require_nonnegative, require_positive
 
 #: Largest value of a size, stride, padding or dilation: keeps every index a C kernel computes
 #: far inside int64 while allowing any image that fits in memory.
@@ -84,15 +86,13 @@ def as_pair(v, name: str) -> tuple[int, int]:
 
 def positive_pair(v, name: str) -> tuple[int, int]:
     pair = as_pair(v, name)
-    if min(pair) <= 0:
-        raise ValueError(f"{name} must be positive, got {name}={v!r}")
+    require_positive(pair, name)
     return pair
 
 
 def nonnegative_pair(v, name: str) -> tuple[int, int]:
     pair = as_pair(v, name)
-    if min(pair) < 0:
-        raise ValueError(f"{name} must be non-negative, got {name}={v!r}")
+    require_nonnegative(pair, name)
     return pair
 
 
@@ -125,28 +125,6 @@ def _available_memory() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 2**46  # unknown: only refuse the impossible
-
-
-def check_output_size(shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
-    """MemoryError, before any work, for an output larger than this machine's memory."""
-    count = 1
-    for n in shape:
-        count *= n
-    nbytes = count * np.dtype(dtype).itemsize
-    if count == 0:
-        # NumPy refuses even an empty array whose other dimensions multiply past its size limit.
-        extent = np.dtype(dtype).itemsize
-        for n in shape:
-            extent *= max(n, 1)
-        if extent >= 2**63:
-            raise ValueError(f"{what}: the output shape {tuple(shape)} is empty but its other dimensions "
-                             f"multiply past NumPy's largest array size, so it cannot be made")
-        return
-    if nbytes > 2**26:  # reading /proc/meminfo costs microseconds: only for outputs over 64 MiB
-        limit = _available_memory()
-        if nbytes > limit:
-            raise MemoryError(f"{what}: the output of shape {tuple(shape)} needs {nbytes / 2**30:.1f} GiB, "
-                              f"more than the {limit / 2**30:.1f} GiB of memory available")
 
 
 def check_scratch_size(nbytes: int, what: str) -> None:

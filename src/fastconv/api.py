@@ -8,16 +8,16 @@ place, as torch does.  fastconv's own options are keyword-only and come last.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
 
 from . import dispatch
-from ._args import (as_bool, as_float, as_float_array, as_int, as_pair, check_ndim, check_output_size,
+from ._args import (as_bool, as_float, as_float_array, as_int, as_pair, check_ndim,
                     nonnegative_pair, positive_pair)
-from .problem import (PADDING_MODES, AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem,
-                      Pool2dProblem, ReluProblem)
+from .problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem,
+                      require_eps, require_padding_mode, require_pool_padding,
+                      require_padding_string, require_positive)
 
 _NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _IMAGE = "(N, C, H, W) or unbatched (C, H, W)"
@@ -30,15 +30,12 @@ def _batched(x: np.ndarray) -> np.ndarray:
 def _conv_padding(padding, r: int, s: int, dilation: tuple[int, int], stride: tuple[int, int]):
     """(top, bottom, left, right) from an int, a pair, "same" or "valid"."""
     if isinstance(padding, str):
+        require_padding_string(padding, stride)
         if padding == "valid":
             return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding='same' is not supported for strided convolutions, got stride={stride}")
-            th, tw = dilation[0] * (r - 1), dilation[1] * (s - 1)
-            # torch puts the odd extra row/column at the bottom/right.
-            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
-        raise ValueError(f"padding must be an int, a tuple of 2 ints, 'same' or 'valid', got padding={padding!r}")
+        th, tw = dilation[0] * (r - 1), dilation[1] * (s - 1)
+        # torch puts the odd extra row/column at the bottom/right.
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
     ph, pw = nonnegative_pair(padding, "padding")
     return (ph, ph, pw, pw)
 
@@ -73,27 +70,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     groups = as_int(groups, "groups")
     stride = positive_pair(stride, "stride")
     dilation = positive_pair(dilation, "dilation")
-    if groups <= 0:
-        raise ValueError(f"groups must be positive, got groups={groups}")
-    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}")
-    if activation not in (None, "relu"):
-        raise ValueError(f"activation must be None or 'relu', got activation={activation!r}")
+    require_positive(groups, "groups")
+    require_padding_mode(padding_mode)
     x4 = _batched(x)
     n, c, h, wd = x4.shape
     k, cg, r, s = w.shape
     if cg * groups != c:
         raise ValueError(f"input has {c} channels but weight of shape {tuple(w.shape)} with groups={groups} "
                          f"expects {cg * groups} (weight.shape[1] * groups)")
-    if k % groups:
-        raise ValueError(f"groups={groups} must divide the out channels, weight.shape[0]={k}")
     pads = _conv_padding(padding, r, s, dilation, stride)
-    if padding_mode == "reflect" and (max(pads[:2]) >= h or max(pads[2:]) >= wd):
-        raise ValueError(f"padding_mode='reflect' needs padding smaller than the input size, "
-                         f"got padding {pads} (top, bottom, left, right) for input {h}x{wd}")
-    if padding_mode == "circular" and (max(pads[:2]) > h or max(pads[2:]) > wd):
-        raise ValueError(f"padding_mode='circular' needs padding at most the input size, "
-                         f"got padding {pads} (top, bottom, left, right) for input {h}x{wd}")
     b = None
     if bias is not None:
         b = as_float_array(bias, "bias", like=x.dtype)
@@ -110,7 +95,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         if res.shape != out_shape:
             raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(res.shape)}")
         res = _batched(res)
-    check_output_size(out_shape, x.dtype, "conv2d")
     if padding_mode != "zeros":
         # Backends only see zero padding: the other modes become an explicit padded copy.
         pt, pb, pl, pr = pads
@@ -128,9 +112,7 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode):
         else positive_pair(stride, "stride")
     padding = nonnegative_pair(padding, "padding")
     dilation = positive_pair(dilation, "dilation")
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"padding should be at most half of kernel_size, but got padding={padding} "
-                         f"and kernel_size={kernel}")
+    require_pool_padding(kernel, padding)
     x4 = _batched(x)
     if x4.shape[1] == 0 or x4.shape[2] == 0 or x4.shape[3] == 0:
         raise ValueError(f"input must have non-zero channels, height and width, got shape {tuple(x.shape)}")
@@ -138,8 +120,6 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 def _run_pool(p, x, x4, backend):
-    out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
-    check_output_size(out_shape, x.dtype, p.op)
     y = dispatch.run(p, x4, backend=backend)
     return y if x.ndim == 4 else y[0]
 
@@ -187,8 +167,6 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     count_include_pad = as_bool(count_include_pad, "count_include_pad")
     if divisor_override is not None:
         divisor_override = as_int(divisor_override, "divisor_override")
-        if divisor_override == 0:
-            raise ValueError("divisor_override must be non-zero, got 0")
     p = Pool2dProblem("avg", *x4.shape, kernel, stride, padding, dilation, ceil_mode, count_include_pad,
                       divisor_override, dtype=x.dtype.name)
     return _run_pool(p, x, x4, backend)
@@ -222,8 +200,6 @@ def adaptive_avg_pool2d(input, output_size, *, backend=None):
                   w if output_size[1] is None else as_int(output_size[1], "output_size"))
     else:
         oh, ow = as_pair(output_size, "output_size")
-    if oh < 0 or ow < 0:
-        raise ValueError(f"output_size must be non-negative, got output_size={output_size!r}")
     p = AdaptivePool2dProblem(n, c, h, w, oh, ow, x.dtype.name)
     return _run_pool(p, x, x4, backend)
 
@@ -261,8 +237,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     training = as_bool(training, "training")
     momentum = as_float(momentum, "momentum")
     eps = as_float(eps, "eps")
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be non-negative and finite, got eps={eps}")
+    require_eps(eps)
     if training and eps == 0:
         raise ValueError("eps must be positive when training (a constant channel would divide by zero), got eps=0.0")
     if (running_mean is None) != (running_var is None):
@@ -284,7 +259,6 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     p = BatchNormProblem(n, c, tuple(spatial), training, eps, x.dtype.name)
     if training and p.count == 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
-    check_output_size(x.shape, x.dtype, "batch_norm")
     x3 = x.reshape(n, c, p.l)
     y, batch_mean, batch_var = dispatch.run(p, x3, None if training else mean, None if training else var,
                                             w, b, backend=backend)

@@ -311,9 +311,9 @@ def info_main(argv: list[str]) -> int:
 
 def resnet_main(argv: list[str]) -> int:
     try:
-        from .models.command import main as resnet_command
+        from .bench.resnet_command import main as resnet_command
     except ImportError as exc:
-        print(f"fastconv resnet: not available in this installation (fastconv.models.command: {exc})",
+        print(f"fastconv resnet: not available in this installation (fastconv.bench.resnet_command: {exc})",
               file=sys.stderr)
         return 2
     return resnet_command(argv) or 0

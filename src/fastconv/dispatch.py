@@ -21,17 +21,14 @@ import logging
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass, replace
 from types import ModuleType
 
-import numpy as np
-
-from . import threads
+from . import arrays, ops, threads, timing
 
 log = logging.getLogger("fastconv")
 
-OPS = ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu")
+OPS = ops.OPS
 
 #: fastconv's own backends, in the order "auto" prefers them for ops not listed in _AUTO_ORDER.
 _BUILTIN = ("c", "numba", "im2col", "naive", "torch")
@@ -42,6 +39,8 @@ _AUTO_ORDER = {
     "conv2d": ("c", "im2col", "numba", "naive"),
 }
 _AUTO_DEFAULT = ("c", "numba", "im2col", "naive")
+#: Devices a problem may name (a backend declares the ones it runs on as DEVICES).
+DEVICES = ("cpu", "cuda")
 #: Never chosen by "auto": the reference implementation.
 _NOT_AUTO = frozenset({"torch"})
 
@@ -73,14 +72,33 @@ _autotune_cache: dict[tuple, str] = {}
 
 # -- registry ----------------------------------------------------------------------------------
 
+def check_contract(module) -> None:
+    """TypeError naming what ``module`` lacks of the backend contract (see fastconv.backends)."""
+    for attr in ("available", "supports"):
+        if not callable(getattr(module, attr, None)):
+            raise TypeError(f"backend {module!r} must have a callable {attr}()")
+    kernels = [e.kernel for e in ops.entries() if callable(getattr(module, e.kernel, None))]
+    if not kernels:
+        raise TypeError(f"backend {module!r} implements none of the ops: define at least one of "
+                        f"{[e.kernel for e in ops.entries()]}")
+    devices = getattr(module, "DEVICES", ("cpu",))
+    if not isinstance(devices, tuple) or not devices or any(d not in DEVICES for d in devices):
+        raise TypeError(f"backend {module!r}: DEVICES must be a non-empty tuple from {DEVICES}, got {devices!r}")
+    hooks = getattr(module, "ARRAYS", arrays.numpy)
+    missing = [h for h in arrays.HOOKS if not callable(getattr(hooks, h, None))]
+    if missing:
+        raise TypeError(f"backend {module!r}: ARRAYS lacks {missing}")
+
+
 def register_backend(module, name: str | None = None, *, first: bool = False) -> str:
-    """Add a backend: any object with NAME, available(), supports() and the op functions.
+    """Add a backend: any object with NAME, available(), supports() and op functions of the contract.
 
     ``first=True`` puts it ahead of the built-in backends in "auto"'s order.
     """
     name = name or getattr(module, "NAME", None)
     if not isinstance(name, str) or not name or name == "auto":
         raise ValueError(f"backend name must be a non-empty string other than 'auto', got {name!r}")
+    check_contract(module)
     with _registry_lock:
         _registry[name] = _Entry(name, module, module=module)
         _forget_order(name)
@@ -121,6 +139,19 @@ def _status(entry: _Entry) -> tuple[bool, str]:
         except Exception as exc:  # a broken backend must not break the others
             entry.status = (False, f"import failed: {type(exc).__name__}: {exc}")
     return entry.status
+
+
+def backends() -> list[str]:
+    """Every registered backend's name, available or not, in registry order."""
+    return list(_registry)
+
+
+def status(name: str) -> tuple[bool, str]:
+    """(available, reason) of backend ``name``; ValueError for an unknown name."""
+    entry = _registry.get(name)
+    if entry is None:
+        raise ValueError(f"backend: unknown backend {name!r}; choose from {_choices()}")
+    return _status(entry)
 
 
 def backend_status() -> list[tuple[str, bool, str]]:
@@ -234,8 +265,12 @@ def _refusal(name: str, problem) -> str | None:
     if not ok:
         return f"not available: {reason}"
     module = _registry[name].module
-    if not hasattr(module, problem.op):
-        return f"does not implement {problem.op}"
+    devices = getattr(module, "DEVICES", ("cpu",))
+    if problem.device not in devices:
+        return f"runs on {', '.join(devices)}, not {problem.device}"
+    kernel = ops.get(problem).kernel
+    if not hasattr(module, kernel):
+        return f"does not implement {kernel}"
     return module.supports(problem)
 
 
@@ -269,63 +304,69 @@ def select(problem, backend: str | None = None) -> tuple[str, str]:
     return runnable[0], "auto"
 
 
-def run(problem, *arrays, backend: str | None = None):
-    """Run ``problem.op`` on validated, C-contiguous arrays with the selected backend."""
+def run(problem, *arrays_, backend: str | None = None):
+    """Run ``problem``'s op and direction on validated, C-contiguous arrays with the selected backend.
+
+    The arrays are the backend function's, in the order of the op table's ``args``.
+    """
     name, how = select(problem, backend)
-    if 0 in problem.output_shape:  # an empty batch or output: nothing for a kernel (or autotuning) to do
-        y = np.empty(problem.output_shape, arrays[0].dtype)
-        return (y, None, None) if problem.op == "batch_norm" else y
+    entry = ops.get(problem)
+    shape = problem.output_shape
+    hooks = getattr(_registry[name].module, "ARRAYS", arrays.numpy)
+    hooks.check_size(shape, problem.dtype, problem.op)
+    if 0 in shape:  # an empty batch or output: nothing for a kernel (or autotuning) to do
+        return entry.empty(problem, problem.dtype, hooks)
     if how == "auto" and get_autotune():
-        name, how = _autotuned(problem, arrays, name)
+        name, how = _autotuned(problem, arrays_, name)
     if _verbose():
         log.debug("%s %s -> %s (%s, %d threads)", problem.op, problem.id, name, how, threads.get_num_threads())
-    return _call(name, problem, arrays)
-
-
-def _call(name: str, problem, arrays):
     module = _registry[name].module
-    fn = getattr(module, problem.op)
-    if problem.op == "conv2d" and (problem.residual or problem.activation) \
+    return _call(module, entry, problem, arrays_)
+
+
+def _call(module, entry, problem, arrays_):
+    fn = getattr(module, entry.kernel)
+    if (getattr(problem, "residual", False) or getattr(problem, "activation", None)) \
             and not getattr(module, "FUSED_EPILOGUE", False):
         # The backend does plain conv+bias; the shared epilogue does residual and activation.
-        x, weight, bias, residual = arrays
+        x, weight, bias, residual = arrays_
         y = fn(replace(problem, residual=False, activation=None), x, weight, bias, None)
-        return apply_epilogue(y, residual, problem.activation)
-    return fn(problem, *arrays)
+        return apply_epilogue(y, residual, problem.activation, getattr(module, "ARRAYS", arrays.numpy))
+    return fn(problem, *arrays_)
 
 
-def apply_epilogue(y: np.ndarray, residual: np.ndarray | None, activation: str | None) -> np.ndarray:
-    """y = act(y + residual), in place on the freshly made output."""
+def apply_epilogue(y, residual, activation: str | None, hooks=arrays.numpy):
+    """y = act(y + residual), in place on the freshly made output, with the backend's array hooks."""
     if residual is not None:
-        np.add(y, residual, out=y)
+        hooks.add_(y, residual)
     if activation == "relu":
-        # np.maximum keeps NaN, as torch.relu does.
-        np.maximum(y, 0, out=y)
+        hooks.relu_(y)
     return y
 
 
 def _signature(problem) -> tuple:
+    # The id carries every field, direction and device included.
     return (problem.id, threads.get_num_threads())
 
 
-def _autotuned(problem, arrays, first_choice: str) -> tuple[str, str]:
+def _autotuned(problem, arrays_, first_choice: str) -> tuple[str, str]:
     key = _signature(problem)
     cached = _autotune_cache.get(key)
     if cached in _registry and _refusal(cached, problem) is None:
         return cached, "autotuned, cached"
+    entry = ops.get(problem)
     candidates = [n for n in _auto_candidates(problem.op) if n != "naive" and _refusal(n, problem) is None]
     if len(candidates) <= 1:
         best = candidates[0] if candidates else first_choice
     else:
-        timings = {}
-        for name in candidates:
-            _call(name, problem, arrays)  # first call: JIT compilation, caches, thread pools
-            samples = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                _call(name, problem, arrays)
-                samples.append(time.perf_counter() - t0)
-            timings[name] = sorted(samples)[1]
+        module = {n: _registry[n].module for n in candidates}
+        calls = {n: (lambda n=n: _call(module[n], entry, problem, arrays_)) for n in candidates}
+        for call in calls.values():
+            call()  # first call: JIT compilation, caches, thread pools
+        # Each candidate's own device sync before the clock is read: queued work is counted.
+        syncs = [getattr(m, "ARRAYS", arrays.numpy).synchronize for m in module.values()]
+        samples = timing.interleaved(calls, 3, sync=lambda: [s() for s in syncs])
+        timings = {n: timing.median(v) for n, v in samples.items()}
         best = min(timings, key=timings.get)
         if _verbose():
             log.debug("%s %s autotune: %s", problem.op, problem.id,

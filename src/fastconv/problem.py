@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 DTYPES = ("float32", "float64")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 ACTIVATIONS = (None, "relu")
+#: oneDNN's prop_kind: the forward pass, the gradient of the input, the gradient of the weights.
+DIRECTIONS = ("fwd", "bwd_data", "bwd_weight")
+DEVICES = ("cpu", "cuda")
 
 
 def conv_out_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> int:
@@ -59,6 +62,11 @@ def _pad_id(top: int, bottom: int, left: int, right: int) -> str:
     return h if h == w else f"{h}x{w}"
 
 
+# -- the rules ----------------------------------------------------------------------------------
+# Every value check of fastconv lives here, one message per rule.  The descriptors run them in
+# ``__post_init__``; the API and the layer constructors convert types and call the same rules for
+# values they hold before a problem exists (a layer has no input yet).
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
@@ -68,8 +76,96 @@ def _check_dtype(dtype: str) -> None:
     _require(dtype in DTYPES, f"dtype must be one of {DTYPES}, got {dtype!r}")
 
 
+def require_positive(value, name: str) -> None:
+    """An int or a tuple of ints, every one at least 1."""
+    # min() and plain ifs: these run on every call of every op, so they stay cheap.
+    values = value if isinstance(value, tuple) else (value,)
+    if min(values) < 1:
+        raise ValueError(f"{name} must be positive, got {name}={value!r}")
+
+
+def require_nonnegative(value, name: str) -> None:
+    """An int or a tuple of ints (possibly empty), none below 0."""
+    values = value if isinstance(value, tuple) else (value,)
+    if values and min(values) < 0:
+        raise ValueError(f"{name} must be non-negative, got {name}={value!r}")
+
+
+def require_divisible(channels: int, groups: int, name: str) -> None:
+    if channels % groups:
+        raise ValueError(f"{name} must be divisible by groups, got {name}={channels}, groups={groups}")
+
+
+def require_padding_mode(mode) -> None:
+    if not (isinstance(mode, str) and mode in PADDING_MODES):
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={mode!r}")
+
+
+def require_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or 'relu', got activation={activation!r}")
+
+
+def require_padding_string(padding: str, stride: tuple[int, int]) -> None:
+    _require(padding in ("same", "valid"),
+             f"padding must be an int, a tuple of 2 ints, 'same' or 'valid', got padding={padding!r}")
+    _require(padding == "valid" or stride == (1, 1),
+             f"padding='same' is not supported for strided convolutions, got stride={stride}")
+
+
+def require_pool_padding(kernel: tuple[int, int], padding: tuple[int, int]) -> None:
+    _require(padding[0] <= kernel[0] // 2 and padding[1] <= kernel[1] // 2,
+             f"padding should be at most half of kernel_size, but got padding={padding} and kernel_size={kernel}")
+
+
+def require_divisor(divisor_override) -> None:
+    _require(divisor_override is None or divisor_override != 0,
+             f"divisor_override must be non-zero, got {divisor_override}")
+
+
+def require_eps(eps: float) -> None:
+    _require(eps >= 0 and math.isfinite(eps), f"eps must be non-negative and finite, got eps={eps}")
+
+
+def require_device(device) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got device={device!r}")
+
+
+def _check_common(p, directions: tuple[str, ...]) -> None:
+    if p.dtype not in DTYPES:
+        _check_dtype(p.dtype)
+    if p.direction not in directions:
+        raise ValueError(f"direction must be one of {directions} for {p.op}, got direction={p.direction!r}")
+    if p.device != "cpu":
+        require_device(p.device)
+
+
+def _suffix(p) -> str:
+    """The id's tail for non-default direction and device (empty for a forward CPU problem)."""
+    text = "" if p.direction == "fwd" else f"_{p.direction}"
+    return text + ("" if p.device == "cpu" else f"_{p.device}")
+
+
 @dataclass(frozen=True)
-class Conv2dProblem:
+class _Problem:
+    """What every descriptor has: a direction and a device (keyword-only, after its own fields)."""
+
+    direction: str = field(default="fwd", kw_only=True)
+    device: str = field(default="cpu", kw_only=True)
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes read plus written once each: the memory traffic a perfect kernel needs."""
+        item = 4 if self.dtype == "float32" else 8
+        return item * (math.prod(self.input_shape) + math.prod(self.output_shape))
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class Conv2dProblem(_Problem):
     """One 2-D convolution: input (n, c, h, w), weight (k, c // groups, r, s).
 
     ``padding`` is explicit per side, (top, bottom, left, right), because padding="same" with an
@@ -97,7 +193,7 @@ class Conv2dProblem:
     op: str = field(default="conv2d", init=False)
 
     def __post_init__(self):
-        _check_dtype(self.dtype)
+        _check_common(self, DIRECTIONS)
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
         _require(self.h >= 1 and self.w >= 1,
@@ -105,20 +201,25 @@ class Conv2dProblem:
         _require(self.k >= 1, f"weight must have at least one output channel, got weight.shape[0]={self.k}")
         _require(self.r >= 1 and self.s >= 1,
                  f"weight kernel size must be positive, got {self.r}x{self.s}")
-        _require(self.groups >= 1, f"groups must be positive, got groups={self.groups}")
-        _require(all(v >= 1 for v in self.stride), f"stride must be positive, got stride={self.stride}")
-        _require(all(v >= 1 for v in self.dilation),
-                 f"dilation must be positive, got dilation={self.dilation}")
-        _require(all(v >= 0 for v in self.padding), f"padding must be non-negative, got padding={self.padding}")
-        _require(self.c % self.groups == 0,
-                 f"groups={self.groups} must divide the input channels, got {self.c} channels")
-        _require(self.k % self.groups == 0,
-                 f"groups={self.groups} must divide the output channels, got weight.shape[0]={self.k}")
-        _require(self.padding_mode in PADDING_MODES,
-                 f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
-        _require(self.activation in ACTIVATIONS,
-                 f"activation must be None or 'relu', got {self.activation!r}")
+        require_positive(self.groups, "groups")
+        require_positive(self.stride, "stride")
+        require_positive(self.dilation, "dilation")
+        require_nonnegative(self.padding, "padding")
+        require_divisible(self.c, self.groups, "in_channels")
+        require_divisible(self.k, self.groups, "out_channels")
+        require_padding_mode(self.padding_mode)
+        require_activation(self.activation)
+        _require(self.direction == "fwd" or not (self.residual or self.activation),
+                 f"a {self.direction} problem has no fused epilogue: its backward is composed from the ops' own")
         pt, pb, pl, pr = self.padding
+        if self.padding_mode == "reflect":
+            _require(max(pt, pb) < self.h and max(pl, pr) < self.w,
+                     f"padding_mode='reflect' needs padding smaller than the input size, "
+                     f"got padding {self.padding} (top, bottom, left, right) for input {self.h}x{self.w}")
+        if self.padding_mode == "circular":
+            _require(max(pt, pb) <= self.h and max(pl, pr) <= self.w,
+                     f"padding_mode='circular' needs padding at most the input size, "
+                     f"got padding {self.padding} (top, bottom, left, right) for input {self.h}x{self.w}")
         for name, n, k, d, pad in (("height", self.h, self.r, self.dilation[0], pt + pb),
                                    ("width", self.w, self.s, self.dilation[1], pl + pr)):
             _require(n + pad >= d * (k - 1) + 1,
@@ -196,14 +297,11 @@ class Conv2dProblem:
         text += "".join(tag for flag, tag in ((self.bias, "_bias"), (self.residual, "_res")) if flag)
         if self.activation:
             text += f"_{self.activation}"
-        return text + f"_{_dt(self.dtype)}"
-
-    def __str__(self) -> str:
-        return self.id
+        return text + f"_{_dt(self.dtype)}" + _suffix(self)
 
 
 @dataclass(frozen=True)
-class Pool2dProblem:
+class Pool2dProblem(_Problem):
     """One max or average pooling: input (n, c, h, w), window ``kernel``, symmetric ``padding``.
 
     Max pooling pads with -inf and may dilate; average pooling has ``dilation`` (1, 1) and divides
@@ -225,21 +323,18 @@ class Pool2dProblem:
     dtype: str = "float32"
 
     def __post_init__(self):
-        _check_dtype(self.dtype)
+        _check_common(self, DIRECTIONS[:2])
         _require(self.kind in ("max", "avg"), f"pool kind must be 'max' or 'avg', got {self.kind!r}")
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
         _require(self.h >= 1 and self.w >= 1, f"input spatial size must be positive, got {self.h}x{self.w}")
-        _require(all(v >= 1 for v in self.kernel), f"kernel_size must be positive, got kernel_size={self.kernel}")
-        _require(all(v >= 1 for v in self.stride), f"stride must be positive, got stride={self.stride}")
-        _require(all(v >= 1 for v in self.dilation), f"dilation must be positive, got dilation={self.dilation}")
-        _require(all(v >= 0 for v in self.padding), f"padding must be non-negative, got padding={self.padding}")
+        require_positive(self.kernel, "kernel_size")
+        require_positive(self.stride, "stride")
+        require_positive(self.dilation, "dilation")
+        require_nonnegative(self.padding, "padding")
         _require(self.kind == "max" or self.dilation == (1, 1), "avg_pool2d has no dilation")
-        _require(self.padding[0] <= self.kernel[0] // 2 and self.padding[1] <= self.kernel[1] // 2,
-                 f"padding should be at most half of kernel_size, but got padding={self.padding} "
-                 f"and kernel_size={self.kernel}")
-        _require(self.divisor_override is None or self.divisor_override != 0,
-                 "divisor_override must be non-zero")
+        require_pool_padding(self.kernel, self.padding)
+        require_divisor(self.divisor_override)
         _require(self.oh >= 1 and self.ow >= 1,
                  f"given input size ({self.c}x{self.h}x{self.w}), the calculated output size "
                  f"({self.c}x{self.oh}x{self.ow}) is too small")
@@ -268,12 +363,6 @@ class Pool2dProblem:
     def reduction(self) -> int:
         return self.kernel[0] * self.kernel[1]
 
-    @property
-    def bytes_moved(self) -> int:
-        """Bytes read plus written once each: the memory traffic a perfect kernel needs."""
-        item = 4 if self.dtype == "float32" else 8
-        return item * (self.n * self.c * (self.h * self.w + self.oh * self.ow))
-
     def divisor(self, i: int, j: int) -> int:
         """The average pool's divisor for output (i, j), torch's rule.
 
@@ -301,14 +390,11 @@ class Pool2dProblem:
             text += "_nopad"
         if self.divisor_override is not None:
             text += f"_div{self.divisor_override}"
-        return text + f"_{_dt(self.dtype)}"
-
-    def __str__(self) -> str:
-        return self.id
+        return text + f"_{_dt(self.dtype)}" + _suffix(self)
 
 
 @dataclass(frozen=True)
-class AdaptivePool2dProblem:
+class AdaptivePool2dProblem(_Problem):
     """Adaptive average pooling of (n, c, h, w) to (n, c, oh, ow); bins from ``adaptive_bins``."""
 
     n: int
@@ -321,13 +407,12 @@ class AdaptivePool2dProblem:
     op: str = field(default="adaptive_avg_pool2d", init=False)
 
     def __post_init__(self):
-        _check_dtype(self.dtype)
+        _check_common(self, DIRECTIONS[:2])
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
         _require(self.h >= 1 and self.w >= 1,
                  f"adaptive_avg_pool2d expects input with non-zero spatial size, got {self.h}x{self.w}")
-        _require(self.oh >= 0 and self.ow >= 0,
-                 f"output_size must be non-negative, got ({self.oh}, {self.ow})")
+        require_nonnegative((self.oh, self.ow), "output_size")
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -345,20 +430,12 @@ class AdaptivePool2dProblem:
         return rows * cols
 
     @property
-    def bytes_moved(self) -> int:
-        item = 4 if self.dtype == "float32" else 8
-        return item * (self.n * self.c * (self.h * self.w + self.oh * self.ow))
-
-    @property
     def id(self) -> str:
-        return f"aavg_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}_{_dt(self.dtype)}"
-
-    def __str__(self) -> str:
-        return self.id
+        return f"aavg_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}_{_dt(self.dtype)}" + _suffix(self)
 
 
 @dataclass(frozen=True)
-class BatchNormProblem:
+class BatchNormProblem(_Problem):
     """Batch norm over channel axis 1 of an (n, c, *spatial) input, viewed by backends as (n, c, l).
 
     ``training`` normalises with the batch's own statistics (biased variance); otherwise with the
@@ -374,11 +451,11 @@ class BatchNormProblem:
     op: str = field(default="batch_norm", init=False)
 
     def __post_init__(self):
-        _check_dtype(self.dtype)
+        _check_common(self, DIRECTIONS[:2])
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
         _require(all(v >= 0 for v in self.spatial), f"input sizes must be non-negative, got {self.spatial}")
-        _require(self.eps >= 0 and math.isfinite(self.eps), f"eps must be non-negative and finite, got eps={self.eps}")
+        require_eps(self.eps)
 
     @property
     def l(self) -> int:  # noqa: E743 - the flattened spatial length, as in (n, c, l)
@@ -412,14 +489,11 @@ class BatchNormProblem:
         dims = "".join(f"{a}{v}" for a, v in zip("hwd", self.spatial)) if len(self.spatial) <= 3 else \
             "x".join(map(str, self.spatial))
         mode = "train" if self.training else "eval"
-        return f"bn_n{self.n}_c{self.c}{dims}_{mode}_{_dt(self.dtype)}"
-
-    def __str__(self) -> str:
-        return self.id
+        return f"bn_n{self.n}_c{self.c}{dims}_{mode}_{_dt(self.dtype)}" + _suffix(self)
 
 
 @dataclass(frozen=True)
-class ReluProblem:
+class ReluProblem(_Problem):
     """Elementwise max(x, 0) over an array of any shape; NaN stays NaN, as in torch."""
 
     shape: tuple[int, ...]
@@ -427,7 +501,7 @@ class ReluProblem:
     op: str = field(default="relu", init=False)
 
     def __post_init__(self):
-        _check_dtype(self.dtype)
+        _check_common(self, DIRECTIONS[:2])
 
     @property
     def size(self) -> int:
@@ -444,16 +518,8 @@ class ReluProblem:
     reduction = 1
 
     @property
-    def bytes_moved(self) -> int:
-        item = 4 if self.dtype == "float32" else 8
-        return 2 * item * self.size
-
-    @property
     def id(self) -> str:
-        return f"relu_{'x'.join(map(str, self.shape)) or 'scalar'}_{_dt(self.dtype)}"
-
-    def __str__(self) -> str:
-        return self.id
+        return f"relu_{'x'.join(map(str, self.shape)) or 'scalar'}_{_dt(self.dtype)}" + _suffix(self)
 
 
 Problem = Conv2dProblem | Pool2dProblem | AdaptivePool2dProblem | BatchNormProblem | ReluProblem

@@ -1,19 +1,28 @@
 """Kernel backends: one module each, all with the same functions.
 
-The contract (the dispatcher relies on nothing else):
+The contract (the dispatcher relies on nothing else; ``fastconv.register_backend`` checks it):
 
 ``NAME``
     The backend's name, as users pass it to ``backend=``.
+``DEVICES``
+    The devices whose problems it runs, e.g. ``("cpu",)`` (default) or ``("cuda",)``.
 ``available() -> (bool, str)``
     Whether it can run on this machine, and why not.  Must be cheap and must not raise.
 ``supports(problem) -> None | str``
-    None when it can run ``problem`` (a descriptor from :mod:`fastconv.problem`), else the reason.
+    None when it can run ``problem`` (a descriptor from :mod:`fastconv.problem`), else the reason
+    (a dtype, an option, a direction or algorithm it lacks).  A missing op function or device
+    is refused by the dispatcher before ``supports`` is asked.
 ``FUSED_EPILOGUE``
     Optional, default False.  True when ``conv2d`` applies ``residual`` and ``activation``
     itself; otherwise the dispatcher passes a problem without them and applies them after.
+``ARRAYS``
+    Optional, default :data:`fastconv.arrays.numpy`: the array hooks (``empty``, ``zeros``,
+    ``add_``, ``relu_``, ``check_size``, ``synchronize``) the dispatcher uses on this backend's
+    arrays, so a device backend's outputs never pass through NumPy.
 
-The op functions take a validated problem and C-contiguous, native-order arrays of the problem's
-dtype, never modify their inputs, and return a new output array of that dtype:
+The op functions are named by the op table (:mod:`fastconv.ops`, ``ops.get(problem).kernel``).
+They take a validated problem and C-contiguous, native-order arrays of the problem's dtype, never
+modify their inputs, and return new arrays of that dtype:
 
     conv2d(p, x, weight, bias, residual) -> y           x (N,C,H,W), bias/residual may be None
     max_pool2d(p, x) -> y                               x (N,C,H,W)
@@ -25,8 +34,20 @@ dtype, never modify their inputs, and return a new output array of that dtype:
         float64 (C,) arrays.  Updating running statistics is the API's job.
     relu(p, x) -> y                                     x of any shape
 
-Backends never re-validate user input, never see an empty output (the dispatcher returns it),
-and touch no global state but the thread count (``fastconv.threads.get_num_threads()``).
+Backward functions take the *forward*-shaped problem with ``p.direction`` set:
+
+    conv2d_bwd_data(p, grad_output, weight) -> grad_input
+    conv2d_bwd_weight(p, input, grad_output) -> (grad_weight, grad_bias or None if not p.bias)
+    max_pool2d_bwd_data(p, input, grad_output) -> grad_input   (ties and NaN: the first max index)
+    avg_pool2d_bwd_data(p, grad_output) -> grad_input
+    adaptive_avg_pool2d_bwd_data(p, grad_output) -> grad_input
+    batch_norm_bwd_data(p, input, grad_output, mean, var, weight) -> (grad_input, grad_weight, grad_bias)
+        training: mean/var are the batch statistics of the forward pass (biased var); eval: running
+    relu_bwd_data(p, output, grad_output) -> grad_input
+
+Backends never re-validate user input, never see an empty output through the dispatcher (it
+returns the op table's empty result), and touch no global state but the thread count
+(``fastconv.threads.get_num_threads()``).
 """
 
 #: A padded copy may be this many times the input before an explicitly padding backend refuses
@@ -36,6 +57,6 @@ MAX_PAD_GROWTH = 64
 
 def refuse_padded_copy(p, name: str) -> str | None:
     """The reason a backend that zero-pads a copy of the input cannot run conv problem ``p``."""
-    if p.op == "conv2d" and p.pad_growth > MAX_PAD_GROWTH and p.n * p.c * p.h * p.w * p.pad_growth > 2**24:
+    if getattr(p, "pad_growth", 0) > MAX_PAD_GROWTH and p.n * p.c * p.h * p.w * p.pad_growth > 2**24:
         return f"the zero-padded input copy would be {p.pad_growth:.0f}x the input; {name} pads explicitly"
     return None

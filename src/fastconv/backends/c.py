@@ -21,6 +21,7 @@ from .. import threads
 from . import _c_scratch
 
 NAME = "c"
+DEVICES = ("cpu",)
 FUSED_EPILOGUE = True
 
 

@@ -29,6 +29,7 @@ from .. import threads
 from . import refuse_padded_copy
 
 NAME = "im2col"
+DEVICES = ("cpu",)
 FUSED_EPILOGUE = True
 
 #: Bytes of ``cols`` one block gathers: about half of a core's L2, so the GEMM reads it from cache.

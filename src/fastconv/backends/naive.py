@@ -13,9 +13,11 @@ import math
 
 import numpy as np
 
+from .. import ops
 from ..problem import adaptive_bins
 
 NAME = "naive"
+DEVICES = ("cpu",)
 FUSED_EPILOGUE = True
 
 #: Python-level loop iterations above which the naive backend refuses (about ten seconds).
@@ -26,20 +28,8 @@ def available():
     return True, ""
 
 
-def _steps(p) -> int:
-    if p.op == "conv2d":
-        return p.n * p.k * p.oh * p.ow * p.r * p.s
-    if p.op in ("max_pool2d", "avg_pool2d"):
-        return p.n * p.c * p.oh * p.ow * p.kernel[0] * p.kernel[1]
-    if p.op == "adaptive_avg_pool2d":
-        return p.n * p.c * p.oh * p.ow
-    if p.op == "batch_norm":
-        return p.c
-    return math.prod(p.shape)
-
-
 def supports(p):
-    steps = _steps(p)
+    steps = ops.get(p).steps(p)  # the formula's loop count, from the op table
     if steps > MAX_STEPS:
         return f"too large for plain Python loops ({steps:,} steps > {MAX_STEPS:,})"
     return None

@@ -30,6 +30,7 @@ from .. import threads
 from . import refuse_padded_copy
 
 NAME = "numba"
+DEVICES = ("cpu",)
 FUSED_EPILOGUE = True
 
 

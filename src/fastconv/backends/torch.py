@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import threads
+from .. import arrays, ops, threads
 
 NAME = "torch"
+DEVICES = ("cpu",)
 FUSED_EPILOGUE = False
 
 
@@ -31,60 +32,91 @@ def _torch():
     return torch
 
 
-def _run(fn, *arrays, **kwargs) -> np.ndarray:
+def _tensor(torch, a):
+    # from_numpy shares memory and warns on read-only arrays; torch never writes inputs here.
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _numpy(out):
+    if isinstance(out, tuple):
+        return tuple(None if o is None else o.detach().numpy() for o in out)
+    return out.detach().numpy()
+
+
+def _reference(p, **data):
+    """The op table's torch call for ``p`` on these NumPy arrays, as NumPy arrays."""
+    entry = ops.get(p)
+    if 0 in p.output_shape:  # an empty batch: torch's backward ops reject some empty shapes
+        return entry.empty(p, p.dtype, arrays.numpy)
     torch = _torch()
+    t = {k: None if v is None else _tensor(torch, v) for k, v in data.items()}
     with torch.no_grad():
-        # from_numpy shares memory and warns on read-only arrays; torch never writes inputs here.
-        out = fn(*(torch.from_numpy(a if a.flags.writeable else a.copy()) if isinstance(a, np.ndarray) else a
-                   for a in arrays), **kwargs)
-    return out.numpy()
+        return _numpy(entry.torch(p, t, torch)())
 
 
 def conv2d(p, x, weight, bias, residual):
-    import torch.nn.functional as F
-
-    pt, pb, pl, pr = p.padding
-    if pt == pb and pl == pr:
-        return _run(F.conv2d, x, weight, bias, stride=p.stride, padding=(pt, pl), dilation=p.dilation,
-                    groups=p.groups)
-    # "same" with an even kernel: torch pads the extra row/column explicitly, so do we.
-    x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    return _run(F.conv2d, x, weight, bias, stride=p.stride, dilation=p.dilation, groups=p.groups)
+    return _reference(p, x=x, w=weight, b=bias, residual=residual)
 
 
 def max_pool2d(p, x):
-    import torch.nn.functional as F
-
-    return _run(F.max_pool2d, x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+    return _reference(p, x=x)
 
 
 def avg_pool2d(p, x):
-    import torch.nn.functional as F
-
-    return _run(F.avg_pool2d, x, p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad,
-                p.divisor_override)
+    return _reference(p, x=x)
 
 
 def adaptive_avg_pool2d(p, x):
-    import torch.nn.functional as F
-
-    return _run(F.adaptive_avg_pool2d, x, (p.oh, p.ow))
+    return _reference(p, x=x)
 
 
 def batch_norm(p, x, mean, var, weight, bias):
-    import torch.nn.functional as F
-
     if p.training:
         # torch's stats: the batch mean and biased variance it normalises with.
         x64 = x.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in a channel: torch's NaN
             mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
-    y = _run(F.batch_norm, x, None if p.training else mean, None if p.training else var, weight, bias,
-             training=p.training, eps=p.eps)
+        y = _reference(p, x=x, mean=None, var=None, weight=weight, bias=bias)
+    else:
+        y = _reference(p, x=x, mean=mean, var=var, weight=weight, bias=bias)
     return y, mean, var
 
 
 def relu(p, x):
-    import torch.nn.functional as F
+    return _reference(p, x=x)
 
-    return _run(F.relu, x)
+
+# -- backward: autograd (or aten's backward op) through the same references ------------------------
+
+def _zeros(shape, p):
+    return np.zeros(shape, p.dtype)
+
+
+def conv2d_bwd_data(p, grad_output, weight):
+    # The input's values do not enter the gradient of a linear op: zeros stand in for them.
+    return _reference(p, x=_zeros(p.input_shape, p), w=weight, grad_output=grad_output)
+
+
+def conv2d_bwd_weight(p, input, grad_output):
+    bias = _zeros(p.k, p) if p.bias else None
+    return _reference(p, x=input, w=_zeros(p.weight_shape, p), b=bias, grad_output=grad_output)
+
+
+def max_pool2d_bwd_data(p, input, grad_output):
+    return _reference(p, x=input, grad_output=grad_output)
+
+
+def avg_pool2d_bwd_data(p, grad_output):
+    return _reference(p, x=_zeros(p.input_shape, p), grad_output=grad_output)
+
+
+def adaptive_avg_pool2d_bwd_data(p, grad_output):
+    return _reference(p, x=_zeros(p.input_shape, p), grad_output=grad_output)
+
+
+def batch_norm_bwd_data(p, input, grad_output, mean, var, weight):
+    return _reference(p, x=input, grad_output=grad_output, mean=mean, var=var, weight=weight)
+
+
+def relu_bwd_data(p, output, grad_output):
+    return _reference(p, y=output, grad_output=grad_output)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import inspect
 
-import numpy as np
-
 _fastconv_models: dict[tuple[str, str], object] = {}
 _torch_models: dict[tuple[str, str], tuple[object, str | None]] = {}
 
@@ -71,17 +69,9 @@ def torch_counterpart(case, torch) -> tuple[object, str | None]:
 
 def _build_twin(model, p, torch) -> tuple[object, str | None]:
     try:
-        if hasattr(model, "to_torch"):
-            twin = model.to_torch()
-        else:
-            try:
-                import torchvision
-            except ImportError:
-                return None, (f"no torch twin of fastconv.models.{p.name}: it has no to_torch() and "
-                              f"torchvision is not installed")
-            twin = getattr(torchvision.models, p.name)(weights=None, num_classes=p.num_classes)
-            state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()}
-            twin.load_state_dict(state)
+        from ..interop.torch import to_torch
+
+        twin = to_torch(model)
         twin.eval()
         twin.to(torch.float64 if p.dtype == "float64" else torch.float32)
     except Exception as exc:

@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import datetime
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 import fastconv
 
-from .. import dispatch
+from .. import dispatch, timing
 from . import machine
 from .suites import GFLOPS
 from .targets import Prepared, make_inputs, reference, relative_error, tolerance
@@ -203,10 +200,10 @@ def _start(case, target, data, ref, cell: Measurement, settings: Settings) -> _A
     try:
         prepared = target.prepare(case, data)
         prepared.sync()
-        t0 = time.perf_counter()
+        t0 = timing.clock()
         y = prepared.call()
         prepared.sync()
-        cell.first_call_s = time.perf_counter() - t0
+        cell.first_call_s = timing.clock() - t0
         if ref is not None:
             cell.max_rel_error = relative_error(prepared.output(y), ref)
             cell.tolerance = tolerance(case)
@@ -242,17 +239,14 @@ def _sample(a: _Active, settle: float) -> None:
         # this target's own pool fall asleep too.  A call long enough to dwarf the spin (the
         # naive backend's) needs no settling.
         if a.estimate < 5 * settle:
-            end = time.perf_counter() + settle
-            a.prepared.call()
-            while time.perf_counter() < end:
-                a.prepared.call()
+            timing.settle(a.prepared.call, settle)
         a.samples.append(a.prepared.timer(a.prepared.call, a.number))
     except Exception as exc:  # it worked once; report, do not stop the run
         a.cell.status, a.cell.reason = "error", f"{type(exc).__name__}: {exc}"
 
 
 def _summarise(case, a: _Active) -> None:
-    q1, med, q3 = np.percentile(a.samples, [25, 50, 75])
+    q1, med, q3 = timing.quartiles(a.samples)
     a.cell.median_s, a.cell.q1_s, a.cell.q3_s = float(med), float(q1), float(q3)
     a.cell.iqr_s = float(q3 - q1)
     a.cell.repeats, a.cell.number = len(a.samples), a.number

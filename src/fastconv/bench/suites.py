@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import ops
 from ..problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem,
                        ReluProblem, conv_out_size, pool_out_size)
 
@@ -33,6 +34,7 @@ class ModelProblem:
     dtype: str = "float32"
     num_classes: int = 1000
     op: str = field(default="model", init=False)
+    metric = "flops"  # the op table's throughput unit, for a whole network
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -75,12 +77,13 @@ class Case:
 
     @property
     def n(self) -> int:
-        return self.problem.shape[0] if self.op == "relu" else self.problem.n
+        return self.problem.input_shape[0]
 
     @property
     def unit(self) -> str:
         """GFLOP/s for compute-bound work (convolutions, models), GB/s for memory-bound ops."""
-        return GFLOPS if self.op in ("conv2d", "model") else GBPS
+        metric = self.problem.metric if self.op == "model" else ops.get(self.problem).metric
+        return GFLOPS if metric == "flops" else GBPS
 
     @property
     def work(self) -> int:

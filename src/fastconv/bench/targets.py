@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 import tracemalloc
 from dataclasses import dataclass
 from typing import Callable
@@ -23,11 +22,9 @@ import numpy as np
 
 import fastconv
 
-from .. import dispatch
+from .. import dispatch, ops, timing
 from . import models
 
-#: Base relative tolerance per dtype, scaled by sqrt(terms summed per output) / 8, as in the tests.
-RTOL = {"float32": 1e-4, "float64": 1e-9}
 #: A whole network compounds rounding over ~50 layers.
 MODEL_RTOL = {"float32": 1e-3, "float64": 1e-8}
 
@@ -38,10 +35,7 @@ class BenchError(RuntimeError):
 
 def wall_time(call: Callable[[], object], number: int) -> float:
     """Seconds per call over ``number`` back-to-back calls, by the wall clock."""
-    t0 = time.perf_counter()
-    for _ in range(number):
-        call()
-    return (time.perf_counter() - t0) / number
+    return timing.time_calls(call, number)
 
 
 def _no_sync() -> None:
@@ -62,32 +56,19 @@ class Prepared:
 # -- inputs and the reference --------------------------------------------------------------------
 
 def make_inputs(case, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded standard-normal arrays for ``case`` (batch norm variances in [0.5, 2])."""
+    """Seeded standard-normal arrays for ``case`` (batch norm variances in [0.5, 2]), from the op table."""
     p = case.problem
     rng = np.random.default_rng(seed)
-    dt = np.dtype(p.dtype)
-
-    def normal(shape):
-        return rng.standard_normal(shape).astype(dt)
-
-    data = {"x": normal(p.input_shape)}
-    if p.op == "conv2d":
-        data["w"] = normal(p.weight_shape)
-        if p.bias:
-            data["b"] = normal(p.k)
-        if p.residual:
-            data["residual"] = normal(p.output_shape)
-    elif p.op == "batch_norm":
-        data.update(mean=normal(p.c), var=rng.uniform(0.5, 2.0, p.c).astype(dt), weight=normal(p.c),
-                    bias=normal(p.c))
-    return data
+    if case.op == "model":
+        return {"x": rng.standard_normal(p.input_shape).astype(p.dtype)}
+    return ops.get(p).make(p, rng)
 
 
 def tolerance(case) -> float:
     p = case.problem
-    if p.op == "model":
+    if case.op == "model":
         return MODEL_RTOL[p.dtype]
-    return RTOL[p.dtype] * max(1.0, math.sqrt(p.reduction) / 8)
+    return ops.get(p).tolerance(p)
 
 
 def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
@@ -112,7 +93,7 @@ def reference(case, data) -> tuple[np.ndarray | None, str | None]:
     if torch is None:
         return None, "torch is not installed: results are unchecked"
     p = case.problem
-    if p.op == "model":
+    if case.op == "model":
         model, why = models.torch_counterpart(case, torch)
         if model is None:
             return None, why
@@ -123,33 +104,21 @@ def reference(case, data) -> tuple[np.ndarray | None, str | None]:
         return torch_call(p, t, torch)().numpy(), None
 
 
+def torch_call(p, t: dict, torch) -> Callable[[], object]:
+    """torch.nn.functional's call for problem ``p`` on the tensors ``t`` (made once, outside the timing)."""
+    return ops.get(p).torch(p, t, torch)
+
+
 # -- fastconv ------------------------------------------------------------------------------------
 
 def api_call(problem, data: dict, backend: str) -> Callable[[], np.ndarray]:
     """The public-API call that builds ``problem`` from ``data``, with ``backend=``."""
-    p, x = problem, data["x"]
-    if p.op == "conv2d":
-        pt, pb, pl, pr = p.padding
-        if (pt, pl) != (pb, pr) or p.padding_mode != "zeros":
-            raise ValueError(f"{p.id}: the benchmark expresses only symmetric zero padding")
-        w, b, res = data["w"], data.get("b"), data.get("residual")
-        return lambda: fastconv.conv2d(x, w, b, p.stride, (pt, pl), p.dilation, p.groups, residual=res,
-                                       activation=p.activation, backend=backend)
-    if p.op == "max_pool2d":
-        return lambda: fastconv.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode,
-                                           backend=backend)
-    if p.op == "avg_pool2d":
-        return lambda: fastconv.avg_pool2d(x, p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad,
-                                           p.divisor_override, backend=backend)
-    if p.op == "adaptive_avg_pool2d":
-        return lambda: fastconv.adaptive_avg_pool2d(x, (p.oh, p.ow), backend=backend)
-    if p.op == "batch_norm":
-        mean, var = data["mean"].copy(), data["var"].copy()  # training updates them in place
-        return lambda: fastconv.batch_norm(x, mean, var, data["weight"], data["bias"], p.training, 0.1, p.eps,
-                                           backend=backend)
-    if p.op == "relu":
-        return lambda: fastconv.relu(x, backend=backend)
-    raise ValueError(f"no public-API call for op {p.op!r}")
+    entry = ops.get(problem)
+    if entry.api is None:
+        raise ValueError(f"no public-API call for {problem.op} {problem.direction}")
+    fn = getattr(fastconv, entry.op)
+    args, kwargs = entry.api(problem, data)
+    return lambda: fn(*args, backend=backend, **kwargs)
 
 
 def _traced_workspace(call: Callable[[], object]) -> tuple[int | None, str | None]:
@@ -180,7 +149,7 @@ class FastconvTarget:
         self.name = name
 
     def skip_reason(self, case) -> str | None:
-        ok, reason = dispatch._status(dispatch._registry[self.name])
+        ok, reason = dispatch.status(self.name)
         if not ok:
             return f"not available: {reason}"
         if case.op == "model":
@@ -210,7 +179,7 @@ class FastconvTarget:
 
 def fastconv_targets(names: list[str] | None = None) -> list[FastconvTarget]:
     """Every registered fastconv backend (available or not; unavailable ones show as skipped)."""
-    registered = [name for name in dispatch._registry if name != "torch"]
+    registered = [name for name in dispatch.backends() if name != "torch"]
     if names is not None:
         unknown = sorted(set(names) - set(registered))
         if unknown:
@@ -227,35 +196,6 @@ def _torch():
     except Exception:
         return None
     return torch
-
-
-def torch_call(p, t: dict, torch) -> Callable[[], object]:
-    """torch.nn.functional's call for problem ``p`` on the tensors ``t`` (made once, outside the timing)."""
-    F = torch.nn.functional
-    x = t["x"]
-    if p.op == "conv2d":
-        pt, _, pl, _ = p.padding
-        w, b, res = t["w"], t.get("b"), t.get("residual")
-
-        def conv():
-            y = F.conv2d(x, w, b, p.stride, (pt, pl), p.dilation, p.groups)
-            if res is not None:
-                y += res
-            return torch.relu_(y) if p.activation == "relu" else y
-        return conv
-    if p.op == "max_pool2d":
-        return lambda: F.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
-    if p.op == "avg_pool2d":
-        return lambda: F.avg_pool2d(x, p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad,
-                                    p.divisor_override)
-    if p.op == "adaptive_avg_pool2d":
-        return lambda: F.adaptive_avg_pool2d(x, (p.oh, p.ow))
-    if p.op == "batch_norm":
-        mean, var = t["mean"].clone(), t["var"].clone()
-        return lambda: F.batch_norm(x, mean, var, t["weight"], t["bias"], p.training, 0.1, p.eps)
-    if p.op == "relu":
-        return lambda: F.relu(x)
-    raise ValueError(f"no torch call for op {p.op!r}")
 
 
 class TorchTarget:

@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import api
 from .._args import as_bool, as_float, as_float_array, as_int, nonnegative_pair, positive_pair
-from ..problem import PADDING_MODES
+from ..problem import (require_divisible, require_divisor, require_eps, require_nonnegative, require_padding_mode,
+                       require_padding_string, require_pool_padding, require_positive)
 from ..threads import apply_blas
 from . import init
 from .module import Module, as_float_dtype
@@ -18,8 +19,7 @@ from .module import Module, as_float_dtype
 
 def _positive_int(v, name: str) -> int:
     v = as_int(v, name)
-    if v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {name}={v}")
+    require_positive(v, name)
     return v
 
 
@@ -50,22 +50,14 @@ class Conv2d(Module):
         self.stride = positive_pair(stride, "stride")
         self.dilation = positive_pair(dilation, "dilation")
         self.groups = _positive_int(groups, "groups")
-        if self.in_channels % self.groups:
-            raise ValueError(f"in_channels must be divisible by groups, got in_channels={self.in_channels}, "
-                             f"groups={self.groups}")
-        if self.out_channels % self.groups:
-            raise ValueError(f"out_channels must be divisible by groups, got out_channels={self.out_channels}, "
-                             f"groups={self.groups}")
+        require_divisible(self.in_channels, self.groups, "in_channels")
+        require_divisible(self.out_channels, self.groups, "out_channels")
         if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got padding={padding!r}")
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError(f"padding='same' is not supported for strided convolutions, got stride={stride!r}")
+            require_padding_string(padding, self.stride)
             self.padding = padding
         else:
             self.padding = nonnegative_pair(padding, "padding")
-        if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}")
+        require_padding_mode(padding_mode)
         self.padding_mode = padding_mode
         bias = as_bool(bias, "bias")
         _check_device(device)
@@ -107,8 +99,7 @@ class BatchNorm2d(Module):
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
         self.eps = as_float(eps, "eps")
-        if not (self.eps >= 0 and np.isfinite(self.eps)):
-            raise ValueError(f"eps must be non-negative and finite, got eps={eps!r}")
+        require_eps(self.eps)
         self.momentum = None if momentum is None else as_float(momentum, "momentum")
         self.affine = as_bool(affine, "affine")
         self.track_running_stats = as_bool(track_running_stats, "track_running_stats")
@@ -145,10 +136,7 @@ def _pool_common(kernel_size, stride, padding):
     kernel = positive_pair(kernel_size, "kernel_size")
     if stride is not None and not (isinstance(stride, (list, tuple)) and len(stride) == 0):
         positive_pair(stride, "stride")
-    pad = nonnegative_pair(padding, "padding")
-    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
-        raise ValueError(f"padding should be at most half of kernel_size, but got padding={padding!r} "
-                         f"and kernel_size={kernel_size!r}")
+    require_pool_padding(kernel, nonnegative_pair(padding, "padding"))
 
 
 class MaxPool2d(Module):
@@ -181,8 +169,7 @@ class AvgPool2d(Module):
                  divisor_override=None):
         super().__init__()
         _pool_common(kernel_size, stride, padding)
-        if divisor_override is not None and as_int(divisor_override, "divisor_override") == 0:
-            raise ValueError("divisor_override must be non-zero, got 0")
+        require_divisor(None if divisor_override is None else as_int(divisor_override, "divisor_override"))
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode = as_bool(ceil_mode, "ceil_mode")
         self.count_include_pad = as_bool(count_include_pad, "count_include_pad")
@@ -205,9 +192,7 @@ class AdaptiveAvgPool2d(Module):
         sizes = output_size if isinstance(output_size, (list, tuple)) else (output_size,)
         if len(sizes) not in (1, 2):
             raise ValueError(f"output_size must be an int or a pair, got output_size={output_size!r}")
-        for s in sizes:
-            if s is not None and as_int(s, "output_size") < 0:
-                raise ValueError(f"output_size must be non-negative, got output_size={output_size!r}")
+        require_nonnegative(tuple(as_int(s, "output_size") for s in sizes if s is not None), "output_size")
         self.output_size = output_size
 
     def forward(self, x):

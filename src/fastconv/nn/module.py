@@ -230,12 +230,6 @@ class Module:
                         registry[name] = a.astype(dtype)
         return self
 
-    def to_torch(self):
-        """A torch.nn model with this one's structure, state_dict and modes (needs torch)."""
-        from ..interop.torch import to_torch
-
-        return to_torch(self)
-
     # -- inference optimisation ------------------------------------------------------------------
     def fusable_pairs(self) -> list[tuple[str, str]]:
         """(conv, batch norm) child names whose outputs feed each other directly: fuse() folds them."""

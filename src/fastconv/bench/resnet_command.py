@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 import fastconv
-from fastconv import dispatch
+from fastconv import dispatch, timing
 from fastconv import nn as fnn
 
-from .resnet import ARCHS
+from ..models.resnet import ARCHS
 
 #: Relative difference from torch (max |y - ref| / max |ref|) above which the exit status is 1.
 TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
@@ -71,8 +69,8 @@ def _backends(requested, parser) -> list[str]:
     names = []
     for item in requested:
         for name in filter(None, (s.strip() for s in item.split(","))):
-            if name not in dispatch._registry:
-                parser.error(f"--backend: unknown backend {name!r}; choose from {sorted(dispatch._registry)}")
+            if name not in dispatch.backends():
+                parser.error(f"--backend: unknown backend {name!r}; choose from {sorted(dispatch.backends())}")
             if name not in names:
                 names.append(name)
     return names
@@ -165,17 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(0, args.warmup - 1)):
         for run in runners.values():
             run()
-    samples = {name: [] for name in runners}
-    order = list(runners)
-    for i in range(args.repeat):  # interleaved, the order rotated each round so drift hits all alike
-        for name in order[i % len(order):] + order[:i % len(order)]:
-            run = runners[name]
-            run()  # settle: the previous backend's spinning threads go idle (see the module docstring)
-            t0 = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - t0)
+    # Interleaved, the order rotated each round; one untimed settling call before each sample
+    # (the previous backend's spinning threads go idle, see the module docstring).
+    samples = timing.interleaved(runners, args.repeat, settle_s=1e-9)
 
-    torch_median = statistics.median(samples["torch (eager)"]) if reference is not None else None
+    torch_median = timing.median(samples["torch (eager)"]) if reference is not None else None
     status = 0
     rows = []
     for name in [*backends, *(["torch (eager)"] if reference is not None else [])]:
@@ -183,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             rows.append({"backend": name, "error": r["error"]})
             continue
-        med, best = statistics.median(samples[name]), min(samples[name])
+        med, best = timing.median(samples[name]), min(samples[name])
         row = {"backend": name, "median_ms": med * 1e3, "min_ms": best * 1e3}
         if torch_median is not None:
             row["speed_vs_torch"] = torch_median / med
