@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 DTYPES = ("float32", "float64")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 ACTIVATIONS = (None, "relu")
+#: How a convolution is computed (cuDNN's "algos"): "auto" lets the backend choose; "direct"
+#: sums taps in place, "gemm" runs matrix-multiply kernels over (packed) input windows,
+#: "winograd" computes 3x3 stride-1 tiles through Winograd transforms (fewer multiplies, a
+#: looser error bound).  Each backend says which it implements (``ALGORITHMS``).
+CONV_ALGORITHMS = ("auto", "direct", "gemm", "winograd")
 
 
 def conv_out_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> int:
@@ -95,6 +100,7 @@ class Conv2dProblem:
     activation: str | None = None
     padding_mode: str = "zeros"
     op: str = field(default="conv2d", init=False)
+    algorithm: str = field(default="auto", kw_only=True)
 
     def __post_init__(self):
         _check_dtype(self.dtype)
@@ -118,6 +124,8 @@ class Conv2dProblem:
                  f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         _require(self.activation in ACTIVATIONS,
                  f"activation must be None or 'relu', got {self.activation!r}")
+        _require(self.algorithm in CONV_ALGORITHMS,
+                 f"algorithm must be one of {CONV_ALGORITHMS}, got {self.algorithm!r}")
         pt, pb, pl, pr = self.padding
         for name, n, k, d, pad in (("height", self.h, self.r, self.dilation[0], pt + pb),
                                    ("width", self.w, self.s, self.dilation[1], pl + pr)):
@@ -196,7 +204,10 @@ class Conv2dProblem:
         text += "".join(tag for flag, tag in ((self.bias, "_bias"), (self.residual, "_res")) if flag)
         if self.activation:
             text += f"_{self.activation}"
-        return text + f"_{_dt(self.dtype)}"
+        text += f"_{_dt(self.dtype)}"
+        if self.algorithm != "auto":
+            text += f"_{self.algorithm}"
+        return text
 
     def __str__(self) -> str:
         return self.id

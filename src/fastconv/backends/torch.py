@@ -7,6 +7,9 @@ import numpy as np
 from .. import threads
 
 NAME = "torch"
+DEVICES = ("cpu",)
+#: torch (oneDNN) picks its own convolution algorithm and never lets a caller choose one.
+ALGORITHMS: dict = {"conv2d": ()}
 FUSED_EPILOGUE = False
 
 
@@ -19,6 +22,8 @@ def available():
 
 
 def supports(p):
+    if getattr(p, "algorithm", "auto") != "auto":
+        return f"torch chooses its own convolution algorithm; {p.algorithm!r} cannot be requested"
     return None
 
 

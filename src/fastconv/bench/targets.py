@@ -134,7 +134,7 @@ def api_call(problem, data: dict, backend: str) -> Callable[[], np.ndarray]:
             raise ValueError(f"{p.id}: the benchmark expresses only symmetric zero padding")
         w, b, res = data["w"], data.get("b"), data.get("residual")
         return lambda: fastconv.conv2d(x, w, b, p.stride, (pt, pl), p.dilation, p.groups, residual=res,
-                                       activation=p.activation, backend=backend)
+                                       activation=p.activation, algorithm=p.algorithm, backend=backend)
     if p.op == "max_pool2d":
         return lambda: fastconv.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode,
                                            backend=backend)
