@@ -6,7 +6,8 @@ without it the kernels build single-threaded.  No -march=native: the SIMD kernel
 own per-function target attributes and are chosen at run time from the CPU's features.
 
 Environment: FASTCONV_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer
-(``make sanitize``); FASTCONV_NO_OPENMP=1 builds without OpenMP (to test that path).
+(``make sanitize``); FASTCONV_NO_OPENMP=1 builds without OpenMP (to test that path);
+FASTCONV_PORTABLE=1 builds only the portable kernels (-DFC_NO_X86), as on other architectures.
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def build_flags() -> tuple[list[str], list[str]]:
         # ifunc resolvers run before the sanitizer runtime is ready: use one plain version.
         compile_args += [*san, "-g", "-DFC_NO_CLONES"]
         link_args += san
+    if os.environ.get("FASTCONV_PORTABLE") == "1":
+        compile_args.append("-DFC_NO_X86")
     return compile_args, link_args
 
 

@@ -163,6 +163,51 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     }
 }
 
+/* M[e] for weight block mb, over the chunk's live panels. */
+static void gemm_block(const wplan_t *W, fc_ukernel_fn gemm, int64_t kc, const float *u, const float *v, float *m,
+                       const int64_t *rowoff, int64_t e, int64_t mb, int64_t live_pan) {
+    const int64_t c = W->d->c;
+    const float *a = u + ((size_t)e * W->kp + mb * W->mr) * c;
+    for (int64_t pan = 0; pan < live_pan; pan++) {
+        float *tile = m + (size_t)e * W->kp * W->tcp + (size_t)(mb * W->npan + pan) * W->mr * W->nr;
+        for (int64_t k0 = 0; k0 < c; k0 += kc)
+            gemm(FC_MIN(kc, c - k0), a + k0, c, v + ((size_t)e * c + k0) * W->tcp + pan * W->nr, rowoff, tile,
+                 k0 > 0);
+    }
+}
+
+/* One chunk of tiles [t0, t1): input transform, the 36 GEMMs, output transform.  Called either
+ * by one thread on its own scratch (`shared` = 0) or by the whole team on shared scratch, each
+ * phase split among the threads. */
+static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x, const float *u,
+                      const float *bias, const float *residual, float *y, int64_t t0, int64_t t1, float *v,
+                      float *m, const int64_t *rowoff, int shared) {
+    const fc_conv2d_desc *d = W->d;
+    const int64_t mblocks = W->kp / W->mr, kc = cfg->kc;
+    const int64_t live16 = (t1 - t0 + LANES - 1) / LANES, live_pan = (t1 - t0 + W->nr - 1) / W->nr;
+    const int64_t groups16 = live_pan * W->nr / LANES; /* lane groups up to the last panel's end */
+    const fc_ukernel_fn gemm = cfg->gemm[0][W->nr / 16 - 1];
+    const int64_t nin = d->c * groups16, ngemm = 36 * mblocks, nout = d->k * live16;
+    if (shared) {
+        #pragma omp for schedule(static)
+        for (int64_t q = 0; q < nin; q++)
+            input_transform(W, x, q / groups16, t0, q % groups16 * LANES, t1, v);
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t q = 0; q < ngemm; q++)
+            gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live_pan);
+        #pragma omp for schedule(static)
+        for (int64_t q = 0; q < nout; q++)
+            output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
+        return;
+    }
+    for (int64_t q = 0; q < nin; q++)
+        input_transform(W, x, q / groups16, t0, q % groups16 * LANES, t1, v);
+    for (int64_t q = 0; q < ngemm; q++)
+        gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live_pan);
+    for (int64_t q = 0; q < nout; q++)
+        output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
+}
+
 int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
                            const float *residual, float *y, int nthreads, const char **kernel) {
     const fc_isa_config *cfg = fc_config();
@@ -176,57 +221,44 @@ int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float 
     W.tw = (d->ow + 3) / 4;
     W.tiles = d->n * W.th * W.tw;
     W.kp = round_up(d->k, KPAD);
-    /* Chunks: V and M of a chunk within CHUNK_BYTES, at least one panel, at most the batch. */
-    int64_t per_tile = 36 * (d->c + W.kp) * (int64_t)sizeof(float);
+    int team = fc_team(nthreads, W.tiles * d->c * d->k * 36, 1 << 16);
+    /* Chunks: V and M of a chunk within CHUNK_BYTES, at least one panel.  With enough tiles each
+     * thread runs whole chunks on its own scratch (no barriers); otherwise the team shares one
+     * chunk at a time, phase by phase. */
+    const int64_t per_tile = 36 * (d->c + W.kp) * (int64_t)sizeof(float);
     W.tcp = FC_MAX(W.nr, CHUNK_BYTES / per_tile / W.nr * W.nr);
+    int own = W.tiles >= 2 * team * W.nr;
+    if (own) /* at least two chunks per thread, for balance */
+        W.tcp = FC_MIN(W.tcp, FC_MAX(W.nr, W.tiles / (2 * team) / W.nr * W.nr));
     W.tcp = FC_MIN(W.tcp, round_up(W.tiles, W.nr));
     W.npan = W.tcp / W.nr;
-    const int64_t mblocks = W.kp / W.mr, groups16 = W.tcp / LANES;
-    const fc_ukernel_fn gemm = cfg->gemm[0][W.nr / 16 - 1];
-
-    float *v = fc_alloc((size_t)36 * d->c * W.tcp * sizeof(float));
-    float *m = fc_alloc((size_t)36 * W.kp * W.tcp * sizeof(float));
+    const int64_t chunks = (W.tiles + W.tcp - 1) / W.tcp, copies = own ? team : 1;
+    const size_t vslice = fc_slice((size_t)36 * d->c * W.tcp * sizeof(float));
+    const size_t mslice = fc_slice((size_t)36 * W.kp * W.tcp * sizeof(float));
+    char *scratch = fc_alloc((size_t)copies * (vslice + mslice));
     int64_t *rowoff = fc_alloc((size_t)d->c * sizeof(int64_t));
-    if (!v || !m || !rowoff) {
-        free(v), free(m), free(rowoff);
+    if (!scratch || !rowoff) {
+        free(scratch), free(rowoff);
         return FC_ENOMEM;
     }
     for (int64_t p = 0; p < d->c; p++)
         rowoff[p] = p * W.tcp;
-    const int64_t kc = cfg->kc;
-    int team = fc_team(nthreads, W.tiles * d->c * d->k * 36, 1 << 16);
 
     #pragma omp parallel num_threads(team)
-    for (int64_t t0 = 0; t0 < W.tiles; t0 += W.tcp) {
-        const int64_t t1 = FC_MIN(W.tiles, t0 + W.tcp);
-        const int64_t live16 = (t1 - t0 + LANES - 1) / LANES; /* lane groups holding tiles */
-        #pragma omp for schedule(static)
-        for (int64_t q = 0; q < d->c * groups16; q++) {
-            int64_t c = q / groups16, g = q % groups16;
-            if (g < live16)
-                input_transform(&W, x, c, t0, g * LANES, t1, v);
-            else /* panel padding: zeros in, zeros out */
-                for (int e = 0; e < 36; e++)
-                    memset(v + ((size_t)e * d->c + c) * W.tcp + g * LANES, 0, LANES * sizeof(float));
+    {
+        if (own) {
+            char *mine = scratch + (size_t)FC_THREAD_ID() * (vslice + mslice);
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run_chunk(&W, cfg, x, u, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
+                          (float *)mine, (float *)(mine + vslice), rowoff, 0);
+        } else {
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run_chunk(&W, cfg, x, u, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
+                          (float *)scratch, (float *)(scratch + vslice), rowoff, 1);
         }
-        const int64_t live_pan = (t1 - t0 + W.nr - 1) / W.nr;
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t q = 0; q < 36 * mblocks; q++) {
-            int64_t e = q / mblocks, mb = q % mblocks;
-            const float *a = u + ((size_t)e * W.kp + mb * W.mr) * d->c;
-            for (int64_t pan = 0; pan < live_pan; pan++) {
-                float *c = m + (size_t)e * W.kp * W.tcp + (size_t)(mb * W.npan + pan) * W.mr * W.nr;
-                for (int64_t k0 = 0; k0 < d->c; k0 += kc)
-                    gemm(FC_MIN(kc, d->c - k0), a + k0, d->c, v + ((size_t)e * d->c + k0) * W.tcp + pan * W.nr,
-                         rowoff, c, k0 > 0);
-            }
-        }
-        #pragma omp for schedule(static)
-        for (int64_t q = 0; q < d->k * live16; q++)
-            output_transform(&W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
     }
-    free(v);
-    free(m);
+    free(scratch);
     free(rowoff);
     if (kernel)
         *kernel = cfg->winograd_name;

@@ -92,6 +92,7 @@ def torch_reference(case: Case, inputs: dict, residual=None):
         if case.op == "conv2d":
             mode = k.pop("padding_mode", "zeros")
             k.pop("activation", None)
+            k.pop("algorithm", None)  # how fastconv computes it; torch picks its own
             if mode != "zeros":
                 pad = k.pop("padding", 0)
                 r, s = case.w[2:]
