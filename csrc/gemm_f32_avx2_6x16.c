@@ -14,21 +14,41 @@
 #define MR 6
 #define NR 16
 
+/* The accumulators are named variables, not an array: GCC kept an array of them in memory and
+ * stored all twelve every step. */
+#define ROW(i) c##i##0, c##i##1
+#define STEP(i)                                                                                   \
+    do {                                                                                          \
+        __m256 av = _mm256_broadcast_ss(a + (i) * lda + p);                                      \
+        c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);                                               \
+        c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);                                               \
+    } while (0)
+#define LOAD(i)                                                                                   \
+    do {                                                                                          \
+        c##i##0 = accumulate ? _mm256_loadu_ps(c + (i) * NR) : _mm256_setzero_ps();               \
+        c##i##1 = accumulate ? _mm256_loadu_ps(c + (i) * NR + 8) : _mm256_setzero_ps();           \
+    } while (0)
+#define SAVE(i)                                                                                   \
+    do {                                                                                          \
+        _mm256_storeu_ps(c + (i) * NR, c##i##0);                                                  \
+        _mm256_storeu_ps(c + (i) * NR + 8, c##i##1);                                              \
+    } while (0)
+
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 gemm_6x16(const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
           const int64_t *restrict boff, float *restrict c, int accumulate) {
-    __m256 acc[MR][2];
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 2; j++)
-            acc[i][j] = accumulate ? _mm256_loadu_ps(c + i * NR + j * 8) : _mm256_setzero_ps();
-    const float *ar[MR];
-    for (int i = 0; i < MR; i++)
-        ar[i] = a + i * lda;
+    __m256 ROW(0), ROW(1), ROW(2), ROW(3), ROW(4), ROW(5);
+    LOAD(0);
+    LOAD(1);
+    LOAD(2);
+    LOAD(3);
+    LOAD(4);
+    LOAD(5);
     for (int64_t p = 0; p < kc; p++) {
         /* The weight rows stream in place: every 16 steps each row enters a new line; fetch
          * the one after it, one row per step. */
         if ((p & 15) < MR)
-            _mm_prefetch((const char *)(ar[p & 15] + p + 32), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a + (p & 15) * lda + p + 32), _MM_HINT_T0);
         if (prefetch_b && p + 8 < kc) { /* cold B rows: fetch 8 rows ahead (both lines it spans) */
             const char *next = (const char *)(b + boff[p + 8]);
             _mm_prefetch(next, _MM_HINT_T0);
@@ -36,15 +56,19 @@ gemm_6x16(const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda
         }
         const float *bp = b + boff[p];
         __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
-        for (int i = 0; i < MR; i++) {
-            __m256 av = _mm256_broadcast_ss(ar[i] + p);
-            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
-        }
+        STEP(0);
+        STEP(1);
+        STEP(2);
+        STEP(3);
+        STEP(4);
+        STEP(5);
     }
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 2; j++)
-            _mm256_storeu_ps(c + i * NR + j * 8, acc[i][j]);
+    SAVE(0);
+    SAVE(1);
+    SAVE(2);
+    SAVE(3);
+    SAVE(4);
+    SAVE(5);
 }
 
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda,

@@ -1,6 +1,10 @@
 """Interleaved timing of the c backend against torch on the ResNet-50 layer shapes (a tuning tool).
 
     python benchmarks/tools/c_vs_torch.py [--threads 2] [--batch 1 8] [--reps 15] [--only NAME]
+                                          [--algorithm auto|direct|gemm|winograd]
+
+The c backend's instruction set follows FASTCONV_ISA (e.g. avx2 on an AVX-512 machine; limit torch
+the same way with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2).
 
 For each layer the two sides alternate call by call (c, torch, c, torch, ...) in one process,
 both with the same thread count, after warm-up calls; the figure is the median of each side.
@@ -62,6 +66,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--only", default=None, help="substring of the layer names to run")
     ap.add_argument("--no-pool", action="store_true")
+    ap.add_argument("--algorithm", default="auto", choices=("auto", "direct", "gemm", "winograd"),
+                    help="asked of the c backend where it applies (winograd: 3x3 stride-1 layers; else auto)")
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="wall: perf_counter; cpu: process CPU time / threads (see the module doc)")
     args = ap.parse_args()
@@ -82,8 +88,11 @@ def main() -> None:
             b = rng.standard_normal(k, dtype=np.float32)
             tx, tw, tb = torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(b)
             reps = max(3, args.reps if bs == 1 else args.reps // 2)
+            algo = args.algorithm
+            if algo == "winograd" and (r, s, st) != (3, 3, 1):
+                algo = "auto"
             with torch.no_grad():
-                tc, tt = interleaved(lambda: fastconv.conv2d(x, wt, b, st, pad, backend="c"),
+                tc, tt = interleaved(lambda: fastconv.conv2d(x, wt, b, st, pad, algorithm=algo, backend="c"),
                                      lambda: F.conv2d(tx, tw, tb, st, pad), reps, **timing)
             oh = (h + 2 * pad - r) // st + 1
             flops = 2 * bs * k * c * r * s * oh * ((w + 2 * pad - s) // st + 1)
