@@ -89,6 +89,21 @@ static void store_tile(const plan_t *P, const float *c, const float *bias, const
     }
 }
 
+/* Fetch the residual rows a tile's epilogue will read (mr streams lda apart, which the hardware
+ * prefetchers follow poorly); measured on a 1x1 64->256 layer at 56x56, batch 1: the fused
+ * residual+relu's extra time fell from about 1.1 to 0.8 ms (AVX-512, noisy shared cores). */
+static void prefetch_residual(const plan_t *P, const float *residual, int64_t g, int64_t mb, const seg_t *segs,
+                              int64_t nseg) {
+    const fc_conv2d_desc *d = P->d;
+    const int64_t k0 = g * P->kg + mb * P->mr, rows = FC_MIN(P->mr, P->kg - mb * P->mr);
+    for (int64_t t = 0; t < nseg; t++) {
+        const float *run = residual + ((size_t)segs[t].n * d->k + k0) * P->ohw + segs[t].oh * d->ow + segs[t].ow0;
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < segs[t].len + 15; j += 16)
+                __builtin_prefetch(run + i * P->ohw + FC_MIN(j, segs[t].len - 1));
+    }
+}
+
 static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
                      int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
     const int64_t mt = mb1 - mb0, tile = P->mr * P->nr;
@@ -131,6 +146,8 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
             const float *a = a_block(P, g, mb) + k0;
             for (int64_t j = 0; j < p1 - p0; j++) {
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
+                if (last && residual) /* the epilogue's residual arrives while the tile computes */
+                    prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
                 /* The first weight block meets cold B rows: use the kernel that prefetches them. */
                 P->cfg->gemm[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
                 if (last) /* finished: write it out while the tile is in L1 */

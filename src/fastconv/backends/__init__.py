@@ -8,8 +8,6 @@ The contract (the dispatcher relies on nothing else):
     Whether it can run on this machine, and why not.  Must be cheap and must not raise.
 ``supports(problem) -> None | str``
     None when it can run ``problem`` (a descriptor from :mod:`fastconv.problem`), else the reason.
-``DEVICES``
-    Optional, default ``("cpu",)``: where its arrays live.
 ``ALGORITHMS``
     Optional: per op, the algorithms it implements, e.g. ``{"conv2d": ("direct", "winograd")}``.
     A problem asking for another one (``problem.algorithm`` other than "auto") is refused by

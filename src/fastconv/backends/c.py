@@ -25,7 +25,6 @@ from .. import threads
 from . import refuse_algorithm
 
 NAME = "c"
-DEVICES = ("cpu",)
 ALGORITHMS = {"conv2d": ("direct", "gemm", "winograd")}
 FUSED_EPILOGUE = True
 

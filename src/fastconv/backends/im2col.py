@@ -29,7 +29,6 @@ from . import refuse_algorithm, refuse_padded_copy
 from ..problem import adaptive_bins
 
 NAME = "im2col"
-DEVICES = ("cpu",)
 ALGORITHMS = {"conv2d": ("gemm",)}
 FUSED_EPILOGUE = True
 

@@ -16,7 +16,6 @@ from . import refuse_algorithm
 from ..problem import adaptive_bins
 
 NAME = "naive"
-DEVICES = ("cpu",)
 ALGORITHMS = {"conv2d": ("direct", "winograd")}
 FUSED_EPILOGUE = True
 

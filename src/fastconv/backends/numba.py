@@ -30,7 +30,6 @@ from .. import threads
 from . import refuse_algorithm, refuse_padded_copy
 
 NAME = "numba"
-DEVICES = ("cpu",)
 ALGORITHMS = {"conv2d": ("direct",)}
 FUSED_EPILOGUE = True
 

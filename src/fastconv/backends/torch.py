@@ -7,7 +7,6 @@ import numpy as np
 from .. import threads
 
 NAME = "torch"
-DEVICES = ("cpu",)
 #: torch (oneDNN) picks its own convolution algorithm and never lets a caller choose one.
 ALGORITHMS: dict = {"conv2d": ()}
 FUSED_EPILOGUE = False
