@@ -44,6 +44,10 @@ static void filter_transform(const float *g, double u[6][6]) {
             u[i][j] = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
 }
 
+int fc_bytes_equal(const void *a, const void *b, int64_t bytes) {
+    return bytes <= 0 || memcmp(a, b, (size_t)bytes) == 0;
+}
+
 int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int nthreads) {
     const int64_t kp = round_up(k, KPAD);
     if (fc_f32_winograd_weights_size(k, c) < 0)

@@ -225,3 +225,19 @@ def test_kernel_name_is_logged(monkeypatch, caplog):
             caplog.clear()
             fastconv.conv2d(x, w, padding=1, algorithm=algo, backend="c")
             assert any(name in r.getMessage() for r in caplog.records), (algo, [r.getMessage() for r in caplog.records])
+
+
+def test_winograd_result_does_not_depend_on_the_thread_count():
+    _needs_c()
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 16, 30, 30), dtype=np.float32)  # 192+ tiles: threads own chunks
+    w = rng.standard_normal((20, 16, 3, 3), dtype=np.float32)
+    outs, before = [], fastconv.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            fastconv.set_num_threads(n)
+            outs.append(fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c"))
+    finally:
+        fastconv.set_num_threads(before)
+    for y in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0])

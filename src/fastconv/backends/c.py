@@ -181,10 +181,12 @@ _winograd_lock = threading.Lock()
 
 def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
     key = (weight.__array_interface__["data"][0], weight.shape)
-    raw = memoryview(weight).cast("B")
+    ffi = _ckernels.ffi
     with _winograd_lock:
         hit = _WINOGRAD_CACHE.get(key)
-        if hit is not None and hit[0] == raw:
+        # memcmp, bit for bit (NaN weights compare equal to themselves; -0.0 differs from 0.0).
+        if hit is not None and _ckernels.lib.fc_bytes_equal(ffi.from_buffer(hit[0]), ffi.from_buffer(weight),
+                                                             weight.nbytes):
             _WINOGRAD_CACHE.move_to_end(key)
             return hit[1]
     size = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
@@ -195,14 +197,14 @@ def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
     _check(_ckernels.lib.fc_f32_winograd_weights(p.k, p.c, call.ptr(weight, weight.size),
                                                   call.ptr(u, size, writable=True), threads.get_num_threads()),
            "conv2d")
-    entry = (bytes(raw), u)
+    entry = (weight.copy(), u)
     with _winograd_lock:
         _WINOGRAD_CACHE[key] = entry
         _WINOGRAD_CACHE.move_to_end(key)
-        total = sum(len(w) + t.nbytes for w, t in _WINOGRAD_CACHE.values())
+        total = sum(w.nbytes + t.nbytes for w, t in _WINOGRAD_CACHE.values())
         while total > _WINOGRAD_CACHE_BYTES and len(_WINOGRAD_CACHE) > 1:
             w, t = _WINOGRAD_CACHE.popitem(last=False)[1]
-            total -= len(w) + t.nbytes
+            total -= w.nbytes + t.nbytes
     return u
 
 
