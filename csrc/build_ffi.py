@@ -6,7 +6,8 @@ without it the kernels build single-threaded.  No -march=native: the SIMD kernel
 own per-function target attributes and are chosen at run time from the CPU's features.
 
 Environment: FASTCONV_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer
-(``make sanitize``); FASTCONV_NO_OPENMP=1 builds without OpenMP (to test that path).
+(``make sanitize``); FASTCONV_NO_OPENMP=1 builds without OpenMP (to test that path);
+FASTCONV_PORTABLE=1 builds only the portable kernels (-DFC_NO_X86), as on other architectures.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["conv_direct.c", "conv_gemm_f32.c", "conv_panels_f32.c", "gemm_f32_avx512.c", "gemm_f32_avx2.c", "pool.c",
-           "norm.c", "cpu.c"]
+SOURCES = ["conv_direct.c", "conv_gemm_f32.c", "conv_panels_f32.c", "conv_winograd_f32.c", "gemm_f32_avx512.c",
+           "gemm_f32_avx2_6x16.c", "gemm_f32_generic.c", "isa.c", "pool.c", "norm.c", "cpu.c"]
 
 
 def cdef_text() -> str:
@@ -70,6 +71,8 @@ def build_flags() -> tuple[list[str], list[str]]:
         # ifunc resolvers run before the sanitizer runtime is ready: use one plain version.
         compile_args += [*san, "-g", "-DFC_NO_CLONES"]
         link_args += san
+    if os.environ.get("FASTCONV_PORTABLE") == "1":
+        compile_args.append("-DFC_NO_X86")
     return compile_args, link_args
 
 

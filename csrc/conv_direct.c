@@ -1,8 +1,8 @@
 /* The conv2d entry points: validate the descriptor defensively, then pick a kernel.
  *
- * float32 goes to the packed-GEMM kernels (conv_gemm_f32.c) on CPUs with AVX2 or AVX-512,
- * except depthwise convolutions, which have one input channel per output and so nothing for a
- * GEMM to reuse; everything else runs the portable direct loops of conv_direct_impl.h.
+ * "auto" sends float32 to the packed-GEMM kernels (conv_gemm_f32.c, with the instruction set's
+ * microkernel), except depthwise convolutions, which have one input channel per output and so
+ * nothing for a GEMM to reuse; those, float64 and "direct" run the loops of conv_direct_impl.h.
  */
 #include "fc_internal.h"
 
@@ -22,23 +22,56 @@ static int is_depthwise(const fc_conv2d_desc *d) {
     return d->groups == d->c && d->groups > 1;
 }
 
-int fc_f32_conv2d(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
-                  const float *residual, float *y, int nthreads) {
+int fc_f32_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const float *x, const float *w, const float *bias,
+                       const float *residual, float *y, int nthreads, const char **kernel) {
+    const fc_isa_config *cfg = fc_config();
+    const char *ran = NULL;
+    int status;
     if (!f32_conv2d_desc_ok(d))
         return FC_EINVAL;
+    if (algorithm != FC_ALGO_AUTO && algorithm != FC_ALGO_DIRECT && algorithm != FC_ALGO_GEMM)
+        return FC_EINVAL;
+    if (algorithm == FC_ALGO_GEMM || (algorithm == FC_ALGO_AUTO && !is_depthwise(d))) {
+        status = fc_f32_conv2d_gemm(d, x, w, bias, residual, y, nthreads);
+        ran = cfg->gemm_name;
+        if (status != FC_EUNSUPPORTED || algorithm == FC_ALGO_GEMM)
+            goto done;
+    }
+    if (is_depthwise(d)) {
+        status = f32_conv2d_depthwise(d, x, w, bias, residual, y, nthreads);
+        ran = d->r == 3 && d->s == 3 ? "conv2d f32 direct depthwise 3x3" : "conv2d f32 direct depthwise";
+    } else {
+        status = f32_conv2d_direct(d, x, w, bias, residual, y, nthreads);
+        ran = cfg->direct_name;
+    }
+done:
+    if (kernel)
+        *kernel = ran;
+    return status;
+}
+
+int fc_f64_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const double *x, const double *w,
+                       const double *bias, const double *residual, double *y, int nthreads,
+                       const char **kernel) {
+    if (!f64_conv2d_desc_ok(d))
+        return FC_EINVAL;
+    if (algorithm == FC_ALGO_GEMM)
+        return FC_EUNSUPPORTED; /* float64 has only the direct loops */
+    if (algorithm != FC_ALGO_AUTO && algorithm != FC_ALGO_DIRECT)
+        return FC_EINVAL;
+    if (kernel)
+        *kernel = is_depthwise(d) ? "conv2d f64 direct depthwise" : "conv2d f64 direct";
     if (is_depthwise(d))
-        return f32_conv2d_depthwise(d, x, w, bias, residual, y, nthreads);
-    int status = fc_f32_conv2d_gemm(d, x, w, bias, residual, y, nthreads);
-    if (status != FC_EINVAL)
-        return status;
-    return f32_conv2d_direct(d, x, w, bias, residual, y, nthreads);
+        return f64_conv2d_depthwise(d, x, w, bias, residual, y, nthreads);
+    return f64_conv2d_direct(d, x, w, bias, residual, y, nthreads);
+}
+
+int fc_f32_conv2d(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
+                  const float *residual, float *y, int nthreads) {
+    return fc_f32_conv2d_algo(d, FC_ALGO_AUTO, x, w, bias, residual, y, nthreads, NULL);
 }
 
 int fc_f64_conv2d(const fc_conv2d_desc *d, const double *x, const double *w, const double *bias,
                   const double *residual, double *y, int nthreads) {
-    if (!f64_conv2d_desc_ok(d))
-        return FC_EINVAL;
-    if (is_depthwise(d))
-        return f64_conv2d_depthwise(d, x, w, bias, residual, y, nthreads);
-    return f64_conv2d_direct(d, x, w, bias, residual, y, nthreads);
+    return fc_f64_conv2d_algo(d, FC_ALGO_AUTO, x, w, bias, residual, y, nthreads, NULL);
 }

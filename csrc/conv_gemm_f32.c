@@ -1,8 +1,9 @@
 /* float32 convolution as GEMM: per group, y[k, pixel] = sum over (c, r, s) of w[k, (c, r, s)] *
  * B[(c, r, s), pixel], with B the convolution's input windows.
  *
- * The microkernel (gemm_f32_*.c) computes 8 output channels x 48 output pixels in registers,
- * pixels along the vectors, so a finished tile is 8 runs of output row: it is written straight
+ * The microkernel (gemm_f32_*.c, chosen per instruction set in isa.c) computes mr output
+ * channels x nr output pixels in registers (8 x 48 on AVX-512, 6 x 16 on AVX2),
+ * pixels along the vectors, so a finished tile is mr runs of output row: it is written straight
  * into NCHW with bias, residual and relu fused -- no output layout conversion.  Where its B rows
  * come from is what makes this fast:
  *
@@ -12,13 +13,13 @@
  *   plane[c, phase(r, s)][q + offset(r, s)].  Columns ow >= OW are computed and discarded (a few
  *   percent on large images).  A 1x1, stride-1, unpadded convolution reads the input itself.
  * - "packed": small images, where those discarded columns would cost too much, gather real
- *   pixels (over the whole batch, so a panel may span images) into 48-wide panels once per
+ *   pixels (over the whole batch, so a panel may span images) into nr-wide panels once per
  *   call, as im2col would: each run of a panel row is a run of the same phase planes.  Packing
  *   inflates a 3x3 convolution's B ninefold (direct windows share cache lines between taps),
  *   so it pays only where the discarded columns are many (7x7 images at batch 8).
  *
- * Blocking: the reduction runs in blocks of about KC_TARGET rows (whole channels).  Within a
- * block, each 8-channel slice of the weights (read in place, 8 row streams: no weight
+ * Blocking: the reduction runs in blocks of about kc rows (per ISA) (whole channels).  Within a
+ * block, each mr-channel slice of the weights (read in place, mr row streams: no weight
  * reordering per call) meets every pixel panel of the task while it sits in L1, the panels'
  * B blocks waiting in L2; a task's partial sums live in a small per-thread tile buffer, and a
  * tile is written out (epilogue fused) as soon as its last block is summed.  Tasks (group x
@@ -28,16 +29,14 @@
  */
 #include "conv_gemm_f32.h"
 
-#define KC_TARGET 192
-
 /* -- preparation ------------------------------------------------------------------------------- */
 
 /* A group's last block of 8 output channels, when kg is not a multiple of 8: its rows, then
  * zero rows, so the microkernel never reads past the weights. */
 static void pack_tail(const plan_t *P, int64_t g) {
-    float *dst = P->atail + g * FC_MR * P->crs;
-    int64_t m0 = (P->mblocks - 1) * FC_MR;
-    for (int64_t i = 0; i < FC_MR; i++) {
+    float *dst = P->atail + g * P->mr * P->crs;
+    int64_t m0 = (P->mblocks - 1) * P->mr;
+    for (int64_t i = 0; i < P->mr; i++) {
         if (m0 + i < P->kg)
             memcpy(dst + i * P->crs, P->w + (size_t)(g * P->kg + m0 + i) * P->crs, (size_t)P->crs * sizeof(float));
         else
@@ -47,9 +46,9 @@ static void pack_tail(const plan_t *P, int64_t g) {
 
 /* Row 0 of the A block mb of group g. */
 static const float *a_block(const plan_t *P, int64_t g, int64_t mb) {
-    if ((mb + 1) * FC_MR > P->kg)
-        return P->atail + g * FC_MR * P->crs;
-    return P->w + (size_t)(g * P->kg + mb * FC_MR) * P->crs;
+    if ((mb + 1) * P->mr > P->kg)
+        return P->atail + g * P->mr * P->crs;
+    return P->w + (size_t)(g * P->kg + mb * P->mr) * P->crs;
 }
 
 /* Direct pays for the discarded columns, packed for gathering B (im2col) once, a cost that
@@ -64,8 +63,11 @@ static int choose_direct(const fc_conv2d_desc *d, int64_t wq, int64_t mblocks_to
 
 /* -- the tasks --------------------------------------------------------------------------------- */
 
-#define MAX_TASK_PANELS 8
-#define MAX_TASK_TILES 96
+/* A task covers at most MAX_TASK_COLS pixels in at most MAX_TASK_FLOATS of partial sums
+ * (8 x 96 AVX-512 tiles); narrower tiles mean more panels per task. */
+#define MAX_TASK_COLS 384
+#define MAX_TASK_PANELS (MAX_TASK_COLS / 16)
+#define MAX_TASK_FLOATS (96 * FC_MR * FC_NR)
 
 typedef struct {
     float *cbuf;    /* [panels][mblocks][MR][NR] partial sums of one task */
@@ -78,26 +80,33 @@ typedef struct {
 static void store_tile(const plan_t *P, const float *c, const float *bias, const float *residual,
                        float *y, int64_t g, int64_t mb, const seg_t *segs, int64_t nseg) {
     const fc_conv2d_desc *d = P->d;
-    const int64_t k0 = g * P->kg + mb * FC_MR, rows = FC_MIN(FC_MR, P->kg - mb * FC_MR);
+    const int64_t k0 = g * P->kg + mb * P->mr, rows = FC_MIN(P->mr, P->kg - mb * P->mr);
     for (int64_t t = 0; t < nseg; t++) {
         const seg_t *sg = &segs[t];
         size_t at = ((size_t)sg->n * d->k + k0) * P->ohw + sg->oh * d->ow + sg->ow0;
         const float *res = residual ? residual + at : NULL, *bk = bias ? bias + k0 : NULL;
-        if (P->avx512) {
-            fc_f32_tile_store_avx512(c + sg->j0, rows, sg->len, bk, res, y + at, P->ohw, d->relu);
-            continue;
-        }
+        P->cfg->store(c + sg->j0, P->nr, rows, sg->len, bk, res, y + at, P->ohw, d->relu);
+    }
+}
+
+/* Fetch the residual rows a tile's epilogue will read (mr streams lda apart, which the hardware
+ * prefetchers follow poorly); measured on a 1x1 64->256 layer at 56x56, batch 1: the fused
+ * residual+relu's extra time fell from about 1.1 to 0.8 ms (AVX-512, noisy shared cores). */
+static void prefetch_residual(const plan_t *P, const float *residual, int64_t g, int64_t mb, const seg_t *segs,
+                              int64_t nseg) {
+    const fc_conv2d_desc *d = P->d;
+    const int64_t k0 = g * P->kg + mb * P->mr, rows = FC_MIN(P->mr, P->kg - mb * P->mr);
+    for (int64_t t = 0; t < nseg; t++) {
+        const float *run = residual + ((size_t)segs[t].n * d->k + k0) * P->ohw + segs[t].oh * d->ow + segs[t].ow0;
         for (int64_t i = 0; i < rows; i++)
-            for (int64_t j = 0; j < sg->len; j++) {
-                float v = c[i * FC_NR + sg->j0 + j] + (bk ? bk[i] : 0.0f) + (res ? res[i * P->ohw + j] : 0.0f);
-                y[at + i * P->ohw + j] = d->relu && v < 0 ? 0.0f : v; /* NaN < 0 is false: NaN stays */
-            }
+            for (int64_t j = 0; j < segs[t].len + 15; j += 16)
+                __builtin_prefetch(run + i * P->ohw + FC_MIN(j, segs[t].len - 1));
     }
 }
 
 static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
                      int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
-    const int64_t mt = mb1 - mb0, tile = FC_MR * FC_NR;
+    const int64_t mt = mb1 - mb0, tile = P->mr * P->nr;
     const float *b[MAX_TASK_PANELS];
     const int64_t *boff[MAX_TASK_PANELS];
     int64_t nv[MAX_TASK_PANELS], ncols[MAX_TASK_PANELS], nis[MAX_TASK_PANELS], nos[MAX_TASK_PANELS];
@@ -112,9 +121,9 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         memcpy(os, is, (size_t)nis[j] * sizeof(seg_t));
         nos[j] = fc_f32_merge_segments(P->d, os, nis[j]);
         /* A direct panel reading x itself must not run past x's end: pack its tail here. */
-        in_place[j] = !P->direct || P->src != P->x || q0 + FC_NR <= P->img_cols;
+        in_place[j] = !P->direct || P->src != P->x || q0 + P->nr <= P->img_cols;
         if (!P->direct)
-            b[j] = P->gpack + ((size_t)g * P->npanels + p0 + j) * P->crs * FC_NR;
+            b[j] = P->gpack + ((size_t)g * P->npanels + p0 + j) * P->crs * P->nr;
         else if (in_place[j])
             b[j] = P->src + (size_t)n * P->src_img + (size_t)g * P->cg * P->src_chan + q0;
     }
@@ -126,19 +135,21 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
             if (in_place[j]) {
                 boff[j] = P->direct ? P->off + k0 : P->poff + k0;
             } else {
-                float *dst = S->bpack + j * P->kcb * FC_NR;
+                float *dst = S->bpack + j * P->kcb * P->nr;
                 fc_f32_pack_panel(P, g, S->isegs + j * MAX_SEGS, nis[j], ncols[j], nv[j] * 16, k0, k1, dst);
                 b[j] = dst;
                 boff[j] = P->poff;
             }
         }
-        /* ...then each 8-channel weight block meets every panel while it sits in L1. */
+        /* ...then each mr-channel weight block meets every panel while it sits in L1. */
         for (int64_t mb = mb0; mb < mb1; mb++) {
             const float *a = a_block(P, g, mb) + k0;
             for (int64_t j = 0; j < p1 - p0; j++) {
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
+                if (last && residual) /* the epilogue's residual arrives while the tile computes */
+                    prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
                 /* The first weight block meets cold B rows: use the kernel that prefetches them. */
-                P->uk[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
+                P->cfg->gemm[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
                 if (last) /* finished: write it out while the tile is in L1 */
                     store_tile(P, c, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
             }
@@ -152,7 +163,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
  * (or re-packs) B. */
 static void task_shape(const plan_t *P, int nthreads, int64_t *pt_out, int64_t *mt_out) {
     const fc_conv2d_desc *d = P->d;
-    double a_cost = (double)P->kg * P->crs, b_cost = (double)P->crs * FC_MIN(P->npanels * FC_NR, P->img_cols);
+    double a_cost = (double)P->kg * P->crs, b_cost = (double)P->crs * FC_MIN(P->npanels * P->nr, P->img_cols);
     int64_t target = FC_MIN(4 * (int64_t)nthreads, d->groups * P->npanels * P->mblocks);
     double best = -1;
     for (int64_t mc = 1;; mc *= 2) {
@@ -160,7 +171,7 @@ static void task_shape(const plan_t *P, int nthreads, int64_t *pt_out, int64_t *
         for (int64_t pc = 1;; pc *= 2) {
             int64_t pt = (P->npanels + pc - 1) / pc;
             int64_t tasks = d->groups * ((P->npanels + pt - 1) / pt) * ((P->mblocks + mt - 1) / mt);
-            if (pt <= MAX_TASK_PANELS && pt * mt <= MAX_TASK_TILES) {
+            if (pt * P->nr <= MAX_TASK_COLS && pt * mt * P->mr * P->nr <= MAX_TASK_FLOATS) {
                 double cost = a_cost * ((P->npanels + pt - 1) / pt) + b_cost * ((P->mblocks + mt - 1) / mt);
                 if (tasks < target) /* idle threads cost more than any traffic */
                     cost += 1e18 * (double)(target - tasks);
@@ -180,23 +191,20 @@ static void task_shape(const plan_t *P, int nthreads, int64_t *pt_out, int64_t *
 
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads) {
-    int level = fc_level();
-    if (level == FC_GENERIC)
-        return FC_EINVAL; /* no vector kernels: the caller runs the portable loops */
-    plan_t P = {.d = d, .x = x, .w = w};
-    P.uk = level == FC_AVX512 ? fc_f32_gemm_kernels_avx512 : fc_f32_gemm_kernels_avx2;
-    P.avx512 = level == FC_AVX512;
+    plan_t P = {.d = d, .x = x, .w = w, .cfg = fc_config()};
+    P.mr = P.cfg->mr;
+    P.nr = P.cfg->nr;
     P.cg = d->c / d->groups;
     P.kg = d->k / d->groups;
     P.crs = P.cg * d->r * d->s;
-    P.mblocks = (P.kg + FC_MR - 1) / FC_MR;
+    P.mblocks = (P.kg + P.mr - 1) / P.mr;
     P.ohw = d->oh * d->ow;
-    P.kcb = FC_MIN(P.crs, FC_MAX(1, KC_TARGET / (d->r * d->s)) * d->r * d->s);
+    P.kcb = FC_MIN(P.crs, FC_MAX(1, P.cfg->kc / (d->r * d->s)) * d->r * d->s);
 
     /* Which taps land on which stride phase. */
     phases_t ph = {0};
     if (d->stride_h > 64 || d->stride_w > 64)
-        return FC_EINVAL; /* absurd strides: the portable loops handle them */
+        return FC_EUNSUPPORTED; /* absurd strides: the portable loops handle them */
     for (int64_t a = 0; a < 64; a++)
         ph.arow[a] = ph.bcol[a] = -1;
     for (int64_t r = 0; r < d->r; r++) {
@@ -220,7 +228,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
      * clip taps and need no scratch) take over. */
     if ((double)ph.na * ph.nb * (double)ph.hq * (double)ph.wq >
         8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20))
-        return FC_EINVAL;
+        return FC_EUNSUPPORTED;
 
     int plain_1x1 = d->r == 1 && d->s == 1 && d->stride_h == 1 && d->stride_w == 1 &&
                     d->pad_top == 0 && d->pad_left == 0 && d->oh == d->h && d->ow == d->w;
@@ -243,11 +251,11 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         return FC_ENOMEM;
     if (P.direct) {
         P.img_cols = (d->oh - 1) * P.wq + d->ow;
-        P.ppi = (P.img_cols + FC_NR - 1) / FC_NR;
+        P.ppi = (P.img_cols + P.nr - 1) / P.nr;
         P.npanels = d->n * P.ppi;
     } else {
         P.img_cols = d->n * P.ohw;
-        P.npanels = (P.img_cols + FC_NR - 1) / FC_NR;
+        P.npanels = (P.img_cols + P.nr - 1) / P.nr;
     }
 
     int64_t pt = 1, mt = 1;
@@ -259,9 +267,9 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
 
     /* Every buffer up front, so a failed allocation stops the call before any work.  Sizes
      * saturate at SIZE_MAX on overflow, which fc_alloc refuses. */
-    size_t cbuf_floats = fc_size_mul3((size_t)pt * mt, FC_MR, FC_NR), bpack_floats = fc_size_mul3(pt, P.kcb, FC_NR);
-    int tail = P.kg % FC_MR != 0;
-    P.atail = tail ? fc_alloc(fc_size_mul3((size_t)d->groups * FC_MR, P.crs, sizeof(float))) : NULL;
+    size_t cbuf_floats = fc_size_mul3((size_t)pt * mt, P.mr, P.nr), bpack_floats = fc_size_mul3(pt, P.kcb, P.nr);
+    int tail = P.kg % P.mr != 0;
+    P.atail = tail ? fc_alloc(fc_size_mul3((size_t)d->groups * P.mr, P.crs, sizeof(float))) : NULL;
     P.off = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
     float *phase = phase_floats ? fc_alloc(fc_size_mul3(phase_floats, sizeof(float), 1)) : NULL;
     size_t tfloats, tbytes, sbytes;
@@ -269,7 +277,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     const size_t tslice = fc_slice(fc_size_mul3(tfloats, sizeof(float), 1));
     char *tbuf = fc_size_mul((size_t)team, tslice, &tbytes) ? NULL : fc_alloc(tbytes);
     int64_t *poff = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
-    size_t gpack_floats = P.direct ? 0 : fc_size_mul3((size_t)d->groups * P.npanels, P.crs, FC_NR);
+    size_t gpack_floats = P.direct ? 0 : fc_size_mul3((size_t)d->groups * P.npanels, P.crs, P.nr);
     P.gpack = gpack_floats ? fc_alloc(fc_size_mul3(gpack_floats, sizeof(float), 1)) : NULL;
     const size_t sslice = fc_slice(fc_size_mul3(pt, MAX_SEGS * 2, sizeof(seg_t)));
     char *segs = fc_size_mul((size_t)team, sslice, &sbytes) ? NULL : fc_alloc(sbytes);
@@ -280,7 +288,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         goto done;
     }
     for (int64_t p = 0; p < P.crs; p++)
-        poff[p] = p * FC_NR;
+        poff[p] = p * P.nr;
     P.poff = poff;
     {
         P.src = copy_input ? phase : x;
@@ -327,7 +335,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
                 int64_t ncols, nseg = fc_f32_panel_segments(&P, pi, S.isegs, &ncols);
                 int64_t k0 = kb * P.kcb, k1 = FC_MIN(P.crs, k0 + P.kcb);
                 fc_f32_pack_panel(&P, g, S.isegs, nseg, ncols, round16(ncols), k0, k1,
-                                  P.gpack + ((g * P.npanels + pi) * P.crs + k0) * FC_NR);
+                                  P.gpack + ((g * P.npanels + pi) * P.crs + k0) * P.nr);
             }
         }
         #pragma omp barrier

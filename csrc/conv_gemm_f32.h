@@ -5,7 +5,7 @@
 
 #include "fc_internal.h"
 
-#define MAX_SEGS (FC_NR + 1)
+#define MAX_SEGS (FC_NR + 1) /* a panel's runs: at most one per column, +1 (FC_NR >= nr) */
 
 typedef struct {
     int64_t j0, len, n, oh, ow0; /* panel columns [j0, j0 + len) = output pixels (n, oh, ow0 + i) */
@@ -26,8 +26,8 @@ typedef struct {
     float *atail;            /* [groups][MR][crs]: each group's last, partial 8-channel block */
     float *gpack;            /* packed: [npanels][crs][NR], every panel gathered once per call */
     const int64_t *poff;     /* [max(crs, kcb)]: p * NR, the row offsets of a packed block */
-    const fc_ukernel_fn (*uk)[3];
-    int avx512;
+    const fc_isa_config *cfg; /* the microkernel, its tile and epilogue */
+    int64_t mr, nr;           /* its tile */
 } plan_t;
 
 

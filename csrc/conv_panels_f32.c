@@ -1,17 +1,17 @@
 /* Where the float32 GEMM convolution's B operand comes from (see conv_gemm_f32.c): the output
- * pixels of each 48-wide panel (as runs of output rows), the im2col gather of packed panels,
+ * pixels of each nr-wide panel (as runs of output rows), the im2col gather of packed panels,
  * and the zero-padded, stride-split planes that direct panels read in place. */
 #include "conv_gemm_f32.h"
 
 void fc_f32_panel_range(const plan_t *P, int64_t idx, int64_t *n, int64_t *q0, int64_t *ncols) {
     if (P->direct) {
         *n = idx / P->ppi;
-        *q0 = idx % P->ppi * FC_NR;
-        *ncols = FC_MIN(FC_NR, P->img_cols - *q0);
+        *q0 = idx % P->ppi * P->nr;
+        *ncols = FC_MIN(P->nr, P->img_cols - *q0);
     } else {
         *n = 0;
-        *q0 = idx * FC_NR;
-        *ncols = FC_MIN(FC_NR, P->img_cols - *q0);
+        *q0 = idx * P->nr;
+        *ncols = FC_MIN(P->nr, P->img_cols - *q0);
     }
 }
 
@@ -57,14 +57,14 @@ int64_t fc_f32_merge_segments(const fc_conv2d_desc *d, seg_t *segs, int64_t nseg
     return out;
 }
 
-/* Gather B rows [k0, k1) of a panel into bpack, FC_NR floats a row: each output run of the
+/* Gather B rows [k0, k1) of a panel into bpack, P->nr floats a row: each output run of the
  * panel is a contiguous run of the B source (padding is already in the phase planes), so a
  * row is a few memcpy's.  Columns past the panel's end are zeroed up to `cols`. */
 void fc_f32_pack_panel(const plan_t *P, int64_t g, const seg_t *segs, int64_t nsegs, int64_t ncols,
                        int64_t cols, int64_t k0, int64_t k1, float *bpack) {
     const float *base = P->src + (size_t)g * P->cg * P->src_chan;
     for (int64_t p = k0; p < k1; p++) {
-        float *row = bpack + (p - k0) * FC_NR;
+        float *row = bpack + (p - k0) * P->nr;
         for (int64_t t = 0; t < nsegs; t++) {
             const seg_t *sg = &segs[t];
             const float *run = base + (size_t)sg->n * P->src_img + P->off[p] + sg->oh * P->wq + sg->ow0;

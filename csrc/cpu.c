@@ -7,7 +7,8 @@
 #include <immintrin.h>
 #endif
 
-/* Test hook: FASTCONV_ISA=avx2|generic caps the level, so tests reach every kernel. */
+/* FASTCONV_ISA=avx2|generic caps the level, so an AVX-512 machine tests and measures its other
+ * kernels.  Read once, at first use: the kernel tables must not change under a running program. */
 static int fc_level_cap(void) {
     const char *cap = getenv("FASTCONV_ISA");
     if (cap && !strcmp(cap, "generic"))
@@ -29,13 +30,16 @@ static int fc_level_cpu(void) {
 }
 
 int fc_level(void) {
-    int cpu = fc_level_cpu(), cap = fc_level_cap();
-    return cpu < cap ? cpu : cap;
+    static volatile int level = -1; /* a race on first use is benign: every thread computes the same */
+    if (level < 0) {
+        int cpu = fc_level_cpu(), cap = fc_level_cap();
+        level = cpu < cap ? cpu : cap;
+    }
+    return level;
 }
 
 const char *fc_isa(void) {
-    static const char *names[] = {"generic", "avx2", "avx512"};
-    return names[fc_level()];
+    return fc_config()->isa;
 }
 
 int fc_openmp(void) {

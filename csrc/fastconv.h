@@ -21,8 +21,12 @@
 enum fc_status {
     FC_OK = 0,
     FC_ENOMEM = 1,   /* a scratch buffer could not be allocated */
-    FC_EINVAL = 2    /* descriptor inconsistent (a bug on the Python side, caught defensively) */
+    FC_EINVAL = 2,   /* descriptor inconsistent (a bug on the Python side, caught defensively) */
+    FC_EUNSUPPORTED = 3 /* a valid problem this kernel cannot run (Python should have refused it) */
 };
+
+/* Convolution algorithms (Python's Conv2dProblem.algorithm). */
+enum fc_conv_algorithm { FC_ALGO_AUTO = 0, FC_ALGO_DIRECT = 1, FC_ALGO_GEMM = 2 };
 
 /* One convolution.  weight is (k, c / groups, r, s); output (n, k, oh, ow).  Padding is zeros;
  * pad_top / pad_left place the first window, bottom and right padding follow from oh and ow. */
@@ -42,6 +46,24 @@ int fc_f32_conv2d(const fc_conv2d_desc *d, const float *x, const float *weight, 
                   const float *residual, float *y, int nthreads);
 int fc_f64_conv2d(const fc_conv2d_desc *d, const double *x, const double *weight, const double *bias,
                   const double *residual, double *y, int nthreads);
+
+/* The same with a chosen algorithm (FC_ALGO_*); *kernel (when not NULL) receives the name of the
+ * kernel that ran, e.g. "conv2d f32 gemm 6x16 avx2" (a static string). */
+int fc_f32_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const float *x, const float *weight,
+                       const float *bias, const float *residual, float *y, int nthreads, const char **kernel);
+int fc_f64_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const double *x, const double *weight,
+                       const double *bias, const double *residual, double *y, int nthreads,
+                       const char **kernel);
+
+/* Winograd F(4x4, 3x3) for 3x3, stride-1, undilated, ungrouped float32 convolutions.  The
+ * filters are transformed once (fc_f32_winograd_weights, into winograd_weights_size floats) and
+ * the transform reused by every call with the same weights. */
+int64_t fc_f32_winograd_weights_size(int64_t k, int64_t c);
+int fc_f32_winograd_weights(int64_t k, int64_t c, const float *weight, float *u, int nthreads);
+int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
+                           const float *residual, float *y, int nthreads, const char **kernel);
+/* 1 when the `bytes` bytes at a and b are equal (memcmp): the transform cache's content check. */
+int fc_bytes_equal(const void *a, const void *b, int64_t bytes);
 
 /* Max or average pooling of (n, c, h, w) into (n, c, oh, ow), torch's rules (see problem.py). */
 typedef struct fc_pool2d_desc {

@@ -118,23 +118,55 @@ static inline void fc_valid_range(int64_t n, int64_t out, int64_t stride, int64_
 enum fc_level { FC_GENERIC = 0, FC_AVX2 = 1, FC_AVX512 = 2 };
 int fc_level(void);
 
-/* The float32 GEMM microkernels (conv_gemm_f32.c): C[MR][NR] (+)= A[MR][kc] B[kc][NR].
- * MR output channels x NR output pixels; NR is three 16-float vectors.  Row i of A starts at
+/* The float32 GEMM microkernels: C[mr][nr] (+)= A[mr][kc] B[kc][nr], mr output channels x nr
+ * output pixels, the tile of the instruction set's kernel (isa.c).  Row i of A starts at
  * a + i * lda (the weights themselves); row p of B at b + boff[p] (a packed panel or a window
- * of the input itself).  C is a contiguous MR x NR tile.  Variant NV computes only the first
- * NV * 16 columns (tail panels). */
+ * of the input itself).  C is a contiguous mr x nr tile (row stride nr).  Variant NV computes
+ * only the first NV * 16 columns (tail panels); kernels whose nr is 16 have only NV = 1.
+ * FC_MR x FC_NR is the largest tile of any instruction set (AVX-512's), which sizes buffers. */
 #define FC_MR 8
 #define FC_NR 48
 typedef void (*fc_ukernel_fn)(int64_t kc, const float *a, int64_t lda, const float *b,
                               const int64_t *boff, float *c, int accumulate);
-/* [prefetch][NV - 1]: the prefetch variants also fetch B rows ahead (first pass over a block). */
+/* out[i * ldo + j] = act(c[i * ldc + j] + bias[i] + res[i * ldo + j]), i < rows, j < len: one
+ * contiguous output run of a finished tile, bias/res may be NULL. */
+typedef void (*fc_store_fn)(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
+                            const float *res, float *out, int64_t ldo, int relu);
+
+/* One instruction set's kernel configuration (isa.c): the GEMM microkernel, its tile and the
+ * reduction block it wants, its fused epilogue, and the names FASTCONV_VERBOSE reports. */
+typedef struct fc_isa_config {
+    int level;                 /* enum fc_level */
+    const char *isa;           /* "avx512", "avx2", "generic" */
+    int mr, nr;                /* the microkernel's tile: output channels x pixels */
+    int kc;                    /* reduction rows per block (L1-resident A slice) */
+    const fc_ukernel_fn (*gemm)[3]; /* [prefetch B][NV - 1]; NULL beyond nr / 16 */
+    fc_store_fn store;
+    const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
+    const char *winograd_name;
+    const char *direct_name;
+} fc_isa_config;
+
+/* The configuration of the instruction set this process uses: the CPU's best, capped by
+ * FASTCONV_ISA (read once, at first use). */
+const fc_isa_config *fc_config(void);
+
 extern const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3];
-extern const fc_ukernel_fn fc_f32_gemm_kernels_avx2[2][3];
 void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias,
                               const float *res, float *out, int64_t ldo, int relu);
+void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
+                           float *c, int accumulate);
+void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda, const float *b,
+                                    const int64_t *boff, float *c, int accumulate);
+void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
+                            const float *res, float *out, int64_t ldo, int relu);
+void fc_f32_gemm_4x16_generic(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
+                              float *c, int accumulate);
+void fc_f32_tile_store_generic(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
+                               const float *res, float *out, int64_t ldo, int relu);
 
-/* float32 convolution through packed GEMM panels (conv_gemm_f32.c); FC_EINVAL when the CPU has
- * no AVX2 so the caller falls back to the portable direct loops. */
+/* float32 convolution through packed GEMM panels (conv_gemm_f32.c), with the microkernel of
+ * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides). */
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads);
 

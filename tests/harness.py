@@ -108,6 +108,7 @@ def _torch_conv(case, inputs, residual):
     x = _t(inputs["x"])
     mode = k.pop("padding_mode", "zeros")
     k.pop("activation", None)
+    k.pop("algorithm", None)  # how fastconv computes it; torch picks its own
     if mode != "zeros":
         pad = k.pop("padding", 0)
         r, s = case.w[2:]

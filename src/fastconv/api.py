@@ -16,7 +16,7 @@ from . import dispatch
 from ._args import (as_bool, as_float, as_float_array, as_int, as_pair, check_ndim,
                     nonnegative_pair, positive_pair)
 from .problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem,
-                      require_eps, require_padding_mode, require_pool_padding,
+                      require_algorithm, require_eps, require_padding_mode, require_pool_padding,
                       require_padding_string, require_positive)
 
 _NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -41,7 +41,7 @@ def _conv_padding(padding, r: int, s: int, dilation: tuple[int, int], stride: tu
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", residual=None, activation=None, backend=None):
+           padding_mode="zeros", residual=None, activation=None, algorithm="auto", backend=None):
     """2-D convolution, ``y = act(conv(input, weight) + bias + residual)``, as torch.nn.functional.conv2d.
 
     input (N, C, H, W) or unbatched (C, H, W); weight (K, C // groups, R, S); bias (K,).
@@ -49,7 +49,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     column at the bottom/right) or "valid".  ``padding_mode`` is "zeros", "reflect" (padding <
     input size), "replicate" or "circular" (padding <= input size), as in torch.nn.Conv2d.
     ``residual`` (the output's shape) is added after the bias, then ``activation`` (None or
-    "relu") is applied -- a ResNet skip connection in one call.
+    "relu") is applied -- a ResNet skip connection in one call.  ``algorithm`` ("auto", "direct",
+    "gemm", "winograd") asks for one way of computing it; a backend that does not implement it
+    refuses (and "auto" backend selection moves on).  "winograd" needs a 3x3, stride-1,
+    undilated kernel and trades accuracy for fewer multiplies (docs/results/winograd.md).
 
     >>> import numpy as np, fastconv
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -72,6 +75,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     dilation = positive_pair(dilation, "dilation")
     require_positive(groups, "groups")
     require_padding_mode(padding_mode)
+    require_algorithm(algorithm)
     x4 = _batched(x)
     n, c, h, wd = x4.shape
     k, cg, r, s = w.shape
@@ -87,7 +91,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                              f"got {tuple(b.shape)}")
     p = Conv2dProblem(n, c, h, wd, k, r, s, stride, pads, dilation, groups, x.dtype.name,
                       bias=b is not None, residual=residual is not None, activation=activation,
-                      padding_mode=padding_mode)
+                      padding_mode=padding_mode, algorithm=algorithm)
     out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
     res = None
     if residual is not None:

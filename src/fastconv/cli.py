@@ -12,6 +12,7 @@ Exit status: 0; 1 when a benchmark result was wrong or a target raised; 2 for ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -100,6 +101,9 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda adds torch on the GPU (cuDNN, benchmark mode off and on) to the CPU targets")
     p.add_argument("--problems", default=None, help="only problems whose id or label contains this text")
+    p.add_argument("--algorithm", default="auto", choices=("auto", "direct", "gemm", "winograd"),
+                   help="the convolution algorithm asked of the fastconv backends (default: auto; torch "
+                        "always picks its own); backends that lack it show as skipped")
     p.add_argument("--min-time", type=_seconds, default=1.0,
                    help="seconds of timed samples per problem, all targets together (default: %(default)s)")
     p.add_argument("--min-repeats", type=_positive_int, default=5, help="samples per target at least (default: 5)")
@@ -163,6 +167,9 @@ def bench_main(argv: list[str]) -> int:
         return 2
     suite = suites.get_suite(args.suite)
     cases = suite.cases(args.batch_sizes, args.dtype)
+    if args.algorithm != "auto":
+        cases = [dataclasses.replace(c, problem=dataclasses.replace(c.problem, algorithm=args.algorithm))
+                 if c.op == "conv2d" else c for c in cases]
     if args.problems:
         cases = [c for c in cases if args.problems in c.id or args.problems in c.label]
         if not cases:

@@ -251,7 +251,7 @@ def _api_conv(p, data):
     if (pt, pl) != (pb, pr) or p.padding_mode != "zeros":
         raise ValueError(f"{p.id}: the benchmark expresses only symmetric zero padding")
     return ((data["x"], data["w"], data.get("b"), p.stride, (pt, pl), p.dilation, p.groups),
-            {"residual": data.get("residual"), "activation": p.activation})
+            {"residual": data.get("residual"), "activation": p.activation, "algorithm": p.algorithm})
 
 
 def _api_max_pool(p, data):

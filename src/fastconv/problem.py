@@ -20,6 +20,11 @@ ACTIVATIONS = (None, "relu")
 #: oneDNN's prop_kind: the forward pass, the gradient of the input, the gradient of the weights.
 DIRECTIONS = ("fwd", "bwd_data", "bwd_weight")
 DEVICES = ("cpu", "cuda")
+#: How a convolution is computed (cuDNN's "algos"): "auto" lets the backend choose; "direct"
+#: sums taps in place, "gemm" runs matrix-multiply kernels over (packed) input windows,
+#: "winograd" computes 3x3 stride-1 tiles through Winograd transforms (fewer multiplies, a
+#: looser error bound).  Each backend says which it implements (``ALGORITHMS``).
+CONV_ALGORITHMS = ("auto", "direct", "gemm", "winograd")
 
 
 def conv_out_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> int:
@@ -127,6 +132,11 @@ def require_eps(eps: float) -> None:
     _require(eps >= 0 and math.isfinite(eps), f"eps must be non-negative and finite, got eps={eps}")
 
 
+def require_algorithm(algorithm) -> None:
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}, got algorithm={algorithm!r}")
+
+
 def require_device(device) -> None:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got device={device!r}")
@@ -191,6 +201,7 @@ class Conv2dProblem(_Problem):
     activation: str | None = None
     padding_mode: str = "zeros"
     op: str = field(default="conv2d", init=False)
+    algorithm: str = field(default="auto", kw_only=True)
 
     def __post_init__(self):
         _check_common(self, DIRECTIONS)
@@ -211,6 +222,7 @@ class Conv2dProblem(_Problem):
         require_activation(self.activation)
         _require(self.direction == "fwd" or not (self.residual or self.activation),
                  f"a {self.direction} problem has no fused epilogue: its backward is composed from the ops' own")
+        require_algorithm(self.algorithm)
         pt, pb, pl, pr = self.padding
         if self.padding_mode == "reflect":
             _require(max(pt, pb) < self.h and max(pl, pr) < self.w,
@@ -297,7 +309,10 @@ class Conv2dProblem(_Problem):
         text += "".join(tag for flag, tag in ((self.bias, "_bias"), (self.residual, "_res")) if flag)
         if self.activation:
             text += f"_{self.activation}"
-        return text + f"_{_dt(self.dtype)}" + _suffix(self)
+        text += f"_{_dt(self.dtype)}"
+        if self.algorithm != "auto":
+            text += f"_{self.algorithm}"
+        return text + _suffix(self)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ The contract (the dispatcher relies on nothing else; ``fastconv.register_backend
     None when it can run ``problem`` (a descriptor from :mod:`fastconv.problem`), else the reason
     (a dtype, an option, a direction or algorithm it lacks).  A missing op function or device
     is refused by the dispatcher before ``supports`` is asked.
+``ALGORITHMS``
+    Optional: per op, the algorithms it implements, e.g. ``{"conv2d": ("direct", "winograd")}``.
+    A problem asking for another one (``problem.algorithm`` other than "auto") is refused by
+    ``supports`` with a reason (``refuse_algorithm`` below).
 ``FUSED_EPILOGUE``
     Optional, default False.  True when ``conv2d`` applies ``residual`` and ``activation``
     itself; otherwise the dispatcher passes a problem without them and applies them after.
@@ -59,4 +63,26 @@ def refuse_padded_copy(p, name: str) -> str | None:
     """The reason a backend that zero-pads a copy of the input cannot run conv problem ``p``."""
     if getattr(p, "pad_growth", 0) > MAX_PAD_GROWTH and p.n * p.c * p.h * p.w * p.pad_growth > 2**24:
         return f"the zero-padded input copy would be {p.pad_growth:.0f}x the input; {name} pads explicitly"
+    return None
+
+
+def winograd_refusal(p) -> str | None:
+    """Why Winograd F(m x m, 3 x 3) cannot compute conv problem ``p`` (None when it can)."""
+    if (p.r, p.s) != (3, 3):
+        return f"winograd needs a 3x3 kernel, got {p.r}x{p.s}"
+    if p.stride != (1, 1) or p.dilation != (1, 1):
+        return f"winograd needs stride 1 and dilation 1, got stride={p.stride} dilation={p.dilation}"
+    return None
+
+
+def refuse_algorithm(p, algorithms: dict, name: str) -> str | None:
+    """The reason a backend implementing ``algorithms`` (its ALGORITHMS) cannot run ``p.algorithm``."""
+    wanted = getattr(p, "algorithm", "auto")
+    if wanted == "auto":
+        return None
+    have = algorithms.get(p.op, ())
+    if wanted not in have:
+        return f"{name} implements {p.op} algorithms {have}, not {wanted!r}"
+    if wanted == "winograd":
+        return winograd_refusal(p)
     return None

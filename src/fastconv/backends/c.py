@@ -7,22 +7,30 @@ float32/float64; the output is allocated here.  cffi releases the GIL around eve
 calls from several Python threads run in parallel; each C call runs an OpenMP team of
 ``fastconv.get_num_threads()`` threads.
 
-The float32 convolution runs packed GEMM panels with AVX-512 or AVX2+FMA microkernels chosen at
-run time from the CPU's features (``isa()``), with a portable fallback; float64 and depthwise
-convolutions use direct loops that the compiler vectorises.
+The float32 convolution runs packed GEMM panels with the microkernel of the CPU's instruction
+set (csrc/isa.c: 8x48 on AVX-512, 6x16 on AVX2, 4x16 portable; ``isa()``, capped by
+``FASTCONV_ISA``), or Winograd F(4x4, 3x3) on those microkernels; float64 and depthwise
+convolutions use direct loops that the compiler vectorises.  With ``FASTCONV_VERBOSE=1`` each
+convolution logs the C kernel that ran (e.g. ``conv2d f32 gemm 6x16 avx2``).
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
 from .. import threads
-from . import _c_scratch
+from . import _c_scratch, refuse_algorithm
 
 NAME = "c"
 DEVICES = ("cpu",)
+ALGORITHMS = {"conv2d": ("direct", "gemm", "winograd")}
 FUSED_EPILOGUE = True
+
+log = logging.getLogger("fastconv")
 
 
 # The extension links the process's libgomp.  torch's wheel ships its own copy under the same
@@ -68,6 +76,16 @@ def available():
 
 
 def supports(p):
+    why = refuse_algorithm(p, ALGORITHMS, NAME)
+    if why:
+        return why
+    if p.op == "conv2d" and p.algorithm == "gemm" and p.dtype != "float32":
+        return "the c backend's GEMM kernels are float32 only (float64 runs the direct loops)"
+    if p.op == "conv2d" and p.algorithm == "winograd":
+        if p.dtype != "float32":
+            return "the c backend's Winograd is float32 only"
+        if p.groups != 1:
+            return f"the c backend's Winograd needs groups=1, got groups={p.groups}"
     return None
 
 
@@ -114,12 +132,25 @@ def _fn(dtype: str, op: str):
     return getattr(_ckernels.lib, _PREFIX[dtype] + op)
 
 
+#: fastconv.h's status codes.
+_OK, _ENOMEM, _EINVAL, _EUNSUPPORTED = 0, 1, 2, 3
+_ALGO = {"auto": 0, "direct": 1, "gemm": 2}
+
+
 def _check(status: int, op: str) -> None:
-    if status == 0:
+    if status == _OK:
         return
-    if status == 1:
+    if status == _ENOMEM:
         raise MemoryError(f"c backend: {op} could not allocate its scratch buffers")
+    if status == _EUNSUPPORTED:
+        raise RuntimeError(f"c backend: {op}: the C kernels cannot run this problem, and supports() did not "
+                           f"refuse it; this is a fastconv bug")
     raise RuntimeError(f"c backend: {op} rejected its descriptor (status {status}); this is a fastconv bug")
+
+
+def _log_kernel(p, kernel) -> None:
+    if kernel[0] != _ckernels.ffi.NULL and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s: ran %s", p.op, p.id, _ckernels.ffi.string(kernel[0]).decode())
 
 
 def _f64(a) -> np.ndarray:
@@ -129,10 +160,7 @@ def _f64(a) -> np.ndarray:
 
 # -- ops -----------------------------------------------------------------------------------------
 
-def conv2d(p, x, weight, bias, residual):
-    nthreads = _nthreads()
-    _c_scratch.check(p, nthreads)
-    call = _Call(p.dtype)
+def _conv_desc(call, p):
     d = call.ffi.new("fc_conv2d_desc *")
     d.n, d.c, d.h, d.w = p.n, p.c, p.h, p.w
     d.k, d.r, d.s = p.k, p.r, p.s
@@ -142,12 +170,72 @@ def conv2d(p, x, weight, bias, residual):
     d.dil_h, d.dil_w = p.dilation
     d.groups = p.groups
     d.relu = 1 if p.activation == "relu" else 0
+    return d
+
+
+def conv2d(p, x, weight, bias, residual):
+    nthreads = _nthreads()
+    _c_scratch.check(p, nthreads)
+    call = _Call(p.dtype)
+    d = _conv_desc(call, p)
     y = np.empty(p.output_shape, p.dtype)
-    status = _fn(p.dtype, "conv2d")(d, call.ptr(x, p.n * p.c * p.h * p.w), call.ptr(weight, p.k * p.cg * p.r * p.s),
-                                    call.ptr(bias, p.k), call.ptr(residual if p.residual else None, y.size),
-                                    call.ptr(y, y.size, writable=True), nthreads)
+    kernel = call.ffi.new("const char **")
+    args = (call.ptr(x, p.n * p.c * p.h * p.w), call.ptr(weight, p.k * p.cg * p.r * p.s), call.ptr(bias, p.k),
+            call.ptr(residual if p.residual else None, y.size), call.ptr(y, y.size, writable=True),
+            nthreads)
+    if p.algorithm == "winograd":
+        u = _winograd_weights(p, weight)
+        status = _ckernels.lib.fc_f32_conv2d_winograd(d, args[0], call.ptr(u, u.size), *args[2:], kernel)
+    else:
+        status = _fn(p.dtype, "conv2d_algo")(d, _ALGO[p.algorithm], *args, kernel)
     _check(status, "conv2d")
+    _log_kernel(p, kernel)
     return y
+
+
+# -- Winograd filter transforms, cached per weight -------------------------------------------------
+
+#: The transformed filters of recently used weights: (address, shape) -> (copy of the weight,
+#: transform).  A hit is checked against the copy byte for byte, so weights changed in place (a
+#: training step) or a new array at a reused address are transformed afresh.  Bounded in bytes.
+_WINOGRAD_CACHE: OrderedDict = OrderedDict()
+_WINOGRAD_CACHE_BYTES = 256 << 20
+_winograd_lock = threading.Lock()
+
+
+def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
+    key = (weight.__array_interface__["data"][0], weight.shape)
+    ffi = _ckernels.ffi
+    with _winograd_lock:
+        hit = _WINOGRAD_CACHE.get(key)
+        # memcmp, bit for bit (NaN weights compare equal to themselves; -0.0 differs from 0.0).
+        if hit is not None and _ckernels.lib.fc_bytes_equal(ffi.from_buffer(hit[0]), ffi.from_buffer(weight),
+                                                             weight.nbytes):
+            _WINOGRAD_CACHE.move_to_end(key)
+            return hit[1]
+    size = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
+    if size < 0:
+        raise MemoryError(f"c backend: the Winograd transform of a {p.weight_shape} weight is too large")
+    u = np.empty(size, np.float32)
+    call = _Call("float32")
+    _check(_ckernels.lib.fc_f32_winograd_weights(p.k, p.c, call.ptr(weight, weight.size),
+                                                  call.ptr(u, size, writable=True), threads.get_num_threads()),
+           "conv2d")
+    entry = (weight.copy(), u)
+    with _winograd_lock:
+        _WINOGRAD_CACHE[key] = entry
+        _WINOGRAD_CACHE.move_to_end(key)
+        total = sum(w.nbytes + t.nbytes for w, t in _WINOGRAD_CACHE.values())
+        while total > _WINOGRAD_CACHE_BYTES and len(_WINOGRAD_CACHE) > 1:
+            w, t = _WINOGRAD_CACHE.popitem(last=False)[1]
+            total -= w.nbytes + t.nbytes
+    return u
+
+
+def clear_winograd_cache() -> None:
+    """Forget every cached Winograd filter transform."""
+    with _winograd_lock:
+        _WINOGRAD_CACHE.clear()
 
 
 def _pool_desc(call, p):

@@ -26,10 +26,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import threads
-from . import refuse_padded_copy
+from . import refuse_algorithm, refuse_padded_copy
 
 NAME = "im2col"
 DEVICES = ("cpu",)
+ALGORITHMS = {"conv2d": ("gemm",)}
 FUSED_EPILOGUE = True
 
 #: Bytes of ``cols`` one block gathers: about half of a core's L2, so the GEMM reads it from cache.
@@ -45,7 +46,7 @@ def available():
 
 
 def supports(p):
-    return refuse_padded_copy(p, "im2col")
+    return refuse_algorithm(p, ALGORITHMS, NAME) or refuse_padded_copy(p, "im2col")
 
 
 # -- threads -----------------------------------------------------------------------------------

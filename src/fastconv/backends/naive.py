@@ -15,9 +15,11 @@ import numpy as np
 
 from .. import ops
 from ..problem import adaptive_bins
+from . import refuse_algorithm
 
 NAME = "naive"
 DEVICES = ("cpu",)
+ALGORITHMS = {"conv2d": ("direct", "winograd")}
 FUSED_EPILOGUE = True
 
 #: Python-level loop iterations above which the naive backend refuses (about ten seconds).
@@ -29,6 +31,9 @@ def available():
 
 
 def supports(p):
+    why = refuse_algorithm(p, ALGORITHMS, NAME)
+    if why:
+        return why
     steps = ops.get(p).steps(p)  # the formula's loop count, from the op table
     if steps > MAX_STEPS:
         return f"too large for plain Python loops ({steps:,} steps > {MAX_STEPS:,})"
@@ -40,8 +45,11 @@ def conv2d(p, x, weight, bias, residual):
                         + sum_{c,r,s} x[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw] * w[k,c,r,s])
 
     where g = k // Kg is the group of output channel k and (c, r, s) runs over its Cg input
-    channels and the kernel taps.
+    channels and the kernel taps.  ``algorithm="winograd"`` computes the same sum through
+    Winograd's transforms (``_winograd_conv2d``).
     """
+    if p.algorithm == "winograd":
+        return _winograd_conv2d(p, x, weight, bias, residual)
     x, weight = x.astype(np.float64), weight.astype(np.float64)
     (sh, sw), (dh, dw), (pt, _, pl, _) = p.stride, p.dilation, p.padding
     y = np.empty(p.output_shape, np.float64)
@@ -66,6 +74,66 @@ def conv2d(p, x, weight, bias, residual):
                     if p.activation == "relu" and total < 0:  # NaN < 0 is False: NaN stays
                         total = 0.0
                     y[n, k, i, j] = total
+    return y.astype(p.dtype)
+
+
+# Winograd F(4x4, 3x3) (Lavin & Gray 2016): a 4x4 block of outputs of a 3x3 convolution is
+#   Y = A^T [ sum_c (G g_c G^T) * (B^T d_c B) ] A
+# where d_c is the 6x6 input tile under the block, g_c the 3x3 filter of channel c and *
+# multiplies element by element: 36 multiplies per channel instead of 4 * 4 * 9 = 144.  The
+# matrices come from polynomial interpolation at the points 0, 1, -1, 2, -2 and infinity.
+WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0],
+                        [0, -4, -4, 1, 1, 0],
+                        [0, 4, -4, -1, 1, 0],
+                        [0, -2, -1, 2, 1, 0],
+                        [0, 2, -1, -2, 1, 0],
+                        [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+WINOGRAD_G = np.array([[1 / 4, 0, 0],
+                       [-1 / 6, -1 / 6, -1 / 6],
+                       [-1 / 6, 1 / 6, -1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6],
+                       [1 / 24, -1 / 12, 1 / 6],
+                       [0, 0, 1]], dtype=np.float64)
+WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0],
+                        [0, 1, -1, 2, -2, 0],
+                        [0, 1, 1, 4, 4, 0],
+                        [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+
+
+def _winograd_conv2d(p, x, weight, bias, residual):
+    """conv2d for a 3x3 stride-1 kernel, one 4x4 output block at a time, by the formula above."""
+    m = 4
+    pt, _, pl, _ = p.padding
+    rows, cols = -(-p.oh // m), -(-p.ow // m)  # blocks down and across (the last may overhang)
+    # The zero-padded input, large enough for every block's 6x6 tile.
+    xp = np.zeros((p.n, p.c, rows * m + 2, cols * m + 2))
+    hh, ww = min(p.h, rows * m + 2 - pt), min(p.w, cols * m + 2 - pl)
+    xp[:, :, pt:pt + hh, pl:pl + ww] = x[:, :, :hh, :ww]
+    # Filters transformed once: u[k, c] = G g G^T.
+    u = np.empty((p.k, p.cg, 6, 6))
+    for k in range(p.k):
+        for c in range(p.cg):
+            u[k, c] = WINOGRAD_G @ weight[k, c].astype(np.float64) @ WINOGRAD_G.T
+    y = np.empty(p.output_shape, np.float64)
+    for n in range(p.n):
+        for k in range(p.k):
+            g = k // p.kg
+            for bi in range(rows):
+                for bj in range(cols):
+                    i0, j0 = bi * m, bj * m
+                    total = np.zeros((6, 6))
+                    for c in range(p.cg):
+                        d = xp[n, g * p.cg + c, i0:i0 + 6, j0:j0 + 6]
+                        total += u[k, c] * (WINOGRAD_BT @ d @ WINOGRAD_BT.T)
+                    block = WINOGRAD_AT @ total @ WINOGRAD_AT.T
+                    h, w = min(m, p.oh - i0), min(m, p.ow - j0)  # the overhang is dropped
+                    y[n, k, i0:i0 + h, j0:j0 + w] = block[:h, :w]
+    if bias is not None:
+        y += bias.astype(np.float64)[None, :, None, None]
+    if residual is not None:
+        y += residual
+    if p.activation == "relu":
+        y = np.where(y < 0, 0.0, y)  # NaN < 0 is False: NaN stays
     return y.astype(p.dtype)
 
 

@@ -27,10 +27,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import threads
-from . import refuse_padded_copy
+from . import refuse_algorithm, refuse_padded_copy
 
 NAME = "numba"
 DEVICES = ("cpu",)
+ALGORITHMS = {"conv2d": ("direct",)}
 FUSED_EPILOGUE = True
 
 
@@ -42,7 +43,7 @@ def available():
 
 
 def supports(p):
-    return refuse_padded_copy(p, "the numba backend")
+    return refuse_algorithm(p, ALGORITHMS, NAME) or refuse_padded_copy(p, "the numba backend")
 
 
 # -- runtime: lazy kernels, threading layer, thread count ---------------------------------------

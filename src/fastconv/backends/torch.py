@@ -8,6 +8,8 @@ from .. import arrays, ops, threads
 
 NAME = "torch"
 DEVICES = ("cpu",)
+#: torch (oneDNN) picks its own convolution algorithm and never lets a caller choose one.
+ALGORITHMS: dict = {"conv2d": ()}
 FUSED_EPILOGUE = False
 
 
@@ -20,6 +22,8 @@ def available():
 
 
 def supports(p):
+    if getattr(p, "algorithm", "auto") != "auto":
+        return f"torch chooses its own convolution algorithm; {p.algorithm!r} cannot be requested"
     return None
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import api
 from .._args import as_bool, as_float, as_float_array, as_int, nonnegative_pair, positive_pair
-from ..problem import (require_divisible, require_divisor, require_eps, require_nonnegative, require_padding_mode,
+from ..problem import (require_divisible, require_algorithm, require_divisor, require_eps, require_nonnegative, require_padding_mode,
                        require_padding_string, require_pool_padding, require_positive)
 from ..threads import apply_blas
 from . import init
@@ -33,6 +33,8 @@ class Conv2d(Module):
 
     ``layer(x, residual=None, activation=None)`` exposes conv2d's fused epilogue,
     ``act(conv(x) + bias + residual)``, which the ResNet blocks use for their skip connections.
+    ``algorithm`` ("auto", "direct", "gemm", "winograd") is passed to every call (see
+    fastconv.conv2d).
 
     >>> import numpy as np
     >>> from fastconv import nn
@@ -42,7 +44,7 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", device=None, dtype=None):
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, algorithm="auto"):
         super().__init__()
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
@@ -59,6 +61,8 @@ class Conv2d(Module):
             self.padding = nonnegative_pair(padding, "padding")
         require_padding_mode(padding_mode)
         self.padding_mode = padding_mode
+        require_algorithm(algorithm)
+        self.algorithm = algorithm
         bias = as_bool(bias, "bias")
         _check_device(device)
         dt = as_float_dtype(dtype)
@@ -69,7 +73,7 @@ class Conv2d(Module):
     def forward(self, x, residual=None, activation=None):
         return api.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                           padding_mode=self.padding_mode, residual=residual, activation=activation,
-                          backend=self.backend)
+                          algorithm=self.algorithm, backend=self.backend)
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -83,6 +87,8 @@ class Conv2d(Module):
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
+        if self.algorithm != "auto":
+            s += f", algorithm={self.algorithm!r}"
         return s
 
 

@@ -1,0 +1,270 @@
+/* Winograd F(4x4, 3x3) for float32 3x3, stride-1 convolutions (Lavin & Gray 2016).
+ *
+ * Each 4x4 block of output pixels is A^T [ sum_c U_c * V_c ] A, with V_c = B^T d_c B the
+ * transform of the 6x6 input tile under the block and U_c = G g_c G^T that of the filter: the
+ * 3x3 convolution's 144 multiplies per block and channel become 36.  Summed over channels, each
+ * of the 36 transform elements xi is a matrix product
+ *     M[xi][k][tile] = sum_c U[xi][k][c] V[xi][c][tile]
+ * which runs on the instruction set's GEMM microkernel (isa.c), U read in place as its A rows.
+ *
+ * The batch's tiles are processed in chunks whose V and M fit in the caches; per chunk the
+ * team transforms the input (one channel x 16 tiles per step, the 16 tiles along the vector
+ * lanes, so the transforms vectorise), runs the 36 GEMMs, and transforms the output back with
+ * bias, residual and relu fused.  U is computed once per weight by fc_f32_winograd_weights
+ * (the caller caches it): [36][kp][c], kp = k rounded up to KPAD with zero rows, so every
+ * microkernel's mr divides it and no tail block exists.
+ */
+#include "fc_internal.h"
+
+#define LANES 16
+#define KPAD 24 /* a multiple of every table's mr (8, 6, 4) */
+#define CHUNK_BYTES (2 << 20) /* V + M of one chunk of tiles */
+
+static int64_t round_up(int64_t v, int64_t m) {
+    return (v + m - 1) / m * m;
+}
+
+int64_t fc_f32_winograd_weights_size(int64_t k, int64_t c) {
+    if (k < 1 || c < 1 || k > (INT64_MAX / 36 - KPAD) / c)
+        return -1;
+    return 36 * round_up(k, KPAD) * c;
+}
+
+/* u = G g G^T for one 3x3 filter, in double (the filter transform is done once per weight). */
+static void filter_transform(const float *g, double u[6][6]) {
+    static const double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                   {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+    double t[6][3];
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 3; j++)
+            t[i][j] = G[i][0] * g[0 * 3 + j] + G[i][1] * g[1 * 3 + j] + G[i][2] * g[2 * 3 + j];
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++)
+            u[i][j] = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
+}
+
+int fc_bytes_equal(const void *a, const void *b, int64_t bytes) {
+    return bytes <= 0 || memcmp(a, b, (size_t)bytes) == 0;
+}
+
+int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int nthreads) {
+    const int64_t kp = round_up(k, KPAD);
+    if (fc_f32_winograd_weights_size(k, c) < 0)
+        return FC_EINVAL;
+    int team = fc_team(nthreads, kp * c * 36, 1 << 16);
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int64_t kk = 0; kk < kp; kk++)
+        for (int64_t cc = 0; cc < c; cc++) {
+            double t[6][6] = {{0}};
+            if (kk < k)
+                filter_transform(w + (kk * c + cc) * 9, t);
+            for (int e = 0; e < 36; e++)
+                u[((size_t)e * kp + kk) * c + cc] = (float)t[e / 6][e % 6];
+        }
+    return FC_OK;
+}
+
+/* The 1-D transforms over 16 lanes: in[i * is + l] -> out[i * os + l]. */
+__attribute__((always_inline)) static inline void bt6(const float *restrict in, int64_t is, float *restrict out,
+                                                      int64_t os) {
+    for (int l = 0; l < LANES; l++) {
+        float d0 = in[l], d1 = in[is + l], d2 = in[2 * is + l], d3 = in[3 * is + l], d4 = in[4 * is + l],
+              d5 = in[5 * is + l];
+        out[l] = 4 * d0 - 5 * d2 + d4;
+        out[os + l] = -4 * d1 - 4 * d2 + d3 + d4;
+        out[2 * os + l] = 4 * d1 - 4 * d2 - d3 + d4;
+        out[3 * os + l] = -2 * d1 - d2 + 2 * d3 + d4;
+        out[4 * os + l] = 2 * d1 - d2 - 2 * d3 + d4;
+        out[5 * os + l] = 4 * d1 - 5 * d3 + d5;
+    }
+}
+
+__attribute__((always_inline)) static inline void at6(const float *restrict in, int64_t is, float *restrict out,
+                                                      int64_t os) {
+    for (int l = 0; l < LANES; l++) {
+        float m0 = in[l], m1 = in[is + l], m2 = in[2 * is + l], m3 = in[3 * is + l], m4 = in[4 * is + l],
+              m5 = in[5 * is + l];
+        float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+        out[l] = m0 + s12 + s34;
+        out[os + l] = d12 + 2 * d34;
+        out[2 * os + l] = s12 + 4 * s34;
+        out[3 * os + l] = d12 + 8 * d34 + m5;
+    }
+}
+
+typedef struct {
+    const fc_conv2d_desc *d;
+    int64_t th, tw, tiles;  /* tile rows and columns per image, tiles in the batch */
+    int64_t tcp;            /* tiles per chunk, a multiple of nr */
+    int64_t kp, mr, nr, npan;
+} wplan_t;
+
+/* V[e][c][tl .. tl + 16) for channel c of the chunk's tiles t0 + tl + lane. */
+FC_CLONES
+static void input_transform(const wplan_t *W, const float *x, int64_t c, int64_t t0, int64_t tl, int64_t t1,
+                            float *v) {
+    const fc_conv2d_desc *d = W->d;
+    float tile[36 * LANES], tmp[36 * LANES];
+    for (int l = 0; l < LANES; l++) {
+        int64_t t = t0 + tl + l;
+        if (t >= t1) {
+            for (int e = 0; e < 36; e++)
+                tile[e * LANES + l] = 0.0f;
+            continue;
+        }
+        int64_t n = t / (W->th * W->tw), ty = t / W->tw % W->th, tx = t % W->tw;
+        int64_t h0 = ty * 4 - d->pad_top, w0 = tx * 4 - d->pad_left;
+        const float *plane = x + ((size_t)n * d->c + c) * d->h * d->w;
+        int inside = h0 >= 0 && w0 >= 0 && h0 + 6 <= d->h && w0 + 6 <= d->w;
+        for (int i = 0; i < 6; i++)
+            for (int j = 0; j < 6; j++) {
+                int64_t ih = h0 + i, iw = w0 + j;
+                tile[(i * 6 + j) * LANES + l] =
+                    inside || (ih >= 0 && ih < d->h && iw >= 0 && iw < d->w) ? plane[ih * d->w + iw] : 0.0f;
+            }
+    }
+    for (int j = 0; j < 6; j++) /* down the columns: tmp = B^T d */
+        bt6(tile + j * LANES, 6 * LANES, tmp + j * LANES, 6 * LANES);
+    const size_t estride = (size_t)d->c * W->tcp;
+    for (int i = 0; i < 6; i++) { /* along the rows: V = (B^T d) B, straight into V */
+        float row[6 * LANES];
+        bt6(tmp + i * 6 * LANES, LANES, row, LANES);
+        for (int j = 0; j < 6; j++)
+            memcpy(v + (size_t)(i * 6 + j) * estride + (size_t)c * W->tcp + tl, row + j * LANES,
+                   LANES * sizeof(float));
+    }
+}
+
+/* y for output channel k of the chunk's tiles t0 + tl + lane, from M, with the epilogue. */
+FC_CLONES
+static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_t t0, int64_t tl, int64_t t1,
+                             const float *bias, const float *residual, float *y) {
+    const fc_conv2d_desc *d = W->d;
+    float src[36 * LANES], tmp[24 * LANES], out[16 * LANES];
+    const size_t estride = (size_t)W->kp * W->tcp;
+    const int64_t mb = k / W->mr, i = k % W->mr, pan = tl / W->nr, j0 = tl % W->nr;
+    const float *base = m + ((size_t)(mb * W->npan + pan) * W->mr + i) * W->nr + j0;
+    for (int e = 0; e < 36; e++)
+        memcpy(src + e * LANES, base + e * estride, LANES * sizeof(float));
+    for (int j = 0; j < 6; j++) /* tmp = A^T M: 4 rows x 6 */
+        at6(src + j * LANES, 6 * LANES, tmp + j * LANES, 6 * LANES);
+    for (int a = 0; a < 4; a++) /* out = (A^T M) A: 4 x 4 */
+        at6(tmp + a * 6 * LANES, LANES, out + a * 4 * LANES, LANES);
+    const float b = bias ? bias[k] : 0.0f;
+    const int64_t ohw = d->oh * d->ow;
+    for (int l = 0; l < LANES && t0 + tl + l < t1; l++) {
+        int64_t t = t0 + tl + l, n = t / (W->th * W->tw), ty = t / W->tw % W->th, tx = t % W->tw;
+        size_t plane = ((size_t)n * d->k + k) * ohw;
+        for (int a = 0; a < 4 && ty * 4 + a < d->oh; a++)
+            for (int c = 0; c < 4 && tx * 4 + c < d->ow; c++) {
+                size_t at = plane + (ty * 4 + a) * d->ow + tx * 4 + c;
+                float v = out[(a * 4 + c) * LANES + l] + b;
+                if (residual)
+                    v += residual[at];
+                y[at] = d->relu && v < 0 ? 0.0f : v; /* NaN < 0 is false: NaN stays */
+            }
+    }
+}
+
+/* M[e] for weight block mb, over the chunk's live panels. */
+static void gemm_block(const wplan_t *W, fc_ukernel_fn gemm, int64_t kc, const float *u, const float *v, float *m,
+                       const int64_t *rowoff, int64_t e, int64_t mb, int64_t live_pan) {
+    const int64_t c = W->d->c;
+    const float *a = u + ((size_t)e * W->kp + mb * W->mr) * c;
+    for (int64_t pan = 0; pan < live_pan; pan++) {
+        float *tile = m + (size_t)e * W->kp * W->tcp + (size_t)(mb * W->npan + pan) * W->mr * W->nr;
+        for (int64_t k0 = 0; k0 < c; k0 += kc)
+            gemm(FC_MIN(kc, c - k0), a + k0, c, v + ((size_t)e * c + k0) * W->tcp + pan * W->nr, rowoff, tile,
+                 k0 > 0);
+    }
+}
+
+/* One chunk of tiles [t0, t1): input transform, the 36 GEMMs, output transform.  Called either
+ * by one thread on its own scratch (`shared` = 0) or by the whole team on shared scratch, each
+ * phase split among the threads. */
+static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x, const float *u,
+                      const float *bias, const float *residual, float *y, int64_t t0, int64_t t1, float *v,
+                      float *m, const int64_t *rowoff, int shared) {
+    const fc_conv2d_desc *d = W->d;
+    const int64_t mblocks = W->kp / W->mr, kc = cfg->kc;
+    const int64_t live16 = (t1 - t0 + LANES - 1) / LANES, live_pan = (t1 - t0 + W->nr - 1) / W->nr;
+    const int64_t groups16 = live_pan * W->nr / LANES; /* lane groups up to the last panel's end */
+    const fc_ukernel_fn gemm = cfg->gemm[0][W->nr / 16 - 1];
+    const int64_t nin = d->c * groups16, ngemm = 36 * mblocks, nout = d->k * live16;
+    if (shared) {
+        #pragma omp for schedule(static)
+        for (int64_t q = 0; q < nin; q++)
+            input_transform(W, x, q / groups16, t0, q % groups16 * LANES, t1, v);
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t q = 0; q < ngemm; q++)
+            gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live_pan);
+        #pragma omp for schedule(static)
+        for (int64_t q = 0; q < nout; q++)
+            output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
+        return;
+    }
+    for (int64_t q = 0; q < nin; q++)
+        input_transform(W, x, q / groups16, t0, q % groups16 * LANES, t1, v);
+    for (int64_t q = 0; q < ngemm; q++)
+        gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live_pan);
+    for (int64_t q = 0; q < nout; q++)
+        output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
+}
+
+int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
+                           const float *residual, float *y, int nthreads, const char **kernel) {
+    const fc_isa_config *cfg = fc_config();
+    if (d->n < 1 || d->c < 1 || d->k < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0)
+        return FC_EINVAL;
+    if (d->r != 3 || d->s != 3 || d->stride_h != 1 || d->stride_w != 1 || d->dil_h != 1 || d->dil_w != 1 ||
+        d->groups != 1)
+        return FC_EUNSUPPORTED;
+    wplan_t W = {.d = d, .mr = cfg->mr, .nr = cfg->nr};
+    W.th = (d->oh + 3) / 4;
+    W.tw = (d->ow + 3) / 4;
+    W.tiles = d->n * W.th * W.tw;
+    W.kp = round_up(d->k, KPAD);
+    int team = fc_team(nthreads, W.tiles * d->c * d->k * 36, 1 << 16);
+    /* Chunks: V and M of a chunk within CHUNK_BYTES, at least one panel.  With enough tiles each
+     * thread runs whole chunks on its own scratch (no barriers); otherwise the team shares one
+     * chunk at a time, phase by phase. */
+    const int64_t per_tile = 36 * (d->c + W.kp) * (int64_t)sizeof(float);
+    W.tcp = FC_MAX(W.nr, CHUNK_BYTES / per_tile / W.nr * W.nr);
+    int own = W.tiles >= 2 * team * W.nr;
+    if (own) /* at least two chunks per thread, for balance */
+        W.tcp = FC_MIN(W.tcp, FC_MAX(W.nr, W.tiles / (2 * team) / W.nr * W.nr));
+    W.tcp = FC_MIN(W.tcp, round_up(W.tiles, W.nr));
+    W.npan = W.tcp / W.nr;
+    const int64_t chunks = (W.tiles + W.tcp - 1) / W.tcp, copies = own ? team : 1;
+    const size_t vslice = fc_slice((size_t)36 * d->c * W.tcp * sizeof(float));
+    const size_t mslice = fc_slice((size_t)36 * W.kp * W.tcp * sizeof(float));
+    char *scratch = fc_alloc((size_t)copies * (vslice + mslice));
+    int64_t *rowoff = fc_alloc((size_t)d->c * sizeof(int64_t));
+    if (!scratch || !rowoff) {
+        free(scratch), free(rowoff);
+        return FC_ENOMEM;
+    }
+    for (int64_t p = 0; p < d->c; p++)
+        rowoff[p] = p * W.tcp;
+
+    #pragma omp parallel num_threads(team)
+    {
+        if (own) {
+            char *mine = scratch + (size_t)FC_THREAD_ID() * (vslice + mslice);
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run_chunk(&W, cfg, x, u, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
+                          (float *)mine, (float *)(mine + vslice), rowoff, 0);
+        } else {
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run_chunk(&W, cfg, x, u, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
+                          (float *)scratch, (float *)(scratch + vslice), rowoff, 1);
+        }
+    }
+    free(scratch);
+    free(rowoff);
+    if (kernel)
+        *kernel = cfg->winograd_name;
+    return FC_OK;
+}

@@ -1,0 +1,130 @@
+/* AVX2+FMA float32 GEMM microkernel, 6 output channels x 16 output pixels, and its epilogue.
+ *
+ * Designed for 16 ymm registers: 12 accumulators (6 rows x 2 vectors), 2 B vectors and one
+ * broadcast weight.  Per reduction step: 2 loads of B and 6 broadcasts feed 12 FMAs, which keeps
+ * both FMA pipes busy and hides their latency (the shape of MLAS's and BLIS's AVX2 SGEMM).
+ * Compiled with a target attribute (no -march flag), called only when the CPU reports AVX2 and
+ * FMA.
+ */
+#include "fc_internal.h"
+
+#if FC_X86
+#include <immintrin.h>
+
+#define MR 6
+#define NR 16
+
+/* The accumulators are named variables, not an array: GCC kept an array of them in memory and
+ * stored all twelve every step. */
+#define ROW(i) c##i##0, c##i##1
+#define STEP(i)                                                                                   \
+    do {                                                                                          \
+        __m256 av = _mm256_broadcast_ss(a + (i) * lda + p);                                      \
+        c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);                                               \
+        c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);                                               \
+    } while (0)
+#define LOAD(i)                                                                                   \
+    do {                                                                                          \
+        c##i##0 = accumulate ? _mm256_loadu_ps(c + (i) * NR) : _mm256_setzero_ps();               \
+        c##i##1 = accumulate ? _mm256_loadu_ps(c + (i) * NR + 8) : _mm256_setzero_ps();           \
+    } while (0)
+#define SAVE(i)                                                                                   \
+    do {                                                                                          \
+        _mm256_storeu_ps(c + (i) * NR, c##i##0);                                                  \
+        _mm256_storeu_ps(c + (i) * NR + 8, c##i##1);                                              \
+    } while (0)
+
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+gemm_6x16(const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
+          const int64_t *restrict boff, float *restrict c, int accumulate) {
+    __m256 ROW(0), ROW(1), ROW(2), ROW(3), ROW(4), ROW(5);
+    LOAD(0);
+    LOAD(1);
+    LOAD(2);
+    LOAD(3);
+    LOAD(4);
+    LOAD(5);
+    for (int64_t p = 0; p < kc; p++) {
+        /* The weight rows stream in place: every 16 steps each row enters a new line; fetch
+         * the one after it, one row per step. */
+        if ((p & 15) < MR)
+            _mm_prefetch((const char *)(a + (p & 15) * lda + p + 32), _MM_HINT_T0);
+        if (prefetch_b && p + 8 < kc) { /* cold B rows: fetch 8 rows ahead (both lines it spans) */
+            const char *next = (const char *)(b + boff[p + 8]);
+            _mm_prefetch(next, _MM_HINT_T0);
+            _mm_prefetch(next + 60, _MM_HINT_T0);
+        }
+        const float *bp = b + boff[p];
+        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        STEP(0);
+        STEP(1);
+        STEP(2);
+        STEP(3);
+        STEP(4);
+        STEP(5);
+    }
+    SAVE(0);
+    SAVE(1);
+    SAVE(2);
+    SAVE(3);
+    SAVE(4);
+    SAVE(5);
+}
+
+__attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda,
+                                                               const float *b, const int64_t *boff, float *c,
+                                                               int accumulate) {
+    gemm_6x16(0, kc, a, lda, b, boff, c, accumulate);
+}
+
+__attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda,
+                                                                        const float *b, const int64_t *boff,
+                                                                        float *c, int accumulate) {
+    gemm_6x16(1, kc, a, lda, b, boff, c, accumulate);
+}
+
+/* The fused epilogue, 8 lanes at a time with a masked tail: bias, residual and relu cost one
+ * add, one load+add and one max per vector on top of the store. */
+__attribute__((target("avx2,fma"))) void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows,
+                                                                int64_t len, const float *bias, const float *res,
+                                                                float *out, int64_t ldo, int relu) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t i = 0; i < rows; i++) {
+        const __m256 bv = _mm256_set1_ps(bias ? bias[i] : 0.0f);
+        const float *ci = c + i * ldc, *ri = res ? res + i * ldo : NULL;
+        float *oi = out + i * ldo;
+        int64_t j = 0;
+        for (; j + 8 <= len; j += 8) {
+            __m256 v = _mm256_add_ps(_mm256_loadu_ps(ci + j), bv);
+            if (ri)
+                v = _mm256_add_ps(v, _mm256_loadu_ps(ri + j));
+            if (relu) /* max(0, v) returns v when v is NaN: NaN stays, as torch */
+                v = _mm256_max_ps(zero, v);
+            _mm256_storeu_ps(oi + j, v);
+        }
+        if (j < len) {
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(len - j)), lanes);
+            __m256 v = _mm256_add_ps(_mm256_maskload_ps(ci + j, m), bv);
+            if (ri)
+                v = _mm256_add_ps(v, _mm256_maskload_ps(ri + j, m));
+            if (relu)
+                v = _mm256_max_ps(zero, v);
+            _mm256_maskstore_ps(oi + j, m, v);
+        }
+    }
+}
+#else /* not x86: never called (fc_config() is the generic table), defined so the module links */
+void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, float *c,
+                           int accumulate) {
+    (void)kc, (void)a, (void)lda, (void)b, (void)boff, (void)c, (void)accumulate;
+}
+void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
+                                    float *c, int accumulate) {
+    (void)kc, (void)a, (void)lda, (void)b, (void)boff, (void)c, (void)accumulate;
+}
+void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
+                            const float *res, float *out, int64_t ldo, int relu) {
+    (void)c, (void)ldc, (void)rows, (void)len, (void)bias, (void)res, (void)out, (void)ldo, (void)relu;
+}
+#endif

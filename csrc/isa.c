@@ -1,0 +1,72 @@
+/* Per-instruction-set kernel configurations, as BLIS and XNNPACK keep them: one table per ISA
+ * naming its GEMM microkernel, tile and reduction block, chosen once at first use.
+ *
+ * Each tile is designed for its register file: AVX-512 (32 zmm) keeps 8 channels x 48 pixels
+ * (24 accumulators), AVX2 (16 ymm) 6 channels x 16 pixels (12 accumulators, 2 B vectors, one
+ * broadcast: MLAS's and BLIS's shape), the portable kernel 4 x 16 in plain C. */
+#include "fc_internal.h"
+
+#if FC_X86
+static void store_avx512(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
+                         const float *res, float *out, int64_t ldo, int relu) {
+    (void)ldc; /* always FC_NR: the AVX-512 tile is the widest */
+    fc_f32_tile_store_avx512(c, rows, len, bias, res, out, ldo, relu);
+}
+
+static const fc_isa_config CONFIG_AVX512 = {
+    .level = FC_AVX512, .isa = "avx512", .mr = 8, .nr = 48, .kc = 192,
+    .gemm = fc_f32_gemm_kernels_avx512,
+    .store = store_avx512,
+    .gemm_name = "conv2d f32 gemm 8x48 avx512",
+    .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512",
+    .direct_name = "conv2d f32 direct avx512",
+};
+
+static const fc_ukernel_fn GEMM_AVX2[2][3] = {{fc_f32_gemm_6x16_avx2, NULL, NULL},
+                                              {fc_f32_gemm_6x16_prefetch_avx2, NULL, NULL}};
+
+static const fc_isa_config CONFIG_AVX2 = {
+    .level = FC_AVX2, .isa = "avx2", .mr = 6, .nr = 16, .kc = 256,
+    .gemm = GEMM_AVX2,
+    .store = fc_f32_tile_store_avx2,
+    .gemm_name = "conv2d f32 gemm 6x16 avx2",
+    .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2",
+    .direct_name = "conv2d f32 direct avx2",
+};
+#endif
+
+static const fc_ukernel_fn GEMM_GENERIC[2][3] = {{fc_f32_gemm_4x16_generic, NULL, NULL},
+                                                 {fc_f32_gemm_4x16_generic, NULL, NULL}};
+
+static const fc_isa_config CONFIG_GENERIC = {
+    .level = FC_GENERIC, .isa = "generic", .mr = 4, .nr = 16, .kc = 128,
+    .gemm = GEMM_GENERIC,
+    .store = fc_f32_tile_store_generic,
+    .gemm_name = "conv2d f32 gemm 4x16 generic",
+    .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 4x16 generic",
+    .direct_name = "conv2d f32 direct generic",
+};
+
+/* The table is picked once; a data race on first use is benign (every thread computes the
+ * same pointer). */
+static const fc_isa_config *volatile chosen;
+
+const fc_isa_config *fc_config(void) {
+    const fc_isa_config *cfg = chosen;
+    if (cfg)
+        return cfg;
+    switch (fc_level()) {
+#if FC_X86
+    case FC_AVX512:
+        cfg = &CONFIG_AVX512;
+        break;
+    case FC_AVX2:
+        cfg = &CONFIG_AVX2;
+        break;
+#endif
+    default:
+        cfg = &CONFIG_GENERIC;
+    }
+    chosen = cfg;
+    return cfg;
+}
