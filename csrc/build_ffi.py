@@ -20,7 +20,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ["conv_direct.c", "conv_gemm_f32.c", "conv_panels_f32.c", "gemm_f32_avx512.c", "gemm_f32_avx2.c", "pool.c",
-           "norm.c", "cpu.c"]
+           "norm.c", "cpu.c", "conv_bwd.c"]
 
 
 def cdef_text() -> str:

@@ -188,3 +188,103 @@ def relu(p, x):
                                       threads.get_num_threads())
         _check(status, "relu")
     return y
+
+
+# -- backward ------------------------------------------------------------------------------------
+
+from ._bwd_common import as_ncl, empty_batch_norm_grads, fold_padding, pad_input, zero_padded  # noqa: E402
+
+
+def _conv_desc(call, p):
+    d = call.ffi.new("fc_conv2d_desc *")
+    d.n, d.c, d.h, d.w = p.n, p.c, p.h, p.w
+    d.k, d.r, d.s = p.k, p.r, p.s
+    d.oh, d.ow = p.oh, p.ow
+    d.stride_h, d.stride_w = p.stride
+    d.pad_top, d.pad_left = p.padding[0], p.padding[2]
+    d.dil_h, d.dil_w = p.dilation
+    d.groups = p.groups
+    d.relu = 0
+    return d
+
+
+def conv2d_bwd_data(p, grad_output, weight):
+    q = zero_padded(p)
+    call = _Call(p.dtype)
+    gx = np.empty(q.input_shape, p.dtype)
+    status = _fn(p.dtype, "conv2d_bwd_data")(_conv_desc(call, q), call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
+                                             call.ptr(weight, q.k * q.cg * q.r * q.s),
+                                             call.ptr(gx, gx.size, writable=True), threads.get_num_threads())
+    _check(status, "conv2d_bwd_data")
+    return fold_padding(p, gx)
+
+
+def conv2d_bwd_weight(p, x, grad_output):
+    q = zero_padded(p)
+    call = _Call(p.dtype)
+    xp = np.ascontiguousarray(pad_input(p, x))
+    gw = np.empty(q.weight_shape, p.dtype)
+    gb = np.empty(q.k, p.dtype) if p.bias else None
+    status = _fn(p.dtype, "conv2d_bwd_weight")(_conv_desc(call, q), call.ptr(xp, q.n * q.c * q.h * q.w),
+                                               call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
+                                               call.ptr(gw, gw.size, writable=True),
+                                               call.ptr(gb, q.k, writable=True), threads.get_num_threads())
+    _check(status, "conv2d_bwd_weight")
+    return gw, gb
+
+
+def max_pool2d_bwd_data(p, x, grad_output):
+    call = _Call(p.dtype)
+    gx = np.empty(p.input_shape, p.dtype)
+    status = _fn(p.dtype, "max_pool2d_bwd")(_pool_desc(call, p), call.ptr(x, gx.size),
+                                            call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+                                            call.ptr(gx, gx.size, writable=True), threads.get_num_threads())
+    _check(status, "max_pool2d_bwd_data")
+    return gx
+
+
+def avg_pool2d_bwd_data(p, grad_output):
+    call = _Call(p.dtype)
+    gx = np.empty(p.input_shape, p.dtype)
+    status = _fn(p.dtype, "avg_pool2d_bwd")(_pool_desc(call, p), call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+                                            call.ptr(gx, gx.size, writable=True), threads.get_num_threads())
+    _check(status, "avg_pool2d_bwd_data")
+    return gx
+
+
+def adaptive_avg_pool2d_bwd_data(p, grad_output):
+    if p.oh == 0 or p.ow == 0:  # no bins: nothing flows back
+        return np.zeros(p.input_shape, p.dtype)
+    call = _Call(p.dtype)
+    gx = np.empty(p.input_shape, p.dtype)
+    status = _fn(p.dtype, "adaptive_avg_pool2d_bwd")(p.n * p.c, p.h, p.w, p.oh, p.ow,
+                                                     call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+                                                     call.ptr(gx, gx.size, writable=True), threads.get_num_threads())
+    _check(status, "adaptive_avg_pool2d_bwd_data")
+    return gx
+
+
+def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
+    if p.count == 0:
+        return empty_batch_norm_grads(p, x)
+    call = _Call(p.dtype)
+    x3, gy = np.ascontiguousarray(as_ncl(p, x)), np.ascontiguousarray(as_ncl(p, grad_output))
+    gx = np.empty(x3.shape, p.dtype)
+    gw, gb = np.empty(p.c), np.empty(p.c)
+    status = _fn(p.dtype, "batch_norm_bwd")(p.n, p.c, p.l, call.ptr(x3, x3.size), call.ptr(gy, gy.size),
+                                            *(call.ptr(_f64(a), p.c, np.float64) for a in (mean, var, weight)),
+                                            float(p.eps), 1 if p.training else 0, call.ptr(gx, gx.size, writable=True),
+                                            call.ptr(gw, p.c, np.float64, True), call.ptr(gb, p.c, np.float64, True),
+                                            threads.get_num_threads())
+    _check(status, "batch_norm_bwd_data")
+    return gx.reshape(x.shape), gw.astype(p.dtype), gb.astype(p.dtype)
+
+
+def relu_bwd_data(p, output, grad_output):
+    call = _Call(p.dtype)
+    gx = np.empty(p.shape, p.dtype)
+    if gx.size:
+        status = _fn(p.dtype, "relu_bwd")(gx.size, call.ptr(output, p.size), call.ptr(grad_output, p.size),
+                                          call.ptr(gx, gx.size, writable=True), threads.get_num_threads())
+        _check(status, "relu_bwd_data")
+    return gx

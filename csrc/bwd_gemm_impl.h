@@ -1,0 +1,116 @@
+/* A packed, register-blocked GEMM for the convolution backward kernels, C += A B, one dtype per
+ * inclusion (T, V: a 64-byte vector of T, VL its lanes, FN(name) the suffix).  Single-threaded:
+ * the callers split their work (images) over threads, each with its own packing buffers.
+ *
+ * A (M x K) and B (K x N) are read through strides, element (i, p) of A at a[i*rsa + p*csa],
+ * so the transposed operands of backward (weight^T, im2col columns^T) need no copy: packing
+ * gathers KC x MR slivers of A and KC x NR slivers of B into contiguous, aligned panels, and
+ * the microkernel runs MR x NR tiles (2 vectors wide) from them with MR*2 vector accumulators.
+ * C is row-major with leading dimension ldc and is added to.
+ */
+
+#define MR 8
+#define NR (2 * VL)
+#define KC 256
+#define MC 128
+#define NC 1536
+
+/* Scratch one gemm call needs, in elements of T: the A block and the B block. */
+static inline size_t FN(gemm_scratch)(void) {
+    return (size_t)MC * KC + (size_t)NC * KC;
+}
+
+static inline void FN(pack_a)(int64_t mc, int64_t kc, const T *a, int64_t rsa, int64_t csa, T *restrict ap) {
+    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+        int64_t mr = FC_MIN(MR, mc - i0);
+        for (int64_t p = 0; p < kc; p++) {
+            for (int64_t i = 0; i < mr; i++)
+                ap[p * MR + i] = a[(i0 + i) * rsa + p * csa];
+            for (int64_t i = mr; i < MR; i++)
+                ap[p * MR + i] = 0;
+        }
+        ap += MR * kc;
+    }
+}
+
+static inline void FN(pack_b)(int64_t nc, int64_t kc, const T *b, int64_t rsb, int64_t csb, T *restrict bp) {
+    for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+        int64_t nr = FC_MIN(NR, nc - j0);
+        if (csb == 1 && nr == NR) {
+            for (int64_t p = 0; p < kc; p++)
+                memcpy(bp + p * NR, b + p * rsb + j0, NR * sizeof(T));
+        } else if (rsb == 1) {
+            /* Columns contiguous along p (im2col columns^T): read each column once, in order. */
+            for (int64_t j = 0; j < nr; j++) {
+                const T *col = b + (j0 + j) * csb;
+                for (int64_t p = 0; p < kc; p++)
+                    bp[p * NR + j] = col[p];
+            }
+            for (int64_t p = 0; p < kc; p++)
+                for (int64_t j = nr; j < NR; j++)
+                    bp[p * NR + j] = 0;
+        } else {
+            for (int64_t p = 0; p < kc; p++) {
+                for (int64_t j = 0; j < nr; j++)
+                    bp[p * NR + j] = b[p * rsb + (j0 + j) * csb];
+                for (int64_t j = nr; j < NR; j++)
+                    bp[p * NR + j] = 0;
+            }
+        }
+        bp += NR * kc;
+    }
+}
+
+/* ct[MR][NR] = sum over p of ap[p][MR] (outer) bp[p][NR]. */
+static inline void FN(micro)(int64_t kc, const T *restrict ap, const T *restrict bp, T *restrict ct) {
+    V acc[MR][2];
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = (V){0};
+    for (int64_t p = 0; p < kc; p++) {
+        V b0 = *(const V *)(bp + p * NR), b1 = *(const V *)(bp + p * NR + VL);
+        for (int i = 0; i < MR; i++) {
+            V a = (V){0} + ap[p * MR + i]; /* broadcast */
+            acc[i][0] += a * b0;
+            acc[i][1] += a * b1;
+        }
+    }
+    for (int i = 0; i < MR; i++) {
+        *(V *)(ct + i * NR) = acc[i][0];
+        *(V *)(ct + i * NR + VL) = acc[i][1];
+    }
+}
+
+/* C[M][N] (ldc) += A B.  `scratch` holds FN(gemm_scratch)() elements, 64-byte aligned. */
+FC_CLONES static void FN(gemm)(int64_t m, int64_t n, int64_t k, const T *a, int64_t rsa, int64_t csa,
+                               const T *b, int64_t rsb, int64_t csb, T *c, int64_t ldc, T *scratch) {
+    T *ap = scratch, *bp = scratch + (size_t)MC * KC;
+    T ct[MR * NR] __attribute__((aligned(64)));
+    for (int64_t jc = 0; jc < n; jc += NC) {
+        int64_t nc = FC_MIN(NC, n - jc);
+        for (int64_t pc = 0; pc < k; pc += KC) {
+            int64_t kc = FC_MIN(KC, k - pc);
+            FN(pack_b)(nc, kc, b + pc * rsb + jc * csb, rsb, csb, bp);
+            for (int64_t ic = 0; ic < m; ic += MC) {
+                int64_t mc = FC_MIN(MC, m - ic);
+                FN(pack_a)(mc, kc, a + ic * rsa + pc * csa, rsa, csa, ap);
+                for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+                    int64_t nr = FC_MIN(NR, nc - j0);
+                    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+                        int64_t mr = FC_MIN(MR, mc - i0);
+                        FN(micro)(kc, ap + i0 * kc, bp + j0 * kc, ct);
+                        T *cc = c + (ic + i0) * ldc + jc + j0;
+                        for (int64_t i = 0; i < mr; i++)
+                            for (int64_t j = 0; j < nr; j++)
+                                cc[i * ldc + j] += ct[i * NR + j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#undef MR
+#undef NR
+#undef KC
+#undef MC
+#undef NC
