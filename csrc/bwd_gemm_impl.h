@@ -69,7 +69,7 @@ static inline void FN(micro)(int64_t kc, const T *restrict ap, const T *restrict
     for (int64_t p = 0; p < kc; p++) {
         V b0 = *(const V *)(bp + p * NR), b1 = *(const V *)(bp + p * NR + VL);
         for (int i = 0; i < MR; i++) {
-            V a = (V){0} + ap[p * MR + i]; /* broadcast */
+            V a = ap[p * MR + i] - (V){0}; /* broadcast (x - 0 is x: folds to a broadcast load) */
             acc[i][0] += a * b0;
             acc[i][1] += a * b1;
         }

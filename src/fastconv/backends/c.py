@@ -192,6 +192,7 @@ def relu(p, x):
 
 # -- backward ------------------------------------------------------------------------------------
 
+from ..problem import Conv2dProblem  # noqa: E402
 from ._bwd_common import as_ncl, empty_batch_norm_grads, fold_padding, pad_input, zero_padded  # noqa: E402
 
 
@@ -208,8 +209,27 @@ def _conv_desc(call, p):
     return d
 
 
+def _transposed(q):
+    """For a stride-1 convolution, the forward convolution that computes its backward-data: the
+    gradient slides over dy with the kernel flipped and input/output channels swapped per group,
+    padded by the dilated kernel's reach less the forward's padding.  None when that padding
+    would be negative (padding wider than the kernel) or the convolution is strided."""
+    pt, pb, pl, pr = q.padding
+    reach_h, reach_w = q.dilation[0] * (q.r - 1), q.dilation[1] * (q.s - 1)
+    pads = (reach_h - pt, reach_h - pb, reach_w - pl, reach_w - pr)
+    if q.stride != (1, 1) or min(pads) < 0:
+        return None
+    return Conv2dProblem(q.n, q.k, q.oh, q.ow, q.c, q.r, q.s, (1, 1), pads, q.dilation, q.groups, q.dtype)
+
+
 def conv2d_bwd_data(p, grad_output, weight):
     q = zero_padded(p)
+    t = _transposed(q)
+    if t is not None and q.n:
+        # weight (k, cg, r, s) -> per group (cg, kg, r, s), flipped: (c, kg, r, s).
+        wt = weight.reshape(q.groups, q.kg, q.cg, q.r, q.s)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        gx = conv2d(t, grad_output, np.ascontiguousarray(wt.reshape(q.c, q.kg, q.r, q.s)), None, None)
+        return fold_padding(p, gx)
     call = _Call(p.dtype)
     gx = np.empty(q.input_shape, p.dtype)
     status = _fn(p.dtype, "conv2d_bwd_data")(_conv_desc(call, q), call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
