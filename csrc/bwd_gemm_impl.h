@@ -9,11 +9,17 @@
  * C is row-major with leading dimension ldc and is added to.
  */
 
-#define MR 8
+#ifndef FC_BWD_MR
+#define FC_BWD_MR 8
+#define FC_BWD_KC 256
+#define FC_BWD_MC 128
+#define FC_BWD_NC 1536
+#endif
+#define MR FC_BWD_MR
 #define NR (2 * VL)
-#define KC 256
-#define MC 128
-#define NC 1536
+#define KC FC_BWD_KC
+#define MC FC_BWD_MC
+#define NC FC_BWD_NC
 
 /* Scratch one gemm call needs, in elements of T: the A block and the B block. */
 static inline size_t FN(gemm_scratch)(void) {

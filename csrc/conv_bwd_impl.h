@@ -8,13 +8,13 @@
  * partial sums are added at the end: no two threads ever write the same element.
  */
 
-/* cols[(c*r + i)*s + j][oh*ow] of image planes x (cg, h, w), zero where the tap is padding. */
-static void FN(im2col)(const fc_conv2d_desc *d, int64_t cg, const T *x, T *cols) {
-    int64_t ohw = d->oh * d->ow;
+/* cols[(c*r + i)*s + j][0 .. oh*ow) (rows ld apart) of image planes x (cg, h, w), zero where
+ * the tap is padding. */
+static void FN(im2col)(const fc_conv2d_desc *d, int64_t cg, const T *x, T *cols, int64_t ld) {
     for (int64_t c = 0; c < cg; c++)
         for (int64_t i = 0; i < d->r; i++)
             for (int64_t j = 0; j < d->s; j++) {
-                T *row = cols + ((c * d->r + i) * d->s + j) * ohw;
+                T *row = cols + ((c * d->r + i) * d->s + j) * ld;
                 int64_t off_w = j * d->dil_w - d->pad_left, lo, hi;
                 fc_valid_range(d->w, d->ow, d->stride_w, off_w, &lo, &hi);
                 for (int64_t oy = 0; oy < d->oh; oy++) {
@@ -109,19 +109,26 @@ static int FN(conv2d_bwd_data)(const fc_conv2d_desc *d, const T *dy, const T *w,
     return FC_OK;
 }
 
+/* Images per GEMM in bwd_weight: enough pixels that the reduction (K) amortises reading and
+ * writing the dw tiles, which a small image (7x7 = 49 pixels) alone would not. */
+#define BWD_MIN_PIXELS 1024
+
 static int FN(conv2d_bwd_weight)(const fc_conv2d_desc *d, const T *x, const T *dy, T *dw, T *db, int nthreads) {
-    int64_t cg = d->c / d->groups, kg = d->k / d->groups, crs, cols_len, img_in, img_out, wsize;
+    int64_t cg = d->c / d->groups, kg = d->k / d->groups, crs, img_in, img_out, wsize;
     int64_t ohw = d->oh * d->ow;
-    if (__builtin_mul_overflow(cg, d->r * d->s, &crs) || __builtin_mul_overflow(crs, ohw, &cols_len) ||
+    int team = fc_team(nthreads, d->n, 1);
+    int64_t per_img = (d->n + team - 1) / team;
+    int64_t chunk = FC_MAX(1, FC_MIN(per_img, (BWD_MIN_PIXELS + ohw - 1) / ohw));
+    int64_t ld, cols_len, dy_len;
+    if (__builtin_mul_overflow(cg, d->r * d->s, &crs) || __builtin_mul_overflow(chunk, ohw, &ld) ||
+        __builtin_mul_overflow(crs, ld, &cols_len) || __builtin_mul_overflow(kg, ld, &dy_len) ||
         __builtin_mul_overflow(d->c, d->h * d->w, &img_in) || __builtin_mul_overflow(d->k, ohw, &img_out) ||
         __builtin_mul_overflow(d->k, crs, &wsize))
         return FC_EINVAL;
-    int pointwise = FN(is_pointwise)(d);
     size_t per_thread;
-    if (__builtin_add_overflow(FN(gemm_scratch)() + (size_t)wsize, pointwise ? 0 : (size_t)cols_len, &per_thread) ||
+    if (__builtin_add_overflow(FN(gemm_scratch)() + (size_t)wsize + (size_t)dy_len, (size_t)cols_len, &per_thread) ||
         per_thread > SIZE_MAX / sizeof(T) / 256)
         return FC_ENOMEM;
-    int team = fc_team(nthreads, d->n, 1);
     size_t slice = fc_slice(per_thread * sizeof(T));
     char *scratch = fc_alloc(slice * (size_t)team);
     if (!scratch)
@@ -131,21 +138,24 @@ static int FN(conv2d_bwd_weight)(const fc_conv2d_desc *d, const T *x, const T *d
         int tid = FC_THREAD_ID();
         T *gbuf = (T *)(scratch + slice * (size_t)tid);
         T *part = gbuf + FN(gemm_scratch)();
-        T *cols = part + wsize;
+        T *dyk = part + wsize, *cols = dyk + dy_len;
         memset(part, 0, (size_t)wsize * sizeof(T));
-        /* Images split statically: thread t sums images t, t + team, ... into its own part. */
-        for (int64_t n = tid; n < d->n; n += team)
+        /* Thread t owns images [t * per_img, (t + 1) * per_img), summed into its own part. */
+        int64_t n0 = tid * per_img, n1 = FC_MIN(d->n, n0 + per_img);
+        for (int64_t a = n0; a < n1; a += chunk) {
+            int64_t m = FC_MIN(chunk, n1 - a), kk = m * ohw;
             for (int64_t g = 0; g < d->groups; g++) {
-                const T *xg = x + n * img_in + g * cg * d->h * d->w;
-                const T *src = xg;
-                if (!pointwise) {
-                    FN(im2col)(d, cg, xg, cols);
-                    src = cols;
+                /* The chunk's images side by side along the reduction: cols (crs x m*ohw), dy (kg x m*ohw). */
+                for (int64_t b = 0; b < m; b++) {
+                    FN(im2col)(d, cg, x + (a + b) * img_in + g * cg * d->h * d->w, cols + b * ohw, ld);
+                    for (int64_t k = 0; k < kg; k++)
+                        memcpy(dyk + k * ld + b * ohw, dy + (a + b) * img_out + (g * kg + k) * ohw,
+                               (size_t)ohw * sizeof(T));
                 }
-                /* dw_g (kg x crs) += dy_g (kg x ohw) src^T: B(p = pixel, j = tap) at src[j*ohw + p]. */
-                FN(gemm)(kg, crs, ohw, dy + n * img_out + g * kg * ohw, ohw, 1, src, 1, ohw,
-                         part + g * kg * crs, crs, gbuf);
+                /* dw_g (kg x crs) += dy (kg x K) cols^T: B(p, j) at cols[j*ld + p]. */
+                FN(gemm)(kg, crs, kk, dyk, ld, 1, cols, 1, ld, part + g * kg * crs, crs, gbuf);
             }
+        }
 #pragma omp barrier
 #pragma omp for schedule(static)
         for (int64_t e = 0; e < wsize; e++) {
@@ -170,3 +180,5 @@ static int FN(conv2d_bwd_weight)(const fc_conv2d_desc *d, const T *x, const T *d
     free(scratch);
     return FC_OK;
 }
+
+#undef BWD_MIN_PIXELS
