@@ -250,6 +250,11 @@ def _phase_axis(n, out, k, stride, pad, dil, a):
     return taps[::-1], spacing, lo, hi, before, max(0, after), count
 
 
+#: Above this many phases (stride_h * stride_w) each phase's convolution is too small to pay for
+#: its call; backward-data then runs the C kernel's packed GEMM into columns and col2im.
+MAX_PHASES = 4
+
+
 def _bwd_data_phases(p, q, grad_output, weight):
     """Strided backward-data as stride_h * stride_w stride-1 forward convolutions, one per phase
     of the input grid (the cells a + i*stride), each with the taps that land on its phase."""
@@ -275,7 +280,7 @@ def conv2d_bwd_data(p, grad_output, weight):
     if t is not None and q.n:
         gx = conv2d(t, grad_output, _swap_channels(q, weight[:, :, ::-1, ::-1]), None, None)
         return fold_padding(p, gx)
-    if q.n:
+    if q.n and q.stride[0] * q.stride[1] <= MAX_PHASES:
         return fold_padding(p, _bwd_data_phases(p, q, grad_output, weight))
     call = _Call(p.dtype)
     gx = np.empty(q.input_shape, p.dtype)
