@@ -72,6 +72,7 @@ sanitize: $(STAMP)
 	$(SANITIZE_ENV) $(PY) -c "import fastconv._ckernels as m; assert '$(SANITIZE_DIR)' in m.__file__, m.__file__"
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_c_backend.py
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_conformance.py::test_matches_torch -k "c]"
+	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_backward.py -k "c]"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/fastconv/_ckernels* .pytest_cache .hypothesis .asv .benchmarks

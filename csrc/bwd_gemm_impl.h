@@ -9,11 +9,17 @@
  * C is row-major with leading dimension ldc and is added to.
  */
 
-#define MR 8
+#ifndef FC_BWD_MR
+#define FC_BWD_MR 8
+#define FC_BWD_KC 256
+#define FC_BWD_MC 128
+#define FC_BWD_NC 1536
+#endif
+#define MR FC_BWD_MR
 #define NR (2 * VL)
-#define KC 256
-#define MC 128
-#define NC 1536
+#define KC FC_BWD_KC
+#define MC FC_BWD_MC
+#define NC FC_BWD_NC
 
 /* Scratch one gemm call needs, in elements of T: the A block and the B block. */
 static inline size_t FN(gemm_scratch)(void) {
@@ -61,6 +67,61 @@ static inline void FN(pack_b)(int64_t nc, int64_t kc, const T *b, int64_t rsb, i
     }
 }
 
+/* B as the im2col columns^T of `m` images, never materialised: B(p, j) with p = (image, output
+ * pixel) and j = (c, tap r, tap s) is the input value that tap reads, 0 in the padding.
+ * Packing reads the input (cache-resident per image) instead of a large column buffer. */
+typedef struct {
+    const fc_conv2d_desc *d;
+    const T *x;           /* the first image's first channel of this group */
+    int64_t img_stride;   /* elements between images */
+    int64_t ohw;
+} FN(cols_src);
+
+static inline void FN(pack_b_cols)(int64_t nc, int64_t kc, int64_t j0, int64_t p0, int64_t n_all,
+                                   const FN(cols_src) *src, T *restrict bp) {
+    const fc_conv2d_desc *d = src->d;
+    int64_t rs = d->r * d->s;
+    for (int64_t jb = 0; jb < nc; jb += NR) {
+        int64_t nr = FC_MIN(NR, nc - jb);
+        for (int64_t jj = 0; jj < NR; jj++) {
+            int64_t j = j0 + jb + jj;
+            if (jj >= nr || j >= n_all) {
+                for (int64_t p = 0; p < kc; p++)
+                    bp[p * NR + jj] = 0;
+                continue;
+            }
+            int64_t c = j / rs, rr = (j / d->s) % d->r, ss = j % d->s;
+            int64_t off_w = ss * d->dil_w - d->pad_left;
+            int64_t b = p0 / src->ohw, pix = p0 % src->ohw, oy = pix / d->ow, ox = pix % d->ow;
+            for (int64_t q = 0; q < kc;) {
+                int64_t len = FC_MIN(d->ow - ox, kc - q);
+                int64_t iy = oy * d->stride_h - d->pad_top + rr * d->dil_h;
+                T *out = bp + q * NR + jj;
+                if (iy < 0 || iy >= d->h) {
+                    for (int64_t t = 0; t < len; t++)
+                        out[t * NR] = 0;
+                } else {
+                    const T *row = src->x + b * src->img_stride + (c * d->h + iy) * d->w;
+                    for (int64_t t = 0; t < len; t++) {
+                        int64_t ix = (ox + t) * d->stride_w + off_w;
+                        out[t * NR] = ix >= 0 && ix < d->w ? row[ix] : 0;
+                    }
+                }
+                q += len;
+                ox += len;
+                if (ox == d->ow) {
+                    ox = 0;
+                    if (++oy == d->oh) {
+                        oy = 0;
+                        b++;
+                    }
+                }
+            }
+        }
+        bp += NR * kc;
+    }
+}
+
 /* ct[MR][NR] = sum over p of ap[p][MR] (outer) bp[p][NR]. */
 static inline void FN(micro)(int64_t kc, const T *restrict ap, const T *restrict bp, T *restrict ct) {
     V acc[MR][2];
@@ -69,7 +130,7 @@ static inline void FN(micro)(int64_t kc, const T *restrict ap, const T *restrict
     for (int64_t p = 0; p < kc; p++) {
         V b0 = *(const V *)(bp + p * NR), b1 = *(const V *)(bp + p * NR + VL);
         for (int i = 0; i < MR; i++) {
-            V a = (V){0} + ap[p * MR + i]; /* broadcast */
+            V a = ap[p * MR + i] - (V){0}; /* broadcast (x - 0 is x: folds to a broadcast load) */
             acc[i][0] += a * b0;
             acc[i][1] += a * b1;
         }
@@ -80,16 +141,21 @@ static inline void FN(micro)(int64_t kc, const T *restrict ap, const T *restrict
     }
 }
 
-/* C[M][N] (ldc) += A B.  `scratch` holds FN(gemm_scratch)() elements, 64-byte aligned. */
+/* C[M][N] (ldc) += A B.  `scratch` holds FN(gemm_scratch)() elements, 64-byte aligned.  B is
+ * (b, rsb, csb), or, when `cols` is not NULL, the im2col columns^T it describes. */
 FC_CLONES static void FN(gemm)(int64_t m, int64_t n, int64_t k, const T *a, int64_t rsa, int64_t csa,
-                               const T *b, int64_t rsb, int64_t csb, T *c, int64_t ldc, T *scratch) {
+                               const T *b, int64_t rsb, int64_t csb, const FN(cols_src) *cols, T *c,
+                               int64_t ldc, T *scratch) {
     T *ap = scratch, *bp = scratch + (size_t)MC * KC;
     T ct[MR * NR] __attribute__((aligned(64)));
     for (int64_t jc = 0; jc < n; jc += NC) {
         int64_t nc = FC_MIN(NC, n - jc);
         for (int64_t pc = 0; pc < k; pc += KC) {
             int64_t kc = FC_MIN(KC, k - pc);
-            FN(pack_b)(nc, kc, b + pc * rsb + jc * csb, rsb, csb, bp);
+            if (cols)
+                FN(pack_b_cols)(nc, kc, jc, pc, n, cols, bp);
+            else
+                FN(pack_b)(nc, kc, b + pc * rsb + jc * csb, rsb, csb, bp);
             for (int64_t ic = 0; ic < m; ic += MC) {
                 int64_t mc = FC_MIN(MC, m - ic);
                 FN(pack_a)(mc, kc, a + ic * rsa + pc * csa, rsa, csa, ap);

@@ -43,6 +43,7 @@ def conv_cases(dtype: str) -> list[BwdCase]:
         _conv("stride2", (2, 3, 9, 9), (4, 3, 3, 3), dtype, stride=2, padding=1),
         _conv("stride_hw", (1, 2, 10, 11), (3, 2, 3, 3), dtype, stride=(1, 3), padding=(0, 1)),
         _conv("stride_gt_kernel", (1, 2, 11, 11), (3, 2, 2, 2), dtype, stride=4),
+        _conv("stride3_dil_groups", (2, 4, 13, 12), (6, 2, 3, 3), dtype, stride=3, padding=2, dilation=2, groups=2),
         _conv("dilation_hw", (1, 2, 12, 13), (3, 2, 3, 2), dtype, dilation=(3, 2), padding=(1, 3)),
         _conv("pad_gt_kernel", (1, 2, 4, 4), (2, 2, 3, 3), dtype, padding=4),
         _conv("same_even", (2, 3, 7, 8), (4, 3, 4, 2), dtype, padding="same"),

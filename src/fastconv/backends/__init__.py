@@ -25,6 +25,20 @@ dtype, never modify their inputs, and return a new output array of that dtype:
         float64 (C,) arrays.  Updating running statistics is the API's job.
     relu(p, x) -> y                                     x of any shape
 
+Backward functions take the *forward* problem ``p`` and return new arrays of its dtype:
+
+    conv2d_bwd_data(p, grad_output, weight) -> grad_input
+    conv2d_bwd_weight(p, x, grad_output) -> (grad_weight, grad_bias or None)
+    max_pool2d_bwd_data(p, x, grad_output) -> grad_input
+    avg_pool2d_bwd_data(p, grad_output) -> grad_input
+    adaptive_avg_pool2d_bwd_data(p, grad_output) -> grad_input
+    batch_norm_bwd_data(p, x, grad_output, mean, var, weight) -> (grad_input, grad_weight, grad_bias)
+        mean/var: the statistics the forward normalised with (training: the batch's, biased)
+    relu_bwd_data(p, output, grad_output) -> grad_input
+
+Unlike the forward ops they also accept empty batches.  Padding modes other than zeros reach
+them unchanged (``p.padding_mode``); ``_bwd_common`` pads and folds the gradient back.
+
 Backends never re-validate user input, never see an empty output (the dispatcher returns it),
 and touch no global state but the thread count (``fastconv.threads.get_num_threads()``).
 """
