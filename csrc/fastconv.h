@@ -108,6 +108,34 @@ int fc_f64_batch_stats(int64_t n, int64_t c, int64_t l, const double *x, double 
 int fc_f32_relu(int64_t size, const float *x, float *y, int nthreads);
 int fc_f64_relu(int64_t size, const double *x, double *y, int nthreads);
 
+/* Backward ops.  Each takes the forward's descriptor and writes the gradient arrays whole
+ * (no accumulation into what they held).  dbias may be NULL.  Batch norm: mean/var are the
+ * statistics the forward normalised with (training: the batch's, biased variance); dweight and
+ * dbias come back in float64. */
+int fc_f32_conv2d_bwd_data(const fc_conv2d_desc *d, const float *dy, const float *weight, float *dx, int nthreads);
+int fc_f64_conv2d_bwd_data(const fc_conv2d_desc *d, const double *dy, const double *weight, double *dx,
+                           int nthreads);
+int fc_f32_conv2d_bwd_weight(const fc_conv2d_desc *d, const float *x, const float *dy, float *dweight,
+                             float *dbias, int nthreads);
+int fc_f64_conv2d_bwd_weight(const fc_conv2d_desc *d, const double *x, const double *dy, double *dweight,
+                             double *dbias, int nthreads);
+int fc_f32_max_pool2d_bwd(const fc_pool2d_desc *d, const float *x, const float *dy, float *dx, int nthreads);
+int fc_f64_max_pool2d_bwd(const fc_pool2d_desc *d, const double *x, const double *dy, double *dx, int nthreads);
+int fc_f32_avg_pool2d_bwd(const fc_pool2d_desc *d, const float *dy, float *dx, int nthreads);
+int fc_f64_avg_pool2d_bwd(const fc_pool2d_desc *d, const double *dy, double *dx, int nthreads);
+int fc_f32_adaptive_avg_pool2d_bwd(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                                   const float *dy, float *dx, int nthreads);
+int fc_f64_adaptive_avg_pool2d_bwd(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                                   const double *dy, double *dx, int nthreads);
+int fc_f32_batch_norm_bwd(int64_t n, int64_t c, int64_t l, const float *x, const float *dy, const double *mean,
+                          const double *var, const double *weight, double eps, int32_t training, float *dx,
+                          double *dweight, double *dbias, int nthreads);
+int fc_f64_batch_norm_bwd(int64_t n, int64_t c, int64_t l, const double *x, const double *dy,
+                          const double *mean, const double *var, const double *weight, double eps,
+                          int32_t training, double *dx, double *dweight, double *dbias, int nthreads);
+int fc_f32_relu_bwd(int64_t size, const float *y, const float *dy, float *dx, int nthreads);
+int fc_f64_relu_bwd(int64_t size, const double *y, const double *dy, double *dx, int nthreads);
+
 /* What this build and CPU offer: the instruction set the float32 kernels use ("avx512",
  * "avx2", "generic"), and whether OpenMP was compiled in (0 = every call runs on one thread). */
 const char *fc_isa(void);

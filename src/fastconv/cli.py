@@ -6,6 +6,7 @@
     fastconv bench list                       the suites and their problems
     fastconv info [--json]                    backends (available or not, and why), CPU, threads, versions
     fastconv resnet ...                       the ResNet tools of fastconv.models (when installed)
+    fastconv train [--backend c] [--epochs 8] [--plot curves.png]   a ResNet on scikit-learn's digits
 
 Exit status: 0; 1 when a benchmark result was wrong or a target raised; 2 for bad arguments.
 """
@@ -326,7 +327,13 @@ def resnet_main(argv: list[str]) -> int:
     return resnet_command(argv) or 0
 
 
-COMMANDS = {"bench": bench_main, "info": info_main, "resnet": resnet_main}
+def train_main(argv: list[str]) -> int:
+    from .train import main as train_command
+
+    return train_command(argv)
+
+
+COMMANDS = {"bench": bench_main, "info": info_main, "resnet": resnet_main, "train": train_main}
 
 
 def main(argv: list[str] | None = None) -> int:

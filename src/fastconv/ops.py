@@ -123,9 +123,13 @@ def _torch_conv(p, t, torch):
     x, w, b, res = t["x"], t["w"], t.get("b"), t.get("residual")
     pt, pb, pl, pr = p.padding
 
+    # torch's conv2d pads symmetrically with zeros only: other padding goes through F.pad first.
+    explicit = (pt, pl) != (pb, pr) or p.padding_mode != "zeros"
+    mode = "constant" if p.padding_mode == "zeros" else p.padding_mode
+
     def conv():
-        xx = x if (pt, pl) == (pb, pr) else F.pad(x, (pl, pr, pt, pb))
-        pad = (pt, pl) if (pt, pl) == (pb, pr) else 0
+        xx = F.pad(x, (pl, pr, pt, pb), mode=mode) if explicit else x
+        pad = 0 if explicit else (pt, pl)
         y = F.conv2d(xx, w, b, p.stride, pad, p.dilation, p.groups)
         if res is not None:
             y += res
@@ -209,7 +213,7 @@ def _empty_out(p, dtype, alloc):
 
 
 def _empty_in(p, dtype, alloc):
-    return alloc.empty(p.input_shape, dtype)
+    return alloc.zeros(p.input_shape, dtype)  # no output: no gradient reaches the input
 
 
 def _empty_bn(p, dtype, alloc):

@@ -49,6 +49,9 @@ Backward functions take the *forward*-shaped problem with ``p.direction`` set:
         training: mean/var are the batch statistics of the forward pass (biased var); eval: running
     relu_bwd_data(p, output, grad_output) -> grad_input
 
+Unlike the forward ops they also accept empty batches.  Padding modes other than zeros reach
+them unchanged (``p.padding_mode``); ``_bwd_common`` pads and folds the gradient back.
+
 Backends never re-validate user input, never see an empty output through the dispatcher (it
 returns the op table's empty result), and touch no global state but the thread count
 (``fastconv.threads.get_num_threads()``).

@@ -16,6 +16,7 @@ convolution logs the C kernel that ran (e.g. ``conv2d f32 gemm 6x16 avx2``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -305,3 +306,160 @@ def relu(p, x):
                                       _nthreads())
         _check(status, "relu")
     return y
+
+
+# -- backward ------------------------------------------------------------------------------------
+
+from ..problem import Conv2dProblem  # noqa: E402
+from ._bwd_common import as_ncl, empty_batch_norm_grads, fold_padding, pad_input, zero_padded  # noqa: E402
+
+
+def _transposed(q):
+    """For a stride-1 convolution, the forward convolution that computes its backward-data: the
+    gradient slides over dy with the kernel flipped and input/output channels swapped per group,
+    padded by the dilated kernel's reach less the forward's padding.  None when that padding
+    would be negative (padding wider than the kernel) or the convolution is strided."""
+    pt, pb, pl, pr = q.padding
+    reach_h, reach_w = q.dilation[0] * (q.r - 1), q.dilation[1] * (q.s - 1)
+    pads = (reach_h - pt, reach_h - pb, reach_w - pl, reach_w - pr)
+    if q.stride != (1, 1) or min(pads) < 0:
+        return None
+    return Conv2dProblem(q.n, q.k, q.oh, q.ow, q.c, q.r, q.s, (1, 1), pads, q.dilation, q.groups, q.dtype)
+
+
+def _swap_channels(q, weight):
+    """weight (k, cg, r', s') -> per group (cg, kg, r', s'): the kernel of the transposed convolution."""
+    r, s = weight.shape[2:]
+    wt = weight.reshape(q.groups, q.kg, q.cg, r, s).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(wt.reshape(q.c, q.kg, r, s))
+
+
+def _phase_axis(n, out, k, stride, pad, dil, a):
+    """Along one axis, input cells a, a + stride, ...: the taps that reach them (kernel order
+    reversed), their spacing, and how to slice and pad dy so that a stride-1 forward convolution
+    yields their gradient.  None when no tap reaches them."""
+    taps = [t for t in range(k) if (t * dil - pad - a) % stride == 0]
+    count = (n - a + stride - 1) // stride
+    if not taps or count <= 0:
+        return None
+    spacing = dil // math.gcd(dil, stride)
+    before = (taps[-1] * dil - pad - a) // stride  # the last tap reads dy[u - before]
+    lo = max(0, -before)  # dy rows before lo are never read
+    before = max(0, before)
+    after = count + spacing * (len(taps) - 1) - before - (out - lo)
+    hi = out + min(0, after)
+    if hi <= lo:
+        return None
+    return taps[::-1], spacing, lo, hi, before, max(0, after), count
+
+
+#: Above this many phases (stride_h * stride_w) each phase's convolution is too small to pay for
+#: its call; backward-data then runs the C kernel's packed GEMM into columns and col2im.
+MAX_PHASES = 4
+
+
+def _bwd_data_phases(p, q, grad_output, weight):
+    """Strided backward-data as stride_h * stride_w stride-1 forward convolutions, one per phase
+    of the input grid (the cells a + i*stride), each with the taps that land on its phase."""
+    gx = np.zeros(q.input_shape, p.dtype)
+    for a in range(q.stride[0]):
+        rows = _phase_axis(q.h, q.oh, q.r, q.stride[0], q.padding[0], q.dilation[0], a)
+        for b in range(q.stride[1]):
+            cols = _phase_axis(q.w, q.ow, q.s, q.stride[1], q.padding[2], q.dilation[1], b)
+            if rows is None or cols is None:
+                continue
+            (tr, dr, r0, r1, pt, pb, nh), (tc, dc, c0, c1, pl, pr, nw) = rows, cols
+            dy = np.ascontiguousarray(grad_output[:, :, r0:r1, c0:c1])
+            t = Conv2dProblem(q.n, q.k, r1 - r0, c1 - c0, q.c, len(tr), len(tc), (1, 1), (pt, pb, pl, pr),
+                              (dr, dc), q.groups, q.dtype)
+            gx[:, :, a::q.stride[0], b::q.stride[1]] = conv2d(t, dy, _swap_channels(q, weight[:, :, tr][:, :, :, tc]),
+                                                              None, None)[:, :, :nh, :nw]
+    return gx
+
+
+def conv2d_bwd_data(p, grad_output, weight):
+    q = zero_padded(p)
+    t = _transposed(q)
+    if t is not None and q.n:
+        gx = conv2d(t, grad_output, _swap_channels(q, weight[:, :, ::-1, ::-1]), None, None)
+        return fold_padding(p, gx)
+    if q.n and q.stride[0] * q.stride[1] <= MAX_PHASES:
+        return fold_padding(p, _bwd_data_phases(p, q, grad_output, weight))
+    call = _Call(p.dtype)
+    gx = np.empty(q.input_shape, p.dtype)
+    status = _fn(p.dtype, "conv2d_bwd_data")(_conv_desc(call, q), call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
+                                             call.ptr(weight, q.k * q.cg * q.r * q.s),
+                                             call.ptr(gx, gx.size, writable=True), _nthreads())
+    _check(status, "conv2d_bwd_data")
+    return fold_padding(p, gx)
+
+
+def conv2d_bwd_weight(p, x, grad_output):
+    q = zero_padded(p)
+    call = _Call(p.dtype)
+    xp = np.ascontiguousarray(pad_input(p, x))
+    gw = np.empty(q.weight_shape, p.dtype)
+    gb = np.empty(q.k, p.dtype) if p.bias else None
+    status = _fn(p.dtype, "conv2d_bwd_weight")(_conv_desc(call, q), call.ptr(xp, q.n * q.c * q.h * q.w),
+                                               call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
+                                               call.ptr(gw, gw.size, writable=True),
+                                               call.ptr(gb, q.k, writable=True), _nthreads())
+    _check(status, "conv2d_bwd_weight")
+    return gw, gb
+
+
+def max_pool2d_bwd_data(p, x, grad_output):
+    call = _Call(p.dtype)
+    gx = np.empty(p.input_shape, p.dtype)
+    status = _fn(p.dtype, "max_pool2d_bwd")(_pool_desc(call, p), call.ptr(x, gx.size),
+                                            call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+                                            call.ptr(gx, gx.size, writable=True), _nthreads())
+    _check(status, "max_pool2d_bwd_data")
+    return gx
+
+
+def avg_pool2d_bwd_data(p, grad_output):
+    call = _Call(p.dtype)
+    gx = np.empty(p.input_shape, p.dtype)
+    status = _fn(p.dtype, "avg_pool2d_bwd")(_pool_desc(call, p), call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+                                            call.ptr(gx, gx.size, writable=True), _nthreads())
+    _check(status, "avg_pool2d_bwd_data")
+    return gx
+
+
+def adaptive_avg_pool2d_bwd_data(p, grad_output):
+    if p.oh == 0 or p.ow == 0:  # no bins: nothing flows back
+        return np.zeros(p.input_shape, p.dtype)
+    call = _Call(p.dtype)
+    gx = np.empty(p.input_shape, p.dtype)
+    status = _fn(p.dtype, "adaptive_avg_pool2d_bwd")(p.n * p.c, p.h, p.w, p.oh, p.ow,
+                                                     call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+                                                     call.ptr(gx, gx.size, writable=True), _nthreads())
+    _check(status, "adaptive_avg_pool2d_bwd_data")
+    return gx
+
+
+def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
+    if p.count == 0:
+        return empty_batch_norm_grads(p, x)
+    call = _Call(p.dtype)
+    x3, gy = np.ascontiguousarray(as_ncl(p, x)), np.ascontiguousarray(as_ncl(p, grad_output))
+    gx = np.empty(x3.shape, p.dtype)
+    gw, gb = np.empty(p.c), np.empty(p.c)
+    status = _fn(p.dtype, "batch_norm_bwd")(p.n, p.c, p.l, call.ptr(x3, x3.size), call.ptr(gy, gy.size),
+                                            *(call.ptr(_f64(a), p.c, np.float64) for a in (mean, var, weight)),
+                                            float(p.eps), 1 if p.training else 0, call.ptr(gx, gx.size, writable=True),
+                                            call.ptr(gw, p.c, np.float64, True), call.ptr(gb, p.c, np.float64, True),
+                                            _nthreads())
+    _check(status, "batch_norm_bwd_data")
+    return gx.reshape(x.shape), gw.astype(p.dtype), gb.astype(p.dtype)
+
+
+def relu_bwd_data(p, output, grad_output):
+    call = _Call(p.dtype)
+    gx = np.empty(p.shape, p.dtype)
+    if gx.size:
+        status = _fn(p.dtype, "relu_bwd")(gx.size, call.ptr(output, p.size), call.ptr(grad_output, p.size),
+                                          call.ptr(gx, gx.size, writable=True), _nthreads())
+        _check(status, "relu_bwd_data")
+    return gx

@@ -444,3 +444,7 @@ def relu(p, x):
 
     _parallel(work, _chunks(flat.size))
     return y.reshape(x.shape)
+
+
+from ._im2col_bwd import (adaptive_avg_pool2d_bwd_data, avg_pool2d_bwd_data, batch_norm_bwd_data,  # noqa: E402,F401
+                          conv2d_bwd_data, conv2d_bwd_weight, max_pool2d_bwd_data, relu_bwd_data)

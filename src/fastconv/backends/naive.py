@@ -16,6 +16,7 @@ import numpy as np
 from .. import ops
 from ..problem import adaptive_bins
 from . import refuse_algorithm
+from ._bwd_common import as_ncl, fold_padding, pad_input, zero_padded
 
 NAME = "naive"
 DEVICES = ("cpu",)
@@ -221,3 +222,135 @@ def relu(p, x):
     """y = x if x > 0 else 0, elementwise; NaN stays NaN."""
     values = [0.0 if v < 0 else v for v in x.ravel().tolist()]
     return np.array(values, dtype=p.dtype).reshape(x.shape)
+
+
+# -- backward: each gradient as the chain rule writes it --------------------------------------
+# Every forward term y[o] += a * b hands dy[o] * b to a's gradient and dy[o] * a to b's; the
+# loops below are the forward's loops with that one line changed.
+
+def conv2d_bwd_data(p, grad_output, weight):
+    """dx[n, g*Cg + c, ih, iw] = sum over (k in group g, i, j, r, s) with ih = i*sh - pt + r*dh,
+    iw = j*sw - pl + s*dw of dy[n,k,i,j] * w[k,c,r,s]."""
+    q = zero_padded(p)
+    gy, weight = grad_output.astype(np.float64), weight.astype(np.float64)
+    (sh, sw), (dh, dw), (pt, _, pl, _) = q.stride, q.dilation, q.padding
+    gx = np.zeros(q.input_shape, np.float64)
+    for n in range(q.n):
+        for k in range(q.k):
+            g = k // q.kg
+            gxg = gx[n, g * q.cg:(g + 1) * q.cg]  # the input channels output channel k saw
+            for i in range(q.oh):
+                for j in range(q.ow):
+                    for r in range(q.r):
+                        ih = i * sh - pt + r * dh
+                        if not 0 <= ih < q.h:
+                            continue
+                        for s in range(q.s):
+                            iw = j * sw - pl + s * dw
+                            if 0 <= iw < q.w:
+                                gxg[:, ih, iw] += gy[n, k, i, j] * weight[k, :, r, s]
+    return fold_padding(p, gx).astype(p.dtype)
+
+
+def conv2d_bwd_weight(p, x, grad_output):
+    """dw[k,c,r,s] = sum over (n, i, j) of dy[n,k,i,j] * x[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw];
+    dbias[k] = sum over (n, i, j) of dy[n,k,i,j]."""
+    q = zero_padded(p)
+    x, gy = pad_input(p, x).astype(np.float64), grad_output.astype(np.float64)
+    (sh, sw), (dh, dw), (pt, _, pl, _) = q.stride, q.dilation, q.padding
+    gw = np.zeros(q.weight_shape, np.float64)
+    for n in range(q.n):
+        for k in range(q.k):
+            g = k // q.kg
+            xg = x[n, g * q.cg:(g + 1) * q.cg]
+            for i in range(q.oh):
+                for j in range(q.ow):
+                    for r in range(q.r):
+                        ih = i * sh - pt + r * dh
+                        if not 0 <= ih < q.h:
+                            continue
+                        for s in range(q.s):
+                            iw = j * sw - pl + s * dw
+                            if 0 <= iw < q.w:
+                                gw[k, :, r, s] += gy[n, k, i, j] * xg[:, ih, iw]
+    gb = gy.sum(axis=(0, 2, 3)).astype(p.dtype) if p.bias else None
+    return gw.astype(p.dtype), gb
+
+
+def max_pool2d_bwd_data(p, x, grad_output):
+    """dx[the window's arg max] += dy[n,c,i,j]: the first tap holding the max in (r, s) order, or
+    the last NaN (the forward's scan takes every NaN it meets), or the first tap inside the input
+    when every value is -inf."""
+    xs = x.tolist()
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    gx = np.zeros(p.input_shape, np.float64)
+    for n in range(p.n):
+        for c in range(p.c):
+            plane = xs[n][c]
+            for i in range(p.oh):
+                for j in range(p.ow):
+                    best, where = -math.inf, None
+                    for r in range(kh):
+                        ih = i * sh - ph + r * dh
+                        if not 0 <= ih < p.h:
+                            continue
+                        for s in range(kw):
+                            iw = j * sw - pw + s * dw
+                            if 0 <= iw < p.w:
+                                v = plane[ih][iw]
+                                if where is None or v > best or v != v:
+                                    best, where = v, (ih, iw)
+                    gx[n, c][where] += grad_output[n, c, i, j]
+    return gx.astype(p.dtype)
+
+
+def avg_pool2d_bwd_data(p, grad_output):
+    """dx[cells of window (i, j) inside the input] += dy[n,c,i,j] / p.divisor(i, j)."""
+    (kh, kw), (sh, sw), (ph, pw) = p.kernel, p.stride, p.padding
+    gx = np.zeros(p.input_shape, np.float64)
+    for i in range(p.oh):
+        for j in range(p.ow):
+            h0, w0 = max(i * sh - ph, 0), max(j * sw - pw, 0)
+            h1, w1 = min(i * sh - ph + kh, p.h), min(j * sw - pw + kw, p.w)
+            gx[:, :, h0:h1, w0:w1] += grad_output[:, :, i:i + 1, j:j + 1] / p.divisor(i, j)
+    return gx.astype(p.dtype)
+
+
+def adaptive_avg_pool2d_bwd_data(p, grad_output):
+    """dx[bin_i x bin_j] += dy[n,c,i,j] / |bin_i x bin_j|."""
+    gx = np.zeros(p.input_shape, np.float64)
+    for i, (h0, h1) in enumerate(adaptive_bins(p.h, p.oh)):
+        for j, (w0, w1) in enumerate(adaptive_bins(p.w, p.ow)):
+            gx[:, :, h0:h1, w0:w1] += grad_output[:, :, i:i + 1, j:j + 1] / ((h1 - h0) * (w1 - w0))
+    return gx.astype(p.dtype)
+
+
+def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
+    """With xhat = (x - mean) / sqrt(var + eps), per channel over its N*L values:
+
+    dbias = sum dy,  dweight = sum dy * xhat,
+    eval:      dx = dy * weight / sqrt(var + eps)                (mean, var are constants)
+    training:  dx = weight / sqrt(var + eps) * (dy - dbias / NL - xhat * dweight / NL)
+               (mean and var depend on x: the two subtracted terms are their share)
+    """
+    x3, gy3 = as_ncl(p, x).astype(np.float64), as_ncl(p, grad_output).astype(np.float64)
+    gx = np.empty(x3.shape, np.float64)
+    gw, gb = np.empty(p.c, np.float64), np.empty(p.c, np.float64)
+    count = p.count
+    for c in range(p.c):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_std = 1.0 / np.sqrt(np.float64(var[c]) + p.eps)
+        xhat = (x3[:, c] - np.float64(mean[c])) * inv_std
+        dy = gy3[:, c]
+        gb[c], gw[c] = dy.sum(), (dy * xhat).sum()
+        if p.training and count:
+            gx[:, c] = np.float64(weight[c]) * inv_std * (dy - gb[c] / count - xhat * gw[c] / count)
+        else:
+            gx[:, c] = dy * np.float64(weight[c]) * inv_std
+    return gx.reshape(x.shape).astype(p.dtype), gw.astype(p.dtype), gb.astype(p.dtype)
+
+
+def relu_bwd_data(p, output, grad_output):
+    """dx = dy where y > 0 (or y is NaN, as torch's threshold_backward), else 0."""
+    values = [0.0 if y <= 0 else g for y, g in zip(output.ravel().tolist(), grad_output.ravel().tolist())]
+    return np.array(values, dtype=p.dtype).reshape(output.shape)

@@ -147,3 +147,24 @@ def batch_norm(p, x, mean, var, weight, bias):
 def relu(p, x):
     with _parallel():
         return _kernels("_numba_pointwise").relu(p, _ro(x))
+
+
+# -- backward (kernels in _numba_bwd) ----------------------------------------------------------
+
+def _backward(name: str):
+    def op(p, *arrays):
+        with _parallel():
+            return getattr(_kernels("_numba_bwd"), name)(p, *(_ro(a) if isinstance(a, np.ndarray) else a
+                                                            for a in arrays))
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = f"{name} on numba kernels (see _numba_bwd)."
+    return op
+
+
+conv2d_bwd_data = _backward("conv2d_bwd_data")
+conv2d_bwd_weight = _backward("conv2d_bwd_weight")
+max_pool2d_bwd_data = _backward("max_pool2d_bwd_data")
+avg_pool2d_bwd_data = _backward("avg_pool2d_bwd_data")
+adaptive_avg_pool2d_bwd_data = _backward("adaptive_avg_pool2d_bwd_data")
+batch_norm_bwd_data = _backward("batch_norm_bwd_data")
+relu_bwd_data = _backward("relu_bwd_data")

@@ -2,6 +2,8 @@
 every benchmark compares with.  "auto" never picks it; name it to use it."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .. import arrays, ops, threads
@@ -47,9 +49,10 @@ def _numpy(out):
     return out.detach().numpy()
 
 
-def _reference(p, **data):
-    """The op table's torch call for ``p`` on these NumPy arrays, as NumPy arrays."""
-    entry = ops.get(p)
+def _reference(p, direction="fwd", **data):
+    """The op table's torch call for ``p``'s op in ``direction`` on these NumPy arrays, as NumPy arrays."""
+    entry = ops.TABLE[(p.op, direction)]
+    p = replace(p, direction=direction)
     if 0 in p.output_shape:  # an empty batch: torch's backward ops reject some empty shapes
         return entry.empty(p, p.dtype, arrays.numpy)
     torch = _torch()
@@ -98,29 +101,29 @@ def _zeros(shape, p):
 
 def conv2d_bwd_data(p, grad_output, weight):
     # The input's values do not enter the gradient of a linear op: zeros stand in for them.
-    return _reference(p, x=_zeros(p.input_shape, p), w=weight, grad_output=grad_output)
+    return _reference(p, "bwd_data", x=_zeros(p.input_shape, p), w=weight, grad_output=grad_output)
 
 
 def conv2d_bwd_weight(p, input, grad_output):
     bias = _zeros(p.k, p) if p.bias else None
-    return _reference(p, x=input, w=_zeros(p.weight_shape, p), b=bias, grad_output=grad_output)
+    return _reference(p, "bwd_weight", x=input, w=_zeros(p.weight_shape, p), b=bias, grad_output=grad_output)
 
 
 def max_pool2d_bwd_data(p, input, grad_output):
-    return _reference(p, x=input, grad_output=grad_output)
+    return _reference(p, "bwd_data", x=input, grad_output=grad_output)
 
 
 def avg_pool2d_bwd_data(p, grad_output):
-    return _reference(p, x=_zeros(p.input_shape, p), grad_output=grad_output)
+    return _reference(p, "bwd_data", x=_zeros(p.input_shape, p), grad_output=grad_output)
 
 
 def adaptive_avg_pool2d_bwd_data(p, grad_output):
-    return _reference(p, x=_zeros(p.input_shape, p), grad_output=grad_output)
+    return _reference(p, "bwd_data", x=_zeros(p.input_shape, p), grad_output=grad_output)
 
 
 def batch_norm_bwd_data(p, input, grad_output, mean, var, weight):
-    return _reference(p, x=input, grad_output=grad_output, mean=mean, var=var, weight=weight)
+    return _reference(p, "bwd_data", x=input, grad_output=grad_output, mean=mean, var=var, weight=weight)
 
 
 def relu_bwd_data(p, output, grad_output):
-    return _reference(p, y=output, grad_output=grad_output)
+    return _reference(p, "bwd_data", y=output, grad_output=grad_output)

@@ -10,12 +10,15 @@ each block ``conv1/bn1/conv2/bn2[/conv3/bn3]`` and ``downsample.0`` (1x1 conv) `
 Each convolution + batch norm [+ skip connection] [+ relu] runs through :func:`conv_bn`.  After
 ``model.eval().fuse()`` the batch norms are folded into the convolutions and every such group
 becomes one convolution call whose epilogue adds the skip connection and applies the ReLU.
+
+Training: each block keeps its groups' outputs (relu's gradient needs their sign) and its
+backward runs the groups in reverse, adding the skip connection's gradient to the input's.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import nn
+from .. import grad, nn
 from ..nn import init
 from ..nn.module import as_float_dtype
 
@@ -31,6 +34,23 @@ def conv_bn(conv: nn.Conv2d, bn, x, relu: nn.ReLU | None = None, residual=None):
     if residual is not None:
         np.add(y, residual, out=y)  # y is a fresh array; the caller's residual is left alone
     return y if relu is None else relu(y)
+
+
+def conv_bn_backward(conv: nn.Conv2d, bn, grad_output, relu: nn.ReLU | None = None, output=None,
+                     residual: bool = False):
+    """The gradients of :func:`conv_bn` given its ``output``: (grad of x, grad of residual or None)."""
+    if isinstance(bn, nn.Identity):  # one fused convolution did relu and the residual
+        g = conv.backward(grad_output)
+        return g if residual else (g, None)
+    g = grad_output if relu is None else grad.relu_input(output, grad_output, backend=relu.backend)
+    return conv.backward(bn.backward(g)), (g if residual else None)
+
+
+def _skip_backward(block, grad_x, grad_identity):
+    """A block input's gradient: through the convolutions plus through the skip connection."""
+    if block.downsample is not None:
+        grad_identity = block.downsample.backward(grad_identity)
+    return grad_x + grad_identity
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1) -> nn.Conv2d:
@@ -65,7 +85,15 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = conv_bn(self.conv1, self.bn1, x, self.relu)
-        return conv_bn(self.conv2, self.bn2, out, self.relu, residual=identity)
+        y = conv_bn(self.conv2, self.bn2, out, self.relu, residual=identity)
+        self._save(out=out, y=y)
+        return y
+
+    def backward(self, grad_output):
+        saved = self._saved_for_backward()
+        g, g_identity = conv_bn_backward(self.conv2, self.bn2, grad_output, self.relu, saved["y"], residual=True)
+        gx, _ = conv_bn_backward(self.conv1, self.bn1, g, self.relu, saved["out"])
+        return _skip_backward(self, gx, g_identity)
 
     def fusable_pairs(self):
         return [("conv1", "bn1"), ("conv2", "bn2")]
@@ -91,9 +119,18 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = conv_bn(self.conv1, self.bn1, x, self.relu)
-        out = conv_bn(self.conv2, self.bn2, out, self.relu)
-        return conv_bn(self.conv3, self.bn3, out, self.relu, residual=identity)
+        out1 = conv_bn(self.conv1, self.bn1, x, self.relu)
+        out2 = conv_bn(self.conv2, self.bn2, out1, self.relu)
+        y = conv_bn(self.conv3, self.bn3, out2, self.relu, residual=identity)
+        self._save(out1=out1, out2=out2, y=y)
+        return y
+
+    def backward(self, grad_output):
+        saved = self._saved_for_backward()
+        g, g_identity = conv_bn_backward(self.conv3, self.bn3, grad_output, self.relu, saved["y"], residual=True)
+        g, _ = conv_bn_backward(self.conv2, self.bn2, g, self.relu, saved["out2"])
+        gx, _ = conv_bn_backward(self.conv1, self.bn1, g, self.relu, saved["out1"])
+        return _skip_backward(self, gx, g_identity)
 
     def fusable_pairs(self):
         return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
@@ -171,14 +208,24 @@ class ResNet(nn.Module):
     def forward(self, x):
         if getattr(x, "ndim", None) != 4:
             raise ValueError(f"ResNet expects a batch of images (N, 3, H, W), got shape {getattr(x, 'shape', x)}")
-        x = conv_bn(self.conv1, self.bn1, x, self.relu)
-        x = self.maxpool(x)
+        stem = conv_bn(self.conv1, self.bn1, x, self.relu)
+        x = self.maxpool(stem)
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
         x = self.layer4(x)
         x = self.avgpool(x)
+        self._save(stem=stem, pooled_shape=x.shape)
         return self.fc(x.reshape(x.shape[0], -1))
+
+    def backward(self, grad_output):
+        saved = self._saved_for_backward()
+        g = self.fc.backward(grad_output).reshape(saved["pooled_shape"])
+        g = self.avgpool.backward(g)
+        for stage in (self.layer4, self.layer3, self.layer2, self.layer1):
+            g = stage.backward(g)
+        g = self.maxpool.backward(g)
+        return conv_bn_backward(self.conv1, self.bn1, g, self.relu, saved["stem"])[0]
 
     def fusable_pairs(self):
         return [("conv1", "bn1")]

@@ -13,7 +13,9 @@ from . import init
 from .container import Sequential
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Identity, Linear, MaxPool2d,
                      ReLU)
-from .module import IncompatibleKeys, Module
+from .loss import CrossEntropyLoss, cross_entropy
+from .module import IncompatibleKeys, Module, enable_grad, no_grad
 
 __all__ = ["Module", "Sequential", "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "ReLU", "Linear", "Flatten", "Identity", "IncompatibleKeys", "init"]
+           "ReLU", "Linear", "Flatten", "Identity", "IncompatibleKeys", "init", "CrossEntropyLoss", "cross_entropy",
+           "enable_grad", "no_grad"]

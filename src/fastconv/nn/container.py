@@ -35,6 +35,11 @@ class Sequential(Module):
             x = m(x)
         return x
 
+    def backward(self, grad_output):
+        for m in reversed(self._modules.values()):
+            grad_output = m.backward(grad_output)
+        return grad_output
+
     def __len__(self):
         return len(self._modules)
 

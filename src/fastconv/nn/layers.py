@@ -3,15 +3,19 @@
 Each layer validates its constructor arguments (TypeError/ValueError naming the argument, as
 torch does) and calls the functional API with ``backend=self.backend`` in ``__call__``: the
 kernels live in the backends, never here.  Linear, Flatten and Identity are plain NumPy.
+
+Each ``backward`` follows its ``forward``: it takes the gradient with respect to the forward's
+output, adds the parameters' gradients (fastconv.grad on the layer's backend) and returns the
+gradient with respect to the forward's input.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import api
+from .. import api, grad
 from .._args import as_bool, as_float, as_float_array, as_int, nonnegative_pair, positive_pair
-from ..problem import (require_divisible, require_algorithm, require_divisor, require_eps, require_nonnegative, require_padding_mode,
-                       require_padding_string, require_pool_padding, require_positive)
+from ..problem import (require_algorithm, require_divisible, require_divisor, require_eps, require_nonnegative,
+                       require_padding_mode, require_padding_string, require_pool_padding, require_positive)
 from ..threads import apply_blas
 from . import init
 from .module import Module, as_float_dtype
@@ -71,9 +75,31 @@ class Conv2d(Module):
         self.register_parameter("bias", init.default_bias(shape, dt) if bias else None)
 
     def forward(self, x, residual=None, activation=None):
-        return api.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                          padding_mode=self.padding_mode, residual=residual, activation=activation,
-                          algorithm=self.algorithm, backend=self.backend)
+        y = api.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                       padding_mode=self.padding_mode, residual=residual, activation=activation,
+                       algorithm=self.algorithm, backend=self.backend)
+        # relu's gradient needs only its output's sign; the residual's is the pre-activation gradient.
+        self._save(input=x, output=y if activation == "relu" else None, residual=residual is not None)
+        return y
+
+    def backward(self, grad_output):
+        """grad_input, or (grad_input, grad_residual) after a forward with a residual."""
+        saved = self._saved_for_backward()
+        g = grad_output
+        if saved["output"] is not None:
+            g = grad.relu_input(saved["output"], g, backend=self.backend)
+        x, padding = np.asarray(saved["input"]), self.padding
+        if self.padding_mode != "zeros":  # the forward convolved an explicitly padded copy
+            x, pads = _pad_input(x, self.padding_mode, self.padding, self.kernel_size, self.dilation, self.stride)
+            padding = 0
+        common = (self.stride, padding, self.dilation, self.groups)
+        gw, gb = grad._conv2d_weight_bias(x, self.weight.shape, g, *common, self.bias is not None, self.backend)
+        self._add_grad("weight", gw)
+        self._add_grad("bias", gb)
+        gx = grad.conv2d_input(x.shape, self.weight, g, *common, backend=self.backend)
+        if self.padding_mode != "zeros":
+            gx = _unpad_grad(gx, self.padding_mode, pads)
+        return (gx, np.asarray(g)) if saved["residual"] else gx
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -131,7 +157,20 @@ class BatchNorm2d(Module):
                            momentum=0.0 if momentum is None else momentum, eps=self.eps, backend=self.backend)
         if counting:
             self.num_batches_tracked += 1
+        batch_stats = self.training or self.running_mean is None
+        self._save(input=x, batch_stats=batch_stats,
+                   mean=None if batch_stats else self.running_mean.copy(),
+                   var=None if batch_stats else self.running_var.copy())
         return y
+
+    def backward(self, grad_output):
+        saved = self._saved_for_backward()
+        gx, gw, gb = grad.batch_norm_input(saved["input"], grad_output, saved["mean"], saved["var"], self.weight,
+                                           training=saved["batch_stats"], eps=self.eps, backend=self.backend)
+        if self.affine:
+            self._add_grad("weight", gw)
+            self._add_grad("bias", gb)
+        return gx
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -159,8 +198,14 @@ class MaxPool2d(Module):
         self.ceil_mode = as_bool(ceil_mode, "ceil_mode")
 
     def forward(self, x):
+        self._save(input=x)
         return api.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
                               backend=self.backend)
+
+    def backward(self, grad_output):
+        x = self._saved_for_backward()["input"]
+        return grad.max_pool2d_input(x, grad_output, self.kernel_size, self.stride, self.padding, self.dilation,
+                                     self.ceil_mode, backend=self.backend)
 
     def extra_repr(self):
         stride = self.kernel_size if self.stride is None else self.stride
@@ -182,8 +227,16 @@ class AvgPool2d(Module):
         self.divisor_override = divisor_override
 
     def forward(self, x):
-        return api.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                              self.count_include_pad, self.divisor_override, backend=self.backend)
+        y = api.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                           self.count_include_pad, self.divisor_override, backend=self.backend)
+        self._save(shape=np.shape(x))
+        return y
+
+    def backward(self, grad_output):
+        shape = self._saved_for_backward()["shape"]
+        return grad.avg_pool2d_input(shape, grad_output, self.kernel_size, self.stride, self.padding,
+                                     self.ceil_mode, self.count_include_pad, self.divisor_override,
+                                     backend=self.backend)
 
     def extra_repr(self):
         stride = self.kernel_size if self.stride is None else self.stride
@@ -202,7 +255,12 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x):
-        return api.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
+        y = api.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
+        self._save(shape=np.shape(x))
+        return y
+
+    def backward(self, grad_output):
+        return grad.adaptive_avg_pool2d_input(self._saved_for_backward()["shape"], grad_output, backend=self.backend)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -216,7 +274,12 @@ class ReLU(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        return api.relu(x, backend=self.backend)
+        y = api.relu(x, backend=self.backend)
+        self._save(output=y)
+        return y
+
+    def backward(self, grad_output):
+        return grad.relu_input(self._saved_for_backward()["output"], grad_output, backend=self.backend)
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -245,7 +308,21 @@ class Linear(Module):
         y = x @ w.T
         if self.bias is not None:
             y += as_float_array(self.bias, "bias", like=x.dtype)
+        self._save(input=x)
         return y
+
+    def backward(self, grad_output):
+        x = self._saved_for_backward()["input"]
+        g = as_float_array(grad_output, "grad_output", like=x.dtype)
+        if g.shape != (*x.shape[:-1], self.out_features):
+            raise ValueError(f"grad_output must have the output's shape {(*x.shape[:-1], self.out_features)}, "
+                             f"got {tuple(g.shape)}")
+        apply_blas()
+        g2, x2 = g.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
+        self._add_grad("weight", g2.T @ x2)
+        if self.bias is not None:
+            self._add_grad("bias", g2.sum(axis=0))
+        return g @ as_float_array(self.weight, "weight", like=x.dtype)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -268,10 +345,14 @@ class Flatten(Module):
                              f"[{-nd}, {nd - 1}] for a {x.ndim}-D input")
         if start > end:
             raise ValueError(f"Flatten: start_dim={self.start_dim} comes after end_dim={self.end_dim}")
+        self._save(shape=x.shape)
         if x.ndim == 0:
             return x.reshape(1)
         merged = int(np.prod(x.shape[start:end + 1]))
         return x.reshape(*x.shape[:start], merged, *x.shape[end + 1:])
+
+    def backward(self, grad_output):
+        return np.asarray(grad_output).reshape(self._saved_for_backward()["shape"])
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -285,3 +366,29 @@ class Identity(Module):
 
     def forward(self, x):
         return x
+
+    def backward(self, grad_output):
+        return grad_output
+
+
+def _pad_input(x, mode, padding, kernel_size, dilation, stride):
+    """The explicitly padded input the forward convolved for a non-zeros padding_mode, and its pads."""
+    pads = api._conv_padding(padding, *kernel_size, dilation, stride)
+    pt, pb, pl, pr = pads
+    np_mode = api._NP_PAD_MODE[mode]
+    width = ((0, 0),) * (x.ndim - 2) + ((pt, pb), (pl, pr))
+    return np.pad(x, width, mode=np_mode), pads
+
+
+def _unpad_grad(g, mode, pads):
+    """The adjoint of np.pad: every padded cell's gradient goes back to the input cell it copied."""
+    pt, pb, pl, pr = pads
+    np_mode = api._NP_PAD_MODE[mode]
+    h, w = g.shape[-2] - pt - pb, g.shape[-1] - pl - pr
+    rows = np.pad(np.arange(h), (pt, pb), mode=np_mode)  # the source row of every padded row
+    cols = np.pad(np.arange(w), (pl, pr), mode=np_mode)
+    out_h = np.zeros((*g.shape[:-2], h, g.shape[-1]), g.dtype)
+    np.add.at(out_h, (..., rows, slice(None)), g)
+    out = np.zeros((*g.shape[:-2], h, w), g.dtype)
+    np.add.at(out, (..., cols), out_h)
+    return out

@@ -7,9 +7,16 @@ attribute names, which is what lets a torchvision checkpoint load unchanged.
 
 Every module has a ``backend`` (None: follow the dispatcher, i.e. ``use_backend``/``set_backend``/
 "auto"); layers pass it to the functional API.  ``to_backend(name)`` sets it for a whole subtree.
+
+Training: a forward in training mode (or inside ``enable_grad()``) keeps what its backward needs;
+``model.backward(grad_output)`` returns the gradient with respect to the input and adds each
+parameter's gradient to ``named_grads()`` (same names as ``named_parameters()``), until
+``zero_grad()``.  Each layer's backward sits next to its forward.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import namedtuple
 from typing import Iterator
 
@@ -18,6 +25,29 @@ import numpy as np
 from .. import dispatch
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+# None: a forward keeps what backward needs exactly when its module is in training mode.
+_keep_for_backward: contextvars.ContextVar[bool | None] = contextvars.ContextVar("fastconv_grad", default=None)
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Forwards in this block keep what backward needs, in eval mode too (e.g. frozen batch norm)."""
+    token = _keep_for_backward.set(True)
+    try:
+        yield
+    finally:
+        _keep_for_backward.reset(token)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Forwards in this block keep nothing for backward, in training mode too."""
+    token = _keep_for_backward.set(False)
+    try:
+        yield
+    finally:
+        _keep_for_backward.reset(token)
 
 
 def check_backend(name):
@@ -54,6 +84,8 @@ class Module:
         d["_modules"] = {}
         d["training"] = True
         d["_backend"] = None
+        d["_grads"] = {}
+        d["_saved"] = None
 
     # -- registries ------------------------------------------------------------------------------
     def register_parameter(self, name: str, value) -> None:
@@ -229,6 +261,49 @@ class Module:
                     if a is not None and a.dtype.kind == "f":
                         registry[name] = a.astype(dtype)
         return self
+
+    # -- training --------------------------------------------------------------------------------
+    def backward(self, grad_output):
+        """The gradient with respect to the last forward's input; parameter gradients accumulate."""
+        raise NotImplementedError(f"{type(self).__name__} does not define backward()")
+
+    def named_grads(self) -> Iterator[tuple[str, np.ndarray | None]]:
+        """(name, gradient) for every parameter, named as named_parameters(); None before any backward."""
+        for prefix, m in self.named_modules():
+            for name, p in m._parameters.items():
+                if p is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), m._grads.get(name)
+
+    def zero_grad(self) -> None:
+        """Forget every accumulated gradient (torch's set_to_none=True)."""
+        for m in self.modules():
+            m._grads.clear()
+
+    def keeps_for_backward(self) -> bool:
+        """Whether a forward now keeps what backward needs: training mode, unless enable_grad/no_grad say."""
+        forced = _keep_for_backward.get()
+        return self.training if forced is None else forced
+
+    def _save(self, **tensors) -> None:
+        if self.keeps_for_backward():
+            self.__dict__["_saved"] = tensors
+        else:
+            self.__dict__["_saved"] = None
+
+    def _saved_for_backward(self) -> dict:
+        """What the last forward kept, handed over once (backward frees it, as torch frees its graph)."""
+        saved = self.__dict__.get("_saved")
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a forward in training mode (or inside "
+                               f"fastconv.nn.enable_grad()) first, and runs once per forward")
+        self.__dict__["_saved"] = None
+        return saved
+
+    def _add_grad(self, name: str, grad) -> None:
+        if grad is None:
+            return
+        held = self._grads.get(name)
+        self._grads[name] = np.array(grad, copy=True) if held is None else held + grad
 
     # -- inference optimisation ------------------------------------------------------------------
     def fusable_pairs(self) -> list[tuple[str, str]]:
