@@ -28,13 +28,14 @@ from types import ModuleType
 import numpy as np
 
 from . import threads
+from ._device import CudaArray
 
 log = logging.getLogger("fastconv")
 
 OPS = ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu")
 
 #: fastconv's own backends, in the order "auto" prefers them for ops not listed in _AUTO_ORDER.
-_BUILTIN = ("c", "numba", "im2col", "naive", "torch")
+_BUILTIN = ("c", "numba", "im2col", "naive", "torch", "cuda", "cupy")
 #: The per-op preference of "auto" without autotuning (from benchmarks/results on this project's
 #: reference machine): BLAS-backed im2col beats the Numba direct loops on convolution, Numba's
 #: fused loops beat NumPy's window views everywhere else.
@@ -228,12 +229,19 @@ def _verbose() -> bool:
 
 # -- choosing and running ----------------------------------------------------------------------
 
-def _refusal(name: str, problem) -> str | None:
-    """Why backend ``name`` cannot run ``problem``, or None when it can."""
+def _refusal(name: str, problem, device: str = "cpu", requested: bool = False) -> str | None:
+    """Why backend ``name`` cannot run ``problem`` on ``device`` arrays, or None when it can.
+
+    A device backend runs CPU (NumPy) arrays only when requested by name (it copies them to the
+    device and back); "auto" keeps CPU arrays on CPU backends and device arrays on device ones.
+    """
     ok, reason = _status(_registry[name])
     if not ok:
         return f"not available: {reason}"
     module = _registry[name].module
+    devices = getattr(module, "DEVICES", ("cpu",))
+    if device not in devices and not (requested and device == "cpu"):
+        return f"runs on {'/'.join(devices)} arrays, not {device} arrays"
     if not hasattr(module, problem.op):
         return f"does not implement {problem.op}"
     return module.supports(problem)
@@ -245,19 +253,19 @@ def _auto_candidates(op: str) -> list[str]:
     return [n for n in (*_extra_first, *order, *builtin_rest, *_extra_last) if n in _registry]
 
 
-def select(problem, backend: str | None = None) -> tuple[str, str]:
+def select(problem, backend: str | None = None, device: str = "cpu") -> tuple[str, str]:
     """(backend name, how it was chosen) for ``problem``; BackendError if nothing can run it."""
     requested = _check_name(backend) or get_backend()
     verbose = _verbose()
     if requested != "auto":
-        why = _refusal(requested, problem)
+        why = _refusal(requested, problem, device, requested=True)
         if why is not None:
             raise BackendError(f"backend {requested!r} cannot run {problem.op} {problem.id}: {why}")
         return requested, "requested"
     refusals = []
     runnable = []
     for name in _auto_candidates(problem.op):
-        why = _refusal(name, problem)
+        why = _refusal(name, problem, device)
         if why is None:
             runnable.append(name)
         else:
@@ -271,12 +279,13 @@ def select(problem, backend: str | None = None) -> tuple[str, str]:
 
 def run(problem, *arrays, backend: str | None = None):
     """Run ``problem.op`` on validated, C-contiguous arrays with the selected backend."""
-    name, how = select(problem, backend)
+    device = "cuda" if any(isinstance(a, CudaArray) for a in arrays) else "cpu"
+    name, how = select(problem, backend, device)
     if how == "auto" and get_autotune():
-        name, how = _autotuned(problem, arrays, name)
+        name, how = _autotuned(problem, arrays, name, device)
     if _verbose():
         log.debug("%s %s -> %s (%s, %d threads)", problem.op, problem.id, name, how, threads.get_num_threads())
-    if 0 in problem.output_shape:  # an empty batch or output: nothing for a kernel to do
+    if 0 in problem.output_shape and device == "cpu":  # an empty batch or output: nothing for a kernel to do
         y = np.empty(problem.output_shape, arrays[0].dtype)
         return (y, None, None) if problem.op == "batch_norm" else y
     return _call(name, problem, arrays)
@@ -308,12 +317,13 @@ def _signature(problem) -> tuple:
     return (problem.id, threads.get_num_threads())
 
 
-def _autotuned(problem, arrays, first_choice: str) -> tuple[str, str]:
-    key = _signature(problem)
+def _autotuned(problem, arrays, first_choice: str, device: str = "cpu") -> tuple[str, str]:
+    key = (*_signature(problem), device)
     cached = _autotune_cache.get(key)
-    if cached in _registry and _refusal(cached, problem) is None:
+    if cached in _registry and _refusal(cached, problem, device) is None:
         return cached, "autotuned, cached"
-    candidates = [n for n in _auto_candidates(problem.op) if n != "naive" and _refusal(n, problem) is None]
+    candidates = [n for n in _auto_candidates(problem.op)
+                  if n != "naive" and _refusal(n, problem, device) is None]
     if len(candidates) <= 1:
         best = candidates[0] if candidates else first_choice
     else:
