@@ -121,3 +121,27 @@ def _c_contiguous(shape, strides, itemsize: int) -> bool:
             return False
         expected *= n
     return True
+
+
+def device_linear(x: CudaArray, weight, bias):
+    """``x @ weight.T + bias`` on the device, by the library that owns ``x`` (torch or CuPy);
+    NumPy weights are copied to the device."""
+    module = type(x.owner).__module__.split(".")[0]
+    if module == "torch":
+        import torch
+
+        dev = x.owner.device
+        xt = torch.as_tensor(x.owner).reshape(x.shape)
+        y = xt @ torch.as_tensor(_host_or_owner(weight), device=dev).T
+        return y if bias is None else y + torch.as_tensor(_host_or_owner(bias), device=dev)
+    try:
+        import cupy
+    except ImportError:
+        raise TypeError(f"a linear layer on a {type(x.owner).__name__} needs CuPy or a torch CUDA tensor") from None
+    xc = cupy.asarray(x)
+    y = xc @ cupy.asarray(_host_or_owner(weight)).T
+    return y if bias is None else y + cupy.asarray(_host_or_owner(bias))
+
+
+def _host_or_owner(a):
+    return a.owner if isinstance(a, CudaArray) else a

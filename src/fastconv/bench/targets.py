@@ -237,6 +237,8 @@ def fastconv_targets(names: list[str] | None = None, device: str = "cpu",
             out.append(FastconvTarget(name))
         elif device == "cuda":
             out += [DeviceTarget(name, resident=True, flush_l2=flush_l2), DeviceTarget(name, resident=False)]
+        else:  # listed, as skipped, so every backend has its cell
+            out.append(DeviceTarget(name, enabled=False))
     return out
 
 
@@ -246,13 +248,15 @@ class DeviceTarget(FastconvTarget):
 
     kind, device = "fastconv", "cuda"
 
-    def __init__(self, backend: str, resident: bool = True, flush_l2: bool = False):
+    def __init__(self, backend: str, resident: bool = True, flush_l2: bool = False, enabled: bool = True):
         super().__init__(backend)
-        self.backend, self.resident, self.flush_l2 = backend, resident, flush_l2
+        self.backend, self.resident, self.flush_l2, self.enabled = backend, resident, flush_l2, enabled
         if not resident:
             self.name = f"{backend}-numpy"
 
     def skip_reason(self, case) -> str | None:
+        if not self.enabled:
+            return "a CUDA backend: measured with --device cuda"
         ok, reason = dispatch._status(dispatch._registry[self.backend])
         if not ok:
             return f"not available: {reason}"
