@@ -79,7 +79,7 @@ def _result(y, like):
         import torch
 
         return torch.as_tensor(y, device=owner.device)
-    if kind == "numba":
+    if kind.startswith("numba"):  # numba's own CUDA target or the numba-cuda package
         from numba import cuda
 
         return cuda.as_cuda_array(y)
@@ -136,8 +136,9 @@ def _kernel(name: str):
             """
             long long j = i % ow, r0 = (i / ow) % oh, plane = i / (ow * oh);
             const T* src = &x[plane * h * w];
-            T m = -CUDART_INF;
-            bool nan = false;
+            // Start from the first input cell of the window (padding counts as -inf).
+            T m = 0;
+            bool found = false, nan = false;
             for (long long a = 0; a < kh && !nan; ++a) {
                 long long iy = r0 * sh - ph + a * dh;
                 if (iy < 0 || iy >= h) continue;
@@ -146,11 +147,12 @@ def _kernel(name: str):
                     if (ix < 0 || ix >= w) continue;
                     T v = src[iy * w + ix];
                     if (v != v) { m = v; nan = true; break; }
-                    if (v > m) m = v;
+                    if (!found || v > m) { m = v; found = true; }
                 }
             }
+            if (!found && !nan) m = (T)(-__longlong_as_double(0x7ff0000000000000LL));  // -inf, as torch
             y = m;
-            """, "fastconv_max_pool", preamble="#include <math_constants.h>\n")
+            """, "fastconv_max_pool")
     elif name == "avg_pool":
         k = cp.ElementwiseKernel(
             "raw T x, int64 h, int64 w, int64 oh, int64 ow, int64 kh, int64 kw, int64 sh, int64 sw, "
