@@ -40,20 +40,46 @@ def _simulated() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
+def _numba_cuda_installed() -> bool:
+    """Numba's CUDA target is there (the numba-cuda package, or the copy older numbas ship),
+    found without importing numba: asking for availability must stay cheap."""
+    spec = importlib.util.find_spec("numba")
+    if spec is None:
+        return False
+    if importlib.util.find_spec("numba_cuda") is not None:
+        return True
+    return any(os.path.isdir(os.path.join(p, "cuda")) for p in spec.submodule_search_locations or ())
+
+
+def _driver_library() -> bool:
+    """Whether the CUDA driver library loads (no driver: no need to import numba to say so)."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def available():
     if importlib.util.find_spec("numba") is None:
         return False, "numba is not installed (pip install numba numba-cuda)"
-    try:
-        from numba import cuda
-    except Exception as exc:
-        return False, f"numba's CUDA target cannot be imported ({type(exc).__name__}: {exc}); pip install numba-cuda"
+    if not _numba_cuda_installed():
+        return False, "numba's CUDA target is not installed (pip install numba-cuda)"
     if _simulated():
         return True, ""
+    if not _driver_library():
+        return False, "no CUDA driver (libcuda cannot be loaded)"
     try:
+        from numba import cuda
+
         if not cuda.is_available():
-            return False, "no CUDA driver or device (numba.cuda.is_available() is False)"
+            return False, "no CUDA device (numba.cuda.is_available() is False)"
     except Exception as exc:
-        return False, f"no usable CUDA driver: {type(exc).__name__}: {exc}"
+        return False, f"numba's CUDA target cannot start: {type(exc).__name__}: {exc}"
     return True, ""
 
 
