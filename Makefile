@@ -17,7 +17,7 @@ RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: all test lint bench bench-results bench-pytest asv env clean sanitize sanitize-build fuzz fuzz-c
+.PHONY: all test lint bench bench-results bench-pytest asv env clean sanitize sanitize-build fuzz fuzz-c gpu-check
 
 all: test
 
@@ -63,6 +63,13 @@ asv: $(STAMP)
 	$(BENCH_ENV) $(VENV)/bin/asv run --python=same --set-commit-hash=$$(git rev-parse HEAD) --machine $$(hostname)
 	$(VENV)/bin/asv publish
 	@echo "dashboard written to .asv/html: run '$(VENV)/bin/asv preview' and open the address it prints"
+
+# On a CUDA machine (offline is fine; no virtual environment, no C extension needed): the GPU tests
+# and the GPU suites against cuDNN, JSON + plots + summary in $(GPU_RESULTS).  docs/gpu.md.
+GPU_PYTHON  ?= python3
+GPU_RESULTS ?= benchmarks/results/gpu
+gpu-check:
+	PYTHONPATH=src timeout 480 $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_RESULTS)
 
 # The c backend's tests against a copy of the package whose C extension is built with
 # AddressSanitizer + UndefinedBehaviorSanitizer; any report aborts the run (so it fails).

@@ -117,7 +117,7 @@ CATALOGUE = [
     # -- relu
     ("relu_int", lambda: fastconv.relu(np.ones(3, np.int32)), TypeError, r"input must be float32 or float64"),
     # -- backend selection
-    ("unknown_backend", lambda: fastconv.conv2d(x4(), W, backend="cuda"), ValueError, r"backend: unknown backend 'cuda'"),
+    ("unknown_backend", lambda: fastconv.conv2d(x4(), W, backend="tpu"), ValueError, r"backend: unknown backend 'tpu'"),
     ("backend_not_string", lambda: fastconv.relu(x4(), backend=3), TypeError, r"backend must be a backend name"),
     ("set_unknown_backend", lambda: fastconv.set_backend("fast"), ValueError, r"unknown backend 'fast'"),
     ("threads_zero", lambda: fastconv.set_num_threads(0), ValueError, r"num_threads must be between 1 and"),

@@ -16,13 +16,13 @@ ROOT = pathlib.Path(fastconv.__file__).parent
 
 #: Each module's layer; a module may import only from its own layer or below.
 LAYERS = [
-    {"problem", "_args", "ops", "arrays", "timing", "threads"},
+    {"problem", "_args", "_device", "ops", "arrays", "timing", "threads"},
     {"dispatch", "backends", "_ckernels"},
-    {"api", "__init__"},
-    {"nn"},
+    {"api", "grad", "__init__"},
+    {"nn", "optim"},
     {"models"},
     {"interop"},
-    {"bench", "cli", "__main__"},
+    {"bench", "train", "cli", "__main__"},
 ]
 
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from ._device import CudaArray, is_cuda_array
 from .problem import require_nonnegative, require_positive
 
 #: Largest value of a size, stride, padding or dilation: keeps every index a C kernel computes
@@ -22,10 +23,19 @@ def as_float_array(a, name: str, like: np.dtype | None = None) -> np.ndarray:
     """``a`` as a C-contiguous native-order float32/float64 array (no copy when it already is).
 
     ``like`` is the dtype the other arrays of the call have; a different one is a TypeError.
+    A CUDA array (CuPy, torch CUDA tensor, Numba device array) stays on its device, as a
+    checked C-contiguous ``CudaArray`` view that only device backends run.
     """
     if isinstance(a, np.ma.MaskedArray):
         # Converting would silently drop the mask (and compute on whatever the masked cells hold).
         raise TypeError(f"{name} must not be a masked array: fill it first (e.g. {name}.filled(0))")
+    if not isinstance(a, np.ndarray) and is_cuda_array(a):
+        a = CudaArray.wrap(a, name)
+        if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8) or a.dtype.byteorder == ">":
+            raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+        if like is not None and a.dtype != like:
+            raise TypeError(f"{name} has dtype {a.dtype} but input has dtype {like}: mixed dtypes are not supported")
+        return a
     if not isinstance(a, np.ndarray):
         if a is None:
             raise TypeError(f"{name} must be an array, got None")

@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import dispatch
+from ._device import CudaArray
 from ._args import (as_bool, as_float, as_float_array, as_int, as_pair, check_ndim,
                     nonnegative_pair, positive_pair)
 from .problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem,
@@ -99,8 +100,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         if res.shape != out_shape:
             raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(res.shape)}")
         res = _batched(res)
-    if padding_mode != "zeros":
-        # Backends only see zero padding: the other modes become an explicit padded copy.
+    if padding_mode != "zeros" and not isinstance(x4, CudaArray):
+        # CPU backends only see zero padding (device backends read the other modes in place): the
+        # other modes become an explicit padded copy.
         pt, pb, pl, pr = pads
         x4 = np.pad(x4, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=_NP_PAD_MODE[padding_mode])
         p = replace(p, h=h + pt + pb, w=wd + pl + pr, padding=(0, 0, 0, 0), padding_mode="zeros")

@@ -100,7 +100,11 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=None,
                    help="comma-separated fastconv backends to run (default: every registered backend)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="cuda adds torch on the GPU (cuDNN, benchmark mode off and on) to the CPU targets")
+                   help="cuda adds the device backends (cuda, cupy; on GPU-resident arrays and on NumPy arrays "
+                        "copied each call) and torch on the GPU (cuDNN, benchmark mode off and on, TF32 off; "
+                        "plus a torch-cuda-benchmark-tf32 row) to the CPU targets")
+    p.add_argument("--flush-l2", action="store_true",
+                   help="with --device cuda: overwrite the GPU's L2 cache before every timed call")
     p.add_argument("--problems", default=None, help="only problems whose id or label contains this text")
     p.add_argument("--algorithm", default="auto", choices=("auto", "direct", "gemm", "winograd"),
                    help="the convolution algorithm asked of the fastconv backends (default: auto; torch "
@@ -178,7 +182,8 @@ def bench_main(argv: list[str]) -> int:
             return 2
     try:
         chosen = args.backends.split(",") if args.backends else None
-        all_targets = targets.fastconv_targets(chosen) + targets.torch_targets(args.device)
+        all_targets = (targets.fastconv_targets(chosen, args.device, args.flush_l2)
+                       + targets.torch_targets(args.device, args.flush_l2))
     except targets.BenchError as exc:
         err.print(f"[red]fastconv bench: {exc}[/red]")
         return 2

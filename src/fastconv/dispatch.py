@@ -25,13 +25,14 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 
 from . import arrays, ops, threads, timing
+from ._device import CudaArray
 
 log = logging.getLogger("fastconv")
 
 OPS = ops.OPS
 
 #: fastconv's own backends, in the order "auto" prefers them for ops not listed in _AUTO_ORDER.
-_BUILTIN = ("c", "numba", "im2col", "naive", "torch")
+_BUILTIN = ("c", "numba", "im2col", "naive", "torch", "cuda", "cupy")
 #: The per-op preference of "auto" without autotuning (from benchmarks/results on this project's
 #: reference machine): BLAS-backed im2col beats the Numba direct loops on convolution, Numba's
 #: fused loops beat NumPy's window views everywhere else.
@@ -259,15 +260,19 @@ def _verbose() -> bool:
 
 # -- choosing and running ----------------------------------------------------------------------
 
-def _refusal(name: str, problem) -> str | None:
-    """Why backend ``name`` cannot run ``problem``, or None when it can."""
+def _refusal(name: str, problem, requested: bool = False) -> str | None:
+    """Why backend ``name`` cannot run ``problem`` (on ``problem.device``), or None when it can.
+
+    A device backend runs CPU (NumPy) arrays only when requested by name (it copies them to the
+    device and back); "auto" keeps CPU arrays on CPU backends and device arrays on device ones.
+    """
     ok, reason = _status(_registry[name])
     if not ok:
         return f"not available: {reason}"
     module = _registry[name].module
     devices = getattr(module, "DEVICES", ("cpu",))
-    if problem.device not in devices:
-        return f"runs on {', '.join(devices)}, not {problem.device}"
+    if problem.device not in devices and not (requested and problem.device == "cpu"):
+        return f"runs on {'/'.join(devices)} arrays, not {problem.device} arrays"
     kernel = ops.get(problem).kernel
     if not hasattr(module, kernel):
         return f"does not implement {kernel}"
@@ -285,7 +290,7 @@ def select(problem, backend: str | None = None) -> tuple[str, str]:
     requested = _check_name(backend) or get_backend()
     verbose = _verbose()
     if requested != "auto":
-        why = _refusal(requested, problem)
+        why = _refusal(requested, problem, requested=True)
         if why is not None:
             raise BackendError(f"backend {requested!r} cannot run {problem.op} {problem.id}: {why}")
         return requested, "requested"
@@ -309,13 +314,16 @@ def run(problem, *arrays_, backend: str | None = None):
 
     The arrays are the backend function's, in the order of the op table's ``args``.
     """
+    if problem.device == "cpu" and any(isinstance(a, CudaArray) for a in arrays_):
+        problem = replace(problem, device="cuda")  # the arrays say where it runs
     name, how = select(problem, backend)
     entry = ops.get(problem)
     shape = problem.output_shape
-    hooks = getattr(_registry[name].module, "ARRAYS", arrays.numpy)
-    hooks.check_size(shape, problem.dtype, problem.op)
-    if 0 in shape:  # an empty batch or output: nothing for a kernel (or autotuning) to do
-        return entry.empty(problem, problem.dtype, hooks)
+    if problem.device == "cpu":  # a device backend allocates (and sizes) its own arrays
+        hooks = getattr(_registry[name].module, "ARRAYS", arrays.numpy)
+        hooks.check_size(shape, problem.dtype, problem.op)
+        if 0 in shape:  # an empty batch or output: nothing for a kernel (or autotuning) to do
+            return entry.empty(problem, problem.dtype, hooks)
     if how == "auto" and get_autotune():
         name, how = _autotuned(problem, arrays_, name)
     if _verbose():

@@ -177,15 +177,96 @@ class FastconvTarget:
         return Prepared(call, workspace=lambda: _traced_workspace(call))
 
 
-def fastconv_targets(names: list[str] | None = None) -> list[FastconvTarget]:
-    """Every registered fastconv backend (available or not; unavailable ones show as skipped)."""
+def backend_devices(name: str) -> tuple[str, ...]:
+    """The devices backend ``name`` runs on (its DEVICES; a backend that fails to import: by its name)."""
+    entry = dispatch._registry[name]
+    dispatch._status(entry)
+    if entry.module is not None:
+        return tuple(getattr(entry.module, "DEVICES", ("cpu",)))
+    return ("cuda",) if name in ("cuda", "cupy") else ("cpu",)
+
+
+def fastconv_targets(names: list[str] | None = None, device: str = "cpu",
+                     flush_l2: bool = False) -> list:
+    """Every registered fastconv backend (available or not; unavailable ones show as skipped).
+
+    CPU backends always run; device backends only with ``device="cuda"``, twice each: on arrays
+    resident on the GPU (kernel time, CUDA events) and on NumPy arrays (``<name>-numpy``: the same
+    call plus the copies to the device and back, by the wall clock), so transfers show apart.
+    """
     registered = [name for name in dispatch.backends() if name != "torch"]
     if names is not None:
         unknown = sorted(set(names) - set(registered))
         if unknown:
             raise BenchError(f"backends: unknown {unknown}; registered: {registered}")
         registered = [n for n in registered if n in names]
-    return [FastconvTarget(name) for name in registered]
+    out = []
+    for name in registered:
+        if "cpu" in backend_devices(name):
+            out.append(FastconvTarget(name))
+        elif device == "cuda":
+            out += [DeviceTarget(name, resident=True, flush_l2=flush_l2), DeviceTarget(name, resident=False)]
+        else:  # listed, as skipped, so every backend has its cell
+            out.append(DeviceTarget(name, enabled=False))
+    return out
+
+
+class DeviceTarget(FastconvTarget):
+    """A device backend through the public API, on torch CUDA tensors made once (``resident``)
+    or on NumPy arrays copied to the device and back by every call."""
+
+    kind, device = "fastconv", "cuda"
+
+    def __init__(self, backend: str, resident: bool = True, flush_l2: bool = False, enabled: bool = True):
+        super().__init__(backend)
+        self.backend, self.resident, self.flush_l2, self.enabled = backend, resident, flush_l2, enabled
+        if not resident:
+            self.name = f"{backend}-numpy"
+
+    def skip_reason(self, case) -> str | None:
+        if not self.enabled:
+            return "a CUDA backend: measured with --device cuda"
+        ok, reason = dispatch.status(self.backend)
+        if not ok:
+            return f"not available: {reason}"
+        if self.resident and (_torch() is None or not _torch().cuda.is_available()):
+            return "device-resident timing needs torch with CUDA"
+        if case.op == "model":
+            return models.fastconv_model_reason(case)
+        try:
+            dispatch.select(case.problem, self.backend)
+        except dispatch.BackendError as exc:
+            return str(exc).split(": ", 1)[-1]
+        return None
+
+    def prepare(self, case, data) -> Prepared:
+        name = self.backend
+        if not self.resident:
+            if case.op == "model":
+                model = models.fastconv_model(case)
+
+                def call():
+                    with fastconv.use_backend(name):
+                        return model(data["x"])
+                return Prepared(call)
+            return Prepared(api_call(case.problem, data, name))
+        torch = _torch()
+        on_device = {k: (torch.from_numpy(v).cuda() if k in ("x", "w", "b", "residual") else v)
+                     for k, v in data.items()}
+        if case.op == "model":
+            model = models.fastconv_model(case)
+            x = on_device["x"]
+
+            def call():
+                with fastconv.use_backend(name):
+                    return model(x)
+        else:
+            call = api_call(case.problem, on_device, name)
+
+        def output(y):
+            y = y[0] if isinstance(y, tuple) else y
+            return y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
+        return Prepared(call, output=output, timer=cuda_timer(torch, self.flush_l2), sync=torch.cuda.synchronize)
 
 
 # -- torch ---------------------------------------------------------------------------------------
@@ -203,10 +284,15 @@ class TorchTarget:
 
     kind = "torch"
 
-    def __init__(self, device: str = "cpu", cudnn_benchmark: bool = False):
+    def __init__(self, device: str = "cpu", cudnn_benchmark: bool = False, tf32: bool = False,
+                 flush_l2: bool = False):
         self.device = device
         self.cudnn_benchmark = cudnn_benchmark
+        self.tf32 = tf32
+        self.flush_l2 = flush_l2
         self.name = "torch" if device == "cpu" else ("torch-cuda-benchmark" if cudnn_benchmark else "torch-cuda")
+        if tf32:
+            self.name += "-tf32"
 
     def skip_reason(self, case) -> str | None:
         torch = _torch()
@@ -237,25 +323,52 @@ class TorchTarget:
                     return run()
             return Prepared(call, output=lambda y: y.numpy())
 
-        flag = self.cudnn_benchmark
+        flag, tf32 = self.cudnn_benchmark, self.tf32
 
         def cuda_call():
-            # The flag is global in torch; set it per call, since the two CUDA targets interleave.
+            # The flags are global in torch; set them per call, since the CUDA targets interleave.
             torch.backends.cudnn.benchmark = flag
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
             with torch.no_grad():
                 return run()
-        return Prepared(cuda_call, output=lambda y: y.cpu().numpy(), timer=cuda_timer(torch),
+        return Prepared(cuda_call, output=lambda y: y.cpu().numpy(), timer=cuda_timer(torch, self.flush_l2),
                         sync=torch.cuda.synchronize)
 
 
-def cuda_timer(torch) -> Callable[[Callable[[], object], int], float]:
+_l2_buffers: dict = {}
+
+
+def flush_l2(torch) -> None:
+    """Overwrite the GPU's L2 cache (twice its size, at least 64 MiB) so the next call starts cold."""
+    dev = torch.cuda.current_device()
+    if dev not in _l2_buffers:
+        l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 0) or 2**26
+        _l2_buffers[dev] = torch.empty(max(2 * l2, 2**26) // 4, dtype=torch.float32, device="cuda")
+    _l2_buffers[dev].zero_()
+
+
+def cuda_timer(torch, flush: bool = False) -> Callable[[Callable[[], object], int], float]:
     """Seconds per call measured with CUDA events around ``number`` calls, after a synchronisation.
 
     The events are recorded on the stream the calls are queued on, so the interval is GPU time
-    from the first kernel's start to the last one's end, not the host's launch time.
+    from the first kernel's start to the last one's end, not the host's launch time.  With
+    ``flush`` each call is timed on its own, after the L2 cache has been overwritten.
     """
     def timer(call, number: int) -> float:
         torch.cuda.synchronize()  # nothing queued earlier may fall inside the interval
+        if flush:
+            total = 0.0
+            for _ in range(number):
+                flush_l2(torch)
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                call()
+                end.record()
+                end.synchronize()
+                total += start.elapsed_time(end) / 1e3
+            return total / number
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
@@ -267,7 +380,7 @@ def cuda_timer(torch) -> Callable[[Callable[[], object], int], float]:
     return timer
 
 
-def torch_targets(device: str = "cpu") -> list[TorchTarget]:
+def torch_targets(device: str = "cpu", flush_l2: bool = False) -> list[TorchTarget]:
     """The baseline: torch on CPU when installed; with device "cuda", torch on the GPU, cuDNN benchmark off and on."""
     torch = _torch()
     if device == "cpu":
@@ -282,4 +395,6 @@ def torch_targets(device: str = "cpu") -> list[TorchTarget]:
     # float32 means float32: without this, cuDNN may run fp32 convolutions in TF32.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    return [TorchTarget("cpu"), TorchTarget("cuda", False), TorchTarget("cuda", True)]
+    # TF32 off for the comparison (float32 means float32), plus one row with TF32 on, labelled so.
+    return [TorchTarget("cpu"), TorchTarget("cuda", False, flush_l2=flush_l2),
+            TorchTarget("cuda", True, flush_l2=flush_l2), TorchTarget("cuda", True, tf32=True, flush_l2=flush_l2)]

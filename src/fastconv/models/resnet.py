@@ -32,7 +32,7 @@ def conv_bn(conv: nn.Conv2d, bn, x, relu: nn.ReLU | None = None, residual=None):
         return conv(x, residual=residual, activation=None if relu is None else "relu")
     y = bn(conv(x))
     if residual is not None:
-        np.add(y, residual, out=y)  # y is a fresh array; the caller's residual is left alone
+        y += residual  # y is a fresh array (NumPy or on the device); the caller's residual is left alone
     return y if relu is None else relu(y)
 
 

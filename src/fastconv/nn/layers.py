@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import api, grad
+from .._device import CudaArray, device_linear, is_cuda_array
 from .._args import as_bool, as_float, as_float_array, as_int, nonnegative_pair, positive_pair
 from ..problem import (require_algorithm, require_divisible, require_divisor, require_eps, require_nonnegative,
                        require_padding_mode, require_padding_string, require_pool_padding, require_positive)
@@ -304,6 +305,8 @@ class Linear(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects input of shape (*, {self.in_features}), got {tuple(x.shape)}")
         w = as_float_array(self.weight, "weight", like=x.dtype)
+        if isinstance(x, CudaArray):  # on the device: the array's own library multiplies
+            return device_linear(x, w, None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype))
         apply_blas()  # the thread count fastconv.set_num_threads chose
         y = x @ w.T
         if self.bias is not None:
@@ -337,7 +340,7 @@ class Flatten(Module):
         self.end_dim = as_int(end_dim, "end_dim")
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = x if is_cuda_array(x) else np.asarray(x)
         nd = max(x.ndim, 1)
         start, end = (d + nd if d < 0 else d for d in (self.start_dim, self.end_dim))
         if not (0 <= start < nd and 0 <= end < nd):
