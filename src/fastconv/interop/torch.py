@@ -91,9 +91,13 @@ SUPPORTED = ("Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU
              "Sequential and torchvision's ResNet/BasicBlock/Bottleneck")
 
 
+class _NotStructural(TypeError):
+    """The model is not a tree of the layers above: it converts through the graph instead."""
+
+
 def _unsupported(m, path, why=""):
     kind = f"{type(m).__module__}.{type(m).__qualname__}"
-    return TypeError(f"from_torch: unsupported layer {path!r} ({kind}){why}; fastconv converts {SUPPORTED}")
+    return _NotStructural(f"from_torch: unsupported layer {path!r} ({kind}){why}; fastconv converts {SUPPORTED}")
 
 
 def _from_torch(m, path):
@@ -127,15 +131,28 @@ def _from_torch(m, path):
     return leaf
 
 
-def from_torch(module, backend: str | None = None):
-    """A fastconv model equal to the torch ``module``: same structure, names, weights and modes.
+def from_torch(module, backend: str | None = None, *, graph: bool | None = None):
+    """A fastconv model equal to the torch ``module``: same names, weights and train/eval modes.
 
-    ``backend`` (optional) is set for the whole converted model (``to_backend``).
+    A ``Sequential`` of the layers above or a torchvision ResNet becomes the same module tree
+    (``fastconv.nn.Sequential``, ``fastconv.models.ResNet``); any other model (or every model,
+    with ``graph=True``) is traced with torch.fx into a ``fastconv.graph.Graph`` of fastconv ops
+    (see ``fastconv.interop.fx``).  ``backend`` (optional) is set for the whole converted model.
     """
     if not isinstance(module, tnn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    model = None
     with torch.no_grad():
-        model = _from_torch(module, type(module).__name__)
+        if not graph:
+            try:
+                model = _from_torch(module, type(module).__name__)
+            except _NotStructural:
+                if graph is False:
+                    raise
+        if model is None:
+            from .fx import graph_from_torch
+
+            model = graph_from_torch(module)
     return model.to_backend(backend) if backend is not None else model
 
 

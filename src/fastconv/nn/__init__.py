@@ -14,6 +14,14 @@ from .container import Sequential
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Identity, Linear, MaxPool2d,
                      ReLU)
 from .module import IncompatibleKeys, Module
+from .activations import Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh
+from .extra import AdaptiveMaxPool2d, Dropout, FunctionalConv2d, FunctionalLinear, LocalResponseNorm
+from .shape import (Add, Chunk, Concat, Elementwise, GetItem, Mean, Mul, Neg, Pad, Permute, Reshape, Size, Split,
+                    Sum, Transpose)
 
 __all__ = ["Module", "Sequential", "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "ReLU", "Linear", "Flatten", "Identity", "IncompatibleKeys", "init"]
+           "ReLU", "Linear", "Flatten", "Identity", "IncompatibleKeys", "init",
+           "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU", "ReLU6", "Sigmoid", "SiLU", "Softmax", "Tanh",
+           "AdaptiveMaxPool2d", "Dropout", "FunctionalConv2d", "FunctionalLinear", "LocalResponseNorm",
+           "Add", "Chunk", "Concat", "Elementwise", "GetItem", "Mean", "Mul", "Neg", "Pad", "Permute", "Reshape",
+           "Size", "Split", "Sum", "Transpose"]
