@@ -10,6 +10,7 @@ and the source line.
 from __future__ import annotations
 
 import operator
+import os
 
 import torch
 import torch.fx
@@ -223,16 +224,17 @@ def _describe_target(node) -> str:
 
 
 def source_line(node) -> str:
-    """'file.py:LINE: code' of the forward line that made ``node`` (from its recorded stack trace)."""
+    """'file.py:LINE: code' of the forward line that made ``node`` (the innermost frame outside torch)."""
     trace = node.stack_trace or node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    torch_dir = os.path.dirname(torch.__file__)
     for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("File "):
-            parts = lines[i].split('"')
-            where = parts[1] if len(parts) > 2 else lines[i]
-            lineno = lines[i].split(", line ")[-1].split(",")[0] if ", line " in lines[i] else "?"
-            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
-            return f"{where}:{lineno}: {code}".rstrip(": ")
+        parts = lines[i].split('"')
+        if not lines[i].startswith("File ") or len(parts) < 3 or parts[1].startswith(torch_dir):
+            continue
+        lineno = lines[i].split(", line ")[-1].split(",")[0] if ", line " in lines[i] else "?"
+        code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+        return f"{parts[1]}:{lineno}: {code}".rstrip(": ")
     return ""
 
 
