@@ -83,7 +83,8 @@ class CatNet(nn.Module):
         s = torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))
         y = F.silu(y * s) + 0.5 * y
         y = F.max_pool2d(F.hardtanh(y, -1.0, 2.0), 2)
-        return F.relu6(self.head(torch.flatten(y.mean(dim=[2, 3]), 1)) * 3 + 3)
+        logits = F.relu6(self.head(torch.flatten(y.mean(dim=[2, 3]), 1)) * 3 + 3)
+        return torch.cat([logits, y.view(y.size(0), -1)], 1)  # the feature map too: every value is checked
 
 
 # -- VGG ------------------------------------------------------------------------------------------
