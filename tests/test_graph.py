@@ -2,6 +2,10 @@
 convert, match torch on every backend, fuse, keep torch's state_dict names, and refuse unknown ops
 with a message that names them."""
 import copy
+import sys
+import types
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +199,27 @@ def test_dropout_is_identity_in_eval_and_scales_in_training():
     assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)} and 0.15 < (y == 0).mean() < 0.35
     with pytest.raises(ValueError, match="between 0 and 1"):
         nn.Dropout(1.5)
+
+
+def _readme_graph_example() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Any torch or ONNX CNN: graphs", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_graph_example_runs_on_the_torch_redefinition(tmp_path, monkeypatch):
+    """The README's torchvision flow, verbatim, with torchvision's resnet18 from tests/torch_resnet.py
+    (torchvision's ResNet re-defined in torch; torchvision itself cannot be installed here)."""
+    torch_resnet = pytest.importorskip("torch_resnet")
+    pytest.importorskip("onnx")
+    require("c")
+    fake = types.ModuleType("torchvision")
+    fake.models = types.SimpleNamespace(resnet18=lambda weights=None: torch_resnet.build("resnet18"))
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.chdir(tmp_path)
+    code = _readme_graph_example()
+    assert "torchvision.models.resnet18" in code
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "resnet18.onnx").exists()

@@ -169,6 +169,15 @@ def _identity(input, *args, **kwargs):
     return fnn.Identity(), (input,), {}
 
 
+def _stochastic_depth(input, p, mode, training=True):
+    if training:
+        raise ValueError("stochastic depth in training mode is random per sample; convert the model in eval mode")
+    return fnn.Identity(), (input,), {}
+
+
+#: Functions of other libraries, by qualified name (they are not imported here).
+_BY_NAME = {"torchvision.ops.stochastic_depth.stochastic_depth": _stochastic_depth}
+
 _relu = _unary(_no_inplace(fnn.ReLU))
 _FUNCTIONS = {
     F.relu: _relu, torch.relu: _relu, torch.relu_: _relu, F.relu_: _relu,
@@ -311,7 +320,9 @@ def graph_from_torch(module) -> Graph:
             g.nodes.append(Node(node.name, "call", refs(node.args), refs(node.kwargs), target=node.target, source=src))
         elif node.op in ("call_function", "call_method"):
             table = _FUNCTIONS if node.op == "call_function" else _METHODS
-            convert = table.get(node.target)
+            convert = table.get(node.target) if node.op == "call_method" or _hashable(node.target) else None
+            if convert is None and node.op == "call_function":
+                convert = _BY_NAME.get(_describe_target(node))
             if convert is None:
                 raise _error(node, _describe_target(node))
             try:
@@ -326,6 +337,14 @@ def graph_from_torch(module) -> Graph:
         if path in submodules:  # the name tree's levels keep the source modules' modes
             m.__dict__["training"] = bool(submodules[path].training)
     return g
+
+
+def _hashable(obj) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _fetch_attr(module, target: str):
