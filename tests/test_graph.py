@@ -146,6 +146,44 @@ def test_untraceable_forward_says_so_and_points_to_patched():
         from_torch(Net())
 
 
+class _ShapeBranch(tnn.Module):
+    """A forward torch.fx cannot trace (Python control flow on a size), which torch.export handles."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = tnn.Conv2d(3, 4, 3, padding=1)
+        self.bn = tnn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if x.shape[-1] > 8:
+            x = F.max_pool2d(x, 2)
+        return F.relu(self.bn(self.conv(x)) + x.mean(1, keepdim=True))
+
+
+def test_untraceable_by_fx_converts_through_torch_export_with_example_inputs():
+    t = torch_nets._randomise(_ShapeBranch(), 2)
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(UnsupportedOpError, match=r"torch.fx cannot trace.*example_inputs.*patched\("):
+        from_torch(t)
+    g = from_torch(t, example_inputs=(x,), backend="im2col")
+    assert list(g.state_dict()) == list(t.state_dict())
+    assert_matches(g(x.numpy()), _reference(t, x), rtol=RTOL)
+    assert_matches(g.fuse()(x.numpy()), _reference(t, x), rtol=RTOL)
+    assert "bn.weight" not in g.state_dict()
+
+
+@pytest.mark.parametrize("name", ["hand_resnet", "catnet", "densenet", "mobilenet_v2"])
+def test_torch_export_path_matches_torch_and_fuses(name):
+    from fastconv.interop._export import graph_from_export
+
+    t = torch_nets.build(name)
+    x = _input("im2col")
+    g = graph_from_export(t, (x,)).to_backend("im2col")
+    assert list(g.state_dict()) == list(t.state_dict())
+    assert_matches(g(x.numpy()), _reference(t, x), rtol=RTOL)
+    assert_matches(g.fuse()(x.numpy()), _reference(t, x), rtol=RTOL)
+
+
 def test_functional_weights_and_indexing():
     class Net(tnn.Module):
         def __init__(self):

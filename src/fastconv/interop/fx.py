@@ -270,15 +270,20 @@ class _Tracer(torch.fx.Tracer):
         return type(m) is not tnn.Sequential and super().is_leaf_module(m, qualname)
 
 
+class TraceError(UnsupportedOpError):
+    """torch.fx cannot trace the forward symbolically."""
+
+
 def trace(module):
     """The torch.fx graph of ``module`` (with source lines recorded)."""
     tracer = _Tracer()
     try:
         return tracer.trace(module)
     except Exception as exc:  # data-dependent control flow, unsupported Python in forward
-        raise UnsupportedOpError(
+        raise TraceError(
             f"from_torch: torch.fx cannot trace {type(module).__name__}: {type(exc).__name__}: {exc}. "
-            f"{_PATCHED_HINT}") from exc
+            f"Passing example inputs (from_torch(model, example_inputs=(x,))) converts it through "
+            f"torch.export instead, unless the control flow depends on tensor values. {_PATCHED_HINT}") from exc
 
 
 def graph_from_torch(module) -> Graph:

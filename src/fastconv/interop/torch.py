@@ -131,13 +131,15 @@ def _from_torch(m, path):
     return leaf
 
 
-def from_torch(module, backend: str | None = None, *, graph: bool | None = None):
+def from_torch(module, backend: str | None = None, *, graph: bool | None = None, example_inputs=None):
     """A fastconv model equal to the torch ``module``: same names, weights and train/eval modes.
 
     A ``Sequential`` of the layers above or a torchvision ResNet becomes the same module tree
     (``fastconv.nn.Sequential``, ``fastconv.models.ResNet``); any other model (or every model,
     with ``graph=True``) is traced with torch.fx into a ``fastconv.graph.Graph`` of fastconv ops
-    (see ``fastconv.interop.fx``).  ``backend`` (optional) is set for the whole converted model.
+    (see ``fastconv.interop.fx``); where torch.fx cannot trace the forward, ``example_inputs`` (a
+    tuple of tensors) lets torch.export run it once instead.  ``backend`` (optional) is set for the
+    whole converted model.
     """
     if not isinstance(module, tnn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
@@ -150,9 +152,16 @@ def from_torch(module, backend: str | None = None, *, graph: bool | None = None)
                 if graph is False:
                     raise
         if model is None:
-            from .fx import graph_from_torch
+            from .fx import TraceError, graph_from_torch
 
-            model = graph_from_torch(module)
+            try:
+                model = graph_from_torch(module)
+            except TraceError:
+                if example_inputs is None:
+                    raise
+                from ._export import graph_from_export
+
+                model = graph_from_export(module, example_inputs)
     return model.to_backend(backend) if backend is not None else model
 
 
