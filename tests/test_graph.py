@@ -261,3 +261,18 @@ def test_readme_graph_example_runs_on_the_torch_redefinition(tmp_path, monkeypat
         warnings.simplefilter("ignore")
         exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "resnet18.onnx").exists()
+
+
+@pytest.mark.parametrize("name", sorted(torch_nets.NETS))
+def test_to_torch_round_trip_of_a_graph(name):
+    from fastconv.interop.torch import to_torch
+
+    t = torch_nets.build(name)
+    x = _input("im2col")
+    g = from_torch(t)
+    back = to_torch(g)
+    assert isinstance(back, torch.fx.GraphModule) and not back.training
+    assert list(back.state_dict()) == list(t.state_dict())
+    with torch.no_grad():
+        assert_matches(back(x).numpy(), _reference(t, x), rtol=RTOL)
+        assert_matches(to_torch(g.fuse())(x).numpy(), _reference(t, x), rtol=RTOL)  # fused: conv, add, relu again

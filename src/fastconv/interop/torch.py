@@ -199,6 +199,24 @@ def _leaf_to_torch(m):
     return None
 
 
+def _graph_leaf_to_torch(m, path):
+    """A layer of a Graph as a torch layer (the activations and the rest of fx's table included)."""
+    out = _leaf_to_torch(m)
+    if out is None:
+        reverse = {fnn.ReLU6: lambda: tnn.ReLU6(), fnn.Sigmoid: tnn.Sigmoid, fnn.Tanh: tnn.Tanh, fnn.SiLU: tnn.SiLU,
+                   fnn.Hardswish: tnn.Hardswish, fnn.Hardsigmoid: tnn.Hardsigmoid,
+                   fnn.Hardtanh: lambda: tnn.Hardtanh(m.min_val, m.max_val),
+                   fnn.LeakyReLU: lambda: tnn.LeakyReLU(m.negative_slope), fnn.Softmax: lambda: tnn.Softmax(m.dim),
+                   fnn.Dropout: lambda: tnn.Dropout(m.p),
+                   fnn.AdaptiveMaxPool2d: lambda: tnn.AdaptiveMaxPool2d(m.output_size),
+                   fnn.LocalResponseNorm: lambda: tnn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)}
+        if type(m) not in reverse:
+            raise TypeError(f"to_torch: no torch equivalent for layer {path!r} ({type(m).__name__})")
+        return reverse[type(m)]().train(m.training)
+    out.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
+    return out.train(m.training)
+
+
 _TORCH_PARTS = {fresnet.ResNet: _torch_models.ResNet, fresnet.BasicBlock: _torch_models.BasicBlock,
                 fresnet.Bottleneck: _torch_models.Bottleneck}
 
@@ -219,9 +237,18 @@ def _to_torch(m, path):
 
 
 def to_torch(module):
-    """A torch model with the fastconv ``module``'s structure, state_dict and train/eval modes."""
+    """A torch model with the fastconv ``module``'s structure, state_dict and train/eval modes.
+
+    A ``Graph`` becomes a torch.fx ``GraphModule`` with the same layer names.
+    """
     if not isinstance(module, fnn.Module):
         raise TypeError(f"to_torch expects a fastconv.nn.Module, got {type(module).__name__}")
+    from ..graph import Graph
+
+    if isinstance(module, Graph):
+        from ._graph_to_torch import graph_to_torch
+
+        return graph_to_torch(module, _graph_leaf_to_torch)
     return _to_torch(module, type(module).__name__)
 
 
