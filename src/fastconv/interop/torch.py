@@ -1,12 +1,13 @@
 """torch <-> fastconv: convert models, or run a torch model's layers through fastconv.
 
 ``from_torch(module)``
-    A fastconv copy (same structure, names, weights and train/eval modes) of a torch model built
-    from Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU, Linear, Flatten,
-    Identity and Sequential, or a torchvision ResNet (or ResNeXt / wide ResNet).  Any other layer
-    is a TypeError that names it.
+    A fastconv copy (same names, weights and train/eval modes) of a torch model: a Sequential of
+    Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU, Linear, Flatten and
+    Identity, or a torchvision ResNet (or ResNeXt / wide ResNet), keeps its module tree; any other
+    CNN is traced into a ``fastconv.graph.Graph`` (``fastconv.interop.fx``).  An op without a
+    fastconv equivalent is an ``UnsupportedOpError`` naming it.
 ``to_torch(module)``
-    The reverse: a plain torch model with the same state_dict.
+    The reverse: a plain torch model with the same state_dict (a torch.fx GraphModule for a Graph).
 ``patch(module, backend=None)`` / ``unpatch(module)`` / ``with patched(module, backend):``
     Keep the torch model but route its Conv2d, BatchNorm2d and pooling layers through fastconv's
     functional API on ``backend``; inference only (under ``torch.no_grad()``), on the CPU.
