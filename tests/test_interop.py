@@ -81,9 +81,10 @@ def test_from_torch_copies_training_mode_and_batch_norm_state():
 
 
 def test_from_torch_names_the_unsupported_layer():
-    t = tnn.Sequential(tnn.Conv2d(3, 4, 3), tnn.Sequential(tnn.ReLU(), tnn.Dropout(0.5)))
-    with pytest.raises(TypeError, match=r"unsupported layer 'Sequential\.1\.1' \(torch\.nn\.modules\.dropout\.Dropout\)"):
-        from_torch(t)
+    # graph=False: only the module-tree conversion; any other model goes through the graph (test_graph.py)
+    t = tnn.Sequential(tnn.Conv2d(3, 4, 3), tnn.Sequential(tnn.ReLU(), tnn.GELU()))
+    with pytest.raises(TypeError, match=r"unsupported layer 'Sequential\.1\.1' \(torch\.nn\.modules\.activation\.GELU\)"):
+        from_torch(t, graph=False)
     with pytest.raises(TypeError, match="return_indices"):
         from_torch(tnn.MaxPool2d(2, return_indices=True))
     with pytest.raises(TypeError, match="float16"):
@@ -96,12 +97,15 @@ def test_from_torch_names_the_unsupported_layer():
             return x
 
     with pytest.raises(TypeError, match="'Custom'.*Custom"):
-        from_torch(Custom())
-    # a class called BasicBlock with other children is not torchvision's
-    block = torch_resnet.BasicBlock(4, 4)
+        from_torch(Custom(), graph=False)
+    assert from_torch(Custom())(np.ones(3)).tolist() == [1, 1, 1]
+    # a class called BasicBlock with other children is not torchvision's: it is traced instead
+    block = torch_resnet.BasicBlock(4, 4).eval()
     block.extra = tnn.ReLU()
     with pytest.raises(TypeError, match="not torchvision's"):
-        from_torch(block)
+        from_torch(block, graph=False)
+    x = X32[:, :3].repeat(1, 2, 1, 1)[:, :4]
+    assert_matches(from_torch(block)(x.numpy()), _reference(block, x), what="traced BasicBlock")
 
 
 def test_to_torch_round_trip(resnet18):

@@ -1,12 +1,13 @@
 """torch <-> fastconv: convert models, or run a torch model's layers through fastconv.
 
 ``from_torch(module)``
-    A fastconv copy (same structure, names, weights and train/eval modes) of a torch model built
-    from Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU, Linear, Flatten,
-    Identity and Sequential, or a torchvision ResNet (or ResNeXt / wide ResNet).  Any other layer
-    is a TypeError that names it.
+    A fastconv copy (same names, weights and train/eval modes) of a torch model: a Sequential of
+    Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU, Linear, Flatten and
+    Identity, or a torchvision ResNet (or ResNeXt / wide ResNet), keeps its module tree; any other
+    CNN is traced into a ``fastconv.graph.Graph`` (``fastconv.interop.fx``).  An op without a
+    fastconv equivalent is an ``UnsupportedOpError`` naming it.
 ``to_torch(module)``
-    The reverse: a plain torch model with the same state_dict.
+    The reverse: a plain torch model with the same state_dict (a torch.fx GraphModule for a Graph).
 ``patch(module, backend=None)`` / ``unpatch(module)`` / ``with patched(module, backend):``
     Keep the torch model but route its Conv2d, BatchNorm2d and pooling layers through fastconv's
     functional API on ``backend``; inference only (under ``torch.no_grad()``), on the CPU.
@@ -91,9 +92,13 @@ SUPPORTED = ("Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU
              "Sequential and torchvision's ResNet/BasicBlock/Bottleneck")
 
 
+class _NotStructural(TypeError):
+    """The model is not a tree of the layers above: it converts through the graph instead."""
+
+
 def _unsupported(m, path, why=""):
     kind = f"{type(m).__module__}.{type(m).__qualname__}"
-    return TypeError(f"from_torch: unsupported layer {path!r} ({kind}){why}; fastconv converts {SUPPORTED}")
+    return _NotStructural(f"from_torch: unsupported layer {path!r} ({kind}){why}; fastconv converts {SUPPORTED}")
 
 
 def _from_torch(m, path):
@@ -127,15 +132,37 @@ def _from_torch(m, path):
     return leaf
 
 
-def from_torch(module, backend: str | None = None):
-    """A fastconv model equal to the torch ``module``: same structure, names, weights and modes.
+def from_torch(module, backend: str | None = None, *, graph: bool | None = None, example_inputs=None):
+    """A fastconv model equal to the torch ``module``: same names, weights and train/eval modes.
 
-    ``backend`` (optional) is set for the whole converted model (``to_backend``).
+    A ``Sequential`` of the layers above or a torchvision ResNet becomes the same module tree
+    (``fastconv.nn.Sequential``, ``fastconv.models.ResNet``); any other model (or every model,
+    with ``graph=True``) is traced with torch.fx into a ``fastconv.graph.Graph`` of fastconv ops
+    (see ``fastconv.interop.fx``); where torch.fx cannot trace the forward, ``example_inputs`` (a
+    tuple of tensors) lets torch.export run it once instead.  ``backend`` (optional) is set for the
+    whole converted model.
     """
     if not isinstance(module, tnn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    model = None
     with torch.no_grad():
-        model = _from_torch(module, type(module).__name__)
+        if not graph:
+            try:
+                model = _from_torch(module, type(module).__name__)
+            except _NotStructural:
+                if graph is False:
+                    raise
+        if model is None:
+            from .fx import TraceError, graph_from_torch
+
+            try:
+                model = graph_from_torch(module)
+            except TraceError:
+                if example_inputs is None:
+                    raise
+                from ._export import graph_from_export
+
+                model = graph_from_export(module, example_inputs)
     return model.to_backend(backend) if backend is not None else model
 
 
@@ -173,6 +200,24 @@ def _leaf_to_torch(m):
     return None
 
 
+def _graph_leaf_to_torch(m, path):
+    """A layer of a Graph as a torch layer (the activations and the rest of fx's table included)."""
+    out = _leaf_to_torch(m)
+    if out is None:
+        reverse = {fnn.ReLU6: lambda: tnn.ReLU6(), fnn.Sigmoid: tnn.Sigmoid, fnn.Tanh: tnn.Tanh, fnn.SiLU: tnn.SiLU,
+                   fnn.Hardswish: tnn.Hardswish, fnn.Hardsigmoid: tnn.Hardsigmoid,
+                   fnn.Hardtanh: lambda: tnn.Hardtanh(m.min_val, m.max_val),
+                   fnn.LeakyReLU: lambda: tnn.LeakyReLU(m.negative_slope), fnn.Softmax: lambda: tnn.Softmax(m.dim),
+                   fnn.Dropout: lambda: tnn.Dropout(m.p),
+                   fnn.AdaptiveMaxPool2d: lambda: tnn.AdaptiveMaxPool2d(m.output_size),
+                   fnn.LocalResponseNorm: lambda: tnn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)}
+        if type(m) not in reverse:
+            raise TypeError(f"to_torch: no torch equivalent for layer {path!r} ({type(m).__name__})")
+        return reverse[type(m)]().train(m.training)
+    out.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
+    return out.train(m.training)
+
+
 _TORCH_PARTS = {fresnet.ResNet: _torch_models.ResNet, fresnet.BasicBlock: _torch_models.BasicBlock,
                 fresnet.Bottleneck: _torch_models.Bottleneck}
 
@@ -193,9 +238,18 @@ def _to_torch(m, path):
 
 
 def to_torch(module):
-    """A torch model with the fastconv ``module``'s structure, state_dict and train/eval modes."""
+    """A torch model with the fastconv ``module``'s structure, state_dict and train/eval modes.
+
+    A ``Graph`` becomes a torch.fx ``GraphModule`` with the same layer names.
+    """
     if not isinstance(module, fnn.Module):
         raise TypeError(f"to_torch expects a fastconv.nn.Module, got {type(module).__name__}")
+    from ..graph import Graph
+
+    if isinstance(module, Graph):
+        from ._graph_to_torch import graph_to_torch
+
+        return graph_to_torch(module, _graph_leaf_to_torch)
     return _to_torch(module, type(module).__name__)
 
 

@@ -1,0 +1,139 @@
+"""Elementwise activations CNNs use, as torch.nn's layers, computed with NumPy on any backend.
+
+ReLU itself is in ``layers`` (it runs on the backends' kernels); these are the others.  Each
+returns a new array of the input's dtype and never modifies its input (``inplace`` is accepted
+for torch compatibility only).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._args import as_bool, as_float, as_float_array, as_int
+from .module import Module
+
+
+def _float(x):
+    return as_float_array(x, "input")
+
+
+class Hardtanh(Module):
+    """``clip(x, min_val, max_val)``, as torch.nn.Hardtanh (either bound may be None: unbounded)."""
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        self.min_val = None if min_val is None else as_float(min_val, "min_val")
+        self.max_val = None if max_val is None else as_float(max_val, "max_val")
+        if self.min_val is not None and self.max_val is not None and self.max_val < self.min_val:
+            raise ValueError(f"max_val must be at least min_val, got min_val={min_val}, max_val={max_val}")
+        self.inplace = as_bool(inplace, "inplace")
+
+    def forward(self, x):
+        x = _float(x)
+        y = x.copy()
+        # NaN stays NaN, as torch's clamp keeps it
+        if self.min_val is not None:
+            np.copyto(y, x.dtype.type(self.min_val), where=x < self.min_val)
+        if self.max_val is not None:
+            np.copyto(y, x.dtype.type(self.max_val), where=x > self.max_val)
+        return y
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class ReLU6(Hardtanh):
+    """``min(max(x, 0), 6)``, as torch.nn.ReLU6."""
+
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0, inplace)
+
+
+class LeakyReLU(Module):
+    """``x if x >= 0 else negative_slope * x``, as torch.nn.LeakyReLU."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = as_float(negative_slope, "negative_slope")
+        self.inplace = as_bool(inplace, "inplace")
+
+    def forward(self, x):
+        x = _float(x)
+        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+def _sigmoid(x):
+    # exp of a non-positive argument only: no overflow warning for large |x|
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+class Sigmoid(Module):
+    """``1 / (1 + exp(-x))``, as torch.nn.Sigmoid."""
+
+    def forward(self, x):
+        return _sigmoid(_float(x))
+
+
+class Tanh(Module):
+    """``tanh(x)``, as torch.nn.Tanh."""
+
+    def forward(self, x):
+        return np.tanh(_float(x))
+
+
+class SiLU(Module):
+    """``x * sigmoid(x)`` (swish), as torch.nn.SiLU."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = as_bool(inplace, "inplace")
+
+    def forward(self, x):
+        x = _float(x)
+        return x * _sigmoid(x)
+
+
+class Hardsigmoid(Module):
+    """``clip(x / 6 + 1/2, 0, 1)``, as torch.nn.Hardsigmoid."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = as_bool(inplace, "inplace")
+
+    def forward(self, x):
+        x = _float(x)
+        return np.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6)
+
+
+class Hardswish(Module):
+    """``x * clip(x + 3, 0, 6) / 6``, as torch.nn.Hardswish."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = as_bool(inplace, "inplace")
+
+    def forward(self, x):
+        x = _float(x)
+        return x * np.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6)
+
+
+class Softmax(Module):
+    """``exp(x) / sum(exp(x))`` along ``dim``, as torch.nn.Softmax (the max is subtracted first)."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = None if dim is None else as_int(dim, "dim")
+
+    def forward(self, x):
+        x = _float(x)
+        dim = self.dim
+        if dim is None:  # torch's legacy choice for an implicit dim
+            dim = 0 if x.ndim in (0, 1, 3) else 1
+        e = np.exp(x - np.max(x, axis=dim, keepdims=True))
+        return e / np.sum(e, axis=dim, keepdims=True)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"

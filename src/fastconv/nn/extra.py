@@ -1,0 +1,135 @@
+"""More torch.nn layers for converted graphs: dropout, adaptive max pooling, local response
+normalisation, and convolution / linear layers whose weights arrive as inputs (torch's functional
+``F.conv2d(x, self.w)``, ONNX initialisers).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import api
+from .._args import as_bool, as_float, as_float_array, as_int
+from ..threads import apply_blas
+from .module import Module
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training mode (scaling the rest by 1/(1-p)); the
+    identity in eval mode, as torch.nn.Dropout.  ``always`` drops in eval mode too (torch's
+    ``F.dropout(x, training=True)``)."""
+
+    def __init__(self, p=0.5, inplace=False, always=False):
+        super().__init__()
+        self.p = as_float(p, "p")
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got p={p}")
+        self.inplace = as_bool(inplace, "inplace")
+        self.always = as_bool(always, "always")
+
+    def forward(self, x):
+        if not (self.training or self.always) or self.p == 0.0:
+            return x
+        x = np.asarray(x)
+        if self.p == 1.0:
+            return np.zeros_like(x)
+        keep = np.random.default_rng().random(x.shape) >= self.p
+        return (x * keep / x.dtype.type(1.0 - self.p)).astype(x.dtype, copy=False)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def _bins(size: int, out: int):
+    """Adaptive pooling's bins: ``floor(i*size/out)`` to ``ceil((i+1)*size/out)``, as torch."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+class AdaptiveMaxPool2d(Module):
+    """Max pooling to a fixed output size, as torch.nn.AdaptiveMaxPool2d (values only)."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        if as_bool(return_indices, "return_indices"):
+            raise ValueError("return_indices=True is not supported: AdaptiveMaxPool2d returns values only")
+        sizes = output_size if isinstance(output_size, (list, tuple)) else (output_size, output_size)
+        if len(sizes) != 2:
+            raise ValueError(f"output_size must be an int or a pair, got output_size={output_size!r}")
+        for s in sizes:
+            if s is not None and as_int(s, "output_size") <= 0:
+                raise ValueError(f"output_size must be positive, got output_size={output_size!r}")
+        self.output_size = output_size
+
+    def forward(self, x):
+        x = as_float_array(x, "input")
+        if x.ndim not in (3, 4) or 0 in x.shape[-2:]:
+            raise ValueError(f"AdaptiveMaxPool2d expects non-empty 3-D or 4-D input, got shape {x.shape}")
+        h, w = x.shape[-2:]
+        sizes = self.output_size if isinstance(self.output_size, (list, tuple)) else (self.output_size,) * 2
+        oh, ow = (h if sizes[0] is None else int(sizes[0])), (w if sizes[1] is None else int(sizes[1]))
+        out = np.empty((*x.shape[:-2], oh, ow), x.dtype)
+        for i, (h0, h1) in enumerate(_bins(h, oh)):
+            for j, (w0, w1) in enumerate(_bins(w, ow)):
+                window = x[..., h0:h1, w0:w1]
+                # NaN propagates, as torch's max does
+                out[..., i, j] = np.max(window, axis=(-2, -1))
+        return out
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class LocalResponseNorm(Module):
+    """``x / (k + alpha/size * sum of x^2 over size neighbouring channels)^beta``, as torch.nn.LocalResponseNorm."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size = as_int(size, "size")
+        if self.size <= 0:
+            raise ValueError(f"size must be positive, got size={size}")
+        self.alpha, self.beta, self.k = as_float(alpha, "alpha"), as_float(beta, "beta"), as_float(k, "k")
+
+    def forward(self, x):
+        x = as_float_array(x, "input")
+        sq = (x.astype(np.float64) ** 2)
+        c = x.shape[1]
+        # the window of channel i spans i - size//2 .. i + (size-1)//2, zeros beyond the edges
+        before, after = self.size // 2, (self.size - 1) // 2
+        cum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
+        lo = np.clip(np.arange(c) - before, 0, c)
+        hi = np.clip(np.arange(c) + after + 1, 0, c)
+        window = cum[:, hi] - cum[:, lo]
+        return (x / (self.k + self.alpha / self.size * window) ** self.beta).astype(x.dtype)
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class FunctionalConv2d(Module):
+    """``conv2d(x, weight, bias)`` with the weight and bias given at call time (torch's F.conv2d)."""
+
+    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
+        super().__init__()
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x, weight, bias=None):
+        return api.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                          backend=self.backend)
+
+
+class FunctionalLinear(Module):
+    """``x @ weight.T + bias`` with the weight and bias given at call time (torch's F.linear, ONNX Gemm)."""
+
+    def __init__(self, transpose_weight=True, alpha=1.0, beta=1.0):
+        super().__init__()
+        self.transpose_weight, self.alpha, self.beta = transpose_weight, float(alpha), float(beta)
+
+    def forward(self, x, weight, bias=None):
+        x = as_float_array(x, "input")
+        w = as_float_array(weight, "weight", like=x.dtype)
+        apply_blas()
+        y = x @ (w.T if self.transpose_weight else w)
+        if self.alpha != 1.0:
+            y *= x.dtype.type(self.alpha)
+        if bias is not None:
+            b = np.asarray(bias, x.dtype)
+            y = y + (b if self.beta == 1.0 else b * x.dtype.type(self.beta))
+        return y
