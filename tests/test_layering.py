@@ -20,8 +20,8 @@ LAYERS = [
     {"dispatch", "backends", "_ckernels"},
     {"api", "grad", "__init__"},
     {"nn", "optim"},
-    {"models"},
-    {"interop"},
+    {"models", "graph"},
+    {"interop", "onnx"},
     {"bench", "train", "cli", "__main__"},
 ]
 
