@@ -145,3 +145,26 @@ def device_linear(x: CudaArray, weight, bias):
 
 def _host_or_owner(a):
     return a.owner if isinstance(a, CudaArray) else a
+
+
+def as_kind_of(y, like, to_host):
+    """Device array ``y`` handed back as the kind of array ``like`` is: NumPy through ``to_host``
+    (the backend's copy to the host), torch and CuPy tensors sharing ``y``'s memory, Numba device
+    arrays; any other interface gets ``y`` itself."""
+    if isinstance(like, np.ndarray):
+        return to_host(y)
+    owner = like.owner if isinstance(like, CudaArray) else like
+    kind = type(owner).__module__.split(".")[0]
+    if kind == "torch":
+        import torch
+
+        return torch.as_tensor(y, device=owner.device)
+    if kind == "cupy":
+        import cupy
+
+        return cupy.asarray(y)
+    if kind.startswith("numba"):  # numba's own CUDA target or the numba-cuda package
+        from numba import cuda
+
+        return cuda.as_cuda_array(y)
+    return y

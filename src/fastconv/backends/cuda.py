@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .. import arrays
-from .._device import CudaArray
+from .._device import CudaArray, as_kind_of
 
 NAME = "cuda"
 DEVICES = ("cuda",)
@@ -126,27 +126,9 @@ def _to_device(a):
     return cuda.as_cuda_array(a)
 
 
-def _owner_kind(a) -> tuple[str, object]:
-    if isinstance(a, np.ndarray):
-        return "numpy", None
-    owner = a.owner if isinstance(a, CudaArray) else a
-    return type(owner).__module__.split(".")[0], owner
-
-
 def _result(y, like):
     """Device array ``y`` as the kind of array ``like`` is."""
-    kind, owner = _owner_kind(like)
-    if kind == "numpy":
-        return y.copy_to_host()
-    if kind == "torch":
-        import torch
-
-        return torch.as_tensor(y, device=owner.device)
-    if kind == "cupy":
-        import cupy
-
-        return cupy.asarray(y)
-    return y  # Numba device arrays, and any other interface: a Numba device array
+    return as_kind_of(y, like, lambda d: d.copy_to_host())
 
 
 def _launch(total: int):

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .. import arrays
-from .._device import CudaArray
+from .._device import CudaArray, as_kind_of
 
 NAME = "cupy"
 DEVICES = ("cuda",)
@@ -77,19 +77,8 @@ def _to_device(a):
 
 
 def _result(y, like):
-    if isinstance(like, np.ndarray):
-        return y.get()
-    owner = like.owner if isinstance(like, CudaArray) else like
-    kind = type(owner).__module__.split(".")[0]
-    if kind == "torch":
-        import torch
-
-        return torch.as_tensor(y, device=owner.device)
-    if kind.startswith("numba"):  # numba's own CUDA target or the numba-cuda package
-        from numba import cuda
-
-        return cuda.as_cuda_array(y)
-    return y
+    """CuPy array ``y`` as the kind of array ``like`` is."""
+    return as_kind_of(y, like, lambda d: d.get())
 
 
 # -- kernels (compiled by CuPy on first use, cached per process and on disk) ---------------------
