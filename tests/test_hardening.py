@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch, threads
+from fastconv import dispatch, grad, threads
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -426,3 +426,214 @@ def test_training_batch_norm_with_inf_input_gives_nan_without_warnings():
     for backend in _backends():
         np.testing.assert_array_equal(fastconv.batch_norm(x, mean.copy(), var.copy(), training=True, momentum=0.0,
                                                           backend=backend), ref)
+
+
+def test_empty_training_batch_norm_input_gradient_without_warnings():
+    """grad.batch_norm_input computed an empty batch's statistics with NumPy ('Mean of empty
+    slice', an error in this suite); torch returns zero gradients quietly."""
+    x = np.zeros((0, 3), np.float32)
+    for backend in [None, *_backends()]:
+        gi, gw, gb = grad.batch_norm_input(x, x, training=True, backend=backend)
+        assert gi.shape == (0, 3) and not gw.any() and not gb.any()
+
+
+@pytest.mark.xfail(strict=True, reason="c (csrc/pool_bwd_impl.h:116) and numba (backends/_numba_bwd.py:167) "
+                                       "multiply (x - mean) by eval mode's zero slope: NaN/inf inputs give NaN")
+def test_eval_batch_norm_input_gradient_does_not_read_the_input():
+    """In eval mode the input gradient is grad * weight / sqrt(var + eps), whatever the input holds:
+    torch, naive and im2col give that for NaN and inf inputs; c and numba give NaN."""
+    x = np.array([[np.nan, np.inf, 1.0]]).reshape(1, 1, 3)
+    g = np.ones_like(x)
+    mean, var = np.zeros(1), np.ones(1)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    F.batch_norm(tx, torch.from_numpy(mean), torch.from_numpy(var), training=False).backward(torch.from_numpy(g))
+    for backend in _backends():
+        gi = grad.batch_norm_input(x, g, mean, var, training=False, backend=backend)[0]
+        np.testing.assert_allclose(gi, tx.grad.numpy(), rtol=1e-12, err_msg=backend)
+
+
+# -- backward kernels and Winograd: hostile sizes ---------------------------------------------------
+
+def _torch_grads(forward, arrays: dict, wrt: str, seed=0):
+    """torch autograd: the gradient w.r.t. arrays[wrt] of forward(**tensors), and the grad_output used."""
+    t = {n: torch.from_numpy(a).requires_grad_(n == wrt) for n, a in arrays.items()}
+    y = forward(**t)
+    g = np.random.default_rng(seed).standard_normal(tuple(y.shape)).astype(arrays[wrt].dtype)
+    y.backward(torch.from_numpy(g))
+    return t[wrt].grad.numpy(), g
+
+
+_ONES = functools.partial(np.ones, dtype=np.float32)
+BWD_CONV_HOSTILE = [
+    # (input shape, weight shape, dtype, keyword arguments): the forward's hostile sizes, backward
+    ((1, 1, 2, 2), (1, 1, 2, 2), np.float32, dict(padding=HALF, dilation=BIG)),
+    ((1, 2, 2, 2), (2, 1, 2, 2), np.float64, dict(padding=HALF, dilation=BIG, groups=2)),
+    ((1, 2, 2, 2), (2, 1, 1, 1), np.float64, dict(padding=HALF, stride=BIG, groups=2)),
+    ((1, 1, 1, 1), (1, 1, 3, 1), np.float32, dict(padding="same", dilation=(BIG, 1))),
+    ((1, 1, 3, 3), (1, 1, 3, 3), np.float32, dict(padding=(HALF, 1), stride=(BIG, 5))),
+    # many channels on a 1x1 image, strided (the C kernel's columns), depthwise with many groups
+    ((2, 1024, 1, 1), (3, 1024, 3, 3), np.float32, dict(padding=1, stride=5)),
+    ((1, 2**12, 1, 1), (2**12, 1, 2, 2), np.float32, dict(padding=1, stride=3, groups=2**12)),
+]
+
+
+@pytest.mark.parametrize("xs, ws, dtype, kw", BWD_CONV_HOSTILE)
+def test_backward_conv_hostile_sizes_give_torchs_result(xs, ws, dtype, kw):
+    """grad.conv2d_input / conv2d_weight on every backend: torch's gradient, or a refusal that says
+    why (BackendError) -- never a crash, a hang or a giant allocation."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    conv = functools.partial(F.conv2d, **kw)
+    gx_ref, g = _torch_grads(lambda x, w: conv(x, w), {"x": x, "w": w}, "x")
+    gw_ref, _ = _torch_grads(lambda x, w: conv(x, w), {"x": x, "w": w}, "w")
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for backend in [None, *_backends()]:
+        t0 = time.perf_counter()
+        gx = _run_or_refuse(grad.conv2d_input, backend, xs, w, g, **kw)
+        gw = _run_or_refuse(grad.conv2d_weight, backend, x, ws, g, **kw)
+        assert time.perf_counter() - t0 < 20, backend
+        if gx is not None:
+            np.testing.assert_allclose(gx, gx_ref, **tol, err_msg=f"{backend} input gradient")
+        if gw is not None:
+            np.testing.assert_allclose(gw, gw_ref, **tol, err_msg=f"{backend} weight gradient")
+
+
+@pytest.mark.parametrize("backend", [None, "c", "im2col"])
+def test_backward_pool_huge_window_with_one_output(backend):
+    """A 2**31-wide padded window around a 1x1 input, backward: torch's gradient on c (the C kernels
+    clip the window), a refusal on im2col, which looped over 2**62 taps in Python (a hang)."""
+    if backend and backend not in _backends():
+        pytest.skip(f"{backend} not available")
+    x, g = np.full((1, 1, 1, 1), 5.0), np.full((1, 1, 1, 1), 3.0)
+    t0 = time.perf_counter()
+    try:
+        gmax = grad.max_pool2d_input(x, g, (BIG, 1), 1, (HALF, 0), backend=backend)
+        gavg = grad.avg_pool2d_input(x.shape, g, (BIG, 1), 1, (HALF, 0), backend=backend)
+    except dispatch.BackendError as exc:
+        assert backend == "im2col" and "taps" in str(exc)
+        return
+    finally:
+        assert time.perf_counter() - t0 < 20
+    np.testing.assert_array_equal(gmax, g)  # the one value is every window's maximum
+    # torch: each of the window's BIG rows divides by BIG (count_include_pad)
+    np.testing.assert_allclose(gavg, g / BIG, rtol=1e-12)
+
+
+def test_winograd_many_channels_on_a_tiny_image_gives_torchs_result():
+    """Winograd's tiles are at least one microkernel panel wide, so 2**14 channels on a 1x1 image
+    need 36 x c x nr floats of scratch however few tiles there are: sized and run, torch's result."""
+    if "c" not in _backends():
+        pytest.skip("c not available")
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 2**14, 1, 1)).astype(np.float32), rng.standard_normal((2, 2**14, 3, 3)).astype(
+        np.float32)
+    y = fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c")
+    np.testing.assert_allclose(y, _torch(F.conv2d, x, w, padding=1), rtol=1e-3, atol=1e-2)
+
+
+def _refused_for_scratch(monkeypatch, memory: int, call) -> None:
+    from fastconv import _args
+
+    monkeypatch.setattr(_args, "_available_memory", lambda: memory)
+    with pytest.raises(MemoryError, match=r"GiB of scratch memory \([0-9,]+ bytes\)"):
+        call()
+
+
+def test_backward_and_winograd_scratch_that_cannot_fit_is_refused(monkeypatch):
+    """On a pretend small machine, the scratch of the C backward kernels (columns of a strided
+    backward-data, per-thread weight gradients) and of Winograd (transformed filters and tiles of
+    a many-channel problem) is refused with the number before anything is allocated."""
+    if "c" not in _backends():
+        pytest.skip("c not available")
+    from dataclasses import replace
+
+    from fastconv.backends import _c_scratch
+    from fastconv.problem import Conv2dProblem
+
+    threads.set_num_threads(4)
+    # strided backward-data: 64x64 taps x 179x179 outputs of columns, about 525 MB
+    p = Conv2dProblem(1, 1, 600, 600, 1, 64, 64, (3, 3), (0,) * 4, (1, 1), 1, "float32", direction="bwd_data")
+    assert _c_scratch.conv2d_bytes(p, 4) > 2**28
+    g = np.ones((1, 1, 179, 179), np.float32)
+    _refused_for_scratch(monkeypatch, 2**28, lambda: grad.conv2d_input(
+        (1, 1, 600, 600), np.ones((1, 1, 64, 64), np.float32), g, stride=3, backend="c"))
+    # backward-weight: four threads each sum into a private 75 MB weight gradient
+    x = np.ones((4, 1024, 3, 3))
+    q = Conv2dProblem(4, 1024, 3, 3, 1024, 3, 3, (1, 1), (0,) * 4, (1, 1), 1, "float64", direction="bwd_weight")
+    assert _c_scratch.conv2d_bytes(q, 4) > 4 * 1024 * 1024 * 9 * 8 > 2**28
+    _refused_for_scratch(monkeypatch, 2**28, lambda: grad.conv2d_weight(
+        x, (1024, 1024, 3, 3), np.ones((4, 1024, 1, 1)), backend="c"))
+    # Winograd with 2**14 channels on a 1x1 image
+    w = Conv2dProblem(1, 2**14, 1, 1, 1, 3, 3, (1, 1), (1,) * 4, (1, 1), 1, "float32", algorithm="winograd")
+    need = _c_scratch.conv2d_bytes(w, 4)
+    assert need > 36 * 2**14 * 16 * 4 + 36 * 24 * 2**14 * 4  # tiles of one 16-wide panel + filters
+    assert _c_scratch.conv2d_bytes(replace(w, algorithm="auto"), 4) < need
+    _refused_for_scratch(monkeypatch, need - 1, lambda: fastconv.conv2d(
+        np.ones((1, 2**14, 1, 1), np.float32), np.ones((1, 2**14, 3, 3), np.float32), padding=1,
+        algorithm="winograd", backend="c"))
+
+
+SCRATCH_RSS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastconv
+    from fastconv import grad
+    from fastconv.backends import _c_scratch
+    from fastconv.problem import Conv2dProblem
+    fastconv.set_num_threads(1)
+    which = sys.argv[1]
+    if which == "winograd":
+        p = Conv2dProblem(1, 2**14, 1, 1, 1, 3, 3, (1, 1), (1,) * 4, (1, 1), 1, "float32", algorithm="winograd")
+        x, w = np.ones((1, 2**14, 1, 1), np.float32), np.ones((1, 2**14, 3, 3), np.float32)
+        run = lambda: fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c")
+    else:
+        p = Conv2dProblem(1, 1, 300, 300, 1, 48, 48, (3, 3), (0,) * 4, (1, 1), 1, "float32", direction="bwd_data")
+        w, g = np.ones((1, 1, 48, 48), np.float32), np.ones((1, 1, 85, 85), np.float32)
+        run = lambda: grad.conv2d_input((1, 1, 300, 300), w, g, stride=3, backend="c")
+    def peak():  # VmHWM: this process image's peak (ru_maxrss would carry the parent's across exec)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    before = peak()
+    run()
+    grown = peak() - before
+    print(grown, _c_scratch.conv2d_bytes(p, 1))
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("which", ["winograd", "bwd_data"])
+def test_scratch_estimate_matches_what_the_kernel_takes(which):
+    """The Python mirror of the C sizing is what the kernel really takes (peak RSS of a fresh
+    process): within a quarter, so the refusal above neither misses nor over-refuses."""
+    if "c" not in _backends():
+        pytest.skip("c not available")
+    proc = subprocess.run([sys.executable, "-c", SCRATCH_RSS, which], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    grown, estimate = map(int, proc.stdout.split())
+    assert estimate > 2**26
+    assert 0.75 * estimate < grown < 1.25 * estimate + 2**24, (grown, estimate)
+
+
+MAX_POOL_BWD_WIDE_PADDING = textwrap.dedent("""
+    import numpy as np
+    from fastconv import grad
+    x = np.ones((1, 1, 64, 64), np.float32)
+    k, pad = 2**23 + 1, 2**22  # 64 x 64 outputs, every window's first tap 2**22 cells into the padding
+    gx = grad.max_pool2d_input(x, np.ones((1, 1, 64, 64), np.float32), k, 1, pad, backend="c")
+    assert gx.sum() == 64 * 64
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="csrc/pool_bwd_impl.h:14-19 finds each window's first tap inside the input "
+                                       "with `while (h0 < 0) h0 += dil`: O(padding / dilation) steps per output")
+def test_max_pool_backward_with_wide_padding_is_fast():
+    """max_pool2d backward on c walks from each window's start to the input one dilation step at a
+    time, inside the per-output loop: 4096 outputs x 2**22 steps here (the forward clips in O(1))."""
+    if "c" not in _backends():
+        pytest.skip("c not available")
+    try:
+        proc = subprocess.run([sys.executable, "-c", MAX_POOL_BWD_WIDE_PADDING], capture_output=True, text=True,
+                              timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("max_pool2d backward took over 5 s for a 64x64 output")
+    assert proc.returncode == 0, proc.stderr

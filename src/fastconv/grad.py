@@ -210,9 +210,12 @@ def batch_norm_input(input, grad_output, mean=None, var=None, weight=None, train
     if mean is None or var is None:
         if not training:
             raise ValueError("mean and var (the running statistics) are needed when training=False")
-        x64 = x3.astype(np.float64)
-        mean = x64.mean(axis=(0, 2)).astype(x.dtype)
-        var = x64.var(axis=(0, 2)).astype(x.dtype)
+        if x.size == 0:  # no values, no statistics (and no "Mean of empty slice" warning); unused below
+            mean = var = np.zeros(c, x.dtype)
+        else:
+            x64 = x3.astype(np.float64)
+            mean = x64.mean(axis=(0, 2)).astype(x.dtype)
+            var = x64.var(axis=(0, 2)).astype(x.dtype)
     stats = []
     for name, a in (("mean", mean), ("var", var), ("weight", np.ones(c, x.dtype) if weight is None else weight)):
         a = as_float_array(a, name, like=x.dtype)

@@ -378,6 +378,7 @@ def _bwd_data_phases(p, q, grad_output, weight):
 
 
 def conv2d_bwd_data(p, grad_output, weight):
+    _c_scratch.check(p, _nthreads())
     q = zero_padded(p)
     t = _transposed(q)
     if t is not None and q.n:
@@ -395,6 +396,7 @@ def conv2d_bwd_data(p, grad_output, weight):
 
 
 def conv2d_bwd_weight(p, x, grad_output):
+    _c_scratch.check(p, _nthreads())
     q = zero_padded(p)
     call = _Call(p.dtype)
     xp = np.ascontiguousarray(pad_input(p, x))

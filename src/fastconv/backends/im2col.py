@@ -45,7 +45,14 @@ def available():
     return True, ""
 
 
+#: Pooling loops over the window's taps in Python (one vectorised step each): past this many a
+#: call would run for hours (a 2**31-wide window: forever).
+MAX_POOL_TAPS = 1 << 20
+
+
 def supports(p):
+    if p.op in ("max_pool2d", "avg_pool2d") and p.kernel[0] * p.kernel[1] > MAX_POOL_TAPS:
+        return f"the pooling window has {p.kernel[0] * p.kernel[1]:,} taps; im2col loops over taps in Python"
     return refuse_algorithm(p, ALGORITHMS, NAME) or refuse_padded_copy(p, "im2col")
 
 
