@@ -30,6 +30,7 @@ typedef struct {
     const fc_conv2d_desc *d;
     const fc_isa_config *cfg;
     int64_t mr, nr, cg, kg, cgp, ncb, rs, npan, pw, kc2;
+    int64_t crsp, ublk, lda; /* packed: cg*r*s rounded up to mr; A blocks per group; A's row stride */
     int packed;       /* A rows: im2col rows (packed) or windows of the planes (direct) */
     int64_t na, nb, hq, wq, plane, chan, qall;
     int64_t rowph[64], colph[64], arow[64], bcol[64];
@@ -93,33 +94,38 @@ static float fill(const wplan_t *P, const float *x, int64_t g, int64_t c, int64_
     return z;
 }
 
-/* Packed mode: the im2col rows of channel c (of cgp) of group g for image n, every tap: row
- * (c, t) holds the input value tap t reads at each output pixel of every image, 0 in the
- * padding. */
-static void fill_cols(const wplan_t *P, const float *x, int64_t g, int64_t c, int64_t n) {
+/* Packed mode: im2col row rho = c*r*s + t of group g (the order of dw's columns, mr of them per
+ * A block) over pixels [q0, q1) of the block that starts at qb: the value tap t of channel c
+ * reads at each output pixel, 0 in the padding; zero rows past cg*r*s. */
+static void fill_cols(const wplan_t *P, const float *x, int64_t g, int64_t rho, int64_t qb, int64_t q0, int64_t q1) {
     const fc_conv2d_desc *d = P->d;
-    const int64_t ohw = d->oh * d->ow;
-    for (int64_t t = 0; t < P->rs; t++) {
-        float *out = P->src + (size_t)(g * P->cgp + c) * P->chan + P->tapoff[t] + (size_t)n * ohw;
-        if (c >= P->cg) {
-            memset(out, 0, (size_t)ohw * sizeof(float));
-            continue;
-        }
-        const float *xp = x + ((size_t)n * d->c + g * P->cg + c) * d->h * d->w;
-        int64_t off = t % d->s * d->dil_w - d->pad_left, lo, hi;
-        fc_valid_range(d->w, d->ow, d->stride_w, off, &lo, &hi);
-        for (int64_t oh = 0; oh < d->oh; oh++) {
-            float *orow = out + oh * d->ow;
-            int64_t ih = oh * d->stride_h - d->pad_top + t / d->s * d->dil_h;
-            if (ih < 0 || ih >= d->h) {
-                memset(orow, 0, (size_t)d->ow * sizeof(float));
-                continue;
+    float *out = P->src + (size_t)(g * P->crsp + rho) * P->kc2 - qb;
+    if (rho >= P->cg * P->rs) {
+        memset(out + q0, 0, (size_t)(q1 - q0) * sizeof(float));
+        return;
+    }
+    const int64_t c = rho / P->rs, t = rho % P->rs, ohw = d->oh * d->ow;
+    const int64_t off = t % d->s * d->dil_w - d->pad_left;
+    int64_t lo, hi;
+    fc_valid_range(d->w, d->ow, d->stride_w, off, &lo, &hi);
+    for (int64_t q = q0; q < q1;) {
+        const int64_t n = q / ohw, oh = q % ohw / d->ow, ow = q % d->ow, len = FC_MIN(d->ow - ow, q1 - q);
+        const int64_t ih = oh * d->stride_h - d->pad_top + t / d->s * d->dil_h;
+        float *o = out + q - ow; /* o[j]: output column j of this row */
+        if (ih < 0 || ih >= d->h) {
+            memset(o + ow, 0, (size_t)len * sizeof(float));
+        } else {
+            const float *xrow = x + (((size_t)n * d->c + g * P->cg + c) * d->h + ih) * d->w;
+            const int64_t a = FC_MAX(ow, lo), b = FC_MIN(ow + len, hi);
+            if (b > a) {
+                memset(o + ow, 0, (size_t)(a - ow) * sizeof(float));
+                copy_check(o + a, xrow + a * d->stride_w + off, b - a, d->stride_w);
+                memset(o + b, 0, (size_t)(ow + len - b) * sizeof(float));
+            } else {
+                memset(o + ow, 0, (size_t)len * sizeof(float));
             }
-            memset(orow, 0, (size_t)lo * sizeof(float));
-            if (hi > lo)
-                copy_check(orow + lo, xp + ih * d->w + lo * d->stride_w + off, hi - lo, d->stride_w);
-            memset(orow + hi, 0, (size_t)(d->ow - hi) * sizeof(float));
         }
+        q += len;
     }
 }
 
@@ -166,10 +172,11 @@ static void run_units(const wplan_t *P, int64_t u0, int64_t u1, int64_t qb, int6
         for (int64_t j = 0; j < P->npan; j++) {
             const int64_t cols = FC_MIN(P->pw, P->kg - j * P->pw), nv = (cols + 15) / 16;
             for (int64_t u = u0; u < u1; u++) {
-                const int64_t g = u / (P->rs * P->ncb), t = u / P->ncb % P->rs, cb = u % P->ncb;
-                const float *a = P->src + (size_t)(g * P->cgp + cb * P->mr) * P->chan + P->tapoff[t];
+                const int64_t g = u / P->ublk, t = u / P->ncb % P->rs, cb = u % P->ncb;
+                const float *a = P->packed ? P->src + (size_t)u * P->mr * P->kc2 - qb
+                                           : P->src + (size_t)(g * P->cgp + cb * P->mr) * P->chan + P->tapoff[t];
                 const float *b = bbuf + (size_t)(g * P->npan + j) * blk + (s0 - qb) * P->pw;
-                P->cfg->gemm[0][nv - 1](kc, a + s0, P->chan, b, P->poff, ct + ((size_t)u * P->npan + j) * tile, s0 > 0);
+                P->cfg->gemm[0][nv - 1](kc, a + s0, P->lda, b, P->poff, ct + ((size_t)u * P->npan + j) * tile, s0 > 0);
             }
         }
     }
@@ -220,12 +227,14 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
      * times kg exceeds that, and its buffer stays below 64 MB. */
     const double real = (double)d->n * d->oh * d->ow;
     const double virt = (double)(d->n - 1) * P.hq * P.wq + (double)(d->oh - 1) * P.wq + d->ow;
-    P.packed = (virt / real - 1.0) * (double)P.kg > 32.0 &&
-               (double)d->groups * P.cgp * P.rs * real * sizeof(float) <= (double)(64 << 20);
+    P.crsp = (P.cg * P.rs + P.mr - 1) / P.mr * P.mr;
+    const int fits = 1;
+    const double waste = virt * P.cgp / (real * P.cg) - (double)P.crsp / (P.cg * P.rs);
+    P.packed = fits && waste * (double)P.kg > 32.0;
     const char *force = getenv("FASTCONV_BWD_WEIGHT"); /* test hook: reach both modes */
     if (force && !strcmp(force, "direct"))
         P.packed = 0;
-    else if (force && !strcmp(force, "packed") && (double)d->groups * P.cgp * P.rs * real * sizeof(float) <= (double)(64 << 20))
+    else if (force && !strcmp(force, "packed") && fits)
         P.packed = 1;
     if (P.packed) { /* one "plane" per image: its output pixels */
         P.hq = d->oh;
@@ -233,17 +242,23 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
         P.plane = d->oh * d->ow;
         P.qall = d->n * P.plane;
         P.chan = P.rs * P.qall;
+        P.ublk = P.crsp / P.mr;
     } else {
         P.plane = P.hq * P.wq;
         P.chan = P.na * P.nb * d->n * P.plane;
         P.qall = (d->n - 1) * P.plane + (d->oh - 1) * P.wq + d->ow;
+        P.lda = P.chan;
+        P.ublk = P.rs * P.ncb;
     }
 
     /* Pixel blocks whose B (every group's panels) fits in about 1.5 MB of L2: each block is one
      * pass over the dw^T tiles, so the fewer, the less those large tiles travel. */
-    const int64_t kpad = d->groups * P.npan * P.pw, units = d->groups * P.rs * P.ncb;
-    int64_t nbb = (P.qall + FC_MAX(P.cfg->kc, (384 * 1024) / kpad) - 1) / FC_MAX(P.cfg->kc, (384 * 1024) / kpad);
+    const int64_t kpad = d->groups * P.npan * P.pw, units = d->groups * P.ublk;
+    const int64_t per_px = kpad, kc2_max = FC_MAX(P.cfg->kc, (384 * 1024) / per_px);
+    int64_t nbb = (P.qall + kc2_max - 1) / kc2_max;
     P.kc2 = (P.qall + nbb - 1) / nbb;
+    if (P.packed)
+        P.lda = P.kc2;
     nbb = (P.qall + P.kc2 - 1) / P.kc2;
     double macs = (double)d->n * d->k * d->oh * d->ow * P.cg * P.rs;
     int team = fc_team(nthreads, macs > 1e15 ? (int64_t)1e15 : (int64_t)macs, 1 << 16);
@@ -253,7 +268,8 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
     chunk = FC_MIN(chunk, (units + team - 1) / team);
     const int64_t nchunks = (units + chunk - 1) / chunk;
 
-    const size_t planes = fc_size_mul3(fc_size_mul3(d->groups, P.cgp, P.chan), sizeof(float), 1);
+    const size_t planes = P.packed ? fc_size_mul3(fc_size_mul3(d->groups, P.crsp, P.kc2), sizeof(float), 1)
+                                   : fc_size_mul3(fc_size_mul3(d->groups, P.cgp, P.chan), sizeof(float), 1);
     const size_t bbytes = fc_size_mul3(kpad, P.kc2, sizeof(float));
     const size_t cbytes = fc_size_mul3(fc_size_mul3(units, P.npan, P.mr), P.nr, sizeof(float));
     P.src = fc_alloc(planes);
@@ -279,12 +295,8 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
     {
         float z = 0.0f;
 #pragma omp for schedule(static)
-        for (int64_t v = 0; v < d->groups * P.cgp * d->n; v++) {
-            if (P.packed)
-                fill_cols(&P, x, v / (P.cgp * d->n), v / d->n % P.cgp, v % d->n);
-            else
-                z += fill(&P, x, v / (P.cgp * d->n), v / d->n % P.cgp, v % d->n);
-        }
+        for (int64_t v = 0; v < (P.packed ? 0 : d->groups * P.cgp * d->n); v++)
+            z += fill(&P, x, v / (P.cgp * d->n), v / d->n % P.cgp, v % d->n);
         if (z != 0.0f) { /* NaN != 0 */
 #pragma omp atomic write
             nonfinite = 1;
@@ -303,6 +315,15 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
                     pack_dy(&P, dy, g, q0, q0 + (q1 - q0) * i / pieces, q0 + (q1 - q0) * (i + 1) / pieces,
                             bbuf + (size_t)g * P.npan * blk);
                 }
+                if (P.packed) { /* this block's im2col rows */
+                    const int64_t halves = (q1 - q0) >= 2048 ? 2 : 1;
+#pragma omp for schedule(static)
+                    for (int64_t v = 0; v < d->groups * P.crsp * halves; v++) {
+                        const int64_t h = v % halves, row = v / halves;
+                        fill_cols(&P, x, row / P.crsp, row % P.crsp, q0, q0 + (q1 - q0) * h / halves,
+                                  q0 + (q1 - q0) * (h + 1) / halves);
+                    }
+                }
 #pragma omp for schedule(static)
                 for (int64_t ch = 0; ch < nchunks; ch++)
                     run_units(&P, ch * chunk, FC_MIN(units, (ch + 1) * chunk), q0, q0, q1, bbuf, ct);
@@ -310,16 +331,29 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
             /* dw (k, c, r, s) from the dw^T tiles, one channel block at a time: its tiles (every
              * tap and panel) stay in L2 while each dw row gets its run of mr * r*s values. */
             const int64_t tile = P.mr * P.nr, crs = P.cg * P.rs;
+            if (P.packed) { /* A block u's rows are dw columns u*mr... of its group */
 #pragma omp for schedule(static)
-            for (int64_t gb = 0; gb < d->groups * P.ncb; gb++) {
-                const int64_t g = gb / P.ncb, cb = gb % P.ncb, rows = FC_MIN(P.mr, P.cg - cb * P.mr);
-                for (int64_t k = 0; k < P.kg; k++) {
-                    const int64_t j = k / P.pw, kk = k % P.pw;
-                    float *out = dw + (size_t)(g * P.kg + k) * crs + cb * P.mr * P.rs;
-                    for (int64_t t = 0; t < P.rs; t++) {
-                        const float *tl = ct + ((size_t)((g * P.rs + t) * P.ncb + cb) * P.npan + j) * tile + kk;
+                for (int64_t u = 0; u < units; u++) {
+                    const int64_t g = u / P.ublk, col0 = u % P.ublk * P.mr, rows = FC_MIN(P.mr, crs - col0);
+                    for (int64_t k = 0; k < P.kg; k++) {
+                        const float *tl = ct + ((size_t)u * P.npan + k / P.pw) * tile + k % P.pw;
+                        float *out = dw + (size_t)(g * P.kg + k) * crs + col0;
                         for (int64_t i = 0; i < rows; i++)
-                            out[i * P.rs + t] = tl[i * P.nr];
+                            out[i] = tl[i * P.nr];
+                    }
+                }
+            } else {
+#pragma omp for schedule(static)
+                for (int64_t gb = 0; gb < d->groups * P.ncb; gb++) {
+                    const int64_t g = gb / P.ncb, cb = gb % P.ncb, rows = FC_MIN(P.mr, P.cg - cb * P.mr);
+                    for (int64_t k = 0; k < P.kg; k++) {
+                        const int64_t j = k / P.pw, kk = k % P.pw;
+                        float *out = dw + (size_t)(g * P.kg + k) * crs + cb * P.mr * P.rs;
+                        for (int64_t t = 0; t < P.rs; t++) {
+                            const float *tl = ct + ((size_t)((g * P.rs + t) * P.ncb + cb) * P.npan + j) * tile + kk;
+                            for (int64_t i = 0; i < rows; i++)
+                                out[i * P.rs + t] = tl[i * P.nr];
+                        }
                     }
                 }
             }

@@ -50,11 +50,12 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
                                   int nthreads); /* bwd_weight_f32.c */
 
 /* float32 backward-weight: the microkernel GEMM of bwd_weight_f32.c where it takes the problem
- * (not for fewer than mr / 2 channels per group, where padding the channels to mr would
- * waste more than half of its work), else the portable packed GEMM. */
+ * (not for fewer than 16 output channels or mr / 2 input channels per group, where padding to
+ * its tile would waste most of its work, and where its im2col rows cost more than the portable
+ * kernel's: measured on the 3-channel stem), else the portable packed GEMM. */
 static int f32_bwd_weight(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw, float *db,
                           int nthreads) {
-    if (d->n < 1 || 2 * (d->c / d->groups) < fc_config()->mr)
+    if (d->n < 1 || d->k / d->groups < 16 || 2 * (d->c / d->groups) < fc_config()->mr)
         return bwd_f32_conv2d_bwd_weight(d, x, dy, dw, db, nthreads);
     int status = fc_f32_conv2d_bwd_weight_gemm(d, x, dy, dw, nthreads);
     if (status == FC_EUNSUPPORTED)
