@@ -46,13 +46,46 @@ static int pool_desc_ok(const fc_pool2d_desc *d) {
            d->pad_h >= 0 && d->pad_w >= 0;
 }
 
+int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw,
+                                  int nthreads); /* bwd_weight_f32.c */
+
+/* float32 backward-weight: the microkernel GEMM of bwd_weight_f32.c where it takes the problem
+ * (not for fewer than 16 output channels or mr / 2 input channels per group, where padding to
+ * its tile would waste most of its work, and where its im2col rows cost more than the portable
+ * kernel's: measured on the 3-channel stem), else the portable packed GEMM. */
+static int f32_bwd_weight(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw, float *db,
+                          int nthreads) {
+    if (d->n < 1 || d->k / d->groups < 16 || 2 * (d->c / d->groups) < fc_config()->mr)
+        return bwd_f32_conv2d_bwd_weight(d, x, dy, dw, db, nthreads);
+    int status = fc_f32_conv2d_bwd_weight_gemm(d, x, dy, dw, nthreads);
+    if (status == FC_EUNSUPPORTED)
+        return bwd_f32_conv2d_bwd_weight(d, x, dy, dw, db, nthreads);
+    if (status != FC_OK || !db)
+        return status;
+    const int64_t ohw = d->oh * d->ow;
+#pragma omp parallel for num_threads(fc_team(nthreads, d->k, 64)) schedule(static)
+    for (int64_t k = 0; k < d->k; k++) {
+        double sum = 0;
+        for (int64_t n = 0; n < d->n; n++) {
+            const float *row = dy + (n * d->k + k) * ohw;
+            for (int64_t p = 0; p < ohw; p++)
+                sum += row[p];
+        }
+        db[k] = (float)sum;
+    }
+    return FC_OK;
+}
+
+#define BWD_WEIGHT_f32 f32_bwd_weight
+#define BWD_WEIGHT_f64 bwd_f64_conv2d_bwd_weight
+
 #define DEFINE_ENTRIES(T, P)                                                                                 \
     int fc_##P##_conv2d_bwd_data(const fc_conv2d_desc *d, const T *dy, const T *weight, T *dx, int nthreads) { \
         return conv_desc_ok(d) ? bwd_##P##_conv2d_bwd_data(d, dy, weight, dx, nthreads) : FC_EINVAL;            \
     }                                                                                                         \
     int fc_##P##_conv2d_bwd_weight(const fc_conv2d_desc *d, const T *x, const T *dy, T *dweight, T *dbias,     \
                                    int nthreads) {                                                            \
-        return conv_desc_ok(d) ? bwd_##P##_conv2d_bwd_weight(d, x, dy, dweight, dbias, nthreads) : FC_EINVAL;  \
+        return conv_desc_ok(d) ? BWD_WEIGHT_##P(d, x, dy, dweight, dbias, nthreads) : FC_EINVAL;               \
     }                                                                                                         \
     int fc_##P##_max_pool2d_bwd(const fc_pool2d_desc *d, const T *x, const T *dy, T *dx, int nthreads) {      \
         return pool_desc_ok(d) ? bwd_##P##_max_pool2d_bwd(d, x, dy, dx, nthreads) : FC_EINVAL;                  \

@@ -24,7 +24,6 @@ import argparse
 import importlib
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -34,25 +33,20 @@ if "--clock" in sys.argv and "cpu" in sys.argv:  # before libgomp loads: it read
 import numpy as np  # noqa: E402
 
 import fastconv  # noqa: E402
+from fastconv import timing  # noqa: E402
 from fastconv.bench.suites import get_suite  # noqa: E402
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def interleaved(fa, fb, reps: int, warmup: int = 2, clock=time.perf_counter, scale: float = 1.0):
+    """Medians (seconds per call, times ``scale``) of fa and fb, through fastconv's timing primitive:
+    samples interleaved call by call, the order rotated each round."""
     for _ in range(warmup):
         fa()
         fb()
-    ta, tb = [], []
-    for _ in range(reps):
-        t0 = clock()
-        fa()
-        t1 = clock()
-        fb()
-        t2 = clock()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    return statistics.median(ta) * scale, statistics.median(tb) * scale
+    samples = timing.interleaved({"a": fa, "b": fb}, reps, timer=clock)
+    return timing.median(samples["a"]) * scale, timing.median(samples["b"]) * scale
 
 
 def main() -> None:
@@ -63,6 +57,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--only", default=None, help="substring of the layer labels to run")
+    ap.add_argument("--direction", default="bwd_data,bwd_weight", help="comma-separated: bwd_data, bwd_weight")
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="wall: perf_counter; cpu: process CPU time / threads (see the module doc)")
     args = ap.parse_args()
@@ -94,6 +89,8 @@ def main() -> None:
         sides = {"bwd_data": (lambda: module.conv2d_bwd_data(p, gy, w), torch_bwd([True, False, False])),
                  "bwd_weight": (lambda: module.conv2d_bwd_weight(p, x, gy), torch_bwd([False, True, False]))}
         for direction, (ours, theirs) in sides.items():
+            if direction not in args.direction.split(","):
+                continue
             t_ours, t_torch = interleaved(ours, theirs, args.reps, **timing)
             ratio = t_torch / t_ours
             ratios[direction].append(ratio)
