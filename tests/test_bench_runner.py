@@ -229,15 +229,25 @@ def test_cuda_targets_when_a_gpu_is_present():
     assert all(c.status == "ok" for c in cells)
 
 
-def test_peak_prefers_the_c_backend(monkeypatch):
+def test_peak_prefers_the_c_backend_measured_at_usable_cpus_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTCONV_PEAK_CACHE", str(tmp_path / "peak.json"))
     monkeypatch.setattr(machine, "_peak_cache", {})
-    fake_c = types.SimpleNamespace(peak_gflops=lambda threads: 100.0 * threads)
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    asked = []
+    fake_c = types.SimpleNamespace(peak_gflops=lambda threads: asked.append(threads) or 100.0 * threads,
+                                   isa=lambda: "avx2")
     monkeypatch.setitem(sys.modules, "fastconv.backends.c", fake_c)
-    assert machine.peak_gflops(2) == (200.0, "fastconv.backends.c.peak_gflops")
+    value, source, threads = machine.peak_gflops(64)  # more threads than CPUs: measured at 2, not extrapolated
+    assert (value, threads) == (200.0, 2) and set(asked) == {2} and "peak_gflops at 2 threads" in source
+    monkeypatch.setattr(machine, "_peak_cache", {})  # a new process: the per-machine file answers
+    asked.clear()
+    assert machine.peak_gflops(2)[0] == 200.0 and not asked and "cached" in machine.peak_gflops(2)[1]
+    assert machine.peak_gflops(2, cache=False)[0] == 200.0 and asked  # a busy machine measures, keeps nothing
     monkeypatch.setattr(machine, "_peak_cache", {})
+    monkeypatch.setenv("FASTCONV_PEAK_CACHE", str(tmp_path / "other.json"))
     monkeypatch.setitem(sys.modules, "fastconv.backends.c", types.SimpleNamespace(peak_gflops=lambda t: None))
     monkeypatch.setattr(machine, "_numpy_gemm_gflops", lambda threads: 42.0)
-    assert machine.peak_gflops(2) == (42.0, "numpy sgemm 2048^3 (best of 5)")
+    assert machine.peak_gflops(2)[:2] == (42.0, "numpy sgemm 2048^3 at 2 threads (best of 5)")
 
 
 def test_numpy_gemm_peak_is_positive():

@@ -1,5 +1,6 @@
 """The fastconv command: bench (run, compare, show, list), info, resnet routing, errors."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,14 @@ pytest.importorskip("torch")
 
 TINY_RUN = ["bench", "--suite", "quick", "--problems", "small", "--backends", "naive,im2col", "--threads", "1",
             "--min-time", "0.01", "--min-repeats", "2", "--max-repeats", "2", "--no-peak"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_wait_policy(monkeypatch):
+    # On a busy machine the command switches OMP_WAIT_POLICY for the runtimes it loads: undo it.
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
+    if not os.environ["OMP_WAIT_POLICY"]:
+        monkeypatch.delenv("OMP_WAIT_POLICY")
 
 
 @pytest.fixture(scope="module")
