@@ -195,3 +195,88 @@ def load(path) -> dict:
         return validate(doc)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+# -- whole-model runs (fastconv resnet --json) ------------------------------------------------------
+
+def model_document(*, arch: str, batch: int, size: int, dtype: str, num_classes: int, threads: int,
+                   rows: list[dict], samples: dict[str, list[float]], config: dict, tolerance: float,
+                   load_before: dict | None = None) -> dict:
+    """The ``fastconv resnet --json`` run in this schema: one ``model`` problem, one result per row.
+
+    ``rows`` are the command's table rows (``backend``, ``median_ms``, ``speed_vs_torch``,
+    ``max_rel_diff`` or ``error``); ``samples`` the seconds per forward pass of each row that ran.
+    The torch eager row is the baseline ``torch``; fastconv's own ``torch`` backend (fastconv's
+    layers calling torch.nn.functional) becomes ``fastconv-torch``; a row that is neither a
+    registered backend nor torch eager (another runtime) has kind ``other``.
+    """
+    import datetime
+    import os
+
+    from .. import dispatch, timing
+    from . import load as load_mod
+    from . import machine
+    from .suites import ModelProblem
+
+    problem = ModelProblem(arch, batch, size, dtype, num_classes)
+    try:
+        flops = problem.flops
+    except (ValueError, KeyError):  # an architecture the FLOP count does not know
+        flops = None
+    registered = set(dispatch.backends())
+
+    def name_kind(row_name):
+        if row_name == "torch (eager)":
+            return "torch", "torch"
+        if row_name == "torch":
+            return "fastconv-torch", "fastconv"
+        return row_name, "fastconv" if row_name in registered else "other"
+
+    backends, results = [], []
+    for row in rows:
+        name, kind = name_kind(row["backend"])
+        backends.append({"name": name, "kind": kind, "device": "cpu", "available": "error" not in row,
+                         "reason": row.get("error")})
+        cell = {k: None for k in RESULT}
+        cell.update(problem=problem.id, backend=name, kind=kind, device="cpu", repeats=0, number=1, flags=[])
+        if "error" in row:
+            cell.update(status="skipped", reason=row["error"])
+        else:
+            q1, med, q3 = timing.quartiles(samples[row["backend"]])
+            rel = row.get("max_rel_diff")
+            status = "unchecked" if rel is None else ("ok" if rel <= tolerance else "wrong")
+            if kind == "torch":
+                status = "ok"  # the reference itself
+            cell.update(status=status, median_s=med, q1_s=q1, q3_s=q3, iqr_s=q3 - q1,
+                        repeats=len(samples[row["backend"]]), speed_vs_torch=row.get("speed_vs_torch"),
+                        max_rel_error=_finite(rel), tolerance=tolerance if rel is not None else None,
+                        spread=load_mod.spread(q1, med, q3),
+                        throughput=flops / med / 1e9 if flops and med else None,
+                        reason=None if status != "wrong" else f"max relative difference {rel:.2e} > {tolerance:.0e}")
+            if cell["spread"] is not None and cell["spread"] > load_mod.NOISY_SPREAD and cell["repeats"] >= 3:
+                cell["flags"].append("noisy")
+        results.append(cell)
+    before = load_before or load_mod.assess(None, threads)
+    policy = (os.environ.get("OMP_WAIT_POLICY") or "default").lower()
+    verdict = ("the cores were free before the run" if not before["contended"] else
+               "NOT TRUSTWORTHY: the cores were contended (" + "; ".join(before["reasons"]) + ")")
+    return validate({
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "command": "resnet",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "suite": {"name": f"resnet-{arch}", "version": 1, "description": f"fastconv resnet --arch {arch}",
+                  "dtype": dtype, "batch_sizes": [batch]},
+        "device": "cpu", "threads": threads,
+        "settings": {"repeat": config.get("repeat"), "warmup": config.get("warmup"), "seed": config.get("seed"),
+                     "clock": "wall", "config": config},
+        "load": {"before": before, "during": [], "contended": before["contended"], "verdict": verdict,
+                 "wait_policy": policy, "clock": "wall"},
+        "units": {"time": "s", "flops": "2 FLOPs per multiply-add", "throughput": "10^9 per second"},
+        "machine": dict(machine.describe(), load_average_end=machine.load_average()),
+        "versions": machine.versions(), "thread_counts": machine.thread_counts(),
+        "peak": {"gflops": None, "source": "not measured", "threads": threads},
+        "backends": backends,
+        "problems": [{"id": problem.id, "label": f"{arch} {size}x{size}", "op": "model", "direction": "fwd",
+                      "device": "cpu", "n": batch, "dtype": dtype, "count": 1, "unit": "GFLOP/s",
+                      "flops": flops, "bytes": None}],
+        "results": results, "notes": {},
+    })
