@@ -55,3 +55,19 @@ def test_quick_is_a_subset_of_the_other_suites():
 def test_unknown_suite_names_the_choices():
     with pytest.raises(ValueError, match="suite.*nope.*resnet50"):
         suites.get_suite("nope")
+
+
+@pytest.mark.parametrize("name", sorted(suites.SUITES))
+def test_names_are_unique_and_asv_uses_them(name, monkeypatch):
+    import importlib.util
+    import pathlib
+
+    cases = suites.get_suite(name).cases()
+    assert len({c.name for c in cases}) == len(cases)
+    monkeypatch.setenv("FASTCONV_ASV_SUITE", name)
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "bench_ops.py"
+    spec = importlib.util.spec_from_file_location(f"asv_bench_ops_{name.replace('-', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = [p for cls in (module.Compute, module.MemoryBound) for p in cls.params[1] if p != "none"]
+    assert sorted(params) == sorted(c.name for c in cases)  # the labels `fastconv bench` prints

@@ -366,7 +366,7 @@ def list_main(argv: list[str]) -> int:
         console.print(f"[bold]{suite.name}[/bold] v{suite.version}: {suite.description}")
         for case in suite.cases():
             count = f" (x{case.count} in the network)" if case.count > 1 else ""
-            console.print(f"  {case.label:32} {case.id}{count}", highlight=False)
+            console.print(f"  {case.name:40} {case.id}{count}", highlight=False)
     return 0
 
 

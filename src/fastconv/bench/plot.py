@@ -18,7 +18,7 @@ _MARK = {"skipped": "skip", "wrong": "WRONG", "error": "error"}
 
 def _problem_label(p: dict) -> str:
     direction = "" if p.get("direction", "fwd") == "fwd" else f" {p['direction']}"
-    return f"{p['label']}{direction} n{p['n']}"
+    return f"{p['label']} n{p['n']}{direction}"
 
 
 def plot(doc: dict, path) -> None:

@@ -76,6 +76,16 @@ class Case:
         return self.problem.op
 
     @property
+    def name(self) -> str:
+        """The label people read, unique within a suite: ``res2a 3x3 64 n8`` (plus a backward direction).
+
+        ``fastconv bench`` shows it (label and n columns), its plots use it, and asv takes it as
+        the problem parameter.
+        """
+        direction = getattr(self.problem, "direction", "fwd")
+        return f"{self.label} n{self.n}" + ("" if direction == "fwd" else f" {direction}")
+
+    @property
     def n(self) -> int:
         return self.problem.input_shape[0]
 
