@@ -205,7 +205,8 @@ def model_document(*, arch: str, batch: int, size: int, dtype: str, num_classes:
     """The ``fastconv resnet --json`` run in this schema: one ``model`` problem, one result per row.
 
     ``rows`` are the command's table rows (``backend``, ``median_ms``, ``speed_vs_torch``,
-    ``max_rel_diff`` or ``error``); ``samples`` the seconds per forward pass of each row that ran.
+    ``max_rel_diff`` or ``error``), also kept as they are under ``rows``; ``samples`` the seconds
+    per forward pass of each row that ran.
     The torch eager row is the baseline ``torch``; fastconv's own ``torch`` backend (fastconv's
     layers calling torch.nn.functional) becomes ``fastconv-torch``; a row that is neither a
     registered backend nor torch eager (another runtime) has kind ``other``.
@@ -279,4 +280,6 @@ def model_document(*, arch: str, batch: int, size: int, dtype: str, num_classes:
                       "device": "cpu", "n": batch, "dtype": dtype, "count": 1, "unit": "GFLOP/s",
                       "flops": flops, "bytes": None}],
         "results": results, "notes": {},
+        # The command's own table as printed (milliseconds; "torch" is fastconv's torch backend).
+        "rows": [{k: _finite(v) for k, v in row.items()} for row in rows],
     })
