@@ -283,3 +283,34 @@ def test_models_suite_checks_against_the_torch_twin(monkeypatch):
     cells = runner.measure_case(case, targets.fastconv_targets(["im2col", "naive"]) + targets.torch_targets(), FAST)
     assert [c.status for c in cells] == ["ok", "ok", "ok"], [(c.backend, c.reason) for c in cells]
     assert all(c.max_rel_error < 1e-5 and c.speed_vs_torch > 0 for c in cells)
+
+
+@pytest.mark.parametrize("direction", ["bwd_data", "bwd_weight"])
+def test_backward_directions_are_timed_and_checked(direction):
+    import dataclasses
+
+    from fastconv.bench import schema
+
+    forward = Conv2dProblem(2, 3, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), bias=True)
+    case = suites.Case("conv", dataclasses.replace(forward, direction=direction))
+    chosen = [t for t in targets.fastconv_targets() if t.name in ("im2col", "naive")] + targets.torch_targets()
+    run = runner.run_suite({"name": "tiny", "version": 1, "description": "", "dtype": "float32",
+                            "batch_sizes": None}, [case], chosen, FAST, peak=False)
+    assert {c.backend: c.status for c in run.measurements} == {"im2col": "ok", "naive": "ok", "torch": "ok"}
+    assert all(c.max_rel_error < 1e-5 for c in run.measurements)
+    doc = schema.to_dict(run)
+    assert doc["problems"][0]["direction"] == direction and doc["problems"][0]["flops"] == forward.flops
+
+
+def test_torch_backward_is_autograd_of_the_op_alone():
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    p = dataclasses.replace(Conv2dProblem(1, 2, 5, 5, 3, 3, 3, (1, 1), (0, 0, 0, 0), bias=True),
+                            direction="bwd_weight")
+    data = targets.make_inputs(suites.Case("c", p))
+    got = targets.outputs(targets.TorchTarget().prepare(suites.Case("c", p), data).call())
+    ref, _ = targets.reference(suites.Case("c", p), data)
+    assert [a.shape for a in got] == [(3, 2, 3, 3), (3,)] and targets.relative_error(got, ref) < 1e-5
+    assert targets.relative_error(got, ref[:1]) == math.inf
+    assert torch.is_grad_enabled()

@@ -172,3 +172,14 @@ def test_a_closed_pipe_is_no_traceback(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", Closed())
     assert cli.main(["info", "--json"]) == 141
     assert cli.main(["bench", "list"]) == 141
+
+
+def test_direction_arguments(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--direction", "sideways"])
+    assert exc.value.code == 2 and "directions" in capsys.readouterr().err
+    assert cli.main(["bench", "--suite", "pool-bn", "--direction", "bwd_data"]) == 2
+    assert "no bwd_data problems" in capsys.readouterr().err
+    path = tmp_path / "r.json"
+    assert cli.main([*TINY_RUN, "--direction", "fwd,bwd_data", "--json", str(path), "--quiet"]) == 0
+    assert [p["direction"] for p in schema.load(path)["problems"]] == ["fwd", "bwd_data"]

@@ -96,6 +96,15 @@ def _runtimes_loaded() -> bool:
                                          for m in sys.modules)
 
 
+def _directions(text: str) -> tuple[str, ...]:
+    allowed = ("fwd", "bwd_data", "bwd_weight")
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated directions from {', '.join(allowed)}, got {text!r}")
+    return values
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in text.split(","))
@@ -121,6 +130,11 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
                    help="comma-separated batch sizes replacing the suite's own (default: 1,8; quick picks per layer)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--direction", type=_directions, default=None,
+                   help="comma-separated directions of every convolution: fwd, bwd_data, bwd_weight (default: "
+                        "the suite's; fwd except for the training suite). fastconv's backward runs through "
+                        "dispatch.run (as fastconv.grad), torch's through autograd of the same op; FLOPs are "
+                        "the forward's in every direction (benchdnn's count)")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to run, e.g. c,torch (default: every registered backend; "
                         "torch, the baseline, always runs)")
@@ -205,7 +219,11 @@ def bench_main(argv: list[str]) -> int:
         err.print(f"[red]fastconv bench: {why}[/red]")
         return 2
     suite = suites.get_suite(args.suite)
-    cases = suite.cases(args.batch_sizes, args.dtype)
+    cases = suite.cases(args.batch_sizes, args.dtype, args.direction)
+    if not cases:
+        err.print(f"[red]fastconv bench: suite {suite.name} has no {','.join(args.direction)} problems "
+                  "(backward directions cover convolutions)[/red]")
+        return 2
     if args.algorithm != "auto":
         cases = [dataclasses.replace(c, problem=dataclasses.replace(c.problem, algorithm=args.algorithm))
                  if c.op == "conv2d" else c for c in cases]
@@ -229,7 +247,8 @@ def bench_main(argv: list[str]) -> int:
                                max_repeats=max(args.max_repeats, args.min_repeats), check=not args.no_check,
                                clock=args.clock)
     meta = {"name": suite.name, "version": suite.version, "description": suite.description,
-            "dtype": args.dtype, "batch_sizes": list(args.batch_sizes) if args.batch_sizes else None}
+            "dtype": args.dtype, "batch_sizes": list(args.batch_sizes) if args.batch_sizes else None,
+            "directions": list(args.direction or suite.directions)}
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("measuring the machine's peak", total=len(cases))

@@ -54,6 +54,12 @@ def fmt_bytes(value: int | None) -> str:
 
 # -- reading a run -------------------------------------------------------------------------------
 
+def label(p: dict) -> str:
+    """A problem's label with its direction when it is a backward one: ``res2a 3x3 64 bwd_data``."""
+    direction = p.get("direction", "fwd")
+    return p["label"] if direction == "fwd" else f"{p['label']} {direction}"
+
+
 def cells(doc: dict) -> dict[tuple[str, str], dict]:
     """(problem id, backend) -> result."""
     return {(r["problem"], r["backend"]): r for r in doc["results"]}
@@ -157,7 +163,7 @@ def results_table(doc: dict) -> Table:
             for flag in r.get("flags", []):
                 note = (note + "; " if note else "") + (f"noisy (IQR {100 * r['spread']:.0f}% of median)"
                                                         if flag == "noisy" else "machine busy")
-            table.add_row(p["label"] if i == 0 else "", str(p["n"]) if i == 0 else "", Text(name, style=style),
+            table.add_row(label(p) if i == 0 else "", str(p["n"]) if i == 0 else "", Text(name, style=style),
                           fmt_time(r["first_call_s"]), Text(fmt_time(r["median_s"]), style=style),
                           fmt_time(r["iqr_s"]),
                           f"{fmt_num(r['throughput'])} {p['unit']}" if r["throughput"] else "",
@@ -229,7 +235,7 @@ def markdown(doc: dict) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in doc["problems"]:
         t = by_cell.get((p["id"], "torch"))
-        row = [p["label"] + (f" (x{p['count']})" if p["count"] > 1 else ""), str(p["n"]), p["unit"],
+        row = [label(p) + (f" (x{p['count']})" if p["count"] > 1 else ""), str(p["n"]), p["unit"],
                fmt_num(t["throughput"]) if t and t["throughput"] else "-"]
         best = best_backend(doc, p["id"])
         for name in fastconv_names:
@@ -364,7 +370,7 @@ def compare_rows(a: dict, b: dict) -> list[dict]:
         else:
             change = "same"
         p = labels[ra["problem"]]
-        rows.append({"problem": ra["problem"], "label": p["label"], "n": p["n"], "backend": ra["backend"],
+        rows.append({"problem": ra["problem"], "label": label(p), "n": p["n"], "backend": ra["backend"],
                      "a_median_s": ra["median_s"], "b_median_s": rb["median_s"], "speedup": speedup,
                      "change": change, "a_status": ra["status"], "b_status": rb["status"]})
     return rows
