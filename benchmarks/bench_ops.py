@@ -1,13 +1,21 @@
 """asv benchmarks: every backend x every problem of a suite from fastconv.bench.suites.
 
 The suite is ``quick`` unless FASTCONV_ASV_SUITE names another (``resnet50``, ``conv-zoo``,
-``pool-bn``).  Backends are the dispatcher's registry, so a new backend joins without edits here;
-torch takes part as the baseline (torch.nn.functional, as in ``fastconv bench``).  An unavailable
-backend, or one that refuses a problem, is skipped (NotImplementedError in setup, with the reason).
+``pool-bn``).  Problems are parameters by the names ``fastconv bench`` prints and plots
+(``res2a 3x3 64 n8``: the layer's label and the batch size; ``fastconv bench list`` maps them to
+the problems' ids).  Backends are the dispatcher's registry, so a new backend joins without edits
+here; torch takes part as the baseline (torch.nn.functional, as in ``fastconv bench``).  An
+unavailable backend, or one that refuses a problem, is skipped (NotImplementedError in setup,
+with the reason).
 
 Each benchmark runs in a fresh process: setup makes the inputs and makes the first call there
 (JIT compilation, thread pools), so ``time_`` measures the steady state.  ``track_throughput``
-reports GFLOP/s (2 FLOPs per multiply-add) or GB/s, the median of timed calls after setup.
+reports GFLOP/s (2 FLOPs per multiply-add) or GB/s, the median of settled timed calls after setup.
+
+What one commit shows: asv graphs a benchmark over commits, so with one commit recorded each
+line is a single dot.  For one commit, read the table (``asv show`` or the dashboard's
+benchmark page, one row per backend and problem) or run ``fastconv bench``; the graphs become
+lines from the second recorded commit on (``benchmarks/history.sh main~10..main``).
 """
 import os
 
@@ -17,7 +25,7 @@ from fastconv.bench import suites, targets
 
 SUITE = os.environ.get("FASTCONV_ASV_SUITE", "quick")
 THREADS = int(os.environ.get("FASTCONV_ASV_THREADS", "2"))
-CASES = {case.id: case for case in suites.get_suite(SUITE).cases()}
+CASES = {case.name: case for case in suites.get_suite(SUITE).cases()}
 BACKENDS = [t.name for t in targets.fastconv_targets()] + ["torch"]
 
 
@@ -56,14 +64,14 @@ class _Ops:
         self.prepared.call()
 
     def _throughput(self):
-        samples = timing.interleaved({"call": self.prepared.call}, 5)["call"]
+        samples = timing.interleaved({"call": self.prepared.call}, 5, settle_s=0.02)["call"]
         return self.case.throughput(timing.median(samples))
 
 
 def _problems(unit):
     # asv needs a non-empty parameter list: a suite without such problems gets a placeholder
     # that every setup skips.
-    return [pid for pid, c in CASES.items() if c.unit == unit] or ["none"]
+    return [name for name, c in CASES.items() if c.unit == unit] or ["none"]
 
 
 class Compute(_Ops):

@@ -229,15 +229,25 @@ def test_cuda_targets_when_a_gpu_is_present():
     assert all(c.status == "ok" for c in cells)
 
 
-def test_peak_prefers_the_c_backend(monkeypatch):
+def test_peak_prefers_the_c_backend_measured_at_usable_cpus_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTCONV_PEAK_CACHE", str(tmp_path / "peak.json"))
     monkeypatch.setattr(machine, "_peak_cache", {})
-    fake_c = types.SimpleNamespace(peak_gflops=lambda threads: 100.0 * threads)
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    asked = []
+    fake_c = types.SimpleNamespace(peak_gflops=lambda threads: asked.append(threads) or 100.0 * threads,
+                                   isa=lambda: "avx2")
     monkeypatch.setitem(sys.modules, "fastconv.backends.c", fake_c)
-    assert machine.peak_gflops(2) == (200.0, "fastconv.backends.c.peak_gflops")
+    value, source, threads = machine.peak_gflops(64)  # more threads than CPUs: measured at 2, not extrapolated
+    assert (value, threads) == (200.0, 2) and set(asked) == {2} and "peak_gflops at 2 threads" in source
+    monkeypatch.setattr(machine, "_peak_cache", {})  # a new process: the per-machine file answers
+    asked.clear()
+    assert machine.peak_gflops(2)[0] == 200.0 and not asked and "cached" in machine.peak_gflops(2)[1]
+    assert machine.peak_gflops(2, cache=False)[0] == 200.0 and asked  # a busy machine measures, keeps nothing
     monkeypatch.setattr(machine, "_peak_cache", {})
+    monkeypatch.setenv("FASTCONV_PEAK_CACHE", str(tmp_path / "other.json"))
     monkeypatch.setitem(sys.modules, "fastconv.backends.c", types.SimpleNamespace(peak_gflops=lambda t: None))
     monkeypatch.setattr(machine, "_numpy_gemm_gflops", lambda threads: 42.0)
-    assert machine.peak_gflops(2) == (42.0, "numpy sgemm 2048^3 (best of 5)")
+    assert machine.peak_gflops(2)[:2] == (42.0, "numpy sgemm 2048^3 at 2 threads (best of 5)")
 
 
 def test_numpy_gemm_peak_is_positive():
@@ -273,3 +283,34 @@ def test_models_suite_checks_against_the_torch_twin(monkeypatch):
     cells = runner.measure_case(case, targets.fastconv_targets(["im2col", "naive"]) + targets.torch_targets(), FAST)
     assert [c.status for c in cells] == ["ok", "ok", "ok"], [(c.backend, c.reason) for c in cells]
     assert all(c.max_rel_error < 1e-5 and c.speed_vs_torch > 0 for c in cells)
+
+
+@pytest.mark.parametrize("direction", ["bwd_data", "bwd_weight"])
+def test_backward_directions_are_timed_and_checked(direction):
+    import dataclasses
+
+    from fastconv.bench import schema
+
+    forward = Conv2dProblem(2, 3, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), bias=True)
+    case = suites.Case("conv", dataclasses.replace(forward, direction=direction))
+    chosen = [t for t in targets.fastconv_targets() if t.name in ("im2col", "naive")] + targets.torch_targets()
+    run = runner.run_suite({"name": "tiny", "version": 1, "description": "", "dtype": "float32",
+                            "batch_sizes": None}, [case], chosen, FAST, peak=False)
+    assert {c.backend: c.status for c in run.measurements} == {"im2col": "ok", "naive": "ok", "torch": "ok"}
+    assert all(c.max_rel_error < 1e-5 for c in run.measurements)
+    doc = schema.to_dict(run)
+    assert doc["problems"][0]["direction"] == direction and doc["problems"][0]["flops"] == forward.flops
+
+
+def test_torch_backward_is_autograd_of_the_op_alone():
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    p = dataclasses.replace(Conv2dProblem(1, 2, 5, 5, 3, 3, 3, (1, 1), (0, 0, 0, 0), bias=True),
+                            direction="bwd_weight")
+    data = targets.make_inputs(suites.Case("c", p))
+    got = targets.outputs(targets.TorchTarget().prepare(suites.Case("c", p), data).call())
+    ref, _ = targets.reference(suites.Case("c", p), data)
+    assert [a.shape for a in got] == [(3, 2, 3, 3), (3,)] and targets.relative_error(got, ref) < 1e-5
+    assert targets.relative_error(got, ref[:1]) == math.inf
+    assert torch.is_grad_enabled()

@@ -112,3 +112,58 @@ def test_compare_flags_changes_beyond_noise(doc):
     other = copy.deepcopy(doc)
     other["threads"] = 8
     assert any("threads" in w for w in report.compare_warnings(doc, other))
+
+
+def test_plot_marks_skipped_and_wrong_runs(doc, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from fastconv.bench import plot as plot_module
+
+    marked = copy.deepcopy(doc)
+    ranked = [r for r in marked["results"] if r["backend"] != "torch" and r["speed_vs_torch"]]
+    ranked[0].update(status="wrong", speed_vs_torch=None, reason="bad")
+    ranked[1].update(status="skipped", speed_vs_torch=None, median_s=None, throughput=None, reason="refused")
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    plot_module.plot(marked, tmp_path / "run.png")
+    ratio_axis = drawn[0].axes[0]
+    texts = [t.get_text() for t in ratio_axis.texts]
+    assert "WRONG" in texts and "skip" in texts
+    assert ratio_axis.get_yscale() == "linear" and ratio_axis.get_ylim()[0] == 0
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ratio_axis.lines)  # the torch line
+    assert ratio_axis.get_legend() is not None and drawn[0]._suptitle is not None
+    monkeypatch.undo()
+    plt.close(drawn[0])
+
+
+def test_version_1_documents_are_upgraded(doc):
+    old = copy.deepcopy(doc)
+    old["schema_version"] = 1
+    for key in ("command", "load"):
+        old.pop(key)
+    old["settings"].pop("clock")
+    for p in old["problems"]:
+        p.pop("direction"), p.pop("device")
+    for r in old["results"]:
+        r.pop("spread"), r.pop("flags")
+    new = schema.validate(old)
+    assert new["schema_version"] == schema.SCHEMA_VERSION and new["command"] == "bench"
+    assert {p["direction"] for p in new["problems"]} == {"fwd"} and not new["load"]["contended"]
+    report.print_run(new, Console(record=True, width=200))
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: d["problems"][0].update(direction="sideways"), "direction"),
+    (lambda d: d["results"][0].update(flags=["slow"]), "flags"),
+    (lambda d: d["load"].pop("verdict"), "load: missing 'verdict'"),
+    (lambda d: d.pop("command"), "missing 'command'"),
+])
+def test_version_2_fields_are_checked(doc, breakage, message):
+    broken = copy.deepcopy(doc)
+    breakage(broken)
+    with pytest.raises(ValueError, match=message):
+        schema.validate(broken)

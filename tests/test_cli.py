@@ -1,5 +1,6 @@
 """The fastconv command: bench (run, compare, show, list), info, resnet routing, errors."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,14 @@ pytest.importorskip("torch")
 
 TINY_RUN = ["bench", "--suite", "quick", "--problems", "small", "--backends", "naive,im2col", "--threads", "1",
             "--min-time", "0.01", "--min-repeats", "2", "--max-repeats", "2", "--no-peak"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_wait_policy(monkeypatch):
+    # On a busy machine the command switches OMP_WAIT_POLICY for the runtimes it loads: undo it.
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
+    if not os.environ["OMP_WAIT_POLICY"]:
+        monkeypatch.delenv("OMP_WAIT_POLICY")
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +113,73 @@ def test_python_dash_m_and_help():
     proc = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "--suite" in proc.stdout and "2 FLOPs per multiply-add" in proc.stdout
+
+
+def test_resnet_json_is_a_benchmark_run(tmp_path, capsys):
+    path = tmp_path / "resnet.json"
+    argv = ["resnet", "--arch", "resnet18", "--size", "32", "--num-classes", "10", "--backend", "im2col",
+            "--repeat", "2", "--json", str(path)]
+    assert cli.main(argv) == 0
+    doc = schema.load(path)
+    assert doc["command"] == "resnet" and doc["problems"][0]["op"] == "model"
+    assert {r["backend"]: r["status"] for r in doc["results"]} == {"im2col": "ok", "torch": "ok"}
+    assert cli.main(["bench", "show", str(path)]) == 0
+    assert cli.main(["bench", "compare", str(path), str(path)]) == 0
+    assert "resnet18 32x32" in capsys.readouterr().out
+
+
+def test_version_list_errors_and_optional_dependencies(capsys, monkeypatch, tmp_path):
+    from fastconv import __version__
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastconv {__version__}"
+    assert cli.main(["bench", "list", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown suite 'nosuch'" in err and "Traceback" not in err
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    out = tmp_path / "r.json"
+    assert cli.main([*TINY_RUN, "--plot", str(tmp_path / "r.png"), "--json", str(out)]) == 2
+    assert "needs matplotlib" in capsys.readouterr().err and not out.exists()  # refused before any work
+    assert cli.main(["bench", "show", str(out), "--plot", str(tmp_path / "r.png")]) == 2
+
+
+def test_torch_is_accepted_in_the_backend_list(tmp_path):
+    path = tmp_path / "r.json"
+    assert cli.main([*TINY_RUN, "--backends", "im2col,torch", "--json", str(path), "--quiet"]) == 0
+    assert {r["backend"] for r in schema.load(path)["results"]} == {"im2col", "torch"}
+
+
+def test_csv_has_one_device_column(saved):
+    header = saved["csv"].read_text().splitlines()[0].split(",")
+    assert header.count("device") == 1 and "direction" in header
+
+
+def test_a_closed_pipe_is_no_traceback(monkeypatch, capsys):
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise OSError("no file descriptor")
+
+        def isatty(self):
+            return False
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert cli.main(["info", "--json"]) == 141
+    assert cli.main(["bench", "list"]) == 141
+
+
+def test_direction_arguments(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--direction", "sideways"])
+    assert exc.value.code == 2 and "directions" in capsys.readouterr().err
+    assert cli.main(["bench", "--suite", "pool-bn", "--direction", "bwd_data"]) == 2
+    assert "no bwd_data problems" in capsys.readouterr().err
+    path = tmp_path / "r.json"
+    assert cli.main([*TINY_RUN, "--direction", "fwd,bwd_data", "--json", str(path), "--quiet"]) == 0
+    assert [p["direction"] for p in schema.load(path)["problems"]] == ["fwd", "bwd_data"]

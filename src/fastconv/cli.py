@@ -8,12 +8,17 @@
     fastconv resnet ...                       the ResNet tools of fastconv.models (when installed)
     fastconv train [--backend c] [--epochs 8] [--plot curves.png]   a ResNet on scikit-learn's digits
 
-Exit status: 0; 1 when a benchmark result was wrong or a target raised; 2 for bad arguments.
+    fastconv --version
+
+Exit status: 0; 1 when a benchmark result was wrong or a target raised; 2 for bad arguments or a
+missing optional dependency (checked before any work); 141 when the reader of the output went
+away (``fastconv info | head``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -28,7 +33,13 @@ def _console(stderr: bool = False):
 
     # Piped output (make bench | tee) gets a wide table instead of rich's 80-column default.
     probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, width=190)
+    console = probe if probe.is_terminal else Console(stderr=stderr, width=190)
+    console.on_broken_pipe = _broken_pipe  # one exit status for a closed pipe (see main)
+    return console
+
+
+def _broken_pipe():
+    raise BrokenPipeError("the reader of the output went away")
 
 
 def _positive_int(text: str) -> int:
@@ -72,6 +83,28 @@ def _check_writable(paths) -> str | None:
     return None
 
 
+def _missing_module(module: str, option: str, command: str) -> str | None:
+    """The error line for ``option`` when optional ``module`` is not installed (checked before any work)."""
+    if importlib.util.find_spec(module) is None:
+        return f"{command}: {option} needs {module}, which is not installed (pip install 'fastconv[bench]')"
+    return None
+
+
+def _runtimes_loaded() -> bool:
+    """Whether an OpenMP runtime may already be running (it read OMP_WAIT_POLICY when it started)."""
+    return "torch" in sys.modules or any(m.startswith("fastconv._ckernels") or m == "numba.np.ufunc.omppool"
+                                         for m in sys.modules)
+
+
+def _directions(text: str) -> tuple[str, ...]:
+    allowed = ("fwd", "bwd_data", "bwd_weight")
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated directions from {', '.join(allowed)}, got {text!r}")
+    return values
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in text.split(","))
@@ -97,8 +130,14 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
                    help="comma-separated batch sizes replacing the suite's own (default: 1,8; quick picks per layer)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--direction", type=_directions, default=None,
+                   help="comma-separated directions of every convolution: fwd, bwd_data, bwd_weight (default: "
+                        "the suite's; fwd except for the training suite). fastconv's backward runs through "
+                        "dispatch.run (as fastconv.grad), torch's through autograd of the same op; FLOPs are "
+                        "the forward's in every direction (benchdnn's count)")
     p.add_argument("--backends", default=None,
-                   help="comma-separated fastconv backends to run (default: every registered backend)")
+                   help="comma-separated backends to run, e.g. c,torch (default: every registered backend; "
+                        "torch, the baseline, always runs)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda adds the device backends (cuda, cupy; on GPU-resident arrays and on NumPy arrays "
                         "copied each call) and torch on the GPU (cuDNN, benchmark mode off and on, TF32 off; "
@@ -116,12 +155,20 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--omp-wait-policy", choices=("passive", "active"), default=None,
                    help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
                         "start; passive keeps idle threads from spinning, which matters when other processes "
-                        "share the cores (default: leave the environment as it is)")
+                        "share the cores (default: the environment's, switched to passive when the load "
+                        "reading finds the cores contended or with --clock cpu)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time (default); cpu: the process's CPU time / --threads, the time on "
+                        "free cores -- steadier on a loaded machine, blind to idle waits and load imbalance")
+    p.add_argument("--force", action="store_true",
+                   help="measure even where the result cannot be trusted (--omp-wait-policy active on "
+                        "contended cores)")
     p.add_argument("--no-check", action="store_true", help="do not compare results with torch")
     p.add_argument("--no-peak", action="store_true", help="do not measure the machine's peak")
     p.add_argument("--json", metavar="FILE", help="write the run as JSON (schema: docs/bench-schema.md)")
     p.add_argument("--csv", metavar="FILE", help="write one row per problem and backend")
-    p.add_argument("--plot", metavar="FILE", help="plot throughput per layer and backend (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE", help="plot the speed relative to torch and the throughput against "
+                                                  "the machine peak (needs matplotlib)")
     p.add_argument("--markdown", metavar="FILE", help="write a Markdown summary table")
     p.add_argument("--quiet", action="store_true", help="no tables on the terminal (files only)")
     return p
@@ -155,12 +202,13 @@ def bench_main(argv: list[str]) -> int:
     if argv[:1] == ["list"]:
         return list_main(argv[1:])
     args = bench_parser().parse_args(argv)
-    if args.omp_wait_policy:
-        # OpenMP reads it once, when its runtime starts: set it before torch is imported.
-        if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != args.omp_wait_policy.upper():
-            print("fastconv bench: warning: torch is already loaded; --omp-wait-policy may not apply to it",
-                  file=sys.stderr)
-        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    missing = args.plot and _missing_module("matplotlib", "--plot", "fastconv bench")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    policy, before = _choose_wait_policy(args)
+    if policy is None:
+        return 2
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .bench import report, runner, schema, suites, targets
@@ -171,7 +219,11 @@ def bench_main(argv: list[str]) -> int:
         err.print(f"[red]fastconv bench: {why}[/red]")
         return 2
     suite = suites.get_suite(args.suite)
-    cases = suite.cases(args.batch_sizes, args.dtype)
+    cases = suite.cases(args.batch_sizes, args.dtype, args.direction)
+    if not cases:
+        err.print(f"[red]fastconv bench: suite {suite.name} has no {','.join(args.direction)} problems "
+                  "(backward directions cover convolutions)[/red]")
+        return 2
     if args.algorithm != "auto":
         cases = [dataclasses.replace(c, problem=dataclasses.replace(c.problem, algorithm=args.algorithm))
                  if c.op == "conv2d" else c for c in cases]
@@ -181,20 +233,27 @@ def bench_main(argv: list[str]) -> int:
             err.print(f"[red]--problems {args.problems!r} matches nothing in suite {suite.name}[/red]")
             return 2
     try:
-        chosen = args.backends.split(",") if args.backends else None
-        all_targets = (targets.fastconv_targets(chosen, args.device, args.flush_l2)
+        chosen = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
+        with_torch = chosen is None or "torch" in chosen
+        fastconv_names = None if chosen is None else [n for n in chosen if n != "torch"]
+        all_targets = (targets.fastconv_targets(fastconv_names, args.device, args.flush_l2)
                        + targets.torch_targets(args.device, args.flush_l2))
     except targets.BenchError as exc:
         err.print(f"[red]fastconv bench: {exc}[/red]")
         return 2
+    if not with_torch and fastconv_names:
+        err.print("[dim]torch runs too: it is the baseline of every 'vs torch' ratio[/dim]")
     settings = runner.Settings(threads=args.threads, min_time=args.min_time, min_repeats=args.min_repeats,
-                               max_repeats=max(args.max_repeats, args.min_repeats), check=not args.no_check)
+                               max_repeats=max(args.max_repeats, args.min_repeats), check=not args.no_check,
+                               clock=args.clock)
     meta = {"name": suite.name, "version": suite.version, "description": suite.description,
-            "dtype": args.dtype, "batch_sizes": list(args.batch_sizes) if args.batch_sizes else None}
+            "dtype": args.dtype, "batch_sizes": list(args.batch_sizes) if args.batch_sizes else None,
+            "directions": list(args.direction or suite.directions)}
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("measuring the machine's peak", total=len(cases))
-        run = runner.new_run(meta, cases, all_targets, settings, args.device, peak=not args.no_peak)
+        run = runner.new_run(meta, cases, all_targets, settings, args.device, peak=not args.no_peak,
+                             load_before=before)
         runner.run_cases(run, all_targets, lambda done, total, text: bar.update(task, completed=done,
                                                                                 description=text))
     doc = schema.to_dict(run)
@@ -208,7 +267,49 @@ def bench_main(argv: list[str]) -> int:
     bad = [r for r in doc["results"] if r["status"] in ("wrong", "error")]
     for r in bad:
         err.print(f"[red]{r['backend']} {r['status']} on {r['problem']}: {r['reason']}[/red]")
+    if doc["load"]["contended"]:
+        err.print(f"[bold red]fastconv bench: {doc['load']['verdict']}[/bold red]")
     return 1 if bad else 0
+
+
+def _choose_wait_policy(args) -> tuple[str | None, dict | None]:
+    """Read the load before any OpenMP runtime starts; set OMP_WAIT_POLICY; (None, None) to refuse.
+
+    Contended cores switch the runtimes to the passive policy (idle threads sleep instead of
+    spinning on cores others need) unless a policy was asked for; ``--omp-wait-policy active`` on
+    contended cores is refused without ``--force``.  ``--clock cpu`` also wants passive: a
+    spinning thread's CPU time would be billed to the call.
+    """
+    from .bench import load
+
+    def warn(text):
+        print(f"fastconv bench: warning: {text}", file=sys.stderr)
+
+    cpus = load.usable_cpus()
+    if args.threads > cpus:
+        warn(f"--threads {args.threads} is more than the {cpus} CPUs this process may use: threads will "
+             f"share cores, and the machine peak is measured at {cpus} threads")
+    before = load.assess(load.sample(0.3), args.threads, cpus)
+    asked = args.omp_wait_policy or (os.environ.get("OMP_WAIT_POLICY") or "").lower() or None
+    policy = asked
+    if before["contended"]:
+        warn("the cores are contended (" + "; ".join(before["reasons"]) + "): wall-clock figures are not "
+             "trustworthy; the results are flagged")
+        if asked == "active" and not args.force:
+            print("fastconv bench: refusing to measure with the active OpenMP wait policy on contended cores "
+                  "(spinning threads starve each other: ratios off by 10x and more); use --omp-wait-policy "
+                  "passive, --clock cpu, or --force to go on", file=sys.stderr)
+            return None, None
+        if asked is None:
+            policy = "passive"
+            warn("switching OpenMP to the passive wait policy (OMP_WAIT_POLICY=PASSIVE)")
+    if args.clock == "cpu" and asked is None:
+        policy = "passive"
+    if policy and os.environ.get("OMP_WAIT_POLICY", "").lower() != policy:
+        if _runtimes_loaded():
+            warn("an OpenMP runtime is already loaded in this process; the wait policy may not apply to it")
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+    return policy or "default", before
 
 
 def compare_main(argv: list[str]) -> int:
@@ -237,6 +338,10 @@ def show_main(argv: list[str]) -> int:
     p.add_argument("--plot", metavar="FILE", help="plot the (single) run")
     p.add_argument("--csv", metavar="FILE", help="write the (single) run as CSV")
     args = p.parse_args(argv)
+    missing = args.plot and _missing_module("matplotlib", "--plot", "fastconv bench show")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     from .bench import report, schema
 
     err = _console(stderr=True)
@@ -270,12 +375,17 @@ def list_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from .bench.suites import SUITES, get_suite
 
+    try:
+        chosen = [get_suite(args.suite)] if args.suite else list(SUITES.values())
+    except ValueError as exc:
+        print(f"fastconv bench list: {exc}", file=sys.stderr)
+        return 2
     console = _console()
-    for suite in [get_suite(args.suite)] if args.suite else SUITES.values():
+    for suite in chosen:
         console.print(f"[bold]{suite.name}[/bold] v{suite.version}: {suite.description}")
         for case in suite.cases():
             count = f" (x{case.count} in the network)" if case.count > 1 else ""
-            console.print(f"  {case.label:32} {case.id}{count}", highlight=False)
+            console.print(f"  {case.name:40} {case.id}{count}", highlight=False)
     return 0
 
 
@@ -343,6 +453,25 @@ COMMANDS = {"bench": bench_main, "info": info_main, "resnet": resnet_main, "trai
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:
+        # The reader went away (`fastconv info | head`): no traceback, and no second error when
+        # Python flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv[:1] == ["--version"]:
+        from . import __version__
+
+        print(f"fastconv {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2

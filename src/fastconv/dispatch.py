@@ -69,6 +69,8 @@ _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("f
 _global_backend: str | None = None
 _autotune: bool | None = None
 _autotune_cache: dict[tuple, str] = {}
+#: Untimed calls this long before each autotuning sample (see _autotuned).
+AUTOTUNE_SETTLE_S = 0.01
 
 
 # -- registry ----------------------------------------------------------------------------------
@@ -373,7 +375,10 @@ def _autotuned(problem, arrays_, first_choice: str) -> tuple[str, str]:
             call()  # first call: JIT compilation, caches, thread pools
         # Each candidate's own device sync before the clock is read: queued work is counted.
         syncs = [getattr(m, "ARRAYS", arrays.numpy).synchronize for m in module.values()]
-        samples = timing.interleaved(calls, 3, sync=lambda: [s() for s in syncs])
+        # Settled before each sample: the previous candidate's idle OpenMP threads spin-wait for
+        # milliseconds on the cores this one needs; running this one meanwhile outlasts them
+        # (timed back to back, a fresh process billed 8-12 ms of spin to a 0.04 ms call).
+        samples = timing.interleaved(calls, 3, settle_s=AUTOTUNE_SETTLE_S, sync=lambda: [s() for s in syncs])
         timings = {n: timing.median(v) for n, v in samples.items()}
         best = min(timings, key=timings.get)
         if _verbose():

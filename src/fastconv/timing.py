@@ -20,6 +20,18 @@ from typing import Callable, Mapping
 clock = time.perf_counter
 
 
+def cpu_clock(threads: int) -> Callable[[], float]:
+    """A clock reading the process's CPU time divided by ``threads``, for ``timer=``.
+
+    A call's CPU time / its thread count is the wall time it would take with a free core per
+    thread: other processes on shared cores do not move it.  It does not see idle waits (load
+    imbalance, serial phases, a thread left without a core), and spin-waiting OpenMP threads
+    count as busy, so use it with OMP_WAIT_POLICY=passive.
+    """
+    n = max(1, int(threads))
+    return lambda: time.process_time() / n
+
+
 def _no_sync() -> None:
     pass
 

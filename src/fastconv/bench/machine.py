@@ -6,6 +6,7 @@ Everything here is cheap and never raises (a missing library is reported as miss
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.metadata
 import os
 import platform
@@ -136,8 +137,17 @@ def describe() -> dict:
         "simd": simd_features(),
         "blas": blas(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
+        "isa": c_isa(),
         "load_average": load_average(),
     }
+
+
+def c_isa() -> str | None:
+    """The instruction set of the C backend's kernels (``FASTCONV_ISA`` honoured), or None."""
+    try:
+        return importlib.import_module("fastconv.backends.c").isa()
+    except Exception:
+        return None
 
 
 def load_average() -> list[float] | None:
@@ -150,28 +160,79 @@ def load_average() -> list[float] | None:
 
 # -- peak ----------------------------------------------------------------------------------------
 
-_peak_cache: dict[int, tuple[float, str]] = {}
+_peak_cache: dict[int, tuple[float, str, int]] = {}
 
 
-def peak_gflops(nthreads: int) -> tuple[float, str]:
-    """The machine's FP32 peak at ``nthreads`` threads, in GFLOP/s, and how it was found.
+def peak_cache_path() -> str:
+    """The per-machine peak cache: ``FASTCONV_PEAK_CACHE``, else ~/.cache/fastconv/peak.json."""
+    return os.environ.get("FASTCONV_PEAK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastconv", "peak.json")
 
-    The C backend's own measurement (an FMA loop) when it offers one, else the best of five
-    2048^3 float32 matrix products on NumPy's BLAS -- a lower bound on the true peak.
+
+def _machine_key(nthreads: int) -> str:
+    isa = None
+    try:
+        isa = importlib.import_module("fastconv.backends.c").isa()
+    except Exception:
+        pass
+    return f"{socket.gethostname()}|{cpu_model()}|{isa}|{cpu_count()} cpus|{nthreads} threads"
+
+
+def _read_cache() -> dict:
+    try:
+        with open(peak_cache_path()) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, value: float, source: str) -> None:
+    path = peak_cache_path()
+    data = _read_cache()
+    data[key] = {"gflops": value, "source": source}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the peak is measured again next time
+
+
+def peak_gflops(nthreads: int, cache: bool = True) -> tuple[float, str, int]:
+    """The machine's FP32 peak in GFLOP/s, how it was found, and the thread count it was measured at.
+
+    Measured, never extrapolated: at ``min(nthreads, usable CPUs)`` threads (more threads than
+    CPUs cannot add FLOPs), the best of three runs of the C backend's FMA loop when it offers
+    one, else the best of five 2048^3 float32 matrix products on NumPy's BLAS (a lower bound).
+    The first measurement per machine, ISA and thread count is kept in :func:`peak_cache_path`
+    so runs are compared against the same roof; ``cache=False`` (a busy machine) neither reads
+    nor writes it.
     """
-    if nthreads in _peak_cache:
-        return _peak_cache[nthreads]
+    n = max(1, min(nthreads, cpu_count()))
+    if n in _peak_cache and cache:
+        return _peak_cache[n]
+    key = _machine_key(n)
+    stored = _read_cache().get(key) if cache else None
+    if isinstance(stored, dict) and isinstance(stored.get("gflops"), (int, float)):
+        result = (float(stored["gflops"]), f"{stored.get('source')}, cached ({peak_cache_path()})", n)
+        _peak_cache[n] = result
+        return result
     result = None
     try:
         c = importlib.import_module("fastconv.backends.c")
-        value = c.peak_gflops(nthreads)
-        if value:
-            result = (float(value), "fastconv.backends.c.peak_gflops")
+        values = [c.peak_gflops(n) for _ in range(3)]
+        if all(values):
+            result = (float(max(values)), f"fastconv.backends.c.peak_gflops at {n} threads (best of 3)", n)
     except Exception:  # no C backend, not built, or no peak function: fall back
         pass
     if result is None:
-        result = (_numpy_gemm_gflops(nthreads), "numpy sgemm 2048^3 (best of 5)")
-    _peak_cache[nthreads] = result
+        result = (_numpy_gemm_gflops(n), f"numpy sgemm 2048^3 at {n} threads (best of 5)", n)
+    if cache:
+        _write_cache(key, result[0], result[1])
+        _peak_cache[n] = result
     return result
 
 

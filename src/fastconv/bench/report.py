@@ -54,6 +54,12 @@ def fmt_bytes(value: int | None) -> str:
 
 # -- reading a run -------------------------------------------------------------------------------
 
+def label(p: dict) -> str:
+    """A problem's label with its direction when it is a backward one: ``res2a 3x3 64 bwd_data``."""
+    direction = p.get("direction", "fwd")
+    return p["label"] if direction == "fwd" else f"{p['label']} {direction}"
+
+
 def cells(doc: dict) -> dict[tuple[str, str], dict]:
     """(problem id, backend) -> result."""
     return {(r["problem"], r["backend"]): r for r in doc["results"]}
@@ -73,11 +79,39 @@ def best_backend(doc: dict, problem: str) -> str | None:
     return min(ranked, key=lambda r: r["median_s"])["backend"] if ranked else None
 
 
+def machine_label(doc: dict) -> str:
+    """CPU and ISA, as every figure is labelled: e.g. 'Intel Xeon ..., c backend avx512, torch AVX512'."""
+    m = doc["machine"]
+    isa = ", ".join(x for x in (f"c kernels {m['isa']}" if m.get("isa") else "",
+                                f"torch {m['torch_cpu_capability']}" if m.get("torch_cpu_capability") else "") if x)
+    return f"{m['cpu']} ({m['cpus']} CPUs{'; ' + isa if isa else ''})"
+
+
 def title(doc: dict) -> str:
     s, peak = doc["suite"], doc["peak"]
-    peak_text = f"peak {peak['gflops']:.0f} GFLOP/s ({peak['source']})" if peak["gflops"] else "peak not measured"
-    return (f"fastconv bench: suite {s['name']} v{s['version']}, {s['dtype']}, {doc['threads']} threads, "
-            f"{doc['device']}; {peak_text}")
+    peak_text = (f"peak {peak['gflops']:.0f} GFLOP/s at {peak['threads']} threads ({peak['source']})"
+                 if peak["gflops"] else "peak not measured")
+    load = doc["load"]
+    return (f"fastconv {doc['command']}: suite {s['name']} v{s['version']}, {s['dtype']}, {doc['threads']} threads, "
+            f"{doc['device']}, {load['clock']} clock, OpenMP wait policy {load['wait_policy']}; {peak_text}\n"
+            f"{machine_label(doc)}")
+
+
+def load_lines(doc: dict) -> list[tuple[str, str]]:
+    """(style, text): whether the figures can be trusted, for the top of every report."""
+    load = doc["load"]
+    style = "bold red" if load["contended"] else "dim"
+    out = [(style, load["verdict"])]
+    before = load.get("before") or {}
+    if before:
+        others = before.get("other_busy_cpus")
+        out.append(("dim", f"before the run: other processes busy on {others if others is not None else '?'} of "
+                           f"{before.get('cpus')} CPUs, load average {before.get('load_average')}"))
+    noisy = [r for r in doc["results"] if "noisy" in r.get("flags", [])]
+    if noisy:
+        out.append(("yellow", f"{len(noisy)} figure(s) flagged noisy (interquartile range above 10% of the median: "
+                              "marked ~ in the table)"))
+    return out
 
 
 def backend_summary(doc: dict) -> list[dict]:
@@ -126,11 +160,15 @@ def results_table(doc: dict) -> Table:
                 note = f"WRONG: {note}"
             if r["repeats"] == 1:
                 note = (note + "; " if note else "") + "1 sample (slow)"
-            table.add_row(p["label"] if i == 0 else "", str(p["n"]) if i == 0 else "", Text(name, style=style),
+            for flag in r.get("flags", []):
+                note = (note + "; " if note else "") + (f"noisy (IQR {100 * r['spread']:.0f}% of median)"
+                                                        if flag == "noisy" else "machine busy")
+            table.add_row(label(p) if i == 0 else "", str(p["n"]) if i == 0 else "", Text(name, style=style),
                           fmt_time(r["first_call_s"]), Text(fmt_time(r["median_s"]), style=style),
                           fmt_time(r["iqr_s"]),
                           f"{fmt_num(r['throughput'])} {p['unit']}" if r["throughput"] else "",
-                          fmt_num(r["percent_of_peak"], 2), fmt_ratio(r["speed_vs_torch"]),
+                          fmt_num(r["percent_of_peak"], 2),
+                          fmt_ratio(r["speed_vs_torch"]) + ("~" if r.get("flags") else ""),
                           fmt_err(r["max_rel_error"]), Text(note, style=_STATUS_STYLE.get(r["status"], "")))
         table.add_section()
     return table
@@ -160,13 +198,14 @@ def footnotes(doc: dict) -> list[str]:
         out.append(f"{problem}: {why}")
     load = doc["machine"].get("load_average")
     if load:
-        busy = " (other processes compete for the cores)" if load[0] > 1.5 else ""
         out.append(f"load average at start {load[0]:.2f}, at end {(doc['machine'].get('load_average_end') or ['?'])[0]}"
-                   f" on {doc['machine']['cpus']} CPUs{busy}")
+                   f" on {doc['machine']['cpus']} CPUs")
     return out
 
 
 def print_run(doc: dict, console) -> None:
+    for style, line in load_lines(doc):
+        console.print(f"[{style}]{line}[/{style}]", highlight=False)
     console.print(results_table(doc))
     console.print(summary_table(doc))
     for line in footnotes(doc):
@@ -182,19 +221,21 @@ def markdown(doc: dict) -> str:
         r["backend"] == n and r["status"] != "skipped" for r in doc["results"])]
     others = [n for n in names if n != "torch" and n not in fastconv_names]
     by_cell = cells(doc)
-    v, m = doc["versions"], doc["machine"]
+    v = doc["versions"]
     lines = [f"### Suite `{doc['suite']['name']}` (v{doc['suite']['version']}, {doc['suite']['dtype']}, "
              f"{doc['threads']} threads, {doc['device']})", "",
-             f"{m['cpu']}, {m['cpus']} CPUs ({', '.join(m['simd'][-4:]) or 'no SIMD flags read'}); "
+             f"{machine_label(doc)}; "
              f"fastconv {v.get('fastconv')}, torch {v.get('torch')}, numpy {v.get('numpy')}; {doc['created']}.",
              f"Machine peak: {fmt_num(doc['peak']['gflops'])} GFLOP/s ({doc['peak']['source']}). "
              "Median of interleaved repeats; GFLOP/s count 2 FLOPs per multiply-add; "
-             "x = torch time / backend time (> 1: faster than torch).", ""]
+             "x = torch time / backend time (> 1: faster than torch); ~ marks a noisy figure.",
+             f"Load: {doc['load']['verdict']} (OpenMP wait policy {doc['load']['wait_policy']}, "
+             f"{doc['load']['clock']} clock).", ""]
     header = ["layer", "n", "unit", "torch"] + fastconv_names
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in doc["problems"]:
         t = by_cell.get((p["id"], "torch"))
-        row = [p["label"] + (f" (x{p['count']})" if p["count"] > 1 else ""), str(p["n"]), p["unit"],
+        row = [label(p) + (f" (x{p['count']})" if p["count"] > 1 else ""), str(p["n"]), p["unit"],
                fmt_num(t["throughput"]) if t and t["throughput"] else "-"]
         best = best_backend(doc, p["id"])
         for name in fastconv_names:
@@ -206,7 +247,7 @@ def markdown(doc: dict) -> str:
             elif r["status"] == "error":
                 cell = "error"
             else:
-                cell = f"{fmt_num(r['throughput'])} ({fmt_ratio(r['speed_vs_torch'])})"
+                cell = f"{fmt_num(r['throughput'])} ({fmt_ratio(r['speed_vs_torch'])}{'~' if r.get('flags') else ''})"
                 if name == best:
                     cell = f"**{cell}**"
             row.append(cell)
@@ -261,19 +302,25 @@ def markdown_document(docs: list[dict]) -> str:
     return "\n".join(head) + "\n" + "\n".join(markdown(doc) for doc in docs)
 
 
-CSV_PROBLEM_FIELDS = ("label", "op", "n", "dtype", "count", "unit", "flops", "bytes")
+CSV_PROBLEM_FIELDS = ("label", "op", "direction", "n", "dtype", "count", "unit", "flops", "bytes")
 
 
 def write_csv(doc: dict, path) -> None:
-    """One row per (problem, backend): the problem's fields, then the result's."""
+    """One row per (problem, backend): the run's fields, the problem's, then the result's.
+
+    One ``device`` column: the result's (where the target ran); flags are joined by ``;``.
+    """
     problems = {p["id"]: p for p in doc["problems"]}
+
+    def value(v):
+        return "" if v is None else (";".join(v) if isinstance(v, list) else v)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["suite", "threads", "device", *CSV_PROBLEM_FIELDS, *RESULT])
+        writer.writerow(["suite", "threads", "clock", "wait_policy", *CSV_PROBLEM_FIELDS, *RESULT])
         for r in doc["results"]:
             p = problems[r["problem"]]
-            writer.writerow([doc["suite"]["name"], doc["threads"], doc["device"],
-                             *(p[k] for k in CSV_PROBLEM_FIELDS), *("" if r[k] is None else r[k] for k in RESULT)])
+            writer.writerow([doc["suite"]["name"], doc["threads"], doc["load"]["clock"], doc["load"]["wait_policy"],
+                             *(p[k] for k in CSV_PROBLEM_FIELDS), *(value(r[k]) for k in RESULT)])
 
 
 # -- comparing two runs --------------------------------------------------------------------------
@@ -283,10 +330,26 @@ def compare_warnings(a: dict, b: dict) -> list[str]:
     out = []
     for what, get in (("suite", lambda d: (d["suite"]["name"], d["suite"]["version"], d["suite"]["dtype"])),
                       ("threads", lambda d: d["threads"]), ("device", lambda d: d["device"]),
-                      ("CPU", lambda d: d["machine"]["cpu"]), ("torch", lambda d: d["versions"].get("torch"))):
+                      ("CPU", lambda d: d["machine"]["cpu"]),
+                      ("ISA", lambda d: (d["machine"].get("isa"), d["machine"].get("torch_cpu_capability"))),
+                      ("OpenMP wait policy", lambda d: d["load"]["wait_policy"]),
+                      ("clock", lambda d: d["load"]["clock"]), ("torch", lambda d: d["versions"].get("torch"))):
         if get(a) != get(b):
             out.append(f"{what} differs: {get(a)} vs {get(b)}")
+    for name, d in (("A", a), ("B", b)):
+        if d["load"]["contended"]:
+            out.append(f"run {name} ran on contended cores: {d['load']['verdict']}")
+    la, lb = (_start_load(d) for d in (a, b))
+    if la is not None and lb is not None and abs(la - lb) >= 0.5:
+        out.append(f"load differs: other processes busy on {la:.1f} vs {lb:.1f} CPUs at the start")
     return out
+
+
+def _start_load(doc: dict) -> float | None:
+    before = doc["load"].get("before") or {}
+    if before.get("other_busy_cpus") is not None:
+        return before["other_busy_cpus"]
+    return None
 
 
 def compare_rows(a: dict, b: dict) -> list[dict]:
@@ -307,7 +370,7 @@ def compare_rows(a: dict, b: dict) -> list[dict]:
         else:
             change = "same"
         p = labels[ra["problem"]]
-        rows.append({"problem": ra["problem"], "label": p["label"], "n": p["n"], "backend": ra["backend"],
+        rows.append({"problem": ra["problem"], "label": label(p), "n": p["n"], "backend": ra["backend"],
                      "a_median_s": ra["median_s"], "b_median_s": rb["median_s"], "speedup": speedup,
                      "change": change, "a_status": ra["status"], "b_status": rb["status"]})
     return rows

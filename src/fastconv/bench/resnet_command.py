@@ -21,7 +21,6 @@ torch.nn.functional, which shows fastconv's own per-layer overhead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -191,12 +190,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{'fused' if args.fuse else 'unfused'}, {'weights ' + args.weights if args.weights else 'random weights'}"
               f"; median of {args.repeat} interleaved rounds")
     _print(header, rows, torch is not None)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": vars(args) | {"threads": threads, "backends": backends,
-                                               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
-                       "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "rows": rows},
-                      f, indent=2)
+    if args.json:  # the benchmark schema (docs/bench-schema.md): `fastconv bench show/compare` read it
+        from . import schema
+
+        doc = schema.model_document(arch=args.arch, batch=args.batch, size=args.size, dtype=args.dtype,
+                                    num_classes=args.num_classes, threads=threads, rows=rows, samples=samples,
+                                    config=vars(args) | {"threads": threads, "backends": backends},
+                                    tolerance=TOLERANCE[args.dtype])
+        schema.dump(doc, args.json)
     return status
 
 

@@ -17,18 +17,25 @@ For each case:
 The workspace (memory beyond the output) is measured on one more, untimed call.
 
 Every target runs at one thread count (``fastconv.set_num_threads`` and ``torch.set_num_threads``).
+
+The load is read before the run and during each case (:mod:`fastconv.bench.load`): a case run
+while other processes kept the cores busy is flagged ``contended``, and a figure whose
+interquartile range exceeds 10% of its median ``noisy``.  With ``clock="cpu"`` host targets are
+timed by the process's CPU time divided by the thread count -- the wall time the call would take
+on free cores, unaffected by other processes (but blind to idle waits and load imbalance).
 """
 from __future__ import annotations
 
 import datetime
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import fastconv
 
 from .. import dispatch, timing
-from . import machine
+from . import load, machine
 from .suites import GFLOPS
 from .targets import Prepared, make_inputs, reference, relative_error, tolerance
 
@@ -44,6 +51,7 @@ class Settings:
     check: bool = True           # compare every output with torch's float64 answer
     max_traced_call: float = 0.1  # measure the workspace (a traced extra call) below this call time
     settle: float = 0.02         # untimed calls this long before each sample (see _sample)
+    clock: str = "wall"          # "wall", or "cpu": process CPU time / threads (host targets)
 
 
 @dataclass
@@ -70,6 +78,8 @@ class Measurement:
     tolerance: float | None = None
     workspace_bytes: int | None = None
     workspace_method: str | None = None
+    spread: float | None = None              # iqr_s / median_s
+    flags: list[str] = field(default_factory=list)  # "noisy" (spread > 10%), "contended" (busy machine)
 
     @property
     def ranked(self) -> bool:
@@ -91,6 +101,7 @@ class Run:
     cases: list = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
     reference_notes: dict[str, str] = field(default_factory=dict)
+    load: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
                          .isoformat(timespec="seconds"))
 
@@ -120,22 +131,48 @@ def backend_table(targets) -> list[dict]:
     return out
 
 
-def new_run(suite, cases, targets, settings: Settings, device: str = "cpu", peak: bool = True) -> Run:
+def new_run(suite, cases, targets, settings: Settings, device: str = "cpu", peak: bool = True,
+            load_before: dict | None = None) -> Run:
+    """A run with its environment; ``load_before`` is the load read before anything started
+    (the CLI reads it before the OpenMP runtimes load), else it is read here."""
     _apply_threads(settings.threads)
-    value, source = machine.peak_gflops(settings.threads) if peak else (None, "not measured")
+    before = load_before or load.assess(load.sample(0.3), settings.threads)
+    value, source, measured_at = (machine.peak_gflops(settings.threads, cache=not before["contended"])
+                                  if peak else (None, "not measured", settings.threads))
     return Run(suite=suite, settings=settings, device=device, machine=machine.describe(),
                versions=machine.versions(), threads=machine.thread_counts(),
-               peak={"gflops": value, "source": source, "threads": settings.threads},
-               backends=backend_table(targets), cases=list(cases))
+               peak={"gflops": value, "source": source, "threads": measured_at},
+               backends=backend_table(targets), cases=list(cases),
+               load={"before": before, "during": [], "contended": before["contended"],
+                     "wait_policy": wait_policy(), "clock": settings.clock})
+
+
+def wait_policy() -> str:
+    """The OpenMP wait policy the runtimes run under (the environment's, else the default)."""
+    return (os.environ.get("OMP_WAIT_POLICY") or "default").lower()
 
 
 def run_cases(run: Run, targets, progress: Progress | None = None) -> Run:
     """Measure every case of ``run`` on every target, appending to ``run.measurements``."""
     _apply_threads(run.settings.threads)
+    meter = load.Meter()
+    cpus = run.load.get("before", {}).get("cpus") or load.usable_cpus()
     for i, case in enumerate(run.cases):
-        run.measurements += measure_case(case, targets, run.settings, run,
-                                         lambda text: progress and progress(i, len(run.cases), text))
+        meter.start()
+        cells = measure_case(case, targets, run.settings, run,
+                             lambda text: progress and progress(i, len(run.cases), text))
+        # Our own threads' CPU time is subtracted; what remains is other processes' work.
+        during = load.assess(meter.read(), run.settings.threads, cpus)
+        run.load.setdefault("during", []).append({"problem": case.id, "other_busy_cpus": during["other_busy_cpus"],
+                                                  "contended": during["contended"]})
+        for c in cells:
+            if during["contended"] and c.median_s is not None:
+                c.flags.append("contended")
+        run.measurements += cells
     run.machine["load_average_end"] = machine.load_average()
+    run.load["contended"] = bool(run.load.get("before", {}).get("contended")) or any(
+        d["contended"] for d in run.load.get("during", []))
+    run.load["verdict"] = verdict(run)
     if progress:
         progress(len(run.cases), len(run.cases), "done")
     return run
@@ -214,6 +251,8 @@ def _start(case, target, data, ref, cell: Measurement, settings: Settings) -> _A
                                "wrong shape, or NaN/inf where torch's answer is finite")
         else:
             cell.status = "unchecked"
+        if settings.clock == "cpu" and target.device == "cpu":
+            prepared.timer = cpu_timer(settings.threads)
         estimate = max(prepared.timer(prepared.call, 1), 1e-9)  # sizes the samples
         if prepared.workspace is not None:
             # Tracing allocations slows Python-heavy calls many times over: spare the slow ones.
@@ -250,6 +289,15 @@ def _summarise(case, a: _Active) -> None:
     a.cell.median_s, a.cell.q1_s, a.cell.q3_s = float(med), float(q1), float(q3)
     a.cell.iqr_s = float(q3 - q1)
     a.cell.repeats, a.cell.number = len(a.samples), a.number
+    a.cell.spread = load.spread(q1, med, q3)
+    if a.cell.spread is not None and a.cell.spread > load.NOISY_SPREAD and len(a.samples) >= 3:
+        a.cell.flags.append("noisy")
+
+
+def cpu_timer(threads: int):
+    """Seconds per call by the process's CPU time divided by ``threads`` (``Settings.clock == "cpu"``)."""
+    clock = timing.cpu_clock(threads)
+    return lambda call, number: timing.time_calls(call, number, timer=clock)
 
 
 def _derive(case, cells: list[Measurement], peak: float | None) -> None:
@@ -263,6 +311,20 @@ def _derive(case, cells: list[Measurement], peak: float | None) -> None:
             c.percent_of_peak = 100.0 * c.throughput / peak
         if torch_cell is not None and c.ranked:
             c.speed_vs_torch = torch_cell.median_s / c.median_s
+
+
+def verdict(run: Run) -> str:
+    """One sentence on whether the figures can be trusted."""
+    during = run.load.get("during", [])
+    bad = sum(d["contended"] for d in during)
+    noisy = sum("noisy" in m.flags for m in run.measurements)
+    before = run.load.get("before", {})
+    if not run.load.get("contended"):
+        return "the cores were free during the run" + (f"; {noisy} noisy figure(s) flagged" if noisy else "")
+    why = "; ".join(before.get("reasons", [])) or f"other processes were busy during {bad} of {len(during)} problems"
+    clock = " (CPU clock: less affected)" if run.settings.clock == "cpu" else ""
+    return (f"NOT TRUSTWORTHY{clock}: the cores were contended ({why}); ratios can be off by any factor. "
+            f"Measure on an idle machine, or with --clock cpu")
 
 
 def run_suite(suite, cases, targets, settings: Settings, device: str = "cpu",

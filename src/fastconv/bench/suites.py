@@ -13,7 +13,7 @@ layer shape once, with the number of times it occurs in the network.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .. import ops
@@ -76,6 +76,16 @@ class Case:
         return self.problem.op
 
     @property
+    def name(self) -> str:
+        """The label people read, unique within a suite: ``res2a 3x3 64 n8`` (plus a backward direction).
+
+        ``fastconv bench`` shows it (label and n columns), its plots use it, and asv takes it as
+        the problem parameter.
+        """
+        direction = getattr(self.problem, "direction", "fwd")
+        return f"{self.label} n{self.n}" + ("" if direction == "fwd" else f" {direction}")
+
+    @property
     def n(self) -> int:
         return self.problem.input_shape[0]
 
@@ -106,19 +116,35 @@ class Entry:
     count: int = 1
 
 
+DIRECTIONS = ("fwd", "bwd_data", "bwd_weight")
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
     version: int
     description: str
     entries: tuple[Entry, ...]
+    directions: tuple[str, ...] = ("fwd",)  # what the suite measures unless asked otherwise
 
-    def cases(self, batch_sizes: tuple[int, ...] | None = None, dtype: str = "float32") -> list[Case]:
-        """The suite's cases; ``batch_sizes`` replaces every entry's own batch sizes when given."""
+    def cases(self, batch_sizes: tuple[int, ...] | None = None, dtype: str = "float32",
+              directions: tuple[str, ...] | None = None) -> list[Case]:
+        """The suite's cases; ``batch_sizes`` replaces every entry's own batch sizes when given.
+
+        ``directions`` (default: the suite's) repeats each convolution per direction, the
+        backward ones right after its forward; other ops have no backward cases here and keep
+        their forward one (when "fwd" is asked for).
+        """
+        directions = directions or self.directions
         out = []
         for entry in self.entries:
             for n in batch_sizes or entry.batch_sizes or DEFAULT_BATCH_SIZES:
-                out.append(Case(entry.label, entry.build(n, dtype), entry.count))
+                problem = entry.build(n, dtype)
+                for d in directions:
+                    if d == "fwd":
+                        out.append(Case(entry.label, problem, entry.count))
+                    elif getattr(problem, "op", None) == "conv2d":
+                        out.append(Case(entry.label, replace(problem, direction=d), entry.count))
         return out
 
 
@@ -241,6 +267,27 @@ _POOL_BN = (
     Entry("relu 64x112", _relu),
 )
 
+def _deepbench(c, h, w, k, r, s, stride, pad):
+    """A DeepBench training convolution: input c x h x w, k filters of r x s (DeepBench lists w x h)."""
+    return lambda n, dtype: Conv2dProblem(n, c, h, w, k, r, s, (stride, stride), (pad,) * 4, (1, 1), 1, dtype)
+
+
+#: Shapes from DeepBench's training convolutions (speech, OCR, face recognition, vision), at
+#: batch 4 instead of DeepBench's 4-64 (and the 700-frame speech input cut to 350), so every
+#: problem in all three directions fits a few seconds on 2 cores.
+_TRAINING = (
+    Entry("speech 20x5/2 1>32 (DeepSpeech)", _deepbench(1, 161, 350, 32, 5, 20, 2, 0)),
+    Entry("speech 10x5/2 32>32 (DeepSpeech)", _deepbench(32, 79, 170, 32, 5, 10, 2, 0)),
+    Entry("OCR 3x3 16>32", _deepbench(16, 24, 240, 32, 3, 3, 1, 1)),
+    Entry("OCR 3x3 64>128", _deepbench(64, 6, 60, 128, 3, 3, 1, 1)),
+    Entry("face 3x3/2 3>64", _deepbench(3, 108, 108, 64, 3, 3, 2, 1)),
+    Entry("face 3x3 128>128", _deepbench(128, 27, 27, 128, 3, 3, 1, 1)),
+    Entry("vision 3x3 64>64 @56", _deepbench(64, 56, 56, 64, 3, 3, 1, 1)),
+    Entry("vision 3x3 256>256 @14", _deepbench(256, 14, 14, 256, 3, 3, 1, 1)),
+    Entry("vision 1x1 256>64 @56", _deepbench(256, 56, 56, 64, 1, 1, 1, 0)),
+    Entry("vision 3x3 512>512 @7", _deepbench(512, 7, 7, 512, 3, 3, 1, 1)),
+)
+
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("resnet50", 1, "every distinct convolution of ResNet-50 v1.5 at 224x224 (count = occurrences)",
           tuple(_R50.values())),
@@ -250,6 +297,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           _POOL_BN),
     Suite("models", 1, "ResNet-18 and ResNet-50 forward passes (fastconv.models), eval mode",
           (Entry("resnet18", _model("resnet18")), Entry("resnet50", _model("resnet50")))),
+    Suite("training", 1, "DeepBench's training convolutions (batch 4) forward, backward-data and backward-weight",
+          tuple(Entry(e.label, e.build, (4,)) for e in _TRAINING), DIRECTIONS),
     # Batch 8 where the naive backend would otherwise spend seconds per call (it refuses
     # problems above its step limit, and a refusal costs nothing); batch 1 where per-call
     # overhead is the point.

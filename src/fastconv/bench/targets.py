@@ -9,6 +9,11 @@ run a case (the naive backend refuses big problems); ``prepare(case, data)`` ret
 - torch is the baseline, called as torch users call it: ``torch.nn.functional`` on tensors made
   once (on CPU: oneDNN; with ``--device cuda``: cuDNN, with ``cudnn.benchmark`` off and on,
   timed with CUDA events).  The fastconv ``torch`` backend is not listed separately.
+
+Backward problems (``direction`` bwd_data or bwd_weight) have no public-API builder: fastconv
+is timed through ``dispatch.run`` (what ``fastconv.grad`` calls), torch through autograd of the
+same op -- the forward runs once, untimed, and each timed call is ``torch.autograd.grad`` of its
+output with respect to the input (bwd_data) or the weight and bias (bwd_weight), the graph kept.
 """
 from __future__ import annotations
 
@@ -71,8 +76,24 @@ def tolerance(case) -> float:
     return ops.get(p).tolerance(p)
 
 
-def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
-    """max |y - ref| / max |ref|: the error relative to the output's scale (inf on a shape or NaN mismatch)."""
+def outputs(y) -> object:
+    """A call's result as NumPy: an array, or a list of arrays (None kept) for a tuple."""
+    if isinstance(y, (tuple, list)):
+        return [None if a is None else np.asarray(a.numpy() if hasattr(a, "numpy") else a) for a in y]
+    return np.asarray(y)
+
+
+def relative_error(y, ref) -> float:
+    """max |y - ref| / max |ref|: the error relative to the output's scale (inf on a shape or NaN mismatch).
+
+    Several outputs (a backward's weight and bias gradients): the largest of their errors.
+    """
+    if isinstance(ref, list) or isinstance(y, list):
+        if not (isinstance(ref, list) and isinstance(y, list)) or len(y) != len(ref):
+            return math.inf
+        if any((a is None) != (b is None) for a, b in zip(y, ref)):
+            return math.inf
+        return max((relative_error(a, b) for a, b in zip(y, ref) if b is not None), default=0.0)
     y = np.asarray(y, np.float64)
     ref = np.asarray(ref, np.float64)
     if y.shape != ref.shape:
@@ -101,7 +122,7 @@ def reference(case, data) -> tuple[np.ndarray | None, str | None]:
             return copy.deepcopy(model).double()(torch.from_numpy(data["x"].astype(np.float64))).numpy(), None
     t = {k: torch.from_numpy(v.astype(np.float64)) for k, v in data.items()}
     with torch.no_grad():
-        return torch_call(p, t, torch)().numpy(), None
+        return outputs(torch_call(p, t, torch)()), None
 
 
 def torch_call(p, t: dict, torch) -> Callable[[], object]:
@@ -115,7 +136,10 @@ def api_call(problem, data: dict, backend: str) -> Callable[[], np.ndarray]:
     """The public-API call that builds ``problem`` from ``data``, with ``backend=``."""
     entry = ops.get(problem)
     if entry.api is None:
-        raise ValueError(f"no public-API call for {problem.op} {problem.direction}")
+        if problem.direction == "fwd":
+            raise ValueError(f"no public-API call for {problem.op} {problem.direction}")
+        arrays = entry.arrays(data)  # a backward: what fastconv.grad runs
+        return lambda: dispatch.run(problem, *arrays, backend=backend)
     fn = getattr(fastconv, entry.op)
     args, kwargs = entry.api(problem, data)
     return lambda: fn(*args, backend=backend, **kwargs)
@@ -170,6 +194,8 @@ class FastconvTarget:
                     return model(x)
         else:
             call = api_call(case.problem, data, self.name)
+        if getattr(case.problem, "direction", "fwd") != "fwd":
+            return Prepared(call, output=outputs, workspace=lambda: _traced_workspace(call))
         module = dispatch.get_module(self.name)
         custom = getattr(module, "workspace_bytes", None)
         if custom is not None and case.op != "model":
@@ -314,6 +340,11 @@ class TorchTarget:
             def run():
                 with torch.inference_mode():
                     return model(x)
+        elif case.problem.direction != "fwd":
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in data.items()}
+            run = _autograd_call(case.problem, tensors, torch)
+            if not on_cuda:
+                return Prepared(run, output=outputs)
         else:
             tensors = {k: torch.from_numpy(v).to(self.device) for k, v in data.items()}
             run = torch_call(case.problem, tensors, torch)
@@ -334,6 +365,31 @@ class TorchTarget:
                 return run()
         return Prepared(cuda_call, output=lambda y: y.cpu().numpy(), timer=cuda_timer(torch, self.flush_l2),
                         sync=torch.cuda.synchronize)
+
+
+def _autograd_call(p, t: dict, torch) -> Callable[[], object]:
+    """torch's backward of problem ``p``: the forward once (kept), then each call autograd alone.
+
+    ``torch.autograd.grad`` of the forward's output with respect to the entry's ``wrt`` arrays
+    (the input for bwd_data; the weight and bias for bwd_weight), ``retain_graph`` so the graph
+    serves every call: what a training step pays for this op's backward, nothing else.
+    """
+    import dataclasses
+
+    entry = ops.get(p)
+    forward = ops.get(dataclasses.replace(p, direction="fwd"))
+    with torch.enable_grad():
+        leaves = {k: (v.detach().clone().requires_grad_(k in entry.wrt) if v is not None else None)
+                  for k, v in t.items() if k != "grad_output"}
+        y = forward.torch(dataclasses.replace(p, direction="fwd"), leaves, torch)()
+    inputs = [leaves[k] for k in entry.wrt if leaves.get(k) is not None]
+    grad = t["grad_output"]
+
+    def call():
+        got = iter(torch.autograd.grad(y, inputs, grad, retain_graph=True))
+        out = tuple(next(got) if leaves.get(k) is not None else None for k in entry.wrt)
+        return out[0] if len(out) == 1 else out
+    return call
 
 
 _l2_buffers: dict = {}
