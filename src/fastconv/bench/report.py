@@ -100,7 +100,7 @@ def title(doc: dict) -> str:
 def load_lines(doc: dict) -> list[tuple[str, str]]:
     """(style, text): whether the figures can be trusted, for the top of every report."""
     load = doc["load"]
-    style = "bold red" if load["contended"] else "dim"
+    style = ("bold red" if load["clock"] == "wall" else "bold yellow") if load["contended"] else "dim"
     out = [(style, load["verdict"])]
     before = load.get("before") or {}
     if before:
