@@ -159,3 +159,12 @@ def test_autotune_settles_each_candidate(monkeypatch):
     if len(seen.get("names", [])) < 2:
         pytest.skip("one candidate only: nothing to tune")
     assert seen["settle_s"] == dispatch.AUTOTUNE_SETTLE_S > 0
+
+
+def test_meter_subtracts_this_process(monkeypatch):
+    ticks = iter([0, int(0.2 * load.os.sysconf("SC_CLK_TCK"))])
+    monkeypatch.setattr(load, "_busy_ticks", lambda: next(ticks))
+    others = load.sample(0.1)  # 0.2 CPU-seconds of busy time over about 0.1 s, none of it ours (asleep)
+    assert 1.0 < others <= 2.1
+    monkeypatch.setattr(load, "_busy_ticks", lambda: None)
+    assert load.sample(0.06) is None  # off Linux: unknown, and the load average decides

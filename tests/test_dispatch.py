@@ -183,12 +183,14 @@ def test_autotune_times_candidates_and_caches(mocks, monkeypatch):
     dispatch.clear_autotune_cache()
     y = fastconv.conv2d(X, W)
     assert y[0, 0, 0, 0] == len("fastest")
-    assert len(slow.calls) == 4 and len(fast.calls) == 5  # warm-up + 3 timed each, then the winner
+    # warm-up, then 3 timed samples each, each after at least one settling call; then the winner
+    tuned_slow, tuned_fast = len(slow.calls), len(fast.calls)
+    assert tuned_slow >= 1 + 3 * 2 and tuned_fast >= 1 + 3 * 2 + 1
     fastconv.conv2d(X, W)
-    assert len(slow.calls) == 4 and len(fast.calls) == 6  # cached: no more timing
+    assert len(slow.calls) == tuned_slow and len(fast.calls) == tuned_fast + 1  # cached: no more timing
     fastconv.set_num_threads(fastconv.get_num_threads() + 1)  # a new signature times again
     fastconv.conv2d(X, W)
-    assert len(slow.calls) == 8
+    assert len(slow.calls) >= 2 * tuned_slow
 
 
 def test_autotune_env(monkeypatch):

@@ -3,9 +3,10 @@
 Wall-clock timings of multi-threaded code mean something only when its threads have cores to
 themselves.  Two readings tell:
 
-- :func:`sample`: over a short interval, the CPUs other processes kept busy -- the machine's busy
-  time from ``/proc/stat`` (user, nice, system, irq, softirq and steal, which is time the
-  hypervisor gave to other guests) minus this process's own CPU time;
+- :func:`sample`: over a short interval, the CPUs other processes kept busy -- the busy time of
+  the CPUs this process may run on, from ``/proc/stat`` (user, nice, system, irq, softirq and
+  steal, which is time the hypervisor gave to other guests), minus this process's own CPU time
+  (a CPU quota set by a container, rather than an affinity mask, is not seen);
 - the 1-minute load average (``os.getloadavg``), which counts runnable threads, ours included.
 
 The cores are *contended* when the other processes' busy CPUs plus the threads we ask for exceed
@@ -39,17 +40,29 @@ def load_average() -> list[float] | None:
 
 
 def _busy_ticks() -> int | None:
-    """Busy time of all CPUs in clock ticks since boot, or None off Linux."""
+    """Busy time, in clock ticks since boot, of the CPUs this process may run on (None off Linux).
+
+    Only those CPUs: on a large host whose other CPUs are busy, ours may still be free.
+    """
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except AttributeError:
+        mine = None
+    total, seen = 0, False
     try:
         with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
+            for line in f:
+                fields = line.split()
+                if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu":
+                    continue
+                if mine is not None and fields[0] not in mine:
+                    continue
+                user, nice, system, _idle, _iowait, irq, softirq, steal = ([int(v) for v in fields[1:9]] + [0] * 8)[:8]
+                total += user + nice + system + irq + softirq + steal
+                seen = True
+    except (OSError, ValueError):
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    values = [int(v) for v in fields[1:9]] + [0] * 8
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return user + nice + system + irq + softirq + steal
+    return total if seen else None
 
 
 class Meter:

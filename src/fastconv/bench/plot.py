@@ -48,7 +48,9 @@ def plot(doc: dict, path) -> None:
             f"threads, {load['clock']} clock, OpenMP wait {load['wait_policy']}\n{machine_label(doc)}")
     fig.suptitle(head, fontsize=10, x=0.01, ha="left")
     if load["contended"]:
-        fig.text(0.99, 0.995, "cores contended: figures not trustworthy", color="red", fontsize=9, ha="right",
+        warning = ("cores contended: figures not trustworthy" if load["clock"] == "wall" else
+                   "cores contended: CPU-clock figures, differences under ~15% are noise")
+        fig.text(0.99, 0.995, warning, color="red", fontsize=9, ha="right",
                  va="top", fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -322,8 +322,10 @@ def verdict(run: Run) -> str:
     if not run.load.get("contended"):
         return "the cores were free during the run" + (f"; {noisy} noisy figure(s) flagged" if noisy else "")
     why = "; ".join(before.get("reasons", [])) or f"other processes were busy during {bad} of {len(during)} problems"
-    clock = " (CPU clock: less affected)" if run.settings.clock == "cpu" else ""
-    return (f"NOT TRUSTWORTHY{clock}: the cores were contended ({why}); ratios can be off by any factor. "
+    if run.settings.clock == "cpu":
+        return (f"CAUTION: the cores were contended ({why}); CPU-clock figures leave out the other processes' "
+                "time but not their use of caches and memory bandwidth: treat differences under about 15% as noise")
+    return (f"NOT TRUSTWORTHY: the cores were contended ({why}); ratios can be off by any factor. "
             f"Measure on an idle machine, or with --clock cpu")
 
 
