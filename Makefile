@@ -7,11 +7,10 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 THREADS    ?= 2
 SUITE      ?= quick
-# Benchmarks run with each runtime's defaults: torch's OpenMP workers spin-wait between calls,
-# which is torch at its fastest on a quiet machine (the runner's settling call keeps that spin
-# from being billed to the next backend).  On cores shared with other work, spinning threads of
-# one runtime starve the next (torch ran up to 50x slower here): there, measure with
-# `make bench BENCH_ENV=OMP_WAIT_POLICY=PASSIVE` -- it costs torch up to 40% on 3x3 layers when idle.
+# On quiet cores benchmarks keep each runtime's default wait policy (torch's OpenMP workers
+# spin-wait between calls: torch at its fastest).  On cores other work keeps busy, `fastconv bench`
+# measures the contention first and switches the runtimes to OMP_WAIT_POLICY=PASSIVE itself,
+# saying so (spinning threads of one runtime starve the next); BENCH_ENV can still force either.
 BENCH_ENV  ?=
 RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
@@ -46,8 +45,10 @@ bench-results: $(STAMP)
 	  $(BENCH_ENV) $(VENV)/bin/fastconv bench --suite $$s --threads $(THREADS) --quiet \
 	    --json $(RESULTS)/$$s.json --plot $(RESULTS)/$$s.png || exit 1; \
 	done
+	$(BENCH_ENV) $(VENV)/bin/fastconv bench --suite training --direction fwd,bwd_data,bwd_weight --threads $(THREADS) \
+	  --quiet --json $(RESULTS)/training.json --plot $(RESULTS)/training.png
 	$(VENV)/bin/fastconv bench show $(RESULTS)/resnet50.json $(RESULTS)/conv-zoo.json $(RESULTS)/pool-bn.json \
-	  $(RESULTS)/models.json --markdown docs/results/bench.md
+	  $(RESULTS)/models.json $(RESULTS)/training.json --markdown docs/results/bench.md
 
 # pytest-benchmark: one table per problem ranking the backends; each run is saved under
 # .benchmarks/ and compared with the previous one.
