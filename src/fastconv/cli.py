@@ -184,6 +184,7 @@ def bench_main(argv: list[str]) -> int:
         chosen = args.backends.split(",") if args.backends else None
         all_targets = (targets.fastconv_targets(chosen, args.device, args.flush_l2)
                        + targets.torch_targets(args.device, args.flush_l2))
+        all_targets = targets.model_targets(all_targets, cases, args.threads)
     except targets.BenchError as exc:
         err.print(f"[red]fastconv bench: {exc}[/red]")
         return 2

@@ -17,7 +17,9 @@ Schema ``fastconv-bench``, version 1 (docs/bench-schema.md describes every field
       "results":  [{"problem", "backend", "kind", "device", "status", "reason", "first_call_s", "median_s",
                     "q1_s", "q3_s", "iqr_s", "repeats", "number", "throughput", "percent_of_peak",
                     "speed_vs_torch", "max_rel_error", "tolerance", "workspace_bytes", "workspace_method"}],
-      "notes": {problem id: why its results are unchecked}
+      "notes": {problem id: why its results are unchecked},
+      "thread_scaling": [{"problem", "backend", "threads", "median_1_s", "median_n_s", "speedup",
+                          "parallel_efficiency"}]  (optional; the models suite on more than one thread)
     }
 
 ``status`` is one of ok (checked against torch, within tolerance), unchecked (no reference),
@@ -29,6 +31,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict
+
+from . import scaling
 
 SCHEMA = "fastconv-bench"
 SCHEMA_VERSION = 1
@@ -71,7 +75,7 @@ def problem_dict(case) -> dict:
 def to_dict(run) -> dict:
     """The JSON document of a :class:`fastconv.bench.runner.Run`."""
     settings = asdict(run.settings)
-    return {
+    doc = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": run.created,
         "suite": run.suite, "device": run.device, "threads": settings.pop("threads"), "settings": settings,
         "units": {"time": "s", "flops": "2 FLOPs per multiply-add", "throughput": "10^9 per second"},
@@ -80,6 +84,8 @@ def to_dict(run) -> dict:
         "results": [{k: _finite(v) for k, v in asdict(m).items()} for m in run.measurements],
         "notes": dict(run.reference_notes),
     }
+    doc["thread_scaling"] = scaling.table(doc)
+    return doc
 
 
 def _check_fields(obj, spec: dict, where: str, errors: list[str]) -> None:

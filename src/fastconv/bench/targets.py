@@ -23,7 +23,7 @@ import numpy as np
 import fastconv
 
 from .. import dispatch, ops, timing
-from . import models
+from . import models, onnxruntime_target, scaling
 
 #: A whole network compounds rounding over ~50 layers.
 MODEL_RTOL = {"float32": 1e-3, "float64": 1e-8}
@@ -398,3 +398,11 @@ def torch_targets(device: str = "cpu", flush_l2: bool = False) -> list[TorchTarg
     # TF32 off for the comparison (float32 means float32), plus one row with TF32 on, labelled so.
     return [TorchTarget("cpu"), TorchTarget("cuda", False, flush_l2=flush_l2),
             TorchTarget("cuda", True, flush_l2=flush_l2), TorchTarget("cuda", True, tf32=True, flush_l2=flush_l2)]
+
+
+def model_targets(targets: list, cases: list, threads: int) -> list:
+    """For whole networks (the ``models`` suite): ONNX Runtime next to torch as a second baseline,
+    and a one-thread twin of every CPU target (thread scaling); ``targets`` unchanged otherwise."""
+    if not any(c.op == "model" for c in cases):
+        return list(targets)
+    return scaling.with_scaling([*targets, *onnxruntime_target.targets()], cases, threads)
