@@ -59,11 +59,12 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
     pytest.importorskip("onnxruntime")
     cases = [_small_resnet()]
     chosen = targets.model_targets(targets.fastconv_targets(["c"]) + targets.torch_targets(), cases, 2)
-    assert [t.name for t in chosen] == ["c", "torch", "onnxruntime", "c@1t", "torch@1t", "onnxruntime@1t"]
+    assert [t.name for t in chosen] == ["c", "torch", "c-fused", "onnxruntime",
+                                        "c@1t", "torch@1t", "c-fused@1t", "onnxruntime@1t"]
     run = runner.run_suite(SUITE, cases, chosen, runner.Settings(threads=2, **QUICK), peak=False)
     doc = schema.validate(schema.to_dict(run))
     results = {r["backend"]: r for r in doc["results"]}
-    for name in ("onnxruntime", "onnxruntime@1t", "c@1t", "torch@1t"):
+    for name in ("onnxruntime", "onnxruntime@1t", "c@1t", "torch@1t", "c-fused", "c-fused@1t"):
         assert results[name]["status"] == "ok", results[name]
         assert results[name]["max_rel_error"] < 1e-4
     # Each one-thread cell is compared with torch on one thread, the others with torch on two.
@@ -74,7 +75,7 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
         results["torch"]["median_s"] / results["onnxruntime"]["median_s"])
 
     scaled = {s["backend"]: s for s in doc["thread_scaling"]}
-    assert set(scaled) == {"c", "torch", "onnxruntime"}
+    assert set(scaled) == {"c", "torch", "c-fused", "onnxruntime"}
     for name, s in scaled.items():
         t1, t2 = results[f"{name}@1t"]["median_s"], results[name]["median_s"]
         assert s["threads"] == 2

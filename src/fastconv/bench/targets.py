@@ -177,6 +177,28 @@ class FastconvTarget:
         return Prepared(call, workspace=lambda: _traced_workspace(call))
 
 
+class FusedModelTarget(FastconvTarget):
+    """A fastconv backend on a whole network with its batch norms folded (``model.fuse()``)."""
+
+    def __init__(self, backend: str):
+        super().__init__(f"{backend}-fused")
+        self.backend = backend
+
+    def skip_reason(self, case) -> str | None:
+        if case.op != "model":
+            return "a fused network: the models suite only"
+        ok, reason = dispatch.status(self.backend)
+        return f"not available: {reason}" if not ok else models.fastconv_model_reason(case)
+
+    def prepare(self, case, data) -> Prepared:
+        model, x, name = models.fused_model(case), data["x"], self.backend
+
+        def call():
+            with fastconv.use_backend(name):
+                return model(x)
+        return Prepared(call, workspace=lambda: _traced_workspace(call))
+
+
 def backend_devices(name: str) -> tuple[str, ...]:
     """The devices backend ``name`` runs on (its DEVICES; a backend that fails to import: by its name)."""
     entry = dispatch._registry[name]
@@ -401,8 +423,10 @@ def torch_targets(device: str = "cpu", flush_l2: bool = False) -> list[TorchTarg
 
 
 def model_targets(targets: list, cases: list, threads: int) -> list:
-    """For whole networks (the ``models`` suite): ONNX Runtime next to torch as a second baseline,
-    and a one-thread twin of every CPU target (thread scaling); ``targets`` unchanged otherwise."""
+    """For whole networks (the ``models`` suite): each CPU fastconv backend on the fused network too,
+    ONNX Runtime next to torch as a second baseline, and a one-thread twin of every CPU target
+    (thread scaling); ``targets`` unchanged otherwise."""
     if not any(c.op == "model" for c in cases):
         return list(targets)
-    return scaling.with_scaling([*targets, *onnxruntime_target.targets()], cases, threads)
+    fused = [FusedModelTarget(t.name) for t in targets if type(t) is FastconvTarget]
+    return scaling.with_scaling([*targets, *fused, *onnxruntime_target.targets()], cases, threads)
