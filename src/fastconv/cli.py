@@ -238,6 +238,7 @@ def bench_main(argv: list[str]) -> int:
         fastconv_names = None if chosen is None else [n for n in chosen if n != "torch"]
         all_targets = (targets.fastconv_targets(fastconv_names, args.device, args.flush_l2)
                        + targets.torch_targets(args.device, args.flush_l2))
+        all_targets = targets.model_targets(all_targets, cases, args.threads)
     except targets.BenchError as exc:
         err.print(f"[red]fastconv bench: {exc}[/red]")
         return 2

@@ -21,7 +21,7 @@ from .. import threads
 SIMD_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
               "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
 LIBRARIES = ("numpy", "numba", "llvmlite", "cffi", "threadpoolctl", "rich", "torch", "matplotlib",
-             "asv", "pytest-benchmark")
+             "asv", "pytest-benchmark", "onnx", "onnxruntime")
 
 
 def _cpuinfo() -> dict[str, str]:

@@ -7,10 +7,12 @@ of the same name loaded with the fastconv model's ``state_dict()`` (torchvision'
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 
 _fastconv_models: dict[tuple[str, str], object] = {}
+_fused_models: dict[tuple[str, str], object] = {}
 _torch_models: dict[tuple[str, str], tuple[object, str | None]] = {}
 
 
@@ -34,6 +36,16 @@ def fastconv_model(case):
             model.eval()
         _fastconv_models[key] = model
     return _fastconv_models[key]
+
+
+def fused_model(case):
+    """The fastconv network for ``case`` with its batch norms folded into the convolutions (``fuse()``:
+    one conv2d call per convolution, bias, residual and ReLU), built once per name and dtype."""
+    p = case.problem
+    key = (p.name, p.dtype)
+    if key not in _fused_models:
+        _fused_models[key] = copy.deepcopy(fastconv_model(case)).fuse()
+    return _fused_models[key]
 
 
 def fastconv_model_reason(case) -> str | None:

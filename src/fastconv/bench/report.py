@@ -12,6 +12,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from . import scaling
 from .schema import RESULT
 
 _STATUS_STYLE = {"wrong": "bold red", "error": "red", "skipped": "dim", "unchecked": "yellow"}
@@ -208,6 +209,8 @@ def print_run(doc: dict, console) -> None:
         console.print(f"[{style}]{line}[/{style}]", highlight=False)
     console.print(results_table(doc))
     console.print(summary_table(doc))
+    if scaling.rich_table(doc) is not None:
+        console.print(scaling.rich_table(doc))
     for line in footnotes(doc):
         console.print(f"[dim]{line}[/dim]", highlight=False)
 
@@ -265,6 +268,7 @@ def markdown(doc: dict) -> str:
                                             if r["backend"] == "torch") else [])]:
         reasons = sorted({r["reason"] for r in doc["results"] if r["backend"] == name and r["reason"]})
         notes.append(f"{name}: skipped on every problem ({'; '.join(reasons) or 'no reason given'})")
+    lines += scaling.markdown(doc)
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"

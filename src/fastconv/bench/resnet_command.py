@@ -17,6 +17,10 @@ The torch side is the same model converted with ``fastconv.interop.torch.to_torc
 torch.nn model with torchvision's forward pass), run under ``torch.no_grad()`` with the same
 thread count.  The ``torch`` backend row is different: fastconv's layers calling
 torch.nn.functional, which shows fastconv's own per-layer overhead.
+
+The ``onnxruntime`` row is that torch model exported through torch.onnx and run by ONNX Runtime
+(every graph optimisation on, ``intra_op_num_threads`` = the thread count, one inter-op thread),
+when onnxruntime is installed; otherwise the row says why it cannot run.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from fastconv import dispatch, timing
 from fastconv import nn as fnn
 
 from ..models.resnet import ARCHS
+from . import onnxruntime_target
 
 #: Relative difference from torch (max |y - ref| / max |ref|) above which the exit status is 1.
 TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
@@ -146,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                 return tmodel(tx).numpy()
 
         runners["torch (eager)"] = run_torch
+    # ONNX Runtime: the same torch model exported, at the same thread count (a second baseline).
+    ort_run, ort_why = onnxruntime_target.try_runner(tmodel, x, threads) if torch is not None else \
+        (None, onnxruntime_target.unavailable_reason())
+    results[onnxruntime_target.NAME] = {"error": ort_why} if ort_run is None else {"out": ort_run()}
+    if ort_run is not None:
+        runners[onnxruntime_target.NAME] = ort_run
     if args.fuse:
         model.fuse()
     for name in backends:
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     torch_median = timing.median(samples["torch (eager)"]) if reference is not None else None
     status = 0
     rows = []
-    for name in [*backends, *(["torch (eager)"] if reference is not None else [])]:
+    for name in [*backends, onnxruntime_target.NAME, *(["torch (eager)"] if reference is not None else [])]:
         r = results.setdefault(name, {})
         if "error" in r:
             rows.append({"backend": name, "error": r["error"]})

@@ -35,7 +35,7 @@ from typing import Callable
 import fastconv
 
 from .. import dispatch, timing
-from . import load, machine
+from . import load, machine, scaling
 from .suites import GFLOPS
 from .targets import Prepared, make_inputs, reference, relative_error, tolerance
 
@@ -302,13 +302,14 @@ def cpu_timer(threads: int):
 
 def _derive(case, cells: list[Measurement], peak: float | None) -> None:
     """Throughput, share of peak and speed relative to torch on CPU, for the cells that ran."""
-    torch_cell = next((c for c in cells if c.backend == "torch" and c.ranked and c.median_s), None)
+    torch_cells = {c.backend: c for c in cells if c.kind == "torch" and c.ranked and c.median_s}
     for c in cells:
         if c.median_s is None or c.repeats == 0:
             continue
         c.throughput = case.throughput(c.median_s)
         if case.unit == GFLOPS and peak:
             c.percent_of_peak = 100.0 * c.throughput / peak
+        torch_cell = torch_cells.get(scaling.torch_baseline(c.backend))  # torch at the same thread count
         if torch_cell is not None and c.ranked:
             c.speed_vs_torch = torch_cell.median_s / c.median_s
 

@@ -21,7 +21,9 @@ that measures writes it (``fastconv bench``, the ``models`` suite, ``fastconv re
                     "q1_s", "q3_s", "iqr_s", "repeats", "number", "throughput", "percent_of_peak",
                     "speed_vs_torch", "max_rel_error", "tolerance", "workspace_bytes", "workspace_method",
                     "spread", "flags"}],
-      "notes": {problem id: why its results are unchecked}
+      "notes": {problem id: why its results are unchecked},
+      "thread_scaling": [{"problem", "backend", "threads", "median_1_s", "median_n_s", "speedup",
+                          "parallel_efficiency"}]  (optional; the models suite on more than one thread)
     }
 
 ``status`` is one of ok (checked against torch, within tolerance), unchecked (no reference),
@@ -35,6 +37,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict
+
+from . import scaling
 
 SCHEMA = "fastconv-bench"
 SCHEMA_VERSION = 2
@@ -83,7 +87,7 @@ def problem_dict(case) -> dict:
 def to_dict(run) -> dict:
     """The JSON document of a :class:`fastconv.bench.runner.Run`."""
     settings = asdict(run.settings)
-    return {
+    doc = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": run.created, "command": "bench",
         "suite": run.suite, "device": run.device, "threads": settings.pop("threads"), "settings": settings,
         "load": run.load,
@@ -93,6 +97,8 @@ def to_dict(run) -> dict:
         "results": [{k: _finite(v) for k, v in asdict(m).items()} for m in run.measurements],
         "notes": dict(run.reference_notes),
     }
+    doc["thread_scaling"] = scaling.table(doc)
+    return doc
 
 
 def _check_fields(obj, spec: dict, where: str, errors: list[str]) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import fastconv
 
 from .. import dispatch, ops, timing
-from . import models
+from . import models, onnxruntime_target, scaling
 
 #: A whole network compounds rounding over ~50 layers.
 MODEL_RTOL = {"float32": 1e-3, "float64": 1e-8}
@@ -200,6 +200,28 @@ class FastconvTarget:
         custom = getattr(module, "workspace_bytes", None)
         if custom is not None and case.op != "model":
             return Prepared(call, workspace=lambda: (int(custom(case.problem)), "backend"))
+        return Prepared(call, workspace=lambda: _traced_workspace(call))
+
+
+class FusedModelTarget(FastconvTarget):
+    """A fastconv backend on a whole network with its batch norms folded (``model.fuse()``)."""
+
+    def __init__(self, backend: str):
+        super().__init__(f"{backend}-fused")
+        self.backend = backend
+
+    def skip_reason(self, case) -> str | None:
+        if case.op != "model":
+            return "a fused network: the models suite only"
+        ok, reason = dispatch.status(self.backend)
+        return f"not available: {reason}" if not ok else models.fastconv_model_reason(case)
+
+    def prepare(self, case, data) -> Prepared:
+        model, x, name = models.fused_model(case), data["x"], self.backend
+
+        def call():
+            with fastconv.use_backend(name):
+                return model(x)
         return Prepared(call, workspace=lambda: _traced_workspace(call))
 
 
@@ -454,3 +476,13 @@ def torch_targets(device: str = "cpu", flush_l2: bool = False) -> list[TorchTarg
     # TF32 off for the comparison (float32 means float32), plus one row with TF32 on, labelled so.
     return [TorchTarget("cpu"), TorchTarget("cuda", False, flush_l2=flush_l2),
             TorchTarget("cuda", True, flush_l2=flush_l2), TorchTarget("cuda", True, tf32=True, flush_l2=flush_l2)]
+
+
+def model_targets(targets: list, cases: list, threads: int) -> list:
+    """For whole networks (the ``models`` suite): each CPU fastconv backend on the fused network too,
+    ONNX Runtime next to torch as a second baseline, and a one-thread twin of every CPU target
+    (thread scaling); ``targets`` unchanged otherwise."""
+    if not any(c.op == "model" for c in cases):
+        return list(targets)
+    fused = [FusedModelTarget(t.name) for t in targets if type(t) is FastconvTarget]
+    return scaling.with_scaling([*targets, *fused, *onnxruntime_target.targets()], cases, threads)
