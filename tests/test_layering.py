@@ -20,8 +20,9 @@ LAYERS = [
     {"dispatch", "backends", "_ckernels"},
     {"api", "grad", "__init__"},
     {"nn", "optim"},
-    {"models"},
+    {"models", "graph", "onnx"},
     {"interop"},
+    {"plan", "_plan_steps", "_plan_tune"},
     {"bench", "train", "cli", "__main__"},
 ]
 
