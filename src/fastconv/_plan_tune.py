@@ -7,7 +7,7 @@ another instruction set, finds no entry of its own and tunes afresh.  Choices li
 the process and, when ``FASTCONV_TUNE_CACHE`` names a file, in that JSON file::
 
     {"format": 1, "machines": {"<machine key>": {"conv": {"<key>": {"backend": "c",
-        "algorithm": "winograd", "ms": {"c/auto": 1.92, "c/winograd": 1.31}}}}}}
+        "algorithm": "winograd", "ms": {"c/auto": 1.92, "c/winograd": 1.31}}}}}}  (fastest round, ms)
 
 An unreadable or malformed file is ignored (and rewritten); writes go to a temporary file
 renamed over the old one, so a reader never sees half a file.
@@ -30,7 +30,8 @@ FORMAT = 1
 CANDIDATE_BACKENDS = ("c", "im2col", "numba")
 #: A candidate whose first (untimed) call is this many times the fastest first call is not timed further.
 PRUNE = 3.0
-#: Timed rounds per candidate (interleaved, median).
+#: Timed rounds per candidate (interleaved).  The fastest round decides: on a loaded machine
+#: other processes only ever add time, so the minimum is the least disturbed estimate.
 ROUNDS = 3
 
 _MEMORY: dict[tuple[str, str], dict] = {}
@@ -137,7 +138,7 @@ class Tuner:
         fastest = min(first.values())
         kept = {name: call for name, call in calls.items() if first[name] <= PRUNE * fastest}
         samples = timing.interleaved(kept, ROUNDS) if len(kept) > 1 else {n: [first[n]] for n in kept}
-        ms = {name: timing.median(v) * 1e3 for name, v in samples.items()}
+        ms = {name: min(v) * 1e3 for name, v in samples.items()}
         best = min(ms, key=ms.get)
         backend, algorithm = best.split("/")
         entry = {"backend": backend, "algorithm": algorithm, "ms": {n: round(v, 4) for n, v in ms.items()}}
