@@ -217,3 +217,34 @@ def test_exported_and_described(model):
     plan = fastconv.compile(model, (1, 3, 16, 16), backend="im2col")
     text = plan.describe()
     assert "layer4.1.conv2" in text and "residual" in text and "fresh array per call" in text
+
+
+def test_graph_from_onnx_matches_onnx_runtime():
+    require("c")
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    torch_nets = pytest.importorskip("torch_nets")
+    import io
+    import warnings
+
+    import fastconv.onnx
+
+    x = _x((2, 3, 32, 32), seed=7)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch_nets.build("hand_resnet").eval(), (torch.from_numpy(x),), f, dynamo=False,
+                          opset_version=13)
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    plan = fastconv.compile(fastconv.onnx.load(f.getvalue()), x.shape, backend="c")
+    assert_matches(plan(x), expected, what="compiled onnx.load(hand_resnet)", rtol=RTOL)
+    assert sum(s.kind == "conv" and s.residual is not None for s in plan.steps) >= 1  # add fused into a conv
+
+
+def test_docstring_example():
+    import doctest
+
+    result = doctest.testmod(plan_module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

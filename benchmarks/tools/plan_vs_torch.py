@@ -3,7 +3,8 @@
     python benchmarks/tools/plan_vs_torch.py --arch resnet18 resnet50 --batch 1 8 --reps 7
 
 Per model and batch: torch eager (the same weights through fastconv.interop.torch.to_torch,
-torch.no_grad), fastconv's fused model on the c backend (eager), the compiled plan (backend and
+torch.no_grad), ONNX Runtime when installed (that torch model exported with torch.onnx, the same
+thread count, sequential execution), fastconv's fused model on the c backend (eager), the compiled plan (backend and
 algorithm tuned per layer), the plan with Winograd allowed, and the plan with its arena switched
 off (every c kernel allocating its output, as eager calls do: what the arena saves).  Calls are
 interleaved, the order rotated each round; medians.  On a shared, loaded machine the process's
@@ -47,6 +48,28 @@ def _without_arena(plan):
     return other
 
 
+def _onnxruntime(tmodel, tx, nthreads) -> dict:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    import io
+    import warnings
+
+    import torch
+
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tmodel, (tx,), f, dynamo=False, opset_version=17)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = nthreads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: tx.numpy()}
+    return {f"onnxruntime {ort.__version__}": lambda: sess.run(None, feed)[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", nargs="+", default=["resnet18", "resnet50"])
@@ -87,10 +110,11 @@ def main() -> None:
             def run_torch():
                 with torch.no_grad():
                     return tmodel(tx)
-            calls = {"torch eager": run_torch, "c eager, fused": lambda: fused(x), "compiled": lambda: plan(x),
+            calls = {"torch eager": run_torch, **_onnxruntime(tmodel, tx, args.threads), "c eager, fused": lambda: fused(x), "compiled": lambda: plan(x),
                      "compiled, winograd": lambda: wplan(x), "compiled, no arena": (lambda p: lambda: p(x))(
                          _without_arena(plan))}
             outs = {n: (np.asarray(c()) if n != "torch eager" else ref) for n, c in calls.items()}
+            outs = {n: o[0] if isinstance(o, list) else o for n, o in outs.items()}
             for c in calls.values():
                 c()
             cpu = timing.interleaved(calls, args.reps, settle_s=1e-9, timer=time.process_time)

@@ -7,7 +7,7 @@ another instruction set, finds no entry of its own and tunes afresh.  Choices li
 the process and, when ``FASTCONV_TUNE_CACHE`` names a file, in that JSON file::
 
     {"format": 1, "machines": {"<machine key>": {"conv": {"<key>": {"backend": "c",
-        "algorithm": "winograd", "ms": {"c/auto": 1.92, "c/winograd": 1.31}}}}}}  (fastest round, ms)
+        "algorithm": "winograd", "ms": {"c/auto": 1.92, "c/winograd": 1.31}, "cpu_ms": {...}}}}}}
 
 An unreadable or malformed file is ignored (and rewritten); writes go to a temporary file
 renamed over the old one, so a reader never sees half a file.
@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import tempfile
+import time
 from dataclasses import replace
 
 from . import dispatch, threads, timing
@@ -30,9 +31,13 @@ FORMAT = 1
 CANDIDATE_BACKENDS = ("c", "im2col", "numba")
 #: A candidate whose first (untimed) call is this many times the fastest first call is not timed further.
 PRUNE = 3.0
-#: Timed rounds per candidate (interleaved).  The fastest round decides: on a loaded machine
-#: other processes only ever add time, so the minimum is the least disturbed estimate.
+#: Timed rounds per candidate (interleaved), on the wall clock and on the process's CPU clock.
+#: The fastest round counts: on a loaded machine other processes only ever add time.
 ROUNDS = 3
+#: Another candidate replaces the default one ("auto"'s choice, which writes into the plan's
+#: buffers) only when faster by this factor on both clocks: on a shared machine one clock alone
+#: lets noise pick a kernel that is not faster.
+MARGIN = 0.9
 
 _MEMORY: dict[tuple[str, str], dict] = {}
 
@@ -137,11 +142,17 @@ class Tuner:
         first = {name: timing.time_calls(call) for name, call in calls.items()}  # JIT, caches, thread pools
         fastest = min(first.values())
         kept = {name: call for name, call in calls.items() if first[name] <= PRUNE * fastest}
-        samples = timing.interleaved(kept, ROUNDS) if len(kept) > 1 else {n: [first[n]] for n in kept}
-        ms = {name: min(v) * 1e3 for name, v in samples.items()}
-        best = min(ms, key=ms.get)
+        default = "/".join(cands[0])
+        kept.setdefault(default, calls[default])
+        wall = {n: min(v) for n, v in timing.interleaved(kept, ROUNDS).items()}
+        cpu = {n: min(v) for n, v in timing.interleaved(kept, ROUNDS, timer=time.process_time).items()}
+        best = min(wall, key=wall.get)
+        if not (wall[best] < MARGIN * wall[default] and cpu[best] < MARGIN * cpu[default]):
+            best = default
         backend, algorithm = best.split("/")
-        entry = {"backend": backend, "algorithm": algorithm, "ms": {n: round(v, 4) for n, v in ms.items()}}
+        ms = {n: round(wall[n] * 1e3, 4) for n in wall}
+        entry = {"backend": backend, "algorithm": algorithm, "ms": ms,
+                 "cpu_ms": {n: round(cpu[n] * 1e3, 4) for n in cpu}}
         _MEMORY[(self.machine, key)] = entry
         self.new[key] = entry
         self.log.append((p.id, best, "timed " + ", ".join(f"{n} {v:.3f} ms" for n, v in ms.items())))
