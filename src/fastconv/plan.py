@@ -9,9 +9,10 @@ what an eager forward pass redoes on every call:
 - folds each eval-mode BatchNorm into the convolution before it and fuses bias, skip connection
   and ReLU into the convolution's epilogue (the models' and graphs' own ``fuse()``);
 - picks a backend and algorithm per convolution: with ``backend=None`` it times the candidates
-  once (fastconv.timing) and remembers the winner in memory and, when the environment variable
-  ``FASTCONV_TUNE_CACHE`` names a JSON file, in that file, under a key naming the machine (CPU
-  model, instruction set, fastconv version), so another machine or ISA tunes afresh;
+  once (fastconv.timing; another kernel replaces the c backend's default only when clearly
+  faster, see fastconv._plan_tune) and remembers the winner in memory and, when the environment
+  variable ``FASTCONV_TUNE_CACHE`` names a JSON file, in that file, under a key naming the
+  machine (CPU model, instruction set, fastconv version), so another machine or ISA tunes afresh;
 - pre-packs what pays: the Winograd filter transform is made once and handed to the kernel
   (no transform-cache lookup, whose byte-for-byte weight check reads the weight every call);
   the GEMM kernels read the weights in place (only a partial last block of output channels is
