@@ -153,14 +153,17 @@ def _lower_resnet(m: ResNet, b: _Builder, x: int) -> int:
 
 
 def _lower_sequence(children, b: _Builder, v: int, prefix: str) -> int:
+    start = len(b.steps)
     for name, layer in children:
         path = f"{prefix}.{name}" if prefix else name
-        v = _lower_layer(path, layer, b, (Ref(v),), {})
+        v = _lower_layer(path, layer, b, (Ref(v),), {}, chain_start=start)
     return v
 
 
-def _lower_layer(path, layer, b: _Builder, args, kwargs) -> int:
-    """One layer call: a dedicated step where there is one, else a Call step."""
+def _lower_layer(path, layer, b: _Builder, args, kwargs, chain_start: int | None = None) -> int:
+    """One layer call: a dedicated step where there is one, else a Call step.  In a chain (a
+    Sequential, its steps from ``chain_start`` on) each value made in it has one reader, so a
+    ReLU after a convolution of the chain joins its epilogue."""
     refs = [a.name for a in args if isinstance(a, Ref)]
     plain = len(args) == len(refs)
     if plain and len(args) == 1 and isinstance(layer, nn.Identity) and not kwargs:
@@ -172,7 +175,8 @@ def _lower_layer(path, layer, b: _Builder, args, kwargs) -> int:
         res = kwargs.get("residual")
         return _conv(b, path, layer, refs[0], None if res is None else res.name, kwargs.get("activation") == "relu")
     if plain and not kwargs and len(args) == 1:
-        if type(layer) is nn.ReLU and isinstance(last, Conv) and last.output == refs[0] \
+        if chain_start is not None and last in b.steps[chain_start:] and type(layer) is nn.ReLU \
+                and isinstance(last, Conv) and last.output == refs[0] \
                 and last.activation is None and not last.fused_into:
             last.activation = "relu"  # a Sequential's conv -> (folded bn) -> relu
             last.fused_into = path
