@@ -22,6 +22,7 @@ LAYERS = [
     {"nn", "optim"},
     {"models", "graph"},
     {"interop", "onnx"},
+    {"plan", "_plan_steps", "_plan_tune"},
     {"bench", "train", "cli", "__main__"},
 ]
 

@@ -22,6 +22,10 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
+    if name == "compile":  # fastconv.compile(model, input_shape): the plan module loads models and graphs
+        import importlib
+
+        return importlib.import_module(".plan", __name__).compile
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [

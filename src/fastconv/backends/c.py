@@ -175,18 +175,29 @@ def _conv_desc(call, p):
 
 
 def conv2d(p, x, weight, bias, residual):
+    return conv2d_into(p, x, weight, bias, residual, np.empty(p.output_shape, p.dtype))
+
+
+def conv2d_into(p, x, weight, bias, residual, y, winograd_weights=None):
+    """conv2d writing into ``y`` (C-contiguous, the output's shape and dtype), which it returns.
+
+    ``winograd_weights`` (algorithm "winograd" only) is the filter transform that
+    :func:`winograd_transform` made once for ``weight``: the call then skips the transform
+    cache and its byte-for-byte check of the weight.  fastconv.compile's plans use both.
+    """
     nthreads = _nthreads()
     _c_scratch.check(p, nthreads)
     call = _Call(p.dtype)
     d = _conv_desc(call, p)
-    y = np.empty(p.output_shape, p.dtype)
+    size = p.n * p.k * p.oh * p.ow
     kernel = call.ffi.new("const char **")
     args = (call.ptr(x, p.n * p.c * p.h * p.w), call.ptr(weight, p.k * p.cg * p.r * p.s), call.ptr(bias, p.k),
-            call.ptr(residual if p.residual else None, y.size), call.ptr(y, y.size, writable=True),
+            call.ptr(residual if p.residual else None, size), call.ptr(y, size, writable=True),
             nthreads)
     if p.algorithm == "winograd":
-        u = _winograd_weights(p, weight)
-        status = _ckernels.lib.fc_f32_conv2d_winograd(d, args[0], call.ptr(u, u.size), *args[2:], kernel)
+        u = _winograd_weights(p, weight) if winograd_weights is None else winograd_weights
+        want = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
+        status = _ckernels.lib.fc_f32_conv2d_winograd(d, args[0], call.ptr(u, want), *args[2:], kernel)
     else:
         status = _fn(p.dtype, "conv2d_algo")(d, _ALGO[p.algorithm], *args, kernel)
     _check(status, "conv2d")
@@ -214,14 +225,7 @@ def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
                                                              weight.nbytes):
             _WINOGRAD_CACHE.move_to_end(key)
             return hit[1]
-    size = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
-    if size < 0:
-        raise MemoryError(f"c backend: the Winograd transform of a {p.weight_shape} weight is too large")
-    u = np.empty(size, np.float32)
-    call = _Call("float32")
-    _check(_ckernels.lib.fc_f32_winograd_weights(p.k, p.c, call.ptr(weight, weight.size),
-                                                  call.ptr(u, size, writable=True), threads.get_num_threads()),
-           "conv2d")
+    u = winograd_transform(p, weight)
     entry = (weight.copy(), u)
     with _winograd_lock:
         _WINOGRAD_CACHE[key] = entry
@@ -230,6 +234,19 @@ def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
         while total > _WINOGRAD_CACHE_BYTES and len(_WINOGRAD_CACHE) > 1:
             w, t = _WINOGRAD_CACHE.popitem(last=False)[1]
             total -= w.nbytes + t.nbytes
+    return u
+
+
+def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
+    """The Winograd filter transform of ``weight`` (k, c, 3, 3) float32, made afresh (uncached)."""
+    size = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
+    if size < 0:
+        raise MemoryError(f"c backend: the Winograd transform of a {p.weight_shape} weight is too large")
+    u = np.empty(size, np.float32)
+    call = _Call("float32")
+    _check(_ckernels.lib.fc_f32_winograd_weights(p.k, p.c, call.ptr(weight, p.k * p.c * 9),
+                                                  call.ptr(u, size, writable=True), threads.get_num_threads()),
+           "conv2d")
     return u
 
 
@@ -252,13 +269,13 @@ def _pool_desc(call, p):
     return d
 
 
-def _pool(p, x, op):
+def _pool(p, x, op, y=None):
     nthreads = _nthreads()
     _c_scratch.check(p, nthreads)
     call = _Call(p.dtype)
-    y = np.empty(p.output_shape, p.dtype)
+    y = np.empty(p.output_shape, p.dtype) if y is None else y
     status = _fn(p.dtype, op)(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
-                              call.ptr(y, y.size, writable=True), nthreads)
+                              call.ptr(y, p.n * p.c * p.oh * p.ow, writable=True), nthreads)
     _check(status, op)
     return y
 
@@ -271,12 +288,24 @@ def avg_pool2d(p, x):
     return _pool(p, x, "avg_pool2d")
 
 
+def max_pool2d_into(p, x, y):
+    """max_pool2d writing into ``y`` (C-contiguous, the output's shape and dtype)."""
+    return _pool(p, x, "max_pool2d", y)
+
+
+def avg_pool2d_into(p, x, y):
+    return _pool(p, x, "avg_pool2d", y)
+
+
 def adaptive_avg_pool2d(p, x):
+    return adaptive_avg_pool2d_into(p, x, np.empty(p.output_shape, p.dtype))
+
+
+def adaptive_avg_pool2d_into(p, x, y):
     _c_scratch.check(p, _nthreads())
     call = _Call(p.dtype)
-    y = np.empty(p.output_shape, p.dtype)
     status = _fn(p.dtype, "adaptive_avg_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
-                                                  call.ptr(y, y.size, writable=True), _nthreads())
+                                                  call.ptr(y, p.n * p.c * p.oh * p.ow, writable=True), _nthreads())
     _check(status, "adaptive_avg_pool2d")
     return y
 

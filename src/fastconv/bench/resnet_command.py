@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=10, help="timed forward passes per backend (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes per backend first (default 1)")
     p.add_argument("--fuse", action="store_true", help="fold batch norms into the convolutions (model.fuse())")
+    p.add_argument("--compile", action="store_true",
+                   help="also time fastconv.compile's plans: 'compiled' (backend and algorithm tuned per layer) "
+                        "and 'compiled, winograd' (Winograd allowed for 3x3 layers)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--weights", default=None, metavar="FILE",
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results[name] = {"out": out}
         runners[name] = (lambda n: lambda: model.to_backend(n)(x))(name)
+    if args.compile:
+        backends = [*backends, *_add_compiled(model, x, runners, results)]
     reference = runners["torch (eager)"]() if "torch (eager)" in runners else None
 
     for _ in range(max(0, args.warmup - 1)):
@@ -210,6 +215,21 @@ def main(argv: list[str] | None = None) -> int:
                                     tolerance=TOLERANCE[args.dtype])
         schema.dump(doc, args.json)
     return status
+
+
+def _add_compiled(model, x, runners: dict, results: dict) -> list[str]:
+    """Compile the model (tuning each layer once, see fastconv.plan) and add the plans as runners."""
+    names = []
+    for name, winograd in (("compiled", False), ("compiled, winograd", True)):
+        try:
+            plan = fastconv.compile(model, x.shape, winograd=winograd)
+            results[name] = {"out": plan(x)}
+        except (fastconv.BackendError, ValueError, TypeError, MemoryError) as exc:
+            results[name] = {"error": str(exc)}
+        else:
+            runners[name] = (lambda p: lambda: p(x))(plan)
+        names.append(name)
+    return names
 
 
 def _print(header: str, rows: list[dict], have_torch: bool) -> None:

@@ -1,0 +1,269 @@
+"""The steps of a compiled plan (fastconv.plan): one kernel call each, over numbered values.
+
+A step reads values from the plan's environment (a list indexed by value id) and writes one.
+``prepare`` runs once on the compile pass (zeros of the compiled shape): it builds the problem
+descriptor, lets the tuner choose the kernel, pre-packs, and leaves a fresh output in the
+environment so the plan learns its shape.  A step whose kernel can write into a given buffer
+is ``managed``: the plan then ``bind``s an arena buffer to it and ``run`` writes there.  The
+others return a fresh array on every call (``allocates``).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from . import api, dispatch
+from .graph import Ref, _conv_epilogue, _map, _refs
+from .nn import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from .problem import AdaptivePool2dProblem, Conv2dProblem, Pool2dProblem
+
+
+class Step:
+    kind = ""
+    managed = False   # the kernel writes into a buffer the plan gives it
+    bound = False     # ... and the plan gave it one
+    allocates = True  # when not bound: a fresh array per call (a view, for flatten, is not)
+
+    def __init__(self, name: str, output: int):
+        self.name, self.output, self.out = name, output, None
+
+    def reads(self) -> list[int]:
+        raise NotImplementedError
+
+    def bind(self, buf: np.ndarray) -> None:
+        self.out, self.bound = buf, True
+
+    def describe(self) -> str:
+        return "numpy" if self.bound else "fresh array per call"
+
+
+def _c():
+    from .backends import c
+    return c
+
+
+class Conv(Step):
+    """conv2d with bias, residual and activation in the epilogue."""
+
+    kind = "conv"
+
+    def __init__(self, name, layer: Conv2d, x: int, residual: int | None, activation, output):
+        super().__init__(name, output)
+        self.layer, self.x, self.residual, self.activation = layer, x, residual, activation
+        self.fused_into = None
+        self.u = None
+        self.fallback = False
+
+    def reads(self):
+        return [self.x] + ([] if self.residual is None else [self.residual])
+
+    def prepare(self, env, tuner):
+        x, layer = env[self.x], self.layer
+        dtype = x.dtype
+        self.w = np.ascontiguousarray(layer.weight, dtype)
+        self.b = None if layer.bias is None else np.ascontiguousarray(layer.bias, dtype)
+        res = None if self.residual is None else env[self.residual]
+        n, c, h, w = x.shape
+        k, _, r, s = self.w.shape
+        pads = api._conv_padding(layer.padding, r, s, layer.dilation, layer.stride)
+        p = Conv2dProblem(n, c, h, w, k, r, s, layer.stride, pads, layer.dilation, layer.groups, dtype.name,
+                          bias=self.b is not None, residual=res is not None, activation=self.activation)
+        if res is not None and (not isinstance(res, np.ndarray) or res.shape != p.output_shape):
+            self.fallback = True  # a broadcast skip connection: unfused, as the graph runs it
+            self.choice = "unfused (broadcast residual)"
+            env[self.output] = _conv_epilogue(layer, x, residual=res, activation=self.activation)
+            return
+
+        def call(backend, algorithm):
+            q = replace(p, algorithm=algorithm)
+            return lambda: dispatch.run(q, x, self.w, self.b, res, backend=backend)
+
+        self.backend, algorithm = tuner.choose_conv(p, layer.algorithm, call)
+        self.p = replace(p, algorithm=algorithm)
+        self.choice = f"{self.backend} {algorithm}"
+        if self.backend == "c":
+            self.managed = True
+            if algorithm == "winograd":  # pre-packed once: the kernel skips the transform cache
+                self.u = _c().winograd_transform(self.p, self.w)
+                self.choice += " (filters pre-transformed)"
+        env[self.output] = dispatch.run(self.p, x, self.w, self.b, res, backend=self.backend)
+
+    def run(self, env):
+        x = env[self.x]
+        res = None if self.residual is None else env[self.residual]
+        if self.fallback:
+            env[self.output] = _conv_epilogue(self.layer, x, residual=res, activation=self.activation)
+        elif self.bound:
+            env[self.output] = _c().conv2d_into(self.p, np.ascontiguousarray(x), self.w, self.b,
+                                                None if res is None else np.ascontiguousarray(res), self.out, self.u)
+        else:
+            env[self.output] = dispatch.run(self.p, np.ascontiguousarray(x), self.w, self.b,
+                                            None if res is None else np.ascontiguousarray(res), backend=self.backend)
+
+    def describe(self):
+        epi = "+".join(filter(None, ["bias" if self.layer.bias is not None else "",
+                                     "residual" if self.residual is not None else "", self.activation or ""]))
+        where = "arena" if self.bound else "fresh array per call"
+        return f"{self.choice}{', epilogue ' + epi if epi else ''} -> {where}"
+
+
+class Pool(Step):
+    """max / average / adaptive average pooling: the c kernels write into the arena."""
+
+    kind = "pool"
+
+    def __init__(self, name, layer, x: int, output: int):
+        super().__init__(name, output)
+        self.layer, self.x = layer, x
+
+    def reads(self):
+        return [self.x]
+
+    def prepare(self, env, tuner):
+        x, m = env[self.x], self.layer
+        y = m(x)  # the layer's own checks and output shape
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            self.p = None
+        elif type(m) is MaxPool2d:
+            _, _, kernel, stride, padding, dilation, ceil = api._pool_args(x, m.kernel_size, m.stride, m.padding,
+                                                                           m.dilation, m.ceil_mode)
+            self.p = Pool2dProblem("max", *x.shape, kernel, stride, padding, dilation, ceil, dtype=x.dtype.name)
+        elif type(m) is AvgPool2d:
+            _, _, kernel, stride, padding, dilation, ceil = api._pool_args(x, m.kernel_size, m.stride, m.padding,
+                                                                           1, m.ceil_mode)
+            self.p = Pool2dProblem("avg", *x.shape, kernel, stride, padding, dilation, ceil, m.count_include_pad,
+                                   m.divisor_override, dtype=x.dtype.name)
+        elif type(m) is AdaptiveAvgPool2d:
+            self.p = AdaptivePool2dProblem(*x.shape, *y.shape[2:], x.dtype.name)
+        else:
+            self.p = None
+        self.backend = None if self.p is None else tuner.backend_for(self.p)
+        self.managed = self.backend == "c"
+        env[self.output] = y if self.p is None else dispatch.run(self.p, x, backend=self.backend)
+
+    def run(self, env):
+        x = env[self.x]
+        if self.bound:
+            c = _c()
+            fn = c.adaptive_avg_pool2d_into if self.p.op == "adaptive_avg_pool2d" else \
+                c.max_pool2d_into if self.p.kind == "max" else c.avg_pool2d_into
+            env[self.output] = fn(self.p, np.ascontiguousarray(x), self.out)
+        elif self.p is not None:
+            env[self.output] = dispatch.run(self.p, np.ascontiguousarray(x), backend=self.backend)
+        else:
+            env[self.output] = self.layer(x)
+
+    def describe(self):
+        return f"{self.backend or 'layer'} -> {'arena' if self.bound else 'fresh array per call'}"
+
+
+class Pointwise(Step):
+    """relu and add (NumPy ufuncs into the arena), flatten (a view)."""
+
+    def __init__(self, name, op: str, inputs: tuple, output: int):
+        super().__init__(name, output)
+        self.op, self.inputs = op, inputs
+        self.kind = op
+        self.allocates = op != "flatten"
+
+    def reads(self):
+        return list(self.inputs)
+
+    def prepare(self, env, tuner):
+        a = [env[i] for i in self.inputs]
+        if not all(isinstance(v, np.ndarray) for v in a):
+            raise TypeError(f"{self.name}: {self.op} of non-arrays")
+        if self.op == "flatten":
+            env[self.output] = a[0].reshape(a[0].shape[0], -1)
+            return
+        y = np.maximum(a[0], 0) if self.op == "relu" else np.add(a[0], a[1])
+        self.managed = y.dtype == a[0].dtype
+        env[self.output] = y
+
+    def run(self, env):
+        a = [env[i] for i in self.inputs]
+        if self.op == "flatten":
+            env[self.output] = a[0].reshape(a[0].shape[0], -1)
+        elif self.op == "relu":  # np.maximum propagates NaN, as torch's relu does
+            env[self.output] = np.maximum(a[0], 0, out=self.out) if self.bound else np.maximum(a[0], 0)
+        else:
+            env[self.output] = np.add(a[0], a[1], out=self.out) if self.bound else np.add(a[0], a[1])
+
+    def describe(self):
+        return "view" if self.op == "flatten" else super().describe()
+
+
+class Linear(Step):
+    """x @ weight.T + bias, BLAS writing into the arena."""
+
+    kind = "linear"
+
+    def __init__(self, name, layer, x: int, output: int):
+        super().__init__(name, output)
+        self.layer, self.x = layer, x
+
+    def reads(self):
+        return [self.x]
+
+    def prepare(self, env, tuner):
+        x = env[self.x]
+        y = self.layer(x)  # the layer's own checks
+        self.wt = np.ascontiguousarray(self.layer.weight, x.dtype).T
+        self.b = None if self.layer.bias is None else np.ascontiguousarray(self.layer.bias, x.dtype)
+        self.managed = isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and y.dtype == x.dtype
+        env[self.output] = y
+
+    def run(self, env):
+        x = env[self.x]
+        if not self.bound:
+            env[self.output] = self.layer(x)
+            return
+        y = np.matmul(x, self.wt, out=self.out)
+        if self.b is not None:
+            y += self.b
+        env[self.output] = y
+
+
+class Call(Step):
+    """Any other layer, called as the model would call it; its result may view its inputs."""
+
+    kind = "call"
+
+    def __init__(self, name, layer, args, kwargs, output: int):
+        super().__init__(name, output)
+        self.layer, self.args, self.kwargs = layer, args, kwargs
+
+    def reads(self):
+        return _refs((self.args, self.kwargs))
+
+    def prepare(self, env, tuner):
+        self.run(env)
+
+    def run(self, env):
+        args = _map(self.args, lambda r: env[r.name])
+        kwargs = _map(self.kwargs, lambda r: env[r.name])
+        if "residual" in kwargs and isinstance(self.layer, Conv2d):
+            env[self.output] = _conv_epilogue(self.layer, args[0], **kwargs)
+        else:
+            env[self.output] = self.layer(*args, **kwargs)
+
+    def describe(self):
+        return f"{type(self.layer).__name__} (its own call; fresh array per call)"
+
+
+def alias_roots(steps) -> dict[int, set[int]]:
+    """For each value, the values whose buffers it may be a view of (itself included)."""
+    roots: dict[int, set[int]] = {}
+    for step in steps:
+        if isinstance(step, Pointwise) and step.op == "flatten":
+            roots[step.output] = set(roots.get(step.inputs[0], {step.inputs[0]}))
+        elif isinstance(step, Call):
+            mine = {step.output}
+            for v in step.reads():
+                mine |= roots.get(v, {v})
+            roots[step.output] = mine
+    return roots
+
+
+__all__ = ["Step", "Conv", "Pool", "Pointwise", "Linear", "Call", "alias_roots", "Ref"]

@@ -1,0 +1,176 @@
+"""Per-layer kernel choice for compiled plans: timed once, remembered per machine.
+
+The choice for a convolution is keyed by its problem id, the thread count and the candidate
+list, under a machine key (CPU model, architecture, the c backend's instruction set, fastconv's
+version): a file copied to another machine, or the same machine with ``FASTCONV_ISA`` forcing
+another instruction set, finds no entry of its own and tunes afresh.  Choices live in memory for
+the process and, when ``FASTCONV_TUNE_CACHE`` names a file, in that JSON file::
+
+    {"format": 1, "machines": {"<machine key>": {"conv": {"<key>": {"backend": "c",
+        "algorithm": "winograd", "ms": {"c/auto": 1.92, "c/winograd": 1.31}, "cpu_ms": {...}}}}}}
+
+An unreadable or malformed file is ignored (and rewritten); writes go to a temporary file
+renamed over the old one, so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import replace
+
+from . import dispatch, threads, timing
+
+log = logging.getLogger("fastconv")
+
+FORMAT = 1
+#: Conv backends tuned by default, in "auto"'s order (naive is a specification; torch a reference).
+CANDIDATE_BACKENDS = ("c", "im2col", "numba")
+#: A candidate whose first (untimed) call is this many times the fastest first call is not timed further.
+PRUNE = 3.0
+#: Timed rounds per candidate (interleaved), on the wall clock and on the process's CPU clock.
+#: The fastest round counts: on a loaded machine other processes only ever add time.
+ROUNDS = 3
+#: Another candidate replaces the default one ("auto"'s choice, which writes into the plan's
+#: buffers) only when faster by this factor on both clocks: on a shared machine one clock alone
+#: lets noise pick a kernel that is not faster.
+MARGIN = 0.9
+
+_MEMORY: dict[tuple[str, str], dict] = {}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def machine_key() -> str:
+    """What a tuned choice depends on besides the problem: CPU, instruction set, fastconv version."""
+    from . import __version__
+
+    isa = "none"
+    if dispatch.status("c")[0]:
+        isa = dispatch.get_module("c").isa()
+    return f"{cpu_model()} | {platform.machine()} | isa {isa} | fastconv {__version__}"
+
+
+def cache_path() -> str | None:
+    return os.environ.get("FASTCONV_TUNE_CACHE") or None
+
+
+def load(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {"format": FORMAT, "machines": {}}
+    except (OSError, ValueError) as exc:
+        log.warning("FASTCONV_TUNE_CACHE=%s is unreadable (%s); tuning afresh", path, exc)
+        return {"format": FORMAT, "machines": {}}
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("machines"), dict):
+        log.warning("FASTCONV_TUNE_CACHE=%s is not a fastconv tune cache of format %d; tuning afresh", path, FORMAT)
+        return {"format": FORMAT, "machines": {}}
+    return data
+
+
+def save(path: str, machine: str, entries: dict) -> None:
+    data = load(path)  # merge with what other processes wrote meanwhile
+    section = data["machines"].setdefault(machine, {})
+    if not isinstance(section.get("conv"), dict):
+        section["conv"] = {}
+    section["conv"].update(entries)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastconv-tune-", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write FASTCONV_TUNE_CACHE=%s: %s", path, exc)
+
+
+class Tuner:
+    """Chooses (backend, algorithm) per convolution and a backend for the other ops of one plan."""
+
+    def __init__(self, backend: str | None, winograd: bool, tune: bool):
+        self.backend, self.winograd, self.tune = backend, winograd, tune
+        self.machine = machine_key()
+        self.path = cache_path()
+        self.file = load(self.path).get("machines", {}).get(self.machine, {}).get("conv", {}) if self.path else {}
+        self.new: dict[str, dict] = {}
+        self.log: list[tuple[str, str, str]] = []  # (problem id, choice, where it came from)
+
+    def candidates(self, p, layer_algorithm: str) -> list[tuple[str, str]]:
+        names = [self.backend] if self.backend else [n for n in CANDIDATE_BACKENDS if dispatch.status(n)[0]]
+        out = []
+        for name in names:
+            algos = ["auto"]
+            if name == "c" and (self.winograd or layer_algorithm == "winograd"):
+                algos.append("winograd")
+            if layer_algorithm != "auto":  # the layer asked for one algorithm
+                algos = [layer_algorithm]
+            for a in algos:
+                if dispatch._refusal(name, replace(p, algorithm=a), requested=self.backend is not None) is None:
+                    out.append((name, a))
+        if not out:
+            # The dispatcher's own error, naming the backend and why it refuses.
+            dispatch.select(replace(p, algorithm=layer_algorithm), self.backend)
+            raise dispatch.BackendError(f"no backend can run conv2d {p.id}")
+        return out
+
+    def choose_conv(self, p, layer_algorithm: str, make_call) -> tuple[str, str]:
+        cands = self.candidates(p, layer_algorithm)
+        if len(cands) == 1 or not self.tune:
+            self.log.append((p.id, "/".join(cands[0]), "only candidate" if len(cands) == 1 else "untuned"))
+            return cands[0]
+        key = f"{p.id} | threads {threads.get_num_threads()} | " + ",".join("/".join(c) for c in cands)
+        hit = _MEMORY.get((self.machine, key)) or self.file.get(key)
+        if isinstance(hit, dict) and (hit.get("backend"), hit.get("algorithm")) in cands:
+            _MEMORY[(self.machine, key)] = hit
+            self.log.append((p.id, f"{hit['backend']}/{hit['algorithm']}", "cached"))
+            return hit["backend"], hit["algorithm"]
+        calls = {"/".join(c): make_call(*c) for c in cands}
+        first = {name: timing.time_calls(call) for name, call in calls.items()}  # JIT, caches, thread pools
+        fastest = min(first.values())
+        kept = {name: call for name, call in calls.items() if first[name] <= PRUNE * fastest}
+        default = "/".join(cands[0])
+        kept.setdefault(default, calls[default])
+        wall = {n: min(v) for n, v in timing.interleaved(kept, ROUNDS).items()}
+        cpu = {n: min(v) for n, v in timing.interleaved(kept, ROUNDS, timer=time.process_time).items()}
+        best = min(wall, key=wall.get)
+        if not (wall[best] < MARGIN * wall[default] and cpu[best] < MARGIN * cpu[default]):
+            best = default
+        backend, algorithm = best.split("/")
+        ms = {n: round(wall[n] * 1e3, 4) for n in wall}
+        entry = {"backend": backend, "algorithm": algorithm, "ms": ms,
+                 "cpu_ms": {n: round(cpu[n] * 1e3, 4) for n in cpu}}
+        _MEMORY[(self.machine, key)] = entry
+        self.new[key] = entry
+        self.log.append((p.id, best, "timed " + ", ".join(f"{n} {v:.3f} ms" for n, v in ms.items())))
+        return backend, algorithm
+
+    def backend_for(self, p) -> str:
+        """Pooling: the requested backend, else c where it can, else "auto"'s choice."""
+        if self.backend:
+            return dispatch.select(p, self.backend)[0]
+        if dispatch._refusal("c", p) is None:
+            return "c"
+        return dispatch.select(p, "auto")[0]
+
+    def save(self) -> None:
+        if self.path and self.new:
+            save(self.path, self.machine, self.new)
+
+
+def clear_memory() -> None:
+    """Forget the choices tuned in this process (the file, if any, is kept)."""
+    _MEMORY.clear()

@@ -1,0 +1,377 @@
+"""``fastconv.compile``: a model turned into a fixed list of kernel calls for one input shape.
+
+    plan = fastconv.compile(model, (8, 3, 224, 224))   # fastconv ResNet, Graph, Sequential
+    y = plan(x)
+
+Compiling works on a copy of the model (the model itself is left as it was) and does, once,
+what an eager forward pass redoes on every call:
+
+- folds each eval-mode BatchNorm into the convolution before it and fuses bias, skip connection
+  and ReLU into the convolution's epilogue (the models' and graphs' own ``fuse()``);
+- picks a backend and algorithm per convolution: with ``backend=None`` it times the candidates
+  once (fastconv.timing; another kernel replaces the c backend's default only when clearly
+  faster, see fastconv._plan_tune) and remembers the winner in memory and, when the environment
+  variable ``FASTCONV_TUNE_CACHE`` names a JSON file, in that file, under a key naming the
+  machine (CPU model, instruction set, fastconv version), so another machine or ISA tunes afresh;
+- pre-packs what pays: the Winograd filter transform is made once and handed to the kernel
+  (no transform-cache lookup, whose byte-for-byte weight check reads the weight every call);
+  the GEMM kernels read the weights in place (only a partial last block of output channels is
+  copied per call, a few KiB), so they get the weights as they are;
+- allocates every intermediate activation once, in an arena of buffers shared by liveness: a
+  buffer is reused as soon as the last step that reads its value has run.
+
+Kernels that take an output buffer write into the arena: the c backend's convolutions and
+pooling, and the plan's own NumPy steps (add, relu, linear).  The other backends (im2col,
+numba, naive, torch) return fresh arrays; those steps allocate on every call, and
+``Plan.allocations_per_call`` counts them.  Every activation stays NCHW: the c kernels have no
+channel-blocked layout to keep between layers.
+
+Semantics: ``plan(x)`` takes exactly the compiled shape and dtype (ValueError / TypeError naming
+``x`` otherwise) and returns a new array (or writes into ``out=``).  Calls from several threads
+are serialised, since the buffers are shared.  The output matches the uncompiled model within
+float32 rounding, or within the documented Winograd bound when ``winograd=True`` lets the tuner
+choose it (docs/results/winograd.md).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import numpy as np
+
+from . import dispatch, nn, threads
+from ._plan_steps import Call, Conv, Linear, Pool, Pointwise, alias_roots
+from ._plan_tune import Tuner
+from .graph import Graph, Ref, _map
+from .models.resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = ["compile", "Plan"]
+
+
+def compile(model, input_shape, *, backend=None, winograd=False, tune=True):  # noqa: A001 (fastconv.compile)
+    """A :class:`Plan` running ``model``'s forward pass on inputs of ``input_shape``.
+
+    ``model``: a fastconv ResNet (fastconv.models), a ``Graph`` (``from_torch``,
+    ``fastconv.onnx.load``) or an ``nn.Sequential``; any other ``nn.Module`` runs as one step.
+    ``backend``: None times the CPU backends (and the c backend's algorithms) per convolution;
+    a name runs every layer on that backend (still choosing among its algorithms).
+    ``winograd``: let the tuner pick Winograd F(4x4,3x3) for 3x3 layers (faster, and within the
+    documented error bound rather than float32 rounding).  ``tune=False`` skips timing: each
+    convolution takes the first candidate ("auto"'s choice).
+
+    >>> import numpy as np, fastconv
+    >>> from fastconv.models import resnet18
+    >>> plan = fastconv.compile(resnet18(num_classes=4).eval(), (1, 3, 32, 32), backend="c")
+    >>> plan(np.zeros((1, 3, 32, 32), np.float32)).shape
+    (1, 4)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a fastconv.nn.Module (a ResNet, a Graph, a Sequential, ...), "
+                        f"got {type(model).__name__}")
+    shape = _input_shape(input_shape)
+    backend = dispatch._check_name(backend)
+    if backend == "auto":
+        backend = None
+    if backend is not None:
+        dispatch.get_module(backend)  # BackendError saying why, before any work
+    dtype = _model_dtype(model)
+    work = copy.deepcopy(model).eval()
+    work.fuse()
+    steps, n_values, inputs, output, consts = _lower(work)
+    if len(inputs) != 1:
+        raise TypeError(f"model takes {len(inputs)} inputs; compile handles models of one input")
+    return Plan(work, steps, n_values, inputs[0], output, consts, shape, dtype,
+                Tuner(backend, bool(winograd), bool(tune)))
+
+
+def _input_shape(input_shape) -> tuple[int, ...]:
+    if not isinstance(input_shape, (tuple, list)) or not all(isinstance(s, (int, np.integer)) for s in input_shape):
+        raise TypeError(f"input_shape must be a tuple of ints, got input_shape={input_shape!r}")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (N, C, H, W) with positive sizes, got input_shape={shape}")
+    return shape
+
+
+def _model_dtype(model) -> np.dtype:
+    for p in model.parameters():
+        if p.dtype.kind == "f":
+            return p.dtype
+    return np.dtype(np.float32)
+
+
+# -- lowering: model -> steps over numbered values ------------------------------------------------
+
+class _Builder:
+    def __init__(self):
+        self.steps, self.n, self.consts = [], 0, {}
+
+    def value(self) -> int:
+        self.n += 1
+        return self.n - 1
+
+    def add(self, step):
+        self.steps.append(step)
+        return step.output
+
+
+def _lower(model):
+    """(steps, number of values, input value ids, output spec, constants) for ``model``."""
+    b = _Builder()
+    if isinstance(model, Graph):
+        return _lower_graph(model, b)
+    x = b.value()
+    if isinstance(model, ResNet):
+        out = _lower_resnet(model, b, x)
+    elif isinstance(model, nn.Sequential):
+        out = _lower_sequence(list(model.named_children()), b, x, "")
+    else:
+        out = b.add(Call("forward", model, (Ref(x),), {}, b.value()))
+    return b.steps, b.n, [x], Ref(out), b.consts
+
+
+def _conv(b, name, conv, x, residual=None, relu=False):
+    return b.add(Conv(name, conv, x, residual, "relu" if relu else None, b.value()))
+
+
+def _lower_resnet(m: ResNet, b: _Builder, x: int) -> int:
+    v = _conv(b, "conv1", m.conv1, x, relu=True)
+    v = b.add(Pool("maxpool", m.maxpool, v, b.value()))
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for i, block in enumerate(getattr(m, stage)):
+            name = f"{stage}.{i}"
+            identity = v
+            if block.downsample is not None:
+                identity = _lower_sequence(list(block.downsample.named_children()), b, v, f"{name}.downsample")
+            convs = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
+            assert isinstance(block, (BasicBlock, Bottleneck))
+            for j, c in enumerate(convs):
+                last = j == len(convs) - 1
+                v = _conv(b, f"{name}.{c}", getattr(block, c), v, residual=identity if last else None, relu=True)
+    v = b.add(Pool("avgpool", m.avgpool, v, b.value()))
+    v = b.add(Pointwise("flatten", "flatten", (v,), b.value()))
+    return b.add(Linear("fc", m.fc, v, b.value()))
+
+
+def _lower_sequence(children, b: _Builder, v: int, prefix: str) -> int:
+    start = len(b.steps)
+    for name, layer in children:
+        path = f"{prefix}.{name}" if prefix else name
+        v = _lower_layer(path, layer, b, (Ref(v),), {}, chain_start=start)
+    return v
+
+
+def _lower_layer(path, layer, b: _Builder, args, kwargs, chain_start: int | None = None) -> int:
+    """One layer call: a dedicated step where there is one, else a Call step.  In a chain (a
+    Sequential, its steps from ``chain_start`` on) each value made in it has one reader, so a
+    ReLU after a convolution of the chain joins its epilogue."""
+    refs = [a.name for a in args if isinstance(a, Ref)]
+    plain = len(args) == len(refs)
+    if plain and len(args) == 1 and isinstance(layer, nn.Identity) and not kwargs:
+        return refs[0]
+    last = b.steps[-1] if b.steps else None
+    if type(layer) is nn.Conv2d and plain and len(args) == 1 and layer.padding_mode == "zeros" \
+            and set(kwargs) <= {"residual", "activation"} \
+            and (kwargs.get("residual") is None or isinstance(kwargs["residual"], Ref)):
+        res = kwargs.get("residual")
+        return _conv(b, path, layer, refs[0], None if res is None else res.name, kwargs.get("activation") == "relu")
+    if plain and not kwargs and len(args) == 1:
+        if chain_start is not None and last in b.steps[chain_start:] and type(layer) is nn.ReLU \
+                and isinstance(last, Conv) and last.output == refs[0] \
+                and last.activation is None and not last.fused_into:
+            last.activation = "relu"  # a Sequential's conv -> (folded bn) -> relu
+            last.fused_into = path
+            return last.output
+        if type(layer) in (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d):
+            return b.add(Pool(path, layer, refs[0], b.value()))
+        if type(layer) is nn.ReLU:
+            return b.add(Pointwise(path, "relu", (refs[0],), b.value()))
+        if type(layer) is nn.Linear:
+            return b.add(Linear(path, layer, refs[0], b.value()))
+        if type(layer) is nn.Flatten and layer.start_dim == 1 and layer.end_dim == -1:
+            return b.add(Pointwise(path, "flatten", (refs[0],), b.value()))
+    if plain and not kwargs and len(args) == 2 and isinstance(layer, nn.Elementwise) \
+            and layer.op == "add" and layer.alpha in (None, 1):
+        return b.add(Pointwise(path, "add", tuple(refs), b.value()))
+    return b.add(Call(path, layer, args, kwargs, b.value()))
+
+
+def _lower_graph(g: Graph, b: _Builder):
+    ids: dict[str, int] = {}
+    inputs, output = [], None
+
+    def ref(r):
+        return Ref(ids[r.name])
+    for node in g.nodes:
+        if node.op == "input":
+            ids[node.name] = b.value()
+            inputs.append(ids[node.name])
+        elif node.op == "attr":
+            ids[node.name] = b.value()
+            b.consts[ids[node.name]] = g._get_array(node.target)
+        elif node.op == "output":
+            output = _map(node.args[0], ref)
+            break
+        else:
+            layer = g.layer_of(node)
+            ids[node.name] = _lower_layer(node.target or node.name, layer, b, _map(node.args, ref),
+                                          _map(node.kwargs, ref))
+    if output is None:
+        raise ValueError("model: the graph has no output node")
+    return b.steps, b.n, inputs, output, b.consts
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+class Plan:
+    """A compiled forward pass (see the module docstring); call it with an array of ``input_shape``."""
+
+    def __init__(self, model, steps, n_values, input_id, output, consts, input_shape, dtype, tuner):
+        self.model = model  # the fused copy whose weights the steps read
+        self.input_shape, self.dtype = input_shape, np.dtype(dtype)
+        self.steps, self._input, self._output = steps, input_id, output
+        self._env: list = [None] * n_values
+        for i, a in consts.items():
+            self._env[i] = a
+        self._lock = threading.Lock()
+        self._prepare(tuner)
+
+    # -- compiling --------------------------------------------------------------------------------
+    def _prepare(self, tuner) -> None:
+        """One pass on zeros: each step learns its shapes, picks its kernel (timing candidates)
+        and pre-packs; then the arena is laid out by liveness and the steps bound to it."""
+        env = list(self._env)
+        env[self._input] = np.zeros(self.input_shape, self.dtype)
+        threads.apply_blas()
+        for step in self.steps:
+            step.prepare(env, tuner)
+        tuner.save()
+        self.tuner_log = tuner.log
+        shapes = {s.output: env[s.output] for s in self.steps if s.managed}
+        self._layout(shapes)
+        consts = {i for i, a in enumerate(self._env) if a is not None}
+        self._transient = [i for i in range(len(self._env)) if i not in consts
+                           and not any(s.bound and s.output == i for s in self.steps)]
+
+    def _layout(self, produced: dict[int, np.ndarray]) -> None:
+        """Buffers shared by liveness: value v's buffer is free once the last step reading v (or
+        a view of v) has run, and is never handed to a step that reads it."""
+        last_use: dict[int, int] = {}
+        roots = alias_roots(self.steps)
+        end = len(self.steps)
+        for i, step in enumerate(self.steps):
+            for v in step.reads():
+                for root in roots.get(v, {v}):
+                    last_use[root] = i
+        for r in _refs(self._output):
+            for root in roots.get(r.name, {r.name}):
+                last_use[root] = end  # the output lives to the end
+        slots: list[int] = []      # bytes each slot needs
+        free: list[int] = []
+        slot_of: dict[int, int] = {}
+        releases: dict[int, list[int]] = {}
+        for v, root_last in last_use.items():
+            releases.setdefault(root_last, []).append(v)
+        for i, step in enumerate(self.steps):
+            v = step.output
+            if v in produced:
+                need = produced[v].nbytes
+                fits = [s for s in free if slots[s] >= need]
+                if fits:
+                    s = min(fits, key=lambda k: slots[k])
+                elif free:
+                    s = max(free, key=lambda k: slots[k])
+                    slots[s] = need
+                else:
+                    slots.append(need)
+                    s = len(slots) - 1
+                if s in free:
+                    free.remove(s)
+                slot_of[v] = s
+                if v not in last_use:  # produced, never read
+                    free.append(s)
+            for dead in releases.get(i, ()):
+                if dead in slot_of:
+                    free.append(slot_of[dead])
+        # 64-byte aligned slots: whole cache lines and aligned vector loads for every kernel.
+        self._slots = []
+        for need in slots:
+            raw = np.empty(need + 64, np.uint8)
+            off = (-raw.ctypes.data) % 64
+            self._slots.append(raw[off:off + need])
+        for step in self.steps:
+            if step.output in slot_of:
+                a = produced[step.output]
+                buf = self._slots[slot_of[step.output]][:a.nbytes].view(a.dtype).reshape(a.shape)
+                step.bind(buf)
+        self.value_bytes = sum(a.nbytes for a in produced.values())
+        self.arena_bytes = sum(slots)
+        self.buffers = len(slots)
+
+    # -- running ----------------------------------------------------------------------------------
+    def __call__(self, x, *, out=None):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a NumPy array of shape {self.input_shape}, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x must have dtype {self.dtype} (the plan was compiled for it), got {x.dtype}")
+        if x.shape != self.input_shape:
+            raise ValueError(f"x must have the compiled shape {self.input_shape}, got {x.shape}; "
+                             f"compile another plan for other shapes")
+        if not (x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative):
+            x = np.ascontiguousarray(x)
+        with self._lock:
+            env = self._env
+            env[self._input] = x
+            threads.apply_blas()
+            for step in self.steps:
+                step.run(env)
+            result = _map(self._output, lambda r: env[r.name])
+            if out is not None:
+                if not isinstance(result, np.ndarray):
+                    raise TypeError("out: this plan's output is not one array")
+                if not isinstance(out, np.ndarray) or out.shape != result.shape or out.dtype != result.dtype:
+                    raise ValueError(f"out must be an array of shape {result.shape} and dtype {result.dtype}, got "
+                                     f"{getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}")
+                np.copyto(out, result)
+                result = out
+            else:
+                result = _copy_arrays(result)  # the arena is overwritten by the next call
+            for i in self._transient:  # hold neither the caller's array nor backend outputs between calls
+                env[i] = None
+        return result
+
+    @property
+    def allocations_per_call(self) -> int:
+        """Steps whose kernel returns a fresh array on every call (backends without an output buffer)."""
+        return sum(1 for s in self.steps if not s.bound and s.allocates)
+
+    def choices(self) -> list[tuple[str, str, str]]:
+        """(step, kind, what runs it) for every step."""
+        return [(s.name, s.kind, s.describe()) for s in self.steps]
+
+    def describe(self) -> str:
+        lines = [f"plan for input {self.input_shape} {self.dtype}: {len(self.steps)} steps, "
+                 f"{self.buffers} buffers of {self.arena_bytes / 2**20:.1f} MiB for {self.value_bytes / 2**20:.1f} MiB "
+                 f"of activations, {self.allocations_per_call} allocating steps"]
+        lines += [f"  {name:<28} {kind:<8} {what}" for name, kind, what in self.choices()]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"<fastconv Plan {self.input_shape} {self.dtype}, {len(self.steps)} steps>"
+
+
+def _refs(spec) -> list[Ref]:
+    out = []
+    _map(spec, lambda r: out.append(r))
+    return out
+
+
+def _copy_arrays(value):
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_arrays(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy_arrays(v) for k, v in value.items()}
+    return value
+
+

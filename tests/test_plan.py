@@ -1,0 +1,250 @@
+"""fastconv.compile: compiled plans match the uncompiled model and torch on every CPU backend,
+reuse their buffers, keep their tuning per machine, and refuse bad input naming the argument."""
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from nn_helpers import assert_matches, require
+
+import fastconv
+from fastconv import _plan_tune, nn, plan as plan_module
+from fastconv.models import resnet18
+
+RTOL = 1e-5  # float32 against the float32 model or a float64 reference, relative to the output's scale
+#: docs/results/winograd.md's bound on the largest error relative to the largest output.
+WINOGRAD_RTOL = 1e-4
+
+
+def _model(seed=0, num_classes=10):
+    nn.init.manual_seed(seed)
+    m = resnet18(num_classes=num_classes)
+    rng = np.random.default_rng(seed)
+    for layer in m.modules():  # running statistics like a trained network's: folding is not a no-op
+        if isinstance(layer, nn.BatchNorm2d):
+            c = layer.num_features
+            layer.weight = rng.uniform(0.4, 1.0, c).astype(np.float32)
+            layer.bias = (rng.standard_normal(c) * 0.1).astype(np.float32)
+            layer.running_mean = (rng.standard_normal(c) * 0.1).astype(np.float32)
+            layer.running_var = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    return m.eval()
+
+
+def _x(shape, seed=1):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tuning(monkeypatch):
+    monkeypatch.delenv("FASTCONV_TUNE_CACHE", raising=False)
+    _plan_tune.clear_memory()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    """The uncompiled model in float64: the reference every backend's plan is held to."""
+    x = _x((2, 3, 32, 32))
+    return x, model(x), _model().astype(np.float64)(x.astype(np.float64))
+
+
+@pytest.mark.parametrize("backend", ["c", "im2col", "numba", "torch"])
+def test_resnet18_plan_matches_the_model_and_float64(backend, model, reference):
+    require(backend)
+    x, eager, exact = reference
+    plan = fastconv.compile(model, x.shape, backend=backend)
+    y = plan(x)
+    assert_matches(y, exact, what=f"compiled resnet18 on {backend}", rtol=RTOL)
+    assert_matches(y, eager, what=f"compiled resnet18 on {backend} vs uncompiled", rtol=RTOL)
+    np.testing.assert_array_equal(plan(x), y)  # the arena's second use gives the same bits
+    if backend == "c":
+        assert plan.allocations_per_call == 0
+    else:  # these backends return fresh arrays: the plan says how many steps allocate
+        assert plan.allocations_per_call > 0
+
+
+def test_batch_one_tuned_plan_and_winograd_bound(model):
+    require("c")
+    x = _x((1, 3, 24, 24), seed=2)
+    exact = _model().astype(np.float64)(x.astype(np.float64))
+    plan = fastconv.compile(model, x.shape, backend=None)
+    assert_matches(plan(x), exact, what="tuned plan, batch 1", rtol=RTOL)
+    # Timing decides whether Winograd wins; layers that ask for it get it, filters pre-transformed.
+    asking = _model()
+    for m in asking.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1):
+            m.algorithm = "winograd"
+    wino = fastconv.compile(asking, x.shape, backend="c", winograd=True)
+    assert_matches(wino(x), exact, what="plan with Winograd layers", rtol=WINOGRAD_RTOL)
+    assert sum("winograd (filters pre-transformed)" in s.describe() for s in wino.steps) == 13, wino.describe()
+
+
+def test_compile_leaves_the_model_unchanged(model):
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    fastconv.compile(model, (1, 3, 16, 16), backend="im2col")
+    after = model.state_dict()
+    assert before.keys() == after.keys()  # the batch norms were folded in a copy
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_graph_from_torch_matches_torch():
+    torch = pytest.importorskip("torch")
+    torch_nets = pytest.importorskip("torch_nets")
+    from fastconv.interop.torch import from_torch
+
+    for name in ("hand_resnet", "mobilenet_v2", "inception"):  # residual adds, ReLU6/cat, branches
+        t = torch_nets.build(name).eval()
+        x = _x((2, 3, 32, 32), seed=3)
+        with torch.no_grad():
+            expected = t.double()(torch.from_numpy(x).double()).numpy()
+        plan = fastconv.compile(from_torch(torch_nets.build(name).eval()), x.shape, backend="c")
+        assert_matches(plan(x), expected, what=f"compiled from_torch({name})", rtol=RTOL)
+
+
+def test_naive_backend_on_a_small_graph():
+    require("naive")
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Conv2d(4, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
+    m[1].running_mean = np.full(4, 0.3, np.float32)
+    x = _x((2, 3, 9, 9), seed=4)
+    plan = fastconv.compile(m, x.shape, backend="naive")
+    assert_matches(plan(x), m.astype(np.float64)(x.astype(np.float64)), what="naive plan", rtol=RTOL)
+    assert [s.kind for s in plan.steps][:2] == ["conv", "pool"]  # bn folded, relu fused into the conv
+
+
+def test_buffers_are_allocated_once_and_shared_by_liveness(model):
+    require("c")
+    x = _x((2, 3, 64, 64), seed=5)
+    plan = fastconv.compile(model, x.shape, backend="c")
+    bound = [s for s in plan.steps if s.bound]
+    assert len(bound) > 15 and plan.buffers <= 4 < len(bound)  # a residual block needs 3 live values
+    assert plan.arena_bytes < plan.value_bytes / 2
+    # Two live values never share a buffer: a step's output is none of its inputs' memory.
+    for s in bound:
+        for v in s.reads():
+            other = next((t for t in plan.steps if t.output == v and t.bound), None)
+            assert other is None or not np.shares_memory(other.out, s.out), s.name
+    plan(x)
+    tracemalloc.start()
+    try:
+        y = plan(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    smallest = min(s.out.nbytes for s in bound if s.kind == "conv")
+    assert peak < smallest, f"a forward pass allocated {peak} bytes (smallest activation {smallest})"
+    assert y.base is None  # the caller's result is its own, not a view of the arena
+    out = np.empty_like(y)
+    assert plan(x, out=out) is out and np.array_equal(out, y)
+
+
+def test_input_layouts_give_the_same_result(model):
+    require("c")
+    x = _x((2, 3, 32, 32), seed=6)
+    plan = fastconv.compile(model, x.shape, backend="c")
+    y = plan(x)
+    fortran = np.asfortranarray(x)
+    strided = np.repeat(x, 2, axis=3)[..., ::2]
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    for variant in (fortran, strided, readonly, x.astype(">f4")):
+        if variant.dtype == x.dtype:
+            np.testing.assert_array_equal(plan(variant), y)
+    assert np.array_equal(x, _x((2, 3, 32, 32), seed=6))  # the input was not modified
+
+
+def test_tune_cache_written_read_and_per_machine(tmp_path, monkeypatch):
+    require("c")
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv("FASTCONV_TUNE_CACHE", str(path))
+    shape = (1, 8, 12, 12)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.Conv2d(16, 8, 1)).eval()
+    first = fastconv.compile(model, shape, backend="c", winograd=True)  # two candidates per 3x3 layer
+    assert any(src.startswith("timed") for _, _, src in first.tuner_log)
+    data = json.loads(path.read_text())
+    machine = _plan_tune.machine_key()
+    assert list(data["machines"]) == [machine] and "isa" in machine
+    entries = data["machines"][machine]["conv"]
+    assert entries and all(e["backend"] == "c" and e["algorithm"] in ("auto", "winograd") for e in entries.values())
+
+    _plan_tune.clear_memory()  # a new process: read from the file
+    again = fastconv.compile(model, shape, backend="c", winograd=True)
+    assert {src for _, _, src in again.tuner_log if src != "only candidate"} == {"cached"}
+    assert [s.describe() for s in again.steps] == [s.describe() for s in first.steps]
+
+    # Another machine (or FASTCONV_ISA forcing another instruction set): its own entries.
+    _plan_tune.clear_memory()
+    monkeypatch.setattr(_plan_tune, "machine_key", lambda: machine.replace("isa", "isa other"))
+    other = fastconv.compile(model, shape, backend="c", winograd=True)
+    assert any(src.startswith("timed") for _, _, src in other.tuner_log)
+    assert len(json.loads(path.read_text())["machines"]) == 2
+
+    path.write_text("{not json")  # a damaged file is ignored and rewritten
+    _plan_tune.clear_memory()
+    fastconv.compile(model, shape, backend="c", winograd=True)
+    assert json.loads(path.read_text())["format"] == _plan_tune.FORMAT
+
+
+def test_bad_arguments_name_themselves(model):
+    require("c")
+    with pytest.raises(TypeError, match="model"):
+        fastconv.compile(lambda x: x, (1, 3, 8, 8))
+    with pytest.raises(ValueError, match="input_shape"):
+        fastconv.compile(model, (3, 8, 8))
+    with pytest.raises(TypeError, match="input_shape"):
+        fastconv.compile(model, "1,3,8,8")
+    with pytest.raises(ValueError, match="backend"):
+        fastconv.compile(model, (1, 3, 8, 8), backend="nope")
+    plan = fastconv.compile(model, (1, 3, 16, 16), backend="c")
+    with pytest.raises(ValueError, match=r"x must have the compiled shape \(1, 3, 16, 16\)"):
+        plan(np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        plan(np.zeros((1, 3, 16, 16), np.float64))
+    with pytest.raises(TypeError, match="x must be a NumPy array"):
+        plan([[0.0]])
+    with pytest.raises(ValueError, match="out must be"):
+        plan(np.zeros((1, 3, 16, 16), np.float32), out=np.empty((1, 3)))
+
+
+def test_exported_and_described(model):
+    assert fastconv.compile is plan_module.compile
+    plan = fastconv.compile(model, (1, 3, 16, 16), backend="im2col")
+    text = plan.describe()
+    assert "layer4.1.conv2" in text and "residual" in text and "fresh array per call" in text
+
+
+def test_graph_from_onnx_matches_onnx_runtime():
+    require("c")
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    torch_nets = pytest.importorskip("torch_nets")
+    import io
+    import warnings
+
+    import fastconv.onnx
+
+    x = _x((2, 3, 32, 32), seed=7)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch_nets.build("hand_resnet").eval(), (torch.from_numpy(x),), f, dynamo=False,
+                          opset_version=13)
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    plan = fastconv.compile(fastconv.onnx.load(f.getvalue()), x.shape, backend="c")
+    assert_matches(plan(x), expected, what="compiled onnx.load(hand_resnet)", rtol=RTOL)
+    assert sum(s.kind == "conv" and s.residual is not None for s in plan.steps) >= 1  # add fused into a conv
+
+
+def test_docstring_example():
+    import doctest
+
+    result = doctest.testmod(plan_module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
