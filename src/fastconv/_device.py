@@ -69,9 +69,12 @@ class CudaArray:
     """A C-contiguous float32/float64 CUDA array: ``owner`` is the caller's object."""
 
     __slots__ = ("owner", "shape", "dtype", "_cai")
+    #: Whether any device array has been wrapped in this process (until then dispatch skips the check).
+    seen = False
 
     def __init__(self, owner, shape, dtype, cai):
         self.owner, self.shape, self.dtype, self._cai = owner, tuple(shape), np.dtype(dtype), cai
+        CudaArray.seen = True  # from now on the dispatcher looks for device arrays among its inputs
 
     @classmethod
     def wrap(cls, a, name: str) -> "CudaArray":

@@ -289,8 +289,11 @@ def _auto_candidates(op: str) -> list[str]:
 
 def select(problem, backend: str | None = None) -> tuple[str, str]:
     """(backend name, how it was chosen) for ``problem``; BackendError if nothing can run it."""
+    return _select(problem, backend, _verbose())
+
+
+def _select(problem, backend, verbose: bool) -> tuple[str, str]:
     requested = _check_name(backend) or get_backend()
-    verbose = _verbose()
     if requested != "auto":
         why = _refusal(requested, problem, requested=True)
         if why is not None:
@@ -316,9 +319,10 @@ def run(problem, *arrays_, backend: str | None = None):
 
     The arrays are the backend function's, in the order of the op table's ``args``.
     """
-    if problem.device == "cpu" and any(isinstance(a, CudaArray) for a in arrays_):
+    if CudaArray.seen and problem.device == "cpu" and any(isinstance(a, CudaArray) for a in arrays_):
         problem = replace(problem, device="cuda")  # the arrays say where it runs
-    name, how = select(problem, backend)
+    verbose = _verbose()  # read once per call: the environment lookup is a measurable share of a tiny op
+    name, how = _select(problem, backend, verbose)
     entry = ops.get(problem)
     shape = problem.output_shape
     if problem.device == "cpu":  # a device backend allocates (and sizes) its own arrays
@@ -328,7 +332,7 @@ def run(problem, *arrays_, backend: str | None = None):
             return entry.empty(problem, problem.dtype, hooks)
     if how == "auto" and get_autotune():
         name, how = _autotuned(problem, arrays_, name)
-    if _verbose():
+    if verbose:
         log.debug("%s %s -> %s (%s, %d threads)", problem.op, problem.id, name, how, threads.get_num_threads())
     module = _registry[name].module
     return _call(module, entry, problem, arrays_)
