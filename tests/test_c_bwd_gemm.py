@@ -1,4 +1,4 @@
-"""The c backend's float32 backward-weight GEMM in each of its modes, against torch.
+"""The c backend's float32 backward GEMMs (weight: each mode; data: both routes), against torch.
 
 The kernel picks a mode per problem (direct planes, packed im2col rows, swap for 1x1 layers, A
 read in place for large 1x1 images); FASTCONV_BWD_WEIGHT=direct|packed forces one, so every
@@ -91,5 +91,24 @@ def test_bwd_weight_on_avx2_kernels():
         pytest.skip("needs an AVX2 machine and no forced ISA")
     env = {**os.environ, "FASTCONV_ISA": "avx2"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
-                          "modes_match or non_finite"], env=env, capture_output=True, text=True, timeout=600)
+                          "modes_match or non_finite or routes_match"], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("route", ["gemm", "forward"])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 9, 14, 14, 70, 3, 3, 2, 1, 1, 1), (2, 10, 15, 15, 17, 3, 3, 2, 0, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_bwd_data_routes_match_torch(shape, route, monkeypatch):
+    """Backward-data by the C GEMM + col2im (bwd_data_f32.c) and by the forward kernels."""
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_BWD_DATA", route)
+    n, c, h, w, k, r, s, st, pad, dil, g = shape
+    rng = np.random.default_rng(1)
+    wt = rng.standard_normal((k, c // g, r, s)).astype(np.float32)
+    p = Conv2dProblem(n, c, h, w, k, r, s, (st, st), (pad,) * 4, (dil, dil), g, "float32")
+    gy = rng.standard_normal(p.output_shape).astype(np.float32)
+    gx = cbackend.conv2d_bwd_data(p, gy, wt)
+    ref = torch.ops.aten.convolution_backward(torch.from_numpy(gy), torch.zeros(p.input_shape), torch.from_numpy(wt),
+                                              None, [st, st], [pad, pad], [dil, dil], False, [0, 0], g,
+                                              [True, False, False])[0].numpy()
+    np.testing.assert_allclose(gx, ref, rtol=0, atol=4e-6 * np.sqrt(k * r * s) * max(1.0, float(np.abs(ref).max())))
