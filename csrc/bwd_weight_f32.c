@@ -21,18 +21,21 @@
  * block is packed by all threads, then the A blocks ("units": mr rows of one group), in chunks,
  * are shared out: no two threads write the same tile, so there are no partial sums to add.
  *
- * Scratch, in floats (every size checked, allocated up front), with mr x nr the ISA's tile,
- * N = kg (direct, packed) or cg (swap), npad = N rounded up to 16 (plus 16 when N % nr == 16
- * and N > nr: two 32-wide panels replace a 16-wide one; npad = N rounded up to nr's multiple of
- * 16 in general), kc2 the pixel block, M the A rows per group:
- *   A:      direct: groups * cgp * na*nb * n*hq*wq   (cgp = cg rounded up to mr)
- *           packed: groups * crsp * kc2              (crsp = cg*r*s rounded up to mr)
- *           swap:   groups * kgp * kc2               (kgp = kg rounded up to mr)
- *   B:      groups * npad * kc2
- *   tiles:  groups * (M / mr) * npan * mr * nr       (M = r*s*cgp, crsp or kgp; npan panels)
- * plus int64 tables (r*s tap offsets, 3 * kc panel row offsets, N + 2 panel starts and widths).
- * kc2 = ceil(qall / ceil(qall / max(kc, 393216 / (groups * npad)))), qall = the virtual pixels
- * (direct: (n-1)*hq*wq + (oh-1)*wq + ow) or n*oh*ow.
+ * Scratch (every size checked, allocated up front, freed before returning), in floats; mr, nr,
+ * kc are the ISA table's (8, 48, 192 AVX-512; 6, 16, 256 AVX2; 4, 16, 128 portable):
+ *   N = cg (swap) or kg; panels (plan_panels): full = N / nr, rest = N % nr rounded up to 16;
+ *     npad = full * nr + rest, npan = full + (rest > 0), except nr == 48, rest == 16, full >= 1:
+ *     npad = full * 48 + 16 + 16 and npan = full + 2 (the last 48 + 16 become 32 + 32).
+ *   M = r*s * cgp (direct, cgp = cg rounded up to mr), crsp = cg*r*s rounded up to mr (packed),
+ *     kgp = kg rounded up to mr (swap).
+ *   span = oh*ow when A is read in place, else qall: (n-1)*hq*wq + (oh-1)*wq + ow (direct;
+ *     hq = oh + (r-1)*dil_h / stride_h, wq likewise) or n*oh*ow (packed, swap);
+ *     kc2 = ceil(span / ceil(span / max(kc, 393216 / (groups * npad)))).
+ *   A:     in place: none (one byte); direct: groups * cgp * na*nb * n*hq*wq (na, nb: the stride
+ *          phases the taps use); packed, swap: groups * M * kc2
+ *   B:     groups * npad * kc2
+ *   tiles: groups * (M / mr) * npan * mr * nr
+ * plus int64 tables: 2 x (N / 16 + 2), r*s, 3 * kc.
  */
 #include "fc_internal.h"
 
