@@ -1,42 +1,63 @@
 /* float32 backward-weight on the forward's GEMM microkernels (the per-ISA tables of isa.c).
  *
- * Per group, dw^T (c*r*s x kg) = X (c*r*s x pixels) dy^T (pixels x kg): the reduction runs over
- * output pixels, and row (c, tap) of X is the input window that tap reads -- a contiguous run of
- * a zero-padded, stride-split copy of the input (the forward's "phase planes"), read in place.
- * The copy is laid out [channel][phase][image][hq][wq], so for one channel and phase the images
- * follow each other and one run of virtual pixels q = image * hq*wq + oh * wq + ow spans the
- * whole batch: the reduction is long even for 7x7 images.  Rows mr apart in the GEMM's A block
- * are mr consecutive channels of one tap, a fixed distance apart (the microkernel's lda); each
- * group's channels are padded with zero planes to a multiple of mr.
+ * The microkernel computes C[mr][nr] += A[mr][kc] B[kc][nr] with A's rows read in place (lda
+ * apart) and B's rows nr-wide panels.  The reduction runs over output pixels; per group:
  *
- * B is dy^T over the same virtual pixels, packed per block of pixels into nr-wide panels of
- * output channels, with zero rows where a virtual pixel is no output pixel (ow >= OW, or the
- * rows between images).  Those pixels still read input values through A (0 * x); a
- * non-finite input value would turn that into NaN, so an input with any is left to the
- * portable kernel (FC_EUNSUPPORTED; the copy notices it for free).
+ * - "direct" (large images): dw^T (c*r*s x kg) = X dy^T.  Row (c, tap) of X is the input window
+ *   that tap reads -- a run of a zero-padded, stride-split copy of the input (the forward's
+ *   "phase planes") laid out [channel][phase][image][hq][wq], so that one run of virtual pixels
+ *   q = image * hq*wq + oh * wq + ow spans the whole batch and A is read in place (mr
+ *   consecutive channels of one tap, a plane apart; channels padded with zero planes to a
+ *   multiple of mr).  B is dy^T with zero rows where a virtual pixel is no output pixel (ow >=
+ *   OW, the rows between images).  Those pixels still read input values through A (0 * x): an
+ *   input with a non-finite value is left to the portable kernel (FC_EUNSUPPORTED; the copy
+ *   notices it for free).
+ * - "packed" (small images, where those virtual pixels would waste more than gathering costs):
+ *   the same product with A the im2col rows of each block of real pixels (row c*r*s + t).
+ * - "swap" (1x1, unpadded, cg <= kg): dw (kg x cg) = dy X^T: A is dy (rows copied per pixel
+ *   block), B is x^T, so only the smaller side -- x's channels, not dy's -- is transposed.
  *
- * Threads split the pixel blocks (the reduction) evenly, each summing into its own copy of the
- * dw^T tiles; the copies are added and transposed into dw at the end.
+ * Pixels are cut into blocks whose B (every group's panels) fits in about 1.5 MB of L2; each
+ * block is packed by all threads, then the A blocks ("units": mr rows of one group), in chunks,
+ * are shared out: no two threads write the same tile, so there are no partial sums to add.
  *
- * Scratch, in floats (every size checked, allocated before any work):
- *   planes: groups * cgp * na * nb * n * hq * wq     (cgp = cg rounded up to mr)
- *   per thread: groups * r*s * cgp * npan * nr       (the dw^T tiles; npan = ceil(kg / nr))
- *             + npan * nr * kcb                      (one pixel block of B; kcb <= the ISA's kc)
- * plus r*s + kcb int64 offsets.  Per-thread slices are rounded up to 128 bytes.
+ * Scratch (every size checked, allocated up front, freed before returning), in floats; mr, nr,
+ * kc are the ISA table's (8, 48, 192 AVX-512; 6, 16, 256 AVX2; 4, 16, 128 portable):
+ *   N = cg (swap) or kg; panels (plan_panels): full = N / nr, rest = N % nr rounded up to 16;
+ *     npad = full * nr + rest, npan = full + (rest > 0), except nr == 48, rest == 16, full >= 1:
+ *     npad = full * 48 + 16 + 16 and npan = full + 2 (the last 48 + 16 become 32 + 32).
+ *   M = r*s * cgp (direct, cgp = cg rounded up to mr), crsp = cg*r*s rounded up to mr (packed),
+ *     kgp = kg rounded up to mr (swap).
+ *   span = oh*ow when A is read in place, else qall: (n-1)*hq*wq + (oh-1)*wq + ow (direct;
+ *     hq = oh + (r-1)*dil_h / stride_h, wq likewise) or n*oh*ow (packed, swap);
+ *     kc2 = ceil(span / ceil(span / max(kc, 393216 / (groups * npad)))).
+ *   A:     in place: none (one byte); direct: groups * cgp * na*nb * n*hq*wq (na, nb: the stride
+ *          phases the taps use); packed, swap: groups * M * kc2
+ *   B:     groups * npad * kc2
+ *   tiles: groups * (M / mr) * npan * mr * nr
+ * plus int64 tables: 2 x (N / 16 + 2), r*s, 3 * kc.
  */
 #include "fc_internal.h"
+
+enum { DIRECT, PACKED, SWAP };
 
 typedef struct {
     const fc_conv2d_desc *d;
     const fc_isa_config *cfg;
-    int64_t mr, nr, cg, kg, cgp, ncb, rs, npan, pw, kc2;
-    int64_t crsp, ublk, lda; /* packed: cg*r*s rounded up to mr; A blocks per group; A's row stride */
-    int packed;       /* A rows: im2col rows (packed) or windows of the planes (direct) */
-    int64_t na, nb, hq, wq, plane, chan, qall;
+    int mode;
+    int64_t mr, nr, cg, kg, rs, kc2, qall;
+    int64_t cgp, ncb;         /* direct: channels padded to mr, blocks of mr */
+    int64_t mrows, ublk;      /* A rows per group (padded to mr), A blocks per group */
+    int64_t ncols, npad, npan; /* B: columns per group (N), padded, panels */
+    int64_t *pan0, *panw;     /* [npan]: each panel's first column and width (16, 32 or 48) */
+    int64_t na, nb, hq, wq, plane, chan;
     int64_t rowph[64], colph[64], arow[64], bcol[64];
-    float *src;       /* the planes */
-    int64_t *tapoff;  /* [rs]: offset of tap (r, s)'s window from its channel's start */
-    const int64_t *poff; /* [kc]: p * pw, the rows of a B panel */
+    float *src;               /* A: the planes (direct) or one pixel block's rows */
+    const float *ain;         /* in place: A read from x (direct 1x1) or dy (swap) itself */
+    int64_t per_img;          /* in place: pixel blocks per image (blocks never span two) */
+    int64_t lda;
+    int64_t *tapoff;          /* direct: [rs] offset of tap (r, s)'s window in its channel */
+    const int64_t *poff;      /* [3][kc]: p * 16, p * 32, p * 48 */
 } wplan_t;
 
 /* out[j] = in[j * stride] for j < n; returns 0, or NaN when any value copied is not finite. */
@@ -62,9 +83,9 @@ static float copy_check(float *restrict out, const float *restrict in, int64_t n
     return z;
 }
 
-/* The planes of channel c (of cgp per group) of group g for image n; 0, or NaN if x has a
- * non-finite value there. */
-static float fill(const wplan_t *P, const float *x, int64_t g, int64_t c, int64_t n) {
+/* Direct: the planes of channel c (of cgp per group) of group g for image n; 0, or NaN if x
+ * has a non-finite value there. */
+static float fill_planes(const wplan_t *P, const float *x, int64_t g, int64_t c, int64_t n) {
     const fc_conv2d_desc *d = P->d;
     float *base = P->src + (size_t)(g * P->cgp + c) * P->chan + (size_t)n * P->plane;
     float z = 0.0f;
@@ -94,92 +115,192 @@ static float fill(const wplan_t *P, const float *x, int64_t g, int64_t c, int64_
     return z;
 }
 
-/* Packed mode: im2col row rho = c*r*s + t of group g (the order of dw's columns, mr of them per
- * A block) over pixels [q0, q1) of the block that starts at qb: the value tap t of channel c
- * reads at each output pixel, 0 in the padding; zero rows past cg*r*s. */
-static void fill_cols(const wplan_t *P, const float *x, int64_t g, int64_t rho, int64_t qb, int64_t q0, int64_t q1) {
+/* Packed and swap: A row `row` of group g over pixels [q0, q1) of the block that starts at qb.
+ * Packed: im2col row c*r*s + t (the value tap t of channel c reads at each output pixel, 0 in
+ * the padding); swap: dy's channel; zero rows past the real ones. */
+static void fill_rows(const wplan_t *P, const float *x, const float *dy, int64_t g, int64_t row, int64_t qb,
+                      int64_t q0, int64_t q1) {
     const fc_conv2d_desc *d = P->d;
-    float *out = P->src + (size_t)(g * P->crsp + rho) * P->kc2 - qb;
-    if (rho >= P->cg * P->rs) {
+    const int64_t ohw = d->oh * d->ow;
+    float *out = P->src + (size_t)(g * P->mrows + row) * P->kc2 - qb;
+    if (row >= (P->mode == SWAP ? P->kg : P->cg * P->rs)) {
         memset(out + q0, 0, (size_t)(q1 - q0) * sizeof(float));
         return;
     }
-    const int64_t c = rho / P->rs, t = rho % P->rs, ohw = d->oh * d->ow;
-    const int64_t off = t % d->s * d->dil_w - d->pad_left;
+    if (P->mode == SWAP) {
+        for (int64_t q = q0; q < q1;) {
+            const int64_t n = q / ohw, pix = q % ohw, len = FC_MIN(ohw - pix, q1 - q);
+            memcpy(out + q, dy + ((size_t)n * d->k + g * P->kg + row) * ohw + pix, (size_t)len * sizeof(float));
+            q += len;
+        }
+        return;
+    }
+    const int64_t c = row / P->rs, t = row % P->rs, off = t % d->s * d->dil_w - d->pad_left;
     int64_t lo, hi;
     fc_valid_range(d->w, d->ow, d->stride_w, off, &lo, &hi);
     for (int64_t q = q0; q < q1;) {
         const int64_t n = q / ohw, oh = q % ohw / d->ow, ow = q % d->ow, len = FC_MIN(d->ow - ow, q1 - q);
         const int64_t ih = oh * d->stride_h - d->pad_top + t / d->s * d->dil_h;
         float *o = out + q - ow; /* o[j]: output column j of this row */
-        if (ih < 0 || ih >= d->h) {
+        const int64_t a = FC_MAX(ow, lo), b = FC_MIN(ow + len, hi);
+        if (ih < 0 || ih >= d->h || b <= a) {
             memset(o + ow, 0, (size_t)len * sizeof(float));
         } else {
             const float *xrow = x + (((size_t)n * d->c + g * P->cg + c) * d->h + ih) * d->w;
-            const int64_t a = FC_MAX(ow, lo), b = FC_MIN(ow + len, hi);
-            if (b > a) {
-                memset(o + ow, 0, (size_t)(a - ow) * sizeof(float));
-                copy_check(o + a, xrow + a * d->stride_w + off, b - a, d->stride_w);
-                memset(o + b, 0, (size_t)(ow + len - b) * sizeof(float));
-            } else {
-                memset(o + ow, 0, (size_t)len * sizeof(float));
-            }
+            memset(o + ow, 0, (size_t)(a - ow) * sizeof(float));
+            copy_check(o + a, xrow + a * d->stride_w + off, b - a, d->stride_w);
+            memset(o + b, 0, (size_t)(ow + len - b) * sizeof(float));
         }
         q += len;
     }
 }
 
-/* B rows [q0, q1) of group g (rows from block start qb): panel j holds the output channels
- * [j*pw, (j+1)*pw), rows pw floats apart; zero past kg and on virtual pixels that are no output
- * pixel. */
-static void pack_dy(const wplan_t *P, const float *dy, int64_t g, int64_t qb, int64_t q0, int64_t q1, float *bp) {
+/* dst[t * w + c] = src[c * chan + t * cstep] for t < len, c < cols; 0 for cols <= c < w.
+ * Column by column: each source run is read as one stream, the writes stay within the panel
+ * (measured: reading 16 columns' streams at a time for each row written was 2x slower). */
+static void transpose_run(float *restrict dst, int64_t w, const float *restrict src, int64_t chan, int64_t cstep,
+                          int64_t len, int64_t cols) {
+    for (int64_t c = 0; c < w; c++) {
+        float *o = dst + c;
+        if (c < cols) {
+            const float *in = src + c * chan;
+            if (cstep == 1)
+                for (int64_t t = 0; t < len; t++)
+                    o[t * w] = in[t];
+            else
+                for (int64_t t = 0; t < len; t++)
+                    o[t * w] = in[t * cstep];
+        } else {
+            for (int64_t t = 0; t < len; t++)
+                o[t * w] = 0.0f;
+        }
+    }
+}
+
+/* B rows [q0, q1) of group g (row 0 = pixel qb) into that group's panels: panel j holds the
+ * columns [pan0[j], pan0[j] + panw[j]), rows panw[j] floats apart, zero past the real columns
+ * and on virtual pixels that are no output pixel.  Columns are dy's channels (direct, packed)
+ * or x's (swap: x at the pixel a 1x1 tap reads). */
+static void pack_b(const wplan_t *P, const float *x, const float *dy, int64_t g, int64_t qb, int64_t q0, int64_t q1,
+                   float *bp) {
     const fc_conv2d_desc *d = P->d;
-    const int64_t pw = P->pw, ohw = d->oh * d->ow, blk = P->kc2 * pw, kpad = P->npan * pw;
+    const int swap = P->mode == SWAP;
+    const int64_t img = swap ? d->c * d->h * d->w : d->k * d->oh * d->ow, chan = swap ? d->h * d->w : d->oh * d->ow;
+    const int64_t rstep = swap ? d->stride_h * d->w : d->ow, cstep = swap ? d->stride_w : 1;
+    const float *base = (swap ? x : dy) + (size_t)g * P->ncols * chan;
     for (int64_t q = q0; q < q1;) {
         int64_t n = q / P->plane, rem = q % P->plane, oh = rem / P->wq, ow = rem % P->wq, len;
         if (oh >= d->oh || ow >= d->ow) {
             len = oh >= d->oh ? FC_MIN(P->plane - rem, q1 - q) : FC_MIN(P->wq - ow, q1 - q);
             for (int64_t j = 0; j < P->npan; j++)
-                memset(bp + j * blk + (q - qb) * pw, 0, (size_t)(len * pw) * sizeof(float));
+                memset(bp + P->pan0[j] * P->kc2 + (q - qb) * P->panw[j], 0, (size_t)(len * P->panw[j]) * sizeof(float));
         } else {
-            len = FC_MIN(d->ow - ow, q1 - q);
-            const float *src = dy + ((size_t)n * d->k + g * P->kg) * ohw + oh * d->ow + ow;
-            for (int64_t k = 0; k < kpad; k++) {
-                float *dst = bp + (k / pw) * blk + (q - qb) * pw + k % pw;
-                if (k < P->kg) {
-                    const float *s = src + k * ohw;
-                    for (int64_t t = 0; t < len; t++)
-                        dst[t * pw] = s[t];
-                } else {
-                    for (int64_t t = 0; t < len; t++)
-                        dst[t * pw] = 0.0f;
-                }
-            }
+            /* One output row, or the rest of the image where rows follow each other in the
+             * source too (long runs: the prefetchers follow each column's stream). */
+            const int rows_follow = P->wq == d->ow && rstep == d->ow * cstep;
+            len = rows_follow ? FC_MIN(P->plane - rem, q1 - q) : FC_MIN(d->ow - ow, q1 - q);
+            const float *src = base + (size_t)n * img + oh * rstep + ow * cstep;
+            for (int64_t j = 0; j < P->npan; j++)
+                transpose_run(bp + P->pan0[j] * P->kc2 + (q - qb) * P->panw[j], P->panw[j],
+                              src + P->pan0[j] * chan, chan, cstep, len, FC_MIN(P->panw[j], P->ncols - P->pan0[j]));
         }
         q += len;
     }
 }
 
-/* The dw^T tiles of A blocks [u0, u1) (each a group, tap and channel block) += pixels [q0, q1)
- * of the block that starts at qb.  Per sub-block of the ISA's kc pixels, each B sliver (kc x
- * pw) stays in L1 while it meets the A slivers of every unit of the chunk (from L2), the
- * chunk's tiles waiting in L2. */
+/* The tiles of A blocks [u0, u1) (mr rows of one group each) += pixels [q0, q1) of the block
+ * that starts at qb.  Per sub-block of the ISA's kc pixels, each B sliver stays in L1 while it
+ * meets the A slivers of every unit of the chunk (from L2), the chunk's tiles waiting in L2. */
 static void run_units(const wplan_t *P, int64_t u0, int64_t u1, int64_t qb, int64_t q0, int64_t q1,
                       const float *bbuf, float *ct) {
-    const int64_t tile = P->mr * P->nr, blk = P->kc2 * P->pw;
+    const fc_conv2d_desc *d = P->d;
+    const int64_t tile = P->mr * P->nr;
     for (int64_t s0 = q0; s0 < q1; s0 += P->cfg->kc) {
         const int64_t kc = FC_MIN(P->cfg->kc, q1 - s0);
         for (int64_t j = 0; j < P->npan; j++) {
-            const int64_t cols = FC_MIN(P->pw, P->kg - j * P->pw), nv = (cols + 15) / 16;
+            const int64_t w = P->panw[j], nv = w / 16;
             for (int64_t u = u0; u < u1; u++) {
-                const int64_t g = u / P->ublk, t = u / P->ncb % P->rs, cb = u % P->ncb;
-                const float *a = P->packed ? P->src + (size_t)u * P->mr * P->kc2 - qb
-                                           : P->src + (size_t)(g * P->cgp + cb * P->mr) * P->chan + P->tapoff[t];
-                const float *b = bbuf + (size_t)(g * P->npan + j) * blk + (s0 - qb) * P->pw;
-                P->cfg->gemm[0][nv - 1](kc, a + s0, P->lda, b, P->poff, ct + ((size_t)u * P->npan + j) * tile, s0 > 0);
+                const int64_t g = u / P->ublk;
+                const float *a;
+                if (P->ain) { /* rows mr channels of one image, a plane apart */
+                    const int64_t n = s0 / P->plane, nch = P->mode == SWAP ? d->k : d->c;
+                    const int64_t ch = P->mode == SWAP ? g * P->kg : g * P->cg;
+                    a = P->ain + ((size_t)n * nch + ch + u % P->ublk * P->mr) * P->plane + (s0 - n * P->plane);
+                } else if (P->mode == DIRECT) {
+                    const int64_t t = u % P->ublk / P->ncb, cb = u % P->ncb;
+                    a = P->src + (size_t)(g * P->cgp + cb * P->mr) * P->chan + P->tapoff[t] + s0;
+                } else {
+                    a = P->src + (size_t)u * P->mr * P->kc2 + (s0 - qb);
+                }
+                const float *b = bbuf + (size_t)g * P->npad * P->kc2 + P->pan0[j] * P->kc2 + (s0 - qb) * w;
+                P->cfg->gemm[0][nv - 1](kc, a, P->lda, b, P->poff + (nv - 1) * P->cfg->kc,
+                                        ct + ((size_t)u * P->npan + j) * tile, s0 > 0);
             }
         }
     }
+}
+
+/* dw from the tiles.  Swap: tile rows are dw rows.  Otherwise tile (unit, panel) holds dw^T:
+ * one channel block (direct) or mr columns (packed) at a time, its tiles in L2 while each dw
+ * row gets its values. */
+static void store_dw(const wplan_t *P, const float *ct, float *dw, int64_t v) {
+    const fc_conv2d_desc *d = P->d;
+    const int64_t tile = P->mr * P->nr, crs = P->cg * P->rs;
+    if (P->mode == SWAP) { /* v: a unit */
+        const int64_t g = v / P->ublk, k0 = v % P->ublk * P->mr, rows = FC_MIN(P->mr, P->kg - k0);
+        for (int64_t j = 0; j < P->npan; j++) {
+            const int64_t cols = FC_MIN(P->panw[j], P->cg - P->pan0[j]);
+            for (int64_t i = 0; i < rows; i++)
+                memcpy(dw + (size_t)(g * P->kg + k0 + i) * P->cg + P->pan0[j],
+                       ct + ((size_t)v * P->npan + j) * tile + i * P->nr, (size_t)FC_MAX(cols, 0) * sizeof(float));
+        }
+        return;
+    }
+    int64_t j = 0;
+    if (P->mode == PACKED) { /* v: a unit, whose rows are dw columns col0... of its group */
+        const int64_t g = v / P->ublk, col0 = v % P->ublk * P->mr, rows = FC_MIN(P->mr, crs - col0);
+        for (int64_t k = 0; k < P->kg; k++) {
+            while (k >= P->pan0[j] + P->panw[j])
+                j++;
+            const float *tl = ct + ((size_t)v * P->npan + j) * tile + (k - P->pan0[j]);
+            float *out = dw + (size_t)(g * P->kg + k) * crs + col0;
+            for (int64_t i = 0; i < rows; i++)
+                out[i] = tl[i * P->nr];
+        }
+        return;
+    }
+    /* direct; v: a channel block of a group */
+    const int64_t g = v / P->ncb, cb = v % P->ncb, rows = FC_MIN(P->mr, P->cg - cb * P->mr);
+    for (int64_t k = 0; k < P->kg; k++) {
+        while (k >= P->pan0[j] + P->panw[j])
+            j++;
+        float *out = dw + (size_t)(g * P->kg + k) * crs + cb * P->mr * P->rs;
+        for (int64_t t = 0; t < P->rs; t++) {
+            const float *tl = ct + ((size_t)((g * P->rs + t) * P->ncb + cb) * P->npan + j) * tile + (k - P->pan0[j]);
+            for (int64_t i = 0; i < rows; i++)
+                out[i * P->rs + t] = tl[i * P->nr];
+        }
+    }
+    (void)d;
+}
+
+/* Panels over n columns: nr wide, except that a 16-wide last panel next to a full one becomes
+ * two of 32 (the 16-wide kernel is load-bound).  Returns the padded width. */
+static int64_t plan_panels(int64_t n, int64_t nr, int64_t *pan0, int64_t *panw, int64_t *npan) {
+    int64_t full = n / nr, rest = (n % nr + 15) / 16 * 16, j = 0, at = 0;
+    int split = nr == 48 && rest == 16 && full >= 1;
+    if (split)
+        full--;
+    for (int64_t i = 0; i < full; i++, at += nr)
+        pan0[j] = at, panw[j++] = nr;
+    if (split) {
+        pan0[j] = at, panw[j++] = 32, at += 32;
+        pan0[j] = at, panw[j++] = 32, at += 32;
+    } else if (rest) {
+        pan0[j] = at, panw[j++] = rest, at += rest;
+    }
+    *npan = j;
+    return at;
 }
 
 int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw,
@@ -192,11 +313,7 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
     P.cgp = (P.cg + P.mr - 1) / P.mr * P.mr;
     P.ncb = P.cgp / P.mr;
     P.rs = d->r * d->s;
-    /* Panels of equal width (64 channels: 2 x 32, not 48 + 16, whose 16-wide kernel is
-     * load-bound). */
-    P.npan = (P.kg + P.nr - 1) / P.nr;
-    P.pw = ((P.kg + P.npan - 1) / P.npan + 15) / 16 * 16;
-    if (d->n < 1 || d->stride_h > 64 || d->stride_w > 64)
+    if (d->n < 1 || d->stride_h > 64 || d->stride_w > 64 || P.cfg->nr % 16 || P.cfg->nr > 48)
         return FC_EUNSUPPORTED;
     /* Which taps land on which stride phase (as the forward's planes). */
     for (int64_t a = 0; a < 64; a++)
@@ -221,45 +338,76 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
      * are left to the portable kernel. */
     if ((double)P.na * P.nb * (double)P.hq * (double)P.wq > 8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20))
         return FC_EUNSUPPORTED;
-    /* Direct (the planes, read in place) pays for the virtual pixels that are no output pixel,
-     * times kg output channels; packed (im2col rows: r*s copies of the input) for gathering, a
-     * cost measured in the tens of multiply-adds per value.  Packed is chosen where the waste
-     * times kg exceeds that, and its buffer stays below 64 MB. */
+
+    /* Direct pays for the virtual pixels that are no output pixel (and padded channels), times
+     * kg output channels; packed for gathering r*s copies of the input, a cost measured in the
+     * tens of multiply-adds per value; swap (1x1) needs neither. */
     const double real = (double)d->n * d->oh * d->ow;
     const double virt = (double)(d->n - 1) * P.hq * P.wq + (double)(d->oh - 1) * P.wq + d->ow;
-    P.crsp = (P.cg * P.rs + P.mr - 1) / P.mr * P.mr;
-    const int fits = 1;
-    const double waste = virt * P.cgp / (real * P.cg) - (double)P.crsp / (P.cg * P.rs);
-    P.packed = fits && waste * (double)P.kg > 32.0;
-    const char *force = getenv("FASTCONV_BWD_WEIGHT"); /* test hook: reach both modes */
+    const int64_t crsp = (P.cg * P.rs + P.mr - 1) / P.mr * P.mr;
+    const double waste = virt * P.cgp / (real * P.cg) - (double)crsp / (P.cg * P.rs);
+    P.mode = waste * (double)P.kg > 32.0 ? PACKED : DIRECT;
+    if (d->r == 1 && d->s == 1 && d->pad_top == 0 && d->pad_left == 0 && P.cg <= P.kg)
+        P.mode = SWAP;
+    const char *force = getenv("FASTCONV_BWD_WEIGHT"); /* test hook: reach every mode */
     if (force && !strcmp(force, "direct"))
-        P.packed = 0;
-    else if (force && !strcmp(force, "packed") && fits)
-        P.packed = 1;
-    if (P.packed) { /* one "plane" per image: its output pixels */
-        P.hq = d->oh;
-        P.wq = d->ow;
-        P.plane = d->oh * d->ow;
-        P.qall = d->n * P.plane;
-        P.chan = P.rs * P.qall;
-        P.ublk = P.crsp / P.mr;
-    } else {
+        P.mode = DIRECT;
+    else if (force && !strcmp(force, "packed"))
+        P.mode = PACKED;
+    P.ncols = P.mode == SWAP ? P.cg : P.kg;
+    if (P.mode == DIRECT) {
         P.plane = P.hq * P.wq;
         P.chan = P.na * P.nb * d->n * P.plane;
         P.qall = (d->n - 1) * P.plane + (d->oh - 1) * P.wq + d->ow;
         P.lda = P.chan;
-        P.ublk = P.rs * P.ncb;
+        P.mrows = P.rs * P.cgp;
+    } else { /* one "plane" per image: its output pixels */
+        P.hq = d->oh;
+        P.wq = d->ow;
+        P.plane = d->oh * d->ow;
+        P.qall = d->n * P.plane;
+        P.mrows = P.mode == SWAP ? (P.kg + P.mr - 1) / P.mr * P.mr : crsp;
+    }
+    P.ublk = P.mrows / P.mr;
+    /* 1x1, stride 1, unpadded (direct) or swap, large images, whole blocks of mr rows: A is
+     * read in place (mr channels of one image, a plane apart), no copy; pixel blocks then stop
+     * at image boundaries, which small images would make too short. */
+    if (d->oh * d->ow >= 512 && d->r == 1 && d->s == 1 && d->pad_top == 0 && d->pad_left == 0 &&
+        ((P.mode == SWAP && P.kg % P.mr == 0) ||
+         (P.mode == DIRECT && d->stride_h == 1 && d->stride_w == 1 && P.cg % P.mr == 0 && d->oh == d->h &&
+          d->ow == d->w))) {
+        P.ain = P.mode == SWAP ? dy : x;
+        P.plane = d->oh * d->ow;
+        P.wq = d->ow;
+        P.hq = d->oh;
+        P.qall = d->n * P.plane;
+        P.lda = P.plane;
     }
 
+    const size_t tbl = fc_size_mul3((size_t)P.ncols / 16 + 2, sizeof(int64_t), 1);
+    P.pan0 = fc_alloc(tbl);
+    P.panw = fc_alloc(tbl);
+    P.tapoff = fc_alloc(fc_size_mul3(P.rs, sizeof(int64_t), 1));
+    int64_t *poff = fc_alloc(fc_size_mul3(3 * (size_t)P.cfg->kc, sizeof(int64_t), 1));
+    float *bbuf = NULL, *ct = NULL;
+    int status = FC_OK;
+    if (!P.pan0 || !P.panw || !P.tapoff || !poff) {
+        status = FC_ENOMEM;
+        goto done;
+    }
+    P.npad = plan_panels(P.ncols, P.nr, P.pan0, P.panw, &P.npan);
+
     /* Pixel blocks whose B (every group's panels) fits in about 1.5 MB of L2: each block is one
-     * pass over the dw^T tiles, so the fewer, the less those large tiles travel. */
-    const int64_t kpad = d->groups * P.npan * P.pw, units = d->groups * P.ublk;
-    const int64_t per_px = kpad, kc2_max = FC_MAX(P.cfg->kc, (384 * 1024) / per_px);
-    int64_t nbb = (P.qall + kc2_max - 1) / kc2_max;
-    P.kc2 = (P.qall + nbb - 1) / nbb;
-    if (P.packed)
+     * pass over the tiles, so the fewer, the less those tiles travel. */
+    const int64_t units = d->groups * P.ublk;
+    const int64_t kc2_max = FC_MAX(P.cfg->kc, (384 * 1024) / (d->groups * P.npad));
+    const int64_t span = P.ain ? P.plane : P.qall; /* what one run of blocks covers */
+    const int64_t nbb0 = (span + kc2_max - 1) / kc2_max;
+    P.kc2 = (span + nbb0 - 1) / nbb0;
+    P.per_img = (span + P.kc2 - 1) / P.kc2;
+    const int64_t nbb = P.ain ? d->n * P.per_img : P.per_img;
+    if (P.mode != DIRECT && !P.ain)
         P.lda = P.kc2;
-    nbb = (P.qall + P.kc2 - 1) / P.kc2;
     double macs = (double)d->n * d->k * d->oh * d->ow * P.cg * P.rs;
     int team = fc_team(nthreads, macs > 1e15 ? (int64_t)1e15 : (int64_t)macs, 1 << 16);
     team = (int)FC_MIN(team, units);
@@ -268,35 +416,33 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
     chunk = FC_MIN(chunk, (units + team - 1) / team);
     const int64_t nchunks = (units + chunk - 1) / chunk;
 
-    const size_t planes = P.packed ? fc_size_mul3(fc_size_mul3(d->groups, P.crsp, P.kc2), sizeof(float), 1)
-                                   : fc_size_mul3(fc_size_mul3(d->groups, P.cgp, P.chan), sizeof(float), 1);
-    const size_t bbytes = fc_size_mul3(kpad, P.kc2, sizeof(float));
-    const size_t cbytes = fc_size_mul3(fc_size_mul3(units, P.npan, P.mr), P.nr, sizeof(float));
-    P.src = fc_alloc(planes);
-    float *bbuf = fc_alloc(bbytes), *ct = fc_alloc(cbytes);
-    P.tapoff = fc_alloc(fc_size_mul3(P.rs, sizeof(int64_t), 1));
-    int64_t *poff = fc_alloc(fc_size_mul3(P.cfg->kc, sizeof(int64_t), 1));
-    int status = FC_OK;
-    if (!P.src || !bbuf || !ct || !P.tapoff || !poff) {
+    const size_t abytes = P.ain ? 1 : P.mode == DIRECT ? fc_size_mul3(fc_size_mul3(d->groups, P.cgp, P.chan), sizeof(float), 1)
+                                           : fc_size_mul3(fc_size_mul3(d->groups, P.mrows, P.kc2), sizeof(float), 1);
+    P.src = fc_alloc(abytes);
+    bbuf = fc_alloc(fc_size_mul3(fc_size_mul3(d->groups, P.npad, P.kc2), sizeof(float), 1));
+    ct = fc_alloc(fc_size_mul3(fc_size_mul3(units, P.npan, P.mr), P.nr, sizeof(float)));
+    if (!P.src || !bbuf || !ct) {
         status = FC_ENOMEM;
         goto done;
     }
-    for (int64_t p = 0; p < P.cfg->kc; p++)
-        poff[p] = p * P.pw;
+    for (int64_t v = 0; v < 3; v++)
+        for (int64_t p = 0; p < P.cfg->kc; p++)
+            poff[v * P.cfg->kc + p] = p * 16 * (v + 1);
     P.poff = poff;
     for (int64_t t = 0; t < P.rs; t++) {
         int64_t rr = t / d->s * d->dil_h, ss = t % d->s * d->dil_w;
         int64_t phase = P.arow[rr % d->stride_h] * P.nb + P.bcol[ss % d->stride_w];
-        P.tapoff[t] = P.packed ? t * P.qall : phase * d->n * P.plane + rr / d->stride_h * P.wq + ss / d->stride_w;
+        P.tapoff[t] = phase * d->n * P.plane + rr / d->stride_h * P.wq + ss / d->stride_w;
     }
 
     int nonfinite = 0;
 #pragma omp parallel num_threads(team)
     {
         float z = 0.0f;
+        const int64_t nfill = P.mode == DIRECT && !P.ain ? d->groups * P.cgp * d->n : 0;
 #pragma omp for schedule(static)
-        for (int64_t v = 0; v < (P.packed ? 0 : d->groups * P.cgp * d->n); v++)
-            z += fill(&P, x, v / (P.cgp * d->n), v / d->n % P.cgp, v % d->n);
+        for (int64_t v = 0; v < nfill; v++)
+            z += fill_planes(&P, x, v / (P.cgp * d->n), v / d->n % P.cgp, v % d->n);
         if (z != 0.0f) { /* NaN != 0 */
 #pragma omp atomic write
             nonfinite = 1;
@@ -306,57 +452,34 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
 #pragma omp atomic read
         stop = nonfinite;
         if (!stop) { /* the same value in every thread (read after the barrier) */
-            const int64_t pieces = 4 * (int64_t)team, blk = P.kc2 * P.pw;
+            const int64_t pieces = 4 * (int64_t)team;
             for (int64_t bb = 0; bb < nbb; bb++) {
-                const int64_t q0 = bb * P.kc2, q1 = FC_MIN(P.qall, q0 + P.kc2);
-#pragma omp for schedule(static)
+                const int64_t q0 = P.ain ? bb / P.per_img * P.plane + bb % P.per_img * P.kc2 : bb * P.kc2;
+                const int64_t q1 = P.ain ? FC_MIN((bb / P.per_img + 1) * P.plane, q0 + P.kc2) : FC_MIN(P.qall, q0 + P.kc2);
+#pragma omp for schedule(static) nowait
                 for (int64_t v = 0; v < d->groups * pieces; v++) {
                     int64_t g = v / pieces, i = v % pieces;
-                    pack_dy(&P, dy, g, q0, q0 + (q1 - q0) * i / pieces, q0 + (q1 - q0) * (i + 1) / pieces,
-                            bbuf + (size_t)g * P.npan * blk);
+                    pack_b(&P, x, dy, g, q0, q0 + (q1 - q0) * i / pieces, q0 + (q1 - q0) * (i + 1) / pieces,
+                           bbuf + (size_t)g * P.npad * P.kc2);
                 }
-                if (P.packed) { /* this block's im2col rows */
+                if (P.mode != DIRECT && !P.ain) { /* this block's A rows */
                     const int64_t halves = (q1 - q0) >= 2048 ? 2 : 1;
-#pragma omp for schedule(static)
-                    for (int64_t v = 0; v < d->groups * P.crsp * halves; v++) {
+#pragma omp for schedule(static) nowait
+                    for (int64_t v = 0; v < d->groups * P.mrows * halves; v++) {
                         const int64_t h = v % halves, row = v / halves;
-                        fill_cols(&P, x, row / P.crsp, row % P.crsp, q0, q0 + (q1 - q0) * h / halves,
+                        fill_rows(&P, x, dy, row / P.mrows, row % P.mrows, q0, q0 + (q1 - q0) * h / halves,
                                   q0 + (q1 - q0) * (h + 1) / halves);
                     }
                 }
+#pragma omp barrier
 #pragma omp for schedule(static)
                 for (int64_t ch = 0; ch < nchunks; ch++)
                     run_units(&P, ch * chunk, FC_MIN(units, (ch + 1) * chunk), q0, q0, q1, bbuf, ct);
             }
-            /* dw (k, c, r, s) from the dw^T tiles, one channel block at a time: its tiles (every
-             * tap and panel) stay in L2 while each dw row gets its run of mr * r*s values. */
-            const int64_t tile = P.mr * P.nr, crs = P.cg * P.rs;
-            if (P.packed) { /* A block u's rows are dw columns u*mr... of its group */
+            const int64_t nstore = P.mode == DIRECT ? d->groups * P.ncb : units;
 #pragma omp for schedule(static)
-                for (int64_t u = 0; u < units; u++) {
-                    const int64_t g = u / P.ublk, col0 = u % P.ublk * P.mr, rows = FC_MIN(P.mr, crs - col0);
-                    for (int64_t k = 0; k < P.kg; k++) {
-                        const float *tl = ct + ((size_t)u * P.npan + k / P.pw) * tile + k % P.pw;
-                        float *out = dw + (size_t)(g * P.kg + k) * crs + col0;
-                        for (int64_t i = 0; i < rows; i++)
-                            out[i] = tl[i * P.nr];
-                    }
-                }
-            } else {
-#pragma omp for schedule(static)
-                for (int64_t gb = 0; gb < d->groups * P.ncb; gb++) {
-                    const int64_t g = gb / P.ncb, cb = gb % P.ncb, rows = FC_MIN(P.mr, P.cg - cb * P.mr);
-                    for (int64_t k = 0; k < P.kg; k++) {
-                        const int64_t j = k / P.pw, kk = k % P.pw;
-                        float *out = dw + (size_t)(g * P.kg + k) * crs + cb * P.mr * P.rs;
-                        for (int64_t t = 0; t < P.rs; t++) {
-                            const float *tl = ct + ((size_t)((g * P.rs + t) * P.ncb + cb) * P.npan + j) * tile + kk;
-                            for (int64_t i = 0; i < rows; i++)
-                                out[i * P.rs + t] = tl[i * P.nr];
-                        }
-                    }
-                }
-            }
+            for (int64_t v = 0; v < nstore; v++)
+                store_dw(&P, ct, dw, v);
         }
     }
     if (nonfinite)
@@ -366,6 +489,8 @@ done:
     free(bbuf);
     free(ct);
     free(P.tapoff);
+    free(P.pan0);
+    free(P.panw);
     free(poff);
     return status;
 }

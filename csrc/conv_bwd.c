@@ -76,12 +76,23 @@ static int f32_bwd_weight(const fc_conv2d_desc *d, const float *x, const float *
     return FC_OK;
 }
 
+int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const float *w, float *dx,
+                                int nthreads); /* bwd_data_f32.c */
+
+/* float32 backward-data: the microkernel GEMM + col2im of bwd_data_f32.c, else the portable one. */
+static int f32_bwd_data(const fc_conv2d_desc *d, const float *dy, const float *w, float *dx, int nthreads) {
+    int status = d->n >= 1 ? fc_f32_conv2d_bwd_data_gemm(d, dy, w, dx, nthreads) : FC_EUNSUPPORTED;
+    return status == FC_EUNSUPPORTED ? bwd_f32_conv2d_bwd_data(d, dy, w, dx, nthreads) : status;
+}
+
+#define BWD_DATA_f32 f32_bwd_data
+#define BWD_DATA_f64 bwd_f64_conv2d_bwd_data
 #define BWD_WEIGHT_f32 f32_bwd_weight
 #define BWD_WEIGHT_f64 bwd_f64_conv2d_bwd_weight
 
 #define DEFINE_ENTRIES(T, P)                                                                                 \
     int fc_##P##_conv2d_bwd_data(const fc_conv2d_desc *d, const T *dy, const T *weight, T *dx, int nthreads) { \
-        return conv_desc_ok(d) ? bwd_##P##_conv2d_bwd_data(d, dy, weight, dx, nthreads) : FC_EINVAL;            \
+        return conv_desc_ok(d) ? BWD_DATA_##P(d, dy, weight, dx, nthreads) : FC_EINVAL;                      \
     }                                                                                                         \
     int fc_##P##_conv2d_bwd_weight(const fc_conv2d_desc *d, const T *x, const T *dy, T *dweight, T *dbias,     \
                                    int nthreads) {                                                            \

@@ -1,11 +1,13 @@
 """Interleaved timing of a backend's convolution backward against torch's autograd kernels.
 
     python benchmarks/tools/backward_vs_torch.py [--backend c] [--threads 2] [--batch 8] [--reps 7]
-                                                 [--only LABEL] [--dtype float32]
+                                                 [--only LABEL] [--dtype float32] [--clock cpu]
+                                                 [--direction bwd_data,bwd_weight]
 
 The layers are the ``resnet50`` benchmark suite's (every distinct ResNet-50 v1.5 convolution).
 For each layer and direction the two sides alternate call by call in one process with the same
-thread count, after warm-up calls; the figures are medians.  fastconv is timed through the
+thread count, after warm-up calls, through fastconv.timing.interleaved (the order rotated each
+round); the figures are medians.  ``--direction bwd_weight`` (or bwd_data) runs one direction.  fastconv is timed through the
 backend's ``conv2d_bwd_data`` / ``conv2d_bwd_weight`` (output allocation included), torch
 through ``torch.ops.aten.convolution_backward`` -- the op autograd runs for F.conv2d -- asking
 for the one gradient the direction computes.  GFLOP/s count 2 FLOPs per multiply-add, the same

@@ -406,14 +406,29 @@ def _bwd_data_phases(p, q, grad_output, weight):
     return gx
 
 
+def _gemm_bwd_data(q) -> bool:
+    """Whether the C kernel's own GEMM + col2im beats the forward kernels (float32): on strided
+    layers, which otherwise take one small convolution per phase (ResNet-50's strided 3x3 layers:
+    0.40-0.71x torch by phases, 0.84-0.93x so).  Not strided 1x1 layers, whose one phase with a
+    tap is a single forward GEMM (the projections: 1.1-3.6x torch that way, 0.55-1.1x by col2im),
+    nor stride-1 layers, faster on the forward kernels.
+    FASTCONV_BWD_DATA=gemm|forward forces one (tests reach both)."""
+    force = os.environ.get("FASTCONV_BWD_DATA")
+    if force:
+        return force == "gemm" and q.dtype == "float32"
+    return q.dtype == "float32" and q.cg >= 8 and q.stride != (1, 1) and q.r * q.s > 1
+
+
 def conv2d_bwd_data(p, grad_output, weight):
     _c_scratch.check(p, _nthreads())
     q = zero_padded(p)
     t = _transposed(q)
-    if t is not None and q.n:
+    if q.n and _gemm_bwd_data(q):
+        t = None
+    elif t is not None and q.n:
         gx = conv2d(t, grad_output, _swap_channels(q, weight[:, :, ::-1, ::-1]), None, None)
         return fold_padding(p, gx)
-    if q.n and q.stride[0] * q.stride[1] <= MAX_PHASES:
+    if q.n and q.stride[0] * q.stride[1] <= MAX_PHASES and not _gemm_bwd_data(q):
         return fold_padding(p, _bwd_data_phases(p, q, grad_output, weight))
     call = _Call(p.dtype)
     gx = np.empty(q.input_shape, p.dtype)

@@ -1,0 +1,114 @@
+"""The c backend's float32 backward GEMMs (weight: each mode; data: both routes), against torch.
+
+The kernel picks a mode per problem (direct planes, packed im2col rows, swap for 1x1 layers, A
+read in place for large 1x1 images); FASTCONV_BWD_WEIGHT=direct|packed forces one, so every
+shape here runs through each.  Shapes sit on the tile edges (channels around mr = 8/6/4,
+output channels around the 16/32/48-wide panels) and cover groups, strides, dilation, padding
+and non-finite inputs (which leave the direct mode for the portable kernel).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastconv.backends import c as cbackend
+from fastconv.problem import Conv2dProblem
+
+#: (n, c, h, w, k, r, s, stride, pad, dilation, groups)
+SHAPES = [
+    (2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1),
+    (3, 64, 8, 8, 50, 1, 1, 1, 0, 1, 1),
+    (2, 16, 11, 10, 32, 3, 3, 2, 1, 1, 1),
+    (1, 32, 12, 12, 16, 3, 3, 1, 2, 2, 1),
+    (2, 32, 10, 10, 64, 3, 3, 1, 1, 1, 4),
+    (4, 8, 7, 7, 100, 3, 3, 1, 1, 1, 1),
+    (2, 12, 9, 9, 32, 2, 3, 3, 0, 1, 2),
+    (2, 5, 9, 9, 20, 3, 3, 1, 1, 1, 1),
+    (2, 9, 6, 6, 112, 3, 3, 1, 1, 1, 1),
+    (2, 16, 24, 24, 24, 1, 1, 1, 0, 1, 1),  # swap, dy read in place
+    (2, 32, 24, 24, 16, 1, 1, 1, 0, 1, 1),  # direct 1x1, x read in place
+    (2, 64, 24, 24, 16, 1, 1, 1, 0, 1, 2),
+    (2, 64, 48, 48, 16, 1, 1, 2, 0, 1, 1),
+    (2, 7, 23, 22, 17, 1, 1, 1, 0, 1, 1),
+]
+MODES = ["auto", "direct", "packed"]
+
+
+def _needs_c():
+    ok, reason = cbackend.available()
+    if not ok:
+        pytest.skip(f"c unavailable: {reason}")
+
+
+def _check(shape, special=None, seed=0):
+    n, c, h, w, k, r, s, st, pad, dil, g = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    if special == "inf":
+        x[0, 0, 0, -1] = np.inf  # read only by taps that torch's sum also reaches
+    if special == "nan":
+        x[-1, -1, h // 2, w // 2] = np.nan
+    p = Conv2dProblem(n, c, h, w, k, r, s, (st, st), (pad,) * 4, (dil, dil), g, "float32", bias=True)
+    gy = rng.standard_normal(p.output_shape).astype(np.float32)
+    gw, gb = cbackend.conv2d_bwd_weight(p, x, gy)
+    tx, tw = torch.from_numpy(x), torch.zeros(p.weight_shape)
+    ref = torch.ops.aten.convolution_backward(torch.from_numpy(gy), tx, tw, [k], [st, st], [pad, pad], [dil, dil],
+                                              False, [0, 0], g, [False, True, True])
+    want = ref[1].numpy()
+    scale = np.sqrt(n * p.oh * p.ow) * 4e-6 * max(1.0, float(np.nanmax(np.abs(np.where(np.isinf(want), 0, want)))))
+    np.testing.assert_allclose(gw, want, rtol=0, atol=scale, equal_nan=True)
+    assert np.array_equal(np.isnan(gw), np.isnan(want)) and np.array_equal(np.isinf(gw), np.isinf(want))
+    np.testing.assert_allclose(gb, ref[2].numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bwd_weight_modes_match_torch(shape, mode, monkeypatch):
+    _needs_c()
+    if mode != "auto":
+        monkeypatch.setenv("FASTCONV_BWD_WEIGHT", mode)
+    _check(shape)
+
+
+@pytest.mark.parametrize("special", ["inf", "nan"])
+@pytest.mark.parametrize("mode", MODES)
+def test_bwd_weight_non_finite_input(special, mode, monkeypatch):
+    _needs_c()
+    if mode != "auto":
+        monkeypatch.setenv("FASTCONV_BWD_WEIGHT", mode)
+    _check((2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1), special)
+
+
+def test_bwd_weight_on_avx2_kernels():
+    """The AVX2 6x16 tables (FASTCONV_ISA is read once per process: a child runs them)."""
+    _needs_c()
+    if cbackend.isa() not in ("avx512", "avx2") or os.environ.get("FASTCONV_ISA"):
+        pytest.skip("needs an AVX2 machine and no forced ISA")
+    env = {**os.environ, "FASTCONV_ISA": "avx2"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                          "modes_match or non_finite or routes_match"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("route", ["gemm", "forward"])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 9, 14, 14, 70, 3, 3, 2, 1, 1, 1), (2, 10, 15, 15, 17, 3, 3, 2, 0, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_bwd_data_routes_match_torch(shape, route, monkeypatch):
+    """Backward-data by the C GEMM + col2im (bwd_data_f32.c) and by the forward kernels."""
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_BWD_DATA", route)
+    n, c, h, w, k, r, s, st, pad, dil, g = shape
+    rng = np.random.default_rng(1)
+    wt = rng.standard_normal((k, c // g, r, s)).astype(np.float32)
+    p = Conv2dProblem(n, c, h, w, k, r, s, (st, st), (pad,) * 4, (dil, dil), g, "float32")
+    gy = rng.standard_normal(p.output_shape).astype(np.float32)
+    gx = cbackend.conv2d_bwd_data(p, gy, wt)
+    ref = torch.ops.aten.convolution_backward(torch.from_numpy(gy), torch.zeros(p.input_shape), torch.from_numpy(wt),
+                                              None, [st, st], [pad, pad], [dil, dil], False, [0, 0], g,
+                                              [True, False, False])[0].numpy()
+    np.testing.assert_allclose(gx, ref, rtol=0, atol=4e-6 * np.sqrt(k * r * s) * max(1.0, float(np.abs(ref).max())))
