@@ -23,7 +23,11 @@ all: test
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	rm -f src/fastconv/_ckernels*  # a failed compile must not leave the previous build in place
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+	@# The extension is optional for users; here a C compiler exists, so a failed build is an error.
+	@if command -v $${CC:-cc} >/dev/null 2>&1; then $(PY) -c "import fastconv.backends.c as c; ok, why = c.available(); \
+	  assert ok, 'the C extension did not build: ' + why + ' (python setup.py build_ext --inplace shows why)'"; fi
 	touch $@
 
 env: $(STAMP)

@@ -551,12 +551,12 @@ def test_backward_and_winograd_scratch_that_cannot_fit_is_refused(monkeypatch):
     from fastconv.problem import Conv2dProblem
 
     threads.set_num_threads(4)
-    # strided backward-data: 64x64 taps x 179x179 outputs of columns, about 525 MB
-    p = Conv2dProblem(1, 1, 600, 600, 1, 64, 64, (3, 3), (0,) * 4, (1, 1), 1, "float32", direction="bwd_data")
+    # strided float64 backward-data: 64x64 taps x 179x179 outputs of columns, about 1 GB
+    p = Conv2dProblem(1, 1, 600, 600, 1, 64, 64, (3, 3), (0,) * 4, (1, 1), 1, "float64", direction="bwd_data")
     assert _c_scratch.conv2d_bytes(p, 4) > 2**28
-    g = np.ones((1, 1, 179, 179), np.float32)
+    g = np.ones((1, 1, 179, 179))
     _refused_for_scratch(monkeypatch, 2**28, lambda: grad.conv2d_input(
-        (1, 1, 600, 600), np.ones((1, 1, 64, 64), np.float32), g, stride=3, backend="c"))
+        (1, 1, 600, 600), np.ones((1, 1, 64, 64)), g, stride=3, backend="c"))
     # backward-weight: four threads each sum into a private 75 MB weight gradient
     x = np.ones((4, 1024, 3, 3))
     q = Conv2dProblem(4, 1024, 3, 3, 1024, 3, 3, (1, 1), (0,) * 4, (1, 1), 1, "float64", direction="bwd_weight")
@@ -587,8 +587,8 @@ SCRATCH_RSS = textwrap.dedent("""
         x, w = np.ones((1, 2**14, 1, 1), np.float32), np.ones((1, 2**14, 3, 3), np.float32)
         run = lambda: fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c")
     else:
-        p = Conv2dProblem(1, 1, 300, 300, 1, 48, 48, (3, 3), (0,) * 4, (1, 1), 1, "float32", direction="bwd_data")
-        w, g = np.ones((1, 1, 48, 48), np.float32), np.ones((1, 1, 85, 85), np.float32)
+        p = Conv2dProblem(1, 1, 300, 300, 1, 48, 48, (3, 3), (0,) * 4, (1, 1), 1, "float64", direction="bwd_data")
+        w, g = np.ones((1, 1, 48, 48)), np.ones((1, 1, 85, 85))
         run = lambda: grad.conv2d_input((1, 1, 300, 300), w, g, stride=3, backend="c")
     def peak():  # VmHWM: this process image's peak (ru_maxrss would carry the parent's across exec)
         with open("/proc/self/status") as f:

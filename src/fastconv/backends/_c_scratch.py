@@ -108,26 +108,106 @@ def _padded_copies(p) -> int:
     return 2 * p.n * p.c * (p.h + pt + pb) * (p.w + pl + pr) * _item(p)
 
 
-def conv2d_bwd_data_bytes(p, nthreads: int) -> int:
-    """Backward-data: stride-1 and lightly strided problems run as forward convolutions (checked
-    on their own as they run); above c.MAX_PHASES phases the kernel's GEMM writes each (image,
-    group) task's columns, cg*r*s x oh*ow, into a private buffer per thread."""
-    from .c import MAX_PHASES
+#: The per-ISA GEMM tables of csrc/isa.c: (mr, nr, kc).
+_GEMM_TILE = {"avx512": (8, 48, 192), "avx2": (6, 16, 256), "generic": (4, 16, 128)}
 
-    extra = _padded_copies(p)
-    if p.stride[0] * p.stride[1] <= MAX_PHASES:
-        return extra
+
+def _tile(isa: str | None):
+    if isa is None:
+        from . import c
+
+        isa = c.isa() or "avx512"
+    return _GEMM_TILE.get(isa, _GEMM_TILE["avx512"])
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def conv2d_bwd_data_bytes(p, nthreads: int, isa: str | None = None) -> int:
+    """Backward-data.  Stride-1 and lightly strided problems run as forward convolutions (checked
+    on their own as they run); the rest reach the C kernel.  float32 (bwd_data_f32.c): the
+    weights transposed per group (cg rounded up to mr, x r*s x kg), a copy of grad_output and one
+    r*s*mr x nr tile per thread.  float64 (conv_bwd_impl.h): each thread's packing buffers and
+    the columns of its (image, group) task, cg*r*s x oh*ow."""
+    from . import c
     from ._bwd_common import zero_padded
 
-    q = zero_padded(p)  # what the kernel sees
+    extra = _padded_copies(p)
+    q = zero_padded(p)  # what the kernels see
+    if not q.n:
+        return extra
+    gemm = c._gemm_bwd_data(q)
+    if not gemm and (c._transposed(q) is not None or q.stride[0] * q.stride[1] <= c.MAX_PHASES):
+        return extra
+    rs = q.r * q.s
+    if q.dtype == "float32":
+        mr, nr, kc = _tile(isa)
+        weights = q.groups * _ceil(q.cg, mr) * mr * rs * q.kg
+        dy = q.groups * q.kg * q.n * q.oh * q.ow + 48
+        team = _team(nthreads, q.groups * _ceil(q.cg, mr))
+        return extra + 4 * (weights + dy) + team * _slice(rs * mr * nr * 4) + kc * 8
     pointwise = q.r == q.s == 1 and not (q.padding[0] or q.padding[2]) and q.oh == q.h and q.ow == q.w
-    per_thread = _BWD_GEMM_ELEMENTS + (0 if pointwise else q.cg * q.r * q.s * q.oh * q.ow)
+    per_thread = _BWD_GEMM_ELEMENTS + (0 if pointwise else q.cg * rs * q.oh * q.ow)
     return extra + _team(nthreads, q.n * q.groups) * _slice(per_thread * _item(q))
 
 
-def conv2d_bwd_weight_bytes(p, nthreads: int) -> int:
-    """Backward-weight: each thread sums its images into a private weight gradient (k*cg*r*s)
-    next to a copy of a chunk of grad_output (kg x images x oh*ow)."""
+def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
+    """bwd_weight_f32.c's buffers (None when it leaves the problem to the portable kernel): the
+    GEMM's A (a padded, phase-split copy of the input in direct mode; blocks of im2col rows in
+    packed mode; of the input in swap mode; nothing when read in place), B (blocks of dy^T
+    panels) and the output tiles, floats, plus small int64 tables."""
+    mr, nr, kc = _tile(isa)
+    (sh, sw), (dh, dw) = q.stride, q.dilation
+    if not (q.kg >= 16 and 2 * q.cg >= mr) or sh > 64 or sw > 64:
+        return None
+    na, nb = _phases(q.r, dh, sh), _phases(q.s, dw, sw)
+    hq, wq = q.oh + (q.r - 1) * dh // sh, q.ow + (q.s - 1) * dw // sw
+    if na * nb * hq * wq > _CONV_RATIO * (q.h * q.w + q.oh * q.ow) + _CONV_SLACK:
+        return None
+    rs, ohw = q.r * q.s, q.oh * q.ow
+    unpadded_1x1 = q.r == q.s == 1 and not any(q.padding)
+    cgp, crsp = _ceil(q.cg, mr) * mr, _ceil(q.cg * rs, mr) * mr
+    virt, real = (q.n - 1) * hq * wq + (q.oh - 1) * wq + q.ow, q.n * ohw
+    if unpadded_1x1 and q.cg <= q.kg:
+        mode = "swap"
+    elif (virt * cgp / (real * q.cg) - crsp / (q.cg * rs)) * q.kg > 32:
+        mode = "packed"
+    else:
+        mode = "direct"
+    cols = q.cg if mode == "swap" else q.kg
+    full, rest = cols // nr, _ceil(cols % nr, 16) * 16
+    npad, npan = full * nr + rest, full + (rest > 0)
+    if nr == 48 and rest == 16 and full >= 1:
+        npan = full + 2
+    rows = {"direct": rs * cgp, "packed": crsp, "swap": _ceil(q.kg, mr) * mr}[mode]
+    in_place = ohw >= 512 and unpadded_1x1 and (
+        (mode == "swap" and q.kg % mr == 0)
+        or (mode == "direct" and q.stride == (1, 1) and q.cg % mr == 0 and (q.oh, q.ow) == (q.h, q.w)))
+    span = ohw if in_place else (virt if mode == "direct" else real)
+    kc2 = _ceil(span, _ceil(span, max(kc, 393216 // (q.groups * npad))))
+    if in_place:
+        a = 0
+    elif mode == "direct":
+        a = q.groups * cgp * na * nb * q.n * hq * wq
+    else:
+        a = q.groups * rows * kc2
+    b = q.groups * npad * kc2
+    tiles = q.groups * (rows // mr) * npan * mr * nr
+    return 4 * (a + b + tiles) + 8 * (2 * (cols // 16 + 2) + rs + 3 * kc)
+
+
+def conv2d_bwd_weight_bytes(p, nthreads: int, isa: str | None = None) -> int:
+    """Backward-weight: float32 on the GEMM microkernels where it applies (above); otherwise
+    each thread sums its images into a private weight gradient (k*cg*r*s) next to a copy of a
+    chunk of grad_output (kg x images x oh*ow)."""
+    from ._bwd_common import zero_padded
+
+    q = zero_padded(p)
+    if q.dtype == "float32" and q.n:
+        gemm = _bwd_weight_f32_bytes(q, isa)
+        if gemm is not None:
+            return _padded_copies(p) + gemm
     team = _team(nthreads, p.n)
     per_img = -(-p.n // team)
     ohw = p.oh * p.ow
