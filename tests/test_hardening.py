@@ -617,6 +617,7 @@ SCRATCH_RSS = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason="AddressSanitizer's allocator and shadow")
 @pytest.mark.parametrize("which", ["winograd", "bwd_data"])
 def test_scratch_estimate_matches_what_the_kernel_takes(which):
     """The Python mirror of the C sizing is what the kernel really takes (peak RSS of a fresh
