@@ -547,6 +547,24 @@ def test_winograd_many_channels_on_a_tiny_image_gives_torchs_result():
     np.testing.assert_allclose(y, _torch(F.conv2d, x, w, padding=1), rtol=1e-3, atol=1e-2)
 
 
+@pytest.mark.parametrize("xs, kw", [((1, 1, 1, 1), dict(padding=300)), ((1, 3, 1, 2**14), dict(padding=(1, 0))),
+                                     ((1, 1, 2, 2), dict(padding=HALF)), ((1, 1, 2, 2), dict(padding=(1, BIG)))])
+def test_winograd_hostile_padding_gives_torchs_result_or_memory_error(xs, kw):
+    """Winograd tiles the output: wide padding makes many tiles of a tiny input (torch's result), or
+    an output that cannot exist (MemoryError before any work)."""
+    if "c" not in _backends():
+        pytest.skip("c not available")
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal((2, xs[1], 3, 3)).astype(np.float32)
+    t0 = time.perf_counter()
+    try:
+        y = fastconv.conv2d(x, w, algorithm="winograd", backend="c", **kw)
+    except MemoryError as exc:
+        assert "output" in str(exc) and time.perf_counter() - t0 < 5
+        return
+    np.testing.assert_allclose(y, _torch(F.conv2d, x, w, **kw), rtol=1e-3, atol=1e-3)
+
+
 def _refused_for_scratch(monkeypatch, memory: int, call) -> None:
     from fastconv import _args
 
