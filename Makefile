@@ -112,10 +112,11 @@ fuzz: $(STAMP)
 	  $(PY) -m pytest -q -p no:cacheprovider --durations=0 tests/test_fuzz.py
 
 # Resources at length: RESOURCE_CALLS calls of every op and direction on every backend (a tenth on
-# naive, a quarter on torch) with the resident set flat; Ctrl-C during a long call.
+# naive, a quarter on torch) with the resident set flat; Ctrl-C during a long call.  OpenMP threads
+# sleep between the many tiny calls (spinning ones starve each other on shared cores).
 RESOURCE_CALLS ?= 10000
 resources: $(STAMP)
-	FASTCONV_RESOURCE_CALLS=$(RESOURCE_CALLS) FASTCONV_RESOURCE_WARMUP=20 \
+	OMP_WAIT_POLICY=PASSIVE FASTCONV_RESOURCE_CALLS=$(RESOURCE_CALLS) FASTCONV_RESOURCE_WARMUP=20 \
 	  $(PY) -m pytest -q -s -p no:cacheprovider --durations=0 tests/test_resources.py
 
 clean:
