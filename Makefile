@@ -16,7 +16,8 @@ RESULTS    ?= benchmarks/results
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: all test lint bench bench-results bench-pytest asv env clean sanitize sanitize-build fuzz fuzz-c gpu-check
+.PHONY: all test lint bench bench-results bench-pytest asv env clean sanitize sanitize-build fuzz fuzz-c gpu-check \
+	resources
 
 all: test
 
@@ -106,11 +107,22 @@ fuzz-c: sanitize-build
 	mkdir -p build/fuzz-c-corpus && \
 	$(SANITIZE_ENV) $(PY) fuzz/fuzz_c.py -max_total_time=$(FUZZ_C_SECONDS) -print_final_stats=1 build/fuzz-c-corpus
 
-# The differential fuzzer (tests/test_fuzz.py) at length: FUZZ_EXAMPLES calls per op, drawn afresh
-# (make test runs the same property with 40 fixed examples per op).
+# The differential fuzzer (tests/test_fuzz.py) at length: FUZZ_EXAMPLES calls per (op, direction),
+# drawn afresh, and FUZZ_CUDA_EXAMPLES per forward op on the cuda backend (under Numba's CUDA
+# simulator when no device is present).  make test runs the same properties with 40 and 6 fixed ones.
 FUZZ_EXAMPLES ?= 2000
+FUZZ_CUDA_EXAMPLES ?= 100
 fuzz: $(STAMP)
-	FASTCONV_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	FASTCONV_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FASTCONV_FUZZ_CUDA_EXAMPLES=$(FUZZ_CUDA_EXAMPLES) HYPOTHESIS_PROFILE=thorough \
+	  $(PY) -m pytest -q -p no:cacheprovider --durations=0 tests/test_fuzz.py
+
+# Resources at length: RESOURCE_CALLS calls of every op and direction on every backend (a tenth on
+# naive, a quarter on torch) with the resident set flat; Ctrl-C during a long call.  OpenMP threads
+# sleep between the many tiny calls (spinning ones starve each other on shared cores).
+RESOURCE_CALLS ?= 10000
+resources: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE FASTCONV_RESOURCE_CALLS=$(RESOURCE_CALLS) FASTCONV_RESOURCE_WARMUP=20 \
+	  $(PY) -m pytest -q -s -p no:cacheprovider --durations=0 tests/test_resources.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/fastconv/_ckernels* .pytest_cache .hypothesis .asv .benchmarks

@@ -23,6 +23,8 @@ static int FN(max_pool2d_bwd)(const fc_pool2d_desc *d, const T *x, const T *dy, 
                 T maxval = -(T)INFINITY;
                 int64_t h1 = FC_MIN(i * d->stride_h - d->pad_h + (d->kh - 1) * d->dil_h + 1, d->h);
                 int64_t w1 = FC_MIN(j * d->stride_w - d->pad_w + (d->kw - 1) * d->dil_w + 1, d->w);
+                if (h0 >= h1 || w0 >= w1) /* dilation steps over the input: every tap is padding */
+                    continue;
                 for (int64_t ih = h0; ih < h1; ih += d->dil_h)
                     for (int64_t iw = w0; iw < w1; iw += d->dil_w) {
                         T v = xp[ih * d->w + iw];

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv
@@ -360,7 +360,15 @@ def draw_conv2d_bwd_weight(draw) -> Call:
 
 @st.composite
 def draw_max_pool2d_bwd(draw) -> Call:
-    return _with_grad(draw, draw(draw_max_pool2d()), ("input", "grad_output"))
+    """Not a window whose dilated taps all land in the padding: torch's backward then credits an
+    index outside the input and aborts the process (fastconv's gradient is zero there:
+    test_hardening.py)."""
+    call = draw(draw_max_pool2d())
+    try:
+        assume(not np.isneginf(fastconv.max_pool2d(np.zeros(call.arrays["input"].shape), **call.options)).any())
+    except (ValueError, TypeError, MemoryError):
+        pass
+    return _with_grad(draw, call, ("input", "grad_output"))
 
 
 @st.composite
@@ -541,8 +549,14 @@ def _check_alone(op: FuzzOp, call: Call, backend) -> None:
         pass
 
 
+#: FASTCONV_FUZZ_TRACE=1 prints every call before it runs: the last one printed crashed the process.
+TRACE = os.environ.get("FASTCONV_FUZZ_TRACE", "0") != "0"
+
+
 def check_call(key: tuple[str, str], call: Call, backend) -> None:
     op = FUZZ_OPS[key]
+    if TRACE:
+        print(f"\n{key} backend={backend} {call!r}", file=sys.stderr, flush=True)
     if not WITH_TORCH:
         return _check_alone(op, call, backend)
     ref, ref_state, torch_error = _torch_side(op, call)
@@ -597,6 +611,8 @@ def test_cuda_backend_under_the_simulator():
     kernels; "auto" never picks it for NumPy arrays, so it is named."""
     if SIMULATED:
         pytest.skip("already under the simulator")
+    if os.environ.get("FASTCONV_FUZZ_BACKENDS"):
+        pytest.skip("FASTCONV_FUZZ_BACKENDS chose the backends")
     if "cuda" not in dispatch._registry:
         pytest.skip("no cuda backend")
     if dispatch._status(dispatch._registry["cuda"])[0]:
@@ -608,4 +624,5 @@ def test_cuda_backend_under_the_simulator():
                            "-k", "fwd", os.path.abspath(__file__)], env=env, capture_output=True, text=True,
                           timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "6 passed" in proc.stdout, proc.stdout[-2000:]
+    forward_rows = sum(direction == "fwd" for _, direction in FUZZ_OPS)
+    assert f"{forward_rows} passed" in proc.stdout, proc.stdout[-2000:]

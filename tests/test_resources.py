@@ -1,7 +1,8 @@
 """Resources: memory stays flat over many calls, and Ctrl-C during a long call leaves the process usable.
 
-(Forked children are in test_hardening.py.)  Call counts are kept small enough for make test;
-FASTCONV_RESOURCE_CALLS raises them (the hardening figures in the README used 10,000).
+(Forked children are in test_hardening.py.)  Every op in every direction (the backward ones
+through ``fastconv.grad``) and conv2d's Winograd, where the backend has them.  Call counts are kept
+small enough for make test; FASTCONV_RESOURCE_CALLS raises them (``make resources``: 10,000).
 """
 from __future__ import annotations
 
@@ -16,15 +17,21 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch
+from fastconv import dispatch, grad
 
-CALLS = int(os.environ.get("FASTCONV_RESOURCE_CALLS", "100"))
+CALLS = int(os.environ.get("FASTCONV_RESOURCE_CALLS", "30"))
 #: The plain-Python reference and the torch wrapper are slow per call: fewer of them.
 SLOW = {"naive": 10, "torch": 4}
+#: Calls before measuring: JIT, thread pools, caches (the Winograd filter cache: 1 entry here).
+WARMUP = int(os.environ.get("FASTCONV_RESOURCE_WARMUP", "5"))
 rng = np.random.default_rng(0)
 X = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
 W = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
 STATS = np.zeros(4, np.float32), np.ones(4, np.float32)
+GY = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)      # conv2d's output gradient (padding 1)
+GP = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)      # pooling's (3, 2, 1)
+GA = rng.standard_normal((2, 4, 3, 5)).astype(np.float32)      # adaptive pooling's (3, 5)
+W3 = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
 
 OPS = {
     "conv2d": lambda b: fastconv.conv2d(X, W, padding=1, groups=2, activation="relu", backend=b),
@@ -33,6 +40,14 @@ OPS = {
     "adaptive_avg_pool2d": lambda b: fastconv.adaptive_avg_pool2d(X, (3, 5), backend=b),
     "batch_norm": lambda b: fastconv.batch_norm(X, *STATS, backend=b),
     "relu": lambda b: fastconv.relu(X, backend=b),
+    "conv2d winograd": lambda b: fastconv.conv2d(X, W3, padding=1, algorithm="winograd", backend=b),
+    "conv2d bwd_data": lambda b: grad.conv2d_input(X.shape, W, GY, padding=1, groups=2, backend=b),
+    "conv2d bwd_weight": lambda b: grad.conv2d_weight(X, W.shape, GY, padding=1, groups=2, backend=b),
+    "max_pool2d bwd_data": lambda b: grad.max_pool2d_input(X, GP, 3, 2, 1, backend=b),
+    "avg_pool2d bwd_data": lambda b: grad.avg_pool2d_input(X.shape, GP, 3, 2, 1, backend=b),
+    "adaptive_avg_pool2d bwd_data": lambda b: grad.adaptive_avg_pool2d_input(X.shape, GA, backend=b),
+    "batch_norm bwd_data": lambda b: grad.batch_norm_input(X, X, training=True, backend=b),
+    "relu bwd_data": lambda b: grad.relu_input(np.maximum(X, 0), X, backend=b),
 }
 
 
@@ -49,16 +64,24 @@ def _available():
 @pytest.mark.parametrize("backend", _available())
 def test_rss_flat_over_many_calls(backend):
     """No op leaks: after a warm-up (JIT, thread pools, caches), CALLS more calls of every op
-    grow the resident set by less than 16 MiB (one leaked output per call would be far more)."""
-    for op in OPS.values():
-        for _ in range(20):
-            op(backend)
-    calls = max(10, CALLS // SLOW.get(backend, 1))
+    grow the resident set by less than 16 MiB (one leaked output per call would be far more).
+    Ops the backend refuses (BackendError: no Winograd, no backward kernel) are left out."""
+    ops = []
+    for name, op in OPS.items():
+        try:
+            for _ in range(WARMUP):
+                op(backend)
+        except dispatch.BackendError:
+            continue
+        ops.append(name)
+    assert "conv2d" in ops and "relu" in ops, ops
+    calls = max(5, CALLS // SLOW.get(backend, 1))
     start = _rss()
     for _ in range(calls):
-        for op in OPS.values():
-            op(backend)
+        for name in ops:
+            OPS[name](backend)
     grown = _rss() - start
+    print(f"{backend}: {calls} calls of each of {len(ops)} ops ({', '.join(ops)}), RSS grew {grown / 2**20:.1f} MiB")
     assert grown < 16 * 2**20, f"{backend}: RSS grew {grown / 2**20:.1f} MiB over {calls} calls of each op"
 
 

@@ -206,6 +206,8 @@ def batch_norm_input(input, grad_output, mean=None, var=None, weight=None, train
     if not (eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be non-negative and finite, got eps={eps}")
     p = BatchNormProblem(n, c, tuple(spatial), bool(training), eps, x.dtype.name)
+    if training and p.count == 1:  # as the forward (and torch): one value has no batch statistics
+        raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     x3, g3 = x.reshape(n, c, p.l), g.reshape(n, c, p.l)
     if mean is None or var is None:
         if not training:

@@ -5,7 +5,8 @@ at call time, so the count is right whatever was imported first:
 
 - c: passed to every C call, which opens its OpenMP region with ``num_threads(n)``;
 - numba: ``numba.set_num_threads`` before each parallel call (numba keeps it per thread);
-- im2col: NumPy's BLAS through threadpoolctl (``apply_blas``; cached, the lookup costs ms);
+- im2col: NumPy's BLAS through threadpoolctl (``apply_blas``; cached, the lookup costs ms), held
+  at one thread under im2col's own threads (``limit_blas``), from whichever thread calls;
 - torch: ``torch.set_num_threads`` before each call.
 
 The default is the CPUs this process may run on, or ``FASTCONV_NUM_THREADS`` when set.
@@ -74,6 +75,47 @@ def set_num_threads(n: int) -> None:
     _num_threads = _check_count(n, "num_threads")
 
 
+def _take_blas_control() -> None:
+    """Let the calling thread's BLAS limit take effect.
+
+    OpenBLAS built on pthreads has one process-wide thread count.  threadpoolctl (3.6 on) lets
+    only one thread change it -- the first to try, for as long as it lives -- and silently ignores
+    every other thread's limit, so a limit set from a user's thread (an im2col call keeping BLAS
+    on one thread under its own threads) did nothing once the main thread had set one.  fastconv
+    changes the count only under ``_blas_lock``, one change at a time, so it hands control to
+    whichever thread makes the change.
+    """
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # older threadpoolctl: no such rule
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
+_blas_controller = None
+
+
+def limit_blas(n: int):
+    """Limit BLAS to ``n`` threads from any thread; ``restore_blas`` on the result undoes it."""
+    global _blas_controller
+    with _blas_lock:
+        if _blas_controller is None:  # finding the loaded libraries costs ~80 us; limiting them ~3 us
+            from threadpoolctl import ThreadpoolController
+
+            _blas_controller = ThreadpoolController()
+        _take_blas_control()
+        return _blas_controller.limit(limits=n, user_api="blas")
+
+
+def restore_blas(limiter) -> None:
+    """Put back the BLAS thread counts ``limiter`` (from ``limit_blas``) replaced, from any thread."""
+    with _blas_lock:
+        _take_blas_control()
+        limiter.restore_original_limits()
+
+
 def apply_blas() -> None:
     """Limit NumPy's BLAS to the current thread count (no-op when already applied)."""
     global _blas_applied, _blas_limiter
@@ -84,6 +126,7 @@ def apply_blas() -> None:
         if _blas_applied != n:
             from threadpoolctl import threadpool_limits
 
+            _take_blas_control()
             # Not used as a context manager: the limit stays until the next change.
             _blas_limiter = threadpool_limits(limits=n, user_api="blas")
             _blas_applied = n

@@ -88,6 +88,8 @@ def _max_pool_bwd(x, gy, gx, kh, kw, sh, sw, ph, pw, dh, dw):
                 while w0 < 0:
                     w0 += dw
                 w1 = min(j * sw - pw + (kw - 1) * dw + 1, w)
+                if h0 >= h1 or w0 >= w1:  # dilation steps over the input: every tap is padding
+                    continue
                 # torch's scan: from the first tap inside the input, every larger value and every NaN.
                 bi, bj, best = h0, w0, -np.inf
                 for ih in range(h0, h1, dh):

@@ -93,21 +93,15 @@ class _SingleThreadedBlas:
     """Keep BLAS on one thread while any call runs its own threads; restore it after the last.
 
     The parallelism is ours; a multi-threaded BLAS under each of our threads would oversubscribe
-    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread.  The
-    controller is made once: finding the loaded BLAS libraries costs ~80 us, limiting them ~3 us.
+    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread; the
+    limit holds whichever thread the call comes from (``threads.limit_blas``).
     """
-
-    controller = None
 
     def __enter__(self):
         global _blas_users, _blas_limiter
         with _lock:
             if _blas_users == 0:
-                if _SingleThreadedBlas.controller is None:
-                    from threadpoolctl import ThreadpoolController
-
-                    _SingleThreadedBlas.controller = ThreadpoolController()
-                _blas_limiter = _SingleThreadedBlas.controller.limit(limits=1, user_api="blas")
+                _blas_limiter = threads.limit_blas(1)
             _blas_users += 1
 
     def __exit__(self, *exc):
@@ -115,7 +109,7 @@ class _SingleThreadedBlas:
         with _lock:
             _blas_users -= 1
             if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
+                threads.restore_blas(_blas_limiter)
                 _blas_limiter = None
 
 

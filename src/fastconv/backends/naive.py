@@ -300,7 +300,8 @@ def max_pool2d_bwd_data(p, x, grad_output):
                                 v = plane[ih][iw]
                                 if where is None or v > best or v != v:
                                     best, where = v, (ih, iw)
-                    gx[n, c][where] += grad_output[n, c, i, j]
+                    if where is not None:  # else every tap is padding: nothing flows back
+                        gx[n, c][where] += grad_output[n, c, i, j]
     return gx.astype(p.dtype)
 
 
