@@ -21,7 +21,8 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ["conv_direct.c", "conv_gemm_f32.c", "conv_panels_f32.c", "conv_winograd_f32.c", "gemm_f32_avx512.c",
-           "gemm_f32_avx2_6x16.c", "gemm_f32_generic.c", "isa.c", "pool.c", "norm.c", "cpu.c", "conv_bwd.c"]
+           "gemm_f32_avx2_6x16.c", "gemm_f32_generic.c", "isa.c", "pool.c", "norm.c", "cpu.c", "conv_bwd.c",
+           "activation.c"]
 
 
 def cdef_text() -> str:
