@@ -129,6 +129,11 @@ def max_pool2d(p, x):
         return _kernels("_numba_pool").max_pool2d(p, _ro(x))
 
 
+def max_pool2d_with_indices(p, x):
+    with _parallel():
+        return _kernels("_numba_pool").max_pool2d_with_indices(p, _ro(x))
+
+
 def avg_pool2d(p, x):
     with _parallel():
         return _kernels("_numba_pool").avg_pool2d(p, _ro(x))
