@@ -134,6 +134,36 @@ def _max_pool_indices(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
                 where[i, j] = at
 
 
+@kernel
+def _adaptive_max_pool(x, y, idx, h, w, oh, ow):
+    """x (planes, H*W), y and idx (planes, OH*OW): each bin (adaptive_avg_pool2d's) scanned as
+    _max_pool_indices scans a window."""
+    for plane in prange(x.shape[0]):
+        src = x[plane]
+        for i in range(oh):
+            h0, h1 = (i * h) // oh, ((i + 1) * h + oh - 1) // oh
+            for j in range(ow):
+                w0, w1 = (j * w) // ow, ((j + 1) * w + ow - 1) // ow
+                best = -np.inf
+                at = h0 * w + w0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        v = src[ih * w + iw]
+                        if v > best or v != v:
+                            best = v
+                            at = ih * w + iw
+                y[plane, i * ow + j] = best
+                idx[plane, i * ow + j] = at
+
+
+def adaptive_max_pool2d(p, x):
+    y = np.empty(p.output_shape, p.dtype)
+    idx = np.empty(p.output_shape, np.int64)
+    _adaptive_max_pool(x.reshape(p.n * p.c, p.h * p.w), y.reshape(p.n * p.c, p.oh * p.ow),
+                       idx.reshape(p.n * p.c, p.oh * p.ow), p.h, p.w, p.oh, p.ow)
+    return (y, idx) if p.return_indices else y
+
+
 def max_pool2d_with_indices(p, x):
     y = np.empty(p.output_shape, p.dtype)
     idx = np.empty(p.output_shape, np.int64)
