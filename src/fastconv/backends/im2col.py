@@ -335,7 +335,7 @@ def max_pool2d_with_indices(p, x):
     """max_pool2d over the same padded window views, also tracking where each max is: a later tap
     replaces it when strictly greater or NaN, as torch's scan does (padding, -inf, never does)."""
     planes = x.reshape(p.n * p.c, p.h, p.w)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    (_, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     eh, ew = _overhang(p)
     y = np.empty((p.n * p.c, p.oh, p.ow), p.dtype)
     idx = np.empty((p.n * p.c, p.oh, p.ow), np.int64)
