@@ -71,7 +71,7 @@ def conv_cases(draw, max_size: int = 12) -> Case:
 
 
 @st.composite
-def pool_cases(draw, max_size: int = 12) -> Case:
+def pool_cases(draw, max_size: int = 12, indices: bool = True) -> Case:
     dtype = draw(DTYPES)
     op = draw(st.sampled_from(["max_pool2d", "avg_pool2d"]))
     kernel = _pair(draw, 1, 4)
@@ -90,7 +90,7 @@ def pool_cases(draw, max_size: int = 12) -> Case:
         st.integers(1, 4), st.integers(1, 4)))), padding=padding, ceil_mode=draw(st.booleans()))
     if op == "max_pool2d":
         kwargs["dilation"] = dilation
-        if draw(st.booleans()):
+        if indices and draw(st.booleans()):  # indices=False: for backends without max_pool2d_with_indices
             kwargs["return_indices"] = True
     else:
         kwargs["count_include_pad"] = draw(st.booleans())

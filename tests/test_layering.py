@@ -21,7 +21,7 @@ LAYERS = [
     {"api", "grad", "__init__"},
     {"nn", "optim"},
     {"models"},
-    {"interop"},
+    {"interop", "graph", "onnx"},
     {"bench", "train", "cli", "__main__"},
 ]
 

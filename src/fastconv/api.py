@@ -564,3 +564,8 @@ def warmup(backends=None) -> None:
             batch_norm(x, zeros, ones, backend=name)
             batch_norm(x, zeros.copy(), ones.copy(), training=True, backend=name)
             relu(x, backend=name)
+            for fn in (relu6, sigmoid, silu, hardswish, leaky_relu, hardtanh):
+                try:  # not every backend has the activation kernel
+                    fn(x, backend=name)
+                except dispatch.BackendError:
+                    pass
