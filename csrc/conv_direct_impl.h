@@ -17,8 +17,7 @@ static inline void FN(row_epilogue)(T *restrict yrow, const T *restrict rrow, in
         for (int64_t j = 0; j < ow; j++)
             yrow[j] = yrow[j] < 0 ? (T)0 : yrow[j]; /* NaN < 0 is false: NaN stays */
     else if (act != FC_ACT_NONE)
-        for (int64_t j = 0; j < ow; j++)
-            yrow[j] = fc_act(yrow[j], act, (T)d->act_a, (T)d->act_b);
+        fc_act_row(yrow, ow, act, (T)d->act_a, (T)d->act_b);
 }
 
 /* yrow[lo:hi] += wv * xrow[lo*sw + off :: sw] */

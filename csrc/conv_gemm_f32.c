@@ -88,11 +88,8 @@ static void store_tile(const plan_t *P, const float *c, const float *bias, const
         const float *res = residual ? residual + at : NULL, *bk = bias ? bias + k0 : NULL;
         P->cfg->store(c + sg->j0, P->nr, rows, sg->len, bk, res, y + at, P->ohw, act == FC_ACT_RELU);
         if (act > FC_ACT_RELU) /* the other activations on the rows just stored, still in cache */
-            for (int64_t i = 0; i < rows; i++) {
-                float *out = y + at + (size_t)i * P->ohw;
-                for (int64_t j = 0; j < sg->len; j++)
-                    out[j] = fc_act_f32(out[j], act, (float)d->act_a, (float)d->act_b);
-            }
+            for (int64_t i = 0; i < rows; i++)
+                fc_act_row_f32(y + at + (size_t)i * P->ohw, sg->len, act, (float)d->act_a, (float)d->act_b);
     }
 }
 

@@ -66,6 +66,11 @@ FC_DEFINE_ACT(float, fc_act_f32, expf, fabsf)
 FC_DEFINE_ACT(double, fc_act_f64, exp, fabs)
 #define fc_act(v, act, a, b) _Generic((v), float: fc_act_f32, double: fc_act_f64)(v, act, a, b)
 
+/* y[0:n] = act(y[0:n]) in place (activation.c): the epilogue's row loop. */
+void fc_act_row_f32(float *y, int64_t n, int act, float a, float b);
+void fc_act_row_f64(double *y, int64_t n, int act, double a, double b);
+#define fc_act_row(y, n, act, a, b) _Generic((y), float *: fc_act_row_f32, double *: fc_act_row_f64)(y, n, act, a, b)
+
 /* The activation a convolution descriptor asks for (`act`, else the older `relu` flag). */
 static inline int fc_conv_act(const fc_conv2d_desc *d) {
     return d->act ? d->act : (d->relu ? FC_ACT_RELU : FC_ACT_NONE);
