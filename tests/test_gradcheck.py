@@ -128,5 +128,5 @@ def test_direction_and_device_in_the_id_and_rules():
 
 def test_a_cuda_problem_is_refused_by_cpu_backends():
     p = ReluProblem((3,), device="cuda")
-    with pytest.raises(dispatch.BackendError, match="runs on cpu, not cuda"):
+    with pytest.raises(dispatch.BackendError, match="runs on cpu arrays, not cuda arrays"):
         dispatch.select(p, "naive")
