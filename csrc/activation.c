@@ -2,6 +2,32 @@
  * ops of their own. */
 #include "fc_internal.h"
 
+/* exp(x) for x <= 0 (or NaN, which it returns), written so the compiler vectorises it: Cody-Waite
+ * reduction x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for exp(r) (Cephes' expf
+ * coefficients, about 1 ulp), and 2^n built in the exponent bits.  Below -87 the result is 0
+ * (exp(-87) is 1.6e-38, at the edge of the normal floats). */
+static inline float expneg_f32(float x0) {
+    float x = x0 < -87.0f ? -87.0f : x0;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float e = p * r * r + r + 1.0f;
+    int32_t k = (int32_t)(x == x ? n : 0.0f); /* no float-to-int conversion of NaN */
+    uint32_t bits = (uint32_t)(k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x0 < -87.0f ? 0.0f : e * scale; /* 0 for -inf too: silu(-inf) = -inf * 0 = NaN, as torch */
+}
+
+static inline double expneg_f64(double x) {
+    return exp(x);
+}
+
 /* One loop per activation, the switch outside it, so each loop vectorises (the clamps, leaky
  * relu and hardswish fully; the sigmoids around their scalar exp). */
 #define DEFINE_ACT_ROW(T, P)                                                                           \
@@ -28,6 +54,20 @@
                 T v = y[j], t = v + 3;                                                                 \
                 t = t < 0 ? (T)0 : (t > 6 ? (T)6 : t);                                                 \
                 y[j] = v != v ? v : v * t / 6;                                                         \
+            }                                                                                          \
+            break;                                                                                     \
+        case FC_ACT_SIGMOID:                                                                           \
+            for (int64_t j = 0; j < n; j++) {                                                          \
+                T v = y[j], e = expneg_##P(v < 0 ? v : -v);                                            \
+                T s = (v >= 0 ? (T)1 : e) / (1 + e);                                                   \
+                y[j] = v != v ? v : s;                                                                 \
+            }                                                                                          \
+            break;                                                                                     \
+        case FC_ACT_SILU:                                                                              \
+            for (int64_t j = 0; j < n; j++) {                                                          \
+                T v = y[j], e = expneg_##P(v < 0 ? v : -v);                                            \
+                T s = (v >= 0 ? (T)1 : e) / (1 + e);                                                   \
+                y[j] = v != v ? v : v * s;                                                             \
             }                                                                                          \
             break;                                                                                     \
         case FC_ACT_NONE:                                                                              \

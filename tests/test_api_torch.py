@@ -250,3 +250,18 @@ def test_fuse_folds_conv_activation(act):
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(g(x.numpy()), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "silu", "hardswish", "leaky_relu", "relu6"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_c_epilogue_over_the_whole_float_range(kind, dtype):
+    # The float32 sigmoids use their own vectorised exp: every magnitude, the underflow edge, +-inf, NaN.
+    _require("c")
+    x = np.concatenate([np.linspace(-100, 100, 4001), [np.inf, -np.inf, np.nan, -87.5, -86.9, 0.0, -0.0, 1e-8]])
+    x = np.ascontiguousarray(x.astype(dtype).reshape(1, 1, 1, -1))
+    y = fastconv.conv2d(x, np.ones((1, 1, 1, 1), dtype), activation=kind, backend="c")
+    expected = getattr(F, kind)(torch.from_numpy(x.astype(np.float64))).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-6 if dtype == "float32" else 1e-12, atol=1e-30, equal_nan=True)
+    ya = fastconv.sigmoid(x, backend="c") if kind == "sigmoid" else None
+    if ya is not None:
+        np.testing.assert_allclose(ya, expected, rtol=1e-6, atol=1e-30, equal_nan=True)
