@@ -7,14 +7,17 @@
  * fc_valid_range says the tap can reach, so no inner loop tests for padding.
  */
 
-/* bias + residual + relu on one finished output row. */
-static inline void FN(row_epilogue)(T *restrict yrow, const T *restrict rrow, int64_t ow, int relu) {
+/* residual + activation on one finished output row (bias started it). */
+static inline void FN(row_epilogue)(T *restrict yrow, const T *restrict rrow, int64_t ow, const fc_conv2d_desc *d) {
+    const int act = fc_conv_act(d);
     if (rrow)
         for (int64_t j = 0; j < ow; j++)
             yrow[j] += rrow[j];
-    if (relu)
+    if (act == FC_ACT_RELU)
         for (int64_t j = 0; j < ow; j++)
             yrow[j] = yrow[j] < 0 ? (T)0 : yrow[j]; /* NaN < 0 is false: NaN stays */
+    else if (act != FC_ACT_NONE)
+        fc_act_row(yrow, ow, act, (T)d->act_a, (T)d->act_b);
 }
 
 /* yrow[lo:hi] += wv * xrow[lo*sw + off :: sw] */
@@ -70,7 +73,7 @@ static void FN(conv_row)(const fc_conv2d_desc *d, const T *x, const T *w, const 
             }
         }
     }
-    FN(row_epilogue)(yrow, residual ? residual + (yrow - y) : NULL, d->ow, d->relu);
+    FN(row_epilogue)(yrow, residual ? residual + (yrow - y) : NULL, d->ow, d);
 }
 
 static int FN(conv2d_direct)(const fc_conv2d_desc *d, const T *x, const T *w, const T *bias,
@@ -148,7 +151,7 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
                     if (d->r == 3 && d->s == 3 && d->dil_w == 1) {
                         const T *x0 = xp + i * d->stride_h * wp;
                         FN(dw3x3_row)(yrow, x0, x0 + d->dil_h * wp, x0 + 2 * d->dil_h * wp, wk, d->ow, d->stride_w, b);
-                        FN(row_epilogue)(yrow, residual ? residual + obase + i * d->ow : NULL, d->ow, d->relu);
+                        FN(row_epilogue)(yrow, residual ? residual + obase + i * d->ow : NULL, d->ow, d);
                         continue;
                     }
                     for (int64_t j = 0; j < d->ow; j++)
@@ -158,7 +161,7 @@ static int FN(conv2d_depthwise)(const fc_conv2d_desc *d, const T *x, const T *w,
                         for (int64_t s = 0; s < d->s; s++)
                             FN(axpy_row)(yrow, xrow, wk[r * d->s + s], 0, d->ow, d->stride_w, s * d->dil_w);
                     }
-                    FN(row_epilogue)(yrow, residual ? residual + obase + i * d->ow : NULL, d->ow, d->relu);
+                    FN(row_epilogue)(yrow, residual ? residual + obase + i * d->ow : NULL, d->ow, d);
                 }
             }
         }

@@ -76,16 +76,20 @@ typedef struct {
     seg_t *osegs;   /* [panels][MAX_SEGS] output runs of each panel */
 } scratch_t;
 
-/* bias + residual + relu while writing one finished tile's rows into NCHW. */
+/* bias + residual + activation while writing one finished tile's rows into NCHW. */
 static void store_tile(const plan_t *P, const float *c, const float *bias, const float *residual,
                        float *y, int64_t g, int64_t mb, const seg_t *segs, int64_t nseg) {
     const fc_conv2d_desc *d = P->d;
+    const int act = fc_conv_act(d);
     const int64_t k0 = g * P->kg + mb * P->mr, rows = FC_MIN(P->mr, P->kg - mb * P->mr);
     for (int64_t t = 0; t < nseg; t++) {
         const seg_t *sg = &segs[t];
         size_t at = ((size_t)sg->n * d->k + k0) * P->ohw + sg->oh * d->ow + sg->ow0;
         const float *res = residual ? residual + at : NULL, *bk = bias ? bias + k0 : NULL;
-        P->cfg->store(c + sg->j0, P->nr, rows, sg->len, bk, res, y + at, P->ohw, d->relu);
+        P->cfg->store(c + sg->j0, P->nr, rows, sg->len, bk, res, y + at, P->ohw, act == FC_ACT_RELU);
+        if (act > FC_ACT_RELU) /* the other activations on the rows just stored, still in cache */
+            for (int64_t i = 0; i < rows; i++)
+                fc_act_row_f32(y + at + (size_t)i * P->ohw, sg->len, act, (float)d->act_a, (float)d->act_b);
     }
 }
 

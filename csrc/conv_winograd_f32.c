@@ -162,7 +162,7 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
                 float v = out[(a * 4 + c) * LANES + l] + b;
                 if (residual)
                     v += residual[at];
-                y[at] = d->relu && v < 0 ? 0.0f : v; /* NaN < 0 is false: NaN stays */
+                y[at] = fc_act_f32(v, fc_conv_act(d), (float)d->act_a, (float)d->act_b);
             }
     }
 }

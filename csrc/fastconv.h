@@ -28,6 +28,13 @@ enum fc_status {
 /* Convolution algorithms (Python's Conv2dProblem.algorithm). */
 enum fc_conv_algorithm { FC_ALGO_AUTO = 0, FC_ALGO_DIRECT = 1, FC_ALGO_GEMM = 2 };
 
+/* The epilogue's activations (Python's problem.ACTIVATION_PARAMS), torch.nn.functional's
+ * formulas; act_a / act_b carry leaky_relu's slope (a) and hardtanh's bounds (a, b). */
+enum fc_activation {
+    FC_ACT_NONE = 0, FC_ACT_RELU = 1, FC_ACT_RELU6 = 2, FC_ACT_LEAKY_RELU = 3, FC_ACT_HARDTANH = 4,
+    FC_ACT_SIGMOID = 5, FC_ACT_SILU = 6, FC_ACT_HARDSWISH = 7
+};
+
 /* One convolution.  weight is (k, c / groups, r, s); output (n, k, oh, ow).  Padding is zeros;
  * pad_top / pad_left place the first window, bottom and right padding follow from oh and ow. */
 typedef struct fc_conv2d_desc {
@@ -39,6 +46,8 @@ typedef struct fc_conv2d_desc {
     int64_t dil_h, dil_w;
     int64_t groups;
     int32_t relu;              /* 1: y = max(y, 0) after bias and residual (NaN stays NaN) */
+    int32_t act;               /* FC_ACT_*, after bias and residual; 0: `relu` decides */
+    double act_a, act_b;       /* the activation's parameters */
 } fc_conv2d_desc;
 
 /* y = act(conv(x, weight) + bias + residual); bias (k,) and residual (like y) may be NULL. */
@@ -81,12 +90,24 @@ int fc_f32_max_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nth
 int fc_f64_max_pool2d(const fc_pool2d_desc *d, const double *x, double *y, int nthreads);
 int fc_f32_avg_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nthreads);
 int fc_f64_avg_pool2d(const fc_pool2d_desc *d, const double *x, double *y, int nthreads);
+/* Max pooling that also writes each output's arg max, the flat index ih * w + iw in its plane:
+ * torch's scan (row-major; a later tap wins when strictly greater or NaN; the first tap inside
+ * the input when the window holds only -inf). */
+int fc_f32_max_pool2d_indices(const fc_pool2d_desc *d, const float *x, float *y, int64_t *indices, int nthreads);
+int fc_f64_max_pool2d_indices(const fc_pool2d_desc *d, const double *x, double *y, int64_t *indices,
+                              int nthreads);
 
 /* Adaptive average pooling of `planes` (= n * c) planes of h x w into oh x ow. */
 int fc_f32_adaptive_avg_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
                                const float *x, float *y, int nthreads);
 int fc_f64_adaptive_avg_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
                                const double *x, double *y, int nthreads);
+/* Adaptive max pooling (the same bins), with the arg max as max_pool2d_indices finds it;
+ * indices may be NULL. */
+int fc_f32_adaptive_max_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float *x,
+                               float *y, int64_t *indices, int nthreads);
+int fc_f64_adaptive_max_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const double *x,
+                               double *y, int64_t *indices, int nthreads);
 
 /* Batch norm of x (n, c, l): y = (x - mean) / sqrt(var + eps) * weight + bias per channel.
  * The per-channel parameters are float64 whatever x's dtype, so the scale is computed once,
@@ -103,6 +124,10 @@ int fc_f32_batch_stats(int64_t n, int64_t c, int64_t l, const float *x, double *
                        int nthreads);
 int fc_f64_batch_stats(int64_t n, int64_t c, int64_t l, const double *x, double *mean, double *var,
                        int nthreads);
+
+/* y = act(x) over `size` elements (FC_ACT_*, parameters a and b as in fc_conv2d_desc). */
+int fc_f32_activation(int64_t size, const float *x, float *y, int32_t act, double a, double b, int nthreads);
+int fc_f64_activation(int64_t size, const double *x, double *y, int32_t act, double a, double b, int nthreads);
 
 /* y = max(x, 0) over `size` elements; NaN stays NaN. */
 int fc_f32_relu(int64_t size, const float *x, float *y, int nthreads);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "fastconv.h"
@@ -31,6 +32,49 @@
 #else
 #define FC_X86 0
 #endif
+
+/* The epilogue's activation of one value, as torch.nn.functional computes it.  Every comparison
+ * with NaN is false, so each branch passes NaN through; silu(-inf) and hardswish(-inf) are
+ * -inf * 0 = NaN, as torch's; the sigmoid takes exp of a non-positive argument only. */
+#define FC_DEFINE_ACT(T, NAME, EXP, ABS)                                                               \
+    static inline T NAME(T v, int act, T a, T b) {                                                     \
+        T e;                                                                                           \
+        switch (act) {                                                                                 \
+        case FC_ACT_RELU:                                                                              \
+            return v < 0 ? (T)0 : v;                                                                   \
+        case FC_ACT_RELU6:                                                                             \
+            return v < 0 ? (T)0 : (v > 6 ? (T)6 : v);                                                  \
+        case FC_ACT_HARDTANH:                                                                          \
+            return v < a ? a : (v > b ? b : v);                                                        \
+        case FC_ACT_LEAKY_RELU:                                                                        \
+            return v > 0 ? v : v * a;                                                                  \
+        case FC_ACT_SIGMOID:                                                                           \
+            e = EXP(-ABS(v));                                                                          \
+            return v >= 0 ? 1 / (1 + e) : e / (1 + e);                                                 \
+        case FC_ACT_SILU:                                                                              \
+            e = EXP(-ABS(v));                                                                          \
+            return v * (v >= 0 ? 1 / (1 + e) : e / (1 + e));                                           \
+        case FC_ACT_HARDSWISH:                                                                         \
+            e = v + 3;                                                                                 \
+            e = e < 0 ? (T)0 : (e > 6 ? (T)6 : e);                                                     \
+            return v != v ? v : v * e / 6;                                                             \
+        default:                                                                                       \
+            return v;                                                                                  \
+        }                                                                                              \
+    }
+FC_DEFINE_ACT(float, fc_act_f32, expf, fabsf)
+FC_DEFINE_ACT(double, fc_act_f64, exp, fabs)
+#define fc_act(v, act, a, b) _Generic((v), float: fc_act_f32, double: fc_act_f64)(v, act, a, b)
+
+/* y[0:n] = act(y[0:n]) in place (activation.c): the epilogue's row loop. */
+void fc_act_row_f32(float *y, int64_t n, int act, float a, float b);
+void fc_act_row_f64(double *y, int64_t n, int act, double a, double b);
+#define fc_act_row(y, n, act, a, b) _Generic((y), float *: fc_act_row_f32, double *: fc_act_row_f64)(y, n, act, a, b)
+
+/* The activation a convolution descriptor asks for (`act`, else the older `relu` flag). */
+static inline int fc_conv_act(const fc_conv2d_desc *d) {
+    return d->act ? d->act : (d->relu ? FC_ACT_RELU : FC_ACT_NONE);
+}
 
 #define FC_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FC_MAX(a, b) ((a) > (b) ? (a) : (b))

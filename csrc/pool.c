@@ -13,12 +13,14 @@ static int pool_desc_ok(const fc_pool2d_desc *d) {
 #define T float
 #define FN(name) pool_f32_##name
 #include "pool_impl.h"
+#include "pool_idx_impl.h"
 #undef T
 #undef FN
 
 #define T double
 #define FN(name) pool_f64_##name
 #include "pool_impl.h"
+#include "pool_idx_impl.h"
 #undef T
 #undef FN
 
@@ -27,6 +29,25 @@ int fc_f32_max_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nth
 }
 int fc_f64_max_pool2d(const fc_pool2d_desc *d, const double *x, double *y, int nthreads) {
     return pool_desc_ok(d) ? pool_f64_max_pool2d(d, x, y, nthreads) : FC_EINVAL;
+}
+int fc_f32_max_pool2d_indices(const fc_pool2d_desc *d, const float *x, float *y, int64_t *indices, int nthreads) {
+    return pool_desc_ok(d) ? pool_f32_max_pool2d_indices(d, x, y, indices, nthreads) : FC_EINVAL;
+}
+int fc_f64_max_pool2d_indices(const fc_pool2d_desc *d, const double *x, double *y, int64_t *indices,
+                              int nthreads) {
+    return pool_desc_ok(d) ? pool_f64_max_pool2d_indices(d, x, y, indices, nthreads) : FC_EINVAL;
+}
+int fc_f32_adaptive_max_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float *x,
+                               float *y, int64_t *indices, int nthreads) {
+    if (planes < 1 || h < 1 || w < 1 || oh < 1 || ow < 1)
+        return FC_EINVAL;
+    return pool_f32_adaptive_max_pool2d(planes, h, w, oh, ow, x, y, indices, nthreads);
+}
+int fc_f64_adaptive_max_pool2d(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const double *x,
+                               double *y, int64_t *indices, int nthreads) {
+    if (planes < 1 || h < 1 || w < 1 || oh < 1 || ow < 1)
+        return FC_EINVAL;
+    return pool_f64_adaptive_max_pool2d(planes, h, w, oh, ow, x, y, indices, nthreads);
 }
 int fc_f32_avg_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nthreads) {
     return pool_desc_ok(d) ? pool_f32_avg_pool2d(d, x, y, nthreads) : FC_EINVAL;

@@ -142,6 +142,77 @@ def bn_relu_cases(dtype: str = "float32") -> list[Case]:
     return c
 
 
+#: The activations besides relu, with the parameters a case may give them.
+ACTIVATIONS = ("relu6", "leaky_relu", "hardtanh", "sigmoid", "silu", "hardswish")
+
+
+def api_cases(dtype: str = "float32") -> list[Case]:
+    """max_pool2d(return_indices), adaptive_max_pool2d, linear, the activations, and the
+    activations fused into convolution epilogues (GEMM, 1x1, depthwise/direct paths)."""
+    c = []
+
+    def add(op, name, x, w=None, special=None, bias=False, residual=False, **kw):
+        c.append(Case(op, name, x, w, kw, bias=bias, residual=residual, dtype=dtype, special=special))
+
+    for name, x, special, kw in (
+            ("idx_k2", (2, 3, 8, 8), None, dict(kernel_size=2)),
+            ("idx_k3s2p1", (2, 3, 9, 9), None, dict(kernel_size=3, stride=2, padding=1)),
+            ("idx_ceil_pad", (1, 2, 6, 6), None, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+            ("idx_dilation", (1, 2, 9, 9), None, dict(kernel_size=3, dilation=2, padding=1)),
+            ("idx_dilation_ceil", (1, 2, 8, 8), None, dict(kernel_size=2, stride=2, dilation=3, padding=1,
+                                                           ceil_mode=True)),
+            ("idx_rect", (1, 2, 9, 11), None, dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))),
+            ("idx_unbatched", (3, 7, 7), None, dict(kernel_size=3, stride=2, padding=1)),
+            ("idx_batch0", (0, 3, 6, 6), None, dict(kernel_size=2)),
+            ("idx_image1x1", (2, 3, 1, 1), None, dict(kernel_size=1)),
+            ("idx_nan", (1, 3, 8, 8), "nan", dict(kernel_size=3, stride=2, padding=1)),
+            ("idx_neg_inf", (1, 3, 8, 8), "inf", dict(kernel_size=2)),
+            ("idx_ties", (2, 3, 7, 7), "ties", dict(kernel_size=3, stride=1, padding=1)),
+            ("idx_all_neg_inf", (1, 2, 6, 6), "all_neg_inf", dict(kernel_size=3, stride=2, padding=1)),
+            ("idx_negative", (1, 3, 6, 6), "neg", dict(kernel_size=3, stride=2, padding=1)),
+            ("idx_channels33", (2, 33, 9, 9), None, dict(kernel_size=3, stride=2, padding=1))):
+        add("max_pool2d", name, x, special=special, return_indices=True, **kw)
+    for name, x, out, special in (("global", (2, 8, 7, 7), 1, None), ("same", (1, 2, 5, 5), 5, None),
+                                  ("down", (2, 3, 10, 9), (3, 4), None), ("up", (1, 2, 3, 2), (5, 7), None),
+                                  ("none", (1, 2, 6, 5), (None, 2), None), ("uneven", (1, 3, 7, 11), (3, 5), None),
+                                  ("unbatched", (3, 8, 8), 3, None), ("batch0", (0, 2, 4, 4), 2, None),
+                                  ("out0", (1, 2, 4, 4), (0, 2), None), ("image1x1", (2, 3, 1, 1), (2, 2), None),
+                                  ("nan", (1, 2, 6, 6), 2, "nan"), ("ties", (2, 3, 9, 9), (4, 3), "ties"),
+                                  ("all_neg_inf", (1, 2, 5, 5), 2, "all_neg_inf")):
+        add("adaptive_max_pool2d", name, x, special=special, output_size=out, return_indices=True)
+        if name in ("down", "unbatched", "batch0"):
+            add("adaptive_max_pool2d", name + "_values", x, special=special, output_size=out)
+    for name, x, w, bias, special in (("basic", (4, 8), (5, 8), True, None), ("no_bias", (4, 8), (5, 8), False, None),
+                                      ("batch3d", (2, 3, 8), (6, 8), True, None), ("vector", (8,), (3, 8), True, None),
+                                      ("in1", (3, 1), (2, 1), True, None), ("in0", (3, 0), (2, 0), True, None),
+                                      ("rows0", (0, 8), (4, 8), True, None), ("wide", (7, 33), (17, 33), True, None),
+                                      ("large", (3, 16), (4, 16), True, "large"), ("nan", (3, 16), (4, 16), True, "nan")):
+        add("linear", name, x, w, special=special, bias=bias)
+    for kind in ACTIVATIONS:
+        for name, shape, special in (("4d", (2, 3, 5, 5), "large"), ("1d", (37,), None), ("scalar", (), None),
+                                     ("empty", (0, 4), None), ("nan", (4, 9), "nan"), ("inf", (4, 9), "inf")):
+            add(kind, name, shape, special=special)
+    add("leaky_relu", "slope0.2", (3, 7), negative_slope=0.2)
+    add("leaky_relu", "slope_neg", (3, 7), special="inf", negative_slope=-0.5)
+    add("hardtanh", "bounds", (3, 7), special="large", min_val=-2.0, max_val=0.5)
+    add("hardtanh", "equal_bounds", (3, 7), min_val=0.25, max_val=0.25)
+    # Fused epilogues: the GEMM path (3x3, 1x1), the direct loops (depthwise), with and without a residual.
+    for kind in ACTIVATIONS:
+        add("conv2d", f"act_{kind}", (2, 8, 6, 6), (8, 8, 3, 3), bias=True, residual=True, padding=1, activation=kind)
+        if kind in ("relu6", "hardtanh"):  # the clamps share the other activations' paths
+            continue
+        add("conv2d", f"act_{kind}_1x1", (2, 16, 5, 5), (17, 16, 1, 1), bias=True, activation=kind)
+        add("conv2d", f"act_{kind}_dw", (1, 6, 5, 5), (6, 1, 3, 3), bias=True, residual=True, groups=6, padding=1,
+            activation=kind)
+    add("conv2d", "act_leaky_relu0.3", (1, 4, 6, 6), (5, 4, 3, 3), bias=True, padding=1,
+        activation=("leaky_relu", 0.3))
+    add("conv2d", "act_hardtanh_bounds", (1, 4, 6, 6), (5, 4, 3, 3), bias=True, residual=True, padding=1,
+        activation=("hardtanh", -0.5, 0.5))
+    add("conv2d", "act_silu_nan", (1, 3, 6, 6), (4, 3, 3, 3), special="nan", padding=1, activation="silu")
+    add("conv2d", "act_sigmoid_large", (1, 3, 6, 6), (4, 3, 3, 3), special="large", activation="sigmoid")
+    return c
+
+
 def all_cases() -> list[Case]:
     return [case for dtype in ("float32", "float64")
-            for case in (*conv_cases(dtype), *pool_cases(dtype), *bn_relu_cases(dtype))]
+            for case in (*conv_cases(dtype), *pool_cases(dtype), *bn_relu_cases(dtype), *api_cases(dtype))]

@@ -60,12 +60,22 @@ def make_inputs(case: Case, seed: int = 0) -> dict:
         x = -np.abs(x) - 1  # all negative: max pooling over padding must not see a 0
     elif case.special == "large":
         x *= 1e4
+    elif case.special == "ties":  # few distinct values: equal maxima in most windows
+        x = np.round(x)
+    elif case.special == "all_neg_inf":  # every window -inf: the index is the first tap inside
+        x[...] = -np.inf
     inputs = {"x": x}
     _EXTRA_INPUTS.get(case.op, lambda case, rng, dt, inputs: None)(case, rng, dt, inputs)
     return inputs
 
 
 def _conv_inputs(case, rng, dt, inputs):
+    inputs["w"] = rng.standard_normal(case.w).astype(dt)
+    if case.bias:
+        inputs["b"] = rng.standard_normal(case.w[0]).astype(dt)
+
+
+def _linear_inputs(case, rng, dt, inputs):
     inputs["w"] = rng.standard_normal(case.w).astype(dt)
     if case.bias:
         inputs["b"] = rng.standard_normal(case.w[0]).astype(dt)
@@ -83,7 +93,14 @@ def _bn_inputs(case, rng, dt, inputs):
 
 
 #: The arrays besides the input that an op's case needs.
-_EXTRA_INPUTS = {"conv2d": _conv_inputs, "batch_norm": _bn_inputs}
+_EXTRA_INPUTS = {"conv2d": _conv_inputs, "batch_norm": _bn_inputs, "linear": _linear_inputs}
+
+
+def kernel_of(case: Case) -> str:
+    """The backend function a case runs (max_pool2d with return_indices has its own)."""
+    if case.op == "max_pool2d" and case.kwargs.get("return_indices"):
+        return ops.TABLE[("max_pool2d_with_indices", "fwd")].kernel
+    return ops.TABLE[(case.op, "fwd")].kernel
 
 
 def _t(a):
@@ -128,8 +145,10 @@ def _torch_conv(case, inputs, residual):
     y = F.conv2d(x, _t(inputs["w"]), _t(inputs.get("b")), **k)
     if residual is not None:
         y = y + _t(residual)
-    if case.kwargs.get("activation") == "relu":
-        y = F.relu(y)
+    act = case.kwargs.get("activation")
+    if act is not None:
+        name, params = (act, ()) if isinstance(act, str) else (act[0], tuple(act[1:]))
+        y = getattr(F, name)(y, *params)
     return y.numpy()
 
 
@@ -141,7 +160,18 @@ def _torch_bn(case, inputs, residual):
     return y.numpy(), mean.numpy(), var.numpy()
 
 
-_TORCH_CALLS = {"conv2d": _torch_conv, "batch_norm": _torch_bn}
+def _torch_linear(case, inputs, residual):
+    return F.linear(_t(inputs["x"]), _t(inputs["w"]), _t(inputs.get("b"))).numpy()
+
+
+def _torch_plain(case, inputs, residual):
+    """An op whose result may be a tuple (values, indices), as NumPy arrays."""
+    out = getattr(F, case.op)(_t(inputs["x"]), **case.kwargs)
+    return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
+
+
+_TORCH_CALLS = {"conv2d": _torch_conv, "batch_norm": _torch_bn, "linear": _torch_linear,
+                "max_pool2d": _torch_plain, "adaptive_max_pool2d": _torch_plain}
 
 
 def _kernel_terms(case: Case) -> int:
@@ -155,11 +185,19 @@ _REDUCTION = {
     "max_pool2d": _kernel_terms,
     "avg_pool2d": _kernel_terms,
     "adaptive_avg_pool2d": lambda case: math.prod(case.x[-2:]),
+    "adaptive_max_pool2d": lambda case: 1,
+    "linear": lambda case: max(1, case.w[1]),
     "batch_norm": lambda case: math.prod(case.x) // case.x[1],
 }
 
 
 def assert_close(actual, expected, case: Case, what: str = "output") -> None:
+    if isinstance(expected, tuple):  # (values, indices): indices are exact, torch's choice on ties and NaN
+        assert isinstance(actual, tuple) and len(actual) == 2, f"{case.id}: expected (output, indices)"
+        assert_close(actual[0], expected[0], case, what)
+        assert actual[1].dtype == np.int64, f"{case.id}: indices dtype {actual[1].dtype} != int64"
+        np.testing.assert_array_equal(actual[1], expected[1], err_msg=f"{case.id}: indices differ from torch")
+        return
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, f"{case.id}: {what} shape {actual.shape} != torch {expected.shape}"
     assert actual.dtype == np.dtype(case.dtype), f"{case.id}: {what} dtype {actual.dtype} != {case.dtype}"
@@ -185,7 +223,11 @@ def _bn_args(inputs, k, residual, running):
     return (*running, inputs.get("weight"), inputs.get("bias")), k
 
 
-_API_ARGS = {"conv2d": _conv_args, "batch_norm": _bn_args}
+def _linear_args(inputs, k, residual, running):
+    return (inputs["w"], inputs.get("b")), k
+
+
+_API_ARGS = {"conv2d": _conv_args, "batch_norm": _bn_args, "linear": _linear_args}
 
 
 def check(case: Case, backend: str, seed: int = 0) -> None:

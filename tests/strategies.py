@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 from harness import Case
 
 DTYPES = st.sampled_from(["float32", "float64"])
+#: conv2d's activation argument beyond relu: names, and tuples with parameters.
+ACTIVATION_SPECS = ["relu6", "leaky_relu", ("leaky_relu", 0.3), "hardtanh", ("hardtanh", -0.4, 0.8), "sigmoid",
+                    "silu", "hardswish"]
 
 
 def _pair(draw, lo, hi):
@@ -60,7 +63,7 @@ def conv_cases(draw, max_size: int = 12) -> Case:
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     if mode != "zeros":
         kwargs["padding_mode"] = mode
-    activation = draw(st.sampled_from([None, "relu"]))
+    activation = draw(st.sampled_from([None, "relu", None, "relu", *ACTIVATION_SPECS]))
     if activation:
         kwargs["activation"] = activation
     return Case("conv2d", "hypothesis", x, (k, cg, r, s), kwargs, bias=draw(st.booleans()),
@@ -68,7 +71,7 @@ def conv_cases(draw, max_size: int = 12) -> Case:
 
 
 @st.composite
-def pool_cases(draw, max_size: int = 12) -> Case:
+def pool_cases(draw, max_size: int = 12, indices: bool = True) -> Case:
     dtype = draw(DTYPES)
     op = draw(st.sampled_from(["max_pool2d", "avg_pool2d"]))
     kernel = _pair(draw, 1, 4)
@@ -87,13 +90,15 @@ def pool_cases(draw, max_size: int = 12) -> Case:
         st.integers(1, 4), st.integers(1, 4)))), padding=padding, ceil_mode=draw(st.booleans()))
     if op == "max_pool2d":
         kwargs["dilation"] = dilation
+        if indices and draw(st.booleans()):  # indices=False: for backends without max_pool2d_with_indices
+            kwargs["return_indices"] = True
     else:
         kwargs["count_include_pad"] = draw(st.booleans())
         kwargs["divisor_override"] = draw(st.sampled_from([None, None, None, 1, 3, -2]))
     n = draw(st.integers(0, 2))
     c = draw(st.integers(1, 5))
     x = (c, h, w) if n == 1 and draw(st.booleans()) else (n, c, h, w)
-    special = draw(st.sampled_from([None, None, None, "nan", "inf", "neg"]))
+    special = draw(st.sampled_from([None, None, None, "nan", "inf", "neg", "ties"]))
     return Case(op, "hypothesis", x, None, kwargs, dtype=dtype, special=special)
 
 
@@ -128,5 +133,40 @@ def relu_cases(draw) -> Case:
                 special=draw(st.sampled_from([None, "nan", "inf"])))
 
 
+@st.composite
+def adaptive_max_cases(draw) -> Case:
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    out = draw(st.one_of(st.integers(1, 9), st.tuples(st.one_of(st.none(), st.integers(0, 9)),
+                                                       st.one_of(st.none(), st.integers(1, 9)))))
+    n, c = draw(st.integers(0, 2)), draw(st.integers(1, 4))
+    x = (c, h, w) if n == 1 and draw(st.booleans()) else (n, c, h, w)
+    return Case("adaptive_max_pool2d", "hypothesis", x, None,
+                {"output_size": out, "return_indices": draw(st.booleans())}, dtype=draw(DTYPES),
+                special=draw(st.sampled_from([None, "nan", "inf", "ties"])))
+
+
+@st.composite
+def activation_cases(draw) -> Case:
+    kind = draw(st.sampled_from(["relu6", "leaky_relu", "hardtanh", "sigmoid", "silu", "hardswish"]))
+    kwargs = {}
+    if kind == "leaky_relu" and draw(st.booleans()):
+        kwargs["negative_slope"] = draw(st.floats(-2, 2, allow_nan=False))
+    if kind == "hardtanh" and draw(st.booleans()):
+        lo = draw(st.floats(-5, 5, allow_nan=False))
+        kwargs.update(min_val=lo, max_val=lo + draw(st.floats(0, 5, allow_nan=False)))
+    shape = tuple(draw(st.lists(st.integers(0, 7), min_size=0, max_size=4)))
+    return Case(kind, "hypothesis", shape, None, kwargs, dtype=draw(DTYPES),
+                special=draw(st.sampled_from([None, "nan", "inf", "large"])))
+
+
+@st.composite
+def linear_cases(draw) -> Case:
+    batch = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
+    fin, fout = draw(st.integers(0, 40)), draw(st.integers(1, 20))
+    return Case("linear", "hypothesis", (*batch, fin), (fout, fin), {}, bias=draw(st.booleans()),
+                dtype=draw(DTYPES), special=draw(st.sampled_from([None, None, "nan", "large"])))
+
+
 ALL = {"conv2d": conv_cases(), "pool": pool_cases(), "adaptive_avg_pool2d": adaptive_cases(),
-       "batch_norm": bn_cases(), "relu": relu_cases()}
+       "batch_norm": bn_cases(), "relu": relu_cases(), "adaptive_max_pool2d": adaptive_max_cases(),
+       "activation": activation_cases(), "linear": linear_cases()}

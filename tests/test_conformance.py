@@ -2,10 +2,10 @@
 import pytest
 
 from cases import all_cases
-from harness import check, fastconv_backends
+from harness import check, fastconv_backends, kernel_of
 
 import fastconv
-from fastconv import dispatch, ops
+from fastconv import dispatch
 
 CASES = all_cases()
 
@@ -17,7 +17,7 @@ def _require(backend: str, case=None) -> None:
         pytest.skip(f"{backend} unavailable: {reason}")
     if case is None:
         return
-    kernel = ops.TABLE[(case.op, "fwd")].kernel
+    kernel = kernel_of(case)
     if not hasattr(dispatch.get_module(backend), kernel):  # an op this backend leaves to others
         pytest.skip(f"{backend} does not implement {kernel}")
 

@@ -90,7 +90,7 @@ def test_cuda_hypothesis_problems():
     from strategies import pool_cases as drawn_pool
 
     @settings(max_examples=5 if SIMULATED else 100, deadline=None, derandomize=True)
-    @given(drawn_conv(max_size=5) | drawn_pool(max_size=6))
+    @given(drawn_conv(max_size=5) | drawn_pool(max_size=6, indices=False))
     def run(case):
         check(case, "cuda")
 

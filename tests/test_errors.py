@@ -62,7 +62,7 @@ CATALOGUE = [
     ("conv_bias_2d", lambda: fastconv.conv2d(x4(), W, np.ones((4, 1), f32)), ValueError, r"bias must have shape"),
     ("conv_residual_shape", lambda: fastconv.conv2d(x4(), W, residual=np.ones((2, 4, 8, 8), f32)), ValueError,
      r"residual must have the output's shape \(2, 4, 6, 6\)"),
-    ("conv_activation", lambda: fastconv.conv2d(x4(), W, activation="gelu"), ValueError, r"activation must be None or 'relu'"),
+    ("conv_activation", lambda: fastconv.conv2d(x4(), W, activation="gelu"), ValueError, r"activation must be one of"),
     # -- dtypes
     ("conv_int_input", lambda: fastconv.conv2d(np.ones((2, 3, 8, 8), np.int64), W), TypeError, r"input must be float32 or float64"),
     ("conv_complex_weight", lambda: fastconv.conv2d(x4(), W.astype(np.complex64)), TypeError, r"weight must be float32 or float64"),

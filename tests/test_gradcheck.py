@@ -102,7 +102,7 @@ def test_backends_without_a_backward_function_are_refused_with_the_reason():
     # A forward-only backend: the contract's forward functions, none of the backward ones.
     naive = dispatch.get_module("naive")
     forward_only = types.SimpleNamespace(NAME="forward_only", available=naive.available, supports=naive.supports,
-                                         **{op: getattr(naive, op) for op in ops.OPS})
+                                         **{e.kernel: getattr(naive, e.kernel) for e in ops.entries("fwd")})
     dispatch.register_backend(forward_only)
     try:
         p = replace(PROBLEMS[0], direction="bwd_data")

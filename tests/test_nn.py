@@ -55,7 +55,7 @@ LAYERS = {
     "avgpool": (lambda m: m.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), (2, 3, 9, 9)),
     "avgpool_ceil_div": (lambda m: m.AvgPool2d(2, ceil_mode=True, divisor_override=3), (1, 2, 7, 7)),
     "adaptive": (lambda m: m.AdaptiveAvgPool2d((3, None)), (2, 3, 7, 5)),
-    "relu": (lambda m: m.ReLU(inplace=True), (2, 3, 4, 4)),
+    "relu": (lambda m: m.ReLU(), (2, 3, 4, 4)),  # inplace=True: tests/test_api_torch.py
     "linear": (lambda m: m.Linear(12, 5), (3, 2, 12)),
     "flatten": (lambda m: m.Flatten(1, 2), (2, 3, 4, 5)),
     "identity": (lambda m: m.Identity(54, unused="ok"), (2, 3, 4)),
@@ -296,7 +296,6 @@ def test_fuse_refuses_training_mode_and_batch_stats():
     (lambda: nn.BatchNorm2d(4, eps=-1), ValueError, "eps"),
     (lambda: nn.BatchNorm2d(4, momentum="fast"), TypeError, "momentum"),
     (lambda: nn.MaxPool2d(2, padding=2), ValueError, "at most half of kernel_size"),
-    (lambda: nn.MaxPool2d(2, return_indices=True), ValueError, "return_indices"),
     (lambda: nn.MaxPool2d(2, stride=0), ValueError, "stride must be positive"),
     (lambda: nn.AvgPool2d(3, divisor_override=0), ValueError, "divisor_override"),
     (lambda: nn.AdaptiveAvgPool2d((1, 2, 3)), ValueError, "output_size"),

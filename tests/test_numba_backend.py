@@ -217,7 +217,7 @@ def test_warmup_compiles_every_kernel_once_per_dtype():
     # layout or read-only flag makes a third.
     fastconv.warmup(["numba"])
     kernels = _kernels()
-    assert len(kernels) == 11, sorted(kernels)
+    assert len(kernels) == 14, sorted(kernels)
     for name, dispatcher in kernels.items():
         dtypes = sorted({str(sig[0].dtype) for sig in dispatcher.signatures})
         assert len(dispatcher.signatures) == 2 and dtypes == ["float32", "float64"], \

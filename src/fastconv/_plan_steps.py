@@ -67,8 +67,10 @@ class Conv(Step):
         n, c, h, w = x.shape
         k, _, r, s = self.w.shape
         pads = api._conv_padding(layer.padding, r, s, layer.dilation, layer.stride)
+        act, act_params = api._activation_spec(self.activation)
         p = Conv2dProblem(n, c, h, w, k, r, s, layer.stride, pads, layer.dilation, layer.groups, dtype.name,
-                          bias=self.b is not None, residual=res is not None, activation=self.activation)
+                          bias=self.b is not None, residual=res is not None, activation=act,
+                          activation_params=act_params)
         if res is not None and (not isinstance(res, np.ndarray) or res.shape != p.output_shape):
             self.fallback = True  # a broadcast skip connection: unfused, as the graph runs it
             self.choice = "unfused (broadcast residual)"
@@ -103,7 +105,8 @@ class Conv(Step):
 
     def describe(self):
         epi = "+".join(filter(None, ["bias" if self.layer.bias is not None else "",
-                                     "residual" if self.residual is not None else "", self.activation or ""]))
+                                     "residual" if self.residual is not None else "",
+                                     api._activation_spec(self.activation)[0] or ""]))
         where = "arena" if self.bound else "fresh array per call"
         return f"{self.choice}{', epilogue ' + epi if epi else ''} -> {where}"
 

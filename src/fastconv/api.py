@@ -5,9 +5,18 @@ an output that cannot fit), builds a frozen problem descriptor, brings the array
 form backends accept (C-contiguous, native byte order, one float dtype) and makes one dispatch
 call.  Inputs are never modified; ``batch_norm(training=True)`` updates the running statistics in
 place, as torch does.  fastconv's own options are keyword-only and come last.
+
+Torch tensors in, torch tensors out: a CPU tensor is read through ``tensor.numpy()`` -- no copy
+when it is contiguous, float32/float64 -- and results come back as tensors sharing the NumPy
+result's memory (``torch.from_numpy``).  A ``channels_last`` input (NHWC in memory) costs one
+transposing copy in and one out: the kernels are NCHW, and the 4-D result is returned
+``channels_last`` again, as torch returns it.  A tensor that requires grad is refused (fastconv
+records no autograd graph): pass ``t.detach()``.
 """
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -16,12 +25,87 @@ from . import dispatch
 from ._device import CudaArray
 from ._args import (as_bool, as_float, as_float_array, as_int, as_pair, check_ndim,
                     nonnegative_pair, positive_pair)
-from .problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem,
-                      require_algorithm, require_eps, require_padding_mode, require_pool_padding,
-                      require_padding_string, require_positive)
+from .problem import (ActivationProblem, AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, LinearProblem,
+                      Pool2dProblem, ReluProblem, activation_params, require_activation, require_algorithm,
+                      require_eps, require_padding_mode, require_pool_padding, require_padding_string,
+                      require_positive)
 
 _NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _IMAGE = "(N, C, H, W) or unbatched (C, H, W)"
+
+
+# -- torch tensors in, torch tensors out ----------------------------------------------------------
+
+def _torch_module():
+    return sys.modules.get("torch")  # a tensor exists only once torch is imported
+
+
+def _from_tensor(t, name: str, torch):
+    """A CPU tensor as a NumPy view of its memory (torch's strides kept); CUDA tensors pass through."""
+    if t.requires_grad:
+        raise TypeError(f"{name} is a torch tensor that requires grad, but fastconv records no autograd graph: "
+                        f"pass {name}.detach() (or call inside torch.no_grad())")
+    if t.device.type != "cpu":
+        return t  # a device array: as_float_array keeps it on its device
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got torch dtype {str(t.dtype).replace('torch.', '')}")
+    return t.resolve_conj().resolve_neg().numpy()
+
+
+def _channels_last(t, torch) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _accepts_tensors(fn):
+    """Let ``fn`` take CPU torch tensors for its array arguments and return tensors for them."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        torch = _torch_module()
+        if torch is None or not any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())):
+            return fn(*args, **kwargs)
+        views = {}  # id(NumPy view) -> the tensor it views: an in-place result returns the tensor itself
+        names = fn.__code__.co_varnames
+
+        def convert(a, name):
+            if not isinstance(a, torch.Tensor):
+                return a
+            v = _from_tensor(a, name, torch)
+            views[id(v)] = a
+            return v
+        args = [convert(a, names[i] if i < len(names) else "input") for i, a in enumerate(args)]
+        kwargs = {k: convert(v, k) for k, v in kwargs.items()}
+        first = args[0] if args else kwargs.get("input")
+        nhwc = isinstance(views.get(id(first)), torch.Tensor) and _channels_last(views[id(first)], torch)
+
+        def back(y):
+            if isinstance(y, tuple):
+                return tuple(back(v) for v in y)
+            if not isinstance(y, np.ndarray):
+                return y
+            if id(y) in views:
+                return views[id(y)]
+            t = torch.from_numpy(y if y.flags.writeable else y.copy())
+            return t.contiguous(memory_format=torch.channels_last) if nhwc and t.dim() == 4 else t
+        return back(fn(*args, **kwargs))
+    return wrapper
+
+
+def _writable_target(input, name: str, fn: str):
+    """The array an ``inplace=True`` call writes its result into; TypeError/ValueError if it cannot be."""
+    if not isinstance(input, np.ndarray):
+        raise TypeError(f"{fn}(inplace=True) writes its result into {name}, which must then be a NumPy array "
+                        f"or CPU torch tensor, got {type(input).__name__}")
+    if input.dtype.kind != "f" or input.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{fn}(inplace=True): {name} must be float32 or float64, got dtype {input.dtype}")
+    if not input.flags.writeable:
+        raise ValueError(f"{fn}(inplace=True): {name} is read-only")
+    return input
+
+
+def _in_place(target, y):
+    """Write ``y`` into ``target`` (any strides or byte order: NumPy converts) and return ``target``."""
+    np.copyto(target, y, casting="same_kind")
+    return target
 
 
 def _batched(x: np.ndarray) -> np.ndarray:
@@ -41,6 +125,7 @@ def _conv_padding(padding, r: int, s: int, dilation: tuple[int, int], stride: tu
     return (ph, ph, pw, pw)
 
 
+@_accepts_tensors
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            padding_mode="zeros", residual=None, activation=None, algorithm="auto", backend=None):
     """2-D convolution, ``y = act(conv(input, weight) + bias + residual)``, as torch.nn.functional.conv2d.
@@ -49,8 +134,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     ``padding`` is an int, a pair, "same" (stride 1 only; an odd total puts the extra row and
     column at the bottom/right) or "valid".  ``padding_mode`` is "zeros", "reflect" (padding <
     input size), "replicate" or "circular" (padding <= input size), as in torch.nn.Conv2d.
-    ``residual`` (the output's shape) is added after the bias, then ``activation`` (None or
-    "relu") is applied -- a ResNet skip connection in one call.  ``algorithm`` ("auto", "direct",
+    ``residual`` (the output's shape) is added after the bias, then ``activation`` is applied --
+    a ResNet skip connection in one call.  ``activation`` is None, "relu", "relu6", "leaky_relu",
+    "hardtanh", "sigmoid", "silu", "hardswish", or a tuple ``(name, *params)`` such as
+    ``("leaky_relu", 0.2)`` or ``("hardtanh", -2.0, 2.0)`` (torch.nn.functional's parameters, in
+    its order; omitted ones take torch's defaults).  ``algorithm`` ("auto", "direct",
     "gemm", "winograd") asks for one way of computing it; a backend that does not implement it
     refuses (and "auto" backend selection moves on).  "winograd" needs a 3x3, stride-1,
     undilated kernel and trades accuracy for fewer multiplies (docs/results/winograd.md).
@@ -77,6 +165,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     require_positive(groups, "groups")
     require_padding_mode(padding_mode)
     require_algorithm(algorithm)
+    activation, act_params = _activation_spec(activation)
     x4 = _batched(x)
     n, c, h, wd = x4.shape
     k, cg, r, s = w.shape
@@ -92,7 +181,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                              f"got {tuple(b.shape)}")
     p = Conv2dProblem(n, c, h, wd, k, r, s, stride, pads, dilation, groups, x.dtype.name,
                       bias=b is not None, residual=residual is not None, activation=activation,
-                      padding_mode=padding_mode, algorithm=algorithm)
+                      padding_mode=padding_mode, algorithm=algorithm, activation_params=act_params)
     out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
     res = None
     if residual is not None:
@@ -108,6 +197,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         p = replace(p, h=h + pt + pb, w=wd + pl + pr, padding=(0, 0, 0, 0), padding_mode="zeros")
     y = dispatch.run(p, x4, w, b, res, backend=backend)
     return y if x.ndim == 4 else y[0]
+
+
+def _activation_spec(activation):
+    """(name, params) from None, a name, or a tuple (name, *params)."""
+    if isinstance(activation, (tuple, list)) and activation:
+        name, params = activation[0], tuple(as_float(v, "activation parameter") for v in activation[1:])
+    else:
+        name, params = activation, ()
+    require_activation(name)
+    return name, activation_params(name, params)
 
 
 def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -127,15 +226,22 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 def _run_pool(p, x, x4, backend):
     y = dispatch.run(p, x4, backend=backend)
+    if isinstance(y, tuple):  # (values, indices)
+        return y if x.ndim == 4 else tuple(a[0] for a in y)
     return y if x.ndim == 4 else y[0]
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
+@_accepts_tensors
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False, *,
+               backend=None):
     """2-D max pooling, as torch.nn.functional.max_pool2d.
 
     Padding counts as -inf and is at most half the kernel; a window containing NaN gives NaN;
     ``stride`` defaults to ``kernel_size``; ``ceil_mode`` rounds the output size up but drops a
-    last window that would start in the right padding.
+    last window that would start in the right padding.  With ``return_indices=True`` it returns
+    ``(output, indices)``: each output's arg max as an int64 flat index ``ih * W + iw`` into its
+    (n, c) plane, torch's choice on ties (the first in the window's row-major scan), NaN (the
+    last NaN) and all -inf windows (the first cell inside the input).
 
     >>> import numpy as np, fastconv
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -144,13 +250,18 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
              [13., 15.]]]], dtype=float32)
     >>> fastconv.max_pool2d(x, 3, stride=2, padding=1).shape
     (1, 1, 2, 2)
+    >>> fastconv.max_pool2d(x, 2, return_indices=True)[1]
+    array([[[[ 5,  7],
+             [13, 15]]]])
     """
     x, x4, kernel, stride, padding, dilation, ceil_mode = _pool_args(
         input, kernel_size, stride, padding, dilation, ceil_mode)
-    p = Pool2dProblem("max", *x4.shape, kernel, stride, padding, dilation, ceil_mode, dtype=x.dtype.name)
+    p = Pool2dProblem("max", *x4.shape, kernel, stride, padding, dilation, ceil_mode, dtype=x.dtype.name,
+                      return_indices=as_bool(return_indices, "return_indices"))
     return _run_pool(p, x, x4, backend)
 
 
+@_accepts_tensors
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, backend=None):
     """2-D average pooling, as torch.nn.functional.avg_pool2d.
@@ -178,6 +289,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     return _run_pool(p, x, x4, backend)
 
 
+@_accepts_tensors
 def adaptive_avg_pool2d(input, output_size, *, backend=None):
     """Average pooling to a fixed output size, as torch.nn.functional.adaptive_avg_pool2d.
 
@@ -192,22 +304,48 @@ def adaptive_avg_pool2d(input, output_size, *, backend=None):
     >>> fastconv.adaptive_avg_pool2d(x, (2, None)).shape
     (1, 1, 2, 4)
     """
+    x, x4, (oh, ow) = _adaptive_args(input, output_size, "adaptive_avg_pool2d")
+    p = AdaptivePool2dProblem(*x4.shape, oh, ow, x.dtype.name)
+    return _run_pool(p, x, x4, backend)
+
+
+@_accepts_tensors
+def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=None):
+    """Max pooling to a fixed output size, as torch.nn.functional.adaptive_max_pool2d.
+
+    The bins are adaptive_avg_pool2d's; each output is its bin's max (NaN if the bin holds one).
+    With ``return_indices=True`` it returns ``(output, indices)``, the flat arg max in each
+    (n, c) plane, chosen as max_pool2d chooses it.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> fastconv.adaptive_max_pool2d(x, 2)
+    array([[[[ 5.,  7.],
+             [13., 15.]]]], dtype=float32)
+    >>> fastconv.adaptive_max_pool2d(x, (1, 3), return_indices=True)[1]
+    array([[[[13, 14, 15]]]])
+    """
+    x, x4, (oh, ow) = _adaptive_args(input, output_size, "adaptive_max_pool2d")
+    p = AdaptivePool2dProblem(*x4.shape, oh, ow, x.dtype.name, kind="max",
+                              return_indices=as_bool(return_indices, "return_indices"))
+    return _run_pool(p, x, x4, backend)
+
+
+def _adaptive_args(input, output_size, fn: str):
     x = as_float_array(input, "input")
     check_ndim(x, "input", (3, 4), _IMAGE)
     x4 = _batched(x)
     n, c, h, w = x4.shape
     if c == 0 or h == 0 or w == 0:
-        raise ValueError(f"adaptive_avg_pool2d expects non-zero channels, height and width, "
-                         f"got input of shape {tuple(x.shape)}")
+        raise ValueError(f"{fn} expects non-zero channels, height and width, got input of shape {tuple(x.shape)}")
     if isinstance(output_size, (list, tuple)):
         if len(output_size) != 2:
             raise ValueError(f"output_size must be an int or a pair, got output_size={tuple(output_size)!r}")
-        oh, ow = (h if output_size[0] is None else as_int(output_size[0], "output_size"),
-                  w if output_size[1] is None else as_int(output_size[1], "output_size"))
+        size = (h if output_size[0] is None else as_int(output_size[0], "output_size"),
+                w if output_size[1] is None else as_int(output_size[1], "output_size"))
     else:
-        oh, ow = as_pair(output_size, "output_size")
-    p = AdaptivePool2dProblem(n, c, h, w, oh, ow, x.dtype.name)
-    return _run_pool(p, x, x4, backend)
+        size = as_pair(output_size, "output_size")
+    return x, x4, size
 
 
 def _stat(a, name: str, c: int, like: np.dtype):
@@ -217,6 +355,7 @@ def _stat(a, name: str, c: int, like: np.dtype):
     return arr
 
 
+@_accepts_tensors
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5, *, backend=None):
     """Batch normalisation over axis 1 of an (N, C, *) input, as torch.nn.functional.batch_norm.
@@ -276,16 +415,127 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return y.reshape(x.shape)
 
 
-def relu(input, *, backend=None):
+@_accepts_tensors
+def relu(input, inplace=False, *, backend=None):
     """max(x, 0) elementwise on an array of any shape; NaN stays NaN, as torch.relu.
+
+    ``inplace=True`` writes the result into ``input`` and returns it, as torch does: ``input``
+    must be a writable float32/float64 NumPy array (or CPU torch tensor) of any layout.  The
+    kernel computes into a new array that is then copied into ``input`` (one extra pass).
 
     >>> import numpy as np, fastconv
     >>> fastconv.relu(np.array([-1.5, 0.0, 2.0], dtype=np.float32))
     array([0., 0., 2.], dtype=float32)
+    >>> x = np.array([-1.0, 3.0]); fastconv.relu(x, inplace=True) is x, x
+    (True, array([0., 3.]))
     """
+    target = _writable_target(input, "input", "relu") if as_bool(inplace, "inplace") else None
     x = as_float_array(input, "input")
     p = ReluProblem(tuple(x.shape), x.dtype.name)
-    return dispatch.run(p, x, backend=backend)
+    y = dispatch.run(p, x, backend=backend)
+    return y if target is None else _in_place(target, y)
+
+
+def _activation(kind, input, params, inplace, backend):
+    target = _writable_target(input, "input", kind) if as_bool(inplace, "inplace") else None
+    x = as_float_array(input, "input")
+    p = ActivationProblem(kind, tuple(x.shape), x.dtype.name, params)
+    y = dispatch.run(p, x, backend=backend)
+    return y if target is None else _in_place(target, y)
+
+
+@_accepts_tensors
+def relu6(input, inplace=False, *, backend=None):
+    """min(max(x, 0), 6) elementwise, as torch.nn.functional.relu6 (NaN stays NaN).
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.relu6(np.array([-1.0, 3.0, 9.0]))
+    array([0., 3., 6.])
+    """
+    return _activation("relu6", input, (), inplace, backend)
+
+
+@_accepts_tensors
+def leaky_relu(input, negative_slope=0.01, inplace=False, *, backend=None):
+    """x if x > 0 else negative_slope * x, as torch.nn.functional.leaky_relu.
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.leaky_relu(np.array([-2.0, 3.0]), 0.5)
+    array([-1.,  3.])
+    """
+    return _activation("leaky_relu", input, (as_float(negative_slope, "negative_slope"),), inplace, backend)
+
+
+@_accepts_tensors
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False, *, backend=None):
+    """clip(x, min_val, max_val), as torch.nn.functional.hardtanh (NaN stays NaN).
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.hardtanh(np.array([-3.0, 0.5, 3.0]))
+    array([-1. ,  0.5,  1. ])
+    """
+    params = (as_float(min_val, "min_val"), as_float(max_val, "max_val"))
+    return _activation("hardtanh", input, params, inplace, backend)
+
+
+@_accepts_tensors
+def sigmoid(input, *, backend=None):
+    """1 / (1 + exp(-x)), as torch.sigmoid.
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.sigmoid(np.array([0.0]))
+    array([0.5])
+    """
+    return _activation("sigmoid", input, (), False, backend)
+
+
+@_accepts_tensors
+def silu(input, inplace=False, *, backend=None):
+    """x * sigmoid(x) (swish), as torch.nn.functional.silu.
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.silu(np.array([0.0, 1.0])).round(4)
+    array([0.    , 0.7311])
+    """
+    return _activation("silu", input, (), inplace, backend)
+
+
+@_accepts_tensors
+def hardswish(input, inplace=False, *, backend=None):
+    """x * clip(x + 3, 0, 6) / 6, as torch.nn.functional.hardswish.
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.hardswish(np.array([-4.0, 0.0, 1.0, 4.0])).round(4)
+    array([-0.    ,  0.    ,  0.6667,  4.    ])
+    """
+    return _activation("hardswish", input, (), inplace, backend)
+
+
+@_accepts_tensors
+def linear(input, weight, bias=None, *, backend=None):
+    """``y = input @ weight.T + bias``, as torch.nn.functional.linear.
+
+    input (*, in_features); weight (out_features, in_features); bias (out_features,).
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.linear(np.ones((2, 3)), np.arange(6.0).reshape(2, 3), np.array([0.5, -0.5]))
+    array([[ 3.5, 11.5],
+           [ 3.5, 11.5]])
+    """
+    x = as_float_array(input, "input")
+    w = as_float_array(weight, "weight", like=x.dtype)
+    check_ndim(w, "weight", (2,), "(out_features, in_features)")
+    if x.ndim == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"input of shape {tuple(x.shape)} does not match weight of shape {tuple(w.shape)}: "
+                         f"input.shape[-1] must be in_features={w.shape[1]}")
+    b = None
+    if bias is not None:
+        b = as_float_array(bias, "bias", like=x.dtype)
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},) to match weight of shape {tuple(w.shape)}, "
+                             f"got {tuple(b.shape)}")
+    p = LinearProblem(tuple(x.shape[:-1]), w.shape[1], w.shape[0], b is not None, x.dtype.name)
+    return dispatch.run(p, x, w, b, backend=backend)
 
 
 def warmup(backends=None) -> None:
@@ -306,6 +556,16 @@ def warmup(backends=None) -> None:
             max_pool2d(x, 3, 2, 1, backend=name)
             avg_pool2d(x, 3, 2, 1, backend=name)
             adaptive_avg_pool2d(x, 2, backend=name)
+            for fn in (max_pool2d, adaptive_max_pool2d):
+                try:  # not every backend returns indices
+                    fn(x, 2, return_indices=True, backend=name)
+                except dispatch.BackendError:
+                    pass
             batch_norm(x, zeros, ones, backend=name)
             batch_norm(x, zeros.copy(), ones.copy(), training=True, backend=name)
             relu(x, backend=name)
+            for fn in (relu6, sigmoid, silu, hardswish, leaky_relu, hardtanh):
+                try:  # not every backend has the activation kernel
+                    fn(x, backend=name)
+                except dispatch.BackendError:
+                    pass

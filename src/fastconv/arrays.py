@@ -48,13 +48,59 @@ def relu_(y):
     return y
 
 
+def activation_(y, kind: str, params: tuple = ()):
+    """Activation ``kind`` (a key of problem.ACTIVATION_PARAMS) with ``params``, in place on ``y``.
+
+    Written as torch.nn.functional evaluates each one, so NaN and +-inf come out as torch's:
+    clamps keep NaN (np.minimum/np.maximum propagate it), ``silu(-inf)`` and ``hardswish(-inf)``
+    are NaN (-inf * 0), ``sigmoid`` never overflows (exp of a non-positive argument only).
+    """
+    if kind == "relu":
+        return relu_(y)
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf * 0 (silu, hardswish): torch's NaN
+        return _activation(y, kind, params)
+
+
+def _activation(y, kind, params):
+    if kind in ("relu6", "hardtanh"):
+        lo, hi = (0.0, 6.0) if kind == "relu6" else params
+        np.maximum(y, y.dtype.type(lo), out=y)
+        np.minimum(y, y.dtype.type(hi), out=y)
+    elif kind == "leaky_relu":
+        np.multiply(y, y.dtype.type(params[0]), out=y, where=~(y > 0))
+    elif kind == "sigmoid":
+        _sigmoid(y, y)
+    elif kind == "silu":
+        s = _sigmoid(y, np.empty_like(y))
+        np.multiply(y, s, out=y)
+    elif kind == "hardswish":
+        t = np.add(y, y.dtype.type(3))
+        np.clip(t, 0, 6, out=t)
+        np.multiply(y, t, out=y)
+        np.divide(y, y.dtype.type(6), out=y)
+    else:
+        raise ValueError(f"unknown activation {kind!r}")
+    return y
+
+
+def _sigmoid(x, out):
+    """1 / (1 + exp(-x)) into ``out`` (may be x), through exp(-|x|) so nothing overflows."""
+    with np.errstate(invalid="ignore"):
+        e = np.exp(-np.abs(x))
+        pos = x >= 0
+        np.divide(np.where(pos, 1, e).astype(x.dtype, copy=False), 1 + e, out=out)
+    return out
+
+
 def synchronize() -> None:
     """Wait for queued work (a host backend has none)."""
 
 
 #: The hooks of every host (NumPy) backend.
 numpy = SimpleNamespace(empty=np.empty, zeros=np.zeros, add_=add_, relu_=relu_, check_size=check_size,
-                        synchronize=synchronize)
+                        synchronize=synchronize, activation_=activation_)
 
 #: The names a backend's ARRAYS must provide.
-HOOKS = tuple(numpy.__dict__)
+HOOKS = ("empty", "zeros", "add_", "relu_", "check_size", "synchronize")
+#: Optional: without ``activation_`` a backend runs convolutions whose epilogue is relu or none.
+OPTIONAL_HOOKS = ("activation_",)

@@ -278,6 +278,12 @@ def _refusal(name: str, problem, requested: bool = False) -> str | None:
     kernel = ops.get(problem).kernel
     if not hasattr(module, kernel):
         return f"does not implement {kernel}"
+    act = getattr(problem, "activation", None)
+    if act not in (None, "relu") and act not in fused_activations(module) \
+            and not callable(getattr(getattr(module, "ARRAYS", arrays.numpy), "activation_", None)):
+        return f"its conv2d does not fuse {act!r} and its ARRAYS have no activation_ hook to apply it"
+    if act not in (None, "relu") and problem.device != "cpu" and act not in fused_activations(module):
+        return f"the shared epilogue applies {act!r} to host arrays only"
     return module.supports(problem)
 
 
@@ -338,23 +344,38 @@ def run(problem, *arrays_, backend: str | None = None):
     return _call(module, entry, problem, arrays_)
 
 
+def fused_activations(module) -> tuple:
+    """The activations ``module``'s conv2d applies itself (FUSED_ACTIVATIONS; relu by default)."""
+    if not getattr(module, "FUSED_EPILOGUE", False):
+        return ()
+    return getattr(module, "FUSED_ACTIVATIONS", ("relu",))
+
+
 def _call(module, entry, problem, arrays_):
     fn = getattr(module, entry.kernel)
-    if (getattr(problem, "residual", False) or getattr(problem, "activation", None)) \
-            and not getattr(module, "FUSED_EPILOGUE", False):
-        # The backend does plain conv+bias; the shared epilogue does residual and activation.
-        x, weight, bias, residual = arrays_
-        y = fn(replace(problem, residual=False, activation=None), x, weight, bias, None)
-        return apply_epilogue(y, residual, problem.activation, getattr(module, "ARRAYS", arrays.numpy))
-    return fn(problem, *arrays_)
+    if problem.op != "conv2d" or not (problem.residual or problem.activation):
+        return fn(problem, *arrays_)
+    fused = getattr(module, "FUSED_EPILOGUE", False)
+    act_fused = problem.activation is None or problem.activation in fused_activations(module)
+    if fused and act_fused:
+        return fn(problem, *arrays_)
+    # The backend does what it fuses (conv+bias, and the residual when FUSED_EPILOGUE); the
+    # shared epilogue, through the backend's array hooks, does the rest.
+    x, weight, bias, residual = arrays_
+    y = fn(replace(problem, residual=problem.residual and fused, activation=None), x, weight, bias,
+           residual if fused else None)
+    return apply_epilogue(y, None if fused else residual, problem.activation,
+                          getattr(module, "ARRAYS", arrays.numpy), problem.activation_params)
 
 
-def apply_epilogue(y, residual, activation: str | None, hooks=arrays.numpy):
+def apply_epilogue(y, residual, activation: str | None, hooks=arrays.numpy, params: tuple = ()):
     """y = act(y + residual), in place on the freshly made output, with the backend's array hooks."""
     if residual is not None:
         hooks.add_(y, residual)
     if activation == "relu":
         hooks.relu_(y)
+    elif activation is not None:
+        hooks.activation_(y, activation, params)
     return y
 
 

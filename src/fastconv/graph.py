@@ -8,8 +8,9 @@ nodes by ``Ref``, nested in lists/tuples/dicts, or constants) and a layer: a chi
 dotted path (``target``) or a node-owned one (``layer``).  Nodes run in list order.
 
 ``fuse()`` rewrites the list for inference: a BatchNorm2d fed only by a Conv2d folds into it, and
-``conv -> add(other) -> relu`` (or ``conv -> add``, ``conv -> relu``) becomes one convolution call
-whose epilogue adds the skip connection and applies the ReLU.
+``conv -> add(other) -> act`` (or ``conv -> add``, ``conv -> act``) becomes one convolution call
+whose epilogue adds the skip connection and applies the activation (ReLU, ReLU6, LeakyReLU,
+Hardtanh, Sigmoid, SiLU, Hardswish: every activation conv2d's epilogue takes).
 """
 from __future__ import annotations
 
@@ -18,9 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
+from . import arrays, nn
 from .nn.fuse import fold_batch_norm
 from .nn.module import Module
+
+
+def epilogue_activation(layer):
+    """The conv2d ``activation=`` argument that does what ``layer`` does, or None if none does."""
+    kind = type(layer)
+    if kind is nn.ReLU:
+        return "relu"
+    if kind is nn.ReLU6:
+        return "relu6"
+    if kind is nn.Hardtanh:
+        lo = -np.inf if layer.min_val is None else layer.min_val
+        hi = np.inf if layer.max_val is None else layer.max_val
+        return ("hardtanh", lo, hi)
+    if kind is nn.LeakyReLU:
+        return ("leaky_relu", layer.negative_slope)
+    return {nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Hardswish: "hardswish"}.get(kind)
 
 
 class UnsupportedOpError(TypeError):
@@ -240,24 +257,27 @@ class Graph(Module):
                 other = b if conv.name == a else a
                 if other == conv.name or order[other] > order[node.name]:
                     continue
-                removed, last = [node], node
+                removed, last, act = [node], node, None
                 follower = [n for n in self.nodes if self._single_input(n) == node.name]
-                if uses.get(node.name) == 1 and follower and type(self.layer_of(follower[0])) is nn.ReLU:
-                    removed.append(follower[0])
-                    last = follower[0]
-                conv.kwargs = {"residual": Ref(other), "activation": "relu" if len(removed) == 2 else None}
+                if uses.get(node.name) == 1 and follower:
+                    act = epilogue_activation(self.layer_of(follower[0]))
+                    if act is not None:
+                        removed.append(follower[0])
+                        last = follower[0]
+                conv.kwargs = {"residual": Ref(other), "activation": act}
                 self._move_and_replace(conv, removed, last)
                 changed = True
                 break
-        # a lone conv -> relu
+        # a lone conv -> activation
         uses, by_name = self._uses(), {n.name: n for n in self.nodes}
         for node in list(self.nodes):
             source = self._single_input(node)
-            if source is None or type(self.layer_of(node)) is not nn.ReLU:
+            act = None if source is None else epilogue_activation(self.layer_of(node))
+            if act is None:
                 continue
             conv = self._conv_node(source, by_name, uses, targets)
             if conv is not None:
-                conv.kwargs = {"activation": "relu"}
+                conv.kwargs = {"activation": act}
                 self._move_and_replace(conv, [node], node)
 
     def _move_and_replace(self, conv, removed, last):
@@ -289,4 +309,7 @@ def _conv_epilogue(conv, x, residual=None, activation=None):
         if "residual" not in str(exc):
             raise
     y = conv(x) + res
-    return np.maximum(y, 0, out=y) if activation == "relu" and isinstance(y, np.ndarray) else y
+    if activation is None or not isinstance(y, np.ndarray):
+        return y
+    name, params = (activation, ()) if isinstance(activation, str) else (activation[0], tuple(activation[1:]))
+    return arrays.activation_(y, name, params)

@@ -109,6 +109,14 @@ def _bn_data(p, rng) -> dict:
     return data
 
 
+def _linear_data(p, rng) -> dict:
+    dt = np.dtype(p.dtype)
+    data = {"x": _normal(rng, p.input_shape, dt), "w": _normal(rng, p.weight_shape, dt)}
+    if p.bias:
+        data["b"] = _normal(rng, p.out_features, dt)
+    return data
+
+
 def _relu_data(p, rng) -> dict:
     data = _image_data(p, rng)
     if p.direction != "fwd":
@@ -133,12 +141,36 @@ def _torch_conv(p, t, torch):
         y = F.conv2d(xx, w, b, p.stride, pad, p.dilation, p.groups)
         if res is not None:
             y += res
-        return torch.relu_(y) if p.activation == "relu" else y
+        return torch_activation(torch, p.activation, p.activation_params, y)
     return conv
+
+
+def torch_activation(torch, kind, params, y):
+    """torch.nn.functional's activation ``kind`` (None: identity) with its parameters, on ``y``."""
+    if kind is None:
+        return y
+    return getattr(torch.nn.functional, kind)(y, *params)
 
 
 def _torch_max_pool(p, t, torch):
     return lambda: torch.nn.functional.max_pool2d(t["x"], p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+
+
+def _torch_max_pool_indices(p, t, torch):
+    return lambda: torch.nn.functional.max_pool2d(t["x"], p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode,
+                                                  return_indices=True)
+
+
+def _torch_adaptive_max(p, t, torch):
+    return lambda: torch.nn.functional.adaptive_max_pool2d(t["x"], (p.oh, p.ow), return_indices=p.return_indices)
+
+
+def _torch_activation(p, t, torch):
+    return lambda: torch_activation(torch, p.kind, p.params, t["x"])
+
+
+def _torch_linear(p, t, torch):
+    return lambda: torch.nn.functional.linear(t["x"], t["w"], t.get("b"))
 
 
 def _torch_avg_pool(p, t, torch):
@@ -212,6 +244,11 @@ def _empty_out(p, dtype, alloc):
     return alloc.empty(p.output_shape, dtype)
 
 
+def _empty_indexed(p, dtype, alloc):
+    y = alloc.empty(p.output_shape, dtype)
+    return (y, alloc.empty(p.output_shape, "int64")) if p.return_indices else y
+
+
 def _empty_in(p, dtype, alloc):
     return alloc.zeros(p.input_shape, dtype)  # no output: no gradient reaches the input
 
@@ -238,6 +275,14 @@ def _pool_steps(p):
 
 def _adaptive_steps(p):
     return p.n * p.c * p.oh * p.ow
+
+
+def _adaptive_max_steps(p):
+    return p.n * p.c * p.oh * p.ow * p.reduction
+
+
+def _linear_steps(p):
+    return p.rows * p.out_features * max(1, p.in_features)
 
 
 def _bn_steps(p):
@@ -270,6 +315,22 @@ def _api_adaptive(p, data):
     return (data["x"], (p.oh, p.ow)), {}
 
 
+def _api_max_pool_indices(p, data):
+    return (data["x"], p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode), {"return_indices": True}
+
+
+def _api_adaptive_max(p, data):
+    return (data["x"], (p.oh, p.ow), p.return_indices), {}
+
+
+def _api_activation(p, data):
+    return (data["x"], *p.params), {}
+
+
+def _api_linear(p, data):
+    return (data["x"], data["w"], data.get("b")), {}
+
+
 def _api_bn(p, data):
     # Copies: training updates the running statistics in place.
     return (data["x"].reshape(p.input_shape), data["mean"].copy(), data["var"].copy(), data["weight"],
@@ -295,6 +356,15 @@ _ENTRIES = [
            _bn_data, _torch_bn, _empty_bn, _bn_steps, _api_bn),
     OpInfo("relu", "fwd", "relu", _p.ReluProblem, ("x",), _relu_data, _torch_relu, _empty_out, _relu_steps,
            _api_relu),
+    OpInfo("max_pool2d_with_indices", "fwd", "max_pool2d_with_indices", _p.Pool2dProblem, ("x",), _image_data,
+           _torch_max_pool_indices, _empty_indexed, _pool_steps, _api_max_pool_indices),
+    OpInfo("adaptive_max_pool2d", "fwd", "adaptive_max_pool2d", _p.AdaptivePool2dProblem, ("x",), _image_data,
+           _torch_adaptive_max, _empty_indexed, _adaptive_max_steps, _api_adaptive_max),
+    OpInfo("linear", "fwd", "linear", _p.LinearProblem, ("x", "w", "b"), _linear_data, _torch_linear, _empty_out,
+           _linear_steps, _api_linear, metric="flops"),
+    # The activations besides relu: one backend function, ``activation(p, x)``, for all of them.
+    *(OpInfo(kind, "fwd", "activation", _p.ActivationProblem, ("x",), _image_data, _torch_activation, _empty_out,
+             _relu_steps, _api_activation) for kind in _p.ACTIVATION_PARAMS if kind != "relu"),
     # Backward: forward-shaped problems, the contract's function names and argument order.
     OpInfo("conv2d", "bwd_data", "conv2d_bwd_data", _p.Conv2dProblem, ("grad_output", "w"), _conv_data,
            _bwd(_torch_conv, ("x",)), _empty_in, _conv_steps, metric="flops", wrt=("x",)),

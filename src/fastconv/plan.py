@@ -129,8 +129,8 @@ def _lower(model):
     return b.steps, b.n, [x], Ref(out), b.consts
 
 
-def _conv(b, name, conv, x, residual=None, relu=False):
-    return b.add(Conv(name, conv, x, residual, "relu" if relu else None, b.value()))
+def _conv(b, name, conv, x, residual=None, relu=False, activation=None):
+    return b.add(Conv(name, conv, x, residual, "relu" if relu else activation, b.value()))
 
 
 def _lower_resnet(m: ResNet, b: _Builder, x: int) -> int:
@@ -173,7 +173,8 @@ def _lower_layer(path, layer, b: _Builder, args, kwargs, chain_start: int | None
             and set(kwargs) <= {"residual", "activation"} \
             and (kwargs.get("residual") is None or isinstance(kwargs["residual"], Ref)):
         res = kwargs.get("residual")
-        return _conv(b, path, layer, refs[0], None if res is None else res.name, kwargs.get("activation") == "relu")
+        return _conv(b, path, layer, refs[0], None if res is None else res.name,
+                     activation=kwargs.get("activation"))  # any epilogue activation, with its parameters
     if plain and not kwargs and len(args) == 1:
         if chain_start is not None and last in b.steps[chain_start:] and type(layer) is nn.ReLU \
                 and isinstance(last, Conv) and last.output == refs[0] \

@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 
 DTYPES = ("float32", "float64")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-ACTIVATIONS = (None, "relu")
+#: The elementwise activations a convolution's epilogue (and the functional API) applies, with
+#: their parameters' names and torch's defaults, in torch.nn.functional's argument order.
+ACTIVATION_PARAMS = {
+    "relu": (),
+    "relu6": (),
+    "leaky_relu": (("negative_slope", 0.01),),
+    "hardtanh": (("min_val", -1.0), ("max_val", 1.0)),
+    "sigmoid": (),
+    "silu": (),
+    "hardswish": (),
+}
+ACTIVATIONS = (None, *ACTIVATION_PARAMS)
 #: oneDNN's prop_kind: the forward pass, the gradient of the input, the gradient of the weights.
 DIRECTIONS = ("fwd", "bwd_data", "bwd_weight")
 DEVICES = ("cpu", "cuda")
@@ -107,8 +118,29 @@ def require_padding_mode(mode) -> None:
 
 
 def require_activation(activation) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or 'relu', got activation={activation!r}")
+    if not isinstance(activation, (str, type(None))) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got activation={activation!r}")
+
+
+def activation_params(activation: str | None, params: tuple = ()) -> tuple[float, ...]:
+    """Every parameter of ``activation``, torch's defaults where ``params`` stops short."""
+    require_activation(activation)
+    names = ACTIVATION_PARAMS.get(activation, ())
+    _require(len(params) <= len(names),
+             f"activation {activation!r} takes {len(names)} parameter(s) {tuple(n for n, _ in names)}, "
+             f"got {tuple(params)}")
+    full = tuple(float(v) for v in params) + tuple(d for _, d in names[len(params):])
+    if activation == "hardtanh":
+        _require(full[1] >= full[0], f"hardtanh needs max_val >= min_val, got min_val={full[0]}, max_val={full[1]}")
+    return full
+
+
+def _activation_id(activation: str | None, params: tuple) -> str:
+    """``relu``, ``leaky_relu`` (default parameters) or ``leaky_relu0.2`` (others)."""
+    if activation is None:
+        return ""
+    defaults = tuple(d for _, d in ACTIVATION_PARAMS[activation])
+    return activation + ("" if params == defaults else ",".join(f"{v:g}" for v in params))
 
 
 def require_padding_string(padding: str, stride: tuple[int, int]) -> None:
@@ -202,6 +234,8 @@ class Conv2dProblem(_Problem):
     padding_mode: str = "zeros"
     op: str = field(default="conv2d", init=False)
     algorithm: str = field(default="auto", kw_only=True)
+    #: The activation's parameters (leaky_relu's slope, hardtanh's bounds), torch's defaults filled in.
+    activation_params: tuple = field(default=(), kw_only=True)
 
     def __post_init__(self):
         _check_common(self, DIRECTIONS)
@@ -219,7 +253,9 @@ class Conv2dProblem(_Problem):
         require_divisible(self.c, self.groups, "in_channels")
         require_divisible(self.k, self.groups, "out_channels")
         require_padding_mode(self.padding_mode)
-        require_activation(self.activation)
+        # Without an activation its parameters mean nothing (replace(p, activation=None) drops them).
+        object.__setattr__(self, "activation_params",
+                           activation_params(self.activation, self.activation_params if self.activation else ()))
         _require(self.direction == "fwd" or not (self.residual or self.activation),
                  f"a {self.direction} problem has no fused epilogue: its backward is composed from the ops' own")
         require_algorithm(self.algorithm)
@@ -308,7 +344,7 @@ class Conv2dProblem(_Problem):
             text += f"_{self.padding_mode}"
         text += "".join(tag for flag, tag in ((self.bias, "_bias"), (self.residual, "_res")) if flag)
         if self.activation:
-            text += f"_{self.activation}"
+            text += f"_{_activation_id(self.activation, self.activation_params)}"
         text += f"_{_dt(self.dtype)}"
         if self.algorithm != "auto":
             text += f"_{self.algorithm}"
@@ -336,10 +372,14 @@ class Pool2dProblem(_Problem):
     count_include_pad: bool = True
     divisor_override: int | None = None
     dtype: str = "float32"
+    #: Max pooling only: also return each output's arg max, a flat index into its (h, w) plane.
+    return_indices: bool = field(default=False, kw_only=True)
 
     def __post_init__(self):
         _check_common(self, DIRECTIONS[:2])
         _require(self.kind in ("max", "avg"), f"pool kind must be 'max' or 'avg', got {self.kind!r}")
+        _require(not self.return_indices or (self.kind == "max" and self.direction == "fwd"),
+                 "return_indices is a forward max pooling option")
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
         _require(self.h >= 1 and self.w >= 1, f"input spatial size must be positive, got {self.h}x{self.w}")
@@ -364,7 +404,7 @@ class Pool2dProblem(_Problem):
 
     @property
     def op(self) -> str:
-        return f"{self.kind}_pool2d"
+        return "max_pool2d_with_indices" if self.return_indices else f"{self.kind}_pool2d"
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -405,12 +445,15 @@ class Pool2dProblem(_Problem):
             text += "_nopad"
         if self.divisor_override is not None:
             text += f"_div{self.divisor_override}"
+        if self.return_indices:
+            text += "_idx"
         return text + f"_{_dt(self.dtype)}" + _suffix(self)
 
 
 @dataclass(frozen=True)
 class AdaptivePool2dProblem(_Problem):
-    """Adaptive average pooling of (n, c, h, w) to (n, c, oh, ow); bins from ``adaptive_bins``."""
+    """Adaptive average (``kind="avg"``) or max pooling of (n, c, h, w) to (n, c, oh, ow); bins
+    from ``adaptive_bins``.  Max pooling may also return each output's arg max (flat in its plane)."""
 
     n: int
     c: int
@@ -419,10 +462,13 @@ class AdaptivePool2dProblem(_Problem):
     oh: int
     ow: int
     dtype: str = "float32"
-    op: str = field(default="adaptive_avg_pool2d", init=False)
+    kind: str = field(default="avg", kw_only=True)
+    return_indices: bool = field(default=False, kw_only=True)
 
     def __post_init__(self):
-        _check_common(self, DIRECTIONS[:2])
+        _check_common(self, DIRECTIONS[:2] if self.kind == "avg" else DIRECTIONS[:1])
+        _require(self.kind in ("avg", "max"), f"adaptive pool kind must be 'avg' or 'max', got {self.kind!r}")
+        _require(not self.return_indices or self.kind == "max", "return_indices is an adaptive max pooling option")
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
         _require(self.h >= 1 and self.w >= 1,
@@ -445,8 +491,13 @@ class AdaptivePool2dProblem(_Problem):
         return rows * cols
 
     @property
+    def op(self) -> str:
+        return f"adaptive_{self.kind}_pool2d"
+
+    @property
     def id(self) -> str:
-        return f"aavg_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}_{_dt(self.dtype)}" + _suffix(self)
+        return (f"a{self.kind}_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}"
+                f"{'_idx' if self.return_indices else ''}_{_dt(self.dtype)}" + _suffix(self))
 
 
 @dataclass(frozen=True)
@@ -537,4 +588,95 @@ class ReluProblem(_Problem):
         return f"relu_{'x'.join(map(str, self.shape)) or 'scalar'}_{_dt(self.dtype)}" + _suffix(self)
 
 
-Problem = Conv2dProblem | Pool2dProblem | AdaptivePool2dProblem | BatchNormProblem | ReluProblem
+@dataclass(frozen=True)
+class ActivationProblem(_Problem):
+    """An elementwise activation other than relu (``kind``: relu6, leaky_relu, hardtanh, sigmoid,
+    silu, hardswish) over an array of any shape, with its parameters (torch's defaults filled in)."""
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    params: tuple = ()
+
+    def __post_init__(self):
+        _check_common(self, DIRECTIONS[:1])
+        _require(self.kind in ACTIVATION_PARAMS and self.kind != "relu",
+                 f"activation kind must be one of {tuple(k for k in ACTIVATION_PARAMS if k != 'relu')}, "
+                 f"got {self.kind!r}")
+        object.__setattr__(self, "params", activation_params(self.kind, self.params))
+
+    @property
+    def op(self) -> str:
+        return self.kind
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    reduction = 1
+
+    @property
+    def id(self) -> str:
+        return (f"{_activation_id(self.kind, self.params)}_{'x'.join(map(str, self.shape)) or 'scalar'}"
+                f"_{_dt(self.dtype)}" + _suffix(self))
+
+
+@dataclass(frozen=True)
+class LinearProblem(_Problem):
+    """``y = x @ weight.T + bias`` for x of shape (*batch, in_features), weight (out_features, in_features)."""
+
+    batch: tuple[int, ...]
+    in_features: int
+    out_features: int
+    bias: bool = False
+    dtype: str = "float32"
+    op: str = field(default="linear", init=False)
+
+    def __post_init__(self):
+        _check_common(self, DIRECTIONS[:1])
+        _require(all(v >= 0 for v in self.batch), f"input sizes must be non-negative, got {self.batch}")
+        _require(self.in_features >= 0 and self.out_features >= 0,
+                 f"features must be non-negative, got in_features={self.in_features}, "
+                 f"out_features={self.out_features}")
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.batch)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (*self.batch, self.in_features)
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (*self.batch, self.out_features)
+
+    @property
+    def reduction(self) -> int:
+        return max(1, self.in_features)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.rows * self.in_features * self.out_features
+
+    @property
+    def id(self) -> str:
+        batch = "x".join(map(str, self.batch)) or "scalar"
+        return (f"linear_{batch}_i{self.in_features}o{self.out_features}{'_bias' if self.bias else ''}"
+                f"_{_dt(self.dtype)}" + _suffix(self))
+
+
+Problem = (Conv2dProblem | Pool2dProblem | AdaptivePool2dProblem | BatchNormProblem | ReluProblem
+           | ActivationProblem | LinearProblem)

@@ -1,4 +1,5 @@
-"""Numba kernels that touch each element once or twice: batch norm (statistics and the affine map) and relu.
+"""Numba kernels that touch each element once or twice: batch norm (statistics and the affine map),
+relu and the other activations.
 
 All memory-bound: each loop streams contiguous memory and vectorises; the work is split over
 (image, channel) rows so every thread streams its own rows.
@@ -8,7 +9,40 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._numba_jit import kernel
+from ._numba_jit import inline, kernel
+
+#: problem.ACTIVATION_PARAMS's kinds besides relu, as the integer the kernel switches on.
+ACTIVATION_CODES = {"relu6": 2, "leaky_relu": 3, "hardtanh": 4, "sigmoid": 5, "silu": 6, "hardswish": 7}
+
+
+@inline
+def _sigmoid(v):
+    e = np.exp(-np.abs(v))  # exp of a non-positive argument only: no overflow
+    return 1 / (1 + e) if v >= 0 else e / (1 + e)
+
+
+@inline
+def _act(v, code, a, b):
+    """torch.nn.functional's formulas; comparisons with NaN are false, so NaN passes through."""
+    if code == 2:
+        return 0 if v < 0 else (6 if v > 6 else v)
+    if code == 4:
+        return a if v < a else (b if v > b else v)
+    if code == 3:
+        return v if v > 0 else v * a
+    if code == 5:
+        return _sigmoid(v)
+    if code == 6:
+        return v * _sigmoid(v)
+    t = v + 3
+    t = 0 if t < 0 else (6 if t > 6 else t)
+    return v if v != v else v * t / 6
+
+
+@kernel
+def _activation(x, y, code, a, b):
+    for i in prange(x.size):
+        y[i] = _act(x[i], code, a, b)
 
 
 @kernel
@@ -79,4 +113,13 @@ def relu(p, x):
     flat = x.reshape(-1)
     y = np.empty(flat.shape, p.dtype)
     _relu(flat, y)
+    return y.reshape(x.shape)
+
+
+def activation(p, x):
+    flat = x.reshape(-1)
+    y = np.empty(flat.shape, p.dtype)
+    params = (*p.params, 0.0, 0.0)
+    t = flat.dtype.type
+    _activation(flat, y, ACTIVATION_CODES[p.kind], t(params[0]), t(params[1]))
     return y.reshape(x.shape)

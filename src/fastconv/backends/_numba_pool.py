@@ -101,6 +101,77 @@ def _adaptive_avg_pool(x, y, h, w, oh, ow):
                 dst[i * ow + j] = total / ((h1 - h0) * (w1 - w0))
 
 
+@kernel
+def _max_pool_indices(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
+    """Each output's window scanned row-major as torch scans it: a later tap wins when strictly
+    greater or NaN; the first tap inside the input is where an all -inf window's max is."""
+    n_, c_all, h, w = x.shape
+    _, _, oh, ow = y.shape
+    for plane in prange(n_ * c_all):
+        src = x[plane // c_all, plane % c_all]
+        dst, where = y[plane // c_all, plane % c_all], idx[plane // c_all, plane % c_all]
+        for i in range(oh):
+            top = i * sh - ph
+            r0 = 0 if top >= 0 else (-top + dh - 1) // dh
+            for j in range(ow):
+                left = j * sw - pw
+                s0 = 0 if left >= 0 else (-left + dw - 1) // dw
+                best = -np.inf
+                at = (top + r0 * dh) * w + left + s0 * dw
+                for r in range(r0, kh):
+                    ih = top + r * dh
+                    if ih >= h:
+                        break
+                    for s in range(s0, kw):
+                        iw = left + s * dw
+                        if iw >= w:
+                            break
+                        v = src[ih, iw]
+                        if v > best or v != v:
+                            best = v
+                            at = ih * w + iw
+                dst[i, j] = best
+                where[i, j] = at
+
+
+@kernel
+def _adaptive_max_pool(x, y, idx, h, w, oh, ow):
+    """x (planes, H*W), y and idx (planes, OH*OW): each bin (adaptive_avg_pool2d's) scanned as
+    _max_pool_indices scans a window."""
+    for plane in prange(x.shape[0]):
+        src = x[plane]
+        for i in range(oh):
+            h0, h1 = (i * h) // oh, ((i + 1) * h + oh - 1) // oh
+            for j in range(ow):
+                w0, w1 = (j * w) // ow, ((j + 1) * w + ow - 1) // ow
+                best = -np.inf
+                at = h0 * w + w0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        v = src[ih * w + iw]
+                        if v > best or v != v:
+                            best = v
+                            at = ih * w + iw
+                y[plane, i * ow + j] = best
+                idx[plane, i * ow + j] = at
+
+
+def adaptive_max_pool2d(p, x):
+    y = np.empty(p.output_shape, p.dtype)
+    idx = np.empty(p.output_shape, np.int64)
+    _adaptive_max_pool(x.reshape(p.n * p.c, p.h * p.w), y.reshape(p.n * p.c, p.oh * p.ow),
+                       idx.reshape(p.n * p.c, p.oh * p.ow), p.h, p.w, p.oh, p.ow)
+    return (y, idx) if p.return_indices else y
+
+
+def max_pool2d_with_indices(p, x):
+    y = np.empty(p.output_shape, p.dtype)
+    idx = np.empty(p.output_shape, np.int64)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    _max_pool_indices(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw)
+    return y, idx
+
+
 def max_pool2d(p, x):
     y = np.empty(p.output_shape, p.dtype)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation

@@ -30,6 +30,11 @@ NAME = "c"
 DEVICES = ("cpu",)
 ALGORITHMS = {"conv2d": ("direct", "gemm", "winograd")}
 FUSED_EPILOGUE = True
+#: Every activation runs in the C epilogue (csrc/fc_internal.h, fc_act): on the GEMM tile rows as
+#: they are stored, on each finished row of the direct loops, on each Winograd output.
+FUSED_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "hardtanh", "sigmoid", "silu", "hardswish")
+#: fastconv.h's enum fc_activation.
+_ACT = {None: 0, **{name: code for code, name in enumerate(FUSED_ACTIVATIONS, start=1)}}
 
 log = logging.getLogger("fastconv")
 
@@ -171,6 +176,9 @@ def _conv_desc(call, p):
     d.dil_h, d.dil_w = p.dilation
     d.groups = p.groups
     d.relu = 1 if p.activation == "relu" else 0
+    d.act = _ACT[p.activation]
+    params = (*p.activation_params, 0.0, 0.0)
+    d.act_a, d.act_b = params[0], params[1]
     return d
 
 
@@ -297,6 +305,33 @@ def avg_pool2d_into(p, x, y):
     return _pool(p, x, "avg_pool2d", y)
 
 
+def max_pool2d_with_indices(p, x):
+    call = _Call(p.dtype)
+    y = np.empty(p.output_shape, p.dtype)
+    idx = np.empty(p.output_shape, np.int64)
+    status = _fn(p.dtype, "max_pool2d_indices")(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
+                                                call.ptr(y, y.size, writable=True), _indices(call, idx), _nthreads())
+    _check(status, "max_pool2d_with_indices")
+    return y, idx
+
+
+def _indices(call, idx):
+    if idx.dtype != np.int64 or not idx.flags.c_contiguous:
+        raise TypeError("c backend: indices must be a C-contiguous int64 array; this is a fastconv bug")
+    return call.ffi.from_buffer("int64_t[]", idx, require_writable=True)
+
+
+def adaptive_max_pool2d(p, x):
+    call = _Call(p.dtype)
+    y = np.empty(p.output_shape, p.dtype)
+    idx = np.empty(p.output_shape, np.int64) if p.return_indices else None
+    status = _fn(p.dtype, "adaptive_max_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
+                                                  call.ptr(y, y.size, writable=True),
+                                                  call.ffi.NULL if idx is None else _indices(call, idx), _nthreads())
+    _check(status, "adaptive_max_pool2d")
+    return (y, idx) if p.return_indices else y
+
+
 def adaptive_avg_pool2d(p, x):
     return adaptive_avg_pool2d_into(p, x, np.empty(p.output_shape, p.dtype))
 
@@ -335,6 +370,26 @@ def relu(p, x):
                                       _nthreads())
         _check(status, "relu")
     return y
+
+
+def activation(p, x):
+    call = _Call(p.dtype)
+    y = np.empty(p.shape, p.dtype)
+    if y.size:
+        params = (*p.params, 0.0, 0.0)
+        status = _fn(p.dtype, "activation")(y.size, call.ptr(x, p.size), call.ptr(y, y.size, writable=True),
+                                            _ACT[p.kind], params[0], params[1], _nthreads())
+        _check(status, "activation")
+    return y
+
+
+def linear(p, x, weight, bias):
+    """A linear layer is a 1x1 convolution of (rows, in_features, 1, 1) images: the same GEMM kernels."""
+    if p.in_features == 0:  # no terms: the bias alone
+        y = np.zeros((p.rows, p.out_features), p.dtype)
+        return (y + bias if bias is not None else y).reshape(p.output_shape)
+    q = Conv2dProblem(p.rows, p.in_features, 1, 1, p.out_features, 1, 1, dtype=p.dtype, bias=bias is not None)
+    return conv2d(q, x, weight, bias, None).reshape(p.output_shape)
 
 
 # -- backward ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .. import threads
+from .. import arrays, threads
 from . import refuse_algorithm, refuse_padded_copy
 
 NAME = "im2col"
@@ -326,6 +326,39 @@ def max_pool2d(p, x):
     return y.reshape(p.output_shape)
 
 
+def _first_inside(n_out: int, stride: int, pad: int, dil: int) -> np.ndarray:
+    """Per output position, the first tap coordinate inside the input (torch's initial arg max)."""
+    start = np.arange(n_out) * stride - pad
+    return np.where(start < 0, start + (-start + dil - 1) // dil * dil, start)
+
+
+def max_pool2d_with_indices(p, x):
+    """max_pool2d over the same padded window views, also tracking where each max is: a later tap
+    replaces it when strictly greater or NaN, as torch's scan does (padding, -inf, never does)."""
+    planes = x.reshape(p.n * p.c, p.h, p.w)
+    (_, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    eh, ew = _overhang(p)
+    y = np.empty((p.n * p.c, p.oh, p.ow), p.dtype)
+    idx = np.empty((p.n * p.c, p.oh, p.ow), np.int64)
+    rows0, cols0 = np.arange(p.oh) * sh - ph, np.arange(p.ow) * sw - pw
+    first = _first_inside(p.oh, sh, ph, dh)[:, None] * p.w + _first_inside(p.ow, sw, pw, dw)[None, :]
+
+    def work(part):
+        for a, b in part:
+            xp = _padded_local(planes[a:b], (ph, ph + eh, pw, pw + ew), -np.inf)
+            out, where = y[a:b], idx[a:b]
+            out[...] = -np.inf
+            where[...] = first
+            for t, tap in enumerate(_pool_taps(p, xp)):
+                r, s = divmod(t, kw)
+                better = (tap > out) | np.isnan(tap)
+                np.copyto(out, tap, where=better)
+                np.copyto(where, ((rows0 + r * dh)[:, None] * p.w + (cols0 + s * dw)[None, :]), where=better)
+
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
+    return y.reshape(p.output_shape), idx.reshape(p.output_shape)
+
+
 def _padded_local(x: np.ndarray, pads, value) -> np.ndarray:
     pt, pb, pl, pr = pads
     if not any(pads):
@@ -404,7 +437,31 @@ def adaptive_avg_pool2d(p, x):
     return y.reshape(p.output_shape)
 
 
-# -- batch norm and relu -----------------------------------------------------------------------
+def adaptive_max_pool2d(p, x):
+    """One vectorised arg max per bin over all planes: the first max, or the last NaN (torch's scan)."""
+    planes = x.reshape(p.n * p.c, p.h, p.w)
+    (h0, h1), (w0, w1) = _bins(p.h, p.oh), _bins(p.w, p.ow)
+    y = np.empty((p.n * p.c, p.oh, p.ow), p.dtype)
+    idx = np.empty((p.n * p.c, p.oh, p.ow), np.int64)
+
+    def work(part):
+        for a, b in part:
+            for i in range(p.oh):
+                for j in range(p.ow):
+                    bw = w1[j] - w0[j]
+                    cells = planes[a:b, h0[i]:h1[i], w0[j]:w1[j]].reshape(b - a, -1)
+                    nan = np.isnan(cells)
+                    last_nan = cells.shape[1] - 1 - np.argmax(nan[:, ::-1], axis=1)
+                    at = np.where(nan.any(axis=1), last_nan, np.argmax(cells, axis=1))
+                    y[a:b, i, j] = np.take_along_axis(cells, at[:, None], axis=1)[:, 0]
+                    idx[a:b, i, j] = (h0[i] + at // bw) * p.w + w0[j] + at % bw
+
+    _parallel(work, _chunks(p.n * p.c, p.h * p.w))
+    y, idx = y.reshape(p.output_shape), idx.reshape(p.output_shape)
+    return (y, idx) if p.return_indices else y
+
+
+# -- batch norm, activations, linear -----------------------------------------------------------
 
 def batch_norm(p, x, mean, var, weight, bias):
     if p.training:
@@ -445,6 +502,34 @@ def relu(p, x):
 
     _parallel(work, _chunks(flat.size))
     return y.reshape(x.shape)
+
+
+def activation(p, x):
+    flat = x.reshape(-1)
+    y = flat.copy()
+
+    def work(part):
+        with np.errstate(invalid="ignore", over="ignore"):  # -inf * 0 (silu, hardswish): torch's NaN
+            for a, b in part:
+                arrays.activation_(y[a:b], p.kind, p.params)
+
+    _parallel(work, _chunks(flat.size))
+    return y.reshape(x.shape)
+
+
+def linear(p, x, weight, bias):
+    x2 = x.reshape(p.rows, p.in_features)
+    y = np.empty((p.rows, p.out_features), p.dtype)
+
+    def work(part):
+        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0, inf - inf: NaN, as torch
+            for a, b in part:
+                np.matmul(x2[a:b], weight.T, out=y[a:b])
+                if bias is not None:
+                    y[a:b] += bias
+
+    _parallel(work, _chunks(p.rows, max(1, p.in_features * p.out_features // 64)), blas=True)
+    return y.reshape(p.output_shape)
 
 
 from ._im2col_bwd import (adaptive_avg_pool2d_bwd_data, avg_pool2d_bwd_data, batch_norm_bwd_data,  # noqa: E402,F401

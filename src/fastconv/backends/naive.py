@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .. import ops
-from ..problem import adaptive_bins
+from ..problem import ACTIVATIONS, adaptive_bins
 from . import refuse_algorithm
 from ._bwd_common import as_ncl, fold_padding, pad_input, zero_padded
 
@@ -22,6 +22,7 @@ NAME = "naive"
 DEVICES = ("cpu",)
 ALGORITHMS = {"conv2d": ("direct", "winograd")}
 FUSED_EPILOGUE = True
+FUSED_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a)
 
 #: Python-level loop iterations above which the naive backend refuses (about ten seconds).
 MAX_STEPS = 5_000_000
@@ -72,9 +73,7 @@ def conv2d(p, x, weight, bias, residual):
                                 total += float(np.dot(xv, weight[k, :, r, s]))  # sum over c
                     if residual is not None:
                         total += float(residual[n, k, i, j])
-                    if p.activation == "relu" and total < 0:  # NaN < 0 is False: NaN stays
-                        total = 0.0
-                    y[n, k, i, j] = total
+                    y[n, k, i, j] = activate(p.activation, p.activation_params, total)
     return y.astype(p.dtype)
 
 
@@ -133,34 +132,64 @@ def _winograd_conv2d(p, x, weight, bias, residual):
         y += bias.astype(np.float64)[None, :, None, None]
     if residual is not None:
         y += residual
-    if p.activation == "relu":
-        y = np.where(y < 0, 0.0, y)  # NaN < 0 is False: NaN stays
+    if p.activation is not None:
+        y = np.array([activate(p.activation, p.activation_params, v) for v in y.ravel().tolist()]).reshape(y.shape)
     return y.astype(p.dtype)
+
+
+def _window_max(plane, taps):
+    """(max, (ih, iw) where it is) over the window's taps inside the input, as torch scans them:
+    row-major, a later value wins only if strictly greater or NaN (so the first of equal maxima
+    and the last NaN); a window of -inf keeps its first tap."""
+    best, where = -math.inf, None  # -inf: the padding's value
+    for ih, iw in taps:
+        v = plane[ih][iw]
+        if where is None or v > best or v != v:  # v != v: NaN propagates, as in torch
+            best, where = v, (ih, iw)
+    return best, where
+
+
+def _pool_taps(p, i, j):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    rows = [i * sh - ph + r * dh for r in range(kh)]
+    cols = [j * sw - pw + s * dw for s in range(kw)]
+    return [(ih, iw) for ih in rows if 0 <= ih < p.h for iw in cols if 0 <= iw < p.w]
 
 
 def max_pool2d(p, x):
     """y[n,c,i,j] = max over taps (r, s) of x[n, c, i*sh - ph + r*dh, j*sw - pw + s*dw]; NaN wins."""
+    return max_pool2d_with_indices(p, x)[0]
+
+
+def max_pool2d_with_indices(p, x):
+    """max_pool2d's y, and idx[n,c,i,j] = ih * W + iw of the tap y[n,c,i,j] came from."""
     xs = x.tolist()
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     y = np.empty(p.output_shape, p.dtype)
+    idx = np.empty(p.output_shape, np.int64)
     for n in range(p.n):
         for c in range(p.c):
-            plane = xs[n][c]
             for i in range(p.oh):
                 for j in range(p.ow):
-                    best = -math.inf  # the padding's value
-                    for r in range(kh):
-                        ih = i * sh - ph + r * dh
-                        if not 0 <= ih < p.h:
-                            continue
-                        for s in range(kw):
-                            iw = j * sw - pw + s * dw
-                            if 0 <= iw < p.w:
-                                v = plane[ih][iw]
-                                if v > best or v != v:  # v != v: NaN propagates, as in torch
-                                    best = v
-                    y[n, c, i, j] = best
-    return y
+                    y[n, c, i, j], (ih, iw) = _window_max(xs[n][c], _pool_taps(p, i, j))
+                    idx[n, c, i, j] = ih * p.w + iw
+    return y, idx
+
+
+def adaptive_max_pool2d(p, x):
+    """y[n,c,i,j] = max of x[n, c, bin_i, bin_j] (bins as adaptive_avg_pool2d's); with
+    p.return_indices also where it is, as max_pool2d_with_indices."""
+    xs = x.tolist()
+    rows, cols = adaptive_bins(p.h, p.oh), adaptive_bins(p.w, p.ow)
+    y = np.empty(p.output_shape, p.dtype)
+    idx = np.empty(p.output_shape, np.int64)
+    for n in range(p.n):
+        for c in range(p.c):
+            for i, (h0, h1) in enumerate(rows):
+                for j, (w0, w1) in enumerate(cols):
+                    taps = [(ih, iw) for ih in range(h0, h1) for iw in range(w0, w1)]
+                    y[n, c, i, j], (ih, iw) = _window_max(xs[n][c], taps)
+                    idx[n, c, i, j] = ih * p.w + iw
+    return (y, idx) if p.return_indices else y
 
 
 def avg_pool2d(p, x):
@@ -222,6 +251,56 @@ def relu(p, x):
     """y = x if x > 0 else 0, elementwise; NaN stays NaN."""
     values = [0.0 if v < 0 else v for v in x.ravel().tolist()]
     return np.array(values, dtype=p.dtype).reshape(x.shape)
+
+
+def _sigmoid(v: float) -> float:
+    # exp of a non-positive argument only: no overflow for large |v|
+    e = math.exp(-abs(v)) if v == v else v
+    return 1 / (1 + e) if v >= 0 else e / (1 + e)
+
+
+def activate(kind, params, v: float) -> float:
+    """One value through activation ``kind`` (None: unchanged), as torch.nn.functional writes it.
+
+    Comparisons with NaN are false, so each branch below passes NaN through.
+    """
+    if kind is None:
+        return v
+    if kind == "relu":
+        return 0.0 if v < 0 else v
+    if kind in ("relu6", "hardtanh"):
+        lo, hi = (0.0, 6.0) if kind == "relu6" else params
+        return lo if v < lo else hi if v > hi else v
+    if kind == "leaky_relu":
+        return v if v > 0 else v * params[0]
+    if kind == "sigmoid":
+        return _sigmoid(v)
+    if kind == "silu":
+        return v * _sigmoid(v)  # -inf * 0: NaN, as torch
+    if kind == "hardswish":
+        return v * min(max(v + 3, 0.0), 6.0) / 6 if v == v else v  # -inf * 0: NaN, as torch
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def activation(p, x):
+    """y = activate(p.kind, p.params, x) elementwise."""
+    values = [activate(p.kind, p.params, v) for v in x.ravel().tolist()]
+    return np.array(values, dtype=p.dtype).reshape(x.shape)
+
+
+def linear(p, x, weight, bias):
+    """y[..., o] = bias[o] + sum_i x[..., i] * weight[o, i]."""
+    rows = x.reshape(p.rows, p.in_features).astype(np.float64)
+    w = weight.astype(np.float64)
+    y = np.empty((p.rows, p.out_features), np.float64)
+    for m in range(p.rows):
+        for o in range(p.out_features):
+            total = 0.0 if bias is None else float(bias[o])
+            with np.errstate(invalid="ignore"):  # inf * 0, inf - inf: NaN, as torch
+                for i in range(p.in_features):
+                    total += rows[m, i] * w[o, i]
+            y[m, o] = total
+    return y.astype(p.dtype).reshape(p.output_shape)
 
 
 # -- backward: each gradient as the chain rule writes it --------------------------------------

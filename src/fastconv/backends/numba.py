@@ -129,6 +129,16 @@ def max_pool2d(p, x):
         return _kernels("_numba_pool").max_pool2d(p, _ro(x))
 
 
+def max_pool2d_with_indices(p, x):
+    with _parallel():
+        return _kernels("_numba_pool").max_pool2d_with_indices(p, _ro(x))
+
+
+def adaptive_max_pool2d(p, x):
+    with _parallel():
+        return _kernels("_numba_pool").adaptive_max_pool2d(p, _ro(x))
+
+
 def avg_pool2d(p, x):
     with _parallel():
         return _kernels("_numba_pool").avg_pool2d(p, _ro(x))
@@ -147,6 +157,21 @@ def batch_norm(p, x, mean, var, weight, bias):
 def relu(p, x):
     with _parallel():
         return _kernels("_numba_pointwise").relu(p, _ro(x))
+
+
+def linear(p, x, weight, bias):
+    """NumPy's BLAS GEMM (a jitted loop would not beat it), as nn.Linear always ran here."""
+    threads.apply_blas()
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0: torch's NaN
+        y = x.reshape(p.rows, p.in_features) @ weight.T
+        if bias is not None:
+            y += bias
+    return y.reshape(p.output_shape)
+
+
+def activation(p, x):
+    with _parallel():
+        return _kernels("_numba_pointwise").activation(p, _ro(x))
 
 
 # -- backward (kernels in _numba_bwd) ----------------------------------------------------------

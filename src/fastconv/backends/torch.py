@@ -77,6 +77,22 @@ def adaptive_avg_pool2d(p, x):
     return _reference(p, x=x)
 
 
+def max_pool2d_with_indices(p, x):
+    return _reference(p, x=x)
+
+
+def adaptive_max_pool2d(p, x):
+    return _reference(p, x=x)
+
+
+def activation(p, x):
+    return _reference(p, x=x)
+
+
+def linear(p, x, weight, bias):
+    return _reference(p, x=x, w=weight, b=bias)
+
+
 def batch_norm(p, x, mean, var, weight, bias):
     if p.training:
         # torch's stats: the batch mean and biased variance it normalises with.

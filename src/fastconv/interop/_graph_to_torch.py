@@ -121,8 +121,9 @@ def graph_to_torch(g: Graph, leaf_to_torch):
             out = fg.call_module(node.target, val(node.args), val(kwargs))
             if residual is not None:
                 out = fg.call_function(operator.add, (out, val(residual)))
-            if activation == "relu":
-                out = fg.call_function(F.relu, (out,))
+            if activation is not None:  # "relu", or a tuple (name, *params) from fuse()
+                name, params = (activation, ()) if isinstance(activation, str) else (activation[0], activation[1:])
+                out = fg.call_function(getattr(F, name), (out, *params))
             env[node.name] = out
         else:
             layer = node.layer

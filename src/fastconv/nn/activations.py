@@ -1,15 +1,22 @@
-"""Elementwise activations CNNs use, as torch.nn's layers, computed with NumPy on any backend.
+"""Elementwise activations CNNs use, as torch.nn's layers.
 
-ReLU itself is in ``layers`` (it runs on the backends' kernels); these are the others.  Each
-returns a new array of the input's dtype and never modifies its input (``inplace`` is accepted
-for torch compatibility only).
+ReLU itself is in ``layers``.  Hardtanh, ReLU6, LeakyReLU, Sigmoid, SiLU and Hardswish call the
+functional API (fastconv.relu6, ...), so they run on the selected backend's kernels; Tanh,
+Hardsigmoid and Softmax are NumPy.  ``inplace=True`` writes into the input and returns it when
+the input is a writable float32/float64 array, as torch does; otherwise the result is a new array.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import api
 from .._args import as_bool, as_float, as_float_array, as_int
+from .layers import _numpy_view, writable_float
 from .module import Module
+
+
+def _inplace(layer, x) -> bool:
+    return layer.inplace and writable_float(_numpy_view(x))
 
 
 def _float(x):
@@ -28,14 +35,11 @@ class Hardtanh(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        x = _float(x)
-        y = x.copy()
-        # NaN stays NaN, as torch's clamp keeps it
-        if self.min_val is not None:
-            np.copyto(y, x.dtype.type(self.min_val), where=x < self.min_val)
-        if self.max_val is not None:
-            np.copyto(y, x.dtype.type(self.max_val), where=x > self.max_val)
-        return y
+        lo = -np.inf if self.min_val is None else self.min_val
+        hi = np.inf if self.max_val is None else self.max_val
+        if (lo, hi) == (0.0, 6.0):
+            return api.relu6(x, _inplace(self, x), backend=self.backend)
+        return api.hardtanh(x, lo, hi, _inplace(self, x), backend=self.backend)
 
     def extra_repr(self):
         return f"min_val={self.min_val}, max_val={self.max_val}"
@@ -57,24 +61,17 @@ class LeakyReLU(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        x = _float(x)
-        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+        return api.leaky_relu(x, self.negative_slope, _inplace(self, x), backend=self.backend)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
-
-
-def _sigmoid(x):
-    # exp of a non-positive argument only: no overflow warning for large |x|
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
 class Sigmoid(Module):
     """``1 / (1 + exp(-x))``, as torch.nn.Sigmoid."""
 
     def forward(self, x):
-        return _sigmoid(_float(x))
+        return api.sigmoid(x, backend=self.backend)
 
 
 class Tanh(Module):
@@ -92,8 +89,7 @@ class SiLU(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        x = _float(x)
-        return x * _sigmoid(x)
+        return api.silu(x, _inplace(self, x), backend=self.backend)
 
 
 class Hardsigmoid(Module):
@@ -116,8 +112,7 @@ class Hardswish(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        x = _float(x)
-        return x * np.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6)
+        return api.hardswish(x, _inplace(self, x), backend=self.backend)
 
 
 class Softmax(Module):

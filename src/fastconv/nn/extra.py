@@ -38,18 +38,13 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
-def _bins(size: int, out: int):
-    """Adaptive pooling's bins: ``floor(i*size/out)`` to ``ceil((i+1)*size/out)``, as torch."""
-    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
-
-
 class AdaptiveMaxPool2d(Module):
-    """Max pooling to a fixed output size, as torch.nn.AdaptiveMaxPool2d (values only)."""
+    """Max pooling to a fixed output size, as torch.nn.AdaptiveMaxPool2d; with ``return_indices``
+    it returns ``(output, indices)`` as torch does."""
 
     def __init__(self, output_size, return_indices=False):
         super().__init__()
-        if as_bool(return_indices, "return_indices"):
-            raise ValueError("return_indices=True is not supported: AdaptiveMaxPool2d returns values only")
+        self.return_indices = as_bool(return_indices, "return_indices")
         sizes = output_size if isinstance(output_size, (list, tuple)) else (output_size, output_size)
         if len(sizes) != 2:
             raise ValueError(f"output_size must be an int or a pair, got output_size={output_size!r}")
@@ -59,19 +54,7 @@ class AdaptiveMaxPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x):
-        x = as_float_array(x, "input")
-        if x.ndim not in (3, 4) or 0 in x.shape[-2:]:
-            raise ValueError(f"AdaptiveMaxPool2d expects non-empty 3-D or 4-D input, got shape {x.shape}")
-        h, w = x.shape[-2:]
-        sizes = self.output_size if isinstance(self.output_size, (list, tuple)) else (self.output_size,) * 2
-        oh, ow = (h if sizes[0] is None else int(sizes[0])), (w if sizes[1] is None else int(sizes[1]))
-        out = np.empty((*x.shape[:-2], oh, ow), x.dtype)
-        for i, (h0, h1) in enumerate(_bins(h, oh)):
-            for j, (w0, w1) in enumerate(_bins(w, ow)):
-                window = x[..., h0:h1, w0:w1]
-                # NaN propagates, as torch's max does
-                out[..., i, j] = np.max(window, axis=(-2, -1))
-        return out
+        return api.adaptive_max_pool2d(x, self.output_size, self.return_indices, backend=self.backend)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"

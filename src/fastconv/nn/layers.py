@@ -76,6 +76,9 @@ class Conv2d(Module):
         self.register_parameter("bias", init.default_bias(shape, dt) if bias else None)
 
     def forward(self, x, residual=None, activation=None):
+        if activation not in (None, "relu") and self.keeps_for_backward():
+            raise ValueError(f"Conv2d's fused activation {activation!r} has no backward here (relu has): in "
+                             f"training apply it as a layer of its own")
         y = api.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                        padding_mode=self.padding_mode, residual=residual, activation=activation,
                        algorithm=self.algorithm, backend=self.backend)
@@ -186,22 +189,21 @@ def _pool_common(kernel_size, stride, padding):
 
 
 class MaxPool2d(Module):
-    """2-D max pooling, as torch.nn.MaxPool2d (``return_indices`` is not supported)."""
+    """2-D max pooling, as torch.nn.MaxPool2d; with ``return_indices`` the forward returns
+    ``(output, indices)`` (flat arg max per (n, c) plane, as torch)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
         _pool_common(kernel_size, stride, padding)
         positive_pair(dilation, "dilation")
-        if as_bool(return_indices, "return_indices"):
-            raise ValueError("return_indices=True is not supported: fastconv's max_pool2d returns values only")
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.return_indices = False
+        self.return_indices = as_bool(return_indices, "return_indices")
         self.ceil_mode = as_bool(ceil_mode, "ceil_mode")
 
     def forward(self, x):
         self._save(input=x)
         return api.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                              backend=self.backend)
+                              self.return_indices, backend=self.backend)
 
     def backward(self, grad_output):
         x = self._saved_for_backward()["input"]
@@ -210,8 +212,9 @@ class MaxPool2d(Module):
 
     def extra_repr(self):
         stride = self.kernel_size if self.stride is None else self.stride
-        return (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
+        text = (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
                 f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+        return text + (", return_indices=True" if self.return_indices else "")
 
 
 class AvgPool2d(Module):
@@ -267,15 +270,22 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={self.output_size}"
 
 
+def writable_float(x) -> bool:
+    """Whether an ``inplace=True`` layer can write into ``x`` (a writable float32/float64 array)."""
+    return isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and x.flags.writeable
+
+
 class ReLU(Module):
-    """max(x, 0) elementwise.  ``inplace`` is accepted for torch compatibility; inputs are never modified."""
+    """max(x, 0) elementwise.  ``inplace=True`` writes into the input and returns it, as torch does,
+    when the input is a writable float32/float64 array (or CPU tensor); any other input gets a new
+    array (inputs that cannot be written are never modified)."""
 
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        y = api.relu(x, backend=self.backend)
+        y = api.relu(x, self.inplace and writable_float(_numpy_view(x)), backend=self.backend)
         self._save(output=y)
         return y
 
@@ -284,6 +294,14 @@ class ReLU(Module):
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
+
+
+def _numpy_view(x):
+    """A CPU torch tensor's NumPy view (what the API writes into), anything else as it is."""
+    if hasattr(x, "numpy") and type(x).__module__.startswith("torch") and getattr(x, "device", None) is not None \
+            and x.device.type == "cpu" and not x.requires_grad:
+        return x.numpy()
+    return x
 
 
 class Linear(Module):
