@@ -11,6 +11,7 @@ used as test id, benchmark parameter and log text, e.g. ``n8_c64h56w56_k64r3s3_s
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -254,8 +255,10 @@ class Conv2dProblem(_Problem):
         require_divisible(self.k, self.groups, "out_channels")
         require_padding_mode(self.padding_mode)
         # Without an activation its parameters mean nothing (replace(p, activation=None) drops them).
-        object.__setattr__(self, "activation_params",
-                           activation_params(self.activation, self.activation_params if self.activation else ()))
+        if self.activation is None:  # the common cases, checked without the general rule's cost
+            object.__setattr__(self, "activation_params", ())
+        elif self.activation != "relu" or self.activation_params:
+            object.__setattr__(self, "activation_params", activation_params(self.activation, self.activation_params))
         _require(self.direction == "fwd" or not (self.residual or self.activation),
                  f"a {self.direction} problem has no fused epilogue: its backward is composed from the ops' own")
         require_algorithm(self.algorithm)
@@ -275,11 +278,12 @@ class Conv2dProblem(_Problem):
                      f"is {n + pad} but the dilated kernel {name} is {d * (k - 1) + 1}")
 
     # -- derived sizes --------------------------------------------------------------------------
-    @property
+    # Cached: every layer of the call stack asks for them (a frozen dataclass may still hold them).
+    @functools.cached_property
     def oh(self) -> int:
         return conv_out_size(self.h, self.r, self.stride[0], self.padding[0], self.padding[1], self.dilation[0])
 
-    @property
+    @functools.cached_property
     def ow(self) -> int:
         return conv_out_size(self.w, self.s, self.stride[1], self.padding[2], self.padding[3], self.dilation[1])
 
