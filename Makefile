@@ -36,9 +36,10 @@ env: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest
 
-# Lint only: `ruff format` is applied to the whole tree once, not file by file.
+# Lint and format: ruff check, and ruff format --check (the tree is formatted; run `ruff format .`).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(BENCH_ENV) $(VENV)/bin/fastconv bench --suite $(SUITE) --threads $(THREADS)

@@ -17,6 +17,7 @@ line is a single dot.  For one commit, read the table (``asv show`` or the dashb
 benchmark page, one row per backend and problem) or run ``fastconv bench``; the graphs become
 lines from the second recorded commit on (``benchmarks/history.sh main~10..main``).
 """
+
 import os
 
 import fastconv

@@ -19,6 +19,7 @@ Everything lands in ``--out``:
 
 Each step has its own time budget; the whole check stays under 8 minutes on an H200.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,29 @@ def environment() -> dict:
     import fastconv
     import torch
 
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "versions": {m: _version(m) for m in ("numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x",
-                                                 "cupy", "torch", "pytest", "hypothesis", "cffi")},
-           "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-           "backends": [{"name": n, "available": ok, "reason": r} for n, ok, r in fastconv.backend_status()]}
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {
+            m: _version(m)
+            for m in (
+                "numpy",
+                "numba",
+                "numba-cuda",
+                "cupy-cuda12x",
+                "cupy-cuda13x",
+                "cupy",
+                "torch",
+                "pytest",
+                "hypothesis",
+                "cffi",
+            )
+        },
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "backends": [{"name": n, "available": ok, "reason": r} for n, ok, r in fastconv.backend_status()],
+    }
     return env
 
 
@@ -63,9 +81,22 @@ def run_tests(out: Path, budget: float) -> dict:
     t0 = time.time()
     if importlib.util.find_spec("pytest") and importlib.util.find_spec("hypothesis"):
         # addopts replaced: the project's own names pytest-benchmark, which the machine may lack.
-        cmd = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=-ra", "-p", "no:cacheprovider",
-               "--junitxml", str(out / "tests.xml"),
-               "tests/test_cuda_backend.py", "tests/test_conformance.py", "-k", "cuda or cupy"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-o",
+            "addopts=-ra",
+            "-p",
+            "no:cacheprovider",
+            "--junitxml",
+            str(out / "tests.xml"),
+            "tests/test_cuda_backend.py",
+            "tests/test_conformance.py",
+            "-k",
+            "cuda or cupy",
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget)
@@ -117,8 +148,12 @@ def _harness_tests(out: Path, budget: float, t0: float) -> dict:
             cuda_backend.conv_algorithm = original
     lines.append(f"{passed} passed, {failed} failed")
     (out / "tests.txt").write_text("\n".join(lines) + "\n")
-    return {"runner": "harness", "ok": failed == 0 and passed > 0, "summary": lines[-1],
-            "seconds": round(time.time() - t0, 1)}
+    return {
+        "runner": "harness",
+        "ok": failed == 0 and passed > 0,
+        "summary": lines[-1],
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def copy_bandwidth() -> dict:
@@ -138,8 +173,12 @@ def copy_bandwidth() -> dict:
         end.synchronize()
         samples.append(start.elapsed_time(end) / 1e3)
     seconds = sorted(samples)[len(samples) // 2]
-    return {"bytes": 2 * x.numel() * 4, "seconds": seconds, "gb_per_s": 2 * x.numel() * 4 / seconds / 1e9,
-            "method": "torch y.copy_(x), 256 MiB float32, CUDA events, median of 20"}
+    return {
+        "bytes": 2 * x.numel() * 4,
+        "seconds": seconds,
+        "gb_per_s": 2 * x.numel() * 4 / seconds / 1e9,
+        "method": "torch y.copy_(x), 256 MiB float32, CUDA events, median of 20",
+    }
 
 
 def bench(suite_name: str, batch_sizes, out_json: Path, min_time: float, only=None, flush_l2=False) -> dict:
@@ -152,8 +191,13 @@ def bench(suite_name: str, batch_sizes, out_json: Path, min_time: float, only=No
     chosen = targets.fastconv_targets(["cuda", "cupy"], "cuda", flush_l2)
     chosen += [t for t in targets.torch_targets("cuda", flush_l2) if t.device == "cuda"]
     settings = runner.Settings(threads=os.cpu_count() or 1, min_time=min_time, min_repeats=3, max_repeats=30)
-    meta = {"name": suite.name, "version": suite.version, "description": suite.description, "dtype": "float32",
-            "batch_sizes": list(batch_sizes) if batch_sizes else None}
+    meta = {
+        "name": suite.name,
+        "version": suite.version,
+        "description": suite.description,
+        "dtype": "float32",
+        "batch_sizes": list(batch_sizes) if batch_sizes else None,
+    }
     run = runner.new_run(meta, cases, chosen, settings, "cuda", peak=False)
 
     def progress(done, total, text):
@@ -181,8 +225,11 @@ def summarise(layers: dict | None, poolbn: dict | None, models: dict | None, ban
     summary = {"reference": "torch-cuda (cuDNN, benchmark off, TF32 off); ratio = torch time / backend time"}
 
     def medians(doc, backend, pick=lambda r: True):
-        return {r["problem"]: r["median_s"] for r in doc["results"]
-                if r["backend"] == backend and r["median_s"] and r["status"] in ("ok", "unchecked") and pick(r)}
+        return {
+            r["problem"]: r["median_s"]
+            for r in doc["results"]
+            if r["backend"] == backend and r["median_s"] and r["status"] in ("ok", "unchecked") and pick(r)
+        }
 
     if layers:
         batch = {p["id"]: p.get("n") for p in layers["problems"]}
@@ -192,12 +239,14 @@ def summarise(layers: dict | None, poolbn: dict | None, models: dict | None, ban
             for backend in ("cupy", "cuda", "torch-cuda-benchmark", "torch-cuda-benchmark-tf32"):
                 got = medians(layers, backend)
                 summary[f"resnet50_layers_b{n}_{backend}_vs_cudnn"] = _geomean(
-                    [ref[p] / got[p] for p in ref if p in got])
+                    [ref[p] / got[p] for p in ref if p in got]
+                )
             summary[f"resnet50_layers_b{n}_layers"] = len(ref)
             for backend in ("cupy", "cuda"):
                 got = medians(layers, backend)
                 summary[f"resnet50_layers_b{n}_{backend}_vs_cudnn_benchmark"] = _geomean(
-                    [ref_bench[p] / got[p] for p in ref_bench if p in got])
+                    [ref_bench[p] / got[p] for p in ref_bench if p in got]
+                )
     if poolbn and bandwidth:
         for backend in ("cuda", "cupy", "torch-cuda"):
             rows = {}
@@ -232,8 +281,11 @@ def main(argv=None) -> int:
         return 2
     env = environment()
     (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
-    print(f"device: {env['device']}; backends: "
-          + ", ".join(f"{b['name']}={'ok' if b['available'] else b['reason']}" for b in env["backends"]), flush=True)
+    print(
+        f"device: {env['device']}; backends: "
+        + ", ".join(f"{b['name']}={'ok' if b['available'] else b['reason']}" for b in env["backends"]),
+        flush=True,
+    )
     status = {"env": env}
     if not args.skip_tests:
         print("tests ...", flush=True)
@@ -243,8 +295,11 @@ def main(argv=None) -> int:
     (out / "bandwidth.json").write_text(json.dumps(bandwidth, indent=2) + "\n")
     print(f"copy bandwidth: {bandwidth['gb_per_s']:.0f} GB/s", flush=True)
     docs = {}
-    for key, suite, batches, only in (("layers", "resnet50", (1, 8), None), ("pool-bn", "pool-bn", (8,), None),
-                                      ("models", "models", (1, 8), lambda c: "resnet50" in c.id)):
+    for key, suite, batches, only in (
+        ("layers", "resnet50", (1, 8), None),
+        ("pool-bn", "pool-bn", (8,), None),
+        ("models", "models", (1, 8), lambda c: "resnet50" in c.id),
+    ):
         print(f"{suite} ...", flush=True)
         try:
             docs[key] = bench(suite, batches, out / f"{key}.json", args.min_time, only, args.flush_l2)
@@ -257,10 +312,16 @@ def main(argv=None) -> int:
     summary["errors"] = {k: v for k, v in status.items() if k.endswith("_error")}
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    lines = [f"# GPU check: {env['device']}", "", f"torch {env['versions']['torch']} (CUDA {env['torch_cuda']}, "
-             f"cuDNN {env['cudnn']}), numba {env['versions']['numba']}, numba-cuda {env['versions']['numba-cuda']}, "
-             f"CuPy {env['versions']['cupy-cuda12x'] or env['versions']['cupy'] or env['versions']['cupy-cuda13x']}",
-             "", "| figure | value |", "| --- | --- |"]
+    lines = [
+        f"# GPU check: {env['device']}",
+        "",
+        f"torch {env['versions']['torch']} (CUDA {env['torch_cuda']}, "
+        f"cuDNN {env['cudnn']}), numba {env['versions']['numba']}, numba-cuda {env['versions']['numba-cuda']}, "
+        f"CuPy {env['versions']['cupy-cuda12x'] or env['versions']['cupy'] or env['versions']['cupy-cuda13x']}",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+    ]
     for k, v in summary.items():
         if isinstance(v, float):
             lines.append(f"| {k} | {v:.3g} |")

@@ -10,6 +10,7 @@ would be large are refused quickly instead of computed.
 
     python fuzz/fuzz_c.py -max_total_time=60 [corpus_dir]
 """
+
 from __future__ import annotations
 
 import sys
@@ -55,18 +56,40 @@ def one_input(data: bytes) -> None:
             wt = np.ones((k, c // groups, r, s), dtype)
             if fdp.ConsumeBool():
                 wt[0, 0, 0, 0] = np.nan
-            fastconv.conv2d(x, wt, np.zeros(k, dtype) if fdp.ConsumeBool() else None, stride=_pair(fdp),
-                            padding=_pair(fdp, 0, 2), dilation=_pair(fdp), groups=groups,
-                            activation="relu" if fdp.ConsumeBool() else None, backend="c")
+            fastconv.conv2d(
+                x,
+                wt,
+                np.zeros(k, dtype) if fdp.ConsumeBool() else None,
+                stride=_pair(fdp),
+                padding=_pair(fdp, 0, 2),
+                dilation=_pair(fdp),
+                groups=groups,
+                activation="relu" if fdp.ConsumeBool() else None,
+                backend="c",
+            )
         elif op == 1:
             kernel = _pair(fdp, 1, 4)
-            fastconv.max_pool2d(x, kernel, stride=_pair(fdp), padding=(kernel[0] // 2, kernel[1] // 2),
-                                dilation=_pair(fdp), ceil_mode=fdp.ConsumeBool(), backend="c")
+            fastconv.max_pool2d(
+                x,
+                kernel,
+                stride=_pair(fdp),
+                padding=(kernel[0] // 2, kernel[1] // 2),
+                dilation=_pair(fdp),
+                ceil_mode=fdp.ConsumeBool(),
+                backend="c",
+            )
         elif op == 2:
             kernel = _pair(fdp, 1, 4)
-            fastconv.avg_pool2d(x, kernel, stride=_pair(fdp), padding=(kernel[0] // 2, kernel[1] // 2),
-                                ceil_mode=fdp.ConsumeBool(), count_include_pad=fdp.ConsumeBool(),
-                                divisor_override=fdp.PickValueInList([None, 1, 7, 2**31 - 1]), backend="c")
+            fastconv.avg_pool2d(
+                x,
+                kernel,
+                stride=_pair(fdp),
+                padding=(kernel[0] // 2, kernel[1] // 2),
+                ceil_mode=fdp.ConsumeBool(),
+                count_include_pad=fdp.ConsumeBool(),
+                divisor_override=fdp.PickValueInList([None, 1, 7, 2**31 - 1]),
+                backend="c",
+            )
         elif op == 3:
             fastconv.adaptive_avg_pool2d(x, _pair(fdp, 0, 9), backend="c")
         else:

@@ -4,13 +4,13 @@ Every forward option appears (stride, each padding form and mode, dilation, grou
 bias; pooling's ceil mode, dilation, divisors, -inf and NaN inputs, ties; batch norm in both
 modes), at sizes small enough for the naive backend, and around the C kernels' tile edges.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from fastconv.api import _conv_padding
-from fastconv.problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem,
-                              ReluProblem)
+from fastconv.problem import AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,32 @@ def conv_cases(dtype: str) -> list[BwdCase]:
 def pool_cases(dtype: str) -> list[BwdCase]:
     c = []
 
-    def add(kind, name, x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=True,
-            divisor_override=None, special=None):
+    def add(
+        kind,
+        name,
+        x,
+        kernel,
+        stride=None,
+        padding=0,
+        dilation=1,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+        special=None,
+    ):
         kernel = pair(kernel)
-        p = Pool2dProblem(kind, *x, kernel, pair(stride) if stride is not None else kernel, pair(padding),
-                          pair(dilation), ceil_mode, count_include_pad, divisor_override, dtype)
+        p = Pool2dProblem(
+            kind,
+            *x,
+            kernel,
+            pair(stride) if stride is not None else kernel,
+            pair(padding),
+            pair(dilation),
+            ceil_mode,
+            count_include_pad,
+            divisor_override,
+            dtype,
+        )
         c.append(BwdCase(name, p, special))
 
     for kind in ("max", "avg"):
@@ -103,8 +124,14 @@ def pool_cases(dtype: str) -> list[BwdCase]:
     add("avg", "no_pad_count_ceil", (1, 3, 6, 6), 3, 2, 1, ceil_mode=True, count_include_pad=False)
     add("avg", "divisor", (1, 2, 6, 6), 3, 2, 1, divisor_override=5)
     add("avg", "divisor_neg_ceil", (1, 2, 7, 7), 3, 2, 1, ceil_mode=True, divisor_override=-3)
-    for name, x, out in (("global", (2, 8, 7, 7), (1, 1)), ("down", (2, 3, 10, 9), (3, 4)), ("up", (1, 2, 3, 2), (5, 7)),
-                         ("uneven", (1, 3, 7, 11), (3, 5)), ("batch0", (0, 2, 4, 4), (2, 2)), ("empty_out", (1, 2, 4, 4), (0, 2))):
+    for name, x, out in (
+        ("global", (2, 8, 7, 7), (1, 1)),
+        ("down", (2, 3, 10, 9), (3, 4)),
+        ("up", (1, 2, 3, 2), (5, 7)),
+        ("uneven", (1, 3, 7, 11), (3, 5)),
+        ("batch0", (0, 2, 4, 4), (2, 2)),
+        ("empty_out", (1, 2, 4, 4), (0, 2)),
+    ):
         c.append(BwdCase(name, AdaptivePool2dProblem(*x, *out, dtype=dtype)))
     return c
 
@@ -133,5 +160,8 @@ def bn_relu_cases(dtype: str) -> list[BwdCase]:
 
 
 def all_cases() -> list[BwdCase]:
-    return [case for dtype in ("float32", "float64")
-            for case in (*conv_cases(dtype), *pool_cases(dtype), *bn_relu_cases(dtype))]
+    return [
+        case
+        for dtype in ("float32", "float64")
+        for case in (*conv_cases(dtype), *pool_cases(dtype), *bn_relu_cases(dtype))
+    ]

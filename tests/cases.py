@@ -4,6 +4,7 @@ Sizes one below, equal to and one above the kernels' tiles: 16-channel vector bl
 31/32/33 channels), output rows of 6, 8, 14 and 16 pixels (5..17 wide), and the degenerate ones:
 C=1, K=1, 1x1 images, odd sizes, groups, depthwise, dilation, asymmetric everything.
 """
+
 from __future__ import annotations
 
 from harness import Case
@@ -97,15 +98,41 @@ def pool_cases(dtype: str = "float32") -> list[Case]:
     add("max_pool2d", "dilation_ceil", (1, 2, 8, 8), kernel_size=2, stride=2, dilation=3, padding=1, ceil_mode=True)
     add("max_pool2d", "dilation_hw", (1, 2, 10, 9), kernel_size=(2, 3), dilation=(2, 1), stride=(2, 1))
     add("avg_pool2d", "no_pad_count", (1, 3, 7, 7), kernel_size=3, stride=2, padding=1, count_include_pad=False)
-    add("avg_pool2d", "no_pad_count_ceil", (1, 3, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True,
-        count_include_pad=False)
+    add(
+        "avg_pool2d",
+        "no_pad_count_ceil",
+        (1, 3, 6, 6),
+        kernel_size=3,
+        stride=2,
+        padding=1,
+        ceil_mode=True,
+        count_include_pad=False,
+    )
     add("avg_pool2d", "divisor", (1, 2, 6, 6), kernel_size=3, stride=2, padding=1, divisor_override=5)
     add("avg_pool2d", "divisor_neg", (1, 2, 6, 6), kernel_size=2, divisor_override=-3)
-    add("avg_pool2d", "divisor_ceil", (1, 2, 7, 7), kernel_size=3, stride=2, padding=1, ceil_mode=True, divisor_override=2)
-    for name, x, out in (("global", (2, 8, 7, 7), 1), ("same", (1, 2, 5, 5), 5), ("down", (2, 3, 10, 9), (3, 4)),
-                         ("up", (1, 2, 3, 2), (5, 7)), ("none", (1, 2, 6, 5), (None, 2)),
-                         ("uneven", (1, 3, 7, 11), (3, 5)), ("unbatched", (3, 8, 8), 3), ("batch0", (0, 2, 4, 4), 2),
-                         ("image1x1", (2, 3, 1, 1), (2, 2)), ("channels17", (2, 17, 14, 14), 7), ("nan", (1, 2, 6, 6), 2)):
+    add(
+        "avg_pool2d",
+        "divisor_ceil",
+        (1, 2, 7, 7),
+        kernel_size=3,
+        stride=2,
+        padding=1,
+        ceil_mode=True,
+        divisor_override=2,
+    )
+    for name, x, out in (
+        ("global", (2, 8, 7, 7), 1),
+        ("same", (1, 2, 5, 5), 5),
+        ("down", (2, 3, 10, 9), (3, 4)),
+        ("up", (1, 2, 3, 2), (5, 7)),
+        ("none", (1, 2, 6, 5), (None, 2)),
+        ("uneven", (1, 3, 7, 11), (3, 5)),
+        ("unbatched", (3, 8, 8), 3),
+        ("batch0", (0, 2, 4, 4), 2),
+        ("image1x1", (2, 3, 1, 1), (2, 2)),
+        ("channels17", (2, 17, 14, 14), 7),
+        ("nan", (1, 2, 6, 6), 2),
+    ):
         add("adaptive_avg_pool2d", name, x, special="nan" if name == "nan" else None, output_size=out)
     return c
 
@@ -134,8 +161,14 @@ def bn_relu_cases(dtype: str = "float32") -> list[Case]:
     add("batch_norm", "batch0", (0, 3, 4, 4), training=True)
     add("batch_norm", "large", (2, 3, 8, 8), special="large", training=True)
     add("batch_norm", "nan", (2, 3, 4, 4), special="nan")
-    for name, shape in (("4d", (2, 3, 5, 5)), ("1d", (37,)), ("scalar", ()), ("empty", (0, 4)), ("5d", (1, 2, 3, 4, 5)),
-                        ("odd", (3, 17, 33))):
+    for name, shape in (
+        ("4d", (2, 3, 5, 5)),
+        ("1d", (37,)),
+        ("scalar", ()),
+        ("empty", (0, 4)),
+        ("5d", (1, 2, 3, 4, 5)),
+        ("odd", (3, 17, 33)),
+    ):
         add("relu", name, shape)
     add("relu", "nan", (4, 9), special="nan")
     add("relu", "inf", (4, 9), special="inf")
@@ -155,42 +188,63 @@ def api_cases(dtype: str = "float32") -> list[Case]:
         c.append(Case(op, name, x, w, kw, bias=bias, residual=residual, dtype=dtype, special=special))
 
     for name, x, special, kw in (
-            ("idx_k2", (2, 3, 8, 8), None, dict(kernel_size=2)),
-            ("idx_k3s2p1", (2, 3, 9, 9), None, dict(kernel_size=3, stride=2, padding=1)),
-            ("idx_ceil_pad", (1, 2, 6, 6), None, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
-            ("idx_dilation", (1, 2, 9, 9), None, dict(kernel_size=3, dilation=2, padding=1)),
-            ("idx_dilation_ceil", (1, 2, 8, 8), None, dict(kernel_size=2, stride=2, dilation=3, padding=1,
-                                                           ceil_mode=True)),
-            ("idx_rect", (1, 2, 9, 11), None, dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))),
-            ("idx_unbatched", (3, 7, 7), None, dict(kernel_size=3, stride=2, padding=1)),
-            ("idx_batch0", (0, 3, 6, 6), None, dict(kernel_size=2)),
-            ("idx_image1x1", (2, 3, 1, 1), None, dict(kernel_size=1)),
-            ("idx_nan", (1, 3, 8, 8), "nan", dict(kernel_size=3, stride=2, padding=1)),
-            ("idx_neg_inf", (1, 3, 8, 8), "inf", dict(kernel_size=2)),
-            ("idx_ties", (2, 3, 7, 7), "ties", dict(kernel_size=3, stride=1, padding=1)),
-            ("idx_all_neg_inf", (1, 2, 6, 6), "all_neg_inf", dict(kernel_size=3, stride=2, padding=1)),
-            ("idx_negative", (1, 3, 6, 6), "neg", dict(kernel_size=3, stride=2, padding=1)),
-            ("idx_channels33", (2, 33, 9, 9), None, dict(kernel_size=3, stride=2, padding=1))):
+        ("idx_k2", (2, 3, 8, 8), None, dict(kernel_size=2)),
+        ("idx_k3s2p1", (2, 3, 9, 9), None, dict(kernel_size=3, stride=2, padding=1)),
+        ("idx_ceil_pad", (1, 2, 6, 6), None, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+        ("idx_dilation", (1, 2, 9, 9), None, dict(kernel_size=3, dilation=2, padding=1)),
+        ("idx_dilation_ceil", (1, 2, 8, 8), None, dict(kernel_size=2, stride=2, dilation=3, padding=1, ceil_mode=True)),
+        ("idx_rect", (1, 2, 9, 11), None, dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))),
+        ("idx_unbatched", (3, 7, 7), None, dict(kernel_size=3, stride=2, padding=1)),
+        ("idx_batch0", (0, 3, 6, 6), None, dict(kernel_size=2)),
+        ("idx_image1x1", (2, 3, 1, 1), None, dict(kernel_size=1)),
+        ("idx_nan", (1, 3, 8, 8), "nan", dict(kernel_size=3, stride=2, padding=1)),
+        ("idx_neg_inf", (1, 3, 8, 8), "inf", dict(kernel_size=2)),
+        ("idx_ties", (2, 3, 7, 7), "ties", dict(kernel_size=3, stride=1, padding=1)),
+        ("idx_all_neg_inf", (1, 2, 6, 6), "all_neg_inf", dict(kernel_size=3, stride=2, padding=1)),
+        ("idx_negative", (1, 3, 6, 6), "neg", dict(kernel_size=3, stride=2, padding=1)),
+        ("idx_channels33", (2, 33, 9, 9), None, dict(kernel_size=3, stride=2, padding=1)),
+    ):
         add("max_pool2d", name, x, special=special, return_indices=True, **kw)
-    for name, x, out, special in (("global", (2, 8, 7, 7), 1, None), ("same", (1, 2, 5, 5), 5, None),
-                                  ("down", (2, 3, 10, 9), (3, 4), None), ("up", (1, 2, 3, 2), (5, 7), None),
-                                  ("none", (1, 2, 6, 5), (None, 2), None), ("uneven", (1, 3, 7, 11), (3, 5), None),
-                                  ("unbatched", (3, 8, 8), 3, None), ("batch0", (0, 2, 4, 4), 2, None),
-                                  ("out0", (1, 2, 4, 4), (0, 2), None), ("image1x1", (2, 3, 1, 1), (2, 2), None),
-                                  ("nan", (1, 2, 6, 6), 2, "nan"), ("ties", (2, 3, 9, 9), (4, 3), "ties"),
-                                  ("all_neg_inf", (1, 2, 5, 5), 2, "all_neg_inf")):
+    for name, x, out, special in (
+        ("global", (2, 8, 7, 7), 1, None),
+        ("same", (1, 2, 5, 5), 5, None),
+        ("down", (2, 3, 10, 9), (3, 4), None),
+        ("up", (1, 2, 3, 2), (5, 7), None),
+        ("none", (1, 2, 6, 5), (None, 2), None),
+        ("uneven", (1, 3, 7, 11), (3, 5), None),
+        ("unbatched", (3, 8, 8), 3, None),
+        ("batch0", (0, 2, 4, 4), 2, None),
+        ("out0", (1, 2, 4, 4), (0, 2), None),
+        ("image1x1", (2, 3, 1, 1), (2, 2), None),
+        ("nan", (1, 2, 6, 6), 2, "nan"),
+        ("ties", (2, 3, 9, 9), (4, 3), "ties"),
+        ("all_neg_inf", (1, 2, 5, 5), 2, "all_neg_inf"),
+    ):
         add("adaptive_max_pool2d", name, x, special=special, output_size=out, return_indices=True)
         if name in ("down", "unbatched", "batch0"):
             add("adaptive_max_pool2d", name + "_values", x, special=special, output_size=out)
-    for name, x, w, bias, special in (("basic", (4, 8), (5, 8), True, None), ("no_bias", (4, 8), (5, 8), False, None),
-                                      ("batch3d", (2, 3, 8), (6, 8), True, None), ("vector", (8,), (3, 8), True, None),
-                                      ("in1", (3, 1), (2, 1), True, None), ("in0", (3, 0), (2, 0), True, None),
-                                      ("rows0", (0, 8), (4, 8), True, None), ("wide", (7, 33), (17, 33), True, None),
-                                      ("large", (3, 16), (4, 16), True, "large"), ("nan", (3, 16), (4, 16), True, "nan")):
+    for name, x, w, bias, special in (
+        ("basic", (4, 8), (5, 8), True, None),
+        ("no_bias", (4, 8), (5, 8), False, None),
+        ("batch3d", (2, 3, 8), (6, 8), True, None),
+        ("vector", (8,), (3, 8), True, None),
+        ("in1", (3, 1), (2, 1), True, None),
+        ("in0", (3, 0), (2, 0), True, None),
+        ("rows0", (0, 8), (4, 8), True, None),
+        ("wide", (7, 33), (17, 33), True, None),
+        ("large", (3, 16), (4, 16), True, "large"),
+        ("nan", (3, 16), (4, 16), True, "nan"),
+    ):
         add("linear", name, x, w, special=special, bias=bias)
     for kind in ACTIVATIONS:
-        for name, shape, special in (("4d", (2, 3, 5, 5), "large"), ("1d", (37,), None), ("scalar", (), None),
-                                     ("empty", (0, 4), None), ("nan", (4, 9), "nan"), ("inf", (4, 9), "inf")):
+        for name, shape, special in (
+            ("4d", (2, 3, 5, 5), "large"),
+            ("1d", (37,), None),
+            ("scalar", (), None),
+            ("empty", (0, 4), None),
+            ("nan", (4, 9), "nan"),
+            ("inf", (4, 9), "inf"),
+        ):
             add(kind, name, shape, special=special)
     add("leaky_relu", "slope0.2", (3, 7), negative_slope=0.2)
     add("leaky_relu", "slope_neg", (3, 7), special="inf", negative_slope=-0.5)
@@ -202,17 +256,36 @@ def api_cases(dtype: str = "float32") -> list[Case]:
         if kind in ("relu6", "hardtanh"):  # the clamps share the other activations' paths
             continue
         add("conv2d", f"act_{kind}_1x1", (2, 16, 5, 5), (17, 16, 1, 1), bias=True, activation=kind)
-        add("conv2d", f"act_{kind}_dw", (1, 6, 5, 5), (6, 1, 3, 3), bias=True, residual=True, groups=6, padding=1,
-            activation=kind)
-    add("conv2d", "act_leaky_relu0.3", (1, 4, 6, 6), (5, 4, 3, 3), bias=True, padding=1,
-        activation=("leaky_relu", 0.3))
-    add("conv2d", "act_hardtanh_bounds", (1, 4, 6, 6), (5, 4, 3, 3), bias=True, residual=True, padding=1,
-        activation=("hardtanh", -0.5, 0.5))
+        add(
+            "conv2d",
+            f"act_{kind}_dw",
+            (1, 6, 5, 5),
+            (6, 1, 3, 3),
+            bias=True,
+            residual=True,
+            groups=6,
+            padding=1,
+            activation=kind,
+        )
+    add("conv2d", "act_leaky_relu0.3", (1, 4, 6, 6), (5, 4, 3, 3), bias=True, padding=1, activation=("leaky_relu", 0.3))
+    add(
+        "conv2d",
+        "act_hardtanh_bounds",
+        (1, 4, 6, 6),
+        (5, 4, 3, 3),
+        bias=True,
+        residual=True,
+        padding=1,
+        activation=("hardtanh", -0.5, 0.5),
+    )
     add("conv2d", "act_silu_nan", (1, 3, 6, 6), (4, 3, 3, 3), special="nan", padding=1, activation="silu")
     add("conv2d", "act_sigmoid_large", (1, 3, 6, 6), (4, 3, 3, 3), special="large", activation="sigmoid")
     return c
 
 
 def all_cases() -> list[Case]:
-    return [case for dtype in ("float32", "float64")
-            for case in (*conv_cases(dtype), *pool_cases(dtype), *bn_relu_cases(dtype), *api_cases(dtype))]
+    return [
+        case
+        for dtype in ("float32", "float64")
+        for case in (*conv_cases(dtype), *pool_cases(dtype), *bn_relu_cases(dtype), *api_cases(dtype))
+    ]

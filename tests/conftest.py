@@ -6,10 +6,8 @@ from hypothesis import HealthCheck, settings
 # `make test` draws the same examples every run (derandomize): a CI run fails for a change in the
 # code, never for a newly drawn case.  HYPOTHESIS_PROFILE=thorough explores: 5x the examples,
 # drawn afresh each time.
-settings.register_profile("default", deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=500, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("default", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

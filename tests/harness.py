@@ -6,6 +6,7 @@ the reference is more accurate than a float32 result can be), asserts the inputs
 the outputs equal within a tolerance that grows with the number of terms each output sums.
 The same function serves the named edge cases and the Hypothesis-drawn problems of every backend.
 """
+
 from __future__ import annotations
 
 import math
@@ -170,8 +171,13 @@ def _torch_plain(case, inputs, residual):
     return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
 
 
-_TORCH_CALLS = {"conv2d": _torch_conv, "batch_norm": _torch_bn, "linear": _torch_linear,
-                "max_pool2d": _torch_plain, "adaptive_max_pool2d": _torch_plain}
+_TORCH_CALLS = {
+    "conv2d": _torch_conv,
+    "batch_norm": _torch_bn,
+    "linear": _torch_linear,
+    "max_pool2d": _torch_plain,
+    "adaptive_max_pool2d": _torch_plain,
+}
 
 
 def _kernel_terms(case: Case) -> int:
@@ -204,8 +210,9 @@ def assert_close(actual, expected, case: Case, what: str = "output") -> None:
     rtol = ops.tolerance(case.dtype, _REDUCTION.get(case.op, lambda case: 1)(case))
     finite = np.isfinite(expected)
     scale = max(1.0, float(np.abs(expected[finite]).max())) if finite.any() else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True,
-                               err_msg=f"{case.id}: {what} differs from torch")
+    np.testing.assert_allclose(
+        actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True, err_msg=f"{case.id}: {what} differs from torch"
+    )
 
 
 def run_fastconv(case: Case, inputs: dict, backend: str, residual=None, running=None):

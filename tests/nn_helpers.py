@@ -1,4 +1,5 @@
 """Shared helpers for the layer, model and interop tests: backends to run, tolerances, a spy backend."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,13 @@ def assert_matches(actual, expected, dtype: str = "float32", what: str = "output
     rtol = RTOL[dtype] if rtol is None else rtol
     scale = max(1e-30, float(np.abs(expected).max()))
     rel = float(np.abs(actual - expected).max()) / scale
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
-                               err_msg=f"{what} differs from torch (max relative error {rel:.2e})")
+    np.testing.assert_allclose(
+        actual,
+        expected,
+        rtol=rtol,
+        atol=rtol * scale,
+        err_msg=f"{what} differs from torch (max relative error {rel:.2e})",
+    )
 
 
 @contextlib.contextmanager
@@ -60,10 +66,16 @@ def spy_backend(name: str = "spy"):
                 y = im2col.conv2d(replace(p, residual=False, activation=None), x, w, b, None)
                 return dispatch.apply_epilogue(y, res, p.activation)
             return getattr(im2col, op_name)(p, *arrays)
+
         return run
 
-    module = types.SimpleNamespace(NAME=name, available=lambda: (True, ""), supports=im2col.supports,
-                                   FUSED_EPILOGUE=True, **{o: op(o) for o in dispatch.OPS})
+    module = types.SimpleNamespace(
+        NAME=name,
+        available=lambda: (True, ""),
+        supports=im2col.supports,
+        FUSED_EPILOGUE=True,
+        **{o: op(o) for o in dispatch.OPS},
+    )
     dispatch.register_backend(module, name)
     try:
         yield calls

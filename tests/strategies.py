@@ -3,6 +3,7 @@
 Each strategy draws the options first and then sizes that make them valid (padded input at least
 the dilated kernel, reflect padding below the input size, ...), so nothing is filtered away.
 """
+
 from __future__ import annotations
 
 from hypothesis import strategies as st
@@ -11,8 +12,16 @@ from harness import Case
 
 DTYPES = st.sampled_from(["float32", "float64"])
 #: conv2d's activation argument beyond relu: names, and tuples with parameters.
-ACTIVATION_SPECS = ["relu6", "leaky_relu", ("leaky_relu", 0.3), "hardtanh", ("hardtanh", -0.4, 0.8), "sigmoid",
-                    "silu", "hardswish"]
+ACTIVATION_SPECS = [
+    "relu6",
+    "leaky_relu",
+    ("leaky_relu", 0.3),
+    "hardtanh",
+    ("hardtanh", -0.4, 0.8),
+    "sigmoid",
+    "silu",
+    "hardswish",
+]
 
 
 def _pair(draw, lo, hi):
@@ -66,8 +75,16 @@ def conv_cases(draw, max_size: int = 12) -> Case:
     activation = draw(st.sampled_from([None, "relu", None, "relu", *ACTIVATION_SPECS]))
     if activation:
         kwargs["activation"] = activation
-    return Case("conv2d", "hypothesis", x, (k, cg, r, s), kwargs, bias=draw(st.booleans()),
-                residual=draw(st.booleans()), dtype=dtype)
+    return Case(
+        "conv2d",
+        "hypothesis",
+        x,
+        (k, cg, r, s),
+        kwargs,
+        bias=draw(st.booleans()),
+        residual=draw(st.booleans()),
+        dtype=dtype,
+    )
 
 
 @st.composite
@@ -86,8 +103,12 @@ def pool_cases(draw, max_size: int = 12, indices: bool = True) -> Case:
     dh, dw = _both(dilation)
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), max_size + dh * kh))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), max_size + dw * kw))
-    kwargs = dict(kernel_size=kernel, stride=draw(st.one_of(st.none(), st.integers(1, 4), st.tuples(
-        st.integers(1, 4), st.integers(1, 4)))), padding=padding, ceil_mode=draw(st.booleans()))
+    kwargs = dict(
+        kernel_size=kernel,
+        stride=draw(st.one_of(st.none(), st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4)))),
+        padding=padding,
+        ceil_mode=draw(st.booleans()),
+    )
     if op == "max_pool2d":
         kwargs["dilation"] = dilation
         if indices and draw(st.booleans()):  # indices=False: for backends without max_pool2d_with_indices
@@ -105,8 +126,12 @@ def pool_cases(draw, max_size: int = 12, indices: bool = True) -> Case:
 @st.composite
 def adaptive_cases(draw) -> Case:
     h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    out = draw(st.one_of(st.integers(0, 9), st.tuples(st.one_of(st.none(), st.integers(0, 9)),
-                                                       st.one_of(st.none(), st.integers(0, 9)))))
+    out = draw(
+        st.one_of(
+            st.integers(0, 9),
+            st.tuples(st.one_of(st.none(), st.integers(0, 9)), st.one_of(st.none(), st.integers(0, 9))),
+        )
+    )
     n, c = draw(st.integers(0, 2)), draw(st.integers(1, 5))
     x = (c, h, w) if n == 1 and draw(st.booleans()) else (n, c, h, w)
     return Case("adaptive_avg_pool2d", "hypothesis", x, None, {"output_size": out}, dtype=draw(DTYPES))
@@ -120,8 +145,12 @@ def bn_cases(draw) -> Case:
     count = n * (1 if not spatial else __import__("math").prod(spatial))
     if training and count == 1:
         n = 2
-    kwargs = dict(training=training, momentum=draw(st.floats(0.0, 1.0)), eps=draw(st.sampled_from([1e-5, 1e-3, 0.5] + ([] if training else [0.0]))),
-                  affine=draw(st.booleans()))
+    kwargs = dict(
+        training=training,
+        momentum=draw(st.floats(0.0, 1.0)),
+        eps=draw(st.sampled_from([1e-5, 1e-3, 0.5] + ([] if training else [0.0]))),
+        affine=draw(st.booleans()),
+    )
     special = draw(st.sampled_from([None, None, "large"]))
     return Case("batch_norm", "hypothesis", (n, c, *spatial), None, kwargs, dtype=draw(DTYPES), special=special)
 
@@ -129,20 +158,31 @@ def bn_cases(draw) -> Case:
 @st.composite
 def relu_cases(draw) -> Case:
     shape = tuple(draw(st.lists(st.integers(0, 7), min_size=0, max_size=5)))
-    return Case("relu", "hypothesis", shape, None, {}, dtype=draw(DTYPES),
-                special=draw(st.sampled_from([None, "nan", "inf"])))
+    return Case(
+        "relu", "hypothesis", shape, None, {}, dtype=draw(DTYPES), special=draw(st.sampled_from([None, "nan", "inf"]))
+    )
 
 
 @st.composite
 def adaptive_max_cases(draw) -> Case:
     h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    out = draw(st.one_of(st.integers(1, 9), st.tuples(st.one_of(st.none(), st.integers(0, 9)),
-                                                       st.one_of(st.none(), st.integers(1, 9)))))
+    out = draw(
+        st.one_of(
+            st.integers(1, 9),
+            st.tuples(st.one_of(st.none(), st.integers(0, 9)), st.one_of(st.none(), st.integers(1, 9))),
+        )
+    )
     n, c = draw(st.integers(0, 2)), draw(st.integers(1, 4))
     x = (c, h, w) if n == 1 and draw(st.booleans()) else (n, c, h, w)
-    return Case("adaptive_max_pool2d", "hypothesis", x, None,
-                {"output_size": out, "return_indices": draw(st.booleans())}, dtype=draw(DTYPES),
-                special=draw(st.sampled_from([None, "nan", "inf", "ties"])))
+    return Case(
+        "adaptive_max_pool2d",
+        "hypothesis",
+        x,
+        None,
+        {"output_size": out, "return_indices": draw(st.booleans())},
+        dtype=draw(DTYPES),
+        special=draw(st.sampled_from([None, "nan", "inf", "ties"])),
+    )
 
 
 @st.composite
@@ -155,18 +195,40 @@ def activation_cases(draw) -> Case:
         lo = draw(st.floats(-5, 5, allow_nan=False))
         kwargs.update(min_val=lo, max_val=lo + draw(st.floats(0, 5, allow_nan=False)))
     shape = tuple(draw(st.lists(st.integers(0, 7), min_size=0, max_size=4)))
-    return Case(kind, "hypothesis", shape, None, kwargs, dtype=draw(DTYPES),
-                special=draw(st.sampled_from([None, "nan", "inf", "large"])))
+    return Case(
+        kind,
+        "hypothesis",
+        shape,
+        None,
+        kwargs,
+        dtype=draw(DTYPES),
+        special=draw(st.sampled_from([None, "nan", "inf", "large"])),
+    )
 
 
 @st.composite
 def linear_cases(draw) -> Case:
     batch = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
     fin, fout = draw(st.integers(0, 40)), draw(st.integers(1, 20))
-    return Case("linear", "hypothesis", (*batch, fin), (fout, fin), {}, bias=draw(st.booleans()),
-                dtype=draw(DTYPES), special=draw(st.sampled_from([None, None, "nan", "large"])))
+    return Case(
+        "linear",
+        "hypothesis",
+        (*batch, fin),
+        (fout, fin),
+        {},
+        bias=draw(st.booleans()),
+        dtype=draw(DTYPES),
+        special=draw(st.sampled_from([None, None, "nan", "large"])),
+    )
 
 
-ALL = {"conv2d": conv_cases(), "pool": pool_cases(), "adaptive_avg_pool2d": adaptive_cases(),
-       "batch_norm": bn_cases(), "relu": relu_cases(), "adaptive_max_pool2d": adaptive_max_cases(),
-       "activation": activation_cases(), "linear": linear_cases()}
+ALL = {
+    "conv2d": conv_cases(),
+    "pool": pool_cases(),
+    "adaptive_avg_pool2d": adaptive_cases(),
+    "batch_norm": bn_cases(),
+    "relu": relu_cases(),
+    "adaptive_max_pool2d": adaptive_max_cases(),
+    "activation": activation_cases(),
+    "linear": linear_cases(),
+}

@@ -1,5 +1,6 @@
 """Convolution algorithms as a first-class choice: the problem field, the API, nn, each backend's
 refusals, and Winograd F(4x4, 3x3) against torch and against its documented error bound."""
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ def _needs_c():
 
 
 # -- the field, the API, nn ---------------------------------------------------------------------
+
 
 def test_id_suffix_only_when_not_auto():
     p = Conv2dProblem(1, 64, 56, 56, 64, 3, 3, (1, 1), (1, 1, 1, 1))
@@ -70,8 +72,12 @@ def test_refusals_say_why():
     assert "float32" in cbackend.supports(f64)
     assert "gemm" in naive.supports(f64)
     with pytest.raises(dispatch.BackendError, match="algorithm"):
-        fastconv.conv2d(np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 4, 3, 3), np.float32),
-                        algorithm="winograd", backend="im2col")
+        fastconv.conv2d(
+            np.zeros((1, 4, 8, 8), np.float32),
+            np.zeros((4, 4, 3, 3), np.float32),
+            algorithm="winograd",
+            backend="im2col",
+        )
 
 
 def test_auto_backend_moves_to_one_with_the_algorithm():
@@ -98,6 +104,7 @@ def test_nn_conv2d_passes_its_algorithm(monkeypatch):
 
 
 # -- Winograd against torch -----------------------------------------------------------------------
+
 
 def winograd_cases() -> list[Case]:
     cases = []
@@ -163,8 +170,9 @@ WINOGRAD_NORM_BOUND = 2e-5
 WINOGRAD_MAX_BOUND = 1e-4
 
 
-@pytest.mark.parametrize("shape", [(1, 64, 28, 64), (2, 256, 14, 32), (1, 512, 7, 24)],
-                         ids=lambda s: f"n{s[0]}c{s[1]}h{s[2]}k{s[3]}")
+@pytest.mark.parametrize(
+    "shape", [(1, 64, 28, 64), (2, 256, 14, 32), (1, 512, 7, 24)], ids=lambda s: f"n{s[0]}c{s[1]}h{s[2]}k{s[3]}"
+)
 def test_winograd_error_bound_against_float64(shape):
     _needs_c()
     n, c, h, k = shape
@@ -200,8 +208,9 @@ def test_winograd_filter_cache_follows_the_weight_contents():
     try:
         cbackend._WINOGRAD_CACHE_BYTES = 1
         for _ in range(3):
-            fastconv.conv2d(x, rng.standard_normal((6, 4, 3, 3), dtype=np.float32), padding=1,
-                            algorithm="winograd", backend="c")
+            fastconv.conv2d(
+                x, rng.standard_normal((6, 4, 3, 3), dtype=np.float32), padding=1, algorithm="winograd", backend="c"
+            )
         assert len(cbackend._WINOGRAD_CACHE) == 1
     finally:
         cbackend._WINOGRAD_CACHE_BYTES = budget
@@ -210,6 +219,7 @@ def test_winograd_filter_cache_follows_the_weight_contents():
 
 # -- which kernel ran -----------------------------------------------------------------------------
 
+
 def test_kernel_name_is_logged(monkeypatch, caplog):
     _needs_c()
     monkeypatch.setenv("FASTCONV_VERBOSE", "1")
@@ -217,9 +227,12 @@ def test_kernel_name_is_logged(monkeypatch, caplog):
     w = np.zeros((8, 8, 3, 3), np.float32)
     isa = cbackend.isa()
     tile = {"avx512": "8x48", "avx2": "6x16", "generic": "4x16"}[isa]
-    expected = {"auto": f"conv2d f32 gemm {tile} {isa}", "gemm": f"conv2d f32 gemm {tile} {isa}",
-                "direct": f"conv2d f32 direct {isa}",
-                "winograd": f"conv2d f32 winograd F(4x4,3x3) gemm {tile} {isa}"}
+    expected = {
+        "auto": f"conv2d f32 gemm {tile} {isa}",
+        "gemm": f"conv2d f32 gemm {tile} {isa}",
+        "direct": f"conv2d f32 direct {isa}",
+        "winograd": f"conv2d f32 winograd F(4x4,3x3) gemm {tile} {isa}",
+    }
     with caplog.at_level(logging.DEBUG, logger="fastconv"):
         for algo, name in expected.items():
             caplog.clear()

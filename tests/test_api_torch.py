@@ -1,5 +1,6 @@
 """The torch API people reach for: tensors in and out, in-place activations, return_indices, the
 activations as conv epilogues on every path, and graph fusion of conv -> activation."""
+
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ def _torch_act(y, act):
 
 # -- torch tensors in, torch tensors out -----------------------------------------------------------
 
+
 def test_tensor_in_tensor_out_without_copy():
     x = torch.randn(2, 3, 8, 8)
     w = torch.randn(4, 3, 3, 3)
@@ -32,6 +34,7 @@ def test_tensor_in_tensor_out_without_copy():
     def spy(p, *arrays, **kw):
         seen.append(arrays[0])
         return real(p, *arrays, **kw)
+
     dispatch.run = spy
     try:
         fastconv.relu(x, backend="c")
@@ -92,8 +95,11 @@ def test_running_stats_tensors_update_in_place():
 
 # -- in place ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fn, args", [("relu", ()), ("relu6", ()), ("leaky_relu", (0.1,)), ("hardtanh", (-0.5, 0.5)),
-                                      ("silu", ()), ("hardswish", ())])
+
+@pytest.mark.parametrize(
+    "fn, args",
+    [("relu", ()), ("relu6", ()), ("leaky_relu", (0.1,)), ("hardtanh", (-0.5, 0.5)), ("silu", ()), ("hardswish", ())],
+)
 def test_inplace_writes_into_the_input(fn, args):
     x = RNG.standard_normal((3, 4, 5)).astype(np.float32)
     expected = getattr(F, fn)(torch.from_numpy(x.copy()), *args).numpy()
@@ -143,6 +149,7 @@ def test_relu_layer_inplace_as_torch():
 
 # -- return_indices in layers ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", CPU)
 def test_pool_layers_return_indices(backend):
     _require(backend)
@@ -177,30 +184,38 @@ def test_unsupported_backend_refuses_indices_with_a_reason():
         @staticmethod
         def max_pool2d(p, x):
             return np.zeros(p.output_shape, p.dtype)
+
     fastconv.register_backend(NoIndices)
     try:
         with pytest.raises(fastconv.BackendError, match="does not implement max_pool2d_with_indices"):
             fastconv.max_pool2d(np.ones((1, 1, 4, 4), np.float32), 2, return_indices=True, backend="noidx")
         with pytest.raises(fastconv.BackendError, match="sigmoid"):
-            fastconv.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32),
-                            activation="sigmoid", backend="noidx")
+            fastconv.conv2d(
+                np.ones((1, 1, 4, 4), np.float32),
+                np.ones((1, 1, 3, 3), np.float32),
+                activation="sigmoid",
+                backend="noidx",
+            )
     finally:
         fastconv.unregister_backend("noidx")
 
 
 # -- activations as conv epilogues: every c kernel path, float32 and float64 ----------------------------
 
+
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0])
-@pytest.mark.parametrize("algorithm, dtype", [("gemm", "float32"), ("direct", "float32"), ("winograd", "float32"),
-                                              ("direct", "float64")])
+@pytest.mark.parametrize(
+    "algorithm, dtype", [("gemm", "float32"), ("direct", "float32"), ("winograd", "float32"), ("direct", "float64")]
+)
 def test_c_epilogue_paths(act, algorithm, dtype):
     _require("c")
     x = RNG.standard_normal((2, 5, 9, 10)).astype(dtype) * 3
     w = RNG.standard_normal((7, 5, 3, 3)).astype(dtype)
     b = RNG.standard_normal(7).astype(dtype)
     res = RNG.standard_normal((2, 7, 9, 10)).astype(dtype)
-    y = fastconv.conv2d(x, w, b, padding=1, residual=res, activation=act if len(act) > 1 else act[0],
-                        algorithm=algorithm, backend="c")
+    y = fastconv.conv2d(
+        x, w, b, padding=1, residual=res, activation=act if len(act) > 1 else act[0], algorithm=algorithm, backend="c"
+    )
     t = [torch.from_numpy(a.astype(np.float64)) for a in (x, w, b, res)]
     expected = _torch_act(F.conv2d(t[0], t[1], t[2], padding=1) + t[3], act).numpy()
     tol = 5e-3 if algorithm == "winograd" else (1e-4 if dtype == "float32" else 1e-10)
@@ -225,24 +240,38 @@ def test_activation_argument_errors():
 
 def test_problem_ids_stay_stable():
     from fastconv.problem import Conv2dProblem
+
     base = Conv2dProblem(1, 3, 8, 8, 4, 3, 3, padding=(1, 1, 1, 1), activation="relu")
     assert base.id == "n1_c3h8w8_k4r3s3_st1p1d1g1_relu_f32"
     assert Conv2dProblem(1, 3, 8, 8, 4, 3, 3).id == "n1_c3h8w8_k4r3s3_st1p0d1g1_f32"
     assert Conv2dProblem(1, 3, 8, 8, 4, 3, 3, activation="leaky_relu").id.endswith("_leaky_relu_f32")
-    assert Conv2dProblem(1, 3, 8, 8, 4, 3, 3, activation="leaky_relu",
-                         activation_params=(0.2,)).id.endswith("_leaky_relu0.2_f32")
+    assert Conv2dProblem(1, 3, 8, 8, 4, 3, 3, activation="leaky_relu", activation_params=(0.2,)).id.endswith(
+        "_leaky_relu0.2_f32"
+    )
 
 
 # -- graph fusion ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("act", [torch.nn.ReLU6(), torch.nn.LeakyReLU(0.2), torch.nn.Hardtanh(-0.3, 0.4),
-                                 torch.nn.Sigmoid(), torch.nn.SiLU(), torch.nn.Hardswish()],
-                         ids=lambda m: type(m).__name__)
+
+@pytest.mark.parametrize(
+    "act",
+    [
+        torch.nn.ReLU6(),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.Hardtanh(-0.3, 0.4),
+        torch.nn.Sigmoid(),
+        torch.nn.SiLU(),
+        torch.nn.Hardswish(),
+    ],
+    ids=lambda m: type(m).__name__,
+)
 def test_fuse_folds_conv_activation(act):
     from fastconv.interop import from_torch
+
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), act,
-                                torch.nn.Conv2d(8, 4, 1)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), act, torch.nn.Conv2d(8, 4, 1)
+    ).eval()
     x = torch.randn(2, 3, 8, 8)
     g = from_torch(model).fuse().to_backend("c")
     calls = [n for n in g.nodes if n.op == "call"]

@@ -4,6 +4,7 @@ The reference is autograd through torch.nn.functional's forward (padding modes t
 never a backend of ours.  float64 is held tight; float32 to the forward's tolerance, scaled by
 the terms each gradient element sums.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -69,8 +70,10 @@ def _leaf(a):
 def _backprop(out, gy, leaves) -> list[np.ndarray]:
     if out.numel():
         out.backward(torch.from_numpy(gy))
-    return [np.zeros(t.shape, t.dtype == torch.float32 and np.float32 or np.float64) if t.grad is None
-            else t.grad.numpy() for t in leaves]
+    return [
+        np.zeros(t.shape, t.dtype == torch.float32 and np.float32 or np.float64) if t.grad is None else t.grad.numpy()
+        for t in leaves
+    ]
 
 
 def reference(case: BwdCase, inputs: dict) -> dict:
@@ -145,8 +148,14 @@ def assert_close(actual, expected, case: BwdCase, name: str, what: str) -> None:
     rtol = ops.tolerance(dtype, terms(case, name))
     finite = np.isfinite(expected)
     scale = max(1.0, float(np.abs(expected[finite]).max())) if finite.any() else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True,
-                               err_msg=f"{case.id}: {name} {what} differs from torch autograd")
+    np.testing.assert_allclose(
+        actual,
+        expected,
+        rtol=rtol,
+        atol=rtol * scale,
+        equal_nan=True,
+        err_msg=f"{case.id}: {name} {what} differs from torch autograd",
+    )
 
 
 def check(case: BwdCase, backend: str, seed: int = 0) -> None:
@@ -202,8 +211,18 @@ def conv_problems(draw) -> BwdCase:
         need = [max(1, d * (kk - 1) + 1 - 2 * pd, pd + 1) for d, kk, pd in ((dh, r, padding[0]), (dw, s, padding[1]))]
     h, w = draw(st.integers(need[0], need[0] + 8)), draw(st.integers(need[1], need[1] + 8))
     n = draw(st.integers(0, 2))
-    return _conv("drawn", (n, groups * cg, h, w), (groups * kg, cg, r, s), dtype, stride, padding, (dh, dw),
-                 groups, draw(st.booleans()), mode)
+    return _conv(
+        "drawn",
+        (n, groups * cg, h, w),
+        (groups * kg, cg, r, s),
+        dtype,
+        stride,
+        padding,
+        (dh, dw),
+        groups,
+        draw(st.booleans()),
+        mode,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

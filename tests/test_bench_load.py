@@ -1,6 +1,7 @@
 """Load-aware measurement: contention read before and during a run, the wait policy, noisy figures,
 the CPU clock and the settled autotuning.  A load generator (busy subprocesses) makes the machine
 busy; the tests assert the warnings, never a timing."""
+
 import json
 import os
 import subprocess
@@ -17,8 +18,25 @@ pytest.importorskip("torch")
 
 TINY = [suites.Case("tiny conv", Conv2dProblem(1, 3, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1)))]
 FAST = dict(threads=1, min_time=0.001, min_repeats=3, max_repeats=3, sample_time=1e-5)
-TINY_RUN = ["bench", "--suite", "quick", "--problems", "small", "--backends", "im2col", "--threads", "1",
-            "--min-time", "0.01", "--min-repeats", "2", "--max-repeats", "2", "--no-peak", "--quiet"]
+TINY_RUN = [
+    "bench",
+    "--suite",
+    "quick",
+    "--problems",
+    "small",
+    "--backends",
+    "im2col",
+    "--threads",
+    "1",
+    "--min-time",
+    "0.01",
+    "--min-repeats",
+    "2",
+    "--max-repeats",
+    "2",
+    "--no-peak",
+    "--quiet",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -91,12 +109,19 @@ def test_threads_above_the_usable_cpus_warn(monkeypatch, capsys):
 
 
 def test_noisy_figures_are_flagged():
-    a = runner._Active(target=None, prepared=None, cell=runner.Measurement("p", "b", "fastconv", "cpu", "ok"),
-                       estimate=1.0, number=1, samples=[1.0, 1.0, 2.0, 3.0, 3.0])
+    a = runner._Active(
+        target=None,
+        prepared=None,
+        cell=runner.Measurement("p", "b", "fastconv", "cpu", "ok"),
+        estimate=1.0,
+        number=1,
+        samples=[1.0, 1.0, 2.0, 3.0, 3.0],
+    )
     runner._summarise(None, a)
     assert a.cell.spread == pytest.approx(1.0) and a.cell.flags == ["noisy"]
-    b = runner._Active(None, None, runner.Measurement("p", "b", "fastconv", "cpu", "ok"), 1.0, 1,
-                       samples=[1.0, 1.01, 1.0, 1.02, 1.0])
+    b = runner._Active(
+        None, None, runner.Measurement("p", "b", "fastconv", "cpu", "ok"), 1.0, 1, samples=[1.0, 1.01, 1.0, 1.02, 1.0]
+    )
     runner._summarise(None, b)
     assert b.cell.flags == []
 
@@ -104,11 +129,17 @@ def test_noisy_figures_are_flagged():
 def test_cpu_clock_run_records_its_clock():
     settings = runner.Settings(clock="cpu", **FAST)
     free = load.assess(0.0, 1, cpus=2, loadavg=[0.0, 0.0, 0.0])
-    run = runner.run_cases(runner.new_run({"name": "t", "version": 1, "description": "", "dtype": "float32",
-                                           "batch_sizes": None}, TINY,
-                                          targets.fastconv_targets(["im2col"]) + targets.torch_targets(), settings,
-                                          peak=False, load_before=free),
-                           targets.fastconv_targets(["im2col"]) + targets.torch_targets())
+    run = runner.run_cases(
+        runner.new_run(
+            {"name": "t", "version": 1, "description": "", "dtype": "float32", "batch_sizes": None},
+            TINY,
+            targets.fastconv_targets(["im2col"]) + targets.torch_targets(),
+            settings,
+            peak=False,
+            load_before=free,
+        ),
+        targets.fastconv_targets(["im2col"]) + targets.torch_targets(),
+    )
     doc = schema.to_dict(run)
     assert doc["load"]["clock"] == "cpu" and doc["settings"]["clock"] == "cpu"
     assert all(r["median_s"] > 0 for r in doc["results"] if r["status"] == "ok")
@@ -119,9 +150,17 @@ def test_cpu_clock_run_records_its_clock():
 def test_compare_warns_about_policy_load_isa_and_clock():
     settings = runner.Settings(**FAST)
     free = load.assess(0.0, 1, cpus=2, loadavg=[0.0, 0.0, 0.0])
-    run = runner.run_cases(runner.new_run({"name": "t", "version": 1, "description": "", "dtype": "float32",
-                                           "batch_sizes": None}, TINY, targets.torch_targets(), settings,
-                                          peak=False, load_before=free), targets.torch_targets())
+    run = runner.run_cases(
+        runner.new_run(
+            {"name": "t", "version": 1, "description": "", "dtype": "float32", "batch_sizes": None},
+            TINY,
+            targets.torch_targets(),
+            settings,
+            peak=False,
+            load_before=free,
+        ),
+        targets.torch_targets(),
+    )
     a = schema.to_dict(run)
     a["load"].update(wait_policy="active", clock="wall", contended=False)
     a["load"]["before"]["other_busy_cpus"] = 0.0
@@ -130,8 +169,13 @@ def test_compare_warns_about_policy_load_isa_and_clock():
     b["load"]["before"]["other_busy_cpus"] = 1.5
     b["machine"]["isa"] = "generic"
     text = " | ".join(report.compare_warnings(a, b))
-    for word in ("OpenMP wait policy differs", "clock differs", "ISA differs", "run B ran on contended cores",
-                 "load differs"):
+    for word in (
+        "OpenMP wait policy differs",
+        "clock differs",
+        "ISA differs",
+        "run B ran on contended cores",
+        "load differs",
+    ):
         assert word in text
 
 
@@ -151,6 +195,7 @@ def test_autotune_settles_each_candidate(monkeypatch):
         import numpy as np
 
         import fastconv
+
         x = np.ones((1, 2, 5, 5), np.float32)
         w = np.ones((2, 2, 3, 3), np.float32)
         fastconv.conv2d(x, w)

@@ -1,4 +1,5 @@
 """The benchmark runner and targets on tiny problems: method, checks, skips, errors (no timing assertions)."""
+
 import math
 import sys
 import types
@@ -10,8 +11,7 @@ import fastconv
 from fastconv import dispatch
 from fastconv.backends import naive
 from fastconv.bench import machine, runner, suites, targets
-from fastconv.problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem,
-                              ReluProblem)
+from fastconv.problem import AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem
 
 pytest.importorskip("torch")
 
@@ -30,6 +30,7 @@ FAST = runner.Settings(threads=1, min_time=0.001, min_repeats=2, max_repeats=3, 
 
 def _backend(name, *, refuse=None, available=True, transform=None, fail=False, record=None):
     """A backend built on the naive one: recording, refusing, unavailable, wrong or raising."""
+
     def op(opname):
         def run(p, *arrays):
             if record is not None:
@@ -40,11 +41,17 @@ def _backend(name, *, refuse=None, available=True, transform=None, fail=False, r
             if transform is not None:
                 out = (transform(out[0]), *out[1:]) if isinstance(out, tuple) else transform(out)
             return out
+
         return run
 
     ops = {o: op(o) for o in dispatch.OPS}
-    return types.SimpleNamespace(NAME=name, FUSED_EPILOGUE=True, available=lambda: (available, "" if available else
-                                 "no such hardware"), supports=lambda p: refuse, **ops)
+    return types.SimpleNamespace(
+        NAME=name,
+        FUSED_EPILOGUE=True,
+        available=lambda: (available, "" if available else "no such hardware"),
+        supports=lambda p: refuse,
+        **ops,
+    )
 
 
 @pytest.fixture
@@ -54,6 +61,7 @@ def register():
     def add(module):
         names.append(fastconv.register_backend(module))
         return names[-1]
+
     yield add
     for name in names:
         fastconv.unregister_backend(name)
@@ -70,8 +78,9 @@ def test_public_api_call_builds_exactly_the_suite_problem(register):
     run = _run(TINY, {"recorder"})
     assert [p for p in seen[:1]] == [TINY[0].problem]
     assert {p.id for p in seen} == {c.id for c in TINY}  # every op went through the API unchanged
-    assert all(m.status == "ok" for m in run.measurements), [(m.problem, m.backend, m.reason)
-                                                            for m in run.measurements if m.status != "ok"]
+    assert all(m.status == "ok" for m in run.measurements), [
+        (m.problem, m.backend, m.reason) for m in run.measurements if m.status != "ok"
+    ]
 
 
 def test_run_measures_every_target_and_relates_to_torch():
@@ -102,7 +111,9 @@ def test_refusals_unavailability_and_errors_do_not_stop_the_run(register):
     run = _run(TINY[:2], {"picky", "absent", "broken", "im2col"})
     for case in TINY[:2]:
         assert run.cell(case.id, "picky").status == "skipped" and "Tuesdays" in run.cell(case.id, "picky").reason
-        assert run.cell(case.id, "absent").status == "skipped" and "no such hardware" in run.cell(case.id, "absent").reason
+        assert (
+            run.cell(case.id, "absent").status == "skipped" and "no such hardware" in run.cell(case.id, "absent").reason
+        )
         assert run.cell(case.id, "broken").status == "error" and "kernel exploded" in run.cell(case.id, "broken").reason
         assert run.cell(case.id, "im2col").status == "ok"
 
@@ -139,10 +150,12 @@ def test_slow_targets_take_fewer_samples(monkeypatch):
 
         def prepare(self, case, data):
             import time
+
             return targets.Prepared(lambda: time.sleep(0.03) or np.zeros(case.problem.output_shape))
 
-    cells = runner.measure_case(TINY[0], [Slow(), *targets.torch_targets()],
-                                runner.Settings(**{**settings.__dict__, "check": False}))
+    cells = runner.measure_case(
+        TINY[0], [Slow(), *targets.torch_targets()], runner.Settings(**{**settings.__dict__, "check": False})
+    )
     slow, torch_cell = cells
     assert slow.status == "unchecked" and slow.repeats == 1
     assert torch_cell.repeats >= settings.min_repeats
@@ -214,8 +227,17 @@ def test_cuda_timer_synchronises_then_times_with_events():
     fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Event=Event, synchronize=lambda: log.append("device sync")))
     seconds = targets.cuda_timer(fake)(lambda: log.append("call"), 3)
     assert seconds == pytest.approx(6.0 / 1e3 / 3)
-    assert log == ["device sync", "new start", "new end", "record start", "call", "call", "call", "record end",
-                   "sync end"]
+    assert log == [
+        "device sync",
+        "new start",
+        "new end",
+        "record start",
+        "call",
+        "call",
+        "call",
+        "record end",
+        "sync end",
+    ]
 
 
 def test_cuda_targets_when_a_gpu_is_present():
@@ -234,8 +256,9 @@ def test_peak_prefers_the_c_backend_measured_at_usable_cpus_and_cached(monkeypat
     monkeypatch.setattr(machine, "_peak_cache", {})
     monkeypatch.setattr(machine, "cpu_count", lambda: 2)
     asked = []
-    fake_c = types.SimpleNamespace(peak_gflops=lambda threads: asked.append(threads) or 100.0 * threads,
-                                   isa=lambda: "avx2")
+    fake_c = types.SimpleNamespace(
+        peak_gflops=lambda threads: asked.append(threads) or 100.0 * threads, isa=lambda: "avx2"
+    )
     monkeypatch.setitem(sys.modules, "fastconv.backends.c", fake_c)
     value, source, threads = machine.peak_gflops(64)  # more threads than CPUs: measured at 2, not extrapolated
     assert (value, threads) == (200.0, 2) and set(asked) == {2} and "peak_gflops at 2 threads" in source
@@ -294,8 +317,13 @@ def test_backward_directions_are_timed_and_checked(direction):
     forward = Conv2dProblem(2, 3, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1), bias=True)
     case = suites.Case("conv", dataclasses.replace(forward, direction=direction))
     chosen = [t for t in targets.fastconv_targets() if t.name in ("im2col", "naive")] + targets.torch_targets()
-    run = runner.run_suite({"name": "tiny", "version": 1, "description": "", "dtype": "float32",
-                            "batch_sizes": None}, [case], chosen, FAST, peak=False)
+    run = runner.run_suite(
+        {"name": "tiny", "version": 1, "description": "", "dtype": "float32", "batch_sizes": None},
+        [case],
+        chosen,
+        FAST,
+        peak=False,
+    )
     assert {c.backend: c.status for c in run.measurements} == {"im2col": "ok", "naive": "ok", "torch": "ok"}
     assert all(c.max_rel_error < 1e-5 for c in run.measurements)
     doc = schema.to_dict(run)
@@ -306,8 +334,7 @@ def test_torch_backward_is_autograd_of_the_op_alone():
     torch = pytest.importorskip("torch")
     import dataclasses
 
-    p = dataclasses.replace(Conv2dProblem(1, 2, 5, 5, 3, 3, 3, (1, 1), (0, 0, 0, 0), bias=True),
-                            direction="bwd_weight")
+    p = dataclasses.replace(Conv2dProblem(1, 2, 5, 5, 3, 3, 3, (1, 1), (0, 0, 0, 0), bias=True), direction="bwd_weight")
     data = targets.make_inputs(suites.Case("c", p))
     got = targets.outputs(targets.TorchTarget().prepare(suites.Case("c", p), data).call())
     ref, _ = targets.reference(suites.Case("c", p), data)

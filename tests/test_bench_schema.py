@@ -1,4 +1,5 @@
 """The JSON schema (versioned, validated), and the reports built from it: tables, CSV, Markdown, plot, compare."""
+
 import copy
 import csv
 import json
@@ -11,16 +12,22 @@ from fastconv.problem import Conv2dProblem, Pool2dProblem
 
 pytest.importorskip("torch")
 
-CASES = [suites.Case("tiny conv", Conv2dProblem(1, 3, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1)), count=2),
-         suites.Case("tiny pool", Pool2dProblem("max", 1, 3, 8, 8, (3, 3), (2, 2), (1, 1)))]
+CASES = [
+    suites.Case("tiny conv", Conv2dProblem(1, 3, 8, 8, 4, 3, 3, (1, 1), (1, 1, 1, 1)), count=2),
+    suites.Case("tiny pool", Pool2dProblem("max", 1, 3, 8, 8, (3, 3), (2, 2), (1, 1))),
+]
 
 
 @pytest.fixture(scope="module")
 def doc():
     settings = runner.Settings(threads=1, min_time=0.001, min_repeats=3, max_repeats=3, sample_time=1e-5)
-    run = runner.run_suite({"name": "tiny", "version": 1, "description": "test", "dtype": "float32",
-                            "batch_sizes": None}, CASES,
-                           targets.fastconv_targets() + targets.torch_targets(), settings, peak=False)
+    run = runner.run_suite(
+        {"name": "tiny", "version": 1, "description": "test", "dtype": "float32", "batch_sizes": None},
+        CASES,
+        targets.fastconv_targets() + targets.torch_targets(),
+        settings,
+        peak=False,
+    )
     return schema.to_dict(run)
 
 
@@ -47,16 +54,19 @@ def test_every_registered_backend_has_a_cell(doc):
         assert {r["backend"] for r in doc["results"] if r["problem"] == case.id} == expected
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda d: d.pop("results"), "missing 'results'"),
-    (lambda d: d["results"][0].update(status="fine"), "status"),
-    (lambda d: d["results"][0].update(median_s="fast"), "median_s"),
-    (lambda d: d["results"][0].update(backend="ghost"), "ghost"),
-    (lambda d: d["problems"][0].pop("flops"), "flops"),
-    (lambda d: d["peak"].update(threads=None), "peak.threads"),
-    (lambda d: d.update(schema_version=99), "schema_version 99"),
-    (lambda d: d.update(schema="other"), "not a fastconv benchmark run"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda d: d.pop("results"), "missing 'results'"),
+        (lambda d: d["results"][0].update(status="fine"), "status"),
+        (lambda d: d["results"][0].update(median_s="fast"), "median_s"),
+        (lambda d: d["results"][0].update(backend="ghost"), "ghost"),
+        (lambda d: d["problems"][0].pop("flops"), "flops"),
+        (lambda d: d["peak"].update(threads=None), "peak.threads"),
+        (lambda d: d.update(schema_version=99), "schema_version 99"),
+        (lambda d: d.update(schema="other"), "not a fastconv benchmark run"),
+    ],
+)
 def test_validation_names_what_is_wrong(doc, breakage, message):
     broken = copy.deepcopy(doc)
     breakage(broken)
@@ -156,12 +166,15 @@ def test_version_1_documents_are_upgraded(doc):
     report.print_run(new, Console(record=True, width=200))
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda d: d["problems"][0].update(direction="sideways"), "direction"),
-    (lambda d: d["results"][0].update(flags=["slow"]), "flags"),
-    (lambda d: d["load"].pop("verdict"), "load: missing 'verdict'"),
-    (lambda d: d.pop("command"), "missing 'command'"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda d: d["problems"][0].update(direction="sideways"), "direction"),
+        (lambda d: d["results"][0].update(flags=["slow"]), "flags"),
+        (lambda d: d["load"].pop("verdict"), "load: missing 'verdict'"),
+        (lambda d: d.pop("command"), "missing 'command'"),
+    ],
+)
 def test_version_2_fields_are_checked(doc, breakage, message):
     broken = copy.deepcopy(doc)
     breakage(broken)

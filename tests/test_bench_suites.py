@@ -1,4 +1,5 @@
 """The suites: named, versioned, built from fastconv.problem descriptors, ResNet shapes derived correctly."""
+
 import pytest
 
 from fastconv.bench import suites

@@ -5,6 +5,7 @@ pixels (pixels flattened over the batch, so a panel may straddle two images), su
 reduction terms (input channel x tap) per pass.  The cases below sit one below, at and one
 above each of those sizes and their multiples.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -57,6 +58,7 @@ def test_reports_isa_openmp_and_peak():
 
 # -- the GEMM tile edges -------------------------------------------------------------------------
 
+
 def tile_cases() -> list[Case]:
     cases = []
 
@@ -72,9 +74,17 @@ def tile_cases() -> list[Case]:
     add("straddle_7x7_n5", (5, 16, 7, 7), (2 * MR, 16, 3, 3), padding=1)
     add("straddle_1x1_n4", (4, 3, 1, 1), (MR, 3, 1, 1))
     # Reduction terms (C * R * S) around the reduction block.
-    for crs, (c, r, s) in {KC - 1: (KC - 1, 1, 1), KC: (KC, 1, 1), KC + 1: (KC + 1, 1, 1),
-                           2 * KC + 1: (2 * KC + 1, 1, 1), 180: (20, 3, 3), 189: (21, 3, 3), 198: (22, 3, 3),
-                           147: (3, 7, 7), 196: (4, 7, 7)}.items():
+    for crs, (c, r, s) in {
+        KC - 1: (KC - 1, 1, 1),
+        KC: (KC, 1, 1),
+        KC + 1: (KC + 1, 1, 1),
+        2 * KC + 1: (2 * KC + 1, 1, 1),
+        180: (20, 3, 3),
+        189: (21, 3, 3),
+        198: (22, 3, 3),
+        147: (3, 7, 7),
+        196: (4, 7, 7),
+    }.items():
         add(f"crs{crs}", (1, c, 4, 5), (MR + 3, c, r, s), padding=(r // 2, s // 2))
     # Strided and dilated gathers into the panels, and groups (one GEMM per group).
     add("stride2_pack", (2, 6, 13, 15), (MR + 1, 6, 3, 3), stride=2, padding=1)
@@ -87,8 +97,9 @@ def tile_cases() -> list[Case]:
     add("tiny_f64", (1, 1, 1, 1), (1, 1, 1, 1), dtype="float64")
     # The depthwise kernel's 3x3 fast path (dilated rows, strided columns, channel multiplier).
     for dtype in ("float32", "float64"):
-        add(f"dw3x3_dilh2_{dtype}", (2, 8, 10, 11), (8, 1, 3, 3), dtype=dtype, groups=8, dilation=(2, 1),
-            padding=(2, 1))
+        add(
+            f"dw3x3_dilh2_{dtype}", (2, 8, 10, 11), (8, 1, 3, 3), dtype=dtype, groups=8, dilation=(2, 1), padding=(2, 1)
+        )
         add(f"dw3x3_s2_mult2_{dtype}", (1, 5, 9, 12), (10, 1, 3, 3), dtype=dtype, groups=5, stride=2, padding=1)
         add(f"dw3x3_wide17_{dtype}", (1, 3, 4, 17), (3, 1, 3, 3), dtype=dtype, groups=3, padding=1)
     return cases
@@ -126,6 +137,7 @@ def test_fused_epilogue_on_panel_edges(residual, relu):
 
 # -- threads ---------------------------------------------------------------------------------------
 
+
 def test_concurrent_calls_from_python_threads_are_identical():
     _needs_c()
     rng = np.random.default_rng(3)
@@ -136,10 +148,12 @@ def test_concurrent_calls_from_python_threads_are_identical():
     w_dw = rng.standard_normal((32, 1, 3, 3), dtype=np.float32)
 
     def work():
-        return (fastconv.conv2d(x, w, b, padding=1, backend="c"),
-                fastconv.conv2d(x, w_dw, groups=32, padding=1, backend="c"),
-                fastconv.max_pool2d(x, 3, 2, 1, backend="c"),
-                fastconv.batch_norm(x, None, None, training=True, backend="c"))
+        return (
+            fastconv.conv2d(x, w, b, padding=1, backend="c"),
+            fastconv.conv2d(x, w_dw, groups=32, padding=1, backend="c"),
+            fastconv.max_pool2d(x, 3, 2, 1, backend="c"),
+            fastconv.batch_norm(x, None, None, training=True, backend="c"),
+        )
 
     expected = work()
     results, errors = [None] * 8, []
@@ -178,6 +192,7 @@ def test_thread_count_does_not_change_the_result():
 
 # -- random problems -------------------------------------------------------------------------------
 
+
 @st.composite
 def conv_problems(draw):
     groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
@@ -190,13 +205,24 @@ def conv_problems(draw):
     w = draw(st.integers(max(1, dw * (s - 1) + 1 - 2 * pw), 14))
     depthwise = draw(st.booleans()) and groups > 1
     c, k = (groups, groups * kg) if depthwise else (groups * cg, groups * kg)
-    kw = {"stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))), "padding": (ph, pw),
-          "dilation": (dh, dw), "groups": groups}
+    kw = {
+        "stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        "padding": (ph, pw),
+        "dilation": (dh, dw),
+        "groups": groups,
+    }
     if draw(st.booleans()):
         kw["activation"] = "relu"
-    return Case("conv2d", "hypothesis", (draw(st.integers(1, 3)), c, h, w), (k, c // groups, r, s), kw,
-                bias=draw(st.booleans()), residual=draw(st.booleans()),
-                dtype=draw(st.sampled_from(["float32", "float64"])))
+    return Case(
+        "conv2d",
+        "hypothesis",
+        (draw(st.integers(1, 3)), c, h, w),
+        (k, c // groups, r, s),
+        kw,
+        bias=draw(st.booleans()),
+        residual=draw(st.booleans()),
+        dtype=draw(st.sampled_from(["float32", "float64"])),
+    )
 
 
 @settings(max_examples=max(10, int(settings.default.max_examples * 0.6)))

@@ -6,6 +6,7 @@ shape here runs through each.  Shapes sit on the tile edges (channels around mr 
 output channels around the 16/32/48-wide panels) and cover groups, strides, dilation, padding
 and non-finite inputs (which leave the direct mode for the portable kernel).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,9 @@ def _check(shape, special=None, seed=0):
     gy = rng.standard_normal(p.output_shape).astype(np.float32)
     gw, gb = cbackend.conv2d_bwd_weight(p, x, gy)
     tx, tw = torch.from_numpy(x), torch.zeros(p.weight_shape)
-    ref = torch.ops.aten.convolution_backward(torch.from_numpy(gy), tx, tw, [k], [st, st], [pad, pad], [dil, dil],
-                                              False, [0, 0], g, [False, True, True])
+    ref = torch.ops.aten.convolution_backward(
+        torch.from_numpy(gy), tx, tw, [k], [st, st], [pad, pad], [dil, dil], False, [0, 0], g, [False, True, True]
+    )
     want = ref[1].numpy()
     scale = np.sqrt(n * p.oh * p.ow) * 4e-6 * max(1.0, float(np.nanmax(np.abs(np.where(np.isinf(want), 0, want)))))
     np.testing.assert_allclose(gw, want, rtol=0, atol=scale, equal_nan=True)
@@ -90,14 +92,33 @@ def test_bwd_weight_on_avx2_kernels():
     if cbackend.isa() not in ("avx512", "avx2") or os.environ.get("FASTCONV_ISA"):
         pytest.skip("needs an AVX2 machine and no forced ISA")
     env = {**os.environ, "FASTCONV_ISA": "avx2"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
-                          "modes_match or non_finite or routes_match"], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "modes_match or non_finite or routes_match",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("route", ["gemm", "forward"])
-@pytest.mark.parametrize("shape", SHAPES + [(2, 9, 14, 14, 70, 3, 3, 2, 1, 1, 1), (2, 10, 15, 15, 17, 3, 3, 2, 0, 1, 1)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape",
+    SHAPES + [(2, 9, 14, 14, 70, 3, 3, 2, 1, 1, 1), (2, 10, 15, 15, 17, 3, 3, 2, 0, 1, 1)],
+    ids=lambda s: "x".join(map(str, s)),
+)
 def test_bwd_data_routes_match_torch(shape, route, monkeypatch):
     """Backward-data by the C GEMM + col2im (bwd_data_f32.c) and by the forward kernels."""
     _needs_c()
@@ -108,7 +129,17 @@ def test_bwd_data_routes_match_torch(shape, route, monkeypatch):
     p = Conv2dProblem(n, c, h, w, k, r, s, (st, st), (pad,) * 4, (dil, dil), g, "float32")
     gy = rng.standard_normal(p.output_shape).astype(np.float32)
     gx = cbackend.conv2d_bwd_data(p, gy, wt)
-    ref = torch.ops.aten.convolution_backward(torch.from_numpy(gy), torch.zeros(p.input_shape), torch.from_numpy(wt),
-                                              None, [st, st], [pad, pad], [dil, dil], False, [0, 0], g,
-                                              [True, False, False])[0].numpy()
+    ref = torch.ops.aten.convolution_backward(
+        torch.from_numpy(gy),
+        torch.zeros(p.input_shape),
+        torch.from_numpy(wt),
+        None,
+        [st, st],
+        [pad, pad],
+        [dil, dil],
+        False,
+        [0, 0],
+        g,
+        [True, False, False],
+    )[0].numpy()
     np.testing.assert_allclose(gx, ref, rtol=0, atol=4e-6 * np.sqrt(k * r * s) * max(1.0, float(np.abs(ref).max())))

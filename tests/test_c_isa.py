@@ -5,6 +5,7 @@ a running program), so each lower ISA the CPU offers reruns the c backend's kern
 child process.  The portable build (-DFC_NO_X86, as on other architectures) is built into a
 temporary copy of the package and checked on a few problems.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,12 @@ from fastconv.backends import c as cbackend
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the child runs: the tile edges, the fused epilogue and the Winograd cases.
-KERNEL_TESTS = ["tests/test_c_backend.py", "tests/test_algorithms.py", "-k",
-                "tile_edges or epilogue or winograd or kernel_name"]
+KERNEL_TESTS = [
+    "tests/test_c_backend.py",
+    "tests/test_algorithms.py",
+    "-k",
+    "tile_edges or epilogue or winograd or kernel_name",
+]
 
 
 def _needs_c():
@@ -31,8 +36,14 @@ def _needs_c():
 
 
 def _child_isa(env: dict) -> str:
-    out = subprocess.run([sys.executable, "-c", "from fastconv.backends import c; print(c.isa())"], env=env,
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", "from fastconv.backends import c; print(c.isa())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return out.stdout.strip()
 
 
@@ -45,19 +56,28 @@ def test_forced_isa_passes_the_kernel_tests(isa):
     got = _child_isa(env)
     if got != isa:
         pytest.skip(f"this CPU cannot run the {isa} kernels (it gets {got})")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *KERNEL_TESTS],
-                         env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *KERNEL_TESTS],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout
 
 
 def test_forced_isa_is_read_once():
     _needs_c()
-    code = ("import os; from fastconv.backends import c; a = c.isa(); os.environ['FASTCONV_ISA'] = 'generic'; "
-            "print(a, c.isa())")
+    code = (
+        "import os; from fastconv.backends import c; a = c.isa(); os.environ['FASTCONV_ISA'] = 'generic'; "
+        "print(a, c.isa())"
+    )
     env = {k: v for k, v in os.environ.items() if k != "FASTCONV_ISA"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=ROOT).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
     assert out[0] == out[1]
 
 
@@ -89,16 +109,37 @@ def test_portable_build(tmp_path):
     if not (shutil.which(cc) or shutil.which("gcc")):
         pytest.skip("no C compiler")
     where = tmp_path / "lib"
-    shutil.copytree(ROOT / "src" / "fastconv", where / "fastconv",
-                    ignore=shutil.ignore_patterns("_ckernels*", "__pycache__"))
+    shutil.copytree(
+        ROOT / "src" / "fastconv", where / "fastconv", ignore=shutil.ignore_patterns("_ckernels*", "__pycache__")
+    )
     env = {**os.environ, "FASTCONV_PORTABLE": "1"}
     env.pop("FASTCONV_ISA", None)
-    build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--force", "--build-lib", str(where),
-                            "--build-temp", str(tmp_path / "tmp")], env=env, capture_output=True, text=True,
-                           cwd=ROOT, timeout=600)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--force",
+            "--build-lib",
+            str(where),
+            "--build-temp",
+            str(tmp_path / "tmp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     assert list((where / "fastconv").glob("_ckernels*")), build.stderr[-3000:]
-    run = subprocess.run([sys.executable, "-c", PORTABLE_CHECK.format(where=where)],
-                         env={**env, "PYTHONPATH": str(where)}, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", PORTABLE_CHECK.format(where=where)],
+        env={**env, "PYTHONPATH": str(where)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "portable ok" in run.stdout

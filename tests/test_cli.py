@@ -1,4 +1,5 @@
 """The fastconv command: bench (run, compare, show, list), info, resnet routing, errors."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,24 @@ from fastconv.bench import schema
 
 pytest.importorskip("torch")
 
-TINY_RUN = ["bench", "--suite", "quick", "--problems", "small", "--backends", "naive,im2col", "--threads", "1",
-            "--min-time", "0.01", "--min-repeats", "2", "--max-repeats", "2", "--no-peak"]
+TINY_RUN = [
+    "bench",
+    "--suite",
+    "quick",
+    "--problems",
+    "small",
+    "--backends",
+    "naive,im2col",
+    "--threads",
+    "1",
+    "--min-time",
+    "0.01",
+    "--min-repeats",
+    "2",
+    "--max-repeats",
+    "2",
+    "--no-peak",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +44,9 @@ def _restore_wait_policy(monkeypatch):
 def saved(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     paths = {k: out / f"run.{k}" for k in ("json", "csv", "md")}
-    rc = cli.main([*TINY_RUN, "--json", str(paths["json"]), "--csv", str(paths["csv"]),
-                   "--markdown", str(paths["md"]), "--quiet"])
+    rc = cli.main(
+        [*TINY_RUN, "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--markdown", str(paths["md"]), "--quiet"]
+    )
     assert rc == 0
     return paths
 
@@ -110,15 +128,29 @@ def test_resnet_routes_to_the_models_command(monkeypatch, capsys):
 def test_python_dash_m_and_help():
     proc = subprocess.run([sys.executable, "-m", "fastconv", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "fastconv bench" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--help"], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastconv", "bench", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "--suite" in proc.stdout and "2 FLOPs per multiply-add" in proc.stdout
 
 
 def test_resnet_json_is_a_benchmark_run(tmp_path, capsys):
     path = tmp_path / "resnet.json"
-    argv = ["resnet", "--arch", "resnet18", "--size", "32", "--num-classes", "10", "--backend", "im2col",
-            "--repeat", "2", "--json", str(path)]
+    argv = [
+        "resnet",
+        "--arch",
+        "resnet18",
+        "--size",
+        "32",
+        "--num-classes",
+        "10",
+        "--backend",
+        "im2col",
+        "--repeat",
+        "2",
+        "--json",
+        str(path),
+    ]
     assert cli.main(argv) == 0
     doc = schema.load(path)
     assert doc["command"] == "resnet" and doc["problems"][0]["op"] == "model"
@@ -139,7 +171,9 @@ def test_version_list_errors_and_optional_dependencies(capsys, monkeypatch, tmp_
     err = capsys.readouterr().err
     assert "unknown suite 'nosuch'" in err and "Traceback" not in err
     real = cli.importlib.util.find_spec
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(
+        cli.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a)
+    )
     out = tmp_path / "r.json"
     assert cli.main([*TINY_RUN, "--plot", str(tmp_path / "r.png"), "--json", str(out)]) == 2
     assert "needs matplotlib" in capsys.readouterr().err and not out.exists()  # refused before any work

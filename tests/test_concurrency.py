@@ -1,4 +1,5 @@
 """Concurrent calls from Python threads give identical results on every backend, and thread counts hold."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,9 +15,11 @@ W = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
 
 
 def _work(backend):
-    return (fastconv.conv2d(X, W, padding=1, residual=X, activation="relu", backend=backend),
-            fastconv.max_pool2d(X, 3, 2, 1, backend=backend),
-            fastconv.batch_norm(X, np.zeros(16, np.float32), np.ones(16, np.float32), backend=backend))
+    return (
+        fastconv.conv2d(X, W, padding=1, residual=X, activation="relu", backend=backend),
+        fastconv.max_pool2d(X, 3, 2, 1, backend=backend),
+        fastconv.batch_norm(X, np.zeros(16, np.float32), np.ones(16, np.float32), backend=backend),
+    )
 
 
 @pytest.mark.parametrize("backend", [b for b in fastconv_backends() if b != "naive"])

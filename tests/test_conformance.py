@@ -1,4 +1,5 @@
 """Every backend x every op x every named edge case, against torch.nn.functional."""
+
 import pytest
 
 from cases import all_cases

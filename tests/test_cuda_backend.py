@@ -6,6 +6,7 @@ still runs here, under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, which
 before Numba is imported, hence a child pytest process): the same kernels, on a bounded set of
 small cases and a few Hypothesis-drawn problems.  The cupy tests then skip, saying why.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,12 +41,48 @@ def _require(name):
 # The simulator runs each CUDA thread as a Python thread: these small cases keep it to well under
 # a minute while touching every option (padding modes, same/valid, stride, dilation, groups,
 # depthwise, residual + relu, NaN, unbatched, empty batch).
-_SIM_CONV = {"basic3x3", "no_bias", "c1_k1", "image1x1_pad", "unbatched", "batch0", "stride_hw", "stride_gt_kernel",
-             "dilation_hw", "same_even", "valid", "groups3_stride", "depthwise_mult2", "pointwise_pad",
-             "reflect_asym", "replicate_same_even", "circular_pad_eq_size", "residual_relu", "relu_only",
-             "residual_relu_unbatched", "nan_inputs"}
-_SIM_POOL = {"k3s2p1", "rect", "ceil_pad", "ceil_drop_last", "unbatched", "batch0", "negative", "nan", "neg_inf",
-             "dilation_ceil", "no_pad_count_ceil", "divisor_neg", "divisor_ceil", "down", "up", "none", "uneven"}
+_SIM_CONV = {
+    "basic3x3",
+    "no_bias",
+    "c1_k1",
+    "image1x1_pad",
+    "unbatched",
+    "batch0",
+    "stride_hw",
+    "stride_gt_kernel",
+    "dilation_hw",
+    "same_even",
+    "valid",
+    "groups3_stride",
+    "depthwise_mult2",
+    "pointwise_pad",
+    "reflect_asym",
+    "replicate_same_even",
+    "circular_pad_eq_size",
+    "residual_relu",
+    "relu_only",
+    "residual_relu_unbatched",
+    "nan_inputs",
+}
+_SIM_POOL = {
+    "k3s2p1",
+    "rect",
+    "ceil_pad",
+    "ceil_drop_last",
+    "unbatched",
+    "batch0",
+    "negative",
+    "nan",
+    "neg_inf",
+    "dilation_ceil",
+    "no_pad_count_ceil",
+    "divisor_neg",
+    "divisor_ceil",
+    "down",
+    "up",
+    "none",
+    "uneven",
+}
 
 
 def _cases():
@@ -197,8 +234,24 @@ def test_cuda_backend_under_the_simulator():
     pytest.importorskip("numba.cuda", reason="numba's CUDA target is not installed")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
-                           str(Path(__file__).resolve())], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            str(Path(__file__).resolve()),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout

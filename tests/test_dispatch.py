@@ -1,5 +1,6 @@
 """Backend selection: argument > use_backend > set_backend > FASTCONV_BACKEND > auto, refusals,
 the shared epilogue, autotuning and the verbose log -- with mock backends."""
+
 import logging
 import threading
 import types
@@ -28,6 +29,7 @@ class Mock:
         self.calls.append(("conv2d", p, residual))
         if self.delay:
             import time
+
             time.sleep(self.delay)
         return np.full(p.output_shape, float(len(self.NAME)), x.dtype)
 
@@ -252,8 +254,9 @@ def test_register_checks_the_contract():
     with pytest.raises(TypeError, match="supports"):
         dispatch.register_backend(types.SimpleNamespace(NAME="nosupports", available=lambda: (True, ""), relu=None))
     with pytest.raises(TypeError, match="implements none of the ops"):
-        dispatch.register_backend(types.SimpleNamespace(NAME="noops", available=lambda: (True, ""),
-                                                        supports=lambda p: None))
+        dispatch.register_backend(
+            types.SimpleNamespace(NAME="noops", available=lambda: (True, ""), supports=lambda p: None)
+        )
     base = dict(available=lambda: (True, ""), supports=lambda p: None, relu=lambda p, x: x)
     with pytest.raises(TypeError, match="DEVICES"):
         dispatch.register_backend(types.SimpleNamespace(NAME="tpu", DEVICES=("tpu",), **base))
@@ -280,17 +283,18 @@ def test_dispatcher_uses_the_backends_array_hooks(monkeypatch):
         add_=lambda y, r: seen.append("add_") or np.add(y, r, out=y),
         relu_=lambda y: seen.append("relu_") or np.maximum(y, 0, out=y),
         check_size=lambda shape, dtype, what: seen.append("check_size"),
-        synchronize=lambda: seen.append("synchronize"))
+        synchronize=lambda: seen.append("synchronize"),
+    )
 
     def conv2d(p, x, w, b, res):
         return np.full(p.output_shape, -1.0 if x.shape[0] == 1 else 1.0, x.dtype)
 
-    module = types.SimpleNamespace(NAME="hooked", ARRAYS=hooks, available=lambda: (True, ""),
-                                   supports=lambda p: None, conv2d=conv2d)
+    module = types.SimpleNamespace(
+        NAME="hooked", ARRAYS=hooks, available=lambda: (True, ""), supports=lambda p: None, conv2d=conv2d
+    )
     dispatch.register_backend(module, first=True)
     try:
-        y = fastconv.conv2d(X, W, residual=np.full((1, 3, 3, 3), 3, np.float32), activation="relu",
-                            backend="hooked")
+        y = fastconv.conv2d(X, W, residual=np.full((1, 3, 3, 3), 3, np.float32), activation="relu", backend="hooked")
         assert np.all(y == 2) and seen == ["check_size", "add_", "relu_"]
         seen.clear()
         assert fastconv.conv2d(X[:0], W, backend="hooked").shape == (0, 3, 3, 3)

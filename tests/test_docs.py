@@ -1,4 +1,5 @@
 """The docstring examples run and print what they say."""
+
 import doctest
 
 import pytest

@@ -19,6 +19,7 @@ fastconv and on torch, and which refusals of fastconv's are deliberate.  The pro
 ``make test`` runs a bounded profile (FASTCONV_FUZZ_EXAMPLES per op, derandomized);
 ``make fuzz`` runs many more, drawn afresh.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,9 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 EXAMPLES = int(os.environ.get("FASTCONV_FUZZ_EXAMPLES", "40"))
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
-                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 #: What fastconv may raise for bad input; anything else is a fault.
 CLEAN_ERRORS = (ValueError, TypeError, MemoryError)
 
@@ -58,6 +60,7 @@ def _backends() -> list[str | None]:
 
 
 # -- array forms -----------------------------------------------------------------------------------
+
 
 def _misaligned(a: np.ndarray) -> np.ndarray:
     buf = np.zeros(a.nbytes + 1, np.uint8)
@@ -92,15 +95,16 @@ FORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 # -- one call ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Call:
-    arrays: dict                      # name -> np.ndarray (float64 values; cast to dtype on use)
-    options: dict                     # keyword options, passed to both libraries as drawn
+    arrays: dict  # name -> np.ndarray (float64 values; cast to dtype on use)
+    options: dict  # keyword options, passed to both libraries as drawn
     dtype: str = "float32"
     form: str = "contiguous"
-    unbatched: bool = False           # drop the batch axis of "input" (n == 1 only)
+    unbatched: bool = False  # drop the batch axis of "input" (n == 1 only)
     extra: dict = field(default_factory=dict)  # fastconv-only options (residual, activation, algorithm)
-    formed: tuple = ("input",)        # the arrays given the drawn form
+    formed: tuple = ("input",)  # the arrays given the drawn form
 
     def numpy(self, name):
         a = self.arrays[name]
@@ -160,14 +164,21 @@ def _conv_call(draw, backward: bool = False) -> Call:
     padding = draw(st.one_of(st.just(None), st.sampled_from(["same", "valid", "full"])))
     if padding is None:
         padding = _opt(draw, 0, 4)
-    options = dict(stride=1 if winograd else _opt(draw, 1, 3), padding=padding,
-                   dilation=1 if winograd else _opt(draw, 1, 3), groups=groups)
+    options = dict(
+        stride=1 if winograd else _opt(draw, 1, 3),
+        padding=padding,
+        dilation=1 if winograd else _opt(draw, 1, 3),
+        groups=groups,
+    )
     mode = "zeros" if backward else draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
     if mode != "zeros":
         options["padding_mode"] = mode
     special = draw(st.integers(0, 6)) == 0
-    arrays = {"input": _values(draw, (n, c, h, w), special), "weight": _values(draw, (k, cg, r, s), False),
-              "bias": _values(draw, (k,), False) if not backward and draw(st.booleans()) else None}
+    arrays = {
+        "input": _values(draw, (n, c, h, w), special),
+        "weight": _values(draw, (k, cg, r, s), False),
+        "bias": _values(draw, (k,), False) if not backward and draw(st.booleans()) else None,
+    }
     extra = {}
     if algorithm != "auto":
         extra["algorithm"] = algorithm
@@ -192,9 +203,15 @@ def torch_conv2d(call: Call, t: dict):
     if mode == "zeros":
         return F.conv2d(t["input"], t["weight"], t["bias"], **o)
     w = t["weight"]
-    m = torch.nn.Conv2d(w.shape[1] * o["groups"] if isinstance(o["groups"], int) else 1, w.shape[0],
-                        tuple(w.shape[2:]), bias=t["bias"] is not None, padding_mode=mode,
-                        dtype=torch.float64, **o)
+    m = torch.nn.Conv2d(
+        w.shape[1] * o["groups"] if isinstance(o["groups"], int) else 1,
+        w.shape[0],
+        tuple(w.shape[2:]),
+        bias=t["bias"] is not None,
+        padding_mode=mode,
+        dtype=torch.float64,
+        **o,
+    )
     m.weight.data = w
     if t["bias"] is not None:
         m.bias.data = t["bias"]
@@ -217,11 +234,17 @@ def conv2d_own_error(call: Call):
 
 # -- pooling ---------------------------------------------------------------------------------------
 
+
 @st.composite
 def draw_max_pool2d(draw) -> Call:
     n, c, h, w = _image(draw)
-    options = dict(kernel_size=_opt(draw, 1, 4), stride=draw(st.one_of(st.none(), st.just(None))) or _opt(draw, 1, 3),
-                   padding=_opt(draw, 0, 2), dilation=_opt(draw, 1, 3), ceil_mode=draw(st.booleans()))
+    options = dict(
+        kernel_size=_opt(draw, 1, 4),
+        stride=draw(st.one_of(st.none(), st.just(None))) or _opt(draw, 1, 3),
+        padding=_opt(draw, 0, 2),
+        dilation=_opt(draw, 1, 3),
+        ceil_mode=draw(st.booleans()),
+    )
     if draw(st.integers(0, 3)) == 0:
         options.pop("stride")
     return _common(draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)}, options))
@@ -230,22 +253,33 @@ def draw_max_pool2d(draw) -> Call:
 @st.composite
 def draw_avg_pool2d(draw) -> Call:
     n, c, h, w = _image(draw)
-    options = dict(kernel_size=_opt(draw, 1, 4), stride=_opt(draw, 1, 3), padding=_opt(draw, 0, 2),
-                   ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()),
-                   divisor_override=draw(st.sampled_from([None, None, 1, 3, 0, -2])))
+    options = dict(
+        kernel_size=_opt(draw, 1, 4),
+        stride=_opt(draw, 1, 3),
+        padding=_opt(draw, 0, 2),
+        ceil_mode=draw(st.booleans()),
+        count_include_pad=draw(st.booleans()),
+        divisor_override=draw(st.sampled_from([None, None, 1, 3, 0, -2])),
+    )
     return _common(draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)}, options))
 
 
 @st.composite
 def draw_adaptive_avg_pool2d(draw) -> Call:
     n, c, h, w = _image(draw)
-    size = draw(st.one_of(st.integers(-1, 12), st.tuples(st.one_of(st.none(), st.integers(-1, 12)),
-                                                         st.one_of(st.none(), st.integers(0, 12)))))
-    return _common(draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)},
-                              {"output_size": size}))
+    size = draw(
+        st.one_of(
+            st.integers(-1, 12),
+            st.tuples(st.one_of(st.none(), st.integers(-1, 12)), st.one_of(st.none(), st.integers(0, 12))),
+        )
+    )
+    return _common(
+        draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)}, {"output_size": size})
+    )
 
 
 # -- batch norm and relu ---------------------------------------------------------------------------
+
 
 @st.composite
 def draw_batch_norm(draw) -> Call:
@@ -253,13 +287,18 @@ def draw_batch_norm(draw) -> Call:
     spatial = draw(st.sampled_from([(), (3,), (2, 3), (1, 1, 2)]))
     training = draw(st.booleans())
     stats = draw(st.booleans()) or not training
-    arrays = {"input": _values(draw, (n, c, *spatial), draw(st.integers(0, 5)) == 0),
-              "running_mean": _values(draw, (c,), False) if stats else None,
-              "running_var": np.abs(_values(draw, (c,), False)) if stats else None,
-              "weight": _values(draw, (c,), False) if draw(st.booleans()) else None,
-              "bias": _values(draw, (c,), False) if draw(st.booleans()) else None}
-    options = dict(training=training, momentum=draw(st.sampled_from([0.1, 0.0, 1.0, 0.5])),
-                   eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])))
+    arrays = {
+        "input": _values(draw, (n, c, *spatial), draw(st.integers(0, 5)) == 0),
+        "running_mean": _values(draw, (c,), False) if stats else None,
+        "running_var": np.abs(_values(draw, (c,), False)) if stats else None,
+        "weight": _values(draw, (c,), False) if draw(st.booleans()) else None,
+        "bias": _values(draw, (c,), False) if draw(st.booleans()) else None,
+    }
+    options = dict(
+        training=training,
+        momentum=draw(st.sampled_from([0.1, 0.0, 1.0, 0.5])),
+        eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])),
+    )
     call = Call(arrays, options, dtype=draw(st.sampled_from(["float32", "float64"])))
     call.form = draw(st.sampled_from(list(FORMS)))
     return call
@@ -268,8 +307,9 @@ def draw_batch_norm(draw) -> Call:
 @st.composite
 def draw_relu(draw) -> Call:
     shape = tuple(draw(st.lists(st.integers(0, 5), max_size=5)))
-    call = Call({"input": _values(draw, shape, draw(st.booleans()))}, {},
-                dtype=draw(st.sampled_from(["float32", "float64"])))
+    call = Call(
+        {"input": _values(draw, shape, draw(st.booleans()))}, {}, dtype=draw(st.sampled_from(["float32", "float64"]))
+    )
     call.form = draw(st.sampled_from(list(FORMS)))
     return call
 
@@ -280,49 +320,61 @@ def _array_args(names):
 
 @dataclass(frozen=True)
 class FuzzOp:
-    draw: Callable                                  # hypothesis strategy factory -> Call
-    fastconv: Callable                              # (call, arrays, backend) -> result
-    torch: Callable                                 # (call, tensors) -> result
-    terms: Callable = lambda call: 9                # terms each output sums (tolerance)
-    stateful: tuple = ()                            # arrays the op updates in place (compared too)
-    forward: Callable | None = None                 # backward rows: the forward (shapes grad_output)
-    own_error: Callable = lambda call: None         # call -> what fastconv alone must refuse (a match)
+    draw: Callable  # hypothesis strategy factory -> Call
+    fastconv: Callable  # (call, arrays, backend) -> result
+    torch: Callable  # (call, tensors) -> result
+    terms: Callable = lambda call: 9  # terms each output sums (tolerance)
+    stateful: tuple = ()  # arrays the op updates in place (compared too)
+    forward: Callable | None = None  # backward rows: the forward (shapes grad_output)
+    own_error: Callable = lambda call: None  # call -> what fastconv alone must refuse (a match)
     #: torch skips its option checks (dilation=0, ...) on an empty batch; fastconv checks them
     #: always, deliberately: an empty batch counts as refused when a batch of one is.
     empty_batch_checked: bool = True
 
 
 FUZZ_OPS: dict[tuple[str, str], FuzzOp] = {
-    ("conv2d", "fwd"): FuzzOp(draw_conv2d, fastconv_conv2d, torch_conv2d, conv2d_terms,
-                              own_error=conv2d_own_error),
+    ("conv2d", "fwd"): FuzzOp(draw_conv2d, fastconv_conv2d, torch_conv2d, conv2d_terms, own_error=conv2d_own_error),
     ("max_pool2d", "fwd"): FuzzOp(
-        draw_max_pool2d, lambda c, a, b: fastconv.max_pool2d(a["input"], backend=b, **c.options),
-        lambda c, t: F.max_pool2d(t["input"], **c.options)),
+        draw_max_pool2d,
+        lambda c, a, b: fastconv.max_pool2d(a["input"], backend=b, **c.options),
+        lambda c, t: F.max_pool2d(t["input"], **c.options),
+    ),
     ("avg_pool2d", "fwd"): FuzzOp(
-        draw_avg_pool2d, lambda c, a, b: fastconv.avg_pool2d(a["input"], backend=b, **c.options),
-        lambda c, t: F.avg_pool2d(t["input"], **c.options)),
+        draw_avg_pool2d,
+        lambda c, a, b: fastconv.avg_pool2d(a["input"], backend=b, **c.options),
+        lambda c, t: F.avg_pool2d(t["input"], **c.options),
+    ),
     ("adaptive_avg_pool2d", "fwd"): FuzzOp(
-        draw_adaptive_avg_pool2d, lambda c, a, b: fastconv.adaptive_avg_pool2d(a["input"], backend=b, **c.options),
-        lambda c, t: F.adaptive_avg_pool2d(t["input"], **c.options), lambda c: 81),
+        draw_adaptive_avg_pool2d,
+        lambda c, a, b: fastconv.adaptive_avg_pool2d(a["input"], backend=b, **c.options),
+        lambda c, t: F.adaptive_avg_pool2d(t["input"], **c.options),
+        lambda c: 81,
+    ),
     ("batch_norm", "fwd"): FuzzOp(
         draw_batch_norm,
-        lambda c, a, b: fastconv.batch_norm(a["input"], a["running_mean"], a["running_var"], a["weight"],
-                                            a["bias"], backend=b, **c.options),
-        lambda c, t: F.batch_norm(t["input"], t["running_mean"], t["running_var"], t["weight"], t["bias"],
-                                  **c.options),
-        lambda c: max(1, c.arrays["input"].size), stateful=("running_mean", "running_var"),
-        empty_batch_checked=False),
-    ("relu", "fwd"): FuzzOp(draw_relu, lambda c, a, b: fastconv.relu(a["input"], backend=b),
-                            lambda c, t: F.relu(t["input"]), lambda c: 1),
+        lambda c, a, b: fastconv.batch_norm(
+            a["input"], a["running_mean"], a["running_var"], a["weight"], a["bias"], backend=b, **c.options
+        ),
+        lambda c, t: F.batch_norm(t["input"], t["running_mean"], t["running_var"], t["weight"], t["bias"], **c.options),
+        lambda c: max(1, c.arrays["input"].size),
+        stateful=("running_mean", "running_var"),
+        empty_batch_checked=False,
+    ),
+    ("relu", "fwd"): FuzzOp(
+        draw_relu, lambda c, a, b: fastconv.relu(a["input"], backend=b), lambda c, t: F.relu(t["input"]), lambda c: 1
+    ),
 }
 
 
 # -- backward: fastconv.grad against torch autograd --------------------------------------------------
 
+
 def _with_grad(draw, call: Call, formed: tuple, deltas=("longer", "batchless")) -> Call:
     """A backward call: the forward's arrays plus a seeded grad_output, 1 in 8 of a wrong shape."""
-    call.extra = {"grad_seed": draw(st.integers(0, 2**32 - 1)),
-                  "grad_delta": draw(st.sampled_from([None] * 7 + list(deltas)))}
+    call.extra = {
+        "grad_seed": draw(st.integers(0, 2**32 - 1)),
+        "grad_delta": draw(st.sampled_from([None] * 7 + list(deltas))),
+    }
     call.formed = formed
     return call
 
@@ -340,11 +392,13 @@ def _grad_output(call: Call, shape) -> np.ndarray:
 
 def _autograd(forward, wrt: tuple):
     """torch's gradients w.r.t. the arrays ``wrt`` of ``forward(call, tensors)`` (zeros where unused)."""
+
     def run(call, t):
         t = {n: v.clone().requires_grad_(True) if n in wrt and v is not None else v for n, v in t.items()}
         y = forward(call, t)
         y.backward(torch.from_numpy(_grad_output(call, y.shape)))
         return tuple(torch.zeros_like(t[n]) if t[n].grad is None else t[n].grad for n in wrt)
+
     return run
 
 
@@ -382,10 +436,15 @@ def draw_adaptive_avg_pool2d_bwd(draw) -> Call:
     of a wrong width (it would just be another output size).  No empty output either: torch's
     forward gives one, its backward refuses it; fastconv's gradient is zeros."""
     n, c, h, w = _image(draw)
-    size = draw(st.one_of(st.integers(1, 12), st.tuples(st.one_of(st.none(), st.integers(1, 12)),
-                                                        st.one_of(st.none(), st.integers(1, 12)))))
-    call = _common(draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)},
-                              {"output_size": size}))
+    size = draw(
+        st.one_of(
+            st.integers(1, 12),
+            st.tuples(st.one_of(st.none(), st.integers(1, 12)), st.one_of(st.none(), st.integers(1, 12))),
+        )
+    )
+    call = _common(
+        draw, Call({"input": _values(draw, (n, c, h, w), draw(st.integers(0, 4)) == 0)}, {"output_size": size})
+    )
     return _with_grad(draw, call, ("grad_output",), deltas=("batchless",))
 
 
@@ -409,56 +468,93 @@ def draw_relu_bwd(draw) -> Call:
 def torch_batch_norm_bwd(call: Call, t: dict):
     """Gradients w.r.t. (input, weight, bias); a missing weight is a scale of one, as fastconv's."""
     c = t["input"].shape[1] if t["input"].ndim > 1 else 1
-    t = dict(t, weight=torch.ones(c, dtype=torch.float64) if t["weight"] is None else t["weight"],
-             bias=torch.zeros(c, dtype=torch.float64))
+    t = dict(
+        t,
+        weight=torch.ones(c, dtype=torch.float64) if t["weight"] is None else t["weight"],
+        bias=torch.zeros(c, dtype=torch.float64),
+    )
     o = call.options
-    return _autograd(lambda call, t: F.batch_norm(t["input"], t["running_mean"], t["running_var"], t["weight"],
-                                                  t["bias"], training=o["training"], eps=o["eps"]),
-                     ("input", "weight", "bias"))(call, t)
+    return _autograd(
+        lambda call, t: F.batch_norm(
+            t["input"],
+            t["running_mean"],
+            t["running_var"],
+            t["weight"],
+            t["bias"],
+            training=o["training"],
+            eps=o["eps"],
+        ),
+        ("input", "weight", "bias"),
+    )(call, t)
 
 
-FUZZ_OPS.update({
-    ("conv2d", "bwd_data"): FuzzOp(
-        draw_conv2d_bwd_data,
-        lambda c, a, b: grad.conv2d_input(a["input"].shape, a["weight"], a["grad_output"], backend=b, **c.options),
-        _autograd(lambda c, t: F.conv2d(t["input"], t["weight"], **c.options), ("input",)),
-        lambda c: int(np.prod(c.arrays["weight"].shape[::2])),
-        forward=lambda c, a: fastconv.conv2d(a["input"], a["weight"], **c.options)),
-    ("conv2d", "bwd_weight"): FuzzOp(
-        draw_conv2d_bwd_weight,
-        lambda c, a, b: grad.conv2d_weight(a["input"], a["weight"].shape, a["grad_output"], backend=b, **c.options),
-        _autograd(lambda c, t: F.conv2d(t["input"], t["weight"], **c.options), ("weight",)),
-        lambda c: max(9, c.extra["grad_output"].size // max(1, c.arrays["weight"].shape[0])),
-        forward=lambda c, a: fastconv.conv2d(a["input"], a["weight"], **c.options)),
-    ("max_pool2d", "bwd_data"): FuzzOp(
-        draw_max_pool2d_bwd,
-        lambda c, a, b: grad.max_pool2d_input(a["input"], a["grad_output"], backend=b, **c.options),
-        _autograd(lambda c, t: F.max_pool2d(t["input"], **c.options), ("input",)), lambda c: 16,
-        forward=lambda c, a: fastconv.max_pool2d(a["input"], **c.options)),
-    ("avg_pool2d", "bwd_data"): FuzzOp(
-        draw_avg_pool2d_bwd,
-        lambda c, a, b: grad.avg_pool2d_input(a["input"].shape, a["grad_output"], backend=b, **c.options),
-        _autograd(lambda c, t: F.avg_pool2d(t["input"], **c.options), ("input",)), lambda c: 16,
-        forward=lambda c, a: fastconv.avg_pool2d(a["input"], **c.options)),
-    ("adaptive_avg_pool2d", "bwd_data"): FuzzOp(
-        draw_adaptive_avg_pool2d_bwd,
-        lambda c, a, b: grad.adaptive_avg_pool2d_input(a["input"].shape, a["grad_output"], backend=b),
-        _autograd(lambda c, t: F.adaptive_avg_pool2d(t["input"], **c.options), ("input",)), lambda c: 81,
-        forward=lambda c, a: fastconv.adaptive_avg_pool2d(a["input"], **c.options)),
-    ("batch_norm", "bwd_data"): FuzzOp(
-        draw_batch_norm_bwd,
-        lambda c, a, b: grad.batch_norm_input(a["input"], a["grad_output"], a["running_mean"], a["running_var"],
-                                              a["weight"], training=c.options["training"], eps=c.options["eps"],
-                                              backend=b),
-        torch_batch_norm_bwd, lambda c: max(1, c.arrays["input"].size), forward=lambda c, a: a["input"],
-        empty_batch_checked=False),
-    ("relu", "bwd_data"): FuzzOp(
-        draw_relu_bwd, lambda c, a, b: grad.relu_input(a["output"], a["grad_output"], backend=b),
-        _autograd(lambda c, t: F.relu(t["input"]), ("input",)), lambda c: 1, forward=lambda c, a: a["output"]),
-})
+FUZZ_OPS.update(
+    {
+        ("conv2d", "bwd_data"): FuzzOp(
+            draw_conv2d_bwd_data,
+            lambda c, a, b: grad.conv2d_input(a["input"].shape, a["weight"], a["grad_output"], backend=b, **c.options),
+            _autograd(lambda c, t: F.conv2d(t["input"], t["weight"], **c.options), ("input",)),
+            lambda c: int(np.prod(c.arrays["weight"].shape[::2])),
+            forward=lambda c, a: fastconv.conv2d(a["input"], a["weight"], **c.options),
+        ),
+        ("conv2d", "bwd_weight"): FuzzOp(
+            draw_conv2d_bwd_weight,
+            lambda c, a, b: grad.conv2d_weight(a["input"], a["weight"].shape, a["grad_output"], backend=b, **c.options),
+            _autograd(lambda c, t: F.conv2d(t["input"], t["weight"], **c.options), ("weight",)),
+            lambda c: max(9, c.extra["grad_output"].size // max(1, c.arrays["weight"].shape[0])),
+            forward=lambda c, a: fastconv.conv2d(a["input"], a["weight"], **c.options),
+        ),
+        ("max_pool2d", "bwd_data"): FuzzOp(
+            draw_max_pool2d_bwd,
+            lambda c, a, b: grad.max_pool2d_input(a["input"], a["grad_output"], backend=b, **c.options),
+            _autograd(lambda c, t: F.max_pool2d(t["input"], **c.options), ("input",)),
+            lambda c: 16,
+            forward=lambda c, a: fastconv.max_pool2d(a["input"], **c.options),
+        ),
+        ("avg_pool2d", "bwd_data"): FuzzOp(
+            draw_avg_pool2d_bwd,
+            lambda c, a, b: grad.avg_pool2d_input(a["input"].shape, a["grad_output"], backend=b, **c.options),
+            _autograd(lambda c, t: F.avg_pool2d(t["input"], **c.options), ("input",)),
+            lambda c: 16,
+            forward=lambda c, a: fastconv.avg_pool2d(a["input"], **c.options),
+        ),
+        ("adaptive_avg_pool2d", "bwd_data"): FuzzOp(
+            draw_adaptive_avg_pool2d_bwd,
+            lambda c, a, b: grad.adaptive_avg_pool2d_input(a["input"].shape, a["grad_output"], backend=b),
+            _autograd(lambda c, t: F.adaptive_avg_pool2d(t["input"], **c.options), ("input",)),
+            lambda c: 81,
+            forward=lambda c, a: fastconv.adaptive_avg_pool2d(a["input"], **c.options),
+        ),
+        ("batch_norm", "bwd_data"): FuzzOp(
+            draw_batch_norm_bwd,
+            lambda c, a, b: grad.batch_norm_input(
+                a["input"],
+                a["grad_output"],
+                a["running_mean"],
+                a["running_var"],
+                a["weight"],
+                training=c.options["training"],
+                eps=c.options["eps"],
+                backend=b,
+            ),
+            torch_batch_norm_bwd,
+            lambda c: max(1, c.arrays["input"].size),
+            forward=lambda c, a: a["input"],
+            empty_batch_checked=False,
+        ),
+        ("relu", "bwd_data"): FuzzOp(
+            draw_relu_bwd,
+            lambda c, a, b: grad.relu_input(a["output"], a["grad_output"], backend=b),
+            _autograd(lambda c, t: F.relu(t["input"]), ("input",)),
+            lambda c: 1,
+            forward=lambda c, a: a["output"],
+        ),
+    }
+)
 
 
 # -- the property ----------------------------------------------------------------------------------
+
 
 def _torch_side(op: FuzzOp, call: Call):
     """torch's result in float64 (with its in-place updates), or the exception it raised."""
@@ -532,8 +628,7 @@ def _close(actual, expected, call: Call, terms: int, what: str) -> None:
     rtol = (2e-4 if call.dtype == "float32" else 1e-9) * max(1.0, math.sqrt(terms) / 4)
     finite = np.isfinite(expected)
     scale = float(np.abs(expected[finite]).max()) if finite.any() else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * max(scale, 1.0), equal_nan=True,
-                               err_msg=what)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * max(scale, 1.0), equal_nan=True, err_msg=what)
 
 
 #: FASTCONV_FUZZ_TORCH=0 skips torch (the sanitizer run: torch's C++ exceptions abort under a
@@ -618,11 +713,32 @@ def test_cuda_backend_under_the_simulator():
     if dispatch._status(dispatch._registry["cuda"])[0]:
         pytest.skip("a CUDA device is present: the rows above ran on it")
     pytest.importorskip("numba.cuda", reason="numba's CUDA target is not installed")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "FASTCONV_FUZZ_BACKENDS": "cuda",
-           "FASTCONV_FUZZ_EXAMPLES": os.environ.get("FASTCONV_FUZZ_CUDA_EXAMPLES", "6")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                           "-k", "fwd", os.path.abspath(__file__)], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {
+        **os.environ,
+        "NUMBA_ENABLE_CUDASIM": "1",
+        "FASTCONV_FUZZ_BACKENDS": "cuda",
+        "FASTCONV_FUZZ_EXAMPLES": os.environ.get("FASTCONV_FUZZ_CUDA_EXAMPLES", "6"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-k",
+            "fwd",
+            os.path.abspath(__file__),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     forward_rows = sum(direction == "fwd" for _, direction in FUZZ_OPS)
     assert f"{forward_rows} passed" in proc.stdout, proc.stdout[-2000:]

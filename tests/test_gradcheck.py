@@ -1,6 +1,7 @@
 """Backward problems: every backend that implements a backward function of the op table, checked
 against central finite differences of fastconv's own forward pass (float64), so the gradients are
 held to the forward's definition, not to a second copy of torch."""
+
 from __future__ import annotations
 
 import types
@@ -12,14 +13,12 @@ import pytest
 from harness import fastconv_backends
 
 from fastconv import dispatch, ops
-from fastconv.problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem,
-                              ReluProblem)
+from fastconv.problem import AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem
 
 F64 = "float64"
 PROBLEMS = [
     Conv2dProblem(2, 3, 6, 5, 4, 3, 3, padding=(1, 1, 1, 1), bias=True, dtype=F64),
-    Conv2dProblem(1, 4, 7, 7, 6, 3, 2, stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2), groups=2,
-                  dtype=F64),
+    Conv2dProblem(1, 4, 7, 7, 6, 3, 2, stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2), groups=2, dtype=F64),
     Pool2dProblem("max", 2, 2, 7, 7, (3, 3), (2, 2), (1, 1), ceil_mode=True, dtype=F64),
     Pool2dProblem("max", 1, 3, 6, 5, (2, 2), (1, 2), dilation=(2, 1), dtype=F64),
     Pool2dProblem("avg", 2, 2, 7, 6, (3, 2), (2, 1), (1, 1), count_include_pad=False, dtype=F64),
@@ -29,8 +28,12 @@ PROBLEMS = [
     BatchNormProblem(2, 3, (4,), training=False, eps=1e-3, dtype=F64),
     ReluProblem((3, 4, 5), dtype=F64),
 ]
-CASES = [(replace(p, direction=e.direction), e) for p in PROBLEMS for e in ops.entries("bwd_data") +
-         ops.entries("bwd_weight") if e.op == p.op]
+CASES = [
+    (replace(p, direction=e.direction), e)
+    for p in PROBLEMS
+    for e in ops.entries("bwd_data") + ops.entries("bwd_weight")
+    if e.op == p.op
+]
 
 
 def _backend_implements(name: str, entry) -> bool:
@@ -85,14 +88,21 @@ def test_empty_batch_gives_empty_or_zero_gradients(backend, p, entry):
     data = _as_kernel_arrays(p0, entry.make(p0, np.random.default_rng(0)))
     fn = getattr(dispatch.get_module(backend), entry.kernel)
     for out in (dispatch.run(p0, *entry.arrays(data), backend=backend), fn(p0, *entry.arrays(data))):
-        for a in (out if isinstance(out, tuple) else (out,)):
+        for a in out if isinstance(out, tuple) else (out,):
             assert a is None or a.size == 0 or not np.any(a)
 
 
 def test_every_backward_function_has_an_entry():
     kernels = {e.kernel for e in ops.entries() if e.direction != "fwd"}
-    assert kernels == {"conv2d_bwd_data", "conv2d_bwd_weight", "max_pool2d_bwd_data", "avg_pool2d_bwd_data",
-                       "adaptive_avg_pool2d_bwd_data", "batch_norm_bwd_data", "relu_bwd_data"}
+    assert kernels == {
+        "conv2d_bwd_data",
+        "conv2d_bwd_weight",
+        "max_pool2d_bwd_data",
+        "avg_pool2d_bwd_data",
+        "adaptive_avg_pool2d_bwd_data",
+        "batch_norm_bwd_data",
+        "relu_bwd_data",
+    }
     assert {e.op for e in ops.entries()} == set(ops.OPS)
     assert all(e.wrt for e in ops.entries() if e.direction != "fwd")
     assert len(CASES) >= 10
@@ -101,8 +111,12 @@ def test_every_backward_function_has_an_entry():
 def test_backends_without_a_backward_function_are_refused_with_the_reason():
     # A forward-only backend: the contract's forward functions, none of the backward ones.
     naive = dispatch.get_module("naive")
-    forward_only = types.SimpleNamespace(NAME="forward_only", available=naive.available, supports=naive.supports,
-                                         **{e.kernel: getattr(naive, e.kernel) for e in ops.entries("fwd")})
+    forward_only = types.SimpleNamespace(
+        NAME="forward_only",
+        available=naive.available,
+        supports=naive.supports,
+        **{e.kernel: getattr(naive, e.kernel) for e in ops.entries("fwd")},
+    )
     dispatch.register_backend(forward_only)
     try:
         p = replace(PROBLEMS[0], direction="bwd_data")

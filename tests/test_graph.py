@@ -1,6 +1,7 @@
 """fastconv.graph and from_torch's torch.fx path: CNNs written in plain torch (tests/torch_nets.py)
 convert, match torch on every backend, fuse, keep torch's state_dict names, and refuse unknown ops
 with a message that names them."""
+
 import copy
 import sys
 import types
@@ -82,9 +83,9 @@ def test_fuse_leaves_shared_and_broadcast_patterns_alone():
             self.pool = tnn.AdaptiveAvgPool2d(1)
 
         def forward(self, x):
-            a = self.conv(x)          # used twice: neither folded nor fused
+            a = self.conv(x)  # used twice: neither folded nor fused
             b = self.bn(a)
-            c = F.relu(self.conv(b) + self.pool(b))   # broadcast skip connection: runs unfused
+            c = F.relu(self.conv(b) + self.pool(b))  # broadcast skip connection: runs unfused
             return c + a
 
     t = torch_nets._randomise(Net(), 1)
@@ -141,7 +142,7 @@ def test_unsupported_op_names_op_node_source_line_and_patched():
 def test_untraceable_forward_says_so_and_points_to_patched():
     class Net(tnn.Module):
         def forward(self, x):
-            return x if x.sum() > 0 else -x   # control flow on a tensor value
+            return x if x.sum() > 0 else -x  # control flow on a tensor value
 
     with pytest.raises(UnsupportedOpError, match=r"torch.fx cannot trace Net.*patched\("):
         from_torch(Net())
@@ -209,25 +210,32 @@ def test_functional_weights_and_indexing():
     assert_matches(g(x.numpy()), _reference(t, x), rtol=RTOL)
 
 
-@pytest.mark.parametrize("layer, fn", [
-    (nn.ReLU6(), F.relu6), (nn.LeakyReLU(0.3), lambda x: F.leaky_relu(x, 0.3)),
-    (nn.Hardtanh(-0.5, 2.0), lambda x: F.hardtanh(x, -0.5, 2.0)), (nn.Sigmoid(), torch.sigmoid),
-    (nn.Tanh(), torch.tanh), (nn.SiLU(), F.silu), (nn.Hardswish(), F.hardswish),
-    (nn.Hardsigmoid(), F.hardsigmoid), (nn.Softmax(1), lambda x: F.softmax(x, 1)),
-    (nn.AdaptiveMaxPool2d((3, 5)), lambda x: F.adaptive_max_pool2d(x, (3, 5))),
-    (nn.AdaptiveMaxPool2d(1), lambda x: F.adaptive_max_pool2d(x, 1)),
-    (nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0), lambda x: F.local_response_norm(x, 3, 1e-2, 0.75, 2.0)),
-    (nn.Pad((1, 2, 0, 1)), lambda x: F.pad(x, (1, 2, 0, 1))),
-    (nn.Mean((2, 3), keepdim=True), lambda x: x.mean((2, 3), keepdim=True)),
-])
+@pytest.mark.parametrize(
+    "layer, fn",
+    [
+        (nn.ReLU6(), F.relu6),
+        (nn.LeakyReLU(0.3), lambda x: F.leaky_relu(x, 0.3)),
+        (nn.Hardtanh(-0.5, 2.0), lambda x: F.hardtanh(x, -0.5, 2.0)),
+        (nn.Sigmoid(), torch.sigmoid),
+        (nn.Tanh(), torch.tanh),
+        (nn.SiLU(), F.silu),
+        (nn.Hardswish(), F.hardswish),
+        (nn.Hardsigmoid(), F.hardsigmoid),
+        (nn.Softmax(1), lambda x: F.softmax(x, 1)),
+        (nn.AdaptiveMaxPool2d((3, 5)), lambda x: F.adaptive_max_pool2d(x, (3, 5))),
+        (nn.AdaptiveMaxPool2d(1), lambda x: F.adaptive_max_pool2d(x, 1)),
+        (nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0), lambda x: F.local_response_norm(x, 3, 1e-2, 0.75, 2.0)),
+        (nn.Pad((1, 2, 0, 1)), lambda x: F.pad(x, (1, 2, 0, 1))),
+        (nn.Mean((2, 3), keepdim=True), lambda x: x.mean((2, 3), keepdim=True)),
+    ],
+)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_layers_match_torch(layer, fn, dtype):
     x = np.random.default_rng(4).standard_normal((2, 5, 7, 6)).astype(dtype) * 4
     x[0, 0, 0, :3] = [-100.0, 100.0, 0.0]  # saturating values
     y = layer(x)
     assert y.dtype == x.dtype
-    assert_matches(y, fn(torch.from_numpy(x).double()).numpy(), dtype=dtype,
-                   rtol=RTOL if dtype == "float32" else 1e-12)
+    assert_matches(y, fn(torch.from_numpy(x).double()).numpy(), dtype=dtype, rtol=RTOL if dtype == "float32" else 1e-12)
 
 
 def test_dropout_is_identity_in_eval_and_scales_in_training():

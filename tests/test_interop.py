@@ -1,4 +1,5 @@
 """fastconv.interop.torch: from_torch / to_torch conversions and patch / unpatch of torch models."""
+
 import numpy as np
 import pytest
 
@@ -24,11 +25,17 @@ def _plain_stack():
     """A Sequential with every supported layer type and non-default options."""
     torch.manual_seed(3)
     net = tnn.Sequential(
-        tnn.Conv2d(3, 8, 3, stride=1, padding="same", padding_mode="replicate"), tnn.BatchNorm2d(8, momentum=None),
-        tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2, 1, ceil_mode=True),
-        tnn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False), tnn.BatchNorm2d(8, affine=False),
-        tnn.AvgPool2d(2, count_include_pad=False), tnn.Sequential(tnn.Identity(), tnn.AdaptiveAvgPool2d((2, 3))),
-        tnn.Flatten(), tnn.Linear(48, 5))
+        tnn.Conv2d(3, 8, 3, stride=1, padding="same", padding_mode="replicate"),
+        tnn.BatchNorm2d(8, momentum=None),
+        tnn.ReLU(inplace=True),
+        tnn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        tnn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False),
+        tnn.BatchNorm2d(8, affine=False),
+        tnn.AvgPool2d(2, count_include_pad=False),
+        tnn.Sequential(tnn.Identity(), tnn.AdaptiveAvgPool2d((2, 3))),
+        tnn.Flatten(),
+        tnn.Linear(48, 5),
+    )
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, tnn.BatchNorm2d):
@@ -46,8 +53,9 @@ def resnet18():
 def test_from_torch_resnet(arch):
     t = torch_resnet.build(arch, num_classes=10)
     m = from_torch(t, backend="im2col")
-    assert isinstance(m, models.ResNet) and isinstance(m.layer1[0], models.BasicBlock if arch == "resnet18"
-                                                       else models.Bottleneck)
+    assert isinstance(m, models.ResNet) and isinstance(
+        m.layer1[0], models.BasicBlock if arch == "resnet18" else models.Bottleneck
+    )
     assert {x.backend for x in m.modules()} == {"im2col"} and not m.training
     ours, theirs = m.state_dict(), t.state_dict()
     assert list(ours) == list(theirs)
@@ -83,7 +91,9 @@ def test_from_torch_copies_training_mode_and_batch_norm_state():
 def test_from_torch_names_the_unsupported_layer():
     # graph=False: only the module-tree conversion; any other model goes through the graph (test_graph.py)
     t = tnn.Sequential(tnn.Conv2d(3, 4, 3), tnn.Sequential(tnn.ReLU(), tnn.GELU()))
-    with pytest.raises(TypeError, match=r"unsupported layer 'Sequential\.1\.1' \(torch\.nn\.modules\.activation\.GELU\)"):
+    with pytest.raises(
+        TypeError, match=r"unsupported layer 'Sequential\.1\.1' \(torch\.nn\.modules\.activation\.GELU\)"
+    ):
         from_torch(t, graph=False)
     with pytest.raises(TypeError, match="return_indices"):
         from_torch(tnn.MaxPool2d(2, return_indices=True))
@@ -217,9 +227,11 @@ def test_fastconv_imports_without_torch_and_interop_loads_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, fastconv, fastconv.nn, fastconv.models, fastconv.interop; "
-            "assert 'torch' not in sys.modules, 'torch imported'; "
-            "fastconv.models.resnet18(num_classes=2); assert 'torch' not in sys.modules; "
-            "fastconv.interop.torch; assert 'torch' in sys.modules")
+    code = (
+        "import sys, fastconv, fastconv.nn, fastconv.models, fastconv.interop; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "fastconv.models.resnet18(num_classes=2); assert 'torch' not in sys.modules; "
+        "fastconv.interop.torch; assert 'torch' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert fastconv.nn is nn and fastconv.models is models

@@ -3,6 +3,7 @@ problem/_args -> dispatch/backends -> api -> nn -> models -> interop -> bench/cl
 
 Checked two ways: the import statements of every module (module level and inside functions),
 and a fresh interpreter importing fastconv.nn and fastconv.models with torch made unimportable."""
+
 from __future__ import annotations
 
 import ast
@@ -77,10 +78,12 @@ def test_imports_point_down_only():
 
 
 def test_nn_and_models_import_without_torch():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import fastconv.nn, fastconv.models, numpy as np\n"
-            "m = fastconv.models.resnet18(num_classes=3).eval()\n"
-            "assert m(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 3)\n"
-            "assert 'fastconv.interop' not in sys.modules and 'fastconv.bench' not in sys.modules\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import fastconv.nn, fastconv.models, numpy as np\n"
+        "m = fastconv.models.resnet18(num_classes=3).eval()\n"
+        "assert m(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 3)\n"
+        "assert 'fastconv.interop' not in sys.modules and 'fastconv.bench' not in sys.modules\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -1,5 +1,6 @@
 """Array forms: non-contiguous, Fortran-ordered, negative-stride, byte-swapped and read-only inputs give
 the same result as a contiguous copy, on every backend; nothing is modified."""
+
 import numpy as np
 import pytest
 

@@ -4,6 +4,7 @@ The reference is tests/torch_resnet.py (torchvision's ResNet re-defined in torch
 itself cannot be installed beside the pinned torch) with random weights and trained-looking batch
 norms, run in float64.  fastconv runs in float32 with the same (float32) weights.
 """
+
 import json
 
 import numpy as np
@@ -96,8 +97,15 @@ def test_mixing_backends_per_layer_changes_nothing():
     available = [b for b in BACKENDS if b in fastconv.available_backends()]
     # naive takes the stages where images are small; the rest cycle through the other backends.
     p.model.to_backend(None)
-    plan = {"conv1": "im2col", "maxpool": available[0], "layer1": available[-1], "layer2": available[1 % len(available)],
-            "layer3": "naive", "layer4": available[2 % len(available)], "fc": available[0]}
+    plan = {
+        "conv1": "im2col",
+        "maxpool": available[0],
+        "layer1": available[-1],
+        "layer2": available[1 % len(available)],
+        "layer3": "naive",
+        "layer4": available[2 % len(available)],
+        "fc": available[0],
+    }
     for name, backend in plan.items():
         getattr(p.model, name).to_backend(backend)
     p.model.layer1[1].bn2.backend = "naive"
@@ -153,8 +161,13 @@ def test_float64_model_matches_torch_float64():
     model = models.resnet18(dtype="float64").eval()
     model.load_state_dict(p.torch.state_dict())
     assert model.fc.weight.dtype == np.float64
-    assert_matches(model.to_backend("im2col")(p.x.astype(np.float64)), p.expected, "float64",
-                   rtol=1e-9 * 64, what="float64 resnet18")
+    assert_matches(
+        model.to_backend("im2col")(p.x.astype(np.float64)),
+        p.expected,
+        "float64",
+        rtol=1e-9 * 64,
+        what="float64 resnet18",
+    )
 
 
 def test_loading_the_wrong_checkpoint_is_a_clear_error():
@@ -168,17 +181,20 @@ def test_loading_the_wrong_checkpoint_is_a_clear_error():
         models.resnet18(num_classes=10).load_state_dict(models.resnet50(num_classes=10).state_dict())
 
 
-@pytest.mark.parametrize("make, error, match", [
-    (lambda: models.resnet18(num_classes=0), ValueError, "num_classes must be positive"),
-    (lambda: models.resnet18(num_classes="10"), TypeError, "num_classes must be an int"),
-    (lambda: models.resnet18(weights="IMAGENET1K_V1"), TypeError, "weights"),
-    (lambda: models.ResNet(nn.Conv2d, [2, 2, 2, 2]), TypeError, "block must be BasicBlock or Bottleneck"),
-    (lambda: models.ResNet(models.BasicBlock, [2, 2, 2]), ValueError, "layers must be 4 block counts"),
-    (lambda: models.ResNet(models.BasicBlock, [2, 0, 2, 2]), ValueError, "layers must be positive"),
-    (lambda: models.resnet18(groups=2), ValueError, "BasicBlock only supports groups=1"),
-    (lambda: models.resnet18(replace_stride_with_dilation=[True]), ValueError, "replace_stride_with_dilation"),
-    (lambda: models.resnet18(dtype="int8"), TypeError, "dtype"),
-])
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: models.resnet18(num_classes=0), ValueError, "num_classes must be positive"),
+        (lambda: models.resnet18(num_classes="10"), TypeError, "num_classes must be an int"),
+        (lambda: models.resnet18(weights="IMAGENET1K_V1"), TypeError, "weights"),
+        (lambda: models.ResNet(nn.Conv2d, [2, 2, 2, 2]), TypeError, "block must be BasicBlock or Bottleneck"),
+        (lambda: models.ResNet(models.BasicBlock, [2, 2, 2]), ValueError, "layers must be 4 block counts"),
+        (lambda: models.ResNet(models.BasicBlock, [2, 0, 2, 2]), ValueError, "layers must be positive"),
+        (lambda: models.resnet18(groups=2), ValueError, "BasicBlock only supports groups=1"),
+        (lambda: models.resnet18(replace_stride_with_dilation=[True]), ValueError, "replace_stride_with_dilation"),
+        (lambda: models.resnet18(dtype="int8"), TypeError, "dtype"),
+    ],
+)
 def test_bad_constructor_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
@@ -195,9 +211,28 @@ def test_bad_input_is_named():
 def test_resnet_command(tmp_path, capsys):
     out, weights = tmp_path / "r.json", tmp_path / "w.npz"
     np.savez(weights, **{k: v.numpy() for k, v in torch_resnet.build("resnet18", num_classes=10).state_dict().items()})
-    status = command.main(["--arch", "resnet18", "--size", "32", "--repeat", "2", "--backend", "im2col",
-                           "--backend", "torch,im2col", "--threads", "1", "--num-classes", "10",
-                           "--weights", str(weights), "--json", str(out)])
+    status = command.main(
+        [
+            "--arch",
+            "resnet18",
+            "--size",
+            "32",
+            "--repeat",
+            "2",
+            "--backend",
+            "im2col",
+            "--backend",
+            "torch,im2col",
+            "--threads",
+            "1",
+            "--num-classes",
+            "10",
+            "--weights",
+            str(weights),
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     text = capsys.readouterr().out
     assert "resnet18, batch 1, 32x32" in text and "torch (eager)" in text and "w.npz" in text
@@ -210,8 +245,21 @@ def test_resnet_command(tmp_path, capsys):
 def test_resnet_command_reports_a_backend_that_cannot_run(tmp_path, capsys):
     out = tmp_path / "r.json"
     # at 224x224 the stem is too large for the naive backend: it refuses, the others still run
-    status = command.main(["--arch", "resnet18", "--backend", "naive,im2col", "--repeat", "1", "--fuse",
-                           "--num-classes", "10", "--json", str(out)])
+    status = command.main(
+        [
+            "--arch",
+            "resnet18",
+            "--backend",
+            "naive,im2col",
+            "--repeat",
+            "1",
+            "--fuse",
+            "--num-classes",
+            "10",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
     assert "too large" in rows["naive"]["error"] and rows["im2col"]["max_rel_diff"] < 1e-4

@@ -1,4 +1,5 @@
 """fastconv.nn layers against their torch.nn twins: outputs, state dicts, modes, backends, errors."""
+
 from collections import OrderedDict
 
 import numpy as np
@@ -43,8 +44,10 @@ def _randomise_bn(t):
 # (fastconv layer, torch layer, input shape): the same constructor arguments on both sides.
 LAYERS = {
     "conv3x3": (lambda m: m.Conv2d(3, 8, 3, padding=1), (2, 3, 9, 9)),
-    "conv_options": (lambda m: m.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2,
-                                        bias=False), (1, 4, 10, 11)),
+    "conv_options": (
+        lambda m: m.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2, bias=False),
+        (1, 4, 10, 11),
+    ),
     "conv_same_reflect": (lambda m: m.Conv2d(2, 3, 4, padding="same", padding_mode="reflect"), (1, 2, 7, 8)),
     "conv_valid": (lambda m: m.Conv2d(2, 3, 3, padding="valid"), (1, 2, 6, 5)),
     "depthwise": (lambda m: m.Conv2d(5, 5, 3, padding=1, groups=5), (1, 5, 6, 6)),
@@ -59,9 +62,18 @@ LAYERS = {
     "linear": (lambda m: m.Linear(12, 5), (3, 2, 12)),
     "flatten": (lambda m: m.Flatten(1, 2), (2, 3, 4, 5)),
     "identity": (lambda m: m.Identity(54, unused="ok"), (2, 3, 4)),
-    "sequential": (lambda m: m.Sequential(m.Conv2d(3, 4, 3, padding=1, bias=False), m.BatchNorm2d(4), m.ReLU(),
-                                          m.MaxPool2d(2), m.AdaptiveAvgPool2d(1), m.Flatten(), m.Linear(4, 2)),
-                   (2, 3, 8, 8)),
+    "sequential": (
+        lambda m: m.Sequential(
+            m.Conv2d(3, 4, 3, padding=1, bias=False),
+            m.BatchNorm2d(4),
+            m.ReLU(),
+            m.MaxPool2d(2),
+            m.AdaptiveAvgPool2d(1),
+            m.Flatten(),
+            m.Linear(4, 2),
+        ),
+        (2, 3, 8, 8),
+    ),
 }
 
 
@@ -172,9 +184,19 @@ def test_backend_errors():
         conv.to_backend("nope")
     with pytest.raises(TypeError, match="backend must be"):
         conv.backend = 3
-    dispatch.register_backend(type("M", (), {"NAME": "broken", "available": staticmethod(lambda: (False, "no CPU")),
-                                             "supports": staticmethod(lambda p: None),
-                                             "relu": staticmethod(lambda p, x: x)}), "broken")
+    dispatch.register_backend(
+        type(
+            "M",
+            (),
+            {
+                "NAME": "broken",
+                "available": staticmethod(lambda: (False, "no CPU")),
+                "supports": staticmethod(lambda p: None),
+                "relu": staticmethod(lambda p, x: x),
+            },
+        ),
+        "broken",
+    )
     try:
         with pytest.raises(fastconv.BackendError, match="no CPU"):
             conv.to_backend("broken")
@@ -279,31 +301,34 @@ def test_fuse_refuses_training_mode_and_batch_stats():
         net.fuse()
 
 
-@pytest.mark.parametrize("make, error, match", [
-    (lambda: nn.Conv2d(3, 8, 0), ValueError, "kernel_size must be positive"),
-    (lambda: nn.Conv2d(3.0, 8, 3), TypeError, "in_channels must be an int"),
-    (lambda: nn.Conv2d(3, 0, 3), ValueError, "out_channels must be positive"),
-    (lambda: nn.Conv2d(3, 8, 3, groups=2), ValueError, "in_channels must be divisible by groups"),
-    (lambda: nn.Conv2d(4, 6, 3, groups=4), ValueError, "out_channels must be divisible by groups"),
-    (lambda: nn.Conv2d(3, 8, 3, stride=2, padding="same"), ValueError, "padding='same'"),
-    (lambda: nn.Conv2d(3, 8, 3, padding="full"), ValueError, "padding must be"),
-    (lambda: nn.Conv2d(3, 8, 3, padding=-1), ValueError, "padding must be non-negative"),
-    (lambda: nn.Conv2d(3, 8, 3, padding_mode="mirror"), ValueError, "padding_mode"),
-    (lambda: nn.Conv2d(3, 8, 3, bias=1), TypeError, "bias must be a bool"),
-    (lambda: nn.Conv2d(3, 8, 3, device="cuda"), ValueError, "device"),
-    (lambda: nn.Conv2d(3, 8, 3, dtype=np.int32), TypeError, "dtype"),
-    (lambda: nn.BatchNorm2d(0), ValueError, "num_features"),
-    (lambda: nn.BatchNorm2d(4, eps=-1), ValueError, "eps"),
-    (lambda: nn.BatchNorm2d(4, momentum="fast"), TypeError, "momentum"),
-    (lambda: nn.MaxPool2d(2, padding=2), ValueError, "at most half of kernel_size"),
-    (lambda: nn.MaxPool2d(2, stride=0), ValueError, "stride must be positive"),
-    (lambda: nn.AvgPool2d(3, divisor_override=0), ValueError, "divisor_override"),
-    (lambda: nn.AdaptiveAvgPool2d((1, 2, 3)), ValueError, "output_size"),
-    (lambda: nn.AdaptiveAvgPool2d(-1), ValueError, "output_size"),
-    (lambda: nn.Linear(0, 3), ValueError, "in_features"),
-    (lambda: nn.ReLU(inplace="no"), TypeError, "inplace"),
-    (lambda: nn.Flatten(1.5), TypeError, "start_dim"),
-])
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: nn.Conv2d(3, 8, 0), ValueError, "kernel_size must be positive"),
+        (lambda: nn.Conv2d(3.0, 8, 3), TypeError, "in_channels must be an int"),
+        (lambda: nn.Conv2d(3, 0, 3), ValueError, "out_channels must be positive"),
+        (lambda: nn.Conv2d(3, 8, 3, groups=2), ValueError, "in_channels must be divisible by groups"),
+        (lambda: nn.Conv2d(4, 6, 3, groups=4), ValueError, "out_channels must be divisible by groups"),
+        (lambda: nn.Conv2d(3, 8, 3, stride=2, padding="same"), ValueError, "padding='same'"),
+        (lambda: nn.Conv2d(3, 8, 3, padding="full"), ValueError, "padding must be"),
+        (lambda: nn.Conv2d(3, 8, 3, padding=-1), ValueError, "padding must be non-negative"),
+        (lambda: nn.Conv2d(3, 8, 3, padding_mode="mirror"), ValueError, "padding_mode"),
+        (lambda: nn.Conv2d(3, 8, 3, bias=1), TypeError, "bias must be a bool"),
+        (lambda: nn.Conv2d(3, 8, 3, device="cuda"), ValueError, "device"),
+        (lambda: nn.Conv2d(3, 8, 3, dtype=np.int32), TypeError, "dtype"),
+        (lambda: nn.BatchNorm2d(0), ValueError, "num_features"),
+        (lambda: nn.BatchNorm2d(4, eps=-1), ValueError, "eps"),
+        (lambda: nn.BatchNorm2d(4, momentum="fast"), TypeError, "momentum"),
+        (lambda: nn.MaxPool2d(2, padding=2), ValueError, "at most half of kernel_size"),
+        (lambda: nn.MaxPool2d(2, stride=0), ValueError, "stride must be positive"),
+        (lambda: nn.AvgPool2d(3, divisor_override=0), ValueError, "divisor_override"),
+        (lambda: nn.AdaptiveAvgPool2d((1, 2, 3)), ValueError, "output_size"),
+        (lambda: nn.AdaptiveAvgPool2d(-1), ValueError, "output_size"),
+        (lambda: nn.Linear(0, 3), ValueError, "in_features"),
+        (lambda: nn.ReLU(inplace="no"), TypeError, "inplace"),
+        (lambda: nn.Flatten(1.5), TypeError, "start_dim"),
+    ],
+)
 def test_bad_constructor_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
@@ -349,9 +374,19 @@ def test_parameters_and_buffers_are_registered_by_assignment():
         _ = bn.nope
 
 
-@pytest.mark.parametrize("module_name", ["fastconv.nn", "fastconv.nn.module", "fastconv.nn.layers", "fastconv.nn.container",
-                                         "fastconv.nn.init", "fastconv.models", "fastconv.models.resnet",
-                                         "fastconv.interop.torch"])
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "fastconv.nn",
+        "fastconv.nn.module",
+        "fastconv.nn.layers",
+        "fastconv.nn.container",
+        "fastconv.nn.init",
+        "fastconv.models",
+        "fastconv.models.resnet",
+        "fastconv.interop.torch",
+    ],
+)
 def test_docstring_examples(module_name):
     import doctest
     import importlib

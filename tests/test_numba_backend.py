@@ -4,6 +4,7 @@ cache, lazy compilation, and a Hypothesis sweep of the convolution options.
 Every call here uses the (N, C, H, W) float32/float64 layouts the conformance cases use, so the
 kernels compile once per dtype for the whole session (and load from numba's cache after that).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,11 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter with extra environment variables."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=600, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 # -- laziness ----------------------------------------------------------------------------------
+
 
 def test_import_compiles_nothing():
     # Importing fastconv and the backend module, and asking whether it is available, must not
@@ -50,6 +58,7 @@ def test_import_compiles_nothing():
 
 
 # -- threads -----------------------------------------------------------------------------------
+
 
 def _conv_inputs(seed):
     rng = np.random.default_rng(seed)
@@ -69,8 +78,11 @@ def test_concurrent_calls_match_serial_calls():
             for rep in range(5):
                 i = (t + rep) % len(inputs)
                 x, w = inputs[i]
-                results[(t, rep)] = (i, fastconv.conv2d(x, w, padding=1, backend="numba"),
-                                     fastconv.max_pool2d(x, 3, 2, 1, backend="numba"))
+                results[(t, rep)] = (
+                    i,
+                    fastconv.conv2d(x, w, padding=1, backend="numba"),
+                    fastconv.max_pool2d(x, 3, 2, 1, backend="numba"),
+                )
         except Exception as exc:  # reported below, with the thread that raised it
             errors.append((t, exc))
 
@@ -117,13 +129,16 @@ def test_thread_safe_layer_and_count_in_a_fresh_process():
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here")
-    out = _run("""
+    out = _run(
+        """
         import numba, numpy as np, fastconv
         fastconv.set_num_threads(2)
         fastconv.relu(np.ones(4, np.float32), backend="numba")
         from fastconv.backends import numba as nb
         print(numba.get_num_threads(), nb._layer)
-    """, FASTCONV_NUM_THREADS="2")
+    """,
+        FASTCONV_NUM_THREADS="2",
+    )
     assert out.returncode == 0, out.stderr
     count, layer = out.stdout.split()
     assert count == "2"
@@ -189,26 +204,36 @@ def test_no_cache_location_at_all_still_runs(tmp_path):
     # backend must fall back to compiling without a cache instead of failing to import.
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    probe = _CACHE_PROBE + """
+    probe = (
+        _CACHE_PROBE
+        + """
     from fastconv.backends import _numba_pointwise
     print(type(_numba_pointwise._relu._cache).__name__)
     """
-    out = _run(probe, NUMBA_CACHE_DIR=str(blocker / "cache"),
-               NUMBA_CACHE_LOCATOR_CLASSES="numba.core.caching.UserProvidedCacheLocator")
+    )
+    out = _run(
+        probe,
+        NUMBA_CACHE_DIR=str(blocker / "cache"),
+        NUMBA_CACHE_LOCATOR_CLASSES="numba.core.caching.UserProvidedCacheLocator",
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ok", "NullCache"]
 
 
 # -- one compiled signature per kernel and dtype ----------------------------------------------
 
+
 def _kernels():
     from numba.core.registry import CPUDispatcher
 
     from fastconv.backends import _numba_conv, _numba_pointwise, _numba_pool
 
-    return {f"{m.__name__}.{name}": obj for m in (_numba_conv, _numba_pool, _numba_pointwise)
-            for name, obj in vars(m).items()
-            if isinstance(obj, CPUDispatcher) and obj.targetoptions.get("parallel")}
+    return {
+        f"{m.__name__}.{name}": obj
+        for m in (_numba_conv, _numba_pool, _numba_pointwise)
+        for name, obj in vars(m).items()
+        if isinstance(obj, CPUDispatcher) and obj.targetoptions.get("parallel")
+    }
 
 
 def test_warmup_compiles_every_kernel_once_per_dtype():
@@ -220,11 +245,11 @@ def test_warmup_compiles_every_kernel_once_per_dtype():
     assert len(kernels) == 14, sorted(kernels)
     for name, dispatcher in kernels.items():
         dtypes = sorted({str(sig[0].dtype) for sig in dispatcher.signatures})
-        assert len(dispatcher.signatures) == 2 and dtypes == ["float32", "float64"], \
-            f"{name}: {dispatcher.signatures}"
+        assert len(dispatcher.signatures) == 2 and dtypes == ["float32", "float64"], f"{name}: {dispatcher.signatures}"
 
 
 # -- read-only inputs use the same compiled kernels -------------------------------------------
+
 
 def test_readonly_inputs_share_one_signature():
     from fastconv.backends import _numba_pool
@@ -239,6 +264,7 @@ def test_readonly_inputs_share_one_signature():
 
 
 # -- Hypothesis over the convolution options ---------------------------------------------------
+
 
 @st.composite
 def conv_cases(draw):
@@ -260,9 +286,16 @@ def conv_cases(draw):
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     if draw(st.booleans()):
         kwargs["activation"] = "relu"
-    return Case("conv2d", "hypothesis", (n, c, h, w), (k, c // groups, r, s), kwargs,
-                bias=draw(st.booleans()), residual=residual,
-                dtype=draw(st.sampled_from(["float32", "float64"])))
+    return Case(
+        "conv2d",
+        "hypothesis",
+        (n, c, h, w),
+        (k, c // groups, r, s),
+        kwargs,
+        bias=draw(st.booleans()),
+        residual=residual,
+        dtype=draw(st.sampled_from(["float32", "float64"])),
+    )
 
 
 @pytest.mark.parametrize("path", ["chosen", "dense"])

@@ -1,6 +1,7 @@
 """fastconv.onnx.load: torch.onnx exports of the plain-torch CNNs (tests/torch_nets.py) and
 hand-built graphs for the attributes exporters rarely emit, checked against ONNX Runtime on every
 backend."""
+
 import io
 import warnings
 
@@ -49,6 +50,7 @@ def exports():
         if key not in cache:
             cache[key] = _export(torch_nets.build(name), torch.zeros(shape), opset)
         return cache[key]
+
     return get
 
 
@@ -86,9 +88,12 @@ def test_dynamo_export_and_torch_names(tmp_path):
 
 def _model(nodes, inits, in_shape, opset=13, out="y"):
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k) for k, v in inits.items()])
+        [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 7
     return model.SerializeToString()
@@ -118,8 +123,14 @@ def test_conv_and_pool_attributes(backend):
         n("Gemm", ["f", "wg", "bg"], ["gm"], alpha=0.5, beta=2.0),
         n("Softmax", ["gm"], ["y"], axis=1),
     ]
-    inits = {"w1": _w(4, 3, 3, 3), "b1": _w(4), "w2": _w(6, 2, 3, 3, seed=1), "w3": _w(6, 6, 2, 2, seed=2),
-             "pads": np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64), "pv": np.array(0.5, np.float32)}
+    inits = {
+        "w1": _w(4, 3, 3, 3),
+        "b1": _w(4),
+        "w2": _w(6, 2, 3, 3, seed=1),
+        "w3": _w(6, 6, 2, 2, seed=2),
+        "pads": np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64),
+        "pv": np.array(0.5, np.float32),
+    }
     x = _input(backend)[:1, :, :19, :21].copy()
     probe = fastconv.onnx.load(_model(nodes[:-3] + [n("Identity", ["t"], ["y"])], inits, x.shape))
     features = int(np.prod(probe(x).shape[1:]))
@@ -131,15 +142,17 @@ def test_conv_and_pool_attributes(backend):
 
 def test_opset7_clip_dropout_matmul_and_activations():
     n = helper.make_node
-    nodes = [n("Conv", ["x", "w"], ["a"], kernel_shape=[1, 1]),
-             n("Clip", ["a"], ["b"], min=-0.5, max=0.7),
-             n("LeakyRelu", ["a"], ["c"], alpha=0.2),
-             n("Sigmoid", ["c"], ["d"]),
-             n("Mul", ["b", "d"], ["e"]),
-             n("Dropout", ["e"], ["f"], ratio=0.3),
-             n("GlobalAveragePool", ["f"], ["g"]),
-             n("Reshape", ["g", "shape"], ["h"]),
-             n("MatMul", ["h", "m"], ["y"])]
+    nodes = [
+        n("Conv", ["x", "w"], ["a"], kernel_shape=[1, 1]),
+        n("Clip", ["a"], ["b"], min=-0.5, max=0.7),
+        n("LeakyRelu", ["a"], ["c"], alpha=0.2),
+        n("Sigmoid", ["c"], ["d"]),
+        n("Mul", ["b", "d"], ["e"]),
+        n("Dropout", ["e"], ["f"], ratio=0.3),
+        n("GlobalAveragePool", ["f"], ["g"]),
+        n("Reshape", ["g", "shape"], ["h"]),
+        n("MatMul", ["h", "m"], ["y"]),
+    ]
     inits = {"w": _w(4, 3, 1, 1), "shape": np.array([0, -1], np.int64), "m": _w(4, 2, seed=5)}
     x = _input("im2col")
     data = _model(nodes, inits, x.shape, opset=7)

@@ -1,6 +1,7 @@
 """ONNX Runtime as a second baseline, and thread scaling, in ``fastconv bench`` and ``fastconv resnet``.
 
 Small networks only (a ResNet-18 on 32x32 images), so the file stays within a few seconds."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,12 @@ def no_onnxruntime(monkeypatch):
 
 def test_runner_matches_torch_on_a_small_network():
     pytest.importorskip("onnxruntime")
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                              torch.nn.Conv2d(8, 4, 1, stride=2)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 1, stride=2),
+    ).eval()
     with torch.no_grad():  # running statistics unlike a fresh layer's, so BN folding is exercised
         net[1].running_mean.uniform_(-0.5, 0.5)
         net[1].running_var.uniform_(0.5, 2.0)
@@ -59,8 +64,16 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
     pytest.importorskip("onnxruntime")
     cases = [_small_resnet()]
     chosen = targets.model_targets(targets.fastconv_targets(["c"]) + targets.torch_targets(), cases, 2)
-    assert [t.name for t in chosen] == ["c", "torch", "c-fused", "onnxruntime",
-                                        "c@1t", "torch@1t", "c-fused@1t", "onnxruntime@1t"]
+    assert [t.name for t in chosen] == [
+        "c",
+        "torch",
+        "c-fused",
+        "onnxruntime",
+        "c@1t",
+        "torch@1t",
+        "c-fused@1t",
+        "onnxruntime@1t",
+    ]
     run = runner.run_suite(SUITE, cases, chosen, runner.Settings(threads=2, **QUICK), peak=False)
     doc = schema.validate(schema.to_dict(run))
     results = {r["backend"]: r for r in doc["results"]}
@@ -70,9 +83,11 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
     # Each one-thread cell is compared with torch on one thread, the others with torch on two.
     assert results["torch@1t"]["speed_vs_torch"] == pytest.approx(1.0)
     assert results["onnxruntime@1t"]["speed_vs_torch"] == pytest.approx(
-        results["torch@1t"]["median_s"] / results["onnxruntime@1t"]["median_s"])
+        results["torch@1t"]["median_s"] / results["onnxruntime@1t"]["median_s"]
+    )
     assert results["onnxruntime"]["speed_vs_torch"] == pytest.approx(
-        results["torch"]["median_s"] / results["onnxruntime"]["median_s"])
+        results["torch"]["median_s"] / results["onnxruntime"]["median_s"]
+    )
 
     scaled = {s["backend"]: s for s in doc["thread_scaling"]}
     assert set(scaled) == {"c", "torch", "c-fused", "onnxruntime"}
@@ -86,8 +101,9 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
     md = report.markdown(doc)
     assert "| onnxruntime |" in md and "Thread scaling" in md
     eff = f"{scaled['onnxruntime']['parallel_efficiency']:.2f}"
-    assert any(line.startswith("| resnet18 n1 | onnxruntime |") and line.rstrip(" |").endswith(eff)
-               for line in md.splitlines())
+    assert any(
+        line.startswith("| resnet18 n1 | onnxruntime |") and line.rstrip(" |").endswith(eff) for line in md.splitlines()
+    )
     from rich.console import Console
 
     console = Console(width=200, record=True)
@@ -127,8 +143,9 @@ def test_resnet_command_has_an_onnxruntime_row(tmp_path):
     from fastconv.bench import resnet_command
 
     out = tmp_path / "r.json"
-    status = resnet_command.main(["--arch", "resnet18", "--size", "32", "--backend", "c", "--threads", "1",
-                                  "--repeat", "2", "--json", str(out)])
+    status = resnet_command.main(
+        ["--arch", "resnet18", "--size", "32", "--backend", "c", "--threads", "1", "--repeat", "2", "--json", str(out)]
+    )
     rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
     assert status == 0
     assert rows["onnxruntime"]["max_rel_diff"] < 1e-4 and rows["onnxruntime"]["speed_vs_torch"] > 0
@@ -138,8 +155,9 @@ def test_resnet_command_says_why_without_onnxruntime(tmp_path, no_onnxruntime, c
     from fastconv.bench import resnet_command
 
     out = tmp_path / "r.json"
-    resnet_command.main(["--arch", "resnet18", "--size", "32", "--backend", "c", "--threads", "1",
-                         "--repeat", "1", "--json", str(out)])
+    resnet_command.main(
+        ["--arch", "resnet18", "--size", "32", "--backend", "c", "--threads", "1", "--repeat", "1", "--json", str(out)]
+    )
     rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
     assert "onnxruntime is not installed" in rows["onnxruntime"]["error"]
     assert "onnxruntime is not installed" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """fastconv.compile: compiled plans match the uncompiled model and torch on every CPU backend,
 reuse their buffers, keep their tuning per machine, and refuse bad input naming the argument."""
+
 import json
 import tracemalloc
 
@@ -108,8 +109,17 @@ def test_graph_from_torch_matches_torch():
 
 def test_naive_backend_on_a_small_graph():
     require("naive")
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(4, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    ).eval()
     m[1].running_mean = np.full(4, 0.3, np.float32)
     x = _x((2, 3, 9, 9), seed=4)
     plan = fastconv.compile(m, x.shape, backend="naive")
@@ -163,8 +173,9 @@ def test_tune_cache_written_read_and_per_machine(tmp_path, monkeypatch):
     path = tmp_path / "tune.json"
     monkeypatch.setenv("FASTCONV_TUNE_CACHE", str(path))
     shape = (1, 8, 12, 12)
-    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
-                          nn.Conv2d(16, 8, 1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+    ).eval()
     first = fastconv.compile(model, shape, backend="c", winograd=True)  # two candidates per 3x3 layer
     assert any(src.startswith("timed") for _, _, src in first.tuner_log)
     data = json.loads(path.read_text())
@@ -234,8 +245,9 @@ def test_graph_from_onnx_matches_onnx_runtime():
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(torch_nets.build("hand_resnet").eval(), (torch.from_numpy(x),), f, dynamo=False,
-                          opset_version=13)
+        torch.onnx.export(
+            torch_nets.build("hand_resnet").eval(), (torch.from_numpy(x),), f, dynamo=False, opset_version=13
+        )
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     expected = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     plan = fastconv.compile(fastconv.onnx.load(f.getvalue()), x.shape, backend="c")

@@ -4,6 +4,7 @@
 through ``fastconv.grad``) and conv2d's Winograd, where the backend has them.  Call counts are kept
 small enough for make test; FASTCONV_RESOURCE_CALLS raises them (``make resources``: 10,000).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,9 @@ rng = np.random.default_rng(0)
 X = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
 W = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
 STATS = np.zeros(4, np.float32), np.ones(4, np.float32)
-GY = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)      # conv2d's output gradient (padding 1)
-GP = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)      # pooling's (3, 2, 1)
-GA = rng.standard_normal((2, 4, 3, 5)).astype(np.float32)      # adaptive pooling's (3, 5)
+GY = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)  # conv2d's output gradient (padding 1)
+GP = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)  # pooling's (3, 2, 1)
+GA = rng.standard_normal((2, 4, 3, 5)).astype(np.float32)  # adaptive pooling's (3, 5)
 W3 = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
 
 OPS = {
@@ -111,8 +112,13 @@ INTERRUPTED = textwrap.dedent("""
 def test_ctrl_c_during_a_long_call_leaves_the_process_usable(backend):
     if backend not in _available():
         pytest.skip(f"{backend} not available")
-    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, backend], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(1.5)

@@ -1,5 +1,6 @@
 """Training: whole-model gradients, the loss, SGD and the one-cycle schedule against torch, and
 `fastconv train`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,10 +17,17 @@ GRAD_BACKENDS = ["naive", "im2col", "numba", "c", "torch"]
 
 
 def _tiny_sequential():
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
-                         nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="reflect", groups=1),
-                         nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="reflect", groups=1),
+        nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
 
 
 def _small_resnet():
@@ -102,8 +110,12 @@ def test_fused_epilogue_and_eval_batch_norm_gradients():
     yt = torch.relu(tconv(xt) + rt)
     yt.backward(torch.from_numpy(g))
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12)
-    for a, b in ((gx, xt.grad), (gres, rt.grad), (conv._grads["weight"], tconv.weight.grad),
-                 (conv._grads["bias"], tconv.bias.grad)):
+    for a, b in (
+        (gx, xt.grad),
+        (gres, rt.grad),
+        (conv._grads["weight"], tconv.weight.grad),
+        (conv._grads["bias"], tconv.bias.grad),
+    ):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-10, atol=1e-12)
     bn.eval()
     with nn.enable_grad():
@@ -127,8 +139,9 @@ def test_cross_entropy_matches_torch(reduction, smoothing):
     criterion = nn.CrossEntropyLoss(reduction, smoothing)
     loss = criterion(logits, target)
     lt = torch.tensor(logits, requires_grad=True)
-    ref = torch.nn.functional.cross_entropy(lt, torch.from_numpy(target), reduction=reduction,
-                                            label_smoothing=smoothing)
+    ref = torch.nn.functional.cross_entropy(
+        lt, torch.from_numpy(target), reduction=reduction, label_smoothing=smoothing
+    )
     up = np.linspace(0.5, 1.5, 5) if reduction == "none" else 1.0
     ref.backward(torch.tensor(up))
     np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-12)
@@ -137,8 +150,15 @@ def test_cross_entropy_matches_torch(reduction, smoothing):
         criterion(logits, np.array([0, 1, 2, 3, 4]))
 
 
-@pytest.mark.parametrize("kwargs", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
-                                    dict(momentum=0.5, dampening=0.3, weight_decay=0.1), dict()])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(momentum=0.9),
+        dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
+        dict(momentum=0.5, dampening=0.3, weight_decay=0.1),
+        dict(),
+    ],
+)
 def test_sgd_matches_torch(kwargs):
     rng = np.random.default_rng(6)
     params = [rng.standard_normal((3, 4)), rng.standard_normal(4)]
@@ -156,8 +176,14 @@ def test_sgd_matches_torch(kwargs):
         optim.SGD(params, lr=0.1, nesterov=True)
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(three_phase=True, pct_start=0.25),
-                                    dict(anneal_strategy="linear", cycle_momentum=False, div_factor=10)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(three_phase=True, pct_start=0.25),
+        dict(anneal_strategy="linear", cycle_momentum=False, div_factor=10),
+    ],
+)
 def test_one_cycle_matches_torch(kwargs):
     opt = optim.SGD([np.zeros(1)], lr=1.0, momentum=0.9)
     topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0, momentum=0.9)
@@ -206,12 +232,18 @@ def test_grad_functions_validate_and_match_torch():
     x, w = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((6, 2, 3, 2))
     g = rng.standard_normal((2, 6, 3, 5))
     kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
-    np.testing.assert_allclose(grad.conv2d_input(x.shape, w, g, **kw),
-                               torch.nn.grad.conv2d_input(x.shape, torch.from_numpy(w), torch.from_numpy(g), **kw),
-                               rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(grad.conv2d_weight(x, w.shape, g, **kw),
-                               torch.nn.grad.conv2d_weight(torch.from_numpy(x), w.shape, torch.from_numpy(g), **kw),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        grad.conv2d_input(x.shape, w, g, **kw),
+        torch.nn.grad.conv2d_input(x.shape, torch.from_numpy(w), torch.from_numpy(g), **kw),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        grad.conv2d_weight(x, w.shape, g, **kw),
+        torch.nn.grad.conv2d_weight(torch.from_numpy(x), w.shape, torch.from_numpy(g), **kw),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     with pytest.raises(ValueError, match="grad_output"):
         grad.conv2d_input(x.shape, w, g[:, :, :2], **kw)
     with pytest.raises(ValueError, match="channels"):
@@ -224,8 +256,25 @@ def test_train_command_smoke(tmp_path, capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     png, js = tmp_path / "curves.png", tmp_path / "run.json"
-    assert cli_main(["train", "--steps", "3", "--batch-size", "16", "--width", "4", "--quiet",
-                     "--plot", str(png), "--json", str(js)]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--steps",
+                "3",
+                "--batch-size",
+                "16",
+                "--width",
+                "4",
+                "--quiet",
+                "--plot",
+                str(png),
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test accuracy" in out and "torch from the same start" in out
     assert png.stat().st_size > 1000

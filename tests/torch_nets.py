@@ -4,6 +4,7 @@ functional activations, ``torch.cat``, ``+``, ``view``.  Small widths so the tes
 Each builder returns an eval-mode model with randomised batch-norm statistics (so that a wrong
 folding or a skipped batch norm shows in the output).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -26,6 +27,7 @@ def _randomise(model: nn.Module, seed: int) -> nn.Module:
 
 
 # -- a ResNet as a course writes it -------------------------------------------------------------
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, cin, cout, stride=1):
@@ -53,7 +55,7 @@ class HandResNet(nn.Module):
         layers, cin = [], width
         for i, n in enumerate(blocks):
             for j in range(n):
-                cout = width * 2 ** i
+                cout = width * 2**i
                 layers.append(ResidualBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
@@ -67,6 +69,7 @@ class HandResNet(nn.Module):
 
 
 # -- torch.cat and functional activations -------------------------------------------------------
+
 
 class CatNet(nn.Module):
     def __init__(self):
@@ -89,6 +92,7 @@ class CatNet(nn.Module):
 
 # -- VGG ------------------------------------------------------------------------------------------
 
+
 class VGG(nn.Module):
     def __init__(self, cfg=(8, "M", 16, 16, "M", 32, "M"), num_classes=10):
         super().__init__()
@@ -101,8 +105,7 @@ class VGG(nn.Module):
                 cin = v
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
-        self.classifier = nn.Sequential(nn.Linear(cin * 4, 32), nn.ReLU(True), nn.Dropout(),
-                                        nn.Linear(32, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(cin * 4, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, num_classes))
 
     def forward(self, x):
         x = self.avgpool(self.features(x))
@@ -111,10 +114,14 @@ class VGG(nn.Module):
 
 # -- MobileNetV2 ----------------------------------------------------------------------------------
 
+
 class ConvBNReLU(nn.Sequential):
     def __init__(self, cin, cout, k=3, stride=1, groups=1):
-        super().__init__(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
 
 
 class InvertedResidual(nn.Module):
@@ -123,8 +130,11 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         layers = [ConvBNReLU(cin, hidden, 1)] if expand != 1 else []
-        layers += [ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -152,6 +162,7 @@ class MobileNetV2(nn.Module):
 
 # -- SqueezeNet -----------------------------------------------------------------------------------
 
+
 class Fire(nn.Module):
     def __init__(self, cin, squeeze, e1, e3):
         super().__init__()
@@ -164,24 +175,33 @@ class Fire(nn.Module):
 
     def forward(self, x):
         x = self.squeeze_activation(self.squeeze(x))
-        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
-                          self.expand3x3_activation(self.expand3x3(x))], 1)
+        return torch.cat(
+            [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1
+        )
 
 
 class SqueezeNet(nn.Module):
     def __init__(self, num_classes=10):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True),
-            Fire(16, 4, 8, 8), Fire(16, 4, 8, 8), nn.MaxPool2d(3, 2, ceil_mode=True), Fire(16, 8, 16, 16))
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(32, num_classes, 1), nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d((1, 1)))
+            nn.Conv2d(3, 16, 3, stride=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(16, 4, 8, 8),
+            Fire(16, 4, 8, 8),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(16, 8, 16, 16),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Conv2d(32, num_classes, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1))
+        )
 
     def forward(self, x):
         return torch.flatten(self.classifier(self.features(x)), 1)
 
 
 # -- DenseNet -------------------------------------------------------------------------------------
+
 
 class DenseLayer(nn.Module):
     def __init__(self, cin, growth, bn_size=2):
@@ -224,8 +244,12 @@ class Transition(nn.Sequential):
 class DenseNet(nn.Module):
     def __init__(self, growth=4, blocks=(2, 2), init=8, num_classes=10):
         super().__init__()
-        feats = [("conv0", nn.Conv2d(3, init, 3, padding=1, bias=False)), ("norm0", nn.BatchNorm2d(init)),
-                 ("relu0", nn.ReLU(inplace=True)), ("pool0", nn.MaxPool2d(3, 2, 1))]
+        feats = [
+            ("conv0", nn.Conv2d(3, init, 3, padding=1, bias=False)),
+            ("norm0", nn.BatchNorm2d(init)),
+            ("relu0", nn.ReLU(inplace=True)),
+            ("pool0", nn.MaxPool2d(3, 2, 1)),
+        ]
         c = init
         for i, n in enumerate(blocks):
             feats.append((f"denseblock{i + 1}", DenseBlock(n, c, growth)))
@@ -244,6 +268,7 @@ class DenseNet(nn.Module):
 
 
 # -- Inception ------------------------------------------------------------------------------------
+
 
 class BasicConv2d(nn.Module):
     def __init__(self, cin, cout, **kwargs):
@@ -292,8 +317,15 @@ class Inception(nn.Module):
         return self.fc(x)
 
 
-NETS = {"hand_resnet": HandResNet, "catnet": CatNet, "vgg": VGG, "mobilenet_v2": MobileNetV2,
-        "squeezenet": SqueezeNet, "densenet": DenseNet, "inception": Inception}
+NETS = {
+    "hand_resnet": HandResNet,
+    "catnet": CatNet,
+    "vgg": VGG,
+    "mobilenet_v2": MobileNetV2,
+    "squeezenet": SqueezeNet,
+    "densenet": DenseNet,
+    "inception": Inception,
+}
 
 
 def build(name: str, seed: int = 0) -> nn.Module:

@@ -20,6 +20,7 @@ fastconv share one libgomp): on cores shared with other busy processes wall-cloc
 multi-threaded calls mostly measure the scheduler.  The CPU clock hides load imbalance and
 serial phases, on both sides alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--only", default=None, help="substring of the layer labels to run")
     ap.add_argument("--direction", default="bwd_data,bwd_weight", help="comma-separated: bwd_data, bwd_weight")
-    ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
-                    help="wall: perf_counter; cpu: process CPU time / threads (see the module doc)")
+    ap.add_argument(
+        "--clock",
+        choices=sorted(CLOCK),
+        default="wall",
+        help="wall: perf_counter; cpu: process CPU time / threads (see the module doc)",
+    )
     args = ap.parse_args()
     timing = {"clock": CLOCK[args.clock], "scale": 1.0 / args.threads if args.clock == "cpu" else 1.0}
     module = importlib.import_module(f"fastconv.backends.{args.backend}")
@@ -70,8 +75,10 @@ def main() -> None:
     fastconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    print(f"backend={args.backend} threads={args.threads} batch={args.batch} dtype={args.dtype} "
-          f"reps={args.reps} clock={args.clock} (medians, interleaved with torch)")
+    print(
+        f"backend={args.backend} threads={args.threads} batch={args.batch} dtype={args.dtype} "
+        f"reps={args.reps} clock={args.clock} (medians, interleaved with torch)"
+    )
     print(f"{'layer':28s} {'dir':10s} {'ours ms':>8s} {'torch ms':>8s} {'ours GF/s':>9s} {'torch':>7s} {'ratio':>6s}")
     ratios = {"bwd_data": [], "bwd_weight": []}
     for case in get_suite("resnet50").cases((args.batch,), args.dtype):
@@ -85,19 +92,25 @@ def main() -> None:
         pad = [p.padding[0], p.padding[2]]
 
         def torch_bwd(mask):
-            return lambda: torch.ops.aten.convolution_backward(tgy, tx, tw, None, list(p.stride), pad,
-                                                               list(p.dilation), False, [0, 0], p.groups, mask)
+            return lambda: torch.ops.aten.convolution_backward(
+                tgy, tx, tw, None, list(p.stride), pad, list(p.dilation), False, [0, 0], p.groups, mask
+            )
 
-        sides = {"bwd_data": (lambda: module.conv2d_bwd_data(p, gy, w), torch_bwd([True, False, False])),
-                 "bwd_weight": (lambda: module.conv2d_bwd_weight(p, x, gy), torch_bwd([False, True, False]))}
+        sides = {
+            "bwd_data": (lambda: module.conv2d_bwd_data(p, gy, w), torch_bwd([True, False, False])),
+            "bwd_weight": (lambda: module.conv2d_bwd_weight(p, x, gy), torch_bwd([False, True, False])),
+        }
         for direction, (ours, theirs) in sides.items():
             if direction not in args.direction.split(","):
                 continue
             t_ours, t_torch = interleaved(ours, theirs, args.reps, **timing)
             ratio = t_torch / t_ours
             ratios[direction].append(ratio)
-            print(f"{case.label:28s} {direction:10s} {t_ours * 1e3:8.2f} {t_torch * 1e3:8.2f} "
-                  f"{p.flops / t_ours / 1e9:9.1f} {p.flops / t_torch / 1e9:7.1f} {ratio:6.2f}", flush=True)
+            print(
+                f"{case.label:28s} {direction:10s} {t_ours * 1e3:8.2f} {t_torch * 1e3:8.2f} "
+                f"{p.flops / t_ours / 1e9:9.1f} {p.flops / t_torch / 1e9:7.1f} {ratio:6.2f}",
+                flush=True,
+            )
     for direction, values in ratios.items():
         if values:
             gm = math.exp(sum(map(math.log, values)) / len(values))

@@ -11,6 +11,7 @@ sleep, so waiting costs no CPU time).  ``2T est.`` is the rate two threads would
 cores: work / (CPU time at 2 threads / 2).  Median over ``--reps`` samples, through
 ``fastconv.timing`` with the CPU clock.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,16 @@ def compile_times() -> None:
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for label in ("cold (empty NUMBA_CACHE_DIR)", "from cache", "from cache"):
-            out = subprocess.run([sys.executable, "-c", _COMPILE_PROBE], env=env, check=True,
-                                 capture_output=True, text=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, "-c", _COMPILE_PROBE], env=env, check=True, capture_output=True, text=True
+            ).stdout.split()
             print(f"{label}: import fastconv {float(out[0]):.2f} s, warmup(['numba']) {float(out[1]):.2f} s")
 
 
 def cpu_times(backend: str, suite: str, batches: list[int], reps: int) -> None:
-    print(f"{'problem':34s} {'n':>3s} {'1T ms':>8s} {'per core':>9s} {'2T cpu ms':>9s} {'overhead':>8s} {'2T est.':>8s}")
+    print(
+        f"{'problem':34s} {'n':>3s} {'1T ms':>8s} {'per core':>9s} {'2T cpu ms':>9s} {'overhead':>8s} {'2T est.':>8s}"
+    )
     for case in suites.get_suite(suite).cases(tuple(batches)):
         if case.op == "model":
             continue
@@ -60,9 +64,11 @@ def cpu_times(backend: str, suite: str, batches: list[int], reps: int) -> None:
             fastconv.set_num_threads(nthreads)
             call()  # first call: compilation, thread pools
             times.append(timing.median(timing.interleaved({"call": call}, reps, timer=time.process_time)["call"]))
-        print(f"{case.label:34s} {case.n:3d} {times[0] * 1e3:8.2f} {case.throughput(times[0]):9.1f} "
-              f"{times[1] * 1e3:9.2f} {times[1] / times[0] - 1:+8.0%} {case.throughput(times[1] / 2):8.1f}  {case.unit}",
-              flush=True)
+        print(
+            f"{case.label:34s} {case.n:3d} {times[0] * 1e3:8.2f} {case.throughput(times[0]):9.1f} "
+            f"{times[1] * 1e3:9.2f} {times[1] / times[0] - 1:+8.0%} {case.throughput(times[1] / 2):8.1f}  {case.unit}",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ register tile is checked to stay out of local memory); the cupy backend's kernel
 NVRTC inside a stand-in for CuPy's elementwise wrapper (raw pointers for its CArray).  Neither
 needs a driver.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,11 +29,16 @@ def numba_kernels() -> None:
     for dt, nt in (("float32", types.float32), ("float64", types.float64)):
         a4, a3, a1 = (types.Array(nt, d, "C") for d in (4, 3, 1))
         conv = (a4, a4, a1, a4, a4) + (i,) * 8 + (b, b)
-        jobs = {"conv direct": (k.conv_direct, conv), "conv gemm": (k.conv_gemm(dt, GEMM_TILE), conv),
-                "max pool": (k.max_pool, (a4, a4) + (i,) * 8), "avg pool": (k.avg_pool, (a4, a4) + (i,) * 6 + (b, i)),
-                "adaptive avg pool": (k.adaptive_avg_pool, (a4, a4)),
-                "batch norm stats": (k.channel_stats(k.STATS_THREADS), (a3, f64v, f64v)),
-                "batch norm": (k.normalize, (a3, a1, a1, a3)), "relu": (k.relu, (a1, a1))}
+        jobs = {
+            "conv direct": (k.conv_direct, conv),
+            "conv gemm": (k.conv_gemm(dt, GEMM_TILE), conv),
+            "max pool": (k.max_pool, (a4, a4) + (i,) * 8),
+            "avg pool": (k.avg_pool, (a4, a4) + (i,) * 6 + (b, i)),
+            "adaptive avg pool": (k.adaptive_avg_pool, (a4, a4)),
+            "batch norm stats": (k.channel_stats(k.STATS_THREADS), (a3, f64v, f64v)),
+            "batch norm": (k.normalize, (a3, a1, a1, a3)),
+            "relu": (k.relu, (a1, a1)),
+        }
         for name, (kernel, sig) in jobs.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=CC)
             spills = ptx.count("ld.local") + ptx.count("st.local")
@@ -77,12 +83,15 @@ def cupy_kernels() -> None:
                 decl.append(f"T* {n}_ptr")
                 binds.append(f"T& {n} = {n}_ptr[i];")
             for T in ("float", "double"):
-                src = (f"{preamble}\ntypedef {T} T;\nextern \"C\" __global__ void {kname}({', '.join(decl)}, "
-                       f"long long n_) {{\nfor (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; "
-                       f"i < n_; i += (long long)blockDim.x * gridDim.x) {{\n" + "\n".join(binds)
-                       + f"\n{operation}\n}}\n}}\n")
+                src = (
+                    f'{preamble}\ntypedef {T} T;\nextern "C" __global__ void {kname}({", ".join(decl)}, '
+                    f"long long n_) {{\nfor (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; "
+                    f"i < n_; i += (long long)blockDim.x * gridDim.x) {{\n"
+                    + "\n".join(binds)
+                    + f"\n{operation}\n}}\n}}\n"
+                )
                 _, prog = nvrtc.nvrtcCreateProgram(src.encode(), b"kernel.cu", 0, [], [])
-                err, = nvrtc.nvrtcCompileProgram(prog, 1, [f"--gpu-architecture=compute_{CC[0]}{CC[1]}".encode()])
+                (err,) = nvrtc.nvrtcCompileProgram(prog, 1, [f"--gpu-architecture=compute_{CC[0]}{CC[1]}".encode()])
                 _, size = nvrtc.nvrtcGetProgramLogSize(prog)
                 log = b" " * size
                 nvrtc.nvrtcGetProgramLog(prog, log)

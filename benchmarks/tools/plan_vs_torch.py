@@ -11,6 +11,7 @@ interleaved, the order rotated each round; medians.  On a shared, loaded machine
 CPU time per forward (idle OpenMP threads sleep: OMP_WAIT_POLICY=PASSIVE) is the figure that
 means something; wall clock is printed beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,9 +111,15 @@ def main() -> None:
             def run_torch():
                 with torch.no_grad():
                     return tmodel(tx)
-            calls = {"torch eager": run_torch, **_onnxruntime(tmodel, tx, args.threads), "c eager, fused": lambda: fused(x), "compiled": lambda: plan(x),
-                     "compiled, winograd": lambda: wplan(x), "compiled, no arena": (lambda p: lambda: p(x))(
-                         _without_arena(plan))}
+
+            calls = {
+                "torch eager": run_torch,
+                **_onnxruntime(tmodel, tx, args.threads),
+                "c eager, fused": lambda: fused(x),
+                "compiled": lambda: plan(x),
+                "compiled, winograd": lambda: wplan(x),
+                "compiled, no arena": (lambda p: lambda: p(x))(_without_arena(plan)),
+            }
             outs = {n: (np.asarray(c()) if n != "torch eager" else ref) for n, c in calls.items()}
             outs = {n: o[0] if isinstance(o, list) else o for n, o in outs.items()}
             for c in calls.values():
@@ -120,9 +127,11 @@ def main() -> None:
             cpu = timing.interleaved(calls, args.reps, settle_s=1e-9, timer=time.process_time)
             wall = timing.interleaved(calls, args.reps, settle_s=1e-9)
             tc, tw = timing.median(cpu["torch eager"]), timing.median(wall["torch eager"])
-            print(f"\n{arch}, batch {batch}, {args.size}x{args.size}, float32, {args.threads} threads, "
-                  f"load {os.getloadavg()[0]:.1f}; compile {t1 - t0:.1f} s (+ winograd plan {t2 - t1:.1f} s); "
-                  f"median of {args.reps} interleaved rounds")
+            print(
+                f"\n{arch}, batch {batch}, {args.size}x{args.size}, float32, {args.threads} threads, "
+                f"load {os.getloadavg()[0]:.1f}; compile {t1 - t0:.1f} s (+ winograd plan {t2 - t1:.1f} s); "
+                f"median of {args.reps} interleaved rounds"
+            )
             print(f"| {'':22s} | CPU ms | vs torch (CPU) | wall ms | vs torch (wall) | max rel diff |")
             print("|---|---|---|---|---|---|")
             scale = np.abs(ref).max()

@@ -1,4 +1,5 @@
 """``python -m fastconv``: the same as the ``fastconv`` command."""
+
 import sys
 
 from .cli import main

@@ -4,6 +4,7 @@ Every conversion raises TypeError (wrong kind of thing) with a message that name
 and shows what it got, before any kernel runs; value rules are :mod:`fastconv.problem`'s.  Arrays come out
 C-contiguous, native byte order, float32 or float64 -- the only form a backend ever sees.
 """
+
 from __future__ import annotations
 
 import operator
@@ -142,5 +143,7 @@ def check_scratch_size(nbytes: int, what: str) -> None:
     if nbytes > 2**26:
         limit = _available_memory()
         if nbytes > limit:
-            raise MemoryError(f"{what}: needs {nbytes / 2**30:.1f} GiB of scratch memory ({nbytes:,} bytes), "
-                              f"more than the {limit / 2**30:.1f} GiB available")
+            raise MemoryError(
+                f"{what}: needs {nbytes / 2**30:.1f} GiB of scratch memory ({nbytes:,} bytes), "
+                f"more than the {limit / 2**30:.1f} GiB available"
+            )

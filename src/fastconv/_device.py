@@ -6,6 +6,7 @@ fastconv imports no GPU library here: a device array is recognised by its protoc
 validation, the interface for the kernels, and the caller's object, so a backend can hand its
 result back as the same kind of array.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,10 @@ def _contiguous(a, name: str):
         import cupy
 
         return cupy.ascontiguousarray(a)
-    raise ValueError(f"{name} must be C-contiguous on the device, got strides "
-                     f"{a.__cuda_array_interface__.get('strides')} ({type(a).__name__})")
+    raise ValueError(
+        f"{name} must be C-contiguous on the device, got strides "
+        f"{a.__cuda_array_interface__.get('strides')} ({type(a).__name__})"
+    )
 
 
 class CudaArray:
@@ -100,8 +103,14 @@ class CudaArray:
 
     @property
     def __cuda_array_interface__(self) -> dict:
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": self._cai["data"],
-                "strides": None, "version": 3, "stream": self._cai.get("stream")}
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": self._cai["data"],
+            "strides": None,
+            "version": 3,
+            "stream": self._cai.get("stream"),
+        }
 
     def reshape(self, *shape) -> "CudaArray":
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape

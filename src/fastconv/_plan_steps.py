@@ -7,6 +7,7 @@ environment so the plan learns its shape.  A step whose kernel can write into a 
 is ``managed``: the plan then ``bind``s an arena buffer to it and ``run`` writes there.  The
 others return a fresh array on every call (``allocates``).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -21,8 +22,8 @@ from .problem import AdaptivePool2dProblem, Conv2dProblem, Pool2dProblem
 
 class Step:
     kind = ""
-    managed = False   # the kernel writes into a buffer the plan gives it
-    bound = False     # ... and the plan gave it one
+    managed = False  # the kernel writes into a buffer the plan gives it
+    bound = False  # ... and the plan gave it one
     allocates = True  # when not bound: a fresh array per call (a view, for flatten, is not)
 
     def __init__(self, name: str, output: int):
@@ -40,6 +41,7 @@ class Step:
 
 def _c():
     from .backends import c
+
     return c
 
 
@@ -68,9 +70,24 @@ class Conv(Step):
         k, _, r, s = self.w.shape
         pads = api._conv_padding(layer.padding, r, s, layer.dilation, layer.stride)
         act, act_params = api._activation_spec(self.activation)
-        p = Conv2dProblem(n, c, h, w, k, r, s, layer.stride, pads, layer.dilation, layer.groups, dtype.name,
-                          bias=self.b is not None, residual=res is not None, activation=act,
-                          activation_params=act_params)
+        p = Conv2dProblem(
+            n,
+            c,
+            h,
+            w,
+            k,
+            r,
+            s,
+            layer.stride,
+            pads,
+            layer.dilation,
+            layer.groups,
+            dtype.name,
+            bias=self.b is not None,
+            residual=res is not None,
+            activation=act,
+            activation_params=act_params,
+        )
         if res is not None and (not isinstance(res, np.ndarray) or res.shape != p.output_shape):
             self.fallback = True  # a broadcast skip connection: unfused, as the graph runs it
             self.choice = "unfused (broadcast residual)"
@@ -97,16 +114,36 @@ class Conv(Step):
         if self.fallback:
             env[self.output] = _conv_epilogue(self.layer, x, residual=res, activation=self.activation)
         elif self.bound:
-            env[self.output] = _c().conv2d_into(self.p, np.ascontiguousarray(x), self.w, self.b,
-                                                None if res is None else np.ascontiguousarray(res), self.out, self.u)
+            env[self.output] = _c().conv2d_into(
+                self.p,
+                np.ascontiguousarray(x),
+                self.w,
+                self.b,
+                None if res is None else np.ascontiguousarray(res),
+                self.out,
+                self.u,
+            )
         else:
-            env[self.output] = dispatch.run(self.p, np.ascontiguousarray(x), self.w, self.b,
-                                            None if res is None else np.ascontiguousarray(res), backend=self.backend)
+            env[self.output] = dispatch.run(
+                self.p,
+                np.ascontiguousarray(x),
+                self.w,
+                self.b,
+                None if res is None else np.ascontiguousarray(res),
+                backend=self.backend,
+            )
 
     def describe(self):
-        epi = "+".join(filter(None, ["bias" if self.layer.bias is not None else "",
-                                     "residual" if self.residual is not None else "",
-                                     api._activation_spec(self.activation)[0] or ""]))
+        epi = "+".join(
+            filter(
+                None,
+                [
+                    "bias" if self.layer.bias is not None else "",
+                    "residual" if self.residual is not None else "",
+                    api._activation_spec(self.activation)[0] or "",
+                ],
+            )
+        )
         where = "arena" if self.bound else "fresh array per call"
         return f"{self.choice}{', epilogue ' + epi if epi else ''} -> {where}"
 
@@ -129,14 +166,26 @@ class Pool(Step):
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             self.p = None
         elif type(m) is MaxPool2d:
-            _, _, kernel, stride, padding, dilation, ceil = api._pool_args(x, m.kernel_size, m.stride, m.padding,
-                                                                           m.dilation, m.ceil_mode)
+            _, _, kernel, stride, padding, dilation, ceil = api._pool_args(
+                x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode
+            )
             self.p = Pool2dProblem("max", *x.shape, kernel, stride, padding, dilation, ceil, dtype=x.dtype.name)
         elif type(m) is AvgPool2d:
-            _, _, kernel, stride, padding, dilation, ceil = api._pool_args(x, m.kernel_size, m.stride, m.padding,
-                                                                           1, m.ceil_mode)
-            self.p = Pool2dProblem("avg", *x.shape, kernel, stride, padding, dilation, ceil, m.count_include_pad,
-                                   m.divisor_override, dtype=x.dtype.name)
+            _, _, kernel, stride, padding, dilation, ceil = api._pool_args(
+                x, m.kernel_size, m.stride, m.padding, 1, m.ceil_mode
+            )
+            self.p = Pool2dProblem(
+                "avg",
+                *x.shape,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil,
+                m.count_include_pad,
+                m.divisor_override,
+                dtype=x.dtype.name,
+            )
         elif type(m) is AdaptiveAvgPool2d:
             self.p = AdaptivePool2dProblem(*x.shape, *y.shape[2:], x.dtype.name)
         else:
@@ -149,8 +198,13 @@ class Pool(Step):
         x = env[self.x]
         if self.bound:
             c = _c()
-            fn = c.adaptive_avg_pool2d_into if self.p.op == "adaptive_avg_pool2d" else \
-                c.max_pool2d_into if self.p.kind == "max" else c.avg_pool2d_into
+            fn = (
+                c.adaptive_avg_pool2d_into
+                if self.p.op == "adaptive_avg_pool2d"
+                else c.max_pool2d_into
+                if self.p.kind == "max"
+                else c.avg_pool2d_into
+            )
             env[self.output] = fn(self.p, np.ascontiguousarray(x), self.out)
         elif self.p is not None:
             env[self.output] = dispatch.run(self.p, np.ascontiguousarray(x), backend=self.backend)

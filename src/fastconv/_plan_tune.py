@@ -12,6 +12,7 @@ the process and, when ``FASTCONV_TUNE_CACHE`` names a file, in that JSON file::
 An unreadable or malformed file is ignored (and rewritten); writes go to a temporary file
 renamed over the old one, so a reader never sees half a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -151,8 +152,12 @@ class Tuner:
             best = default
         backend, algorithm = best.split("/")
         ms = {n: round(wall[n] * 1e3, 4) for n in wall}
-        entry = {"backend": backend, "algorithm": algorithm, "ms": ms,
-                 "cpu_ms": {n: round(cpu[n] * 1e3, 4) for n in cpu}}
+        entry = {
+            "backend": backend,
+            "algorithm": algorithm,
+            "ms": ms,
+            "cpu_ms": {n: round(cpu[n] * 1e3, 4) for n in cpu},
+        }
         _MEMORY[(self.machine, key)] = entry
         self.new[key] = entry
         self.log.append((p.id, best, "timed " + ", ".join(f"{n} {v:.3f} ms" for n, v in ms.items())))

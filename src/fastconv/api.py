@@ -13,6 +13,7 @@ transposing copy in and one out: the kernels are NCHW, and the 4-D result is ret
 ``channels_last`` again, as torch returns it.  A tensor that requires grad is refused (fastconv
 records no autograd graph): pass ``t.detach()``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,18 +24,31 @@ import numpy as np
 
 from . import dispatch
 from ._device import CudaArray
-from ._args import (as_bool, as_float, as_float_array, as_int, as_pair, check_ndim,
-                    nonnegative_pair, positive_pair)
-from .problem import (ActivationProblem, AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, LinearProblem,
-                      Pool2dProblem, ReluProblem, activation_params, require_activation, require_algorithm,
-                      require_eps, require_padding_mode, require_pool_padding, require_padding_string,
-                      require_positive)
+from ._args import as_bool, as_float, as_float_array, as_int, as_pair, check_ndim, nonnegative_pair, positive_pair
+from .problem import (
+    ActivationProblem,
+    AdaptivePool2dProblem,
+    BatchNormProblem,
+    Conv2dProblem,
+    LinearProblem,
+    Pool2dProblem,
+    ReluProblem,
+    activation_params,
+    require_activation,
+    require_algorithm,
+    require_eps,
+    require_padding_mode,
+    require_pool_padding,
+    require_padding_string,
+    require_positive,
+)
 
 _NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _IMAGE = "(N, C, H, W) or unbatched (C, H, W)"
 
 
 # -- torch tensors in, torch tensors out ----------------------------------------------------------
+
 
 def _torch_module():
     return sys.modules.get("torch")  # a tensor exists only once torch is imported
@@ -43,8 +57,10 @@ def _torch_module():
 def _from_tensor(t, name: str, torch):
     """A CPU tensor as a NumPy view of its memory (torch's strides kept); CUDA tensors pass through."""
     if t.requires_grad:
-        raise TypeError(f"{name} is a torch tensor that requires grad, but fastconv records no autograd graph: "
-                        f"pass {name}.detach() (or call inside torch.no_grad())")
+        raise TypeError(
+            f"{name} is a torch tensor that requires grad, but fastconv records no autograd graph: "
+            f"pass {name}.detach() (or call inside torch.no_grad())"
+        )
     if t.device.type != "cpu":
         return t  # a device array: as_float_array keeps it on its device
     if t.dtype not in (torch.float32, torch.float64):
@@ -58,6 +74,7 @@ def _channels_last(t, torch) -> bool:
 
 def _accepts_tensors(fn):
     """Let ``fn`` take CPU torch tensors for its array arguments and return tensors for them."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         torch = _torch_module()
@@ -72,6 +89,7 @@ def _accepts_tensors(fn):
             v = _from_tensor(a, name, torch)
             views[id(v)] = a
             return v
+
         args = [convert(a, names[i] if i < len(names) else "input") for i, a in enumerate(args)]
         kwargs = {k: convert(v, k) for k, v in kwargs.items()}
         first = args[0] if args else kwargs.get("input")
@@ -86,15 +104,19 @@ def _accepts_tensors(fn):
                 return views[id(y)]
             t = torch.from_numpy(y if y.flags.writeable else y.copy())
             return t.contiguous(memory_format=torch.channels_last) if nhwc and t.dim() == 4 else t
+
         return back(fn(*args, **kwargs))
+
     return wrapper
 
 
 def _writable_target(input, name: str, fn: str):
     """The array an ``inplace=True`` call writes its result into; TypeError/ValueError if it cannot be."""
     if not isinstance(input, np.ndarray):
-        raise TypeError(f"{fn}(inplace=True) writes its result into {name}, which must then be a NumPy array "
-                        f"or CPU torch tensor, got {type(input).__name__}")
+        raise TypeError(
+            f"{fn}(inplace=True) writes its result into {name}, which must then be a NumPy array "
+            f"or CPU torch tensor, got {type(input).__name__}"
+        )
     if input.dtype.kind != "f" or input.dtype.itemsize not in (4, 8):
         raise TypeError(f"{fn}(inplace=True): {name} must be float32 or float64, got dtype {input.dtype}")
     if not input.flags.writeable:
@@ -126,8 +148,21 @@ def _conv_padding(padding, r: int, s: int, dilation: tuple[int, int], stride: tu
 
 
 @_accepts_tensors
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", residual=None, activation=None, algorithm="auto", backend=None):
+def conv2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode="zeros",
+    residual=None,
+    activation=None,
+    algorithm="auto",
+    backend=None,
+):
     """2-D convolution, ``y = act(conv(input, weight) + bias + residual)``, as torch.nn.functional.conv2d.
 
     input (N, C, H, W) or unbatched (C, H, W); weight (K, C // groups, R, S); bias (K,).
@@ -170,18 +205,38 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     n, c, h, wd = x4.shape
     k, cg, r, s = w.shape
     if cg * groups != c:
-        raise ValueError(f"input has {c} channels but weight of shape {tuple(w.shape)} with groups={groups} "
-                         f"expects {cg * groups} (weight.shape[1] * groups)")
+        raise ValueError(
+            f"input has {c} channels but weight of shape {tuple(w.shape)} with groups={groups} "
+            f"expects {cg * groups} (weight.shape[1] * groups)"
+        )
     pads = _conv_padding(padding, r, s, dilation, stride)
     b = None
     if bias is not None:
         b = as_float_array(bias, "bias", like=x.dtype)
         if b.shape != (k,):
-            raise ValueError(f"bias must have shape ({k},) to match weight of shape {tuple(w.shape)}, "
-                             f"got {tuple(b.shape)}")
-    p = Conv2dProblem(n, c, h, wd, k, r, s, stride, pads, dilation, groups, x.dtype.name,
-                      bias=b is not None, residual=residual is not None, activation=activation,
-                      padding_mode=padding_mode, algorithm=algorithm, activation_params=act_params)
+            raise ValueError(
+                f"bias must have shape ({k},) to match weight of shape {tuple(w.shape)}, got {tuple(b.shape)}"
+            )
+    p = Conv2dProblem(
+        n,
+        c,
+        h,
+        wd,
+        k,
+        r,
+        s,
+        stride,
+        pads,
+        dilation,
+        groups,
+        x.dtype.name,
+        bias=b is not None,
+        residual=residual is not None,
+        activation=activation,
+        padding_mode=padding_mode,
+        algorithm=algorithm,
+        activation_params=act_params,
+    )
     out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
     res = None
     if residual is not None:
@@ -213,8 +268,11 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode):
     x = as_float_array(input, "input")
     check_ndim(x, "input", (3, 4), _IMAGE)
     kernel = positive_pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) \
+    stride = (
+        kernel
+        if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
         else positive_pair(stride, "stride")
+    )
     padding = nonnegative_pair(padding, "padding")
     dilation = positive_pair(dilation, "dilation")
     require_pool_padding(kernel, padding)
@@ -232,8 +290,9 @@ def _run_pool(p, x, x4, backend):
 
 
 @_accepts_tensors
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False, *,
-               backend=None):
+def max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False, *, backend=None
+):
     """2-D max pooling, as torch.nn.functional.max_pool2d.
 
     Padding counts as -inf and is at most half the kernel; a window containing NaN gives NaN;
@@ -255,15 +314,34 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
              [13, 15]]]])
     """
     x, x4, kernel, stride, padding, dilation, ceil_mode = _pool_args(
-        input, kernel_size, stride, padding, dilation, ceil_mode)
-    p = Pool2dProblem("max", *x4.shape, kernel, stride, padding, dilation, ceil_mode, dtype=x.dtype.name,
-                      return_indices=as_bool(return_indices, "return_indices"))
+        input, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    p = Pool2dProblem(
+        "max",
+        *x4.shape,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        dtype=x.dtype.name,
+        return_indices=as_bool(return_indices, "return_indices"),
+    )
     return _run_pool(p, x, x4, backend)
 
 
 @_accepts_tensors
-def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, *, backend=None):
+def avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+    *,
+    backend=None,
+):
     """2-D average pooling, as torch.nn.functional.avg_pool2d.
 
     The divisor counts the padded cells of a window when ``count_include_pad`` (but never the part
@@ -279,13 +357,22 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     array([[ 2.5,  4. ],
            [ 8.5, 10. ]])
     """
-    x, x4, kernel, stride, padding, dilation, ceil_mode = _pool_args(
-        input, kernel_size, stride, padding, 1, ceil_mode)
+    x, x4, kernel, stride, padding, dilation, ceil_mode = _pool_args(input, kernel_size, stride, padding, 1, ceil_mode)
     count_include_pad = as_bool(count_include_pad, "count_include_pad")
     if divisor_override is not None:
         divisor_override = as_int(divisor_override, "divisor_override")
-    p = Pool2dProblem("avg", *x4.shape, kernel, stride, padding, dilation, ceil_mode, count_include_pad,
-                      divisor_override, dtype=x.dtype.name)
+    p = Pool2dProblem(
+        "avg",
+        *x4.shape,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        count_include_pad,
+        divisor_override,
+        dtype=x.dtype.name,
+    )
     return _run_pool(p, x, x4, backend)
 
 
@@ -326,8 +413,9 @@ def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=Non
     array([[[[13, 14, 15]]]])
     """
     x, x4, (oh, ow) = _adaptive_args(input, output_size, "adaptive_max_pool2d")
-    p = AdaptivePool2dProblem(*x4.shape, oh, ow, x.dtype.name, kind="max",
-                              return_indices=as_bool(return_indices, "return_indices"))
+    p = AdaptivePool2dProblem(
+        *x4.shape, oh, ow, x.dtype.name, kind="max", return_indices=as_bool(return_indices, "return_indices")
+    )
     return _run_pool(p, x, x4, backend)
 
 
@@ -341,8 +429,10 @@ def _adaptive_args(input, output_size, fn: str):
     if isinstance(output_size, (list, tuple)):
         if len(output_size) != 2:
             raise ValueError(f"output_size must be an int or a pair, got output_size={tuple(output_size)!r}")
-        size = (h if output_size[0] is None else as_int(output_size[0], "output_size"),
-                w if output_size[1] is None else as_int(output_size[1], "output_size"))
+        size = (
+            h if output_size[0] is None else as_int(output_size[0], "output_size"),
+            w if output_size[1] is None else as_int(output_size[1], "output_size"),
+        )
     else:
         size = as_pair(output_size, "output_size")
     return x, x4, size
@@ -356,8 +446,9 @@ def _stat(a, name: str, c: int, like: np.dtype):
 
 
 @_accepts_tensors
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5, *, backend=None):
+def batch_norm(
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *, backend=None
+):
     """Batch normalisation over axis 1 of an (N, C, *) input, as torch.nn.functional.batch_norm.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias``.  In eval mode mean and var are the
@@ -405,8 +496,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if training and p.count == 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     x3 = x.reshape(n, c, p.l)
-    y, batch_mean, batch_var = dispatch.run(p, x3, None if training else mean, None if training else var,
-                                            w, b, backend=backend)
+    y, batch_mean, batch_var = dispatch.run(
+        p, x3, None if training else mean, None if training else var, w, b, backend=backend
+    )
     if training and running_mean is not None and p.count > 0:
         with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf or inf - inf: torch's NaN
             unbiased = np.asarray(batch_var, np.float64) * (p.count / (p.count - 1))
@@ -526,14 +618,17 @@ def linear(input, weight, bias=None, *, backend=None):
     w = as_float_array(weight, "weight", like=x.dtype)
     check_ndim(w, "weight", (2,), "(out_features, in_features)")
     if x.ndim == 0 or x.shape[-1] != w.shape[1]:
-        raise ValueError(f"input of shape {tuple(x.shape)} does not match weight of shape {tuple(w.shape)}: "
-                         f"input.shape[-1] must be in_features={w.shape[1]}")
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} does not match weight of shape {tuple(w.shape)}: "
+            f"input.shape[-1] must be in_features={w.shape[1]}"
+        )
     b = None
     if bias is not None:
         b = as_float_array(bias, "bias", like=x.dtype)
         if b.shape != (w.shape[0],):
-            raise ValueError(f"bias must have shape ({w.shape[0]},) to match weight of shape {tuple(w.shape)}, "
-                             f"got {tuple(b.shape)}")
+            raise ValueError(
+                f"bias must have shape ({w.shape[0]},) to match weight of shape {tuple(w.shape)}, got {tuple(b.shape)}"
+            )
     p = LinearProblem(tuple(x.shape[:-1]), w.shape[1], w.shape[0], b is not None, x.dtype.name)
     return dispatch.run(p, x, w, b, backend=backend)
 

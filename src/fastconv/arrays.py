@@ -5,6 +5,7 @@ backend declares as ``ARRAYS`` (default: :data:`numpy`, these functions).  A bac
 device (CuPy, CUDA) supplies the same five functions for its own array type, so nothing is copied
 to the host between ops.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -26,14 +27,18 @@ def check_size(shape: tuple[int, ...], dtype, what: str) -> None:
         for n in shape:
             extent *= max(n, 1)
         if extent >= 2**63:
-            raise ValueError(f"{what}: the output shape {tuple(shape)} is empty but its other dimensions "
-                             f"multiply past NumPy's largest array size, so it cannot be made")
+            raise ValueError(
+                f"{what}: the output shape {tuple(shape)} is empty but its other dimensions "
+                f"multiply past NumPy's largest array size, so it cannot be made"
+            )
         return
     if nbytes > 2**26:  # reading /proc/meminfo costs microseconds: only for outputs over 64 MiB
         limit = _args._available_memory()
         if nbytes > limit:
-            raise MemoryError(f"{what}: the output of shape {tuple(shape)} needs {nbytes / 2**30:.1f} GiB, "
-                              f"more than the {limit / 2**30:.1f} GiB of memory available")
+            raise MemoryError(
+                f"{what}: the output of shape {tuple(shape)} needs {nbytes / 2**30:.1f} GiB, "
+                f"more than the {limit / 2**30:.1f} GiB of memory available"
+            )
 
 
 def add_(y, other):
@@ -97,8 +102,15 @@ def synchronize() -> None:
 
 
 #: The hooks of every host (NumPy) backend.
-numpy = SimpleNamespace(empty=np.empty, zeros=np.zeros, add_=add_, relu_=relu_, check_size=check_size,
-                        synchronize=synchronize, activation_=activation_)
+numpy = SimpleNamespace(
+    empty=np.empty,
+    zeros=np.zeros,
+    add_=add_,
+    relu_=relu_,
+    check_size=check_size,
+    synchronize=synchronize,
+    activation_=activation_,
+)
 
 #: The names a backend's ARRAYS must provide.
 HOOKS = ("empty", "zeros", "add_", "relu_", "check_size", "synchronize")

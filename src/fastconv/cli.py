@@ -14,6 +14,7 @@ Exit status: 0; 1 when a benchmark result was wrong or a target raised; 2 for ba
 missing optional dependency (checked before any work); 141 when the reader of the output went
 away (``fastconv info | head``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ import math
 import os
 import sys
 
-EPILOG = ("GFLOP/s count 2 FLOPs per multiply-add. Every target runs at the same --threads; "
-          "torch on CPU is the baseline of every 'vs torch' ratio.")
+EPILOG = (
+    "GFLOP/s count 2 FLOPs per multiply-add. Every target runs at the same --threads; "
+    "torch on CPU is the baseline of every 'vs torch' ratio."
+)
 
 
 def _console(stderr: bool = False):
@@ -92,8 +95,9 @@ def _missing_module(module: str, option: str, command: str) -> str | None:
 
 def _runtimes_loaded() -> bool:
     """Whether an OpenMP runtime may already be running (it read OMP_WAIT_POLICY when it started)."""
-    return "torch" in sys.modules or any(m.startswith("fastconv._ckernels") or m == "numba.np.ufunc.omppool"
-                                         for m in sys.modules)
+    return "torch" in sys.modules or any(
+        m.startswith("fastconv._ckernels") or m == "numba.np.ufunc.omppool" for m in sys.modules
+    )
 
 
 def _directions(text: str) -> tuple[str, ...]:
@@ -120,55 +124,100 @@ def bench_parser() -> argparse.ArgumentParser:
     from .threads import get_num_threads
 
     p = argparse.ArgumentParser(
-        prog="fastconv bench", epilog=EPILOG,
+        prog="fastconv bench",
+        epilog=EPILOG,
         description="Time every fastconv backend and torch on a suite of layers. "
-                    "Also: 'fastconv bench compare A.json B.json', 'fastconv bench show r.json', "
-                    "'fastconv bench list'.")
+        "Also: 'fastconv bench compare A.json B.json', 'fastconv bench show r.json', "
+        "'fastconv bench list'.",
+    )
     p.add_argument("--suite", default="quick", choices=sorted(SUITES), help="which suite (default: quick)")
-    p.add_argument("--threads", type=_thread_count, default=get_num_threads(),
-                   help="threads for every backend and torch (default: %(default)s)")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
-                   help="comma-separated batch sizes replacing the suite's own (default: 1,8; quick picks per layer)")
+    p.add_argument(
+        "--threads",
+        type=_thread_count,
+        default=get_num_threads(),
+        help="threads for every backend and torch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=None,
+        help="comma-separated batch sizes replacing the suite's own (default: 1,8; quick picks per layer)",
+    )
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--direction", type=_directions, default=None,
-                   help="comma-separated directions of every convolution: fwd, bwd_data, bwd_weight (default: "
-                        "the suite's; fwd except for the training suite). fastconv's backward runs through "
-                        "dispatch.run (as fastconv.grad), torch's through autograd of the same op; FLOPs are "
-                        "the forward's in every direction (benchdnn's count)")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated backends to run, e.g. c,torch (default: every registered backend; "
-                        "torch, the baseline, always runs)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="cuda adds the device backends (cuda, cupy; on GPU-resident arrays and on NumPy arrays "
-                        "copied each call) and torch on the GPU (cuDNN, benchmark mode off and on, TF32 off; "
-                        "plus a torch-cuda-benchmark-tf32 row) to the CPU targets")
-    p.add_argument("--flush-l2", action="store_true",
-                   help="with --device cuda: overwrite the GPU's L2 cache before every timed call")
+    p.add_argument(
+        "--direction",
+        type=_directions,
+        default=None,
+        help="comma-separated directions of every convolution: fwd, bwd_data, bwd_weight (default: "
+        "the suite's; fwd except for the training suite). fastconv's backward runs through "
+        "dispatch.run (as fastconv.grad), torch's through autograd of the same op; FLOPs are "
+        "the forward's in every direction (benchdnn's count)",
+    )
+    p.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated backends to run, e.g. c,torch (default: every registered backend; "
+        "torch, the baseline, always runs)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="cuda adds the device backends (cuda, cupy; on GPU-resident arrays and on NumPy arrays "
+        "copied each call) and torch on the GPU (cuDNN, benchmark mode off and on, TF32 off; "
+        "plus a torch-cuda-benchmark-tf32 row) to the CPU targets",
+    )
+    p.add_argument(
+        "--flush-l2",
+        action="store_true",
+        help="with --device cuda: overwrite the GPU's L2 cache before every timed call",
+    )
     p.add_argument("--problems", default=None, help="only problems whose id or label contains this text")
-    p.add_argument("--algorithm", default="auto", choices=("auto", "direct", "gemm", "winograd"),
-                   help="the convolution algorithm asked of the fastconv backends (default: auto; torch "
-                        "always picks its own); backends that lack it show as skipped")
-    p.add_argument("--min-time", type=_seconds, default=1.0,
-                   help="seconds of timed samples per problem, all targets together (default: %(default)s)")
+    p.add_argument(
+        "--algorithm",
+        default="auto",
+        choices=("auto", "direct", "gemm", "winograd"),
+        help="the convolution algorithm asked of the fastconv backends (default: auto; torch "
+        "always picks its own); backends that lack it show as skipped",
+    )
+    p.add_argument(
+        "--min-time",
+        type=_seconds,
+        default=1.0,
+        help="seconds of timed samples per problem, all targets together (default: %(default)s)",
+    )
     p.add_argument("--min-repeats", type=_positive_int, default=5, help="samples per target at least (default: 5)")
     p.add_argument("--max-repeats", type=_positive_int, default=50, help="samples per target at most (default: 50)")
-    p.add_argument("--omp-wait-policy", choices=("passive", "active"), default=None,
-                   help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
-                        "start; passive keeps idle threads from spinning, which matters when other processes "
-                        "share the cores (default: the environment's, switched to passive when the load "
-                        "reading finds the cores contended or with --clock cpu)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: elapsed time (default); cpu: the process's CPU time / --threads, the time on "
-                        "free cores -- steadier on a loaded machine, blind to idle waits and load imbalance")
-    p.add_argument("--force", action="store_true",
-                   help="measure even where the result cannot be trusted (--omp-wait-policy active on "
-                        "contended cores)")
+    p.add_argument(
+        "--omp-wait-policy",
+        choices=("passive", "active"),
+        default=None,
+        help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
+        "start; passive keeps idle threads from spinning, which matters when other processes "
+        "share the cores (default: the environment's, switched to passive when the load "
+        "reading finds the cores contended or with --clock cpu)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (default); cpu: the process's CPU time / --threads, the time on "
+        "free cores -- steadier on a loaded machine, blind to idle waits and load imbalance",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="measure even where the result cannot be trusted (--omp-wait-policy active on contended cores)",
+    )
     p.add_argument("--no-check", action="store_true", help="do not compare results with torch")
     p.add_argument("--no-peak", action="store_true", help="do not measure the machine's peak")
     p.add_argument("--json", metavar="FILE", help="write the run as JSON (schema: docs/bench-schema.md)")
     p.add_argument("--csv", metavar="FILE", help="write one row per problem and backend")
-    p.add_argument("--plot", metavar="FILE", help="plot the speed relative to torch and the throughput against "
-                                                  "the machine peak (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="plot the speed relative to torch and the throughput against the machine peak (needs matplotlib)",
+    )
     p.add_argument("--markdown", metavar="FILE", help="write a Markdown summary table")
     p.add_argument("--quiet", action="store_true", help="no tables on the terminal (files only)")
     return p
@@ -221,12 +270,18 @@ def bench_main(argv: list[str]) -> int:
     suite = suites.get_suite(args.suite)
     cases = suite.cases(args.batch_sizes, args.dtype, args.direction)
     if not cases:
-        err.print(f"[red]fastconv bench: suite {suite.name} has no {','.join(args.direction)} problems "
-                  "(backward directions cover convolutions)[/red]")
+        err.print(
+            f"[red]fastconv bench: suite {suite.name} has no {','.join(args.direction)} problems "
+            "(backward directions cover convolutions)[/red]"
+        )
         return 2
     if args.algorithm != "auto":
-        cases = [dataclasses.replace(c, problem=dataclasses.replace(c.problem, algorithm=args.algorithm))
-                 if c.op == "conv2d" else c for c in cases]
+        cases = [
+            dataclasses.replace(c, problem=dataclasses.replace(c.problem, algorithm=args.algorithm))
+            if c.op == "conv2d"
+            else c
+            for c in cases
+        ]
     if args.problems:
         cases = [c for c in cases if args.problems in c.id or args.problems in c.label]
         if not cases:
@@ -236,27 +291,42 @@ def bench_main(argv: list[str]) -> int:
         chosen = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
         with_torch = chosen is None or "torch" in chosen
         fastconv_names = None if chosen is None else [n for n in chosen if n != "torch"]
-        all_targets = (targets.fastconv_targets(fastconv_names, args.device, args.flush_l2)
-                       + targets.torch_targets(args.device, args.flush_l2))
+        all_targets = targets.fastconv_targets(fastconv_names, args.device, args.flush_l2) + targets.torch_targets(
+            args.device, args.flush_l2
+        )
         all_targets = targets.model_targets(all_targets, cases, args.threads)
     except targets.BenchError as exc:
         err.print(f"[red]fastconv bench: {exc}[/red]")
         return 2
     if not with_torch and fastconv_names:
         err.print("[dim]torch runs too: it is the baseline of every 'vs torch' ratio[/dim]")
-    settings = runner.Settings(threads=args.threads, min_time=args.min_time, min_repeats=args.min_repeats,
-                               max_repeats=max(args.max_repeats, args.min_repeats), check=not args.no_check,
-                               clock=args.clock)
-    meta = {"name": suite.name, "version": suite.version, "description": suite.description,
-            "dtype": args.dtype, "batch_sizes": list(args.batch_sizes) if args.batch_sizes else None,
-            "directions": list(args.direction or suite.directions)}
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    settings = runner.Settings(
+        threads=args.threads,
+        min_time=args.min_time,
+        min_repeats=args.min_repeats,
+        max_repeats=max(args.max_repeats, args.min_repeats),
+        check=not args.no_check,
+        clock=args.clock,
+    )
+    meta = {
+        "name": suite.name,
+        "version": suite.version,
+        "description": suite.description,
+        "dtype": args.dtype,
+        "batch_sizes": list(args.batch_sizes) if args.batch_sizes else None,
+        "directions": list(args.direction or suite.directions),
+    }
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task("measuring the machine's peak", total=len(cases))
-        run = runner.new_run(meta, cases, all_targets, settings, args.device, peak=not args.no_peak,
-                             load_before=before)
-        runner.run_cases(run, all_targets, lambda done, total, text: bar.update(task, completed=done,
-                                                                                description=text))
+        run = runner.new_run(meta, cases, all_targets, settings, args.device, peak=not args.no_peak, load_before=before)
+        runner.run_cases(run, all_targets, lambda done, total, text: bar.update(task, completed=done, description=text))
     doc = schema.to_dict(run)
     if not args.quiet:
         report.print_run(doc, out)
@@ -288,18 +358,25 @@ def _choose_wait_policy(args) -> tuple[str | None, dict | None]:
 
     cpus = load.usable_cpus()
     if args.threads > cpus:
-        warn(f"--threads {args.threads} is more than the {cpus} CPUs this process may use: threads will "
-             f"share cores, and the machine peak is measured at {cpus} threads")
+        warn(
+            f"--threads {args.threads} is more than the {cpus} CPUs this process may use: threads will "
+            f"share cores, and the machine peak is measured at {cpus} threads"
+        )
     before = load.assess(load.sample(0.3), args.threads, cpus)
     asked = args.omp_wait_policy or (os.environ.get("OMP_WAIT_POLICY") or "").lower() or None
     policy = asked
     if before["contended"]:
-        warn("the cores are contended (" + "; ".join(before["reasons"]) + "): wall-clock figures are not "
-             "trustworthy; the results are flagged")
+        warn(
+            "the cores are contended (" + "; ".join(before["reasons"]) + "): wall-clock figures are not "
+            "trustworthy; the results are flagged"
+        )
         if asked == "active" and not args.force:
-            print("fastconv bench: refusing to measure with the active OpenMP wait policy on contended cores "
-                  "(spinning threads starve each other: ratios off by 10x and more); use --omp-wait-policy "
-                  "passive, --clock cpu, or --force to go on", file=sys.stderr)
+            print(
+                "fastconv bench: refusing to measure with the active OpenMP wait policy on contended cores "
+                "(spinning threads starve each other: ratios off by 10x and more); use --omp-wait-policy "
+                "passive, --clock cpu, or --force to go on",
+                file=sys.stderr,
+            )
             return None, None
         if asked is None:
             policy = "passive"
@@ -397,10 +474,15 @@ def info_main(argv: list[str]) -> int:
     import fastconv
     from .bench import machine
 
-    info = {"backends": [{"name": n, "available": ok, "reason": reason or None}
-                         for n, ok, reason in fastconv.backend_status()],
-            "machine": machine.describe(), "threads": machine.thread_counts(), "versions": machine.versions(),
-            "cuda": machine.cuda_info()}
+    info = {
+        "backends": [
+            {"name": n, "available": ok, "reason": reason or None} for n, ok, reason in fastconv.backend_status()
+        ],
+        "machine": machine.describe(),
+        "threads": machine.thread_counts(),
+        "versions": machine.versions(),
+        "cuda": machine.cuda_info(),
+    }
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -415,21 +497,30 @@ def info_main(argv: list[str]) -> int:
     console.print(table)
     m = info["machine"]
     console.print(f"[bold]CPU[/bold]: {m['cpu']} ({m['cpus']} CPUs usable; load average {m['load_average']})")
-    console.print(f"[bold]SIMD[/bold]: {' '.join(m['simd']) or 'unknown'}; torch dispatches "
-                  f"{m['torch_cpu_capability'] or '-'}")
+    console.print(
+        f"[bold]SIMD[/bold]: {' '.join(m['simd']) or 'unknown'}; torch dispatches {m['torch_cpu_capability'] or '-'}"
+    )
     for lib in m["blas"]:
-        console.print(f"[bold]BLAS[/bold]: {lib['internal_api']} {lib['version']} ({lib['architecture']}, "
-                      f"{lib['threading_layer']}, {lib['num_threads']} threads)")
-    console.print("[bold]Threads[/bold]: " + ", ".join(f"{k}={v}" for k, v in info["threads"].items()
-                                                       if v is not None))
-    console.print("[bold]Versions[/bold]: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()
-                                                        if v is not None))
+        console.print(
+            f"[bold]BLAS[/bold]: {lib['internal_api']} {lib['version']} ({lib['architecture']}, "
+            f"{lib['threading_layer']}, {lib['num_threads']} threads)"
+        )
+    console.print("[bold]Threads[/bold]: " + ", ".join(f"{k}={v}" for k, v in info["threads"].items() if v is not None))
+    console.print(
+        "[bold]Versions[/bold]: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v is not None)
+    )
     missing = [k for k, v in info["versions"].items() if v is None]
     if missing:
         console.print(f"[bold]Not installed[/bold]: {', '.join(missing)}")
     cuda = info["cuda"]
-    console.print("[bold]CUDA[/bold]: " + (f"{cuda['device']} (CUDA {cuda['cuda']}, cuDNN {cuda['cudnn']})"
-                                           if cuda["available"] else f"not available: {cuda['reason']}"))
+    console.print(
+        "[bold]CUDA[/bold]: "
+        + (
+            f"{cuda['device']} (CUDA {cuda['cuda']}, cuDNN {cuda['cudnn']})"
+            if cuda["available"]
+            else f"not available: {cuda['reason']}"
+        )
+    )
     return 0
 
 
@@ -437,8 +528,10 @@ def resnet_main(argv: list[str]) -> int:
     try:
         from .bench.resnet_command import main as resnet_command
     except ImportError as exc:
-        print(f"fastconv resnet: not available in this installation (fastconv.bench.resnet_command: {exc})",
-              file=sys.stderr)
+        print(
+            f"fastconv resnet: not available in this installation (fastconv.bench.resnet_command: {exc})",
+            file=sys.stderr,
+        )
         return 2
     return resnet_command(argv) or 0
 
@@ -478,8 +571,10 @@ def _dispatch(argv: list[str]) -> int:
         return 0 if argv else 2
     command = COMMANDS.get(argv[0])
     if command is None:
-        print(f"fastconv: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (fastconv --help)",
-              file=sys.stderr)
+        print(
+            f"fastconv: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (fastconv --help)",
+            file=sys.stderr,
+        )
         return 2
     from .threads import get_num_threads
 

@@ -12,6 +12,7 @@ problem signature and thread count and caches the winner, like ``torch.backends.
 
 ``FASTCONV_VERBOSE=1`` logs every choice and every refusal to stderr (logger ``fastconv``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,6 +76,7 @@ AUTOTUNE_SETTLE_S = 0.01
 
 # -- registry ----------------------------------------------------------------------------------
 
+
 def check_contract(module) -> None:
     """TypeError naming what ``module`` lacks of the backend contract (see fastconv.backends)."""
     for attr in ("available", "supports"):
@@ -82,8 +84,9 @@ def check_contract(module) -> None:
             raise TypeError(f"backend {module!r} must have a callable {attr}()")
     kernels = [e.kernel for e in ops.entries() if callable(getattr(module, e.kernel, None))]
     if not kernels:
-        raise TypeError(f"backend {module!r} implements none of the ops: define at least one of "
-                        f"{[e.kernel for e in ops.entries()]}")
+        raise TypeError(
+            f"backend {module!r} implements none of the ops: define at least one of {[e.kernel for e in ops.entries()]}"
+        )
     devices = getattr(module, "DEVICES", ("cpu",))
     if not isinstance(devices, tuple) or not devices or any(d not in DEVICES for d in devices):
         raise TypeError(f"backend {module!r}: DEVICES must be a non-empty tuple from {DEVICES}, got {devices!r}")
@@ -199,6 +202,7 @@ def _check_name(name, what: str = "backend") -> str | None:
 
 # -- selection state ---------------------------------------------------------------------------
 
+
 def set_backend(name: str | None) -> None:
     """Use backend ``name`` ("auto", or None to go back to FASTCONV_BACKEND/auto) from now on.
 
@@ -229,8 +233,12 @@ def use_backend(name: str | None):
 
 def get_backend() -> str:
     """The backend name calls without ``backend=`` would request now ("auto" by default)."""
-    return _context_backend.get() or _global_backend or _check_name(
-        os.environ.get("FASTCONV_BACKEND") or None, "FASTCONV_BACKEND") or "auto"
+    return (
+        _context_backend.get()
+        or _global_backend
+        or _check_name(os.environ.get("FASTCONV_BACKEND") or None, "FASTCONV_BACKEND")
+        or "auto"
+    )
 
 
 def set_autotune(enabled: bool) -> None:
@@ -262,6 +270,7 @@ def _verbose() -> bool:
 
 # -- choosing and running ----------------------------------------------------------------------
 
+
 def _refusal(name: str, problem, requested: bool = False) -> str | None:
     """Why backend ``name`` cannot run ``problem`` (on ``problem.device``), or None when it can.
 
@@ -279,8 +288,11 @@ def _refusal(name: str, problem, requested: bool = False) -> str | None:
     if not hasattr(module, kernel):
         return f"does not implement {kernel}"
     act = getattr(problem, "activation", None)
-    if act not in (None, "relu") and act not in fused_activations(module) \
-            and not callable(getattr(getattr(module, "ARRAYS", arrays.numpy), "activation_", None)):
+    if (
+        act not in (None, "relu")
+        and act not in fused_activations(module)
+        and not callable(getattr(getattr(module, "ARRAYS", arrays.numpy), "activation_", None))
+    ):
         return f"its conv2d does not fuse {act!r} and its ARRAYS have no activation_ hook to apply it"
     if act not in (None, "relu") and problem.device != "cpu" and act not in fused_activations(module):
         return f"the shared epilogue applies {act!r} to host arrays only"
@@ -362,10 +374,20 @@ def _call(module, entry, problem, arrays_):
     # The backend does what it fuses (conv+bias, and the residual when FUSED_EPILOGUE); the
     # shared epilogue, through the backend's array hooks, does the rest.
     x, weight, bias, residual = arrays_
-    y = fn(replace(problem, residual=problem.residual and fused, activation=None), x, weight, bias,
-           residual if fused else None)
-    return apply_epilogue(y, None if fused else residual, problem.activation,
-                          getattr(module, "ARRAYS", arrays.numpy), problem.activation_params)
+    y = fn(
+        replace(problem, residual=problem.residual and fused, activation=None),
+        x,
+        weight,
+        bias,
+        residual if fused else None,
+    )
+    return apply_epilogue(
+        y,
+        None if fused else residual,
+        problem.activation,
+        getattr(module, "ARRAYS", arrays.numpy),
+        problem.activation_params,
+    )
 
 
 def apply_epilogue(y, residual, activation: str | None, hooks=arrays.numpy, params: tuple = ()):
@@ -407,7 +429,11 @@ def _autotuned(problem, arrays_, first_choice: str) -> tuple[str, str]:
         timings = {n: timing.median(v) for n, v in samples.items()}
         best = min(timings, key=timings.get)
         if _verbose():
-            log.debug("%s %s autotune: %s", problem.op, problem.id,
-                      ", ".join(f"{n} {t * 1e3:.3f} ms" for n, t in timings.items()))
+            log.debug(
+                "%s %s autotune: %s",
+                problem.op,
+                problem.id,
+                ", ".join(f"{n} {t * 1e3:.3f} ms" for n, t in timings.items()),
+            )
     _autotune_cache[key] = best
     return best, "autotuned"

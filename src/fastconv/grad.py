@@ -20,6 +20,7 @@ array([[10., 14., 18.],
        [26., 30., 34.],
        [42., 46., 50.]])
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,17 @@ from ._args import as_float, as_float_array, as_int, check_ndim, nonnegative_pai
 from .api import _conv_padding
 from .problem import AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem
 
-__all__ = ["conv2d_input", "conv2d_weight", "conv2d_bias", "max_pool2d_input", "avg_pool2d_input",
-           "adaptive_avg_pool2d_input", "batch_norm_input", "relu_input"]
+__all__ = [
+    "conv2d_input",
+    "conv2d_weight",
+    "conv2d_bias",
+    "max_pool2d_input",
+    "avg_pool2d_input",
+    "adaptive_avg_pool2d_input",
+    "batch_norm_input",
+    "relu_input",
+]
+
 
 def _run(p, direction: str, *arrays, backend):
     """The backend function of ``p``'s op in ``direction`` (the op table's ``conv2d_bwd_data``, ...).
@@ -67,6 +77,7 @@ def _batched(shape):
 
 # -- convolution -------------------------------------------------------------------------------
 
+
 def _conv_problem(size, weight_shape, dtype, stride, padding, dilation, groups, bias=False):
     n, c, h, w = _batched(size)
     k, cg, r, s = weight_shape
@@ -75,8 +86,10 @@ def _conv_problem(size, weight_shape, dtype, stride, padding, dilation, groups, 
     if groups <= 0:
         raise ValueError(f"groups must be positive, got groups={groups}")
     if cg * groups != c:
-        raise ValueError(f"input has {c} channels but weight of shape {tuple(weight_shape)} with groups={groups} "
-                         f"expects {cg * groups} (weight.shape[1] * groups)")
+        raise ValueError(
+            f"input has {c} channels but weight of shape {tuple(weight_shape)} with groups={groups} "
+            f"expects {cg * groups} (weight.shape[1] * groups)"
+        )
     if k % groups:
         raise ValueError(f"groups={groups} must divide the out channels, weight.shape[0]={k}")
     pads = _conv_padding(padding, r, s, dilation, stride)
@@ -113,8 +126,7 @@ def _conv2d_weight_bias(input, weight_size, grad_output, stride, padding, dilati
 
 def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
     """Gradient of conv2d with respect to its weight, as torch.nn.grad.conv2d_weight."""
-    return _conv2d_weight_bias(input, weight_size, grad_output, stride, padding, dilation, groups, False,
-                               backend)[0]
+    return _conv2d_weight_bias(input, weight_size, grad_output, stride, padding, dilation, groups, False, backend)[0]
 
 
 def conv2d_bias(grad_output):
@@ -126,27 +138,44 @@ def conv2d_bias(grad_output):
 
 # -- pooling -----------------------------------------------------------------------------------
 
-def _pool_problem(kind, size, dtype, kernel_size, stride, padding, dilation, ceil_mode,
-                  count_include_pad=True, divisor_override=None):
+
+def _pool_problem(
+    kind, size, dtype, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad=True, divisor_override=None
+):
     kernel = positive_pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) \
+    stride = (
+        kernel
+        if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
         else positive_pair(stride, "stride")
+    )
     padding = nonnegative_pair(padding, "padding")
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"padding should be at most half of kernel_size, but got padding={padding} "
-                         f"and kernel_size={kernel}")
+        raise ValueError(
+            f"padding should be at most half of kernel_size, but got padding={padding} and kernel_size={kernel}"
+        )
     if divisor_override is not None and as_int(divisor_override, "divisor_override") == 0:
         raise ValueError("divisor_override must be non-zero, got 0")
-    return Pool2dProblem(kind, *_batched(size), kernel, stride, padding, positive_pair(dilation, "dilation"),
-                         bool(ceil_mode), bool(count_include_pad), divisor_override, dtype=np.dtype(dtype).name)
+    return Pool2dProblem(
+        kind,
+        *_batched(size),
+        kernel,
+        stride,
+        padding,
+        positive_pair(dilation, "dilation"),
+        bool(ceil_mode),
+        bool(count_include_pad),
+        divisor_override,
+        dtype=np.dtype(dtype).name,
+    )
 
 
 def _unbatched_out(p, size):
     return p.output_shape if len(size) == 4 else p.output_shape[1:]
 
 
-def max_pool2d_input(input, grad_output, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-                     backend=None):
+def max_pool2d_input(
+    input, grad_output, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None
+):
     """Gradient of max_pool2d with respect to its input: each output's gradient goes to its window's
     (first) maximum, as torch."""
     x = as_float_array(input, "input")
@@ -158,13 +187,24 @@ def max_pool2d_input(input, grad_output, kernel_size, stride=None, padding=0, di
     return _run(p, "bwd_data", x.reshape(_batched(x.shape)), g, backend=backend).reshape(x.shape)
 
 
-def avg_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
-                     count_include_pad=True, divisor_override=None, *, backend=None):
+def avg_pool2d_input(
+    input_size,
+    grad_output,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+    *,
+    backend=None,
+):
     """Gradient of avg_pool2d with respect to its input (of shape ``input_size``)."""
     size = _size(input_size, "input_size", (3, 4))
     g = as_float_array(grad_output, "grad_output")
-    p = _pool_problem("avg", size, g.dtype, kernel_size, stride, padding, 1, ceil_mode, count_include_pad,
-                      divisor_override)
+    p = _pool_problem(
+        "avg", size, g.dtype, kernel_size, stride, padding, 1, ceil_mode, count_include_pad, divisor_override
+    )
     g = _grad(g, _unbatched_out(p, size), g.dtype).reshape(p.output_shape)
     if 0 in p.output_shape:
         return np.zeros(size, g.dtype)
@@ -188,8 +228,8 @@ def adaptive_avg_pool2d_input(input_size, grad_output, *, backend=None):
 
 # -- batch norm and relu -----------------------------------------------------------------------
 
-def batch_norm_input(input, grad_output, mean=None, var=None, weight=None, training=False, eps=1e-5, *,
-                     backend=None):
+
+def batch_norm_input(input, grad_output, mean=None, var=None, weight=None, training=False, eps=1e-5, *, backend=None):
     """Gradients of batch_norm with respect to (input, weight, bias), for an (N, C, *) input.
 
     ``training=True``: the forward normalised with the batch's own statistics, so the gradient

@@ -12,6 +12,7 @@ dotted path (``target``) or a node-owned one (``layer``).  Nodes run in list ord
 whose epilogue adds the skip connection and applies the activation (ReLU, ReLU6, LeakyReLU,
 Hardtanh, Sigmoid, SiLU, Hardswish: every activation conv2d's epilogue takes).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,18 +48,19 @@ class UnsupportedOpError(TypeError):
 @dataclass(frozen=True)
 class Ref:
     """An input that is another node's output."""
+
     name: str
 
 
 @dataclass
 class Node:
     name: str
-    op: str                      # "input", "attr", "call" or "output"
+    op: str  # "input", "attr", "call" or "output"
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
-    target: str | None = None    # dotted path of a child module ("call") or of an array ("attr")
+    target: str | None = None  # dotted path of a child module ("call") or of an array ("attr")
     layer: Module | None = None  # a node-owned, parameter-free layer ("call" without target)
-    source: str = ""             # where the op came from, for messages
+    source: str = ""  # where the op came from, for messages
 
 
 def _map(value, fn):
@@ -143,8 +145,10 @@ class Graph(Module):
     def forward(self, *inputs):
         inputs_needed = [n for n in self.nodes if n.op == "input"]
         if len(inputs) != len(inputs_needed):
-            raise TypeError(f"this graph takes {len(inputs_needed)} input(s) "
-                            f"({', '.join(n.name for n in inputs_needed)}), got {len(inputs)}")
+            raise TypeError(
+                f"this graph takes {len(inputs_needed)} input(s) "
+                f"({', '.join(n.name for n in inputs_needed)}), got {len(inputs)}"
+            )
         last_use = self._last_use()
         env: dict[str, Any] = {}
         given = iter(inputs)
@@ -194,6 +198,7 @@ class Graph(Module):
     def _replace_uses(self, old: str, new: str) -> None:
         def sub(r):
             return Ref(new) if r.name == old else r
+
         for node in self.nodes:
             node.args, node.kwargs = _map(node.args, sub), _map(node.kwargs, sub)
 
@@ -246,9 +251,14 @@ class Graph(Module):
             order = {n.name: i for i, n in enumerate(self.nodes)}
             for node in self.nodes:
                 layer = self.layer_of(node) if node.op == "call" else None
-                if not isinstance(layer, nn.Elementwise) or layer.op != "add" \
-                        or layer.alpha not in (None, 1) or node.kwargs or len(node.args) != 2 \
-                        or not all(isinstance(a, Ref) for a in node.args):
+                if (
+                    not isinstance(layer, nn.Elementwise)
+                    or layer.op != "add"
+                    or layer.alpha not in (None, 1)
+                    or node.kwargs
+                    or len(node.args) != 2
+                    or not all(isinstance(a, Ref) for a in node.args)
+                ):
                     continue
                 a, b = (r.name for r in node.args)
                 conv = self._conv_node(a, by_name, uses, targets) or self._conv_node(b, by_name, uses, targets)

@@ -13,6 +13,7 @@ whose weights are initialisers become fastconv layers named after their weights 
 >>> import fastconv.onnx                       # doctest: +SKIP
 >>> model = fastconv.onnx.load("resnet18.onnx").to_backend("c").fuse()   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,12 @@ from . import nn
 from .graph import Graph, Node, Ref, UnsupportedOpError
 from .nn.module import Module
 
-SUPPORTED = ("Conv, BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Relu, Clip, "
-             "LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish, Add, Sub, Mul, Div, Sum, Concat, Gemm, MatMul, "
-             "Flatten, Reshape, Dropout, Identity, LRN, Softmax, Transpose, Pad, ReduceMean, Shape, Gather, "
-             "Unsqueeze, Squeeze, Constant, Cast")
+SUPPORTED = (
+    "Conv, BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Relu, Clip, "
+    "LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish, Add, Sub, Mul, Div, Sum, Concat, Gemm, MatMul, "
+    "Flatten, Reshape, Dropout, Identity, LRN, Softmax, Transpose, Pad, ReduceMean, Shape, Gather, "
+    "Unsqueeze, Squeeze, Constant, Cast"
+)
 
 
 def _onnx():
@@ -38,6 +41,7 @@ def _onnx():
 
 
 # -- small layers with ONNX semantics -----------------------------------------------------------
+
 
 class _SamePad(Module):
     """auto_pad SAME_UPPER/SAME_LOWER: pad so that out = ceil(in / stride), computed from the input."""
@@ -152,6 +156,7 @@ class _Softmax(Module):
 
 # -- the loader --------------------------------------------------------------------------------
 
+
 class _Loader:
     def __init__(self, model):
         onnx = _onnx()
@@ -183,7 +188,8 @@ class _Loader:
     def error(self, node, why=""):
         return UnsupportedOpError(
             f"onnx.load: unsupported op {node.op_type} (domain {node.domain or 'ai.onnx'}, opset {self.opset}) in "
-            f"node {node.name or node.output[0]!r}{why}. fastconv converts {SUPPORTED}.")
+            f"node {node.name or node.output[0]!r}{why}. fastconv converts {SUPPORTED}."
+        )
 
     def emit(self, node, layer, args, target=None, kwargs=None):
         name = node.output[0]
@@ -194,7 +200,7 @@ class _Loader:
         self.defined.add(name)
 
     def module_path(self, weight_name, node):
-        base = weight_name[:-len(".weight")] if weight_name.endswith(".weight") else f"{node.op_type}_{node.output[0]}"
+        base = weight_name[: -len(".weight")] if weight_name.endswith(".weight") else f"{node.op_type}_{node.output[0]}"
         path = _path(base)
         while path in self.modules:
             path += "_"
@@ -243,8 +249,9 @@ class _Loader:
         """(input, symmetric padding, whether a padding node was added) for SAME or asymmetric pads."""
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             name = node.output[0] + ":pad"
-            self.graph.nodes.append(Node(name, "call", (x,), layer=_SamePad(kernel, stride, dilation,
-                                                                            auto == "SAME_UPPER", value)))
+            self.graph.nodes.append(
+                Node(name, "call", (x,), layer=_SamePad(kernel, stride, dilation, auto == "SAME_UPPER", value))
+            )
             return Ref(name), (0, 0), True
         if auto == "VALID":
             return x, (0, 0), False
@@ -264,11 +271,13 @@ class _Loader:
         xin, padding, _ = self._pre_pad(node, self.ref(x), kernel, stride, dilation, pads, auto)
         group = int(attrs.get("group", 1))
         if w is None or (b_name and b_name not in self.consts):
-            self.emit(node, nn.FunctionalConv2d(stride, padding, dilation, group),
-                      (xin, self.ref(w_name), self.ref(b_name)))
+            self.emit(
+                node, nn.FunctionalConv2d(stride, padding, dilation, group), (xin, self.ref(w_name), self.ref(b_name))
+            )
             return
-        conv = nn.Conv2d(w.shape[1] * group, w.shape[0], kernel, stride, padding, dilation, group,
-                         bias=bool(b_name), dtype=w.dtype)
+        conv = nn.Conv2d(
+            w.shape[1] * group, w.shape[0], kernel, stride, padding, dilation, group, bias=bool(b_name), dtype=w.dtype
+        )
         conv.weight = w
         if b_name:
             conv.bias = self.consts[b_name]
@@ -294,8 +303,9 @@ class _Loader:
         if len(node.output) > 1 and node.output[1]:
             raise self.error(node, " (the Indices output is not supported)")
         ceil = bool(attrs.get("ceil_mode", 0))
-        x, padding, padded = self._pre_pad(node, self.ref(node.input[0]), kernel, stride, dilation, pads, auto,
-                                   value=-np.inf if kind == "max" else 0.0)
+        x, padding, padded = self._pre_pad(
+            node, self.ref(node.input[0]), kernel, stride, dilation, pads, auto, value=-np.inf if kind == "max" else 0.0
+        )
         if kind == "max":
             layer = nn.MaxPool2d(kernel, stride, padding, dilation, ceil_mode=ceil)
         else:
@@ -327,8 +337,9 @@ class _Loader:
         if self.opset < 11:
             lo, hi = attrs.get("min"), attrs.get("max")
         else:
-            bounds = [float(self.const(n, node, "min/max")) if n else None
-                      for n in (list(node.input[1:3]) + ["", ""])[:2]]
+            bounds = [
+                float(self.const(n, node, "min/max")) if n else None for n in (list(node.input[1:3]) + ["", ""])[:2]
+            ]
             lo, hi = bounds
         self._unary(node, nn.Hardtanh(lo, hi))
 
@@ -362,8 +373,9 @@ class _Loader:
         size = int(attrs["size"])
         if size % 2 == 0:
             raise self.error(node, " (an even size: its window differs from torch's LocalResponseNorm)")
-        self._unary(node, nn.LocalResponseNorm(size, attrs.get("alpha", 1e-4), attrs.get("beta", 0.75),
-                                               attrs.get("bias", 1.0)))
+        self._unary(
+            node, nn.LocalResponseNorm(size, attrs.get("alpha", 1e-4), attrs.get("beta", 0.75), attrs.get("bias", 1.0))
+        )
 
     def op_Softmax(self, node, attrs):
         axis = int(attrs.get("axis", 1 if self.opset < 13 else -1))
@@ -406,8 +418,14 @@ class _Loader:
         w_name = node.input[1]
         b_name = node.input[2] if len(node.input) > 2 else ""
         w = self.consts.get(w_name)
-        if w is not None and trans_b and alpha == 1.0 and beta == 1.0 and (not b_name or b_name in self.consts) \
-                and (not b_name or self.consts[b_name].shape == (w.shape[0],)):
+        if (
+            w is not None
+            and trans_b
+            and alpha == 1.0
+            and beta == 1.0
+            and (not b_name or b_name in self.consts)
+            and (not b_name or self.consts[b_name].shape == (w.shape[0],))
+        ):
             fc = nn.Linear(w.shape[1], w.shape[0], bias=bool(b_name), dtype=w.dtype)
             fc.weight = w
             if b_name:
@@ -416,13 +434,19 @@ class _Loader:
             self.graph.add_module(path, fc)
             self.emit(node, None, (self.ref(node.input[0]),), target=path)
             return
-        self.emit(node, nn.FunctionalLinear(bool(trans_b), alpha, beta),
-                  (self.ref(node.input[0]), self.ref(w_name), self.ref(b_name)))
+        self.emit(
+            node,
+            nn.FunctionalLinear(bool(trans_b), alpha, beta),
+            (self.ref(node.input[0]), self.ref(w_name), self.ref(b_name)),
+        )
 
     def op_Reshape(self, node, attrs):
         shape = attrs.get("shape") if self.opset < 5 else None
-        self.emit(node, _Reshape(int(attrs.get("allowzero", 0))),
-                  (self.ref(node.input[0]), shape if shape is not None else self.ref(node.input[1])))
+        self.emit(
+            node,
+            _Reshape(int(attrs.get("allowzero", 0))),
+            (self.ref(node.input[0]), shape if shape is not None else self.ref(node.input[1])),
+        )
 
     def op_Pad(self, node, attrs):
         mode = attrs.get("mode", b"constant")
@@ -462,8 +486,9 @@ class _Loader:
 
     def op_Squeeze(self, node, attrs):
         axes = attrs.get("axes")
-        args = [self.ref(node.input[0])] + ([self.ref(node.input[1])] if axes is None and len(node.input) > 1
-                                            and node.input[1] else [])
+        args = [self.ref(node.input[0])] + (
+            [self.ref(node.input[1])] if axes is None and len(node.input) > 1 and node.input[1] else []
+        )
         self.emit(node, _Squeeze(axes), args)
 
     def op_Cast(self, node, attrs):

@@ -12,6 +12,7 @@ is refused by the dispatcher with that reason; one that has it just works.
 
 This module imports no torch: torch references receive the module as an argument.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,6 +73,7 @@ class OpInfo:
 
 # -- input makers --------------------------------------------------------------------------------
 
+
 def _normal(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
@@ -98,9 +100,13 @@ def _image_data(p, rng) -> dict:
 
 def _bn_data(p, rng) -> dict:
     dt = np.dtype(p.dtype)
-    data = {"x": _normal(rng, p.input_shape, dt), "mean": _normal(rng, p.c, dt),
-            "var": rng.uniform(0.5, 2.0, p.c).astype(dt), "weight": _normal(rng, p.c, dt),
-            "bias": _normal(rng, p.c, dt)}
+    data = {
+        "x": _normal(rng, p.input_shape, dt),
+        "mean": _normal(rng, p.c, dt),
+        "var": rng.uniform(0.5, 2.0, p.c).astype(dt),
+        "weight": _normal(rng, p.c, dt),
+        "bias": _normal(rng, p.c, dt),
+    }
     if p.direction != "fwd":
         data["grad_output"] = _normal(rng, data["x"].shape, dt)
         if p.training and p.count:  # the backward pass gets the batch statistics the forward pass used
@@ -126,6 +132,7 @@ def _relu_data(p, rng) -> dict:
 
 # -- torch references (forward) ------------------------------------------------------------------
 
+
 def _torch_conv(p, t, torch):
     F = torch.nn.functional
     x, w, b, res = t["x"], t["w"], t.get("b"), t.get("residual")
@@ -142,6 +149,7 @@ def _torch_conv(p, t, torch):
         if res is not None:
             y += res
         return torch_activation(torch, p.activation, p.activation_params, y)
+
     return conv
 
 
@@ -157,8 +165,9 @@ def _torch_max_pool(p, t, torch):
 
 
 def _torch_max_pool_indices(p, t, torch):
-    return lambda: torch.nn.functional.max_pool2d(t["x"], p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode,
-                                                  return_indices=True)
+    return lambda: torch.nn.functional.max_pool2d(
+        t["x"], p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True
+    )
 
 
 def _torch_adaptive_max(p, t, torch):
@@ -174,8 +183,9 @@ def _torch_linear(p, t, torch):
 
 
 def _torch_avg_pool(p, t, torch):
-    return lambda: torch.nn.functional.avg_pool2d(t["x"], p.kernel, p.stride, p.padding, p.ceil_mode,
-                                                  p.count_include_pad, p.divisor_override)
+    return lambda: torch.nn.functional.avg_pool2d(
+        t["x"], p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad, p.divisor_override
+    )
 
 
 def _torch_adaptive(p, t, torch):
@@ -194,8 +204,10 @@ def _torch_relu(p, t, torch):
 
 # -- torch references (backward): autograd through the forward reference --------------------------
 
+
 def _grads(forward_call, t, torch, wrt: tuple[str, ...], grad_out: str = "grad_output"):
     """A call returning d(forward)/d(t[name]) . t[grad_out] for each name in ``wrt`` (None if unused)."""
+
     def call():
         with torch.enable_grad():
             leaves = {k: (v.detach().clone().requires_grad_(k in wrt) if v is not None else None) for k, v in t.items()}
@@ -204,14 +216,17 @@ def _grads(forward_call, t, torch, wrt: tuple[str, ...], grad_out: str = "grad_o
             got = iter(torch.autograd.grad(y, inputs, t[grad_out], allow_unused=True))
             out = tuple(next(got) if leaves.get(k) is not None else None for k in wrt)
         return out[0] if len(out) == 1 else out
+
     return call
 
 
 def _bwd(forward_ref, wrt):
     """A backward reference: autograd through the forward reference, with respect to ``wrt``."""
+
     def ref(p, t, torch):
         fp = replace(p, direction="fwd")
         return _grads(lambda leaves: forward_ref(fp, leaves, torch), t, torch, wrt)
+
     return ref
 
 
@@ -223,10 +238,13 @@ def _torch_bn_bwd(p, t, torch):
     def forward(leaves):
         x = leaves["x"]
         if fp.training:
-            return lambda: torch.nn.functional.batch_norm(x, None, None, leaves["weight"], leaves["bias"], True,
-                                                          0.0, fp.eps)
-        return lambda: torch.nn.functional.batch_norm(x, leaves["mean"], leaves["var"], leaves["weight"],
-                                                      leaves["bias"], False, 0.0, fp.eps)
+            return lambda: torch.nn.functional.batch_norm(
+                x, None, None, leaves["weight"], leaves["bias"], True, 0.0, fp.eps
+            )
+        return lambda: torch.nn.functional.batch_norm(
+            x, leaves["mean"], leaves["var"], leaves["weight"], leaves["bias"], False, 0.0, fp.eps
+        )
+
     bias = t.get("bias")
     if bias is None:
         bias = torch.zeros_like(t["weight"])
@@ -239,6 +257,7 @@ def _torch_relu_bwd(p, t, torch):
 
 
 # -- empty results and step counts ---------------------------------------------------------------
+
 
 def _empty_out(p, dtype, alloc):
     return alloc.empty(p.output_shape, dtype)
@@ -295,12 +314,15 @@ def _relu_steps(p):
 
 # -- public-API arguments (what a benchmark of a fastconv backend calls) -----------------------------
 
+
 def _api_conv(p, data):
     pt, pb, pl, pr = p.padding
     if (pt, pl) != (pb, pr) or p.padding_mode != "zeros":
         raise ValueError(f"{p.id}: the benchmark expresses only symmetric zero padding")
-    return ((data["x"], data["w"], data.get("b"), p.stride, (pt, pl), p.dilation, p.groups),
-            {"residual": data.get("residual"), "activation": p.activation, "algorithm": p.algorithm})
+    return (
+        (data["x"], data["w"], data.get("b"), p.stride, (pt, pl), p.dilation, p.groups),
+        {"residual": data.get("residual"), "activation": p.activation, "algorithm": p.algorithm},
+    )
 
 
 def _api_max_pool(p, data):
@@ -333,8 +355,16 @@ def _api_linear(p, data):
 
 def _api_bn(p, data):
     # Copies: training updates the running statistics in place.
-    return (data["x"].reshape(p.input_shape), data["mean"].copy(), data["var"].copy(), data["weight"],
-            data["bias"], p.training, 0.1, p.eps), {}
+    return (
+        data["x"].reshape(p.input_shape),
+        data["mean"].copy(),
+        data["var"].copy(),
+        data["weight"],
+        data["bias"],
+        p.training,
+        0.1,
+        p.eps,
+    ), {}
 
 
 def _api_relu(p, data):
@@ -344,43 +374,209 @@ def _api_relu(p, data):
 # -- the table -----------------------------------------------------------------------------------
 
 _ENTRIES = [
-    OpInfo("conv2d", "fwd", "conv2d", _p.Conv2dProblem, ("x", "w", "b", "residual"), _conv_data, _torch_conv,
-           _empty_out, _conv_steps, _api_conv, metric="flops"),
-    OpInfo("max_pool2d", "fwd", "max_pool2d", _p.Pool2dProblem, ("x",), _image_data, _torch_max_pool,
-           _empty_out, _pool_steps, _api_max_pool),
-    OpInfo("avg_pool2d", "fwd", "avg_pool2d", _p.Pool2dProblem, ("x",), _image_data, _torch_avg_pool,
-           _empty_out, _pool_steps, _api_avg_pool),
-    OpInfo("adaptive_avg_pool2d", "fwd", "adaptive_avg_pool2d", _p.AdaptivePool2dProblem, ("x",), _image_data,
-           _torch_adaptive, _empty_out, _adaptive_steps, _api_adaptive),
-    OpInfo("batch_norm", "fwd", "batch_norm", _p.BatchNormProblem, ("x", "mean", "var", "weight", "bias"),
-           _bn_data, _torch_bn, _empty_bn, _bn_steps, _api_bn),
-    OpInfo("relu", "fwd", "relu", _p.ReluProblem, ("x",), _relu_data, _torch_relu, _empty_out, _relu_steps,
-           _api_relu),
-    OpInfo("max_pool2d_with_indices", "fwd", "max_pool2d_with_indices", _p.Pool2dProblem, ("x",), _image_data,
-           _torch_max_pool_indices, _empty_indexed, _pool_steps, _api_max_pool_indices),
-    OpInfo("adaptive_max_pool2d", "fwd", "adaptive_max_pool2d", _p.AdaptivePool2dProblem, ("x",), _image_data,
-           _torch_adaptive_max, _empty_indexed, _adaptive_max_steps, _api_adaptive_max),
-    OpInfo("linear", "fwd", "linear", _p.LinearProblem, ("x", "w", "b"), _linear_data, _torch_linear, _empty_out,
-           _linear_steps, _api_linear, metric="flops"),
+    OpInfo(
+        "conv2d",
+        "fwd",
+        "conv2d",
+        _p.Conv2dProblem,
+        ("x", "w", "b", "residual"),
+        _conv_data,
+        _torch_conv,
+        _empty_out,
+        _conv_steps,
+        _api_conv,
+        metric="flops",
+    ),
+    OpInfo(
+        "max_pool2d",
+        "fwd",
+        "max_pool2d",
+        _p.Pool2dProblem,
+        ("x",),
+        _image_data,
+        _torch_max_pool,
+        _empty_out,
+        _pool_steps,
+        _api_max_pool,
+    ),
+    OpInfo(
+        "avg_pool2d",
+        "fwd",
+        "avg_pool2d",
+        _p.Pool2dProblem,
+        ("x",),
+        _image_data,
+        _torch_avg_pool,
+        _empty_out,
+        _pool_steps,
+        _api_avg_pool,
+    ),
+    OpInfo(
+        "adaptive_avg_pool2d",
+        "fwd",
+        "adaptive_avg_pool2d",
+        _p.AdaptivePool2dProblem,
+        ("x",),
+        _image_data,
+        _torch_adaptive,
+        _empty_out,
+        _adaptive_steps,
+        _api_adaptive,
+    ),
+    OpInfo(
+        "batch_norm",
+        "fwd",
+        "batch_norm",
+        _p.BatchNormProblem,
+        ("x", "mean", "var", "weight", "bias"),
+        _bn_data,
+        _torch_bn,
+        _empty_bn,
+        _bn_steps,
+        _api_bn,
+    ),
+    OpInfo("relu", "fwd", "relu", _p.ReluProblem, ("x",), _relu_data, _torch_relu, _empty_out, _relu_steps, _api_relu),
+    OpInfo(
+        "max_pool2d_with_indices",
+        "fwd",
+        "max_pool2d_with_indices",
+        _p.Pool2dProblem,
+        ("x",),
+        _image_data,
+        _torch_max_pool_indices,
+        _empty_indexed,
+        _pool_steps,
+        _api_max_pool_indices,
+    ),
+    OpInfo(
+        "adaptive_max_pool2d",
+        "fwd",
+        "adaptive_max_pool2d",
+        _p.AdaptivePool2dProblem,
+        ("x",),
+        _image_data,
+        _torch_adaptive_max,
+        _empty_indexed,
+        _adaptive_max_steps,
+        _api_adaptive_max,
+    ),
+    OpInfo(
+        "linear",
+        "fwd",
+        "linear",
+        _p.LinearProblem,
+        ("x", "w", "b"),
+        _linear_data,
+        _torch_linear,
+        _empty_out,
+        _linear_steps,
+        _api_linear,
+        metric="flops",
+    ),
     # The activations besides relu: one backend function, ``activation(p, x)``, for all of them.
-    *(OpInfo(kind, "fwd", "activation", _p.ActivationProblem, ("x",), _image_data, _torch_activation, _empty_out,
-             _relu_steps, _api_activation) for kind in _p.ACTIVATION_PARAMS if kind != "relu"),
+    *(
+        OpInfo(
+            kind,
+            "fwd",
+            "activation",
+            _p.ActivationProblem,
+            ("x",),
+            _image_data,
+            _torch_activation,
+            _empty_out,
+            _relu_steps,
+            _api_activation,
+        )
+        for kind in _p.ACTIVATION_PARAMS
+        if kind != "relu"
+    ),
     # Backward: forward-shaped problems, the contract's function names and argument order.
-    OpInfo("conv2d", "bwd_data", "conv2d_bwd_data", _p.Conv2dProblem, ("grad_output", "w"), _conv_data,
-           _bwd(_torch_conv, ("x",)), _empty_in, _conv_steps, metric="flops", wrt=("x",)),
-    OpInfo("conv2d", "bwd_weight", "conv2d_bwd_weight", _p.Conv2dProblem, ("x", "grad_output"), _conv_data,
-           _bwd(_torch_conv, ("w", "b")), _empty_conv_bwd_weight, _conv_steps, metric="flops", wrt=("w", "b")),
-    OpInfo("max_pool2d", "bwd_data", "max_pool2d_bwd_data", _p.Pool2dProblem, ("x", "grad_output"), _image_data,
-           _bwd(_torch_max_pool, ("x",)), _empty_in, _pool_steps, wrt=("x",)),
-    OpInfo("avg_pool2d", "bwd_data", "avg_pool2d_bwd_data", _p.Pool2dProblem, ("grad_output",), _image_data,
-           _bwd(_torch_avg_pool, ("x",)), _empty_in, _pool_steps, wrt=("x",)),
-    OpInfo("adaptive_avg_pool2d", "bwd_data", "adaptive_avg_pool2d_bwd_data", _p.AdaptivePool2dProblem,
-           ("grad_output",), _image_data, _bwd(_torch_adaptive, ("x",)), _empty_in, _adaptive_steps, wrt=("x",)),
-    OpInfo("batch_norm", "bwd_data", "batch_norm_bwd_data", _p.BatchNormProblem,
-           ("x", "grad_output", "mean", "var", "weight"), _bn_data, _torch_bn_bwd, _empty_bn_bwd, _bn_steps,
-           wrt=("x", "weight", "bias")),
-    OpInfo("relu", "bwd_data", "relu_bwd_data", _p.ReluProblem, ("y", "grad_output"), _relu_data,
-           _torch_relu_bwd, _empty_in, _relu_steps, wrt=("x",)),
+    OpInfo(
+        "conv2d",
+        "bwd_data",
+        "conv2d_bwd_data",
+        _p.Conv2dProblem,
+        ("grad_output", "w"),
+        _conv_data,
+        _bwd(_torch_conv, ("x",)),
+        _empty_in,
+        _conv_steps,
+        metric="flops",
+        wrt=("x",),
+    ),
+    OpInfo(
+        "conv2d",
+        "bwd_weight",
+        "conv2d_bwd_weight",
+        _p.Conv2dProblem,
+        ("x", "grad_output"),
+        _conv_data,
+        _bwd(_torch_conv, ("w", "b")),
+        _empty_conv_bwd_weight,
+        _conv_steps,
+        metric="flops",
+        wrt=("w", "b"),
+    ),
+    OpInfo(
+        "max_pool2d",
+        "bwd_data",
+        "max_pool2d_bwd_data",
+        _p.Pool2dProblem,
+        ("x", "grad_output"),
+        _image_data,
+        _bwd(_torch_max_pool, ("x",)),
+        _empty_in,
+        _pool_steps,
+        wrt=("x",),
+    ),
+    OpInfo(
+        "avg_pool2d",
+        "bwd_data",
+        "avg_pool2d_bwd_data",
+        _p.Pool2dProblem,
+        ("grad_output",),
+        _image_data,
+        _bwd(_torch_avg_pool, ("x",)),
+        _empty_in,
+        _pool_steps,
+        wrt=("x",),
+    ),
+    OpInfo(
+        "adaptive_avg_pool2d",
+        "bwd_data",
+        "adaptive_avg_pool2d_bwd_data",
+        _p.AdaptivePool2dProblem,
+        ("grad_output",),
+        _image_data,
+        _bwd(_torch_adaptive, ("x",)),
+        _empty_in,
+        _adaptive_steps,
+        wrt=("x",),
+    ),
+    OpInfo(
+        "batch_norm",
+        "bwd_data",
+        "batch_norm_bwd_data",
+        _p.BatchNormProblem,
+        ("x", "grad_output", "mean", "var", "weight"),
+        _bn_data,
+        _torch_bn_bwd,
+        _empty_bn_bwd,
+        _bn_steps,
+        wrt=("x", "weight", "bias"),
+    ),
+    OpInfo(
+        "relu",
+        "bwd_data",
+        "relu_bwd_data",
+        _p.ReluProblem,
+        ("y", "grad_output"),
+        _relu_data,
+        _torch_relu_bwd,
+        _empty_in,
+        _relu_steps,
+        wrt=("x",),
+    ),
 ]
 
 TABLE: dict[tuple[str, str], OpInfo] = {e.key: e for e in _ENTRIES}

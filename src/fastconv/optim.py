@@ -12,6 +12,7 @@ gradients passed to ``step(grads)``.  ``OneCycleLR`` is fastai's one-cycle sched
 >>> opt.step([np.array([1.0, 1.0])]); opt.step([np.array([1.0, 1.0])]); w
 array([ 0.71, -2.29])
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,10 @@ class SGD:
             params = dict(self._module.named_parameters())
             return [(name, params[name], g) for name, g in self._module.named_grads()]
         if grads is None or len(grads) != len(self._params):
-            raise ValueError(f"step(grads) needs one gradient per parameter ({len(self._params)}), got "
-                             f"{None if grads is None else len(grads)}")
+            raise ValueError(
+                f"step(grads) needs one gradient per parameter ({len(self._params)}), got "
+                f"{None if grads is None else len(grads)}"
+            )
         return list(zip(range(len(self._params)), self._params, grads))
 
     def step(self, grads=None) -> None:
@@ -107,9 +110,22 @@ class OneCycleLR:
     (1.0, 0.04, True)
     """
 
-    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
-                 anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
-                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+    def __init__(
+        self,
+        optimizer,
+        max_lr,
+        total_steps=None,
+        epochs=None,
+        steps_per_epoch=None,
+        pct_start=0.3,
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=0.85,
+        max_momentum=0.95,
+        div_factor=25.0,
+        final_div_factor=1e4,
+        three_phase=False,
+    ):
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
@@ -151,8 +167,9 @@ class OneCycleLR:
     def step(self) -> None:
         self.last_epoch += 1
         if self.last_epoch > self.total_steps:
-            raise ValueError(f"Tried to step {self.last_epoch} times. The specified number of total steps is "
-                             f"{self.total_steps}")
+            raise ValueError(
+                f"Tried to step {self.last_epoch} times. The specified number of total steps is {self.total_steps}"
+            )
         lr, momentum = self._values(self.last_epoch)
         self.optimizer.lr = lr
         if self.cycle_momentum:

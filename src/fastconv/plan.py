@@ -32,6 +32,7 @@ are serialised, since the buffers are shared.  The output matches the uncompiled
 float32 rounding, or within the documented Winograd bound when ``winograd=True`` lets the tuner
 choose it (docs/results/winograd.md).
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,9 @@ def compile(model, input_shape, *, backend=None, winograd=False, tune=True):  # 
     (1, 4)
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a fastconv.nn.Module (a ResNet, a Graph, a Sequential, ...), "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a fastconv.nn.Module (a ResNet, a Graph, a Sequential, ...), got {type(model).__name__}"
+        )
     shape = _input_shape(input_shape)
     backend = dispatch._check_name(backend)
     if backend == "auto":
@@ -79,8 +81,9 @@ def compile(model, input_shape, *, backend=None, winograd=False, tune=True):  # 
     steps, n_values, inputs, output, consts = _lower(work)
     if len(inputs) != 1:
         raise TypeError(f"model takes {len(inputs)} inputs; compile handles models of one input")
-    return Plan(work, steps, n_values, inputs[0], output, consts, shape, dtype,
-                Tuner(backend, bool(winograd), bool(tune)))
+    return Plan(
+        work, steps, n_values, inputs[0], output, consts, shape, dtype, Tuner(backend, bool(winograd), bool(tune))
+    )
 
 
 def _input_shape(input_shape) -> tuple[int, ...]:
@@ -100,6 +103,7 @@ def _model_dtype(model) -> np.dtype:
 
 
 # -- lowering: model -> steps over numbered values ------------------------------------------------
+
 
 class _Builder:
     def __init__(self):
@@ -169,16 +173,28 @@ def _lower_layer(path, layer, b: _Builder, args, kwargs, chain_start: int | None
     if plain and len(args) == 1 and isinstance(layer, nn.Identity) and not kwargs:
         return refs[0]
     last = b.steps[-1] if b.steps else None
-    if type(layer) is nn.Conv2d and plain and len(args) == 1 and layer.padding_mode == "zeros" \
-            and set(kwargs) <= {"residual", "activation"} \
-            and (kwargs.get("residual") is None or isinstance(kwargs["residual"], Ref)):
+    if (
+        type(layer) is nn.Conv2d
+        and plain
+        and len(args) == 1
+        and layer.padding_mode == "zeros"
+        and set(kwargs) <= {"residual", "activation"}
+        and (kwargs.get("residual") is None or isinstance(kwargs["residual"], Ref))
+    ):
         res = kwargs.get("residual")
-        return _conv(b, path, layer, refs[0], None if res is None else res.name,
-                     activation=kwargs.get("activation"))  # any epilogue activation, with its parameters
+        return _conv(
+            b, path, layer, refs[0], None if res is None else res.name, activation=kwargs.get("activation")
+        )  # any epilogue activation, with its parameters
     if plain and not kwargs and len(args) == 1:
-        if chain_start is not None and last in b.steps[chain_start:] and type(layer) is nn.ReLU \
-                and isinstance(last, Conv) and last.output == refs[0] \
-                and last.activation is None and not last.fused_into:
+        if (
+            chain_start is not None
+            and last in b.steps[chain_start:]
+            and type(layer) is nn.ReLU
+            and isinstance(last, Conv)
+            and last.output == refs[0]
+            and last.activation is None
+            and not last.fused_into
+        ):
             last.activation = "relu"  # a Sequential's conv -> (folded bn) -> relu
             last.fused_into = path
             return last.output
@@ -190,8 +206,14 @@ def _lower_layer(path, layer, b: _Builder, args, kwargs, chain_start: int | None
             return b.add(Linear(path, layer, refs[0], b.value()))
         if type(layer) is nn.Flatten and layer.start_dim == 1 and layer.end_dim == -1:
             return b.add(Pointwise(path, "flatten", (refs[0],), b.value()))
-    if plain and not kwargs and len(args) == 2 and isinstance(layer, nn.Elementwise) \
-            and layer.op == "add" and layer.alpha in (None, 1):
+    if (
+        plain
+        and not kwargs
+        and len(args) == 2
+        and isinstance(layer, nn.Elementwise)
+        and layer.op == "add"
+        and layer.alpha in (None, 1)
+    ):
         return b.add(Pointwise(path, "add", tuple(refs), b.value()))
     return b.add(Call(path, layer, args, kwargs, b.value()))
 
@@ -202,6 +224,7 @@ def _lower_graph(g: Graph, b: _Builder):
 
     def ref(r):
         return Ref(ids[r.name])
+
     for node in g.nodes:
         if node.op == "input":
             ids[node.name] = b.value()
@@ -214,14 +237,16 @@ def _lower_graph(g: Graph, b: _Builder):
             break
         else:
             layer = g.layer_of(node)
-            ids[node.name] = _lower_layer(node.target or node.name, layer, b, _map(node.args, ref),
-                                          _map(node.kwargs, ref))
+            ids[node.name] = _lower_layer(
+                node.target or node.name, layer, b, _map(node.args, ref), _map(node.kwargs, ref)
+            )
     if output is None:
         raise ValueError("model: the graph has no output node")
     return b.steps, b.n, inputs, output, b.consts
 
 
 # -- the plan ---------------------------------------------------------------------------------------
+
 
 class Plan:
     """A compiled forward pass (see the module docstring); call it with an array of ``input_shape``."""
@@ -250,8 +275,11 @@ class Plan:
         shapes = {s.output: env[s.output] for s in self.steps if s.managed}
         self._layout(shapes)
         consts = {i for i, a in enumerate(self._env) if a is not None}
-        self._transient = [i for i in range(len(self._env)) if i not in consts
-                           and not any(s.bound and s.output == i for s in self.steps)]
+        self._transient = [
+            i
+            for i in range(len(self._env))
+            if i not in consts and not any(s.bound and s.output == i for s in self.steps)
+        ]
 
     def _layout(self, produced: dict[int, np.ndarray]) -> None:
         """Buffers shared by liveness: value v's buffer is free once the last step reading v (or
@@ -266,7 +294,7 @@ class Plan:
         for r in _refs(self._output):
             for root in roots.get(r.name, {r.name}):
                 last_use[root] = end  # the output lives to the end
-        slots: list[int] = []      # bytes each slot needs
+        slots: list[int] = []  # bytes each slot needs
         free: list[int] = []
         slot_of: dict[int, int] = {}
         releases: dict[int, list[int]] = {}
@@ -298,11 +326,11 @@ class Plan:
         for need in slots:
             raw = np.empty(need + 64, np.uint8)
             off = (-raw.ctypes.data) % 64
-            self._slots.append(raw[off:off + need])
+            self._slots.append(raw[off : off + need])
         for step in self.steps:
             if step.output in slot_of:
                 a = produced[step.output]
-                buf = self._slots[slot_of[step.output]][:a.nbytes].view(a.dtype).reshape(a.shape)
+                buf = self._slots[slot_of[step.output]][: a.nbytes].view(a.dtype).reshape(a.shape)
                 step.bind(buf)
         self.value_bytes = sum(a.nbytes for a in produced.values())
         self.arena_bytes = sum(slots)
@@ -315,8 +343,10 @@ class Plan:
         if x.dtype != self.dtype:
             raise TypeError(f"x must have dtype {self.dtype} (the plan was compiled for it), got {x.dtype}")
         if x.shape != self.input_shape:
-            raise ValueError(f"x must have the compiled shape {self.input_shape}, got {x.shape}; "
-                             f"compile another plan for other shapes")
+            raise ValueError(
+                f"x must have the compiled shape {self.input_shape}, got {x.shape}; "
+                f"compile another plan for other shapes"
+            )
         if not (x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative):
             x = np.ascontiguousarray(x)
         with self._lock:
@@ -330,8 +360,10 @@ class Plan:
                 if not isinstance(result, np.ndarray):
                     raise TypeError("out: this plan's output is not one array")
                 if not isinstance(out, np.ndarray) or out.shape != result.shape or out.dtype != result.dtype:
-                    raise ValueError(f"out must be an array of shape {result.shape} and dtype {result.dtype}, got "
-                                     f"{getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}")
+                    raise ValueError(
+                        f"out must be an array of shape {result.shape} and dtype {result.dtype}, got "
+                        f"{getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}"
+                    )
                 np.copyto(out, result)
                 result = out
             else:
@@ -350,9 +382,11 @@ class Plan:
         return [(s.name, s.kind, s.describe()) for s in self.steps]
 
     def describe(self) -> str:
-        lines = [f"plan for input {self.input_shape} {self.dtype}: {len(self.steps)} steps, "
-                 f"{self.buffers} buffers of {self.arena_bytes / 2**20:.1f} MiB for {self.value_bytes / 2**20:.1f} MiB "
-                 f"of activations, {self.allocations_per_call} allocating steps"]
+        lines = [
+            f"plan for input {self.input_shape} {self.dtype}: {len(self.steps)} steps, "
+            f"{self.buffers} buffers of {self.arena_bytes / 2**20:.1f} MiB for {self.value_bytes / 2**20:.1f} MiB "
+            f"of activations, {self.allocations_per_call} allocating steps"
+        ]
         lines += [f"  {name:<28} {kind:<8} {what}" for name, kind, what in self.choices()]
         return "\n".join(lines)
 
@@ -374,5 +408,3 @@ def _copy_arrays(value):
     if isinstance(value, dict):
         return {k: _copy_arrays(v) for k, v in value.items()}
     return value
-
-

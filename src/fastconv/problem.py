@@ -9,6 +9,7 @@ Each descriptor checks its own invariants in ``__post_init__`` and raises ValueE
 offending argument, so a problem that exists can be run.  ``problem.id`` is the compact string
 used as test id, benchmark parameter and log text, e.g. ``n8_c64h56w56_k64r3s3_st1p1d1g1_f32``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -84,6 +85,7 @@ def _pad_id(top: int, bottom: int, left: int, right: int) -> str:
 # ``__post_init__``; the API and the layer constructors convert types and call the same rules for
 # values they hold before a problem exists (a layer has no input yet).
 
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
@@ -127,10 +129,11 @@ def activation_params(activation: str | None, params: tuple = ()) -> tuple[float
     """Every parameter of ``activation``, torch's defaults where ``params`` stops short."""
     require_activation(activation)
     names = ACTIVATION_PARAMS.get(activation, ())
-    _require(len(params) <= len(names),
-             f"activation {activation!r} takes {len(names)} parameter(s) {tuple(n for n, _ in names)}, "
-             f"got {tuple(params)}")
-    full = tuple(float(v) for v in params) + tuple(d for _, d in names[len(params):])
+    _require(
+        len(params) <= len(names),
+        f"activation {activation!r} takes {len(names)} parameter(s) {tuple(n for n, _ in names)}, got {tuple(params)}",
+    )
+    full = tuple(float(v) for v in params) + tuple(d for _, d in names[len(params) :])
     if activation == "hardtanh":
         _require(full[1] >= full[0], f"hardtanh needs max_val >= min_val, got min_val={full[0]}, max_val={full[1]}")
     return full
@@ -145,20 +148,27 @@ def _activation_id(activation: str | None, params: tuple) -> str:
 
 
 def require_padding_string(padding: str, stride: tuple[int, int]) -> None:
-    _require(padding in ("same", "valid"),
-             f"padding must be an int, a tuple of 2 ints, 'same' or 'valid', got padding={padding!r}")
-    _require(padding == "valid" or stride == (1, 1),
-             f"padding='same' is not supported for strided convolutions, got stride={stride}")
+    _require(
+        padding in ("same", "valid"),
+        f"padding must be an int, a tuple of 2 ints, 'same' or 'valid', got padding={padding!r}",
+    )
+    _require(
+        padding == "valid" or stride == (1, 1),
+        f"padding='same' is not supported for strided convolutions, got stride={stride}",
+    )
 
 
 def require_pool_padding(kernel: tuple[int, int], padding: tuple[int, int]) -> None:
-    _require(padding[0] <= kernel[0] // 2 and padding[1] <= kernel[1] // 2,
-             f"padding should be at most half of kernel_size, but got padding={padding} and kernel_size={kernel}")
+    _require(
+        padding[0] <= kernel[0] // 2 and padding[1] <= kernel[1] // 2,
+        f"padding should be at most half of kernel_size, but got padding={padding} and kernel_size={kernel}",
+    )
 
 
 def require_divisor(divisor_override) -> None:
-    _require(divisor_override is None or divisor_override != 0,
-             f"divisor_override must be non-zero, got {divisor_override}")
+    _require(
+        divisor_override is None or divisor_override != 0, f"divisor_override must be non-zero, got {divisor_override}"
+    )
 
 
 def require_eps(eps: float) -> None:
@@ -242,11 +252,9 @@ class Conv2dProblem(_Problem):
         _check_common(self, DIRECTIONS)
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
-        _require(self.h >= 1 and self.w >= 1,
-                 f"input spatial size must be positive, got {self.h}x{self.w}")
+        _require(self.h >= 1 and self.w >= 1, f"input spatial size must be positive, got {self.h}x{self.w}")
         _require(self.k >= 1, f"weight must have at least one output channel, got weight.shape[0]={self.k}")
-        _require(self.r >= 1 and self.s >= 1,
-                 f"weight kernel size must be positive, got {self.r}x{self.s}")
+        _require(self.r >= 1 and self.s >= 1, f"weight kernel size must be positive, got {self.r}x{self.s}")
         require_positive(self.groups, "groups")
         require_positive(self.stride, "stride")
         require_positive(self.dilation, "dilation")
@@ -259,23 +267,33 @@ class Conv2dProblem(_Problem):
             object.__setattr__(self, "activation_params", ())
         elif self.activation != "relu" or self.activation_params:
             object.__setattr__(self, "activation_params", activation_params(self.activation, self.activation_params))
-        _require(self.direction == "fwd" or not (self.residual or self.activation),
-                 f"a {self.direction} problem has no fused epilogue: its backward is composed from the ops' own")
+        _require(
+            self.direction == "fwd" or not (self.residual or self.activation),
+            f"a {self.direction} problem has no fused epilogue: its backward is composed from the ops' own",
+        )
         require_algorithm(self.algorithm)
         pt, pb, pl, pr = self.padding
         if self.padding_mode == "reflect":
-            _require(max(pt, pb) < self.h and max(pl, pr) < self.w,
-                     f"padding_mode='reflect' needs padding smaller than the input size, "
-                     f"got padding {self.padding} (top, bottom, left, right) for input {self.h}x{self.w}")
+            _require(
+                max(pt, pb) < self.h and max(pl, pr) < self.w,
+                f"padding_mode='reflect' needs padding smaller than the input size, "
+                f"got padding {self.padding} (top, bottom, left, right) for input {self.h}x{self.w}",
+            )
         if self.padding_mode == "circular":
-            _require(max(pt, pb) <= self.h and max(pl, pr) <= self.w,
-                     f"padding_mode='circular' needs padding at most the input size, "
-                     f"got padding {self.padding} (top, bottom, left, right) for input {self.h}x{self.w}")
-        for name, n, k, d, pad in (("height", self.h, self.r, self.dilation[0], pt + pb),
-                                   ("width", self.w, self.s, self.dilation[1], pl + pr)):
-            _require(n + pad >= d * (k - 1) + 1,
-                     f"kernel size can't be greater than the padded input size: padded input {name} "
-                     f"is {n + pad} but the dilated kernel {name} is {d * (k - 1) + 1}")
+            _require(
+                max(pt, pb) <= self.h and max(pl, pr) <= self.w,
+                f"padding_mode='circular' needs padding at most the input size, "
+                f"got padding {self.padding} (top, bottom, left, right) for input {self.h}x{self.w}",
+            )
+        for name, n, k, d, pad in (
+            ("height", self.h, self.r, self.dilation[0], pt + pb),
+            ("width", self.w, self.s, self.dilation[1], pl + pr),
+        ):
+            _require(
+                n + pad >= d * (k - 1) + 1,
+                f"kernel size can't be greater than the padded input size: padded input {name} "
+                f"is {n + pad} but the dilated kernel {name} is {d * (k - 1) + 1}",
+            )
 
     # -- derived sizes --------------------------------------------------------------------------
     # Cached: every layer of the call stack asks for them (a frozen dataclass may still hold them).
@@ -342,8 +360,10 @@ class Conv2dProblem(_Problem):
     def id(self) -> str:
         sh, sw = self.stride
         dh, dw = self.dilation
-        text = (f"n{self.n}_c{self.c}h{self.h}w{self.w}_k{self.k}r{self.r}s{self.s}"
-                f"_st{_pair_id(sh, sw)}p{_pad_id(*self.padding)}d{_pair_id(dh, dw)}g{self.groups}")
+        text = (
+            f"n{self.n}_c{self.c}h{self.h}w{self.w}_k{self.k}r{self.r}s{self.s}"
+            f"_st{_pair_id(sh, sw)}p{_pad_id(*self.padding)}d{_pair_id(dh, dw)}g{self.groups}"
+        )
         if self.padding_mode != "zeros":
             text += f"_{self.padding_mode}"
         text += "".join(tag for flag, tag in ((self.bias, "_bias"), (self.residual, "_res")) if flag)
@@ -382,8 +402,10 @@ class Pool2dProblem(_Problem):
     def __post_init__(self):
         _check_common(self, DIRECTIONS[:2])
         _require(self.kind in ("max", "avg"), f"pool kind must be 'max' or 'avg', got {self.kind!r}")
-        _require(not self.return_indices or (self.kind == "max" and self.direction == "fwd"),
-                 "return_indices is a forward max pooling option")
+        _require(
+            not self.return_indices or (self.kind == "max" and self.direction == "fwd"),
+            "return_indices is a forward max pooling option",
+        )
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
         _require(self.h >= 1 and self.w >= 1, f"input spatial size must be positive, got {self.h}x{self.w}")
@@ -394,9 +416,11 @@ class Pool2dProblem(_Problem):
         _require(self.kind == "max" or self.dilation == (1, 1), "avg_pool2d has no dilation")
         require_pool_padding(self.kernel, self.padding)
         require_divisor(self.divisor_override)
-        _require(self.oh >= 1 and self.ow >= 1,
-                 f"given input size ({self.c}x{self.h}x{self.w}), the calculated output size "
-                 f"({self.c}x{self.oh}x{self.ow}) is too small")
+        _require(
+            self.oh >= 1 and self.ow >= 1,
+            f"given input size ({self.c}x{self.h}x{self.w}), the calculated output size "
+            f"({self.c}x{self.oh}x{self.ow}) is too small",
+        )
 
     @property
     def oh(self) -> int:
@@ -439,8 +463,10 @@ class Pool2dProblem(_Problem):
 
     @property
     def id(self) -> str:
-        text = (f"{self.kind}_n{self.n}_c{self.c}h{self.h}w{self.w}_k{_pair_id(*self.kernel)}"
-                f"_st{_pair_id(*self.stride)}p{_pair_id(*self.padding)}")
+        text = (
+            f"{self.kind}_n{self.n}_c{self.c}h{self.h}w{self.w}_k{_pair_id(*self.kernel)}"
+            f"_st{_pair_id(*self.stride)}p{_pair_id(*self.padding)}"
+        )
         if self.kind == "max":
             text += f"d{_pair_id(*self.dilation)}"
         if self.ceil_mode:
@@ -475,8 +501,10 @@ class AdaptivePool2dProblem(_Problem):
         _require(not self.return_indices or self.kind == "max", "return_indices is an adaptive max pooling option")
         _require(self.n >= 0, f"input batch size must be non-negative, got {self.n}")
         _require(self.c >= 1, f"input must have at least one channel, got {self.c}")
-        _require(self.h >= 1 and self.w >= 1,
-                 f"adaptive_avg_pool2d expects input with non-zero spatial size, got {self.h}x{self.w}")
+        _require(
+            self.h >= 1 and self.w >= 1,
+            f"adaptive_avg_pool2d expects input with non-zero spatial size, got {self.h}x{self.w}",
+        )
         require_nonnegative((self.oh, self.ow), "output_size")
 
     @property
@@ -500,8 +528,10 @@ class AdaptivePool2dProblem(_Problem):
 
     @property
     def id(self) -> str:
-        return (f"a{self.kind}_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}"
-                f"{'_idx' if self.return_indices else ''}_{_dt(self.dtype)}" + _suffix(self))
+        return (
+            f"a{self.kind}_n{self.n}_c{self.c}h{self.h}w{self.w}_o{_pair_id(self.oh, self.ow)}"
+            f"{'_idx' if self.return_indices else ''}_{_dt(self.dtype)}" + _suffix(self)
+        )
 
 
 @dataclass(frozen=True)
@@ -556,8 +586,11 @@ class BatchNormProblem(_Problem):
 
     @property
     def id(self) -> str:
-        dims = "".join(f"{a}{v}" for a, v in zip("hwd", self.spatial)) if len(self.spatial) <= 3 else \
-            "x".join(map(str, self.spatial))
+        dims = (
+            "".join(f"{a}{v}" for a, v in zip("hwd", self.spatial))
+            if len(self.spatial) <= 3
+            else "x".join(map(str, self.spatial))
+        )
         mode = "train" if self.training else "eval"
         return f"bn_n{self.n}_c{self.c}{dims}_{mode}_{_dt(self.dtype)}" + _suffix(self)
 
@@ -604,9 +637,10 @@ class ActivationProblem(_Problem):
 
     def __post_init__(self):
         _check_common(self, DIRECTIONS[:1])
-        _require(self.kind in ACTIVATION_PARAMS and self.kind != "relu",
-                 f"activation kind must be one of {tuple(k for k in ACTIVATION_PARAMS if k != 'relu')}, "
-                 f"got {self.kind!r}")
+        _require(
+            self.kind in ACTIVATION_PARAMS and self.kind != "relu",
+            f"activation kind must be one of {tuple(k for k in ACTIVATION_PARAMS if k != 'relu')}, got {self.kind!r}",
+        )
         object.__setattr__(self, "params", activation_params(self.kind, self.params))
 
     @property
@@ -629,8 +663,10 @@ class ActivationProblem(_Problem):
 
     @property
     def id(self) -> str:
-        return (f"{_activation_id(self.kind, self.params)}_{'x'.join(map(str, self.shape)) or 'scalar'}"
-                f"_{_dt(self.dtype)}" + _suffix(self))
+        return (
+            f"{_activation_id(self.kind, self.params)}_{'x'.join(map(str, self.shape)) or 'scalar'}"
+            f"_{_dt(self.dtype)}" + _suffix(self)
+        )
 
 
 @dataclass(frozen=True)
@@ -647,9 +683,10 @@ class LinearProblem(_Problem):
     def __post_init__(self):
         _check_common(self, DIRECTIONS[:1])
         _require(all(v >= 0 for v in self.batch), f"input sizes must be non-negative, got {self.batch}")
-        _require(self.in_features >= 0 and self.out_features >= 0,
-                 f"features must be non-negative, got in_features={self.in_features}, "
-                 f"out_features={self.out_features}")
+        _require(
+            self.in_features >= 0 and self.out_features >= 0,
+            f"features must be non-negative, got in_features={self.in_features}, out_features={self.out_features}",
+        )
 
     @property
     def rows(self) -> int:
@@ -678,9 +715,18 @@ class LinearProblem(_Problem):
     @property
     def id(self) -> str:
         batch = "x".join(map(str, self.batch)) or "scalar"
-        return (f"linear_{batch}_i{self.in_features}o{self.out_features}{'_bias' if self.bias else ''}"
-                f"_{_dt(self.dtype)}" + _suffix(self))
+        return (
+            f"linear_{batch}_i{self.in_features}o{self.out_features}{'_bias' if self.bias else ''}"
+            f"_{_dt(self.dtype)}" + _suffix(self)
+        )
 
 
-Problem = (Conv2dProblem | Pool2dProblem | AdaptivePool2dProblem | BatchNormProblem | ReluProblem
-           | ActivationProblem | LinearProblem)
+Problem = (
+    Conv2dProblem
+    | Pool2dProblem
+    | AdaptivePool2dProblem
+    | BatchNormProblem
+    | ReluProblem
+    | ActivationProblem
+    | LinearProblem
+)

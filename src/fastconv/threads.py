@@ -11,6 +11,7 @@ at call time, so the count is right whatever was imported first:
 
 The default is the CPUs this process may run on, or ``FASTCONV_NUM_THREADS`` when set.
 """
+
 from __future__ import annotations
 
 import operator

@@ -12,6 +12,7 @@ asv and pytest-benchmark suites, the tuning scripts and autotuning.  The method:
 - candidates are interleaved, the order rotated each round, so drift on a busy machine hits all
   alike; results are medians (with quartiles) over the rounds.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,12 @@ def _no_sync() -> None:
     pass
 
 
-def time_calls(call: Callable[[], object], number: int = 1, sync: Callable[[], None] = _no_sync,
-               timer: Callable[[], float] | None = None) -> float:
+def time_calls(
+    call: Callable[[], object],
+    number: int = 1,
+    sync: Callable[[], None] = _no_sync,
+    timer: Callable[[], float] | None = None,
+) -> float:
     """Seconds per call over ``number`` back-to-back calls, device synchronised.
 
     ``timer`` is the wall clock by default; ``time.process_time`` gives the process's CPU time
@@ -69,6 +74,7 @@ def quartiles(samples: list[float]) -> tuple[float, float, float]:
         lo = int(pos)
         hi = min(lo + 1, len(s) - 1)
         return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
     return at(0.25), at(0.5), at(0.75)
 
 
@@ -76,9 +82,15 @@ def median(samples: list[float]) -> float:
     return quartiles(samples)[1]
 
 
-def interleaved(calls: Mapping[str, Callable[[], object]], repeats: int, *, number: int = 1,
-                settle_s: float = 0.0, sync: Callable[[], None] = _no_sync,
-                timer: Callable[[], float] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int,
+    *,
+    number: int = 1,
+    settle_s: float = 0.0,
+    sync: Callable[[], None] = _no_sync,
+    timer: Callable[[], float] | None = None,
+) -> dict[str, list[float]]:
     """``repeats`` samples (seconds per call) of each call, interleaved, order rotated per round."""
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}

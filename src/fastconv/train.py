@@ -9,6 +9,7 @@ With ``--compare-torch`` (the default when torch is installed) a torch copy of t
 same initial weights, same batches in the same order and the same optimiser trains alongside;
 the step-by-step loss difference says whether fastconv's gradients track torch's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ from .models.resnet import BasicBlock, conv1x1
 
 def digits_resnet(width: int = 16, num_classes: int = 10, dtype="float32") -> nn.Sequential:
     """Stem 3x3 conv, three BasicBlock stages (width, 2x and 4x, the last two with stride 2), pool, fc."""
+
     def stage(inplanes, planes, stride):
         down = None
         if stride != 1 or inplanes != planes:
@@ -30,9 +32,17 @@ def digits_resnet(width: int = 16, num_classes: int = 10, dtype="float32") -> nn
         return BasicBlock(inplanes, planes, stride, down)
 
     w = width
-    return nn.Sequential(nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-                         stage(w, w, 1), stage(w, 2 * w, 2), stage(2 * w, 4 * w, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes)).astype(dtype)
+    return nn.Sequential(
+        nn.Conv2d(1, w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        stage(w, w, 1),
+        stage(w, 2 * w, 2),
+        stage(2 * w, 4 * w, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * w, num_classes),
+    ).astype(dtype)
 
 
 def load_digits(dtype="float32", seed: int = 0):
@@ -42,17 +52,20 @@ def load_digits(dtype="float32", seed: int = 0):
 
     data = sk_digits()
     x = data.images.astype(np.float64)[:, None]
-    x_tr, x_te, y_tr, y_te = train_test_split(x, data.target, test_size=0.2, stratify=data.target,
-                                              random_state=seed)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, data.target, test_size=0.2, stratify=data.target, random_state=seed)
     mean, std = x_tr.mean(), x_tr.std()
-    return ((x_tr - mean) / std).astype(dtype), y_tr.astype(np.int64), ((x_te - mean) / std).astype(dtype), \
-        y_te.astype(np.int64)
+    return (
+        ((x_tr - mean) / std).astype(dtype),
+        y_tr.astype(np.int64),
+        ((x_te - mean) / std).astype(dtype),
+        y_te.astype(np.int64),
+    )
 
 
 def accuracy(model, x, y, batch: int = 256) -> float:
     model.eval()
     with nn.no_grad():
-        hits = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+        hits = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
     model.train()
     return hits / len(x)
 
@@ -68,8 +81,13 @@ class _TorchTwin:
         self.torch = torch
         torch.set_num_threads(args.threads)
         self.model = to_torch(model).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
-                                   weight_decay=args.weight_decay, nesterov=args.nesterov)
+        self.opt = torch.optim.SGD(
+            self.model.parameters(),
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            nesterov=args.nesterov,
+        )
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=args.lr, total_steps=total_steps)
         self.seconds = 0.0
 
@@ -105,14 +123,18 @@ def train(args, console=None) -> dict:
     total = args.epochs * steps_per_epoch if args.steps is None else args.steps
     twin = _TorchTwin(model, args, total) if args.compare_torch else None
     criterion = nn.CrossEntropyLoss()
-    opt = optim.SGD(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                    nesterov=args.nesterov)
+    opt = optim.SGD(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov)
     sched = optim.OneCycleLR(opt, max_lr=args.lr, total_steps=total)
     rng = np.random.default_rng(args.seed)
     history = {"loss": [], "torch_loss": [], "epoch_step": [], "test_acc": [], "torch_test_acc": []}
     seconds, step = 0.0, 0
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, console=console, disable=args.quiet, transient=False) as progress:
         task = progress.add_task(f"train on {args.backend}", total=total, status="")
         while step < total:
@@ -120,7 +142,7 @@ def train(args, console=None) -> dict:
             for start in range(0, len(order), args.batch_size):
                 if step == total:
                     break
-                idx = order[start:start + args.batch_size]
+                idx = order[start : start + args.batch_size]
                 xb, yb = x_tr[idx], y_tr[idx]
                 t0 = time.perf_counter()
                 loss = criterion(model(xb), yb)
@@ -141,14 +163,25 @@ def train(args, console=None) -> dict:
             if twin is not None:
                 history["torch_test_acc"].append(twin.accuracy(x_te, y_te))
             progress.update(task, status=f"loss {history['loss'][-1]:.4f}  test acc {history['test_acc'][-1]:.4f}")
-    result = {"backend": args.backend, "dtype": args.dtype, "threads": args.threads, "steps": total,
-              "batch_size": args.batch_size, "epochs": len(history["test_acc"]), "seconds": seconds,
-              "test_accuracy": history["test_acc"][-1], "history": history}
+    result = {
+        "backend": args.backend,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "steps": total,
+        "batch_size": args.batch_size,
+        "epochs": len(history["test_acc"]),
+        "seconds": seconds,
+        "test_accuracy": history["test_acc"][-1],
+        "history": history,
+    }
     if twin is not None:
         ours, ref = np.array(history["loss"]), np.array(history["torch_loss"])
-        result.update(torch_seconds=twin.seconds, torch_test_accuracy=history["torch_test_acc"][-1],
-                      max_loss_diff=float(np.abs(ours - ref).max()),
-                      max_loss_rel_diff=float((np.abs(ours - ref) / np.abs(ref)).max()))
+        result.update(
+            torch_seconds=twin.seconds,
+            torch_test_accuracy=history["torch_test_acc"][-1],
+            max_loss_diff=float(np.abs(ours - ref).max()),
+            max_loss_rel_diff=float((np.abs(ours - ref) / np.abs(ref)).max()),
+        )
     return result
 
 
@@ -172,8 +205,10 @@ def plot(result: dict, path: str) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"ResNet on scikit-learn digits: {result['test_accuracy']:.2%} in {result['seconds']:.1f} s "
-                 f"({result['threads']} threads, {result['dtype']})")
+    fig.suptitle(
+        f"ResNet on scikit-learn digits: {result['test_accuracy']:.2%} in {result['seconds']:.1f} s "
+        f"({result['threads']} threads, {result['dtype']})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -197,8 +232,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compare-torch", action=argparse.BooleanOptionalAction, default=None,
-                   help="train torch alongside from the same weights and batches (default: when installed)")
+    p.add_argument(
+        "--compare-torch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train torch alongside from the same weights and batches (default: when installed)",
+    )
     p.add_argument("--plot", metavar="PNG", help="write the loss and accuracy curves")
     p.add_argument("--json", metavar="PATH", help="write the figures and curves as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -217,17 +256,22 @@ def main(argv: list[str]) -> int:
     if args.compare_torch is None:
         try:
             import torch  # noqa: F401
+
             args.compare_torch = True
         except ImportError:
             args.compare_torch = False
     console = Console(stderr=True)
     result = train(args, console)
-    line = (f"{result['backend']}: test accuracy {result['test_accuracy']:.2%} after {result['steps']} steps "
-            f"({result['epochs']} epochs) in {result['seconds']:.1f} s at {result['threads']} threads")
+    line = (
+        f"{result['backend']}: test accuracy {result['test_accuracy']:.2%} after {result['steps']} steps "
+        f"({result['epochs']} epochs) in {result['seconds']:.1f} s at {result['threads']} threads"
+    )
     if "torch_test_accuracy" in result:
-        line += (f"; torch from the same start: {result['torch_test_accuracy']:.2%} in "
-                 f"{result['torch_seconds']:.1f} s; largest loss difference per step "
-                 f"{result['max_loss_diff']:.2e} (relative {result['max_loss_rel_diff']:.2e})")
+        line += (
+            f"; torch from the same start: {result['torch_test_accuracy']:.2%} in "
+            f"{result['torch_seconds']:.1f} s; largest loss difference per step "
+            f"{result['max_loss_diff']:.2e} (relative {result['max_loss_rel_diff']:.2e})"
+        )
     print(line)
     if args.plot:
         plot(result, args.plot)

@@ -5,6 +5,7 @@ them, saves each run (--benchmark-autosave) and compares it with the previous on
 ``quick`` unless FASTCONV_PERF_SUITE names another; the thread count is FASTCONV_PERF_THREADS (2).
 Each test is grouped by problem, so pytest-benchmark's table for a group ranks the backends.
 """
+
 import os
 
 import pytest
@@ -33,7 +34,6 @@ def test_op(benchmark, case, backend):
     prepared = target.prepare(case, targets.make_inputs(case))
     prepared.call()  # the first call (JIT compilation, thread pools) stays out of the statistics
     benchmark.group = f"{case.label} n{case.n} ({case.id})"
-    benchmark.extra_info.update(problem=case.id, backend=backend, threads=THREADS, unit=case.unit,
-                                work=case.work)
+    benchmark.extra_info.update(problem=case.id, backend=backend, threads=THREADS, unit=case.unit, work=case.work)
     benchmark(prepared.call)
     benchmark.extra_info["throughput"] = case.throughput(benchmark.stats.stats.median)

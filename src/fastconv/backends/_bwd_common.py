@@ -6,6 +6,7 @@ gradient of that copy is a sum: every padded cell hands its gradient back to the
 was copied from.  So a backend computes the zero-padding gradient of the padded input, and
 ``fold_padding`` adds each padded row and column onto its source.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace

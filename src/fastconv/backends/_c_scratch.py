@@ -7,6 +7,7 @@ loops that clip taps and need no scratch, so that a problem whose scratch cannot
 with a MemoryError that says how much it needs -- before anything is allocated.  The pooling
 backward kernels (pool_bwd_impl.h) write straight into the gradient and need none.
 """
+
 from __future__ import annotations
 
 from .._args import check_scratch_size
@@ -184,9 +185,14 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
     if nr == 48 and rest == 16 and full >= 1:
         npan = full + 2
     rows = {"direct": rs * cgp, "packed": crsp, "swap": _ceil(q.kg, mr) * mr}[mode]
-    in_place = ohw >= 512 and unpadded_1x1 and (
-        (mode == "swap" and q.kg % mr == 0)
-        or (mode == "direct" and q.stride == (1, 1) and q.cg % mr == 0 and (q.oh, q.ow) == (q.h, q.w)))
+    in_place = (
+        ohw >= 512
+        and unpadded_1x1
+        and (
+            (mode == "swap" and q.kg % mr == 0)
+            or (mode == "direct" and q.stride == (1, 1) and q.cg % mr == 0 and (q.oh, q.ow) == (q.h, q.w))
+        )
+    )
     span = ohw if in_place else (virt if mode == "direct" else real)
     kc2 = _ceil(span, _ceil(span, max(kc, 393216 // (q.groups * npad))))
     if in_place:

@@ -12,6 +12,7 @@ memory, gathering the latter straight from the input, and every thread accumulat
 (BM / TY) x (BN / TX) sub-tile in registers.  The tile shape is a factory argument: the simulator
 tests run the same code on small tiles.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ def _src(i, size, mode):
 
 
 # -- convolution ---------------------------------------------------------------------------------
+
 
 @cuda.jit
 def conv_direct(x, w, bias, res, y, sh, sw, pt, pl, dh, dw, groups, mode, has_res, do_relu):
@@ -169,6 +171,7 @@ def _make_gemm(nbtype, BM, BN, BK, TY, TX):
 
 
 # -- pooling -------------------------------------------------------------------------------------
+
 
 @cuda.jit
 def max_pool(x, y, kh, kw, sh, sw, ph, pw, dh, dw):

@@ -9,6 +9,7 @@ gradient's sum over images is per thread, added at the end, so no two threads wr
 
 Pooling backward scatters each tap's share onto the same strided views its forward read.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ from .im2col import _chunks, _overhang, _padded_local, _avg_divisors, _parallel,
 
 def _tap(a: np.ndarray, r0: int, s0: int, oh: int, ow: int, sh: int, sw: int) -> np.ndarray:
     """The strided view of a's last two axes holding tap (r0, s0) of every window."""
-    return a[..., r0:r0 + sh * (oh - 1) + 1:sh, s0:s0 + sw * (ow - 1) + 1:sw]
+    return a[..., r0 : r0 + sh * (oh - 1) + 1 : sh, s0 : s0 + sw * (ow - 1) + 1 : sw]
 
 
 def _windows(xp: np.ndarray, q) -> np.ndarray:
@@ -31,7 +32,9 @@ def _windows(xp: np.ndarray, q) -> np.ndarray:
     input value tap (r, s) of window (i, j) reads."""
     (sh, sw), (dh, dw) = q.stride, q.dilation
     cs, hs, ws = xp.strides
-    return as_strided(xp, (xp.shape[0], q.r, q.s, q.oh, q.ow), (cs, hs * dh, ws * dw, hs * sh, ws * sw), writeable=False)
+    return as_strided(
+        xp, (xp.shape[0], q.r, q.s, q.oh, q.ow), (cs, hs * dh, ws * dw, hs * sh, ws * sw), writeable=False
+    )
 
 
 def conv2d_bwd_data(p, grad_output, weight):
@@ -40,21 +43,21 @@ def conv2d_bwd_data(p, grad_output, weight):
     hp, wp = q.h + pt + pb, q.w + pl + pr
     gxp = np.zeros((q.n, q.c, hp, wp), p.dtype)
     # weight_g^T: (cg * r * s, kg), one per group; the GEMM's left operand.
-    wt = [weight[g * q.kg:(g + 1) * q.kg].reshape(q.kg, -1).T for g in range(q.groups)]
+    wt = [weight[g * q.kg : (g + 1) * q.kg].reshape(q.kg, -1).T for g in range(q.groups)]
     (sh, sw), (dh, dw) = q.stride, q.dilation
 
     def work(part):
         for n in part:
             for g in range(q.groups):
-                gy = grad_output[n, g * q.kg:(g + 1) * q.kg].reshape(q.kg, q.oh * q.ow)
+                gy = grad_output[n, g * q.kg : (g + 1) * q.kg].reshape(q.kg, q.oh * q.ow)
                 cols = (wt[g] @ gy).reshape(q.cg, q.r, q.s, q.oh, q.ow)
-                target = gxp[n, g * q.cg:(g + 1) * q.cg]
+                target = gxp[n, g * q.cg : (g + 1) * q.cg]
                 for r in range(q.r):
                     for s in range(q.s):
                         _tap(target, r * dh, s * dw, q.oh, q.ow, sh, sw)[...] += cols[:, r, s]
 
     _parallel(work, list(range(q.n)), blas=True)
-    gx = np.ascontiguousarray(gxp[:, :, pt:pt + q.h, pl:pl + q.w])
+    gx = np.ascontiguousarray(gxp[:, :, pt : pt + q.h, pl : pl + q.w])
     return fold_padding(p, gx)
 
 
@@ -63,7 +66,7 @@ def conv2d_bwd_weight(p, x, grad_output):
     xp = _zero_padded(pad_input(p, x).reshape(q.n * q.c, q.h, q.w), q.padding)
     xp = xp.reshape(q.n, q.c, *xp.shape[1:])
     images = list(range(q.n))
-    parts = [images[t::max(1, min(len(images), _threads()))] for t in range(max(1, min(len(images), _threads())))]
+    parts = [images[t :: max(1, min(len(images), _threads()))] for t in range(max(1, min(len(images), _threads())))]
     partial = [np.zeros((q.groups, q.kg, q.cg * q.r * q.s), p.dtype) for _ in parts]
 
     def work(todo):
@@ -71,8 +74,8 @@ def conv2d_bwd_weight(p, x, grad_output):
             acc = partial[t]
             for n in parts[t]:
                 for g in range(q.groups):
-                    cols = _windows(xp[n, g * q.cg:(g + 1) * q.cg], q).reshape(q.cg * q.r * q.s, q.oh * q.ow)
-                    gy = grad_output[n, g * q.kg:(g + 1) * q.kg].reshape(q.kg, q.oh * q.ow)
+                    cols = _windows(xp[n, g * q.cg : (g + 1) * q.cg], q).reshape(q.cg * q.r * q.s, q.oh * q.ow)
+                    gy = grad_output[n, g * q.kg : (g + 1) * q.kg].reshape(q.kg, q.oh * q.ow)
                     acc[g] += gy @ cols.T
 
     _parallel(work, list(range(len(parts))), blas=True)
@@ -103,8 +106,7 @@ def max_pool2d_bwd_data(p, x, grad_output):
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     eh, ew = _overhang(p)
     planes, gy = x.reshape(p.n * p.c, p.h, p.w), grad_output.reshape(p.n * p.c, p.oh, p.ow)
-    fallback = (_first_valid(p.oh, kh, sh, ph, dh, p.h)[:, None] * kw
-                + _first_valid(p.ow, kw, sw, pw, dw, p.w)[None, :])
+    fallback = _first_valid(p.oh, kh, sh, ph, dh, p.h)[:, None] * kw + _first_valid(p.ow, kw, sw, pw, dw, p.w)[None, :]
     gx = np.empty((p.n * p.c, p.h, p.w), p.dtype)
 
     def work(part):
@@ -120,7 +122,7 @@ def max_pool2d_bwd_data(p, x, grad_output):
             gp = np.zeros(xp.shape, p.dtype)
             for t in range(kh * kw):
                 _tap(gp, (t // kw) * dh, (t % kw) * dw, p.oh, p.ow, sh, sw)[...] += np.where(where == t, gy[a:b], 0)
-            gx[a:b] = gp[:, ph:ph + p.h, pw:pw + p.w]
+            gx[a:b] = gp[:, ph : ph + p.h, pw : pw + p.w]
 
     _parallel(work, _chunks(p.n * p.c, p.h * p.w * kh * kw))
     return gx.reshape(p.input_shape)
@@ -138,7 +140,7 @@ def avg_pool2d_bwd_data(p, grad_output):
             for r in range(kh):
                 for s in range(kw):
                     _tap(gp, r, s, p.oh, p.ow, sh, sw)[...] += share[a:b]
-            gx[a:b] = gp[:, ph:ph + p.h, pw:pw + p.w]
+            gx[a:b] = gp[:, ph : ph + p.h, pw : pw + p.w]
 
     _parallel(work, _chunks(p.n * p.c, p.h * p.w * kh * kw))
     return gx.reshape(p.input_shape)

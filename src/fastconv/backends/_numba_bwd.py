@@ -7,6 +7,7 @@ per-thread copies are needed.
 Within a task the loops run along output rows over the column range whose tap lies inside the
 input (computed up front), so the innermost loop has no bounds test and vectorises.
 """
+
 from __future__ import annotations
 
 import math

@@ -22,6 +22,7 @@ Shape classes with their own kernel:
 
 The epilogue ``act(conv + bias + residual)`` is applied as each tile is stored.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,6 +46,7 @@ WEIGHT_BYTES = 512 * 1024
 
 # -- repacking ---------------------------------------------------------------------------------
 
+
 @inline
 def _pack_input_row(x, groups, pt, pl, xh, task):
     """Row ``task`` of xh: xh[n, g, pt + h, (pl + w) * Cg + c] = x[n, g * Cg + c, h, w], zero padding."""
@@ -64,7 +66,7 @@ def _pack_input_row(x, groups, pt, pl, xh, task):
             c1 = min(c0 + CHANNEL_BLOCK, (g + 1) * cg)
             planes = x[n, c0:c1]
             for iw in range(w):
-                dst = out[(pl + iw) * cg + c0 - g * cg:]
+                dst = out[(pl + iw) * cg + c0 - g * cg :]
                 for c in range(c1 - c0):
                     dst[c] = planes[c, ih, iw]
 
@@ -84,7 +86,7 @@ def _pack_weight_row(weight, groups, wt, task):
         # Tap by tap, writing contiguously; the reads stride through the (cached) source row.
         src = weight[g * kg + k].reshape(cg, r_ * s_)
         for tap in range(r_ * s_):
-            dst = out[tap * cg:(tap + 1) * cg]
+            dst = out[tap * cg : (tap + 1) * cg]
             for c in range(cg):
                 dst[c] = src[c, tap]
 
@@ -115,17 +117,18 @@ def _pack_pixels(x, groups, sh, sw, xh):
         i = task % oh
         g = (task // oh) % groups
         n = task // (oh * groups)
-        out = xh[n, g, 0, i * ow * cg:(i + 1) * ow * cg]
+        out = xh[n, g, 0, i * ow * cg : (i + 1) * ow * cg]
         for c0 in range(g * cg, (g + 1) * cg, CHANNEL_BLOCK):  # as in _pack_input_row
             c1 = min(c0 + CHANNEL_BLOCK, (g + 1) * cg)
             planes = x[n, c0:c1]
             for j in range(ow):
-                dst = out[j * cg + c0 - g * cg:]
+                dst = out[j * cg + c0 - g * cg :]
                 for c in range(c1 - c0):
                     dst[c] = planes[c, i * sh, j * sw]
 
 
 # -- the 4 x 4 register tile -------------------------------------------------------------------
+
 
 @inline
 def _dot4x4(x0, x1, x2, x3, w0, w1, w2, w3, length, acc):
@@ -134,8 +137,7 @@ def _dot4x4(x0, x1, x2, x3, w0, w1, w2, w3, length, acc):
     acc[4 * p + q] belongs to pixel p and channel q.  LLVM vectorises the loop with one vector
     accumulator per product: 8 loads feed 16 multiply-adds.
     """
-    (a00, a01, a02, a03, a10, a11, a12, a13,
-     a20, a21, a22, a23, a30, a31, a32, a33) = acc
+    (a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33) = acc
     for t in range(length):
         u0, u1, u2, u3 = x0[t], x1[t], x2[t], x3[t]
         v0, v1, v2, v3 = w0[t], w1[t], w2[t], w3[t]
@@ -155,14 +157,12 @@ def _dot4x4(x0, x1, x2, x3, w0, w1, w2, w3, length, acc):
         a31 += u3 * v1
         a32 += u3 * v2
         a33 += u3 * v3
-    return (a00, a01, a02, a03, a10, a11, a12, a13,
-            a20, a21, a22, a23, a30, a31, a32, a33)
+    return (a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
 
 
 @inline
 def _zeros16(zero):
-    return (zero, zero, zero, zero, zero, zero, zero, zero,
-            zero, zero, zero, zero, zero, zero, zero, zero)
+    return (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
 
 
 @inline
@@ -183,9 +183,9 @@ def _store4x4(y, bias, res, n, k0, valid_k, i, j0, valid_j, acc, has_res, relu):
 
 # -- dense and grouped convolution -------------------------------------------------------------
 
+
 @kernel
-def _conv_dense(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, block, tiles_per_task,
-                weights_outer, has_res, relu):
+def _conv_dense(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, block, tiles_per_task, weights_outer, has_res, relu):
     """y = conv(x, w) from the packed input xh (N, G, Hp, Wp*Cg) and weights wt (G, Kgp, R*S*Cg).
 
     One task: an image, a group, an output row, ``block`` output columns of it and
@@ -214,7 +214,7 @@ def _conv_dense(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, block, tiles_p
         i, col0 = place // blocks, (place % blocks) * block
         for tile in range(chunk * tiles_per_task, min(tiles, (chunk + 1) * tiles_per_task)):
             k0 = tile * TILE_CHANNELS
-            w_k = wt[g, k0:k0 + TILE_CHANNELS]
+            w_k = wt[g, k0 : k0 + TILE_CHANNELS]
             for j0 in range(col0, min(col0 + block, ow), TILE_PIXELS):
                 # A last tile short of pixels recomputes the last column instead of branching.
                 j1, j2, j3 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1), min(j0 + 3, ow - 1)
@@ -227,9 +227,18 @@ def _conv_dense(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, block, tiles_p
                     c2 = (j2 * sw + s * dw) * cg
                     c3 = (j3 * sw + s * dw) * cg
                     o = (r * s_ + s) * cg
-                    acc = _dot4x4(row[c0:c0 + length], row[c1:c1 + length], row[c2:c2 + length],
-                                  row[c3:c3 + length], w_k[0, o:o + length], w_k[1, o:o + length],
-                                  w_k[2, o:o + length], w_k[3, o:o + length], length, acc)
+                    acc = _dot4x4(
+                        row[c0 : c0 + length],
+                        row[c1 : c1 + length],
+                        row[c2 : c2 + length],
+                        row[c3 : c3 + length],
+                        w_k[0, o : o + length],
+                        w_k[1, o : o + length],
+                        w_k[2, o : o + length],
+                        w_k[3, o : o + length],
+                        length,
+                        acc,
+                    )
                 _store4x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, ow - j0, acc, has_res, relu)
 
 
@@ -262,22 +271,33 @@ def _conv_windows(xh, wt, bias, res, y, cg, r_, s_, sh, sw, dh, dw, k_chunk, has
                 row = xh[n, g, i * sh + r * dh]
                 if dw == 1:  # the kernel row's (s, c) are one run of the input row
                     src = j * sw * cg
-                    windows[j, r * run:(r + 1) * run] = row[src:src + run]
+                    windows[j, r * run : (r + 1) * run] = row[src : src + run]
                 else:
                     for s in range(s_):
                         src = (j * sw + s * dw) * cg
                         dst = (r * s_ + s) * cg
-                        windows[j, dst:dst + cg] = row[src:src + cg]
+                        windows[j, dst : dst + cg] = row[src : src + cg]
         for k0 in range(chunk * k_chunk, min(kg_padded, (chunk + 1) * k_chunk), TILE_CHANNELS):
-            w_k = wt[g, k0:k0 + TILE_CHANNELS]
+            w_k = wt[g, k0 : k0 + TILE_CHANNELS]
             for j0 in range(0, ow, TILE_PIXELS):
                 j1, j2, j3 = min(j0 + 1, ow - 1), min(j0 + 2, ow - 1), min(j0 + 3, ow - 1)
-                acc = _dot4x4(windows[j0], windows[j1], windows[j2], windows[j3], w_k[0], w_k[1],
-                              w_k[2], w_k[3], row_len, _zeros16(zero))
+                acc = _dot4x4(
+                    windows[j0],
+                    windows[j1],
+                    windows[j2],
+                    windows[j3],
+                    w_k[0],
+                    w_k[1],
+                    w_k[2],
+                    w_k[3],
+                    row_len,
+                    _zeros16(zero),
+                )
                 _store4x4(y, bias, res, n, g * kg + k0, kg - k0, i, j0, ow - j0, acc, has_res, relu)
 
 
 # -- depthwise convolution ---------------------------------------------------------------------
+
 
 @inline
 def _depthwise_flat(src, taps, oh, ow, pt, pl, dh, dw, acc):
@@ -292,14 +312,14 @@ def _depthwise_flat(src, taps, oh, ow, pt, pl, dh, dw, acc):
     pitch = ow + (s_ - 1) * dw
     padded = np.zeros((oh + (r_ - 1) * dh) * pitch, acc.dtype)
     for ih in range(h):
-        padded[(ih + pt) * pitch + pl:(ih + pt) * pitch + pl + w] = src[ih]
+        padded[(ih + pt) * pitch + pl : (ih + pt) * pitch + pl + w] = src[ih]
     count = (oh - 1) * pitch + ow
     acc[:count] = 0
     for r in range(r_):
         for s in range(s_):
             wv = taps[r, s]
             off = r * dh * pitch + s * dw
-            cells = padded[off:off + count]
+            cells = padded[off : off + count]
             for q in range(count):
                 acc[q] += wv * cells[q]
     return pitch
@@ -311,9 +331,9 @@ def _depthwise_rows(src, taps, oh, ow, sh, sw, pt, pl, dh, dw, acc):
     never materialised (for each tap, the columns whose input cell exists are one range)."""
     h, w = src.shape
     r_, s_ = taps.shape
-    acc[:oh * ow] = 0
+    acc[: oh * ow] = 0
     for i in range(oh):
-        out = acc[i * ow:(i + 1) * ow]
+        out = acc[i * ow : (i + 1) * ow]
         for r in range(r_):
             ih = i * sh + r * dh - pt
             if ih < 0 or ih >= h:
@@ -328,7 +348,7 @@ def _depthwise_rows(src, taps, oh, ow, sh, sw, pt, pl, dh, dw, acc):
                 # Slices indexed from 0: numba then needs no negative-index fix-up, and LLVM
                 # vectorises the loop.
                 dst = out[j_lo:j_hi]
-                cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
+                cells = row[j_lo * sw + off : (j_hi - 1) * sw + off + 1 : sw]
                 wv = taps[r, s]
                 for t in range(j_hi - j_lo):
                     dst[t] += wv * cells[t]
@@ -356,7 +376,7 @@ def _conv_depthwise(x, weight, bias, res, y, sh, sw, pt, pl, dh, dw, has_res, re
             pitch = _depthwise_rows(x[n, k // m], weight[k, 0], oh, ow, sh, sw, pt, pl, dh, dw, acc)
         b = bias[k]
         for i in range(oh):
-            out, row = y[n, k, i], acc[i * pitch:i * pitch + ow]
+            out, row = y[n, k, i], acc[i * pitch : i * pitch + ow]
             if has_res:
                 extra = res[n, k, i]
                 for j in range(ow):
@@ -399,8 +419,7 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
         _pack(x, weight, p.groups, pt, pl, xh, wt)
         item = np.dtype(p.dtype).itemsize
         k_chunk = max(TILE_CHANNELS, WEIGHT_BYTES // (row_len * item) // TILE_CHANNELS * TILE_CHANNELS)
-        _conv_windows(_frozen(xh), _frozen(wt), bias, res, y, p.cg, p.r, p.s, sh, sw, dh, dw,
-                      k_chunk, has_res, relu)
+        _conv_windows(_frozen(xh), _frozen(wt), bias, res, y, p.cg, p.r, p.s, sh, sw, dh, dw, k_chunk, has_res, relu)
         return y
     out = y
     if p.r * p.s == 1 and not any(p.padding):
@@ -409,7 +428,7 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
         wt = weight.reshape(p.groups, p.kg, p.cg)
         if kg_padded != p.kg:
             wt = np.zeros((p.groups, kg_padded, p.cg), p.dtype)
-            wt[:, :p.kg] = weight.reshape(p.groups, p.kg, p.cg)
+            wt[:, : p.kg] = weight.reshape(p.groups, p.kg, p.cg)
             wt = _frozen(wt)
         xh = np.empty((p.n, p.groups, 1, p.oh * p.ow * p.cg), p.dtype)
         _pack_pixels(x, p.groups, sh, sw, xh)
@@ -426,6 +445,23 @@ def conv2d(p, x, weight, bias, res, has_res, relu):
     # Weights first when one task's weights outweigh its input rows: they then stay in cache
     # while the rows stream past.
     weights_outer = tiles_per_task * TILE_CHANNELS * p.r * p.s > block * p.r
-    _conv_dense(_frozen(xh), wt, bias, res, out, p.cg, p.r, p.s, sh, sw, dh, dw, block,
-                tiles_per_task, weights_outer, has_res, relu)
+    _conv_dense(
+        _frozen(xh),
+        wt,
+        bias,
+        res,
+        out,
+        p.cg,
+        p.r,
+        p.s,
+        sh,
+        sw,
+        dh,
+        dw,
+        block,
+        tiles_per_task,
+        weights_outer,
+        has_res,
+        relu,
+    )
     return y

@@ -4,6 +4,7 @@ Imported only when a numba op first runs (``fastconv.backends.numba`` imports no
 decorating compiles nothing: each kernel compiles on its first call, once per dtype, because the
 backend hands every kernel arrays of one layout (C-contiguous, inputs read-only views).
 """
+
 from __future__ import annotations
 
 import numba

@@ -4,6 +4,7 @@ relu and the other activations.
 All memory-bound: each loop streams contiguous memory and vectorises; the work is split over
 (image, channel) rows so every thread streams its own rows.
 """
+
 from __future__ import annotations
 
 import numpy as np

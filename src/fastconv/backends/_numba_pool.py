@@ -5,6 +5,7 @@ output columns whose cell lies inside the input are one range, computed up front
 loop has no bounds test and vectorises along the row.  Padding is never materialised: max pooling
 starts from -inf (the padding's value), average pooling from 0.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,7 @@ def _max_pool(x, y, kh, kw, sh, sw, ph, pw, dh, dw):
                         continue
                     # Slices indexed from 0: no negative-index fix-up, so LLVM vectorises.
                     part = out[j_lo:j_hi]
-                    cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
+                    cells = row[j_lo * sw + off : (j_hi - 1) * sw + off + 1 : sw]
                     for t in range(j_hi - j_lo):
                         v, best = cells[t], part[t]
                         # v != v: a NaN wins and then stays (NaN > x is false), as in torch.
@@ -63,7 +64,7 @@ def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override)
                     if j_hi <= j_lo:
                         continue
                     part = out[j_lo:j_hi]  # as in _max_pool
-                    cells = row[j_lo * sw + off:(j_hi - 1) * sw + off + 1:sw]
+                    cells = row[j_lo * sw + off : (j_hi - 1) * sw + off + 1 : sw]
                     for t in range(j_hi - j_lo):
                         part[t] += cells[t]
             # torch's divisor: the window clipped to the padded input (a ceil-mode overhang
@@ -90,12 +91,12 @@ def _adaptive_avg_pool(x, y, h, w, oh, ow):
                 w0, w1 = (j * w) // ow, ((j + 1) * w + ow - 1) // ow
                 total = 0.0  # float64, whatever the input's dtype
                 if w0 == 0 and w1 == w:  # whole rows (global pooling): one contiguous run
-                    cells = src[h0 * w:h1 * w]
+                    cells = src[h0 * w : h1 * w]
                     for t in range((h1 - h0) * w):
                         total += cells[t]
                 else:
                     for ih in range(h0, h1):
-                        cells = src[ih * w + w0:ih * w + w1]
+                        cells = src[ih * w + w0 : ih * w + w1]
                         for t in range(w1 - w0):
                             total += cells[t]
                 dst[i * ow + j] = total / ((h1 - h0) * (w1 - w0))
@@ -159,8 +160,15 @@ def _adaptive_max_pool(x, y, idx, h, w, oh, ow):
 def adaptive_max_pool2d(p, x):
     y = np.empty(p.output_shape, p.dtype)
     idx = np.empty(p.output_shape, np.int64)
-    _adaptive_max_pool(x.reshape(p.n * p.c, p.h * p.w), y.reshape(p.n * p.c, p.oh * p.ow),
-                       idx.reshape(p.n * p.c, p.oh * p.ow), p.h, p.w, p.oh, p.ow)
+    _adaptive_max_pool(
+        x.reshape(p.n * p.c, p.h * p.w),
+        y.reshape(p.n * p.c, p.oh * p.ow),
+        idx.reshape(p.n * p.c, p.oh * p.ow),
+        p.h,
+        p.w,
+        p.oh,
+        p.ow,
+    )
     return (y, idx) if p.return_indices else y
 
 
@@ -188,6 +196,5 @@ def avg_pool2d(p, x):
 
 def adaptive_avg_pool2d(p, x):
     y = np.empty(p.output_shape, p.dtype)
-    _adaptive_avg_pool(x.reshape(p.n * p.c, p.h * p.w), y.reshape(p.n * p.c, p.oh * p.ow),
-                       p.h, p.w, p.oh, p.ow)
+    _adaptive_avg_pool(x.reshape(p.n * p.c, p.h * p.w), y.reshape(p.n * p.c, p.oh * p.ow), p.h, p.w, p.oh, p.ow)
     return y

@@ -13,6 +13,7 @@ set (csrc/isa.c: 8x48 on AVX-512, 6x16 on AVX2, 4x16 portable; ``isa()``, capped
 convolutions use direct loops that the compiler vectorises.  With ``FASTCONV_VERBOSE=1`` each
 convolution logs the C kernel that ran (e.g. ``conv2d f32 gemm 6x16 avx2``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -113,6 +114,7 @@ def peak_gflops(nthreads: int | None = None) -> float | None:
 
 # -- plumbing ------------------------------------------------------------------------------------
 
+
 class _Call:
     """Pointers for one C call.  The from_buffer objects keep their arrays alive until the call.
 
@@ -129,8 +131,10 @@ class _Call:
             return self.ffi.NULL
         want = self.dtype if dtype is None else np.dtype(dtype)
         if a.dtype != want or a.size != size or not a.flags.c_contiguous or not a.flags.aligned:
-            raise TypeError(f"c backend: expected a C-contiguous {want} array of {size} elements, "
-                            f"got {a.dtype} of shape {a.shape} (aligned: {a.flags.aligned}); this is a fastconv bug")
+            raise TypeError(
+                f"c backend: expected a C-contiguous {want} array of {size} elements, "
+                f"got {a.dtype} of shape {a.shape} (aligned: {a.flags.aligned}); this is a fastconv bug"
+            )
         return self.ffi.from_buffer("float[]" if want == np.float32 else "double[]", a, require_writable=writable)
 
 
@@ -149,8 +153,10 @@ def _check(status: int, op: str) -> None:
     if status == _ENOMEM:
         raise MemoryError(f"c backend: {op} could not allocate its scratch buffers")
     if status == _EUNSUPPORTED:
-        raise RuntimeError(f"c backend: {op}: the C kernels cannot run this problem, and supports() did not "
-                           f"refuse it; this is a fastconv bug")
+        raise RuntimeError(
+            f"c backend: {op}: the C kernels cannot run this problem, and supports() did not "
+            f"refuse it; this is a fastconv bug"
+        )
     raise RuntimeError(f"c backend: {op} rejected its descriptor (status {status}); this is a fastconv bug")
 
 
@@ -165,6 +171,7 @@ def _f64(a) -> np.ndarray:
 
 
 # -- ops -----------------------------------------------------------------------------------------
+
 
 def _conv_desc(call, p):
     d = call.ffi.new("fc_conv2d_desc *")
@@ -199,9 +206,14 @@ def conv2d_into(p, x, weight, bias, residual, y, winograd_weights=None):
     d = _conv_desc(call, p)
     size = p.n * p.k * p.oh * p.ow
     kernel = call.ffi.new("const char **")
-    args = (call.ptr(x, p.n * p.c * p.h * p.w), call.ptr(weight, p.k * p.cg * p.r * p.s), call.ptr(bias, p.k),
-            call.ptr(residual if p.residual else None, size), call.ptr(y, size, writable=True),
-            nthreads)
+    args = (
+        call.ptr(x, p.n * p.c * p.h * p.w),
+        call.ptr(weight, p.k * p.cg * p.r * p.s),
+        call.ptr(bias, p.k),
+        call.ptr(residual if p.residual else None, size),
+        call.ptr(y, size, writable=True),
+        nthreads,
+    )
     if p.algorithm == "winograd":
         u = _winograd_weights(p, weight) if winograd_weights is None else winograd_weights
         want = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
@@ -229,8 +241,9 @@ def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
     with _winograd_lock:
         hit = _WINOGRAD_CACHE.get(key)
         # memcmp, bit for bit (NaN weights compare equal to themselves; -0.0 differs from 0.0).
-        if hit is not None and _ckernels.lib.fc_bytes_equal(ffi.from_buffer(hit[0]), ffi.from_buffer(weight),
-                                                             weight.nbytes):
+        if hit is not None and _ckernels.lib.fc_bytes_equal(
+            ffi.from_buffer(hit[0]), ffi.from_buffer(weight), weight.nbytes
+        ):
             _WINOGRAD_CACHE.move_to_end(key)
             return hit[1]
     u = winograd_transform(p, weight)
@@ -252,9 +265,12 @@ def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
         raise MemoryError(f"c backend: the Winograd transform of a {p.weight_shape} weight is too large")
     u = np.empty(size, np.float32)
     call = _Call("float32")
-    _check(_ckernels.lib.fc_f32_winograd_weights(p.k, p.c, call.ptr(weight, p.k * p.c * 9),
-                                                  call.ptr(u, size, writable=True), threads.get_num_threads()),
-           "conv2d")
+    _check(
+        _ckernels.lib.fc_f32_winograd_weights(
+            p.k, p.c, call.ptr(weight, p.k * p.c * 9), call.ptr(u, size, writable=True), threads.get_num_threads()
+        ),
+        "conv2d",
+    )
     return u
 
 
@@ -282,8 +298,12 @@ def _pool(p, x, op, y=None):
     _c_scratch.check(p, nthreads)
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype) if y is None else y
-    status = _fn(p.dtype, op)(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
-                              call.ptr(y, p.n * p.c * p.oh * p.ow, writable=True), nthreads)
+    status = _fn(p.dtype, op)(
+        _pool_desc(call, p),
+        call.ptr(x, p.n * p.c * p.h * p.w),
+        call.ptr(y, p.n * p.c * p.oh * p.ow, writable=True),
+        nthreads,
+    )
     _check(status, op)
     return y
 
@@ -309,8 +329,13 @@ def max_pool2d_with_indices(p, x):
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
     idx = np.empty(p.output_shape, np.int64)
-    status = _fn(p.dtype, "max_pool2d_indices")(_pool_desc(call, p), call.ptr(x, p.n * p.c * p.h * p.w),
-                                                call.ptr(y, y.size, writable=True), _indices(call, idx), _nthreads())
+    status = _fn(p.dtype, "max_pool2d_indices")(
+        _pool_desc(call, p),
+        call.ptr(x, p.n * p.c * p.h * p.w),
+        call.ptr(y, y.size, writable=True),
+        _indices(call, idx),
+        _nthreads(),
+    )
     _check(status, "max_pool2d_with_indices")
     return y, idx
 
@@ -325,9 +350,17 @@ def adaptive_max_pool2d(p, x):
     call = _Call(p.dtype)
     y = np.empty(p.output_shape, p.dtype)
     idx = np.empty(p.output_shape, np.int64) if p.return_indices else None
-    status = _fn(p.dtype, "adaptive_max_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
-                                                  call.ptr(y, y.size, writable=True),
-                                                  call.ffi.NULL if idx is None else _indices(call, idx), _nthreads())
+    status = _fn(p.dtype, "adaptive_max_pool2d")(
+        p.n * p.c,
+        p.h,
+        p.w,
+        p.oh,
+        p.ow,
+        call.ptr(x, p.n * p.c * p.h * p.w),
+        call.ptr(y, y.size, writable=True),
+        call.ffi.NULL if idx is None else _indices(call, idx),
+        _nthreads(),
+    )
     _check(status, "adaptive_max_pool2d")
     return (y, idx) if p.return_indices else y
 
@@ -339,8 +372,16 @@ def adaptive_avg_pool2d(p, x):
 def adaptive_avg_pool2d_into(p, x, y):
     _c_scratch.check(p, _nthreads())
     call = _Call(p.dtype)
-    status = _fn(p.dtype, "adaptive_avg_pool2d")(p.n * p.c, p.h, p.w, p.oh, p.ow, call.ptr(x, p.n * p.c * p.h * p.w),
-                                                  call.ptr(y, p.n * p.c * p.oh * p.ow, writable=True), _nthreads())
+    status = _fn(p.dtype, "adaptive_avg_pool2d")(
+        p.n * p.c,
+        p.h,
+        p.w,
+        p.oh,
+        p.ow,
+        call.ptr(x, p.n * p.c * p.h * p.w),
+        call.ptr(y, p.n * p.c * p.oh * p.ow, writable=True),
+        _nthreads(),
+    )
     _check(status, "adaptive_avg_pool2d")
     return y
 
@@ -350,14 +391,28 @@ def batch_norm(p, x, mean, var, weight, bias):
     nthreads = _nthreads()
     if p.training:
         mean, var = np.empty(p.c), np.empty(p.c)
-        status = _fn(p.dtype, "batch_stats")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l), call.ptr(mean, p.c, np.float64, True),
-                                             call.ptr(var, p.c, np.float64, True), nthreads)
+        status = _fn(p.dtype, "batch_stats")(
+            p.n,
+            p.c,
+            p.l,
+            call.ptr(x, p.n * p.c * p.l),
+            call.ptr(mean, p.c, np.float64, True),
+            call.ptr(var, p.c, np.float64, True),
+            nthreads,
+        )
         _check(status, "batch_norm")
     params = [_f64(a) for a in (mean, var, weight, bias)]
     y = np.empty((p.n, p.c, p.l), p.dtype)
-    status = _fn(p.dtype, "batch_norm")(p.n, p.c, p.l, call.ptr(x, p.n * p.c * p.l),
-                                        *(call.ptr(a, p.c, np.float64) for a in params),
-                                        float(p.eps), call.ptr(y, y.size, writable=True), nthreads)
+    status = _fn(p.dtype, "batch_norm")(
+        p.n,
+        p.c,
+        p.l,
+        call.ptr(x, p.n * p.c * p.l),
+        *(call.ptr(a, p.c, np.float64) for a in params),
+        float(p.eps),
+        call.ptr(y, y.size, writable=True),
+        nthreads,
+    )
     _check(status, "batch_norm")
     return y, mean, var
 
@@ -366,8 +421,7 @@ def relu(p, x):
     call = _Call(p.dtype)
     y = np.empty(p.shape, p.dtype)
     if y.size:
-        status = _fn(p.dtype, "relu")(y.size, call.ptr(x, p.size), call.ptr(y, y.size, writable=True),
-                                      _nthreads())
+        status = _fn(p.dtype, "relu")(y.size, call.ptr(x, p.size), call.ptr(y, y.size, writable=True), _nthreads())
         _check(status, "relu")
     return y
 
@@ -377,8 +431,15 @@ def activation(p, x):
     y = np.empty(p.shape, p.dtype)
     if y.size:
         params = (*p.params, 0.0, 0.0)
-        status = _fn(p.dtype, "activation")(y.size, call.ptr(x, p.size), call.ptr(y, y.size, writable=True),
-                                            _ACT[p.kind], params[0], params[1], _nthreads())
+        status = _fn(p.dtype, "activation")(
+            y.size,
+            call.ptr(x, p.size),
+            call.ptr(y, y.size, writable=True),
+            _ACT[p.kind],
+            params[0],
+            params[1],
+            _nthreads(),
+        )
         _check(status, "activation")
     return y
 
@@ -454,10 +515,12 @@ def _bwd_data_phases(p, q, grad_output, weight):
                 continue
             (tr, dr, r0, r1, pt, pb, nh), (tc, dc, c0, c1, pl, pr, nw) = rows, cols
             dy = np.ascontiguousarray(grad_output[:, :, r0:r1, c0:c1])
-            t = Conv2dProblem(q.n, q.k, r1 - r0, c1 - c0, q.c, len(tr), len(tc), (1, 1), (pt, pb, pl, pr),
-                              (dr, dc), q.groups, q.dtype)
-            gx[:, :, a::q.stride[0], b::q.stride[1]] = conv2d(t, dy, _swap_channels(q, weight[:, :, tr][:, :, :, tc]),
-                                                              None, None)[:, :, :nh, :nw]
+            t = Conv2dProblem(
+                q.n, q.k, r1 - r0, c1 - c0, q.c, len(tr), len(tc), (1, 1), (pt, pb, pl, pr), (dr, dc), q.groups, q.dtype
+            )
+            gx[:, :, a :: q.stride[0], b :: q.stride[1]] = conv2d(
+                t, dy, _swap_channels(q, weight[:, :, tr][:, :, :, tc]), None, None
+            )[:, :, :nh, :nw]
     return gx
 
 
@@ -487,9 +550,13 @@ def conv2d_bwd_data(p, grad_output, weight):
         return fold_padding(p, _bwd_data_phases(p, q, grad_output, weight))
     call = _Call(p.dtype)
     gx = np.empty(q.input_shape, p.dtype)
-    status = _fn(p.dtype, "conv2d_bwd_data")(_conv_desc(call, q), call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
-                                             call.ptr(weight, q.k * q.cg * q.r * q.s),
-                                             call.ptr(gx, gx.size, writable=True), _nthreads())
+    status = _fn(p.dtype, "conv2d_bwd_data")(
+        _conv_desc(call, q),
+        call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
+        call.ptr(weight, q.k * q.cg * q.r * q.s),
+        call.ptr(gx, gx.size, writable=True),
+        _nthreads(),
+    )
     _check(status, "conv2d_bwd_data")
     return fold_padding(p, gx)
 
@@ -501,10 +568,14 @@ def conv2d_bwd_weight(p, x, grad_output):
     xp = np.ascontiguousarray(pad_input(p, x))
     gw = np.empty(q.weight_shape, p.dtype)
     gb = np.empty(q.k, p.dtype) if p.bias else None
-    status = _fn(p.dtype, "conv2d_bwd_weight")(_conv_desc(call, q), call.ptr(xp, q.n * q.c * q.h * q.w),
-                                               call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
-                                               call.ptr(gw, gw.size, writable=True),
-                                               call.ptr(gb, q.k, writable=True), _nthreads())
+    status = _fn(p.dtype, "conv2d_bwd_weight")(
+        _conv_desc(call, q),
+        call.ptr(xp, q.n * q.c * q.h * q.w),
+        call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
+        call.ptr(gw, gw.size, writable=True),
+        call.ptr(gb, q.k, writable=True),
+        _nthreads(),
+    )
     _check(status, "conv2d_bwd_weight")
     return gw, gb
 
@@ -512,9 +583,13 @@ def conv2d_bwd_weight(p, x, grad_output):
 def max_pool2d_bwd_data(p, x, grad_output):
     call = _Call(p.dtype)
     gx = np.empty(p.input_shape, p.dtype)
-    status = _fn(p.dtype, "max_pool2d_bwd")(_pool_desc(call, p), call.ptr(x, gx.size),
-                                            call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
-                                            call.ptr(gx, gx.size, writable=True), _nthreads())
+    status = _fn(p.dtype, "max_pool2d_bwd")(
+        _pool_desc(call, p),
+        call.ptr(x, gx.size),
+        call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+        call.ptr(gx, gx.size, writable=True),
+        _nthreads(),
+    )
     _check(status, "max_pool2d_bwd_data")
     return gx
 
@@ -522,8 +597,12 @@ def max_pool2d_bwd_data(p, x, grad_output):
 def avg_pool2d_bwd_data(p, grad_output):
     call = _Call(p.dtype)
     gx = np.empty(p.input_shape, p.dtype)
-    status = _fn(p.dtype, "avg_pool2d_bwd")(_pool_desc(call, p), call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
-                                            call.ptr(gx, gx.size, writable=True), _nthreads())
+    status = _fn(p.dtype, "avg_pool2d_bwd")(
+        _pool_desc(call, p),
+        call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+        call.ptr(gx, gx.size, writable=True),
+        _nthreads(),
+    )
     _check(status, "avg_pool2d_bwd_data")
     return gx
 
@@ -533,9 +612,16 @@ def adaptive_avg_pool2d_bwd_data(p, grad_output):
         return np.zeros(p.input_shape, p.dtype)
     call = _Call(p.dtype)
     gx = np.empty(p.input_shape, p.dtype)
-    status = _fn(p.dtype, "adaptive_avg_pool2d_bwd")(p.n * p.c, p.h, p.w, p.oh, p.ow,
-                                                     call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
-                                                     call.ptr(gx, gx.size, writable=True), _nthreads())
+    status = _fn(p.dtype, "adaptive_avg_pool2d_bwd")(
+        p.n * p.c,
+        p.h,
+        p.w,
+        p.oh,
+        p.ow,
+        call.ptr(grad_output, p.n * p.c * p.oh * p.ow),
+        call.ptr(gx, gx.size, writable=True),
+        _nthreads(),
+    )
     _check(status, "adaptive_avg_pool2d_bwd_data")
     return gx
 
@@ -547,11 +633,20 @@ def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
     x3, gy = np.ascontiguousarray(as_ncl(p, x)), np.ascontiguousarray(as_ncl(p, grad_output))
     gx = np.empty(x3.shape, p.dtype)
     gw, gb = np.empty(p.c), np.empty(p.c)
-    status = _fn(p.dtype, "batch_norm_bwd")(p.n, p.c, p.l, call.ptr(x3, x3.size), call.ptr(gy, gy.size),
-                                            *(call.ptr(_f64(a), p.c, np.float64) for a in (mean, var, weight)),
-                                            float(p.eps), 1 if p.training else 0, call.ptr(gx, gx.size, writable=True),
-                                            call.ptr(gw, p.c, np.float64, True), call.ptr(gb, p.c, np.float64, True),
-                                            _nthreads())
+    status = _fn(p.dtype, "batch_norm_bwd")(
+        p.n,
+        p.c,
+        p.l,
+        call.ptr(x3, x3.size),
+        call.ptr(gy, gy.size),
+        *(call.ptr(_f64(a), p.c, np.float64) for a in (mean, var, weight)),
+        float(p.eps),
+        1 if p.training else 0,
+        call.ptr(gx, gx.size, writable=True),
+        call.ptr(gw, p.c, np.float64, True),
+        call.ptr(gb, p.c, np.float64, True),
+        _nthreads(),
+    )
     _check(status, "batch_norm_bwd_data")
     return gx.reshape(x.shape), gw.astype(p.dtype), gb.astype(p.dtype)
 
@@ -560,7 +655,12 @@ def relu_bwd_data(p, output, grad_output):
     call = _Call(p.dtype)
     gx = np.empty(p.shape, p.dtype)
     if gx.size:
-        status = _fn(p.dtype, "relu_bwd")(gx.size, call.ptr(output, p.size), call.ptr(grad_output, p.size),
-                                          call.ptr(gx, gx.size, writable=True), _nthreads())
+        status = _fn(p.dtype, "relu_bwd")(
+            gx.size,
+            call.ptr(output, p.size),
+            call.ptr(grad_output, p.size),
+            call.ptr(gx, gx.size, writable=True),
+            _nthreads(),
+        )
         _check(status, "relu_bwd_data")
     return gx

@@ -14,6 +14,7 @@ Needs Numba's CUDA target, the ``numba-cuda`` package (``pip install fastconv[cu
 driver and device -- or ``NUMBA_ENABLE_CUDASIM=1``, Numba's CUDA simulator, set before Numba is
 imported: there every kernel runs in Python threads (slow; the test suite uses it on small shapes).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -102,6 +103,7 @@ def supports(p):
 
 # -- arrays: in from any kind, out as the caller's kind ------------------------------------------
 
+
 def _k():
     from . import _cuda_kernels
 
@@ -148,6 +150,7 @@ def _synchronize() -> None:
 
 # -- ops -----------------------------------------------------------------------------------------
 
+
 def conv_algorithm(p) -> str:
     """The kernel "auto" runs: direct where a GEMM tile would be mostly padding."""
     algorithm = getattr(p, "algorithm", "auto")
@@ -166,8 +169,21 @@ def conv2d(p, x, weight, bias, residual):
         db = _to_device(np.zeros(p.k, p.dtype) if bias is None else bias)
         dr = _to_device(np.zeros((1, 1, 1, 1), p.dtype) if residual is None else residual)
         pt, _, pl, _ = p.padding
-        args = (dx, dw, db, dr, y, *p.stride, pt, pl, *p.dilation, p.groups, k.PAD_MODES[p.padding_mode],
-                residual is not None, p.activation == "relu")
+        args = (
+            dx,
+            dw,
+            db,
+            dr,
+            y,
+            *p.stride,
+            pt,
+            pl,
+            *p.dilation,
+            p.groups,
+            k.PAD_MODES[p.padding_mode],
+            residual is not None,
+            p.activation == "relu",
+        )
         if conv_algorithm(p) == "direct":
             blocks, threads = _launch(y.size)
             k.conv_direct[blocks, threads](*args)
@@ -193,8 +209,9 @@ def avg_pool2d(p, x):
     y = _empty(p.output_shape, p.dtype)
     if y.size:
         blocks, threads = _launch(y.size)
-        k.avg_pool[blocks, threads](_to_device(x), y, *p.kernel, *p.stride, *p.padding,
-                                    p.count_include_pad, p.divisor_override or 0)
+        k.avg_pool[blocks, threads](
+            _to_device(x), y, *p.kernel, *p.stride, *p.padding, p.count_include_pad, p.divisor_override or 0
+        )
     return _result(y, x)
 
 

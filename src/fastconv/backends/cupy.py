@@ -12,6 +12,7 @@ Arrays stay where they are, as in the cuda backend: device arrays come back as t
 NumPy arrays are copied to the device and back.  Needs CuPy (``pip install cupy-cuda12x``), a
 driver and a device.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,6 +59,7 @@ def supports(p):
 
 
 # -- arrays --------------------------------------------------------------------------------------
+
 
 def _cp():
     import cupy
@@ -115,19 +117,26 @@ def _kernel(name: str):
             long long iy = src_index((pix / ow) * sh - pt + (rem / s) * dh, h, mode);
             long long ix = src_index((pix % ow) * sw - pl + (rem % s) * dw, w, mode);
             col = (iy < 0 || ix < 0) ? (T)0 : x[((img * c + g * cg + ci) * h + iy) * w + ix];
-            """, "fastconv_im2col", preamble=_SRC)
+            """,
+            "fastconv_im2col",
+            preamble=_SRC,
+        )
     elif name == "epilogue":
         k = cp.ElementwiseKernel(
-            "raw T bias, raw T res, int64 k, int64 plane, bool has_res, bool do_relu", "T y",
+            "raw T bias, raw T res, int64 k, int64 plane, bool has_res, bool do_relu",
+            "T y",
             """
             T v = y + bias[(i / plane) % k];
             if (has_res) v += res[i];
             y = (do_relu && v < (T)0) ? (T)0 : v;  // NaN passes, as in torch.relu
-            """, "fastconv_conv_epilogue")
+            """,
+            "fastconv_conv_epilogue",
+        )
     elif name == "max_pool":
         k = cp.ElementwiseKernel(
             "raw T x, int64 h, int64 w, int64 oh, int64 ow, int64 kh, int64 kw, int64 sh, int64 sw, "
-            "int64 ph, int64 pw, int64 dh, int64 dw", "T y",
+            "int64 ph, int64 pw, int64 dh, int64 dw",
+            "T y",
             """
             long long j = i % ow, r0 = (i / ow) % oh, plane = i / (ow * oh);
             const T* src = &x[plane * h * w];
@@ -147,11 +156,14 @@ def _kernel(name: str):
             }
             if (!found && !nan) m = (T)(-__longlong_as_double(0x7ff0000000000000LL));  // -inf, as torch
             y = m;
-            """, "fastconv_max_pool")
+            """,
+            "fastconv_max_pool",
+        )
     elif name == "avg_pool":
         k = cp.ElementwiseKernel(
             "raw T x, int64 h, int64 w, int64 oh, int64 ow, int64 kh, int64 kw, int64 sh, int64 sw, "
-            "int64 ph, int64 pw, bool count_include_pad, int64 divisor_override", "T y",
+            "int64 ph, int64 pw, bool count_include_pad, int64 divisor_override",
+            "T y",
             """
             long long j = i % ow, r0 = (i / ow) % oh, plane = i / (ow * oh);
             const T* src = &x[plane * h * w];
@@ -164,10 +176,13 @@ def _kernel(name: str):
             long long d = divisor_override != 0 ? divisor_override
                         : count_include_pad ? (h1 - h0) * (w1 - w0) : (hb - ha) * (wb - wa);
             y = (T)(acc / (double)d);
-            """, "fastconv_avg_pool")
+            """,
+            "fastconv_avg_pool",
+        )
     elif name == "adaptive_avg_pool":
         k = cp.ElementwiseKernel(
-            "raw T x, int64 h, int64 w, int64 oh, int64 ow", "T y",
+            "raw T x, int64 h, int64 w, int64 oh, int64 ow",
+            "T y",
             """
             long long j = i % ow, r0 = (i / ow) % oh, plane = i / (ow * oh);
             const T* src = &x[plane * h * w];
@@ -177,11 +192,16 @@ def _kernel(name: str):
             for (long long iy = ha; iy < hb; ++iy)
                 for (long long ix = wa; ix < wb; ++ix) acc += src[iy * w + ix];
             y = (T)(acc / (double)((hb - ha) * (wb - wa)));
-            """, "fastconv_adaptive_avg_pool")
+            """,
+            "fastconv_adaptive_avg_pool",
+        )
     elif name == "normalize":
         k = cp.ElementwiseKernel(
-            "T x, raw T scale, raw T shift, int64 c, int64 l", "T y",
-            "long long ch = (i / l) % c; y = x * scale[ch] + shift[ch];", "fastconv_batch_norm")
+            "T x, raw T scale, raw T shift, int64 c, int64 l",
+            "T y",
+            "long long ch = (i / l) % c; y = x * scale[ch] + shift[ch];",
+            "fastconv_batch_norm",
+        )
     elif name == "relu":
         k = cp.ElementwiseKernel("T x", "T y", "y = x < (T)0 ? (T)0 : x;", "fastconv_relu")
     else:
@@ -198,6 +218,7 @@ def _synchronize() -> None:
 
 # -- ops -----------------------------------------------------------------------------------------
 
+
 def conv2d(p, x, weight, bias, residual):
     cp = _cp()
     dx, dw = _to_device(x), _to_device(weight)
@@ -212,8 +233,24 @@ def conv2d(p, x, weight, bias, residual):
             col = dx.reshape(n, g, cg, plane)
         else:
             col = cp.empty((n, g, depth, plane), p.dtype)
-            _kernel("im2col")(dx, p.c, p.h, p.w, cg, p.r, p.s, p.oh, p.ow, g, *p.stride, pt, pl, *p.dilation,
-                              np.int32(_PAD_MODES[p.padding_mode]), col)
+            _kernel("im2col")(
+                dx,
+                p.c,
+                p.h,
+                p.w,
+                cg,
+                p.r,
+                p.s,
+                p.oh,
+                p.ow,
+                g,
+                *p.stride,
+                pt,
+                pl,
+                *p.dilation,
+                np.int32(_PAD_MODES[p.padding_mode]),
+                col,
+            )
         # (g, kg, depth) @ (n, g, depth, plane) -> (n, g, kg, plane): the output's own layout.
         cp.matmul(dw.reshape(g, kg, depth), col, out=y)
         db = cp.zeros(p.k, p.dtype) if bias is None else _to_device(bias)
@@ -235,8 +272,19 @@ def avg_pool2d(p, x):
     cp = _cp()
     y = cp.empty(p.output_shape, p.dtype)
     if y.size:
-        _kernel("avg_pool")(_to_device(x), p.h, p.w, p.oh, p.ow, *p.kernel, *p.stride, *p.padding,
-                            p.count_include_pad, p.divisor_override or 0, y)
+        _kernel("avg_pool")(
+            _to_device(x),
+            p.h,
+            p.w,
+            p.oh,
+            p.ow,
+            *p.kernel,
+            *p.stride,
+            *p.padding,
+            p.count_include_pad,
+            p.divisor_override or 0,
+            y,
+        )
     return _result(y, x)
 
 
@@ -267,8 +315,7 @@ def batch_norm(p, x, mean, var, weight, bias):
         scale = _host64(weight) / np.sqrt(v + p.eps)
         shift = _host64(bias) - m * scale
     if y.size:
-        _kernel("normalize")(dx, cp.asarray(scale.astype(p.dtype)), cp.asarray(shift.astype(p.dtype)),
-                             p.c, p.l, y)
+        _kernel("normalize")(dx, cp.asarray(scale.astype(p.dtype)), cp.asarray(shift.astype(p.dtype)), p.c, p.l, y)
     return _result(y, x), mean, var
 
 

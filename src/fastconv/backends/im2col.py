@@ -15,6 +15,7 @@ Depthwise convolutions (one input channel per group) skip the GEMM -- a 1 x R*S 
 per channel is all overhead -- and accumulate the taps directly.  Pooling, batch norm and relu
 are vectorised NumPy on window views, split over image planes across the same threads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -153,7 +154,7 @@ def _zero_padded(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
 
     def work(part):
         for a, b in part:
-            out[a:b, pt:pt + h, pl:pl + w] = x[a:b]
+            out[a:b, pt : pt + h, pl : pl + w] = x[a:b]
 
     _parallel(work, _chunks(planes, h * w))
     return out
@@ -168,6 +169,7 @@ def _view(a: np.ndarray, shape) -> np.ndarray:
 
 
 # -- convolution -------------------------------------------------------------------------------
+
 
 def _balanced(count: int, pieces: int, nthreads: int) -> int:
     """``pieces`` rounded up so that few pieces still share out evenly over the threads."""
@@ -207,8 +209,9 @@ def conv2d(p, x, weight, bias, residual):
     xp = xp.reshape(p.n, p.c, *xp.shape[1:])
     sn, sc, sy, sx = xp.strides
     # windows[n, g, c, r, s, i, j] = xp[n, g*Cg + c, i*sh + r*dh, j*sw + s*dw]
-    windows = as_strided(xp, (p.n, g_, cg, p.r, p.s, p.oh, p.ow),
-                         (sn, cg * sc, sc, dh * sy, dw * sx, sh * sy, sw * sx), writeable=False)
+    windows = as_strided(
+        xp, (p.n, g_, cg, p.r, p.s, p.oh, p.ow), (sn, cg * sc, sc, dh * sy, dw * sx, sh * sy, sw * sx), writeable=False
+    )
     wmat = weight.reshape(g_, kg, crs)
     bias_gk = None if bias is None else bias.reshape(g_, kg)
     # A 1x1, stride-1, unpadded convolution needs no gather: each image already is the matrix.
@@ -226,15 +229,15 @@ def conv2d(p, x, weight, bias, residual):
             nb, rows, kk = n1 - n0, i1 - i0, k1 - k0
             pixels = nb * rows * p.ow
             if direct and nb == 1:
-                cols = x[n0].reshape(g_, cg, p.h * p.w)[:, :, i0 * p.w:i1 * p.w]
+                cols = x[n0].reshape(g_, cg, p.h * p.w)[:, :, i0 * p.w : i1 * p.w]
             else:
-                cols = cols_buf[:g_ * crs * pixels].reshape(g_, cg, p.r, p.s, nb, rows, p.ow)
+                cols = cols_buf[: g_ * crs * pixels].reshape(g_, cg, p.r, p.s, nb, rows, p.ow)
                 np.copyto(cols, windows[n0:n1, :, :, :, :, i0:i1].transpose(1, 2, 3, 4, 0, 5, 6))
                 cols = cols.reshape(g_, crs, pixels)
             if nb == 1:  # one image: the GEMM writes straight into the output's rows
                 out = _view(y_g[n0, :, k0:k1, i0:i1], (g_, kk, pixels))
             else:  # several small images: (channels, images, pixels) is transposed on the way out
-                out = out_buf[:g_ * kk * pixels].reshape(g_, kk, pixels)
+                out = out_buf[: g_ * kk * pixels].reshape(g_, kk, pixels)
             with np.errstate(invalid="ignore"):  # inf * 0 (a padded tap) is torch's NaN, not a fault
                 np.matmul(wmat[:, k0:k1], cols, out=out)
             out = _view(out, (g_, kk, nb, rows, p.ow))
@@ -272,7 +275,9 @@ def _depthwise(p, x, weight, bias, residual):
             term = np.empty_like(acc)
             for r in range(p.r):
                 for s in range(p.s):
-                    window = xp[a:b, r * dh:r * dh + sh * (p.oh - 1) + 1:sh, s * dw:s * dw + sw * (p.ow - 1) + 1:sw]
+                    window = xp[
+                        a:b, r * dh : r * dh + sh * (p.oh - 1) + 1 : sh, s * dw : s * dw + sw * (p.ow - 1) + 1 : sw
+                    ]
                     with np.errstate(invalid="ignore"):  # inf * 0 (a padded tap) is torch's NaN
                         np.multiply(w_planes[:, :, r * p.s + s], window[:, None], out=term)
                         acc += term
@@ -292,12 +297,13 @@ def _depthwise(p, x, weight, bias, residual):
 
 # -- pooling -----------------------------------------------------------------------------------
 
+
 def _pool_taps(p, xp: np.ndarray):
     """The (kh*kw) strided views of padded planes xp whose [i, j] is tap (r, s) of window (i, j)."""
     (kh, kw), (sh, sw), (dh, dw) = p.kernel, p.stride, p.dilation
     for r in range(kh):
         for s in range(kw):
-            yield xp[:, r * dh:r * dh + sh * (p.oh - 1) + 1:sh, s * dw:s * dw + sw * (p.ow - 1) + 1:sw]
+            yield xp[:, r * dh : r * dh + sh * (p.oh - 1) + 1 : sh, s * dw : s * dw + sw * (p.ow - 1) + 1 : sw]
 
 
 def _overhang(p) -> tuple[int, int]:
@@ -364,7 +370,7 @@ def _padded_local(x: np.ndarray, pads, value) -> np.ndarray:
     if not any(pads):
         return x
     out = np.full((x.shape[0], x.shape[1] + pt + pb, x.shape[2] + pl + pr), value, x.dtype)
-    out[:, pt:pt + x.shape[1], pl:pl + x.shape[2]] = x
+    out[:, pt : pt + x.shape[1], pl : pl + x.shape[2]] = x
     return out
 
 
@@ -449,7 +455,7 @@ def adaptive_max_pool2d(p, x):
             for i in range(p.oh):
                 for j in range(p.ow):
                     bw = w1[j] - w0[j]
-                    cells = planes[a:b, h0[i]:h1[i], w0[j]:w1[j]].reshape(b - a, -1)
+                    cells = planes[a:b, h0[i] : h1[i], w0[j] : w1[j]].reshape(b - a, -1)
                     nan = np.isnan(cells)
                     last_nan = cells.shape[1] - 1 - np.argmax(nan[:, ::-1], axis=1)
                     at = np.where(nan.any(axis=1), last_nan, np.argmax(cells, axis=1))
@@ -462,6 +468,7 @@ def adaptive_max_pool2d(p, x):
 
 
 # -- batch norm, activations, linear -----------------------------------------------------------
+
 
 def batch_norm(p, x, mean, var, weight, bias):
     if p.training:
@@ -532,5 +539,13 @@ def linear(p, x, weight, bias):
     return y.reshape(p.output_shape)
 
 
-from ._im2col_bwd import (adaptive_avg_pool2d_bwd_data, avg_pool2d_bwd_data, batch_norm_bwd_data,  # noqa: E402,F401
-                          conv2d_bwd_data, conv2d_bwd_weight, max_pool2d_bwd_data, relu_bwd_data)
+# The backward functions live in their own module, which imports this one's helpers: bound last.
+from . import _im2col_bwd  # noqa: E402
+
+conv2d_bwd_data = _im2col_bwd.conv2d_bwd_data
+conv2d_bwd_weight = _im2col_bwd.conv2d_bwd_weight
+max_pool2d_bwd_data = _im2col_bwd.max_pool2d_bwd_data
+avg_pool2d_bwd_data = _im2col_bwd.avg_pool2d_bwd_data
+adaptive_avg_pool2d_bwd_data = _im2col_bwd.adaptive_avg_pool2d_bwd_data
+batch_norm_bwd_data = _im2col_bwd.batch_norm_bwd_data
+relu_bwd_data = _im2col_bwd.relu_bwd_data

@@ -7,6 +7,7 @@ them; convolution multiplies the zeros, as torch does (0 * NaN and 0 * inf are N
 channels use ``np.dot`` on float64 copies, which keeps the reference accurate and small problems
 fast enough to test; everything else is scalar Python.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ def conv2d(p, x, weight, bias, residual):
     for n in range(p.n):
         for k in range(p.k):
             g = k // p.kg
-            xg = x[n, g * p.cg:(g + 1) * p.cg]  # the input channels output channel k sees
+            xg = x[n, g * p.cg : (g + 1) * p.cg]  # the input channels output channel k sees
             for i in range(p.oh):
                 for j in range(p.ow):
                     total = 0.0 if bias is None else float(bias[k])
@@ -82,22 +83,31 @@ def conv2d(p, x, weight, bias, residual):
 # where d_c is the 6x6 input tile under the block, g_c the 3x3 filter of channel c and *
 # multiplies element by element: 36 multiplies per channel instead of 4 * 4 * 9 = 144.  The
 # matrices come from polynomial interpolation at the points 0, 1, -1, 2, -2 and infinity.
-WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0],
-                        [0, -4, -4, 1, 1, 0],
-                        [0, 4, -4, -1, 1, 0],
-                        [0, -2, -1, 2, 1, 0],
-                        [0, 2, -1, -2, 1, 0],
-                        [0, 4, 0, -5, 0, 1]], dtype=np.float64)
-WINOGRAD_G = np.array([[1 / 4, 0, 0],
-                       [-1 / 6, -1 / 6, -1 / 6],
-                       [-1 / 6, 1 / 6, -1 / 6],
-                       [1 / 24, 1 / 12, 1 / 6],
-                       [1 / 24, -1 / 12, 1 / 6],
-                       [0, 0, 1]], dtype=np.float64)
-WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0],
-                        [0, 1, -1, 2, -2, 0],
-                        [0, 1, 1, 4, 4, 0],
-                        [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+WINOGRAD_BT = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+WINOGRAD_G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+WINOGRAD_AT = np.array(
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], dtype=np.float64
+)
 
 
 def _winograd_conv2d(p, x, weight, bias, residual):
@@ -108,7 +118,7 @@ def _winograd_conv2d(p, x, weight, bias, residual):
     # The zero-padded input, large enough for every block's 6x6 tile.
     xp = np.zeros((p.n, p.c, rows * m + 2, cols * m + 2))
     hh, ww = min(p.h, rows * m + 2 - pt), min(p.w, cols * m + 2 - pl)
-    xp[:, :, pt:pt + hh, pl:pl + ww] = x[:, :, :hh, :ww]
+    xp[:, :, pt : pt + hh, pl : pl + ww] = x[:, :, :hh, :ww]
     # Filters transformed once: u[k, c] = G g G^T.
     u = np.empty((p.k, p.cg, 6, 6))
     for k in range(p.k):
@@ -123,11 +133,11 @@ def _winograd_conv2d(p, x, weight, bias, residual):
                     i0, j0 = bi * m, bj * m
                     total = np.zeros((6, 6))
                     for c in range(p.cg):
-                        d = xp[n, g * p.cg + c, i0:i0 + 6, j0:j0 + 6]
+                        d = xp[n, g * p.cg + c, i0 : i0 + 6, j0 : j0 + 6]
                         total += u[k, c] * (WINOGRAD_BT @ d @ WINOGRAD_BT.T)
                     block = WINOGRAD_AT @ total @ WINOGRAD_AT.T
                     h, w = min(m, p.oh - i0), min(m, p.ow - j0)  # the overhang is dropped
-                    y[n, k, i0:i0 + h, j0:j0 + w] = block[:h, :w]
+                    y[n, k, i0 : i0 + h, j0 : j0 + w] = block[:h, :w]
     if bias is not None:
         y += bias.astype(np.float64)[None, :, None, None]
     if residual is not None:
@@ -307,6 +317,7 @@ def linear(p, x, weight, bias):
 # Every forward term y[o] += a * b hands dy[o] * b to a's gradient and dy[o] * a to b's; the
 # loops below are the forward's loops with that one line changed.
 
+
 def conv2d_bwd_data(p, grad_output, weight):
     """dx[n, g*Cg + c, ih, iw] = sum over (k in group g, i, j, r, s) with ih = i*sh - pt + r*dh,
     iw = j*sw - pl + s*dw of dy[n,k,i,j] * w[k,c,r,s]."""
@@ -317,7 +328,7 @@ def conv2d_bwd_data(p, grad_output, weight):
     for n in range(q.n):
         for k in range(q.k):
             g = k // q.kg
-            gxg = gx[n, g * q.cg:(g + 1) * q.cg]  # the input channels output channel k saw
+            gxg = gx[n, g * q.cg : (g + 1) * q.cg]  # the input channels output channel k saw
             for i in range(q.oh):
                 for j in range(q.ow):
                     for r in range(q.r):
@@ -341,7 +352,7 @@ def conv2d_bwd_weight(p, x, grad_output):
     for n in range(q.n):
         for k in range(q.k):
             g = k // q.kg
-            xg = x[n, g * q.cg:(g + 1) * q.cg]
+            xg = x[n, g * q.cg : (g + 1) * q.cg]
             for i in range(q.oh):
                 for j in range(q.ow):
                     for r in range(q.r):
@@ -392,7 +403,7 @@ def avg_pool2d_bwd_data(p, grad_output):
         for j in range(p.ow):
             h0, w0 = max(i * sh - ph, 0), max(j * sw - pw, 0)
             h1, w1 = min(i * sh - ph + kh, p.h), min(j * sw - pw + kw, p.w)
-            gx[:, :, h0:h1, w0:w1] += grad_output[:, :, i:i + 1, j:j + 1] / p.divisor(i, j)
+            gx[:, :, h0:h1, w0:w1] += grad_output[:, :, i : i + 1, j : j + 1] / p.divisor(i, j)
     return gx.astype(p.dtype)
 
 
@@ -401,7 +412,7 @@ def adaptive_avg_pool2d_bwd_data(p, grad_output):
     gx = np.zeros(p.input_shape, np.float64)
     for i, (h0, h1) in enumerate(adaptive_bins(p.h, p.oh)):
         for j, (w0, w1) in enumerate(adaptive_bins(p.w, p.ow)):
-            gx[:, :, h0:h1, w0:w1] += grad_output[:, :, i:i + 1, j:j + 1] / ((h1 - h0) * (w1 - w0))
+            gx[:, :, h0:h1, w0:w1] += grad_output[:, :, i : i + 1, j : j + 1] / ((h1 - h0) * (w1 - w0))
     return gx.astype(p.dtype)
 
 

@@ -16,6 +16,7 @@ call already uses every thread, so that costs concurrency, not throughput.  GNU 
 run in a child forked after the parent used it (numba kills such a child); the backend raises a
 RuntimeError there instead.  ``_numba_jit`` explains the one other process-wide numba setting (512-bit vectors).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,7 +34,6 @@ NAME = "numba"
 DEVICES = ("cpu",)
 ALGORITHMS = {"conv2d": ("direct",)}
 FUSED_EPILOGUE = True
-
 
 
 def available():
@@ -90,9 +90,11 @@ def _parallel():
         from numba.np.ufunc import omppool
 
         if omppool.openmp_vendor == "GNU":
-            raise RuntimeError("the numba backend cannot run in a process forked after its parent "
-                               "used it (GNU OpenMP is not fork-safe); use the 'spawn' or "
-                               "'forkserver' multiprocessing start method, or another backend")
+            raise RuntimeError(
+                "the numba backend cannot run in a process forked after its parent "
+                "used it (GNU OpenMP is not fork-safe); use the 'spawn' or "
+                "'forkserver' multiprocessing start method, or another backend"
+            )
     numba.set_num_threads(min(threads.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if _layer == "workqueue":
         with _serial_lock:
@@ -120,8 +122,7 @@ def conv2d(p, x, weight, bias, residual):
     bias = np.zeros(p.k, p.dtype) if bias is None else bias
     res = _NO_RESIDUAL[p.dtype] if residual is None else _ro(residual)
     with _parallel():
-        return conv.conv2d(p, _ro(x), _ro(weight), _ro(bias), res, residual is not None,
-                           p.activation == "relu")
+        return conv.conv2d(p, _ro(x), _ro(weight), _ro(bias), res, residual is not None, p.activation == "relu")
 
 
 def max_pool2d(p, x):
@@ -176,11 +177,14 @@ def activation(p, x):
 
 # -- backward (kernels in _numba_bwd) ----------------------------------------------------------
 
+
 def _backward(name: str):
     def op(p, *arrays):
         with _parallel():
-            return getattr(_kernels("_numba_bwd"), name)(p, *(_ro(a) if isinstance(a, np.ndarray) else a
-                                                            for a in arrays))
+            return getattr(_kernels("_numba_bwd"), name)(
+                p, *(_ro(a) if isinstance(a, np.ndarray) else a for a in arrays)
+            )
+
     op.__name__ = op.__qualname__ = name
     op.__doc__ = f"{name} on numba kernels (see _numba_bwd)."
     return op

@@ -1,5 +1,6 @@
 """torch.nn.functional on CPU: the reference every backend is tested against, and the baseline
 every benchmark compares with.  "auto" never picks it; name it to use it."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -110,6 +111,7 @@ def relu(p, x):
 
 
 # -- backward: autograd (or aten's backward op) through the same references ------------------------
+
 
 def _zeros(shape, p):
     return np.zeros(shape, p.dtype)

@@ -14,6 +14,7 @@ the CPUs this process may run on (``os.sched_getaffinity``) by more than a quart
 Importing this module loads no OpenMP runtime: the CLI reads the load before torch or the C
 backend start, so it can still choose the passive wait policy.
 """
+
 from __future__ import annotations
 
 import os
@@ -90,8 +91,7 @@ def sample(seconds: float = 0.5) -> float | None:
     return meter.read()
 
 
-def assess(others: float | None, threads: int, cpus: int | None = None,
-           loadavg: list[float] | None = None) -> dict:
+def assess(others: float | None, threads: int, cpus: int | None = None, loadavg: list[float] | None = None) -> dict:
     """The load record of a run: readings, whether the cores are contended, and why.
 
     ``others`` (busy CPUs of other processes) decides when it was read; otherwise the 1-minute
@@ -108,8 +108,14 @@ def assess(others: float | None, threads: int, cpus: int | None = None,
             reasons.append(f"other processes kept {others:.1f} of {cpus} CPUs busy")
     elif loadavg is not None and loadavg[0] > cpus + MARGIN:
         reasons.append(f"load average {loadavg[0]:.1f} on {cpus} CPUs")
-    return {"cpus": cpus, "threads": threads, "other_busy_cpus": others, "load_average": loadavg,
-            "contended": bool(reasons), "reasons": reasons}
+    return {
+        "cpus": cpus,
+        "threads": threads,
+        "other_busy_cpus": others,
+        "load_average": loadavg,
+        "contended": bool(reasons),
+        "reasons": reasons,
+    }
 
 
 def spread(q1: float | None, median: float | None, q3: float | None) -> float | None:

@@ -3,6 +3,7 @@
 Everything here is cheap and never raises (a missing library is reported as missing), except
 :func:`peak_gflops`, which runs a short GEMM once per process and thread count.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,10 +19,39 @@ import numpy as np
 from .. import threads
 
 #: The SIMD flags worth showing, in the order they appeared (x86, then Arm).
-SIMD_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
-              "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
-LIBRARIES = ("numpy", "numba", "llvmlite", "cffi", "threadpoolctl", "rich", "torch", "matplotlib",
-             "asv", "pytest-benchmark", "onnx", "onnxruntime")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "fma",
+    "avx2",
+    "avx512f",
+    "avx512cd",
+    "avx512bw",
+    "avx512dq",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "asimd",
+    "sve",
+    "sve2",
+)
+LIBRARIES = (
+    "numpy",
+    "numba",
+    "llvmlite",
+    "cffi",
+    "threadpoolctl",
+    "rich",
+    "torch",
+    "matplotlib",
+    "asv",
+    "pytest-benchmark",
+    "onnx",
+    "onnxruntime",
+)
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -89,10 +119,19 @@ def blas() -> list[dict]:
 
 def thread_counts() -> dict[str, int | str | None]:
     """The thread count fastconv uses and what each runtime would use on its own."""
-    out: dict[str, int | str | None] = {"fastconv": threads.get_num_threads(), "cpus": cpu_count(),
-                                        "os.cpu_count": os.cpu_count()}
-    for var in ("FASTCONV_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY",
-                "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER"):
+    out: dict[str, int | str | None] = {
+        "fastconv": threads.get_num_threads(),
+        "cpus": cpu_count(),
+        "os.cpu_count": os.cpu_count(),
+    }
+    for var in (
+        "FASTCONV_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "NUMBA_NUM_THREADS",
+        "OMP_WAIT_POLICY",
+        "GOMP_SPINCOUNT",
+        "NUMBA_THREADING_LAYER",
+    ):
         out[var] = os.environ.get(var)
     try:
         import numba
@@ -120,10 +159,16 @@ def cuda_info() -> dict:
     if torch is None:
         return {"available": False, "reason": "torch is not installed"}
     if not torch.cuda.is_available():
-        return {"available": False, "reason": f"torch {torch.__version__} sees no CUDA device "
-                                              f"(built with CUDA {torch.version.cuda})"}
-    return {"available": True, "device": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version()}
+        return {
+            "available": False,
+            "reason": f"torch {torch.__version__} sees no CUDA device (built with CUDA {torch.version.cuda})",
+        }
+    return {
+        "available": True,
+        "device": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
 
 
 def describe() -> dict:
@@ -166,7 +211,8 @@ _peak_cache: dict[int, tuple[float, str, int]] = {}
 def peak_cache_path() -> str:
     """The per-machine peak cache: ``FASTCONV_PEAK_CACHE``, else ~/.cache/fastconv/peak.json."""
     return os.environ.get("FASTCONV_PEAK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastconv", "peak.json")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastconv", "peak.json"
+    )
 
 
 def _machine_key(nthreads: int) -> str:

@@ -5,6 +5,7 @@ the suite's cases are skipped with the reason.  The torch twin (the baseline and
 comes from the fastconv model's ``to_torch()`` when it has one, else from torchvision's model
 of the same name loaded with the fastconv model's ``state_dict()`` (torchvision's names).
 """
+
 from __future__ import annotations
 
 import copy

@@ -13,6 +13,7 @@ once through ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``) and 
 onnxruntime is optional (``pip install 'fastconv[onnxruntime]'``); without it, or without torch
 (which the export needs), the target is listed and every case is skipped with the reason.
 """
+
 from __future__ import annotations
 
 import io
@@ -61,8 +62,15 @@ def export(module, example: np.ndarray) -> bytes:
     # the plain Conv/BatchNormalization/Relu/Add graph that ONNX Runtime's optimiser fuses.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen, see above
-        torch.onnx.export(module, (torch.from_numpy(example),), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["x"], output_names=["y"])
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(example),),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["x"],
+            output_names=["y"],
+        )
     return buffer.getvalue()
 
 

@@ -9,6 +9,7 @@ peak (a dashed line), and, for memory-bound problems, GB/s.
 
 matplotlib is imported here only, so the package and the CLI work without it.
 """
+
 from __future__ import annotations
 
 from .report import machine_label, shown_backends
@@ -44,14 +45,18 @@ def plot(doc: dict, path) -> None:
         _throughput_panel(ax, [p for p in problems if p["unit"] == unit], names, results, color, unit, doc)
 
     suite, load = doc["suite"], doc["load"]
-    head = (f"fastconv {doc['command']} {suite['name']} v{suite['version']}: {suite['dtype']}, {doc['threads']} "
-            f"threads, {load['clock']} clock, OpenMP wait {load['wait_policy']}\n{machine_label(doc)}")
+    head = (
+        f"fastconv {doc['command']} {suite['name']} v{suite['version']}: {suite['dtype']}, {doc['threads']} "
+        f"threads, {load['clock']} clock, OpenMP wait {load['wait_policy']}\n{machine_label(doc)}"
+    )
     fig.suptitle(head, fontsize=10, x=0.01, ha="left")
     if load["contended"]:
-        warning = ("cores contended: figures not trustworthy" if load["clock"] == "wall" else
-                   "cores contended: CPU-clock figures, differences under ~15% are noise")
-        fig.text(0.99, 0.995, warning, color="red", fontsize=9, ha="right",
-                 va="top", fontweight="bold")
+        warning = (
+            "cores contended: figures not trustworthy"
+            if load["clock"] == "wall"
+            else "cores contended: CPU-clock figures, differences under ~15% are noise"
+        )
+        fig.text(0.99, 0.995, warning, color="red", fontsize=9, ha="right", va="top", fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -84,14 +89,28 @@ def _ratio_panel(ax, problems, names, results, color) -> None:
             hi = torch_time / r["q1_s"] if r.get("q1_s") else ratio
             shown = min(ratio, top)
             hatch = "//" if r.get("flags") else None
-            ax.bar(bx, shown, width, color=color[name], hatch=hatch, edgecolor="white" if hatch else None,
-                   label=None if name in labelled else name)
+            ax.bar(
+                bx,
+                shown,
+                width,
+                color=color[name],
+                hatch=hatch,
+                edgecolor="white" if hatch else None,
+                label=None if name in labelled else name,
+            )
             labelled.add(name)
             if ratio > top:
                 ax.text(bx, top * 0.97, f"{ratio:.0f}x", ha="center", va="top", fontsize=6, rotation=90)
             else:
-                ax.errorbar(bx, ratio, yerr=[[max(0.0, ratio - lo)], [max(0.0, min(hi, top) - ratio)]], fmt="none", ecolor="black",
-                            elinewidth=0.8, capsize=2)
+                ax.errorbar(
+                    bx,
+                    ratio,
+                    yerr=[[max(0.0, ratio - lo)], [max(0.0, min(hi, top) - ratio)]],
+                    fmt="none",
+                    ecolor="black",
+                    elinewidth=0.8,
+                    capsize=2,
+                )
     for name in names:  # legend entries for backends that never drew a bar
         if name not in labelled:
             ax.bar([0], [0], 0, color=color[name], label=f"{name} (no ratio)")
@@ -103,8 +122,11 @@ def _ratio_panel(ax, problems, names, results, color) -> None:
     ax.set_xticks(list(xs))
     ax.set_xticklabels([_problem_label(p) for p in problems], rotation=40, ha="right", fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title("above 1: faster than torch; error bars: interquartile range; hatched: noisy or busy machine",
-                 fontsize=8, loc="left")
+    ax.set_title(
+        "above 1: faster than torch; error bars: interquartile range; hatched: noisy or busy machine",
+        fontsize=8,
+        loc="left",
+    )
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
 
 
@@ -122,12 +144,24 @@ def _throughput_panel(ax, problems, names, results, color, unit, doc) -> None:
             lo = work / r["q3_s"] if r.get("q3_s") else r["throughput"]
             hi = work / r["q1_s"] if r.get("q1_s") else r["throughput"]
             ax.bar(bx, r["throughput"], width, color=color[name], label=name)
-            ax.errorbar(bx, r["throughput"], yerr=[[max(0.0, r["throughput"] - lo)], [max(0.0, hi - r["throughput"])]], fmt="none",
-                        ecolor="black", elinewidth=0.8, capsize=2)
+            ax.errorbar(
+                bx,
+                r["throughput"],
+                yerr=[[max(0.0, r["throughput"] - lo)], [max(0.0, hi - r["throughput"])]],
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+                capsize=2,
+            )
     peak = doc["peak"]
     if unit == "GFLOP/s" and peak["gflops"]:
-        ax.axhline(peak["gflops"], color="red", linestyle="--", linewidth=1,
-                   label=f"measured peak {peak['gflops']:.0f} GFLOP/s ({peak['threads']} threads)")
+        ax.axhline(
+            peak["gflops"],
+            color="red",
+            linestyle="--",
+            linewidth=1,
+            label=f"measured peak {peak['gflops']:.0f} GFLOP/s ({peak['threads']} threads)",
+        )
     ax.set_ylim(bottom=0)
     ax.set_xlim(-0.6, len(problems) - 0.4)
     ax.set_ylabel(unit + (" (2 FLOPs per multiply-add)" if unit == "GFLOP/s" else " (bytes in + out)"))
@@ -139,5 +173,4 @@ def _throughput_panel(ax, problems, names, results, color, unit, doc) -> None:
     seen = {}
     for h, lab in zip(handles, labels):
         seen.setdefault(lab, h)
-    ax.legend(list(seen.values()), list(seen), loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8,
-              frameon=False)
+    ax.legend(list(seen.values()), list(seen), loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)

@@ -22,6 +22,7 @@ The ``onnxruntime`` row is that torch model exported through torch.onnx and run 
 (every graph optimisation on, ``intra_op_num_threads`` = the thread count, one inter-op thread),
 when onnxruntime is installed; otherwise the row says why it cannot run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,31 +43,50 @@ TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastconv resnet", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fastconv resnet",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--arch", default="resnet50", choices=sorted(ARCHS), help="architecture (default resnet50)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--size", type=int, default=224, help="image height and width (default 224)")
-    p.add_argument("--backend", action="append", default=None, metavar="NAME[,NAME...]",
-                   help="backend(s) to run, repeatable or comma-separated (default: every available one "
-                        "but naive)")
-    p.add_argument("--threads", type=int, default=None, help="threads for fastconv and torch alike "
-                                                             "(default: fastconv.get_num_threads())")
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="backend(s) to run, repeatable or comma-separated (default: every available one but naive)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for fastconv and torch alike (default: fastconv.get_num_threads())",
+    )
     p.add_argument("--repeat", type=int, default=10, help="timed forward passes per backend (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes per backend first (default 1)")
     p.add_argument("--fuse", action="store_true", help="fold batch norms into the convolutions (model.fuse())")
-    p.add_argument("--compile", action="store_true",
-                   help="also time fastconv.compile's plans: 'compiled' (backend and algorithm tuned per layer) "
-                        "and 'compiled, winograd' (Winograd allowed for 3x3 layers)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time fastconv.compile's plans: 'compiled' (backend and algorithm tuned per layer) "
+        "and 'compiled, winograd' (Winograd allowed for 3x3 layers)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--weights", default=None, metavar="FILE",
-                   help="a torchvision-style state_dict: .pth/.pt (torch.load) or .npz")
+    p.add_argument(
+        "--weights", default=None, metavar="FILE", help="a torchvision-style state_dict: .pth/.pt (torch.load) or .npz"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--omp-wait-policy", choices=["active", "passive"], default=None,
-                   help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
-                        "start; passive keeps idle threads from spinning, which matters on a shared machine")
+    p.add_argument(
+        "--omp-wait-policy",
+        choices=["active", "passive"],
+        default=None,
+        help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
+        "start; passive keeps idle threads from spinning, which matters on a shared machine",
+    )
     return p
 
 
@@ -113,15 +133,18 @@ def _check_positive(parser, **values) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _check_positive(parser, batch=args.batch, size=args.size, threads=args.threads, repeat=args.repeat,
-                    num_classes=args.num_classes)
+    _check_positive(
+        parser, batch=args.batch, size=args.size, threads=args.threads, repeat=args.repeat, num_classes=args.num_classes
+    )
     if args.warmup < 0:
         parser.error(f"--warmup must be non-negative, got {args.warmup}")
     if args.omp_wait_policy:
         # OpenMP reads it once, when its runtime loads: before torch and the C backend are imported.
         if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != args.omp_wait_policy.upper():
-            print("fastconv resnet: warning: torch is already loaded; --omp-wait-policy may not apply to it",
-                  file=sys.stderr)
+            print(
+                "fastconv resnet: warning: torch is already loaded; --omp-wait-policy may not apply to it",
+                file=sys.stderr,
+            )
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     backends = _backends(args.backend, parser)
     threads = args.threads or fastconv.get_num_threads()
@@ -155,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
 
         runners["torch (eager)"] = run_torch
     # ONNX Runtime: the same torch model exported, at the same thread count (a second baseline).
-    ort_run, ort_why = onnxruntime_target.try_runner(tmodel, x, threads) if torch is not None else \
-        (None, onnxruntime_target.unavailable_reason())
+    ort_run, ort_why = (
+        onnxruntime_target.try_runner(tmodel, x, threads)
+        if torch is not None
+        else (None, onnxruntime_target.unavailable_reason())
+    )
     results[onnxruntime_target.NAME] = {"error": ort_why} if ort_run is None else {"out": ort_run()}
     if ort_run is not None:
         runners[onnxruntime_target.NAME] = ort_run
@@ -202,17 +228,27 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
         rows.append(row)
     load = ", load average {:.2f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
-    header = (f"{args.arch}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {threads} threads{load}, "
-              f"{'fused' if args.fuse else 'unfused'}, {'weights ' + args.weights if args.weights else 'random weights'}"
-              f"; median of {args.repeat} interleaved rounds")
+    header = (
+        f"{args.arch}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {threads} threads{load}, "
+        f"{'fused' if args.fuse else 'unfused'}, {'weights ' + args.weights if args.weights else 'random weights'}"
+        f"; median of {args.repeat} interleaved rounds"
+    )
     _print(header, rows, torch is not None)
     if args.json:  # the benchmark schema (docs/bench-schema.md): `fastconv bench show/compare` read it
         from . import schema
 
-        doc = schema.model_document(arch=args.arch, batch=args.batch, size=args.size, dtype=args.dtype,
-                                    num_classes=args.num_classes, threads=threads, rows=rows, samples=samples,
-                                    config=vars(args) | {"threads": threads, "backends": backends},
-                                    tolerance=TOLERANCE[args.dtype])
+        doc = schema.model_document(
+            arch=args.arch,
+            batch=args.batch,
+            size=args.size,
+            dtype=args.dtype,
+            num_classes=args.num_classes,
+            threads=threads,
+            rows=rows,
+            samples=samples,
+            config=vars(args) | {"threads": threads, "backends": backends},
+            tolerance=TOLERANCE[args.dtype],
+        )
         schema.dump(doc, args.json)
     return status
 
@@ -245,8 +281,14 @@ def _print(header: str, rows: list[dict], have_torch: bool) -> None:
             continue
         fmt = lambda key, spec: format(row[key], spec) if key in row else "-"  # noqa: E731
         speed = f"{row['speed_vs_torch']:.2f}x" if "speed_vs_torch" in row else "-"
-        table.add_row(row["backend"], fmt("median_ms", ".2f"), fmt("min_ms", ".2f"), speed,
-                      fmt("max_abs_diff", ".2e"), fmt("max_rel_diff", ".2e"))
+        table.add_row(
+            row["backend"],
+            fmt("median_ms", ".2f"),
+            fmt("min_ms", ".2f"),
+            speed,
+            fmt("max_abs_diff", ".2e"),
+            fmt("max_rel_diff", ".2e"),
+        )
     console = Console(width=max(120, Console().width))
     console.print(table)
     if not have_torch:

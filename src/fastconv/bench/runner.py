@@ -24,6 +24,7 @@ interquartile range exceeds 10% of its median ``noisy``.  With ``clock="cpu"`` h
 timed by the process's CPU time divided by the thread count -- the wall time the call would take
 on free cores, unaffected by other processes (but blind to idle waits and load imbalance).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -43,15 +44,15 @@ from .targets import Prepared, make_inputs, reference, relative_error, tolerance
 @dataclass
 class Settings:
     threads: int
-    min_time: float = 1.0        # seconds of timed samples per case, all targets together
+    min_time: float = 1.0  # seconds of timed samples per case, all targets together
     min_repeats: int = 5
     max_repeats: int = 50
-    sample_time: float = 0.002   # one sample lasts at least this long (short calls repeat)
+    sample_time: float = 0.002  # one sample lasts at least this long (short calls repeat)
     seed: int = 0
-    check: bool = True           # compare every output with torch's float64 answer
+    check: bool = True  # compare every output with torch's float64 answer
     max_traced_call: float = 0.1  # measure the workspace (a traced extra call) below this call time
-    settle: float = 0.02         # untimed calls this long before each sample (see _sample)
-    clock: str = "wall"          # "wall", or "cpu": process CPU time / threads (host targets)
+    settle: float = 0.02  # untimed calls this long before each sample (see _sample)
+    clock: str = "wall"  # "wall", or "cpu": process CPU time / threads (host targets)
 
 
 @dataclass
@@ -60,9 +61,9 @@ class Measurement:
 
     problem: str
     backend: str
-    kind: str                      # "fastconv" or "torch"
+    kind: str  # "fastconv" or "torch"
     device: str
-    status: str                    # ok | unchecked | wrong | skipped | error
+    status: str  # ok | unchecked | wrong | skipped | error
     reason: str | None = None
     first_call_s: float | None = None
     median_s: float | None = None
@@ -71,14 +72,14 @@ class Measurement:
     iqr_s: float | None = None
     repeats: int = 0
     number: int = 0
-    throughput: float | None = None          # GFLOP/s or GB/s (the case's unit) at the median
-    percent_of_peak: float | None = None     # GFLOP/s figures only
-    speed_vs_torch: float | None = None      # torch CPU median / this median (> 1: faster than torch)
+    throughput: float | None = None  # GFLOP/s or GB/s (the case's unit) at the median
+    percent_of_peak: float | None = None  # GFLOP/s figures only
+    speed_vs_torch: float | None = None  # torch CPU median / this median (> 1: faster than torch)
     max_rel_error: float | None = None
     tolerance: float | None = None
     workspace_bytes: int | None = None
     workspace_method: str | None = None
-    spread: float | None = None              # iqr_s / median_s
+    spread: float | None = None  # iqr_s / median_s
     flags: list[str] = field(default_factory=list)  # "noisy" (spread > 10%), "contended" (busy machine)
 
     @property
@@ -102,8 +103,9 @@ class Run:
     measurements: list[Measurement] = field(default_factory=list)
     reference_notes: dict[str, str] = field(default_factory=dict)
     load: dict = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
-                         .isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    )
 
     def cell(self, problem: str, backend: str) -> Measurement | None:
         return next((m for m in self.measurements if m.problem == problem and m.backend == backend), None)
@@ -131,20 +133,36 @@ def backend_table(targets) -> list[dict]:
     return out
 
 
-def new_run(suite, cases, targets, settings: Settings, device: str = "cpu", peak: bool = True,
-            load_before: dict | None = None) -> Run:
+def new_run(
+    suite, cases, targets, settings: Settings, device: str = "cpu", peak: bool = True, load_before: dict | None = None
+) -> Run:
     """A run with its environment; ``load_before`` is the load read before anything started
     (the CLI reads it before the OpenMP runtimes load), else it is read here."""
     _apply_threads(settings.threads)
     before = load_before or load.assess(load.sample(0.3), settings.threads)
-    value, source, measured_at = (machine.peak_gflops(settings.threads, cache=not before["contended"])
-                                  if peak else (None, "not measured", settings.threads))
-    return Run(suite=suite, settings=settings, device=device, machine=machine.describe(),
-               versions=machine.versions(), threads=machine.thread_counts(),
-               peak={"gflops": value, "source": source, "threads": measured_at},
-               backends=backend_table(targets), cases=list(cases),
-               load={"before": before, "during": [], "contended": before["contended"],
-                     "wait_policy": wait_policy(), "clock": settings.clock})
+    value, source, measured_at = (
+        machine.peak_gflops(settings.threads, cache=not before["contended"])
+        if peak
+        else (None, "not measured", settings.threads)
+    )
+    return Run(
+        suite=suite,
+        settings=settings,
+        device=device,
+        machine=machine.describe(),
+        versions=machine.versions(),
+        threads=machine.thread_counts(),
+        peak={"gflops": value, "source": source, "threads": measured_at},
+        backends=backend_table(targets),
+        cases=list(cases),
+        load={
+            "before": before,
+            "during": [],
+            "contended": before["contended"],
+            "wait_policy": wait_policy(),
+            "clock": settings.clock,
+        },
+    )
 
 
 def wait_policy() -> str:
@@ -159,19 +177,22 @@ def run_cases(run: Run, targets, progress: Progress | None = None) -> Run:
     cpus = run.load.get("before", {}).get("cpus") or load.usable_cpus()
     for i, case in enumerate(run.cases):
         meter.start()
-        cells = measure_case(case, targets, run.settings, run,
-                             lambda text: progress and progress(i, len(run.cases), text))
+        cells = measure_case(
+            case, targets, run.settings, run, lambda text: progress and progress(i, len(run.cases), text)
+        )
         # Our own threads' CPU time is subtracted; what remains is other processes' work.
         during = load.assess(meter.read(), run.settings.threads, cpus)
-        run.load.setdefault("during", []).append({"problem": case.id, "other_busy_cpus": during["other_busy_cpus"],
-                                                  "contended": during["contended"]})
+        run.load.setdefault("during", []).append(
+            {"problem": case.id, "other_busy_cpus": during["other_busy_cpus"], "contended": during["contended"]}
+        )
         for c in cells:
             if during["contended"] and c.median_s is not None:
                 c.flags.append("contended")
         run.measurements += cells
     run.machine["load_average_end"] = machine.load_average()
     run.load["contended"] = bool(run.load.get("before", {}).get("contended")) or any(
-        d["contended"] for d in run.load.get("during", []))
+        d["contended"] for d in run.load.get("during", [])
+    )
     run.load["verdict"] = verdict(run)
     if progress:
         progress(len(run.cases), len(run.cases), "done")
@@ -183,14 +204,15 @@ class _Active:
     target: object
     prepared: Prepared
     cell: Measurement
-    estimate: float   # seconds per call, from the second call
-    number: int       # calls per sample
-    rounds: int = 0   # rounds this target takes part in
+    estimate: float  # seconds per call, from the second call
+    number: int  # calls per sample
+    rounds: int = 0  # rounds this target takes part in
     samples: list[float] = field(default_factory=list)
 
 
-def measure_case(case, targets, settings: Settings, run: Run | None = None,
-                 note: Callable[[str], object] | None = None) -> list[Measurement]:
+def measure_case(
+    case, targets, settings: Settings, run: Run | None = None, note: Callable[[str], object] | None = None
+) -> list[Measurement]:
     """One Measurement per target for ``case`` (the method is the module docstring)."""
     note = note or (lambda text: None)
     note(f"{case.label}: inputs and reference")
@@ -216,8 +238,11 @@ def measure_case(case, targets, settings: Settings, run: Run | None = None,
         repeats = min(settings.max_repeats, max(settings.min_repeats, math.ceil(settings.min_time / round_time)))
         for a in active:
             sample = a.number * a.estimate
-            a.rounds = repeats if sample * settings.min_repeats <= settings.min_time else \
-                max(1, min(repeats, int(settings.min_time / sample)))
+            a.rounds = (
+                repeats
+                if sample * settings.min_repeats <= settings.min_time
+                else max(1, min(repeats, int(settings.min_time / sample)))
+            )
         for r in range(repeats):
             note(f"{case.label}: round {r + 1}/{repeats}")
             shift = r % len(active)
@@ -246,9 +271,11 @@ def _start(case, target, data, ref, cell: Measurement, settings: Settings) -> _A
             cell.tolerance = tolerance(case)
             cell.status = "ok" if cell.max_rel_error <= cell.tolerance else "wrong"
             if cell.status == "wrong":
-                cell.reason = (f"max relative error {cell.max_rel_error:.2e} > tolerance {cell.tolerance:.1e}"
-                               if math.isfinite(cell.max_rel_error) else
-                               "wrong shape, or NaN/inf where torch's answer is finite")
+                cell.reason = (
+                    f"max relative error {cell.max_rel_error:.2e} > tolerance {cell.tolerance:.1e}"
+                    if math.isfinite(cell.max_rel_error)
+                    else "wrong shape, or NaN/inf where torch's answer is finite"
+                )
         else:
             cell.status = "unchecked"
         if settings.clock == "cpu" and target.device == "cpu":
@@ -324,13 +351,18 @@ def verdict(run: Run) -> str:
         return "the cores were free during the run" + (f"; {noisy} noisy figure(s) flagged" if noisy else "")
     why = "; ".join(before.get("reasons", [])) or f"other processes were busy during {bad} of {len(during)} problems"
     if run.settings.clock == "cpu":
-        return (f"CAUTION: the cores were contended ({why}); CPU-clock figures leave out the other processes' "
-                "time but not their use of caches and memory bandwidth: treat differences under about 15% as noise")
-    return (f"NOT TRUSTWORTHY: the cores were contended ({why}); ratios can be off by any factor. "
-            f"Measure on an idle machine, or with --clock cpu")
+        return (
+            f"CAUTION: the cores were contended ({why}); CPU-clock figures leave out the other processes' "
+            "time but not their use of caches and memory bandwidth: treat differences under about 15% as noise"
+        )
+    return (
+        f"NOT TRUSTWORTHY: the cores were contended ({why}); ratios can be off by any factor. "
+        f"Measure on an idle machine, or with --clock cpu"
+    )
 
 
-def run_suite(suite, cases, targets, settings: Settings, device: str = "cpu",
-              progress: Progress | None = None, peak: bool = True) -> Run:
+def run_suite(
+    suite, cases, targets, settings: Settings, device: str = "cpu", progress: Progress | None = None, peak: bool = True
+) -> Run:
     """Everything: environment, peak, then every case on every target."""
     return run_cases(new_run(suite, cases, targets, settings, device, peak), targets, progress)

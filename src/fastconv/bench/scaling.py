@@ -10,6 +10,7 @@ The JSON document gains ``thread_scaling``: per (problem, target) whose both cel
 ``speedup = time_1 / time_n`` and the parallel efficiency ``time_1 / (n * time_n)`` (1.0: perfect
 scaling on n threads).
 """
+
 from __future__ import annotations
 
 import re
@@ -73,6 +74,7 @@ class ThreadCountTarget:
                 return inner_call()
             finally:
                 _set_threads(run_threads)
+
         return dataclasses.replace(prepared, call=call, workspace=None)
 
 
@@ -94,12 +96,26 @@ def table(doc: dict) -> list[dict]:
         if threads != 1 or n <= 1:
             continue
         full = cells.get((r["problem"], base))
-        if not (full and full["median_s"] and r["median_s"]
-                and full["status"] in ("ok", "unchecked") and r["status"] in ("ok", "unchecked")):
+        if not (
+            full
+            and full["median_s"]
+            and r["median_s"]
+            and full["status"] in ("ok", "unchecked")
+            and r["status"] in ("ok", "unchecked")
+        ):
             continue
         t1, tn = r["median_s"], full["median_s"]
-        out.append({"problem": r["problem"], "backend": base, "threads": n, "median_1_s": t1, "median_n_s": tn,
-                    "speedup": t1 / tn, "parallel_efficiency": t1 / (n * tn)})
+        out.append(
+            {
+                "problem": r["problem"],
+                "backend": base,
+                "threads": n,
+                "median_1_s": t1,
+                "median_n_s": tn,
+                "speedup": t1 / tn,
+                "parallel_efficiency": t1 / (n * tn),
+            }
+        )
     return out
 
 
@@ -110,11 +126,18 @@ def markdown(doc: dict) -> list[str]:
         return []
     labels = {p["id"]: f"{p['label']} n{p['n']}" for p in doc["problems"]}
     n = doc["threads"]
-    lines = ["", f"Thread scaling (parallel efficiency = time at 1 thread / ({n} x time at {n} threads)):", "",
-             f"| network | target | 1 thread | {n} threads | speed-up | efficiency |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"Thread scaling (parallel efficiency = time at 1 thread / ({n} x time at {n} threads)):",
+        "",
+        f"| network | target | 1 thread | {n} threads | speed-up | efficiency |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in rows:
-        lines.append(f"| {labels.get(s['problem'], s['problem'])} | {s['backend']} | {s['median_1_s'] * 1e3:.1f} ms "
-                     f"| {s['median_n_s'] * 1e3:.1f} ms | {s['speedup']:.2f}x | {s['parallel_efficiency']:.2f} |")
+        lines.append(
+            f"| {labels.get(s['problem'], s['problem'])} | {s['backend']} | {s['median_1_s'] * 1e3:.1f} ms "
+            f"| {s['median_n_s'] * 1e3:.1f} ms | {s['speedup']:.2f}x | {s['parallel_efficiency']:.2f} |"
+        )
     return lines
 
 
@@ -128,12 +151,22 @@ def rich_table(doc: dict):
 
     n = doc["threads"]
     labels = {p["id"]: (p["label"], p["n"]) for p in doc["problems"]}
-    t = Table(title=f"Thread scaling: parallel efficiency = time at 1 thread / ({n} x time at {n} threads)",
-              box=box.SIMPLE_HEAD, title_justify="left")
+    t = Table(
+        title=f"Thread scaling: parallel efficiency = time at 1 thread / ({n} x time at {n} threads)",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
     for header in ("Network", "n", "Target", "1 thread", f"{n} threads", "Speed-up", "Efficiency"):
         t.add_column(header, justify="left" if header in ("Network", "Target") else "right")
     for s in rows:
         label, batch = labels.get(s["problem"], (s["problem"], ""))
-        t.add_row(label, str(batch), s["backend"], f"{s['median_1_s'] * 1e3:.1f} ms", f"{s['median_n_s'] * 1e3:.1f} ms",
-                  f"{s['speedup']:.2f}x", f"{s['parallel_efficiency']:.2f}")
+        t.add_row(
+            label,
+            str(batch),
+            s["backend"],
+            f"{s['median_1_s'] * 1e3:.1f} ms",
+            f"{s['median_n_s'] * 1e3:.1f} ms",
+            f"{s['speedup']:.2f}x",
+            f"{s['parallel_efficiency']:.2f}",
+        )
     return t

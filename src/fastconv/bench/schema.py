@@ -32,6 +32,7 @@ problem; ``reason`` says why) and error (it raised; ``reason`` has the exception
 Version-1 documents (before ``command``, ``load``, ``direction``, ``spread``, ``flags``) are
 read too: :func:`validate` upgrades them.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,22 +52,74 @@ _OPT_NUM = (int, float, type(None))
 _OPT_STR = (str, type(None))
 
 #: field -> allowed types, for the top level, each backend, each problem and each result.
-TOP = {"schema": str, "schema_version": int, "created": str, "command": str, "suite": dict, "device": str,
-       "threads": int, "settings": dict, "load": dict, "units": dict, "machine": dict, "versions": dict, "thread_counts": dict, "peak": dict,
-       "backends": list, "problems": list, "results": list, "notes": dict}
+TOP = {
+    "schema": str,
+    "schema_version": int,
+    "created": str,
+    "command": str,
+    "suite": dict,
+    "device": str,
+    "threads": int,
+    "settings": dict,
+    "load": dict,
+    "units": dict,
+    "machine": dict,
+    "versions": dict,
+    "thread_counts": dict,
+    "peak": dict,
+    "backends": list,
+    "problems": list,
+    "results": list,
+    "notes": dict,
+}
 SUITE = {"name": str, "version": int, "description": str, "dtype": str, "batch_sizes": (list, type(None))}
 PEAK = {"gflops": _OPT_NUM, "source": str, "threads": int}
-LOAD = {"before": (dict, type(None)), "during": list, "contended": bool, "verdict": str, "wait_policy": str,
-        "clock": str}
+LOAD = {
+    "before": (dict, type(None)),
+    "during": list,
+    "contended": bool,
+    "verdict": str,
+    "wait_policy": str,
+    "clock": str,
+}
 BACKEND = {"name": str, "kind": str, "device": str, "available": bool, "reason": _OPT_STR}
-PROBLEM = {"id": str, "label": str, "op": str, "direction": str, "device": str, "n": int, "dtype": str, "count": int, "unit": str,
-           "flops": (int, type(None)), "bytes": (int, type(None))}
-RESULT = {"problem": str, "backend": str, "kind": str, "device": str, "status": str, "reason": _OPT_STR,
-          "first_call_s": _OPT_NUM, "median_s": _OPT_NUM, "q1_s": _OPT_NUM, "q3_s": _OPT_NUM,
-          "iqr_s": _OPT_NUM, "repeats": int, "number": int, "throughput": _OPT_NUM,
-          "percent_of_peak": _OPT_NUM, "speed_vs_torch": _OPT_NUM, "max_rel_error": _OPT_NUM,
-          "tolerance": _OPT_NUM, "workspace_bytes": (int, type(None)), "workspace_method": _OPT_STR,
-          "spread": _OPT_NUM, "flags": list}
+PROBLEM = {
+    "id": str,
+    "label": str,
+    "op": str,
+    "direction": str,
+    "device": str,
+    "n": int,
+    "dtype": str,
+    "count": int,
+    "unit": str,
+    "flops": (int, type(None)),
+    "bytes": (int, type(None)),
+}
+RESULT = {
+    "problem": str,
+    "backend": str,
+    "kind": str,
+    "device": str,
+    "status": str,
+    "reason": _OPT_STR,
+    "first_call_s": _OPT_NUM,
+    "median_s": _OPT_NUM,
+    "q1_s": _OPT_NUM,
+    "q3_s": _OPT_NUM,
+    "iqr_s": _OPT_NUM,
+    "repeats": int,
+    "number": int,
+    "throughput": _OPT_NUM,
+    "percent_of_peak": _OPT_NUM,
+    "speed_vs_torch": _OPT_NUM,
+    "max_rel_error": _OPT_NUM,
+    "tolerance": _OPT_NUM,
+    "workspace_bytes": (int, type(None)),
+    "workspace_method": _OPT_STR,
+    "spread": _OPT_NUM,
+    "flags": list,
+}
 
 
 def _finite(value):
@@ -78,22 +131,41 @@ def _finite(value):
 
 def problem_dict(case) -> dict:
     p = case.problem
-    return {"id": case.id, "label": case.label, "op": case.op, "direction": getattr(p, "direction", "fwd"),
-            "device": getattr(p, "device", "cpu"), "n": case.n, "dtype": p.dtype,
-            "count": case.count, "unit": case.unit, "flops": getattr(p, "flops", None),
-            "bytes": getattr(p, "bytes_moved", None)}
+    return {
+        "id": case.id,
+        "label": case.label,
+        "op": case.op,
+        "direction": getattr(p, "direction", "fwd"),
+        "device": getattr(p, "device", "cpu"),
+        "n": case.n,
+        "dtype": p.dtype,
+        "count": case.count,
+        "unit": case.unit,
+        "flops": getattr(p, "flops", None),
+        "bytes": getattr(p, "bytes_moved", None),
+    }
 
 
 def to_dict(run) -> dict:
     """The JSON document of a :class:`fastconv.bench.runner.Run`."""
     settings = asdict(run.settings)
     doc = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": run.created, "command": "bench",
-        "suite": run.suite, "device": run.device, "threads": settings.pop("threads"), "settings": settings,
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": run.created,
+        "command": "bench",
+        "suite": run.suite,
+        "device": run.device,
+        "threads": settings.pop("threads"),
+        "settings": settings,
         "load": run.load,
         "units": {"time": "s", "flops": "2 FLOPs per multiply-add", "throughput": "10^9 per second"},
-        "machine": run.machine, "versions": run.versions, "thread_counts": run.threads, "peak": run.peak,
-        "backends": run.backends, "problems": [problem_dict(c) for c in run.cases],
+        "machine": run.machine,
+        "versions": run.versions,
+        "thread_counts": run.threads,
+        "peak": run.peak,
+        "backends": run.backends,
+        "problems": [problem_dict(c) for c in run.cases],
         "results": [{k: _finite(v) for k, v in asdict(m).items()} for m in run.measurements],
         "notes": dict(run.reference_notes),
     }
@@ -126,10 +198,17 @@ def upgrade(doc: dict) -> dict:
         return doc
     doc = dict(doc, schema_version=SCHEMA_VERSION, command="bench")
     policy = (doc.get("thread_counts", {}).get("OMP_WAIT_POLICY") or "default").lower()
-    doc["load"] = {"before": None, "during": [], "contended": False, "wait_policy": policy, "clock": "wall",
-                   "verdict": "not recorded (a version-1 run)"}
-    doc["problems"] = [dict(p, direction="fwd", device="cpu") if isinstance(p, dict) else p
-                       for p in doc.get("problems", [])]
+    doc["load"] = {
+        "before": None,
+        "during": [],
+        "contended": False,
+        "wait_policy": policy,
+        "clock": "wall",
+        "verdict": "not recorded (a version-1 run)",
+    }
+    doc["problems"] = [
+        dict(p, direction="fwd", device="cpu") if isinstance(p, dict) else p for p in doc.get("problems", [])
+    ]
     results = []
     for r in doc.get("results", []):
         if isinstance(r, dict):
@@ -145,11 +224,13 @@ def validate(doc) -> dict:
     """``doc`` when it is a valid document (a version-1 one upgraded); ValueError listing every problem otherwise."""
     errors: list[str] = []
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise ValueError(f"not a fastconv benchmark run (expected \"schema\": {SCHEMA!r})")
+        raise ValueError(f'not a fastconv benchmark run (expected "schema": {SCHEMA!r})')
     doc = upgrade(doc)
     if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"schema_version {doc.get('schema_version')!r} is not supported (this reads versions "
-                         f"1 and {SCHEMA_VERSION})")
+        raise ValueError(
+            f"schema_version {doc.get('schema_version')!r} is not supported (this reads versions "
+            f"1 and {SCHEMA_VERSION})"
+        )
     _check_fields(doc, TOP, "run", errors)
     if errors:
         raise ValueError("invalid benchmark run: " + "; ".join(errors))
@@ -179,8 +260,11 @@ def validate(doc) -> dict:
         if r.get("status") in ("ok", "unchecked") and not isinstance(r.get("median_s"), _NUM):
             errors.append(f"results[{i}]: status {r['status']!r} needs a median_s")
     if errors:
-        raise ValueError("invalid benchmark run: " + "; ".join(errors[:20]) +
-                         (f"; and {len(errors) - 20} more" if len(errors) > 20 else ""))
+        raise ValueError(
+            "invalid benchmark run: "
+            + "; ".join(errors[:20])
+            + (f"; and {len(errors) - 20} more" if len(errors) > 20 else "")
+        )
     return doc
 
 
@@ -205,9 +289,21 @@ def load(path) -> dict:
 
 # -- whole-model runs (fastconv resnet --json) ------------------------------------------------------
 
-def model_document(*, arch: str, batch: int, size: int, dtype: str, num_classes: int, threads: int,
-                   rows: list[dict], samples: dict[str, list[float]], config: dict, tolerance: float,
-                   load_before: dict | None = None) -> dict:
+
+def model_document(
+    *,
+    arch: str,
+    batch: int,
+    size: int,
+    dtype: str,
+    num_classes: int,
+    threads: int,
+    rows: list[dict],
+    samples: dict[str, list[float]],
+    config: dict,
+    tolerance: float,
+    load_before: dict | None = None,
+) -> dict:
     """The ``fastconv resnet --json`` run in this schema: one ``model`` problem, one result per row.
 
     ``rows`` are the command's table rows (``backend``, ``median_ms``, ``speed_vs_torch``,
@@ -242,8 +338,9 @@ def model_document(*, arch: str, batch: int, size: int, dtype: str, num_classes:
     backends, results = [], []
     for row in rows:
         name, kind = name_kind(row["backend"])
-        backends.append({"name": name, "kind": kind, "device": "cpu", "available": "error" not in row,
-                         "reason": row.get("error")})
+        backends.append(
+            {"name": name, "kind": kind, "device": "cpu", "available": "error" not in row, "reason": row.get("error")}
+        )
         cell = {k: None for k in RESULT}
         cell.update(problem=problem.id, backend=name, kind=kind, device="cpu", repeats=0, number=1, flags=[])
         if "error" in row:
@@ -254,38 +351,84 @@ def model_document(*, arch: str, batch: int, size: int, dtype: str, num_classes:
             status = "unchecked" if rel is None else ("ok" if rel <= tolerance else "wrong")
             if kind == "torch":
                 status = "ok"  # the reference itself
-            cell.update(status=status, median_s=med, q1_s=q1, q3_s=q3, iqr_s=q3 - q1,
-                        repeats=len(samples[row["backend"]]), speed_vs_torch=row.get("speed_vs_torch"),
-                        max_rel_error=_finite(rel), tolerance=tolerance if rel is not None else None,
-                        spread=load_mod.spread(q1, med, q3),
-                        throughput=flops / med / 1e9 if flops and med else None,
-                        reason=None if status != "wrong" else f"max relative difference {rel:.2e} > {tolerance:.0e}")
+            cell.update(
+                status=status,
+                median_s=med,
+                q1_s=q1,
+                q3_s=q3,
+                iqr_s=q3 - q1,
+                repeats=len(samples[row["backend"]]),
+                speed_vs_torch=row.get("speed_vs_torch"),
+                max_rel_error=_finite(rel),
+                tolerance=tolerance if rel is not None else None,
+                spread=load_mod.spread(q1, med, q3),
+                throughput=flops / med / 1e9 if flops and med else None,
+                reason=None if status != "wrong" else f"max relative difference {rel:.2e} > {tolerance:.0e}",
+            )
             if cell["spread"] is not None and cell["spread"] > load_mod.NOISY_SPREAD and cell["repeats"] >= 3:
                 cell["flags"].append("noisy")
         results.append(cell)
     before = load_before or load_mod.assess(None, threads)
     policy = (os.environ.get("OMP_WAIT_POLICY") or "default").lower()
-    verdict = ("the cores were free before the run" if not before["contended"] else
-               "NOT TRUSTWORTHY: the cores were contended (" + "; ".join(before["reasons"]) + ")")
-    return validate({
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "command": "resnet",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"name": f"resnet-{arch}", "version": 1, "description": f"fastconv resnet --arch {arch}",
-                  "dtype": dtype, "batch_sizes": [batch]},
-        "device": "cpu", "threads": threads,
-        "settings": {"repeat": config.get("repeat"), "warmup": config.get("warmup"), "seed": config.get("seed"),
-                     "clock": "wall", "config": config},
-        "load": {"before": before, "during": [], "contended": before["contended"], "verdict": verdict,
-                 "wait_policy": policy, "clock": "wall"},
-        "units": {"time": "s", "flops": "2 FLOPs per multiply-add", "throughput": "10^9 per second"},
-        "machine": dict(machine.describe(), load_average_end=machine.load_average()),
-        "versions": machine.versions(), "thread_counts": machine.thread_counts(),
-        "peak": {"gflops": None, "source": "not measured", "threads": threads},
-        "backends": backends,
-        "problems": [{"id": problem.id, "label": f"{arch} {size}x{size}", "op": "model", "direction": "fwd",
-                      "device": "cpu", "n": batch, "dtype": dtype, "count": 1, "unit": "GFLOP/s",
-                      "flops": flops, "bytes": None}],
-        "results": results, "notes": {},
-        # The command's own table as printed (milliseconds; "torch" is fastconv's torch backend).
-        "rows": [{k: _finite(v) for k, v in row.items()} for row in rows],
-    })
+    verdict = (
+        "the cores were free before the run"
+        if not before["contended"]
+        else "NOT TRUSTWORTHY: the cores were contended (" + "; ".join(before["reasons"]) + ")"
+    )
+    return validate(
+        {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "command": "resnet",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "suite": {
+                "name": f"resnet-{arch}",
+                "version": 1,
+                "description": f"fastconv resnet --arch {arch}",
+                "dtype": dtype,
+                "batch_sizes": [batch],
+            },
+            "device": "cpu",
+            "threads": threads,
+            "settings": {
+                "repeat": config.get("repeat"),
+                "warmup": config.get("warmup"),
+                "seed": config.get("seed"),
+                "clock": "wall",
+                "config": config,
+            },
+            "load": {
+                "before": before,
+                "during": [],
+                "contended": before["contended"],
+                "verdict": verdict,
+                "wait_policy": policy,
+                "clock": "wall",
+            },
+            "units": {"time": "s", "flops": "2 FLOPs per multiply-add", "throughput": "10^9 per second"},
+            "machine": dict(machine.describe(), load_average_end=machine.load_average()),
+            "versions": machine.versions(),
+            "thread_counts": machine.thread_counts(),
+            "peak": {"gflops": None, "source": "not measured", "threads": threads},
+            "backends": backends,
+            "problems": [
+                {
+                    "id": problem.id,
+                    "label": f"{arch} {size}x{size}",
+                    "op": "model",
+                    "direction": "fwd",
+                    "device": "cpu",
+                    "n": batch,
+                    "dtype": dtype,
+                    "count": 1,
+                    "unit": "GFLOP/s",
+                    "flops": flops,
+                    "bytes": None,
+                }
+            ],
+            "results": results,
+            "notes": {},
+            # The command's own table as printed (milliseconds; "torch" is fastconv's torch backend).
+            "rows": [{k: _finite(v) for k, v in row.items()} for row in rows],
+        }
+    )

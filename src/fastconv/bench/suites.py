@@ -10,6 +10,7 @@ The ResNet layers are not typed in by hand: :func:`resnet_convs` walks the torch
 (v1.5: the stride sits on the 3x3 convolution) and the ``resnet50`` suite keeps each distinct
 layer shape once, with the number of times it occurs in the network.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -17,8 +18,15 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .. import ops
-from ..problem import (AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem,
-                       ReluProblem, conv_out_size, pool_out_size)
+from ..problem import (
+    AdaptivePool2dProblem,
+    BatchNormProblem,
+    Conv2dProblem,
+    Pool2dProblem,
+    ReluProblem,
+    conv_out_size,
+    pool_out_size,
+)
 
 DEFAULT_BATCH_SIZES = (1, 8)
 GFLOPS, GBPS = "GFLOP/s", "GB/s"
@@ -127,8 +135,12 @@ class Suite:
     entries: tuple[Entry, ...]
     directions: tuple[str, ...] = ("fwd",)  # what the suite measures unless asked otherwise
 
-    def cases(self, batch_sizes: tuple[int, ...] | None = None, dtype: str = "float32",
-              directions: tuple[str, ...] | None = None) -> list[Case]:
+    def cases(
+        self,
+        batch_sizes: tuple[int, ...] | None = None,
+        dtype: str = "float32",
+        directions: tuple[str, ...] | None = None,
+    ) -> list[Case]:
         """The suite's cases; ``batch_sizes`` replaces every entry's own batch sizes when given.
 
         ``directions`` (default: the suite's) repeats each convolution per direction, the
@@ -150,8 +162,13 @@ class Suite:
 
 # -- ResNet --------------------------------------------------------------------------------------
 
-_RESNET = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
-           101: ((3, 4, 23, 3), True), 152: ((3, 8, 36, 3), True)}
+_RESNET = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+}
 
 
 def _resnet_width(depth: int) -> int:
@@ -159,8 +176,9 @@ def _resnet_width(depth: int) -> int:
 
 
 def _conv(n, c, h, k, r, stride, pad, dtype, groups=1, dilation=1, w=None):
-    return Conv2dProblem(n, c, h, h if w is None else w, k, r, r, (stride, stride), (pad,) * 4,
-                         (dilation, dilation), groups, dtype)
+    return Conv2dProblem(
+        n, c, h, h if w is None else w, k, r, r, (stride, stride), (pad,) * 4, (dilation, dilation), groups, dtype
+    )
 
 
 def resnet_convs(depth: int, n: int = 1, size: int = 224, dtype: str = "float32") -> list[tuple[str, Conv2dProblem]]:
@@ -182,12 +200,16 @@ def resnet_convs(depth: int, n: int = 1, size: int = 224, dtype: str = "float32"
             h2 = conv_out_size(h, 3, stride, 1, 1)
             suffix = "/2" if stride == 2 else ""
             if bottleneck:
-                convs += [(f"{name} 1x1 {c}>{width}", _conv(n, c, h, width, 1, 1, 0, dtype)),
-                          (f"{name} 3x3{suffix} {width}", _conv(n, width, h, width, 3, stride, 1, dtype)),
-                          (f"{name} 1x1 {width}>{out}", _conv(n, width, h2, out, 1, 1, 0, dtype))]
+                convs += [
+                    (f"{name} 1x1 {c}>{width}", _conv(n, c, h, width, 1, 1, 0, dtype)),
+                    (f"{name} 3x3{suffix} {width}", _conv(n, width, h, width, 3, stride, 1, dtype)),
+                    (f"{name} 1x1 {width}>{out}", _conv(n, width, h2, out, 1, 1, 0, dtype)),
+                ]
             else:
-                convs += [(f"{name} 3x3{suffix} {c}>{width}", _conv(n, c, h, width, 3, stride, 1, dtype)),
-                          (f"{name} 3x3 {width}", _conv(n, width, h2, width, 3, 1, 1, dtype))]
+                convs += [
+                    (f"{name} 3x3{suffix} {c}>{width}", _conv(n, c, h, width, 3, stride, 1, dtype)),
+                    (f"{name} 3x3 {width}", _conv(n, width, h2, width, 3, 1, 1, dtype)),
+                ]
             if b == 0 and (stride != 1 or c != out):
                 convs.append((f"{name} proj 1x1{suffix} {c}>{out}", _conv(n, c, h, out, 1, stride, 0, dtype)))
             c, h = out, h2
@@ -211,6 +233,7 @@ def _resnet_layer(depth: int, index: int) -> Builder:
 
 
 # -- other layers ----------------------------------------------------------------------------------
+
 
 def _layer(*args, **kwargs) -> Builder:
     """A convolution entry: (c, h, k, r, stride, pad, groups=, dilation=, w=) at any batch size."""
@@ -267,6 +290,7 @@ _POOL_BN = (
     Entry("relu 64x112", _relu),
 )
 
+
 def _deepbench(c, h, w, k, r, s, stride, pad):
     """A DeepBench training convolution: input c x h x w, k filters of r x s (DeepBench lists w x h)."""
     return lambda n, dtype: Conv2dProblem(n, c, h, w, k, r, s, (stride, stride), (pad,) * 4, (1, 1), 1, dtype)
@@ -288,25 +312,52 @@ _TRAINING = (
     Entry("vision 3x3 512>512 @7", _deepbench(512, 7, 7, 512, 3, 3, 1, 1)),
 )
 
-SUITES: dict[str, Suite] = {s.name: s for s in (
-    Suite("resnet50", 1, "every distinct convolution of ResNet-50 v1.5 at 224x224 (count = occurrences)",
-          tuple(_R50.values())),
-    Suite("conv-zoo", 1, "depthwise, dilated, 5x5, DeepBench speech and a tiny per-call-overhead layer",
-          _ZOO),
-    Suite("pool-bn", 1, "max/global-average pooling, batch norm (eval and training) and relu, in GB/s",
-          _POOL_BN),
-    Suite("models", 1, "ResNet-18 and ResNet-50 forward passes (fastconv.models), eval mode",
-          (Entry("resnet18", _model("resnet18")), Entry("resnet50", _model("resnet50")))),
-    Suite("training", 1, "DeepBench's training convolutions (batch 4) forward, backward-data and backward-weight",
-          tuple(Entry(e.label, e.build, (4,)) for e in _TRAINING), DIRECTIONS),
-    # Batch 8 where the naive backend would otherwise spend seconds per call (it refuses
-    # problems above its step limit, and a refusal costs nothing); batch 1 where per-call
-    # overhead is the point.
-    Suite("quick", 1, "a cross-section of the other suites that runs in about two minutes on 2 cores",
-          (_pick(_R50["stem 7x7/2 3>64"], 1), _pick(_R50["res2a 3x3 64"], 8), _pick(_R50["res2a 1x1 64>256"], 8),
-           _pick(_R50["res3a 3x3/2 128"], 8), _pick(_R50["res3b 3x3 128"], 8), _pick(_ZOO[0], 8),
-           _pick(_ZOO[4], 1), _pick(_POOL_BN[0], 8), _pick(_POOL_BN[2], 1), _pick(_POOL_BN[6], 8))),
-)}
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (
+        Suite(
+            "resnet50",
+            1,
+            "every distinct convolution of ResNet-50 v1.5 at 224x224 (count = occurrences)",
+            tuple(_R50.values()),
+        ),
+        Suite("conv-zoo", 1, "depthwise, dilated, 5x5, DeepBench speech and a tiny per-call-overhead layer", _ZOO),
+        Suite("pool-bn", 1, "max/global-average pooling, batch norm (eval and training) and relu, in GB/s", _POOL_BN),
+        Suite(
+            "models",
+            1,
+            "ResNet-18 and ResNet-50 forward passes (fastconv.models), eval mode",
+            (Entry("resnet18", _model("resnet18")), Entry("resnet50", _model("resnet50"))),
+        ),
+        Suite(
+            "training",
+            1,
+            "DeepBench's training convolutions (batch 4) forward, backward-data and backward-weight",
+            tuple(Entry(e.label, e.build, (4,)) for e in _TRAINING),
+            DIRECTIONS,
+        ),
+        # Batch 8 where the naive backend would otherwise spend seconds per call (it refuses
+        # problems above its step limit, and a refusal costs nothing); batch 1 where per-call
+        # overhead is the point.
+        Suite(
+            "quick",
+            1,
+            "a cross-section of the other suites that runs in about two minutes on 2 cores",
+            (
+                _pick(_R50["stem 7x7/2 3>64"], 1),
+                _pick(_R50["res2a 3x3 64"], 8),
+                _pick(_R50["res2a 1x1 64>256"], 8),
+                _pick(_R50["res3a 3x3/2 128"], 8),
+                _pick(_R50["res3b 3x3 128"], 8),
+                _pick(_ZOO[0], 8),
+                _pick(_ZOO[4], 1),
+                _pick(_POOL_BN[0], 8),
+                _pick(_POOL_BN[2], 1),
+                _pick(_POOL_BN[6], 8),
+            ),
+        ),
+    )
+}
 
 
 def get_suite(name: str) -> Suite:

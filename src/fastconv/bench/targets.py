@@ -15,6 +15,7 @@ is timed through ``dispatch.run`` (what ``fastconv.grad`` calls), torch through 
 same op -- the forward runs once, untimed, and each timed call is ``torch.autograd.grad`` of its
 output with respect to the input (bwd_data) or the weight and bias (bwd_weight), the graph kept.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,6 +60,7 @@ class Prepared:
 
 
 # -- inputs and the reference --------------------------------------------------------------------
+
 
 def make_inputs(case, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded standard-normal arrays for ``case`` (batch norm variances in [0.5, 2]), from the op table."""
@@ -131,6 +133,7 @@ def torch_call(p, t: dict, torch) -> Callable[[], object]:
 
 
 # -- fastconv ------------------------------------------------------------------------------------
+
 
 def api_call(problem, data: dict, backend: str) -> Callable[[], np.ndarray]:
     """The public-API call that builds ``problem`` from ``data``, with ``backend=``."""
@@ -222,6 +225,7 @@ class FusedModelTarget(FastconvTarget):
         def call():
             with fastconv.use_backend(name):
                 return model(x)
+
         return Prepared(call, workspace=lambda: _traced_workspace(call))
 
 
@@ -234,8 +238,7 @@ def backend_devices(name: str) -> tuple[str, ...]:
     return ("cuda",) if name in ("cuda", "cupy") else ("cpu",)
 
 
-def fastconv_targets(names: list[str] | None = None, device: str = "cpu",
-                     flush_l2: bool = False) -> list:
+def fastconv_targets(names: list[str] | None = None, device: str = "cpu", flush_l2: bool = False) -> list:
     """Every registered fastconv backend (available or not; unavailable ones show as skipped).
 
     CPU backends always run; device backends only with ``device="cuda"``, twice each: on arrays
@@ -296,11 +299,13 @@ class DeviceTarget(FastconvTarget):
                 def call():
                     with fastconv.use_backend(name):
                         return model(data["x"])
+
                 return Prepared(call)
             return Prepared(api_call(case.problem, data, name))
         torch = _torch()
-        on_device = {k: (torch.from_numpy(v).cuda() if k in ("x", "w", "b", "residual") else v)
-                     for k, v in data.items()}
+        on_device = {
+            k: (torch.from_numpy(v).cuda() if k in ("x", "w", "b", "residual") else v) for k, v in data.items()
+        }
         if case.op == "model":
             model = models.fastconv_model(case)
             x = on_device["x"]
@@ -314,10 +319,12 @@ class DeviceTarget(FastconvTarget):
         def output(y):
             y = y[0] if isinstance(y, tuple) else y
             return y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
+
         return Prepared(call, output=output, timer=cuda_timer(torch, self.flush_l2), sync=torch.cuda.synchronize)
 
 
 # -- torch ---------------------------------------------------------------------------------------
+
 
 def _torch():
     try:
@@ -332,8 +339,7 @@ class TorchTarget:
 
     kind = "torch"
 
-    def __init__(self, device: str = "cpu", cudnn_benchmark: bool = False, tf32: bool = False,
-                 flush_l2: bool = False):
+    def __init__(self, device: str = "cpu", cudnn_benchmark: bool = False, tf32: bool = False, flush_l2: bool = False):
         self.device = device
         self.cudnn_benchmark = cudnn_benchmark
         self.tf32 = tf32
@@ -371,9 +377,11 @@ class TorchTarget:
             tensors = {k: torch.from_numpy(v).to(self.device) for k, v in data.items()}
             run = torch_call(case.problem, tensors, torch)
         if not on_cuda:
+
             def call():
                 with torch.no_grad():
                     return run()
+
             return Prepared(call, output=lambda y: y.numpy())
 
         flag, tf32 = self.cudnn_benchmark, self.tf32
@@ -385,8 +393,13 @@ class TorchTarget:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             with torch.no_grad():
                 return run()
-        return Prepared(cuda_call, output=lambda y: y.cpu().numpy(), timer=cuda_timer(torch, self.flush_l2),
-                        sync=torch.cuda.synchronize)
+
+        return Prepared(
+            cuda_call,
+            output=lambda y: y.cpu().numpy(),
+            timer=cuda_timer(torch, self.flush_l2),
+            sync=torch.cuda.synchronize,
+        )
 
 
 def _autograd_call(p, t: dict, torch) -> Callable[[], object]:
@@ -401,8 +414,11 @@ def _autograd_call(p, t: dict, torch) -> Callable[[], object]:
     entry = ops.get(p)
     forward = ops.get(dataclasses.replace(p, direction="fwd"))
     with torch.enable_grad():
-        leaves = {k: (v.detach().clone().requires_grad_(k in entry.wrt) if v is not None else None)
-                  for k, v in t.items() if k != "grad_output"}
+        leaves = {
+            k: (v.detach().clone().requires_grad_(k in entry.wrt) if v is not None else None)
+            for k, v in t.items()
+            if k != "grad_output"
+        }
         y = forward.torch(dataclasses.replace(p, direction="fwd"), leaves, torch)()
     inputs = [leaves[k] for k in entry.wrt if leaves.get(k) is not None]
     grad = t["grad_output"]
@@ -411,6 +427,7 @@ def _autograd_call(p, t: dict, torch) -> Callable[[], object]:
         got = iter(torch.autograd.grad(y, inputs, grad, retain_graph=True))
         out = tuple(next(got) if leaves.get(k) is not None else None for k in entry.wrt)
         return out[0] if len(out) == 1 else out
+
     return call
 
 
@@ -433,6 +450,7 @@ def cuda_timer(torch, flush: bool = False) -> Callable[[Callable[[], object], in
     from the first kernel's start to the last one's end, not the host's launch time.  With
     ``flush`` each call is timed on its own, after the L2 cache has been overwritten.
     """
+
     def timer(call, number: int) -> float:
         torch.cuda.synchronize()  # nothing queued earlier may fall inside the interval
         if flush:
@@ -455,6 +473,7 @@ def cuda_timer(torch, flush: bool = False) -> Callable[[Callable[[], object], in
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3 / number  # elapsed_time is in milliseconds
+
     return timer
 
 
@@ -468,14 +487,20 @@ def torch_targets(device: str = "cpu", flush_l2: bool = False) -> list[TorchTarg
     if torch is None:
         raise BenchError("--device cuda needs torch with CUDA support, but torch is not installed")
     if not torch.cuda.is_available():
-        raise BenchError(f"--device cuda: no CUDA device available (torch {torch.__version__}, built with CUDA "
-                         f"{torch.version.cuda or 'none: a CPU-only build'}); run without --device cuda")
+        raise BenchError(
+            f"--device cuda: no CUDA device available (torch {torch.__version__}, built with CUDA "
+            f"{torch.version.cuda or 'none: a CPU-only build'}); run without --device cuda"
+        )
     # float32 means float32: without this, cuDNN may run fp32 convolutions in TF32.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     # TF32 off for the comparison (float32 means float32), plus one row with TF32 on, labelled so.
-    return [TorchTarget("cpu"), TorchTarget("cuda", False, flush_l2=flush_l2),
-            TorchTarget("cuda", True, flush_l2=flush_l2), TorchTarget("cuda", True, tf32=True, flush_l2=flush_l2)]
+    return [
+        TorchTarget("cpu"),
+        TorchTarget("cuda", False, flush_l2=flush_l2),
+        TorchTarget("cuda", True, flush_l2=flush_l2),
+        TorchTarget("cuda", True, tf32=True, flush_l2=flush_l2),
+    ]
 
 
 def model_targets(targets: list, cases: list, threads: int) -> list:

@@ -3,6 +3,7 @@
 >>> from fastconv.interop import torch as fct       # doctest: +SKIP
 >>> model = fct.from_torch(torchvision_resnet50)    # doctest: +SKIP
 """
+
 import importlib
 
 _TORCH_NAMES = ("from_torch", "to_torch", "patch", "unpatch", "patched")

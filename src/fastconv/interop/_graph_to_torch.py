@@ -3,6 +3,7 @@
 Layers at names become torch layers at the same names (so ``state_dict()`` keys match); node-owned
 ops become torch functions; a fused convolution becomes conv, add and relu again.
 """
+
 from __future__ import annotations
 
 import operator
@@ -21,9 +22,17 @@ from ..nn.module import Module
 def _function(layer):
     """(torch callable, extra args, extra kwargs) computing a parameter-free fastconv layer."""
     t = type(layer)
-    simple = {fnn.ReLU: F.relu, fnn.ReLU6: F.relu6, fnn.Sigmoid: torch.sigmoid, fnn.Tanh: torch.tanh,
-              fnn.SiLU: F.silu, fnn.Hardswish: F.hardswish, fnn.Hardsigmoid: F.hardsigmoid,
-              fnn.Identity: torch.nn.Identity(), fnn.Neg: operator.neg}
+    simple = {
+        fnn.ReLU: F.relu,
+        fnn.ReLU6: F.relu6,
+        fnn.Sigmoid: torch.sigmoid,
+        fnn.Tanh: torch.tanh,
+        fnn.SiLU: F.silu,
+        fnn.Hardswish: F.hardswish,
+        fnn.Hardsigmoid: F.hardsigmoid,
+        fnn.Identity: torch.nn.Identity(),
+        fnn.Neg: operator.neg,
+    }
     if t in simple:
         return simple[t], (), {}
     if t is fnn.Hardtanh:
@@ -58,8 +67,18 @@ def _function(layer):
     if t is fnn.MaxPool2d:
         return F.max_pool2d, (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode), {}
     if t is fnn.AvgPool2d:
-        return F.avg_pool2d, (layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                              layer.count_include_pad, layer.divisor_override), {}
+        return (
+            F.avg_pool2d,
+            (
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.ceil_mode,
+                layer.count_include_pad,
+                layer.divisor_override,
+            ),
+            {},
+        )
     if t is fnn.Flatten:
         return torch.flatten, (layer.start_dim, layer.end_dim), {}
     if t is fnn.LocalResponseNorm:
@@ -144,4 +163,3 @@ def graph_to_torch(g: Graph, leaf_to_torch):
             env[node.name] = fg.call_function(fn, tuple(val(node.args)) + extra, {**val(node.kwargs), **kw})
     gm = torch.fx.GraphModule(root, fg, class_name="ConvertedGraph")
     return gm.train(g.training)
-

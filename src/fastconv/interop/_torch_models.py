@@ -5,6 +5,7 @@ model, so the module tree (and state_dict) is the fastconv model's, names includ
 model (``fuse()``) converts too: its batch norms are Identity layers and its convolutions carry
 biases, and the same forward pass runs.
 """
+
 from __future__ import annotations
 
 import torch

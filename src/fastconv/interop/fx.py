@@ -7,6 +7,7 @@ become parameter-free layers; tensors the forward reads directly (``self.scale``
 parameters at their names.  Anything else is an ``UnsupportedOpError`` naming the op, the node
 and the source line.
 """
+
 from __future__ import annotations
 
 import operator
@@ -21,12 +22,15 @@ from .. import nn as fnn
 from ..graph import Graph, Node, Ref, UnsupportedOpError
 from .torch import _leaf_from_torch
 
-_PATCHED_HINT = ("To run such a model on fastconv's kernels anyway, keep it in torch: "
-                 "`with fastconv.interop.torch.patched(model): model(x)` routes its Conv2d, BatchNorm2d and "
-                 "pooling layers through fastconv and leaves the rest to torch.")
+_PATCHED_HINT = (
+    "To run such a model on fastconv's kernels anyway, keep it in torch: "
+    "`with fastconv.interop.torch.patched(model): model(x)` routes its Conv2d, BatchNorm2d and "
+    "pooling layers through fastconv and leaves the rest to torch."
+)
 
 
 # -- torch.nn layers --------------------------------------------------------------------------
+
 
 def _hardtanh(m):
     return fnn.Hardtanh(m.min_val, m.max_val)
@@ -65,27 +69,32 @@ def _convert_leaf(m, path):
 # Each converter takes torch's arguments (tensors as fx nodes) and returns (layer, args, kwargs):
 # the layer is called with args/kwargs whose nodes become the graph's inputs.
 
+
 def _unary(layer_factory):
     def convert(input, *args, **kwargs):
         return layer_factory(*args, **kwargs), (input,), {}
+
     return convert
 
 
 def _no_inplace(factory):
     def make(*args, inplace=False, **kwargs):
         return factory(*args, **kwargs)
+
     return make
 
 
 def _binary(op):
     def convert(input, other, *, alpha=None, out=None):
         return fnn.Elementwise(op, alpha), (input, other), {}
+
     return convert
 
 
 def _reversed(op):
     def convert(input, other):
         return fnn.Elementwise(op), (other, input), {}
+
     return convert
 
 
@@ -95,8 +104,9 @@ def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
     return fnn.MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode=ceil_mode), (input,), {}
 
 
-def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                divisor_override=None):
+def _avg_pool2d(
+    input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+):
     return fnn.AvgPool2d(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override), (input,), {}
 
 
@@ -180,42 +190,89 @@ _BY_NAME = {"torchvision.ops.stochastic_depth.stochastic_depth": _stochastic_dep
 
 _relu = _unary(_no_inplace(fnn.ReLU))
 _FUNCTIONS = {
-    F.relu: _relu, torch.relu: _relu, torch.relu_: _relu, F.relu_: _relu,
+    F.relu: _relu,
+    torch.relu: _relu,
+    torch.relu_: _relu,
+    F.relu_: _relu,
     F.relu6: _unary(_no_inplace(fnn.ReLU6)),
     F.leaky_relu: _unary(_no_inplace(fnn.LeakyReLU)),
     F.hardtanh: _unary(_no_inplace(fnn.Hardtanh)),
-    torch.sigmoid: _unary(fnn.Sigmoid), F.sigmoid: _unary(fnn.Sigmoid),
-    torch.tanh: _unary(fnn.Tanh), F.tanh: _unary(fnn.Tanh),
-    F.silu: _unary(_no_inplace(fnn.SiLU)), F.hardswish: _unary(_no_inplace(fnn.Hardswish)),
+    torch.sigmoid: _unary(fnn.Sigmoid),
+    F.sigmoid: _unary(fnn.Sigmoid),
+    torch.tanh: _unary(fnn.Tanh),
+    F.tanh: _unary(fnn.Tanh),
+    F.silu: _unary(_no_inplace(fnn.SiLU)),
+    F.hardswish: _unary(_no_inplace(fnn.Hardswish)),
     F.hardsigmoid: _unary(_no_inplace(fnn.Hardsigmoid)),
-    F.softmax: _softmax, torch.softmax: _softmax,
-    torch.clamp: _clamp, torch.clip: _clamp,
-    F.max_pool2d: _max_pool2d, F.avg_pool2d: _avg_pool2d, torch.max_pool2d: _max_pool2d,
+    F.softmax: _softmax,
+    torch.softmax: _softmax,
+    torch.clamp: _clamp,
+    torch.clip: _clamp,
+    F.max_pool2d: _max_pool2d,
+    F.avg_pool2d: _avg_pool2d,
+    torch.max_pool2d: _max_pool2d,
     F.adaptive_avg_pool2d: lambda input, output_size: (fnn.AdaptiveAvgPool2d(output_size), (input,), {}),
     F.adaptive_max_pool2d: _adaptive_max,
-    F.dropout: _dropout, F.dropout2d: _dropout,
-    F.conv2d: _conv2d, F.linear: _linear,
-    torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+    F.dropout: _dropout,
+    F.dropout2d: _dropout,
+    F.conv2d: _conv2d,
+    F.linear: _linear,
+    torch.flatten: _flatten,
+    torch.cat: _cat,
+    torch.concat: _cat,
+    torch.concatenate: _cat,
     torch.reshape: lambda input, shape: _reshape(input, shape),
-    torch.mean: _mean, torch.permute: _permute, torch.chunk: _chunk,
+    torch.mean: _mean,
+    torch.permute: _permute,
+    torch.chunk: _chunk,
     torch.transpose: lambda input, dim0, dim1: (fnn.Transpose(dim0, dim1), (input,), {}),
-    torch.add: _binary("add"), torch.sub: _binary("sub"), torch.mul: _binary("mul"), torch.div: _binary("div"),
-    operator.add: _binary("add"), operator.iadd: _binary("add"), operator.sub: _binary("sub"),
-    operator.isub: _binary("sub"), operator.mul: _binary("mul"), operator.imul: _binary("mul"),
-    operator.truediv: _binary("div"), operator.itruediv: _binary("div"), operator.floordiv: _binary("floordiv"),
+    torch.add: _binary("add"),
+    torch.sub: _binary("sub"),
+    torch.mul: _binary("mul"),
+    torch.div: _binary("div"),
+    operator.add: _binary("add"),
+    operator.iadd: _binary("add"),
+    operator.sub: _binary("sub"),
+    operator.isub: _binary("sub"),
+    operator.mul: _binary("mul"),
+    operator.imul: _binary("mul"),
+    operator.truediv: _binary("div"),
+    operator.itruediv: _binary("div"),
+    operator.floordiv: _binary("floordiv"),
     operator.neg: lambda input: (fnn.Neg(), (input,), {}),
     operator.getitem: lambda obj, index: (fnn.GetItem(), (obj, index), {}),
     getattr: _getattr,
 }
 _METHODS = {
-    "relu": _relu, "relu_": _relu, "sigmoid": _unary(fnn.Sigmoid), "sigmoid_": _unary(fnn.Sigmoid),
-    "tanh": _unary(fnn.Tanh), "softmax": _softmax, "clamp": _clamp, "clamp_": _clamp, "clip": _clamp,
-    "add": _binary("add"), "add_": _binary("add"), "sub": _binary("sub"), "mul": _binary("mul"),
-    "mul_": _binary("mul"), "div": _binary("div"), "__radd__": _reversed("add"), "__rmul__": _reversed("mul"),
+    "relu": _relu,
+    "relu_": _relu,
+    "sigmoid": _unary(fnn.Sigmoid),
+    "sigmoid_": _unary(fnn.Sigmoid),
+    "tanh": _unary(fnn.Tanh),
+    "softmax": _softmax,
+    "clamp": _clamp,
+    "clamp_": _clamp,
+    "clip": _clamp,
+    "add": _binary("add"),
+    "add_": _binary("add"),
+    "sub": _binary("sub"),
+    "mul": _binary("mul"),
+    "mul_": _binary("mul"),
+    "div": _binary("div"),
+    "__radd__": _reversed("add"),
+    "__rmul__": _reversed("mul"),
     "__rsub__": _reversed("sub"),
-    "view": _reshape, "reshape": _reshape, "flatten": _method_flatten, "mean": _mean, "size": _size,
-    "permute": _permute, "transpose": lambda input, dim0, dim1: (fnn.Transpose(dim0, dim1), (input,), {}),
-    "chunk": _chunk, "contiguous": _identity, "clone": _identity, "detach": _identity,
+    "view": _reshape,
+    "reshape": _reshape,
+    "flatten": _method_flatten,
+    "mean": _mean,
+    "size": _size,
+    "permute": _permute,
+    "transpose": lambda input, dim0, dim1: (fnn.Transpose(dim0, dim1), (input,), {}),
+    "chunk": _chunk,
+    "contiguous": _identity,
+    "clone": _identity,
+    "detach": _identity,
 }
 
 
@@ -250,14 +307,18 @@ def source_line(node) -> str:
 def _error(node, what, why=""):
     src = source_line(node)
     at = f" at {src}" if src else ""
-    return UnsupportedOpError(f"from_torch: unsupported op {what} in node {node.name!r}{at}{why}. "
-                              f"fastconv converts {SUPPORTED_SUMMARY}. {_PATCHED_HINT}")
+    return UnsupportedOpError(
+        f"from_torch: unsupported op {what} in node {node.name!r}{at}{why}. "
+        f"fastconv converts {SUPPORTED_SUMMARY}. {_PATCHED_HINT}"
+    )
 
 
-SUPPORTED_SUMMARY = ("Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvg/MaxPool2d, Linear, Flatten, "
-                     "Identity, Dropout, LocalResponseNorm, ReLU, ReLU6, LeakyReLU, Hardtanh, Sigmoid, Tanh, "
-                     "SiLU, Hardswish, Hardsigmoid, Softmax and their functional forms, F.conv2d, F.linear, "
-                     "+ - * /, torch.cat, view/reshape/flatten, mean, permute/transpose, chunk, size and indexing")
+SUPPORTED_SUMMARY = (
+    "Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvg/MaxPool2d, Linear, Flatten, "
+    "Identity, Dropout, LocalResponseNorm, ReLU, ReLU6, LeakyReLU, Hardtanh, Sigmoid, Tanh, "
+    "SiLU, Hardswish, Hardsigmoid, Softmax and their functional forms, F.conv2d, F.linear, "
+    "+ - * /, torch.cat, view/reshape/flatten, mean, permute/transpose, chunk, size and indexing"
+)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -283,7 +344,8 @@ def trace(module):
         raise TraceError(
             f"from_torch: torch.fx cannot trace {type(module).__name__}: {type(exc).__name__}: {exc}. "
             f"Passing example inputs (from_torch(model, example_inputs=(x,))) converts it through "
-            f"torch.export instead, unless the control flow depends on tensor values. {_PATCHED_HINT}") from exc
+            f"torch.export instead, unless the control flow depends on tensor values. {_PATCHED_HINT}"
+        ) from exc
 
 
 def graph_from_torch(module) -> Graph:

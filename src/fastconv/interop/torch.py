@@ -23,6 +23,7 @@ True
 >>> unpatch(net) is net
 True
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,7 @@ def _dtype(m, path) -> str | None:
     for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
         if t.is_floating_point():
             if t.dtype not in (torch.float32, torch.float64):
-                raise TypeError(f"from_torch: layer {path} has dtype {t.dtype}; fastconv supports float32 "
-                                f"and float64")
+                raise TypeError(f"from_torch: layer {path} has dtype {t.dtype}; fastconv supports float32 and float64")
             return str(t.dtype).removeprefix("torch.")
     return None
 
@@ -55,18 +55,28 @@ def _leaf_from_torch(m, path):
     dt = _dtype(m, path)
     t = type(m)
     if t is tnn.Conv2d:
-        return fnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                          m.groups, bias=m.bias is not None, padding_mode=m.padding_mode, dtype=dt)
+        return fnn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+            padding_mode=m.padding_mode,
+            dtype=dt,
+        )
     if t is tnn.BatchNorm2d:
         return fnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, dtype=dt)
     if t is tnn.MaxPool2d:
         if m.return_indices:
-            raise TypeError(f"from_torch: layer {path} (MaxPool2d) has return_indices=True, which fastconv "
-                            f"does not support")
+            raise TypeError(
+                f"from_torch: layer {path} (MaxPool2d) has return_indices=True, which fastconv does not support"
+            )
         return fnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
     if t is tnn.AvgPool2d:
-        return fnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
-                             m.divisor_override)
+        return fnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
     if t is tnn.AdaptiveAvgPool2d:
         return fnn.AdaptiveAvgPool2d(m.output_size)
     if t is tnn.ReLU:
@@ -82,14 +92,19 @@ def _leaf_from_torch(m, path):
 
 #: torchvision's ResNet classes, recognised by name and by the children they must have.
 _RESNET_PARTS = {
-    "ResNet": (fresnet.ResNet, {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
-                                "avgpool", "fc"}, ("inplanes", "dilation", "groups", "base_width")),
+    "ResNet": (
+        fresnet.ResNet,
+        {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"},
+        ("inplanes", "dilation", "groups", "base_width"),
+    ),
     "BasicBlock": (fresnet.BasicBlock, {"conv1", "bn1", "relu", "conv2", "bn2"}, ("stride",)),
     "Bottleneck": (fresnet.Bottleneck, {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu"}, ("stride",)),
 }
 
-SUPPORTED = ("Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU, Linear, Flatten, Identity, "
-             "Sequential and torchvision's ResNet/BasicBlock/Bottleneck")
+SUPPORTED = (
+    "Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU, Linear, Flatten, Identity, "
+    "Sequential and torchvision's ResNet/BasicBlock/Bottleneck"
+)
 
 
 class _NotStructural(TypeError):
@@ -108,8 +123,9 @@ def _from_torch(m, path):
     if leaf is not None:
         leaf.load_state_dict(m.state_dict())
     elif type(m) is tnn.Sequential:
-        leaf = fnn.Sequential(OrderedDict((name, _from_torch(child, f"{path}.{name}"))
-                                          for name, child in m.named_children()))
+        leaf = fnn.Sequential(
+            OrderedDict((name, _from_torch(child, f"{path}.{name}")) for name, child in m.named_children())
+        )
     elif type(m).__name__ in _RESNET_PARTS:
         cls, required, attrs = _RESNET_PARTS[type(m).__name__]
         names = {name for name, _ in m.named_children()}
@@ -168,6 +184,7 @@ def from_torch(module, backend: str | None = None, *, graph: bool | None = None,
 
 # -- fastconv -> torch -------------------------------------------------------------------------
 
+
 def _torch_dtype(m):
     for a in m._parameters.values():
         if a is not None:
@@ -178,15 +195,24 @@ def _torch_dtype(m):
 def _leaf_to_torch(m):
     t, dt = type(m), _torch_dtype(m)
     if t is fnn.Conv2d:
-        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                          m.groups, bias=m.bias is not None, padding_mode=m.padding_mode, dtype=dt)
+        return tnn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+            padding_mode=m.padding_mode,
+            dtype=dt,
+        )
     if t is fnn.BatchNorm2d:
         return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, dtype=dt)
     if t is fnn.MaxPool2d:
         return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
     if t is fnn.AvgPool2d:
-        return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
-                             m.divisor_override)
+        return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
     if t is fnn.AdaptiveAvgPool2d:
         return tnn.AdaptiveAvgPool2d(m.output_size)
     if t is fnn.ReLU:
@@ -204,13 +230,20 @@ def _graph_leaf_to_torch(m, path):
     """A layer of a Graph as a torch layer (the activations and the rest of fx's table included)."""
     out = _leaf_to_torch(m)
     if out is None:
-        reverse = {fnn.ReLU6: lambda: tnn.ReLU6(), fnn.Sigmoid: tnn.Sigmoid, fnn.Tanh: tnn.Tanh, fnn.SiLU: tnn.SiLU,
-                   fnn.Hardswish: tnn.Hardswish, fnn.Hardsigmoid: tnn.Hardsigmoid,
-                   fnn.Hardtanh: lambda: tnn.Hardtanh(m.min_val, m.max_val),
-                   fnn.LeakyReLU: lambda: tnn.LeakyReLU(m.negative_slope), fnn.Softmax: lambda: tnn.Softmax(m.dim),
-                   fnn.Dropout: lambda: tnn.Dropout(m.p),
-                   fnn.AdaptiveMaxPool2d: lambda: tnn.AdaptiveMaxPool2d(m.output_size),
-                   fnn.LocalResponseNorm: lambda: tnn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)}
+        reverse = {
+            fnn.ReLU6: lambda: tnn.ReLU6(),
+            fnn.Sigmoid: tnn.Sigmoid,
+            fnn.Tanh: tnn.Tanh,
+            fnn.SiLU: tnn.SiLU,
+            fnn.Hardswish: tnn.Hardswish,
+            fnn.Hardsigmoid: tnn.Hardsigmoid,
+            fnn.Hardtanh: lambda: tnn.Hardtanh(m.min_val, m.max_val),
+            fnn.LeakyReLU: lambda: tnn.LeakyReLU(m.negative_slope),
+            fnn.Softmax: lambda: tnn.Softmax(m.dim),
+            fnn.Dropout: lambda: tnn.Dropout(m.p),
+            fnn.AdaptiveMaxPool2d: lambda: tnn.AdaptiveMaxPool2d(m.output_size),
+            fnn.LocalResponseNorm: lambda: tnn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k),
+        }
         if type(m) not in reverse:
             raise TypeError(f"to_torch: no torch equivalent for layer {path!r} ({type(m).__name__})")
         return reverse[type(m)]().train(m.training)
@@ -218,8 +251,11 @@ def _graph_leaf_to_torch(m, path):
     return out.train(m.training)
 
 
-_TORCH_PARTS = {fresnet.ResNet: _torch_models.ResNet, fresnet.BasicBlock: _torch_models.BasicBlock,
-                fresnet.Bottleneck: _torch_models.Bottleneck}
+_TORCH_PARTS = {
+    fresnet.ResNet: _torch_models.ResNet,
+    fresnet.BasicBlock: _torch_models.BasicBlock,
+    fresnet.Bottleneck: _torch_models.Bottleneck,
+}
 
 
 def _to_torch(m, path):
@@ -255,6 +291,7 @@ def to_torch(module):
 
 # -- patching ----------------------------------------------------------------------------------
 
+
 def _np(t, what):
     if t is None:
         return None
@@ -266,8 +303,17 @@ def _np(t, what):
 
 
 def _conv(m, x, backend):
-    return api.conv2d(_np(x, "input"), _np(m.weight, "weight"), _np(m.bias, "bias"), m.stride, m.padding,
-                      m.dilation, m.groups, padding_mode=m.padding_mode, backend=backend)
+    return api.conv2d(
+        _np(x, "input"),
+        _np(m.weight, "weight"),
+        _np(m.bias, "bias"),
+        m.stride,
+        m.padding,
+        m.dilation,
+        m.groups,
+        padding_mode=m.padding_mode,
+        backend=backend,
+    )
 
 
 def _batch_norm(m, x, backend):
@@ -282,27 +328,47 @@ def _batch_norm(m, x, backend):
     mean = _np(m.running_mean, "running_mean") if use_running else None
     var = _np(m.running_var, "running_var") if use_running else None
     # The running statistics are NumPy views of the buffers: a training step updates them in place.
-    return api.batch_norm(_np(x, "input"), mean, var, _np(m.weight, "weight"), _np(m.bias, "bias"),
-                          training=m.training or mean is None, momentum=0.0 if momentum is None else momentum,
-                          eps=m.eps, backend=backend)
+    return api.batch_norm(
+        _np(x, "input"),
+        mean,
+        var,
+        _np(m.weight, "weight"),
+        _np(m.bias, "bias"),
+        training=m.training or mean is None,
+        momentum=0.0 if momentum is None else momentum,
+        eps=m.eps,
+        backend=backend,
+    )
 
 
 def _max_pool(m, x, backend):
-    return api.max_pool2d(_np(x, "input"), m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
-                          backend=backend)
+    return api.max_pool2d(_np(x, "input"), m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, backend=backend)
 
 
 def _avg_pool(m, x, backend):
-    return api.avg_pool2d(_np(x, "input"), m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
-                          m.divisor_override, backend=backend)
+    return api.avg_pool2d(
+        _np(x, "input"),
+        m.kernel_size,
+        m.stride,
+        m.padding,
+        m.ceil_mode,
+        m.count_include_pad,
+        m.divisor_override,
+        backend=backend,
+    )
 
 
 def _adaptive_pool(m, x, backend):
     return api.adaptive_avg_pool2d(_np(x, "input"), m.output_size, backend=backend)
 
 
-_PATCHERS = {tnn.Conv2d: _conv, tnn.BatchNorm2d: _batch_norm, tnn.MaxPool2d: _max_pool,
-             tnn.AvgPool2d: _avg_pool, tnn.AdaptiveAvgPool2d: _adaptive_pool}
+_PATCHERS = {
+    tnn.Conv2d: _conv,
+    tnn.BatchNorm2d: _batch_norm,
+    tnn.MaxPool2d: _max_pool,
+    tnn.AvgPool2d: _avg_pool,
+    tnn.AdaptiveAvgPool2d: _adaptive_pool,
+}
 _SAVED = "_fastconv_saved_forward"
 
 
@@ -310,10 +376,13 @@ def _patched_forward(m, name, fn, backend):
     kind = type(m).__name__
 
     def forward(x):
-        if torch.is_grad_enabled() and (getattr(x, "requires_grad", False)
-                                        or any(p.requires_grad for p in m.parameters(recurse=False))):
-            raise RuntimeError(f"{kind} {name!r} runs through fastconv, which has no backward pass: "
-                               f"run the model under torch.no_grad() or torch.inference_mode()")
+        if torch.is_grad_enabled() and (
+            getattr(x, "requires_grad", False) or any(p.requires_grad for p in m.parameters(recurse=False))
+        ):
+            raise RuntimeError(
+                f"{kind} {name!r} runs through fastconv, which has no backward pass: "
+                f"run the model under torch.no_grad() or torch.inference_mode()"
+            )
         try:
             return torch.from_numpy(fn(m, x, backend))
         except (TypeError, ValueError) as exc:

@@ -14,6 +14,7 @@ becomes one convolution call whose epilogue adds the skip connection and applies
 Training: each block keeps its groups' outputs (relu's gradient needs their sign) and its
 backward runs the groups in reverse, adding the skip connection's gradient to the input's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,22 @@ from .. import grad, nn
 from ..nn import init
 from ..nn.module import as_float_dtype
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "conv_bn", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "ARCHS"]
+__all__ = [
+    "ResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "conv_bn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "ARCHS",
+]
 
 
 def conv_bn(conv: nn.Conv2d, bn, x, relu: nn.ReLU | None = None, residual=None):
@@ -36,8 +51,9 @@ def conv_bn(conv: nn.Conv2d, bn, x, relu: nn.ReLU | None = None, residual=None):
     return y if relu is None else relu(y)
 
 
-def conv_bn_backward(conv: nn.Conv2d, bn, grad_output, relu: nn.ReLU | None = None, output=None,
-                     residual: bool = False):
+def conv_bn_backward(
+    conv: nn.Conv2d, bn, grad_output, relu: nn.ReLU | None = None, output=None, residual: bool = False
+):
     """The gradients of :func:`conv_bn` given its ``output``: (grad of x, grad of residual or None)."""
     if isinstance(bn, nn.Identity):  # one fused convolution did relu and the residual
         g = conv.backward(grad_output)
@@ -54,8 +70,16 @@ def _skip_backward(block, grad_x, grad_identity):
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
-                     bias=False, dilation=dilation)
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
+        dilation=dilation,
+    )
 
 
 def conv1x1(in_planes, out_planes, stride=1) -> nn.Conv2d:
@@ -70,8 +94,9 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1):
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError(f"BasicBlock only supports groups=1 and base_width=64, got groups={groups}, "
-                             f"base_width={base_width}")
+            raise ValueError(
+                f"BasicBlock only supports groups=1 and base_width=64, got groups={groups}, base_width={base_width}"
+            )
         if dilation > 1:
             raise ValueError(f"BasicBlock does not support dilation > 1, got dilation={dilation}")
         self.conv1 = conv3x3(inplanes, planes, stride)
@@ -146,8 +171,17 @@ class ResNet(nn.Module):
     (1, 10)
     """
 
-    def __init__(self, block, layers, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64,
-                 replace_stride_with_dilation=None, dtype=None):
+    def __init__(
+        self,
+        block,
+        layers,
+        num_classes=1000,
+        zero_init_residual=False,
+        groups=1,
+        width_per_group=64,
+        replace_stride_with_dilation=None,
+        dtype=None,
+    ):
         super().__init__()
         if block not in (BasicBlock, Bottleneck):
             raise TypeError(f"block must be BasicBlock or Bottleneck, got {block!r}")
@@ -160,8 +194,10 @@ class ResNet(nn.Module):
         if replace_stride_with_dilation is None:
             replace_stride_with_dilation = [False, False, False]
         if len(replace_stride_with_dilation) != 3:
-            raise ValueError(f"replace_stride_with_dilation should be None or a 3-element tuple, "
-                             f"got {replace_stride_with_dilation!r}")
+            raise ValueError(
+                f"replace_stride_with_dilation should be None or a 3-element tuple, "
+                f"got {replace_stride_with_dilation!r}"
+            )
         dtype = as_float_dtype(dtype)
         self.inplanes = 64
         self.dilation = 1
@@ -182,8 +218,13 @@ class ResNet(nn.Module):
                 m.weight = init.kaiming_normal_fan_out(m.weight.shape, np.float32)
         if zero_init_residual:  # each block starts as the identity map
             for m in self.modules():
-                last = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else \
-                    getattr(m, "bn2", None) if isinstance(m, BasicBlock) else None
+                last = (
+                    getattr(m, "bn3", None)
+                    if isinstance(m, Bottleneck)
+                    else getattr(m, "bn2", None)
+                    if isinstance(m, BasicBlock)
+                    else None
+                )
                 if last is not None:
                     last.weight = np.zeros_like(last.weight)
         if dtype != np.float32:
@@ -196,13 +237,15 @@ class ResNet(nn.Module):
             self.dilation *= stride
             stride = 1
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+            )
         layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, previous_dilation)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                                dilation=self.dilation))
+            layers.append(
+                block(self.inplanes, planes, groups=self.groups, base_width=self.base_width, dilation=self.dilation)
+            )
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -284,5 +327,17 @@ def wide_resnet101_2(**kwargs) -> ResNet:
 
 
 #: Every architecture by torchvision's name.
-ARCHS = {f.__name__: f for f in (resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
-                                 resnext101_32x8d, wide_resnet50_2, wide_resnet101_2)}
+ARCHS = {
+    f.__name__: f
+    for f in (
+        resnet18,
+        resnet34,
+        resnet50,
+        resnet101,
+        resnet152,
+        resnext50_32x4d,
+        resnext101_32x8d,
+        wide_resnet50_2,
+        wide_resnet101_2,
+    )
+}

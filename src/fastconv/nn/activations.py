@@ -5,6 +5,7 @@ functional API (fastconv.relu6, ...), so they run on the selected backend's kern
 Hardsigmoid and Softmax are NumPy.  ``inplace=True`` writes into the input and returns it when
 the input is a writable float32/float64 array, as torch does; otherwise the result is a new array.
 """
+
 from __future__ import annotations
 
 import numpy as np

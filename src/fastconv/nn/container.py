@@ -1,4 +1,5 @@
 """Sequential: children named "0", "1", ... (or by an OrderedDict), each fed the last one's output."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -63,5 +64,8 @@ class Sequential(Module):
 
     def fusable_pairs(self):
         names = list(self._modules)
-        return [(a, b) for a, b in zip(names, names[1:])
-                if type(self._modules[a]) is Conv2d and type(self._modules[b]) is BatchNorm2d]
+        return [
+            (a, b)
+            for a, b in zip(names, names[1:])
+            if type(self._modules[a]) is Conv2d and type(self._modules[b]) is BatchNorm2d
+        ]

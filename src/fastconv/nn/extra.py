@@ -2,6 +2,7 @@
 normalisation, and convolution / linear layers whose weights arrive as inputs (torch's functional
 ``F.conv2d(x, self.w)``, ONNX initialisers).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -72,7 +73,7 @@ class LocalResponseNorm(Module):
 
     def forward(self, x):
         x = as_float_array(x, "input")
-        sq = (x.astype(np.float64) ** 2)
+        sq = x.astype(np.float64) ** 2
         c = x.shape[1]
         # the window of channel i spans i - size//2 .. i + (size-1)//2, zeros beyond the edges
         before, after = self.size // 2, (self.size - 1) // 2
@@ -94,8 +95,7 @@ class FunctionalConv2d(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
 
     def forward(self, x, weight, bias=None):
-        return api.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-                          backend=self.backend)
+        return api.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups, backend=self.backend)
 
 
 class FunctionalLinear(Module):

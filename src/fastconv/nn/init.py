@@ -3,6 +3,7 @@
 The distributions (not the random streams) match torch: a layer built here has weights of the
 same scale as its torch twin, which is what a forward pass on random weights needs.
 """
+
 from __future__ import annotations
 
 import math

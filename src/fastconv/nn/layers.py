@@ -8,6 +8,7 @@ Each ``backward`` follows its ``forward``: it takes the gradient with respect to
 output, adds the parameters' gradients (fastconv.grad on the layer's backend) and returns the
 gradient with respect to the forward's input.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,17 @@ import numpy as np
 from .. import api, grad
 from .._device import CudaArray, device_linear, is_cuda_array
 from .._args import as_bool, as_float, as_float_array, as_int, nonnegative_pair, positive_pair
-from ..problem import (require_algorithm, require_divisible, require_divisor, require_eps, require_nonnegative,
-                       require_padding_mode, require_padding_string, require_pool_padding, require_positive)
+from ..problem import (
+    require_algorithm,
+    require_divisible,
+    require_divisor,
+    require_eps,
+    require_nonnegative,
+    require_padding_mode,
+    require_padding_string,
+    require_pool_padding,
+    require_positive,
+)
 from ..threads import apply_blas
 from . import init
 from .module import Module, as_float_dtype
@@ -48,8 +58,22 @@ class Conv2d(Module):
     (1, 8, 5, 5)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", device=None, dtype=None, *, algorithm="auto"):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        algorithm="auto",
+    ):
         super().__init__()
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
@@ -77,11 +101,24 @@ class Conv2d(Module):
 
     def forward(self, x, residual=None, activation=None):
         if activation not in (None, "relu") and self.keeps_for_backward():
-            raise ValueError(f"Conv2d's fused activation {activation!r} has no backward here (relu has): in "
-                             f"training apply it as a layer of its own")
-        y = api.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                       padding_mode=self.padding_mode, residual=residual, activation=activation,
-                       algorithm=self.algorithm, backend=self.backend)
+            raise ValueError(
+                f"Conv2d's fused activation {activation!r} has no backward here (relu has): in "
+                f"training apply it as a layer of its own"
+            )
+        y = api.conv2d(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            padding_mode=self.padding_mode,
+            residual=residual,
+            activation=activation,
+            algorithm=self.algorithm,
+            backend=self.backend,
+        )
         # relu's gradient needs only its output's sign; the residual's is the pre-activation gradient.
         self._save(input=x, output=y if activation == "relu" else None, residual=residual is not None)
         return y
@@ -130,8 +167,9 @@ class BatchNorm2d(Module):
     the ``num_batches_tracked`` batches seen), as torch does.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 device=None, dtype=None):
+    def __init__(
+        self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None, dtype=None
+    ):
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
         self.eps = as_float(eps, "eps")
@@ -156,29 +194,50 @@ class BatchNorm2d(Module):
         momentum = self.momentum
         if counting and momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
-        y = api.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                           training=self.training or self.running_mean is None,
-                           momentum=0.0 if momentum is None else momentum, eps=self.eps, backend=self.backend)
+        y = api.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=self.training or self.running_mean is None,
+            momentum=0.0 if momentum is None else momentum,
+            eps=self.eps,
+            backend=self.backend,
+        )
         if counting:
             self.num_batches_tracked += 1
         batch_stats = self.training or self.running_mean is None
-        self._save(input=x, batch_stats=batch_stats,
-                   mean=None if batch_stats else self.running_mean.copy(),
-                   var=None if batch_stats else self.running_var.copy())
+        self._save(
+            input=x,
+            batch_stats=batch_stats,
+            mean=None if batch_stats else self.running_mean.copy(),
+            var=None if batch_stats else self.running_var.copy(),
+        )
         return y
 
     def backward(self, grad_output):
         saved = self._saved_for_backward()
-        gx, gw, gb = grad.batch_norm_input(saved["input"], grad_output, saved["mean"], saved["var"], self.weight,
-                                           training=saved["batch_stats"], eps=self.eps, backend=self.backend)
+        gx, gw, gb = grad.batch_norm_input(
+            saved["input"],
+            grad_output,
+            saved["mean"],
+            saved["var"],
+            self.weight,
+            training=saved["batch_stats"],
+            eps=self.eps,
+            backend=self.backend,
+        )
         if self.affine:
             self._add_grad("weight", gw)
             self._add_grad("bias", gb)
         return gx
 
     def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
 
 
 def _pool_common(kernel_size, stride, padding):
@@ -202,26 +261,45 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         self._save(input=x)
-        return api.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                              self.return_indices, backend=self.backend)
+        return api.max_pool2d(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            self.return_indices,
+            backend=self.backend,
+        )
 
     def backward(self, grad_output):
         x = self._saved_for_backward()["input"]
-        return grad.max_pool2d_input(x, grad_output, self.kernel_size, self.stride, self.padding, self.dilation,
-                                     self.ceil_mode, backend=self.backend)
+        return grad.max_pool2d_input(
+            x,
+            grad_output,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            backend=self.backend,
+        )
 
     def extra_repr(self):
         stride = self.kernel_size if self.stride is None else self.stride
-        text = (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+        text = (
+            f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
         return text + (", return_indices=True" if self.return_indices else "")
 
 
 class AvgPool2d(Module):
     """2-D average pooling, as torch.nn.AvgPool2d."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                 divisor_override=None):
+    def __init__(
+        self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+    ):
         super().__init__()
         _pool_common(kernel_size, stride, padding)
         require_divisor(None if divisor_override is None else as_int(divisor_override, "divisor_override"))
@@ -231,16 +309,32 @@ class AvgPool2d(Module):
         self.divisor_override = divisor_override
 
     def forward(self, x):
-        y = api.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                           self.count_include_pad, self.divisor_override, backend=self.backend)
+        y = api.avg_pool2d(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+            backend=self.backend,
+        )
         self._save(shape=np.shape(x))
         return y
 
     def backward(self, grad_output):
         shape = self._saved_for_backward()["shape"]
-        return grad.avg_pool2d_input(shape, grad_output, self.kernel_size, self.stride, self.padding,
-                                     self.ceil_mode, self.count_include_pad, self.divisor_override,
-                                     backend=self.backend)
+        return grad.avg_pool2d_input(
+            shape,
+            grad_output,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+            backend=self.backend,
+        )
 
     def extra_repr(self):
         stride = self.kernel_size if self.stride is None else self.stride
@@ -298,8 +392,13 @@ class ReLU(Module):
 
 def _numpy_view(x):
     """A CPU torch tensor's NumPy view (what the API writes into), anything else as it is."""
-    if hasattr(x, "numpy") and type(x).__module__.startswith("torch") and getattr(x, "device", None) is not None \
-            and x.device.type == "cpu" and not x.requires_grad:
+    if (
+        hasattr(x, "numpy")
+        and type(x).__module__.startswith("torch")
+        and getattr(x, "device", None) is not None
+        and x.device.type == "cpu"
+        and not x.requires_grad
+    ):
         return x.numpy()
     return x
 
@@ -336,8 +435,9 @@ class Linear(Module):
         x = self._saved_for_backward()["input"]
         g = as_float_array(grad_output, "grad_output", like=x.dtype)
         if g.shape != (*x.shape[:-1], self.out_features):
-            raise ValueError(f"grad_output must have the output's shape {(*x.shape[:-1], self.out_features)}, "
-                             f"got {tuple(g.shape)}")
+            raise ValueError(
+                f"grad_output must have the output's shape {(*x.shape[:-1], self.out_features)}, got {tuple(g.shape)}"
+            )
         apply_blas()
         g2, x2 = g.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
         self._add_grad("weight", g2.T @ x2)
@@ -362,15 +462,17 @@ class Flatten(Module):
         nd = max(x.ndim, 1)
         start, end = (d + nd if d < 0 else d for d in (self.start_dim, self.end_dim))
         if not (0 <= start < nd and 0 <= end < nd):
-            raise ValueError(f"Flatten: start_dim={self.start_dim} and end_dim={self.end_dim} must lie in "
-                             f"[{-nd}, {nd - 1}] for a {x.ndim}-D input")
+            raise ValueError(
+                f"Flatten: start_dim={self.start_dim} and end_dim={self.end_dim} must lie in "
+                f"[{-nd}, {nd - 1}] for a {x.ndim}-D input"
+            )
         if start > end:
             raise ValueError(f"Flatten: start_dim={self.start_dim} comes after end_dim={self.end_dim}")
         self._save(shape=x.shape)
         if x.ndim == 0:
             return x.reshape(1)
-        merged = int(np.prod(x.shape[start:end + 1]))
-        return x.reshape(*x.shape[:start], merged, *x.shape[end + 1:])
+        merged = int(np.prod(x.shape[start : end + 1]))
+        return x.reshape(*x.shape[:start], merged, *x.shape[end + 1 :])
 
     def backward(self, grad_output):
         return np.asarray(grad_output).reshape(self._saved_for_backward()["shape"])

@@ -13,6 +13,7 @@ gradient with respect to the logits is ``p - q``; the mean reduction divides bot
 array([[-0.375,  0.125,  0.125,  0.125],
        [ 0.125,  0.125,  0.125, -0.375]])
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -86,8 +87,9 @@ class CrossEntropyLoss(Module):
         return g * scale
 
     def extra_repr(self):
-        return f"reduction={self.reduction!r}" + (f", label_smoothing={self.label_smoothing}"
-                                                   if self.label_smoothing else "")
+        return f"reduction={self.reduction!r}" + (
+            f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        )
 
 
 def cross_entropy(input, target, reduction="mean", label_smoothing=0.0):

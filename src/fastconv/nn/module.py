@@ -13,6 +13,7 @@ Training: a forward in training mode (or inside ``enable_grad()``) keeps what it
 parameter's gradient to ``named_grads()`` (same names as ``named_parameters()``), until
 ``zero_grad()``.  Each layer's backward sits next to its forward.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,8 +105,9 @@ class Module:
             self._modules[name] = value
         elif name in self._modules:
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} to child module {name!r} "
-                                f"(a Module or None expected)")
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} to child module {name!r} (a Module or None expected)"
+                )
             del self._modules[name]
             object.__setattr__(self, name, None)
         elif name in self._parameters:
@@ -194,8 +196,9 @@ class Module:
                 continue
             arr = as_array(value, key)
             if arr.shape != own[key].shape:
-                mismatched.append(f"{key}: checkpoint has shape {tuple(arr.shape)}, "
-                                  f"the model has {tuple(own[key].shape)}")
+                mismatched.append(
+                    f"{key}: checkpoint has shape {tuple(arr.shape)}, the model has {tuple(own[key].shape)}"
+                )
             arrays[key] = arr
         if mismatched or (strict and (missing or unexpected)):
             lines = [f"Error(s) in loading state_dict for {type(self).__name__}:"]
@@ -294,8 +297,10 @@ class Module:
         """What the last forward kept, handed over once (backward frees it, as torch frees its graph)."""
         saved = self.__dict__.get("_saved")
         if saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward() needs a forward in training mode (or inside "
-                               f"fastconv.nn.enable_grad()) first, and runs once per forward")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() needs a forward in training mode (or inside "
+                f"fastconv.nn.enable_grad()) first, and runs once per forward"
+            )
         self.__dict__["_saved"] = None
         return saved
 

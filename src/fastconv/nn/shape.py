@@ -3,6 +3,7 @@
 They follow NumPy's (= torch's) broadcasting and indexing rules; dimension arguments are torch's
 (negative counts from the end).  None holds parameters, so they run the same on every backend.
 """
+
 from __future__ import annotations
 
 import operator
@@ -13,11 +14,27 @@ from .._args import as_bool, as_int
 from .module import Module
 
 #: The binary operators an ``Elementwise`` layer computes, by name (torch's and Python's).
-BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
-          "floordiv": np.floor_divide, "pow": np.power, "max": np.maximum, "min": np.minimum}
+BINARY = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.true_divide,
+    "floordiv": np.floor_divide,
+    "pow": np.power,
+    "max": np.maximum,
+    "min": np.minimum,
+}
 
-_PYTHON = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-           "floordiv": operator.floordiv, "pow": operator.pow, "max": max, "min": min}
+_PYTHON = {
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "div": operator.truediv,
+    "floordiv": operator.floordiv,
+    "pow": operator.pow,
+    "max": max,
+    "min": min,
+}
 
 
 def _result(a, b, out):
@@ -98,8 +115,11 @@ class Mean(Module):
 
     def __init__(self, dim=None, keepdim=False):
         super().__init__()
-        self.dim = None if dim is None else (as_int(dim, "dim") if not isinstance(dim, (list, tuple))
-                                             else tuple(as_int(d, "dim") for d in dim))
+        self.dim = (
+            None
+            if dim is None
+            else (as_int(dim, "dim") if not isinstance(dim, (list, tuple)) else tuple(as_int(d, "dim") for d in dim))
+        )
         self.keepdim = as_bool(keepdim, "keepdim")
 
     def forward(self, x):
@@ -185,8 +205,9 @@ class Chunk(Module):
     def forward(self, x):
         size = x.shape[self.dim]
         step = -(-size // self.chunks)
-        return tuple(np.ascontiguousarray(np.take(x, range(i, min(i + step, size)), axis=self.dim))
-                     for i in range(0, size, step))
+        return tuple(
+            np.ascontiguousarray(np.take(x, range(i, min(i + step, size)), axis=self.dim)) for i in range(0, size, step)
+        )
 
 
 class Split(Module):
