@@ -11,12 +11,12 @@ static int FN(max_pool2d_bwd)(const fc_pool2d_desc *d, const T *x, const T *dy, 
         memset(dp, 0, (size_t)in * sizeof(T));
         for (int64_t i = 0; i < d->oh; i++) {
             int64_t h0 = i * d->stride_h - d->pad_h;
-            while (h0 < 0)
-                h0 += d->dil_h;
+            if (h0 < 0) /* the first tap inside the input, in one step (padding may be huge) */
+                h0 += (-h0 + d->dil_h - 1) / d->dil_h * d->dil_h;
             for (int64_t j = 0; j < d->ow; j++) {
                 int64_t w0 = j * d->stride_w - d->pad_w;
-                while (w0 < 0)
-                    w0 += d->dil_w;
+                if (w0 < 0)
+                    w0 += (-w0 + d->dil_w - 1) / d->dil_w * d->dil_w;
                 /* torch's scan: start at the first tap inside the input, take every strictly
                  * larger value and every NaN. */
                 int64_t best = h0 * d->w + w0;
@@ -114,8 +114,12 @@ static int FN(batch_norm_bwd)(int64_t n, int64_t c, int64_t l, const T *x, const
         for (int64_t b = 0; b < n; b++) {
             const T *xr = x + (b * c + ch) * l, *gr = dy + (b * c + ch) * l;
             T *out = dx + (b * c + ch) * l;
-            for (int64_t i = 0; i < l; i++)
-                out[i] = (T)(scale * (gr[i] - shift - ((double)xr[i] - m) * slope));
+            if (!training) /* eval: the statistics are constants, x does not enter (inf x: no NaN) */
+                for (int64_t i = 0; i < l; i++)
+                    out[i] = (T)(scale * gr[i]);
+            else
+                for (int64_t i = 0; i < l; i++)
+                    out[i] = (T)(scale * (gr[i] - shift - ((double)xr[i] - m) * slope));
         }
     }
     return FC_OK;

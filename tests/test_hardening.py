@@ -495,14 +495,9 @@ def test_training_batch_norm_input_gradient_of_one_value_per_channel_is_refused(
         grad.batch_norm_input(np.ones((1, 3)), np.ones((1, 3)), training=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="c (csrc/pool_bwd_impl.h:118) and numba (backends/_numba_bwd.py:169) "
-    "multiply (x - mean) by eval mode's zero slope: NaN/inf inputs give NaN",
-)
 def test_eval_batch_norm_input_gradient_does_not_read_the_input():
-    """In eval mode the input gradient is grad * weight / sqrt(var + eps), whatever the input holds:
-    torch, naive and im2col give that for NaN and inf inputs; c and numba give NaN."""
+    """In eval mode the input gradient is grad * weight / sqrt(var + eps), whatever the input holds,
+    NaN and inf included, as torch's (c and numba once multiplied (x - mean) by a zero slope)."""
     x = np.array([[np.nan, np.inf, 1.0]]).reshape(1, 1, 3)
     g = np.ones_like(x)
     mean, var = np.zeros(1), np.ones(1)
@@ -726,14 +721,9 @@ MAX_POOL_BWD_WIDE_PADDING = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="csrc/pool_bwd_impl.h:14-19 finds each window's first tap inside the input "
-    "with `while (h0 < 0) h0 += dil`: O(padding / dilation) steps per output",
-)
 def test_max_pool_backward_with_wide_padding_is_fast():
-    """max_pool2d backward on c walks from each window's start to the input one dilation step at a
-    time, inside the per-output loop: 4096 outputs x 2**22 steps here (the forward clips in O(1))."""
+    """max_pool2d backward on c finds each window's first tap inside the input in one step (it
+    once walked there one dilation step at a time: 4096 outputs x 2**22 steps here)."""
     if "c" not in _backends():
         pytest.skip("c not available")
     try:

@@ -167,7 +167,10 @@ def _batch_norm_bwd(x, gy, mean, var, weight, eps, training, gx, gw, gb):
         slope = sdyx * inv_std * inv_std / count if training and count > 0 else 0.0
         for n in range(n_):
             for i in range(l_):
-                gx[n, c, i] = scale * (gy[n, c, i] - shift - (np.float64(x[n, c, i]) - m) * slope)
+                if training:
+                    gx[n, c, i] = scale * (gy[n, c, i] - shift - (np.float64(x[n, c, i]) - m) * slope)
+                else:  # eval: the statistics are constants, x does not enter (inf x: no NaN)
+                    gx[n, c, i] = scale * gy[n, c, i]
 
 
 @kernel
