@@ -90,8 +90,10 @@ def interleaved(
     settle_s: float = 0.0,
     sync: Callable[[], None] = _no_sync,
     timer: Callable[[], float] | None = None,
+    on_round: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
-    """``repeats`` samples (seconds per call) of each call, interleaved, order rotated per round."""
+    """``repeats`` samples (seconds per call) of each call, interleaved, order rotated per round;
+    ``on_round(rounds done)`` after each round (a progress bar)."""
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
@@ -100,4 +102,6 @@ def interleaved(
             if settle_s > 0:
                 settle(calls[name], settle_s)
             samples[name].append(time_calls(calls[name], number, sync, timer))
+        if on_round is not None:
+            on_round(r + 1)
     return samples

@@ -206,7 +206,15 @@ def main(argv: list[str] | None = None) -> int:
             run()
     # Interleaved, the order rotated each round; one untimed settling call before each sample
     # (the previous backend's spinning threads go idle, see the module docstring).
-    samples = timing.interleaved(runners, args.repeat, settle_s=1e-9)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("timing rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("rounds", total=args.repeat)
+        samples = timing.interleaved(
+            runners, args.repeat, settle_s=1e-9, on_round=lambda done: bar.update(task, completed=done)
+        )
 
     torch_median = timing.median(samples["torch (eager)"]) if reference is not None else None
     status = 0
