@@ -595,16 +595,8 @@ class BatchNormProblem(_Problem):
         return f"bn_n{self.n}_c{self.c}{dims}_{mode}_{_dt(self.dtype)}" + _suffix(self)
 
 
-@dataclass(frozen=True)
-class ReluProblem(_Problem):
-    """Elementwise max(x, 0) over an array of any shape; NaN stays NaN, as in torch."""
-
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    op: str = field(default="relu", init=False)
-
-    def __post_init__(self):
-        _check_common(self, DIRECTIONS[:2])
+class _Elementwise:
+    """The sizes of an op applied element by element to ``shape`` (relu and the other activations)."""
 
     @property
     def size(self) -> int:
@@ -620,13 +612,25 @@ class ReluProblem(_Problem):
 
     reduction = 1
 
+
+@dataclass(frozen=True)
+class ReluProblem(_Elementwise, _Problem):
+    """Elementwise max(x, 0) over an array of any shape; NaN stays NaN, as in torch."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    op: str = field(default="relu", init=False)
+
+    def __post_init__(self):
+        _check_common(self, DIRECTIONS[:2])
+
     @property
     def id(self) -> str:
         return f"relu_{'x'.join(map(str, self.shape)) or 'scalar'}_{_dt(self.dtype)}" + _suffix(self)
 
 
 @dataclass(frozen=True)
-class ActivationProblem(_Problem):
+class ActivationProblem(_Elementwise, _Problem):
     """An elementwise activation other than relu (``kind``: relu6, leaky_relu, hardtanh, sigmoid,
     silu, hardswish) over an array of any shape, with its parameters (torch's defaults filled in)."""
 
@@ -646,20 +650,6 @@ class ActivationProblem(_Problem):
     @property
     def op(self) -> str:
         return self.kind
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.shape
-
-    reduction = 1
 
     @property
     def id(self) -> str:
