@@ -1,6 +1,7 @@
 """Coverage-guided fuzzing of the C kernels' boundary (atheris / libFuzzer).
 
-Each input becomes one call of the public API on the c backend: small arrays but any stride,
+Each input becomes one call of the public API on the c backend, and now and then the backward
+call of the same problem (``fastconv.grad``, with a gradient of the output's shape): small arrays but any stride,
 padding, dilation, kernel and output size up to the API's limits (2**31 - 1), in float32 or
 float64.  Run against the extension built with AddressSanitizer + UndefinedBehaviorSanitizer
 (`make fuzz-c`), any out-of-bounds access, overflow or misaligned load in C aborts the run with
@@ -21,7 +22,7 @@ with atheris.instrument_imports():
     import numpy as np
 
     import fastconv
-    from fastconv import _args
+    from fastconv import _args, grad
 
 _args._available_memory = lambda: 2**28
 fastconv.set_num_threads(2)
@@ -56,46 +57,57 @@ def one_input(data: bytes) -> None:
             wt = np.ones((k, c // groups, r, s), dtype)
             if fdp.ConsumeBool():
                 wt[0, 0, 0, 0] = np.nan
-            fastconv.conv2d(
+            bias = fdp.ConsumeBool()
+            kw = dict(stride=_pair(fdp), padding=_pair(fdp, 0, 2), dilation=_pair(fdp), groups=groups)
+            y = fastconv.conv2d(
                 x,
                 wt,
-                np.zeros(k, dtype) if fdp.ConsumeBool() else None,
-                stride=_pair(fdp),
-                padding=_pair(fdp, 0, 2),
-                dilation=_pair(fdp),
-                groups=groups,
+                np.zeros(k, dtype) if bias else None,
+                **kw,
                 activation="relu" if fdp.ConsumeBool() else None,
+                algorithm=fdp.PickValueInList(["auto", "direct", "gemm", "winograd"]),
                 backend="c",
             )
+            if fdp.ConsumeBool():
+                g = np.ones_like(y)
+                grad.conv2d_input(x.shape, wt, g, **kw, backend="c")
+                grad.conv2d_weight(x, wt.shape, g, **kw, backend="c")
         elif op == 1:
             kernel = _pair(fdp, 1, 4)
-            fastconv.max_pool2d(
-                x,
-                kernel,
+            kw = dict(
                 stride=_pair(fdp),
                 padding=(kernel[0] // 2, kernel[1] // 2),
                 dilation=_pair(fdp),
                 ceil_mode=fdp.ConsumeBool(),
-                backend="c",
             )
+            y, _ = fastconv.max_pool2d(x, kernel, **kw, return_indices=True, backend="c")
+            if fdp.ConsumeBool():
+                grad.max_pool2d_input(x, np.ones_like(y), kernel, **kw, backend="c")
         elif op == 2:
             kernel = _pair(fdp, 1, 4)
-            fastconv.avg_pool2d(
-                x,
-                kernel,
+            kw = dict(
                 stride=_pair(fdp),
                 padding=(kernel[0] // 2, kernel[1] // 2),
                 ceil_mode=fdp.ConsumeBool(),
                 count_include_pad=fdp.ConsumeBool(),
                 divisor_override=fdp.PickValueInList([None, 1, 7, 2**31 - 1]),
-                backend="c",
             )
+            y = fastconv.avg_pool2d(x, kernel, **kw, backend="c")
+            if fdp.ConsumeBool():
+                grad.avg_pool2d_input(x.shape, np.ones_like(y), kernel, **kw, backend="c")
         elif op == 3:
-            fastconv.adaptive_avg_pool2d(x, _pair(fdp, 0, 9), backend="c")
+            size = _pair(fdp, 0, 9)
+            if fdp.ConsumeBool():
+                fastconv.adaptive_max_pool2d(x, size, return_indices=True, backend="c")
+            else:
+                y = fastconv.adaptive_avg_pool2d(x, size, backend="c")
+                grad.adaptive_avg_pool2d_input(x.shape, np.ones_like(y), backend="c")
         else:
             training = fdp.ConsumeBool()
             fastconv.batch_norm(x, np.zeros(c, dtype), np.ones(c, dtype), training=training, backend="c")
-            fastconv.relu(x, backend="c")
+            grad.batch_norm_input(x, np.ones_like(x), np.zeros(c), np.ones(c), np.ones(c), training, backend="c")
+            y = fastconv.relu(x, backend="c")
+            grad.relu_input(y, np.ones_like(y), backend="c")
     except ACCEPTED:
         pass
 
