@@ -37,6 +37,7 @@
  *   tiles: groups * (M / mr) * npan * mr * nr
  * plus int64 tables: 2 x (N / 16 + 2), r*s, 3 * kc.
  */
+#include "conv_gemm_f32.h"
 #include "fc_internal.h"
 
 enum { DIRECT, PACKED, SWAP };
@@ -50,8 +51,8 @@ typedef struct {
     int64_t mrows, ublk;      /* A rows per group (padded to mr), A blocks per group */
     int64_t ncols, npad, npan; /* B: columns per group (N), padded, panels */
     int64_t *pan0, *panw;     /* [npan]: each panel's first column and width (16, 32 or 48) */
-    int64_t na, nb, hq, wq, plane, chan;
-    int64_t rowph[64], colph[64], arow[64], bcol[64];
+    phases_t ph;              /* the stride phases of the input planes (as the forward's) */
+    int64_t plane, chan;
     float *src;               /* A: the planes (direct) or one pixel block's rows */
     const float *ain;         /* in place: A read from x (direct 1x1) or dy (swap) itself */
     int64_t per_img;          /* in place: pixel blocks per image (blocks never span two) */
@@ -89,27 +90,27 @@ static float fill_planes(const wplan_t *P, const float *x, int64_t g, int64_t c,
     const fc_conv2d_desc *d = P->d;
     float *base = P->src + (size_t)(g * P->cgp + c) * P->chan + (size_t)n * P->plane;
     float z = 0.0f;
-    for (int64_t ia = 0; ia < P->na; ia++)
-        for (int64_t ib = 0; ib < P->nb; ib++) {
-            float *out = base + (size_t)(ia * P->nb + ib) * d->n * P->plane;
+    for (int64_t ia = 0; ia < P->ph.na; ia++)
+        for (int64_t ib = 0; ib < P->ph.nb; ib++) {
+            float *out = base + (size_t)(ia * P->ph.nb + ib) * d->n * P->plane;
             if (c >= P->cg) {
                 memset(out, 0, (size_t)P->plane * sizeof(float));
                 continue;
             }
             const float *xp = x + ((size_t)n * d->c + g * P->cg + c) * d->h * d->w;
-            int64_t a = P->rowph[ia], b = P->colph[ib], lo, hi, off = b - d->pad_left;
-            fc_valid_range(d->w, P->wq, d->stride_w, off, &lo, &hi);
-            for (int64_t i = 0; i < P->hq; i++) {
-                float *orow = out + i * P->wq;
+            int64_t a = P->ph.rowphases[ia], b = P->ph.colphases[ib], lo, hi, off = b - d->pad_left;
+            fc_valid_range(d->w, P->ph.wq, d->stride_w, off, &lo, &hi);
+            for (int64_t i = 0; i < P->ph.hq; i++) {
+                float *orow = out + i * P->ph.wq;
                 int64_t ih = i * d->stride_h + a - d->pad_top;
                 if (ih < 0 || ih >= d->h) {
-                    memset(orow, 0, (size_t)P->wq * sizeof(float));
+                    memset(orow, 0, (size_t)P->ph.wq * sizeof(float));
                     continue;
                 }
                 memset(orow, 0, (size_t)lo * sizeof(float));
                 if (hi > lo)
                     z += copy_check(orow + lo, xp + ih * d->w + lo * d->stride_w + off, hi - lo, d->stride_w);
-                memset(orow + hi, 0, (size_t)(P->wq - hi) * sizeof(float));
+                memset(orow + hi, 0, (size_t)(P->ph.wq - hi) * sizeof(float));
             }
         }
     return z;
@@ -189,15 +190,15 @@ static void pack_b(const wplan_t *P, const float *x, const float *dy, int64_t g,
     const int64_t rstep = swap ? d->stride_h * d->w : d->ow, cstep = swap ? d->stride_w : 1;
     const float *base = (swap ? x : dy) + (size_t)g * P->ncols * chan;
     for (int64_t q = q0; q < q1;) {
-        int64_t n = q / P->plane, rem = q % P->plane, oh = rem / P->wq, ow = rem % P->wq, len;
+        int64_t n = q / P->plane, rem = q % P->plane, oh = rem / P->ph.wq, ow = rem % P->ph.wq, len;
         if (oh >= d->oh || ow >= d->ow) {
-            len = oh >= d->oh ? FC_MIN(P->plane - rem, q1 - q) : FC_MIN(P->wq - ow, q1 - q);
+            len = oh >= d->oh ? FC_MIN(P->plane - rem, q1 - q) : FC_MIN(P->ph.wq - ow, q1 - q);
             for (int64_t j = 0; j < P->npan; j++)
                 memset(bp + P->pan0[j] * P->kc2 + (q - qb) * P->panw[j], 0, (size_t)(len * P->panw[j]) * sizeof(float));
         } else {
             /* One output row, or the rest of the image where rows follow each other in the
              * source too (long runs: the prefetchers follow each column's stream). */
-            const int rows_follow = P->wq == d->ow && rstep == d->ow * cstep;
+            const int rows_follow = P->ph.wq == d->ow && rstep == d->ow * cstep;
             len = rows_follow ? FC_MIN(P->plane - rem, q1 - q) : FC_MIN(d->ow - ow, q1 - q);
             const float *src = base + (size_t)n * img + oh * rstep + ow * cstep;
             for (int64_t j = 0; j < P->npan; j++)
@@ -315,35 +316,14 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
     P.rs = d->r * d->s;
     if (d->n < 1 || d->stride_h > 64 || d->stride_w > 64 || P.cfg->nr % 16 || P.cfg->nr > 48)
         return FC_EUNSUPPORTED;
-    /* Which taps land on which stride phase (as the forward's planes). */
-    for (int64_t a = 0; a < 64; a++)
-        P.arow[a] = P.bcol[a] = -1;
-    for (int64_t r = 0; r < d->r; r++) {
-        int64_t a = r * d->dil_h % d->stride_h;
-        if (P.arow[a] < 0) {
-            P.arow[a] = P.na;
-            P.rowph[P.na++] = a;
-        }
-    }
-    for (int64_t s = 0; s < d->s; s++) {
-        int64_t b = s * d->dil_w % d->stride_w;
-        if (P.bcol[b] < 0) {
-            P.bcol[b] = P.nb;
-            P.colph[P.nb++] = b;
-        }
-    }
-    P.hq = d->oh + (d->r - 1) * d->dil_h / d->stride_h;
-    P.wq = d->ow + (d->s - 1) * d->dil_w / d->stride_w;
-    /* As the forward: planes mostly of zeros no tap needs (huge dilation around a small output)
-     * are left to the portable kernel. */
-    if ((double)P.na * P.nb * (double)P.hq * (double)P.wq > 8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20))
-        return FC_EUNSUPPORTED;
+    if (!fc_stride_phases(d, &P.ph))
+        return FC_EUNSUPPORTED; /* as the forward: the portable kernel takes it */
 
     /* Direct pays for the virtual pixels that are no output pixel (and padded channels), times
      * kg output channels; packed for gathering r*s copies of the input, a cost measured in the
      * tens of multiply-adds per value; swap (1x1) needs neither. */
     const double real = (double)d->n * d->oh * d->ow;
-    const double virt = (double)(d->n - 1) * P.hq * P.wq + (double)(d->oh - 1) * P.wq + d->ow;
+    const double virt = (double)(d->n - 1) * P.ph.hq * P.ph.wq + (double)(d->oh - 1) * P.ph.wq + d->ow;
     const int64_t crsp = (P.cg * P.rs + P.mr - 1) / P.mr * P.mr;
     const double waste = virt * P.cgp / (real * P.cg) - (double)crsp / (P.cg * P.rs);
     P.mode = waste * (double)P.kg > 32.0 ? PACKED : DIRECT;
@@ -356,14 +336,14 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
         P.mode = PACKED;
     P.ncols = P.mode == SWAP ? P.cg : P.kg;
     if (P.mode == DIRECT) {
-        P.plane = P.hq * P.wq;
-        P.chan = P.na * P.nb * d->n * P.plane;
-        P.qall = (d->n - 1) * P.plane + (d->oh - 1) * P.wq + d->ow;
+        P.plane = P.ph.hq * P.ph.wq;
+        P.chan = P.ph.na * P.ph.nb * d->n * P.plane;
+        P.qall = (d->n - 1) * P.plane + (d->oh - 1) * P.ph.wq + d->ow;
         P.lda = P.chan;
         P.mrows = P.rs * P.cgp;
     } else { /* one "plane" per image: its output pixels */
-        P.hq = d->oh;
-        P.wq = d->ow;
+        P.ph.hq = d->oh;
+        P.ph.wq = d->ow;
         P.plane = d->oh * d->ow;
         P.qall = d->n * P.plane;
         P.mrows = P.mode == SWAP ? (P.kg + P.mr - 1) / P.mr * P.mr : crsp;
@@ -378,8 +358,8 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
           d->ow == d->w))) {
         P.ain = P.mode == SWAP ? dy : x;
         P.plane = d->oh * d->ow;
-        P.wq = d->ow;
-        P.hq = d->oh;
+        P.ph.wq = d->ow;
+        P.ph.hq = d->oh;
         P.qall = d->n * P.plane;
         P.lda = P.plane;
     }
@@ -431,8 +411,8 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
     P.poff = poff;
     for (int64_t t = 0; t < P.rs; t++) {
         int64_t rr = t / d->s * d->dil_h, ss = t % d->s * d->dil_w;
-        int64_t phase = P.arow[rr % d->stride_h] * P.nb + P.bcol[ss % d->stride_w];
-        P.tapoff[t] = phase * d->n * P.plane + rr / d->stride_h * P.wq + ss / d->stride_w;
+        int64_t phase = P.ph.arow[rr % d->stride_h] * P.ph.nb + P.ph.bcol[ss % d->stride_w];
+        P.tapoff[t] = phase * d->n * P.plane + rr / d->stride_h * P.ph.wq + ss / d->stride_w;
     }
 
     int nonfinite = 0;

@@ -193,6 +193,36 @@ static void task_shape(const plan_t *P, int nthreads, int64_t *pt_out, int64_t *
     }
 }
 
+/* Which taps land on which stride phase, and the size of the phase planes (the forward GEMM and
+ * the backward-weight GEMM read the input as these planes).  0 when the planes are not worth
+ * making: absurd strides, or -- huge dilation around a small output -- planes mostly of zeros
+ * no tap needs; the portable loops (which clip taps and need no scratch) take those. */
+int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
+    memset(ph, 0, sizeof *ph);
+    if (d->stride_h > 64 || d->stride_w > 64)
+        return 0;
+    for (int64_t a = 0; a < 64; a++)
+        ph->arow[a] = ph->bcol[a] = -1;
+    for (int64_t r = 0; r < d->r; r++) {
+        int64_t a = r * d->dil_h % d->stride_h;
+        if (ph->arow[a] < 0) {
+            ph->arow[a] = ph->na;
+            ph->rowphases[ph->na++] = a;
+        }
+    }
+    for (int64_t s = 0; s < d->s; s++) {
+        int64_t b = s * d->dil_w % d->stride_w;
+        if (ph->bcol[b] < 0) {
+            ph->bcol[b] = ph->nb;
+            ph->colphases[ph->nb++] = b;
+        }
+    }
+    ph->hq = d->oh + (d->r - 1) * d->dil_h / d->stride_h;
+    ph->wq = d->ow + (d->s - 1) * d->dil_w / d->stride_w;
+    return (double)ph->na * ph->nb * (double)ph->hq * (double)ph->wq <=
+           8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20);
+}
+
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads) {
     plan_t P = {.d = d, .x = x, .w = w, .cfg = fc_config()};
@@ -205,34 +235,9 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     P.ohw = d->oh * d->ow;
     P.kcb = FC_MIN(P.crs, FC_MAX(1, P.cfg->kc / (d->r * d->s)) * d->r * d->s);
 
-    /* Which taps land on which stride phase. */
-    phases_t ph = {0};
-    if (d->stride_h > 64 || d->stride_w > 64)
-        return FC_EUNSUPPORTED; /* absurd strides: the portable loops handle them */
-    for (int64_t a = 0; a < 64; a++)
-        ph.arow[a] = ph.bcol[a] = -1;
-    for (int64_t r = 0; r < d->r; r++) {
-        int64_t a = r * d->dil_h % d->stride_h;
-        if (ph.arow[a] < 0) {
-            ph.arow[a] = ph.na;
-            ph.rowphases[ph.na++] = a;
-        }
-    }
-    for (int64_t s = 0; s < d->s; s++) {
-        int64_t b = s * d->dil_w % d->stride_w;
-        if (ph.bcol[b] < 0) {
-            ph.bcol[b] = ph.nb;
-            ph.colphases[ph.nb++] = b;
-        }
-    }
-    ph.hq = d->oh + (d->r - 1) * d->dil_h / d->stride_h;
-    ph.wq = d->ow + (d->s - 1) * d->dil_w / d->stride_w;
-    /* The phase planes span the dilated kernel's extent around the output: with huge dilation
-     * around a small output they are mostly zeros no tap needs, so the portable loops (which
-     * clip taps and need no scratch) take over. */
-    if ((double)ph.na * ph.nb * (double)ph.hq * (double)ph.wq >
-        8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20))
-        return FC_EUNSUPPORTED;
+    phases_t ph;
+    if (!fc_stride_phases(d, &ph))
+        return FC_EUNSUPPORTED; /* the portable loops handle it */
 
     int plain_1x1 = d->r == 1 && d->s == 1 && d->stride_h == 1 && d->stride_w == 1 &&
                     d->pad_top == 0 && d->pad_left == 0 && d->oh == d->h && d->ow == d->w;

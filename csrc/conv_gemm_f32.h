@@ -37,6 +37,7 @@ typedef struct {
     int64_t rowphases[64], colphases[64], na;
 } phases_t;
 
+int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph);
 void fc_f32_panel_range(const plan_t *P, int64_t idx, int64_t *n, int64_t *q0, int64_t *ncols);
 int64_t fc_f32_panel_segments(const plan_t *P, int64_t idx, seg_t *segs, int64_t *ncols_out);
 int64_t fc_f32_merge_segments(const fc_conv2d_desc *d, seg_t *segs, int64_t nseg);

@@ -23,3 +23,12 @@ def _clean_dispatch_state():
     dispatch.set_autotune(False) if dispatch._autotune else None
     dispatch._autotune = None
     threads.set_num_threads(n)
+
+
+@pytest.fixture
+def restore_wait_policy(monkeypatch):
+    """`fastconv bench` sets OMP_WAIT_POLICY for the runtimes it is about to load (passive on a busy
+    machine): undo it after the test."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
+    if not os.environ["OMP_WAIT_POLICY"]:
+        monkeypatch.delenv("OMP_WAIT_POLICY")

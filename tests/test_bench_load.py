@@ -3,7 +3,6 @@ the CPU clock and the settled autotuning.  A load generator (busy subprocesses) 
 busy; the tests assert the warnings, never a timing."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -39,12 +38,7 @@ TINY_RUN = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_wait_policy(monkeypatch):
-    # The command sets OMP_WAIT_POLICY for the runtimes it is about to load: undo it after each test.
-    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
-    if not os.environ["OMP_WAIT_POLICY"]:
-        monkeypatch.delenv("OMP_WAIT_POLICY")
+pytestmark = pytest.mark.usefixtures("restore_wait_policy")
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The fastconv command: bench (run, compare, show, list), info, resnet routing, errors."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -32,12 +31,7 @@ TINY_RUN = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_wait_policy(monkeypatch):
-    # On a busy machine the command switches OMP_WAIT_POLICY for the runtimes it loads: undo it.
-    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
-    if not os.environ["OMP_WAIT_POLICY"]:
-        monkeypatch.delenv("OMP_WAIT_POLICY")
+pytestmark = pytest.mark.usefixtures("restore_wait_policy")
 
 
 @pytest.fixture(scope="module")

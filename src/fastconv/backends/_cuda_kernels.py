@@ -173,16 +173,19 @@ def _make_gemm(nbtype, BM, BN, BK, TY, TX):
 # -- pooling -------------------------------------------------------------------------------------
 
 
+@cuda.jit(device=True, inline=True)
+def _nchw(t, c_, oh, ow):
+    """Output element t of an (n, c, oh, ow) array as its four indices (grid-stride pooling)."""
+    plane = t // (ow * oh)
+    return plane // c_, plane % c_, (t // ow) % oh, t % ow
+
+
 @cuda.jit
 def max_pool(x, y, kh, kw, sh, sw, ph, pw, dh, dw):
     n_, c_, h, wd = x.shape
     _, _, oh, ow = y.shape
     for t in range(cuda.grid(1), n_ * c_ * oh * ow, cuda.gridsize(1)):
-        j = t % ow
-        i = (t // ow) % oh
-        plane = t // (ow * oh)
-        n = plane // c_
-        c = plane % c_
+        n, c, i, j = _nchw(t, c_, oh, ow)
         m = -math.inf
         for r in range(kh):
             iy = i * sh - ph + r * dh
@@ -204,11 +207,7 @@ def avg_pool(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
     n_, c_, h, wd = x.shape
     _, _, oh, ow = y.shape
     for t in range(cuda.grid(1), n_ * c_ * oh * ow, cuda.gridsize(1)):
-        j = t % ow
-        i = (t // ow) % oh
-        plane = t // (ow * oh)
-        n = plane // c_
-        c = plane % c_
+        n, c, i, j = _nchw(t, c_, oh, ow)
         h0 = i * sh - ph
         w0 = j * sw - pw
         # The window clipped to the padded input (ceil mode may hang past it), then to the input.
@@ -234,11 +233,7 @@ def adaptive_avg_pool(x, y):
     n_, c_, h, wd = x.shape
     _, _, oh, ow = y.shape
     for t in range(cuda.grid(1), n_ * c_ * oh * ow, cuda.gridsize(1)):
-        j = t % ow
-        i = (t // ow) % oh
-        plane = t // (ow * oh)
-        n = plane // c_
-        c = plane % c_
+        n, c, i, j = _nchw(t, c_, oh, ow)
         ha, hb = (i * h) // oh, ((i + 1) * h + oh - 1) // oh
         wa, wb = (j * wd) // ow, ((j + 1) * wd + ow - 1) // ow
         acc = 0.0  # float64 sums: pooling is memory-bound, the precision is free
