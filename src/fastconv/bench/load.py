@@ -118,6 +118,16 @@ def assess(others: float | None, threads: int, cpus: int | None = None, loadavg:
     }
 
 
+def assess_during(others: float, threads: int, cpus: int) -> dict:
+    """The load while a problem ran.  Our own threads then hold their share of the cores, so other
+    processes can only take what is left: more than the CPUs our threads leave free (less a
+    margin), or more than the margin when we use them all, means they competed with us."""
+    used = min(threads, cpus)
+    contended = others > max(MARGIN, cpus - used - MARGIN)
+    reasons = [f"other processes kept {others:.1f} of {cpus} CPUs busy while it ran"] if contended else []
+    return {"cpus": cpus, "threads": threads, "other_busy_cpus": others, "contended": contended, "reasons": reasons}
+
+
 def spread(q1: float | None, median: float | None, q3: float | None) -> float | None:
     """Interquartile range relative to the median (None when not measured)."""
     if q1 is None or q3 is None or not median:

@@ -181,7 +181,15 @@ def run_cases(run: Run, targets, progress: Progress | None = None) -> Run:
             case, targets, run.settings, run, lambda text: progress and progress(i, len(run.cases), text)
         )
         # Our own threads' CPU time is subtracted; what remains is other processes' work.
-        during = load.assess(meter.read(), run.settings.threads, cpus)
+        others = meter.read()
+        if others is None and "before" in run.load:
+            # Too short a problem to read the load over (or no /proc/stat): the reading taken
+            # before the run stands for it, not the slow-moving load average.
+            during = {"other_busy_cpus": None, "contended": run.load["before"]["contended"]}
+        elif others is None:
+            during = load.assess(None, run.settings.threads, cpus)
+        else:
+            during = load.assess_during(others, run.settings.threads, cpus)
         run.load.setdefault("during", []).append(
             {"problem": case.id, "other_busy_cpus": during["other_busy_cpus"], "contended": during["contended"]}
         )
