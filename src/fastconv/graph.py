@@ -11,6 +11,13 @@ dotted path (``target``) or a node-owned one (``layer``).  Nodes run in list ord
 ``conv -> add(other) -> act`` (or ``conv -> add``, ``conv -> act``) becomes one convolution call
 whose epilogue adds the skip connection and applies the activation (ReLU, ReLU6, LeakyReLU,
 Hardtanh, Sigmoid, SiLU, Hardswish: every activation conv2d's epilogue takes).
+
+Training: a forward in training mode keeps, per node, what that node's layer kept for its
+backward (a layer called by several nodes -- torchvision's shared ``relu`` -- keeps one state per
+call); ``backward(grad_output)`` walks the nodes in reverse, hands each layer its own call's state
+and gradient, sums the gradients of values read by several nodes, adds the gradients of arrays
+read through ``attr`` nodes (``F.conv2d(x, self.w)``) to their owners' parameters, and returns the
+gradient of the input (a tuple for several inputs).
 """
 
 from __future__ import annotations
@@ -74,6 +81,29 @@ def _map(value, fn):
     if isinstance(value, slice):
         return slice(_map(value.start, fn), _map(value.stop, fn), _map(value.step, fn))
     return value
+
+
+def _route(slot, g, grads: dict) -> None:
+    """Add gradient ``g`` to the node(s) ``slot`` refers to (a Ref, or Refs nested in lists/tuples)."""
+    if g is None:
+        return
+    if isinstance(slot, Ref):
+        held = grads.get(slot.name)
+        grads[slot.name] = g if held is None else _add(held, g)
+    elif isinstance(slot, (list, tuple)) and isinstance(g, (list, tuple)):
+        for s, gi in zip(slot, g):
+            _route(s, gi, grads)
+
+
+def _add(a, b):
+    """The sum of two gradients; a tuple output's gradients are tuples with None for unused pieces."""
+    if isinstance(a, tuple):
+        return tuple(y if x is None else x if y is None else x + y for x, y in zip(a, b))
+    return a + b
+
+
+def _dtype(x):
+    return x.dtype if isinstance(x, np.ndarray) else None
 
 
 def _refs(value) -> list[str]:
@@ -152,20 +182,63 @@ class Graph(Module):
         last_use = self._last_use()
         env: dict[str, Any] = {}
         given = iter(inputs)
+        keep = self.keeps_for_backward()
+        states: dict[str, dict | None] = {}  # what each call node's layer kept, by node
         for i, node in enumerate(self.nodes):
             if node.op == "input":
                 env[node.name] = next(given)
             elif node.op == "attr":
                 env[node.name] = self._get_array(node.target)
             elif node.op == "output":
+                self._save(states=states if keep else None, inputs=[(np.shape(x), _dtype(x)) for x in inputs])
                 return _map(node.args[0], lambda r: env[r.name])
             else:
                 args = _map(node.args, lambda r: env[r.name])
                 kwargs = _map(node.kwargs, lambda r: env[r.name])
                 env[node.name] = self._call(node, args, kwargs)
+                if keep:
+                    states[node.name] = self.layer_of(node).__dict__.get("_saved")
             for name in last_use.get(i, ()):
                 env.pop(name, None)  # free activations no later node reads
         raise ValueError("graph has no output node")
+
+    def backward(self, grad_output):
+        """The gradient of the input(s) of the last training-mode forward; parameter gradients accumulate."""
+        saved = self._saved_for_backward()
+        states = saved["states"]
+        if states is None:
+            raise RuntimeError(
+                "Graph.backward() needs a forward in training mode (or inside fastconv.nn.enable_grad())"
+            )
+        grads: dict[str, Any] = {}
+        output = next(n for n in self.nodes if n.op == "output")
+        _route(output.args[0], grad_output, grads)
+        for node in reversed(self.nodes):
+            if node.op != "call" or node.name not in grads:
+                continue
+            layer = self.layer_of(node)
+            layer.__dict__["_saved"] = states[node.name]
+            try:
+                result = layer.backward(grads.pop(node.name))
+            except (NotImplementedError, TypeError, ValueError) as exc:
+                where = f" ({node.source})" if node.source else ""
+                raise type(exc)(f"node {node.name!r}{where}: {exc}") from exc
+            # one gradient per positional argument, then per keyword argument (a fused residual)
+            slots = [*node.args, *node.kwargs.values()]
+            for slot, g in zip(slots, result if isinstance(result, tuple) else (result,)):
+                _route(slot, g, grads)
+        for node in self.nodes:  # arrays read by F.conv2d / F.linear: their owners' parameters
+            if node.op == "attr" and node.name in grads:
+                *parents, leaf = node.target.split(".")
+                owner = self.get_module(".".join(parents)) if parents else self
+                if leaf in owner._parameters:
+                    owner._add_grad(leaf, grads[node.name])
+        inputs = [n for n in self.nodes if n.op == "input"]
+        out = tuple(
+            grads.get(n.name, np.zeros(shape, dtype or np.float32))
+            for n, (shape, dtype) in zip(inputs, saved["inputs"])
+        )
+        return out[0] if len(out) == 1 else out
 
     def _call(self, node, args, kwargs):
         layer = self.layer_of(node)

@@ -47,7 +47,7 @@ _LEAVES = {
     tnn.Hardsigmoid: lambda m: fnn.Hardsigmoid(),
     tnn.Softmax: lambda m: fnn.Softmax(m.dim),
     tnn.Dropout: lambda m: fnn.Dropout(m.p),
-    tnn.Dropout2d: lambda m: fnn.Dropout(m.p),
+    tnn.Dropout2d: lambda m: fnn.Dropout(m.p, channels=True),
     tnn.AdaptiveMaxPool2d: lambda m: fnn.AdaptiveMaxPool2d(m.output_size, m.return_indices),
     tnn.LocalResponseNorm: lambda m: fnn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k),
 }

@@ -4,6 +4,11 @@ ReLU itself is in ``layers``.  Hardtanh, ReLU6, LeakyReLU, Sigmoid, SiLU and Har
 functional API (fastconv.relu6, ...), so they run on the selected backend's kernels; Tanh,
 Hardsigmoid and Softmax are NumPy.  ``inplace=True`` writes into the input and returns it when
 the input is a writable float32/float64 array, as torch does; otherwise the result is a new array.
+
+Training: each layer's forward keeps what its gradient needs (a mask of where the input lies,
+the output, or a copy of the input when the forward may overwrite it) and ``backward`` applies
+torch's derivative, boundaries included (hardtanh passes the gradient strictly inside its bounds,
+hardswish's slope is 0 at -3 and 1 at 3, as torch's kernels have them).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import numpy as np
 
 from .. import api
 from .._args import as_bool, as_float, as_float_array, as_int
+from ..grad import _grad
 from .layers import _numpy_view, writable_float
 from .module import Module
 
@@ -22,6 +28,16 @@ def _inplace(layer, x) -> bool:
 
 def _float(x):
     return as_float_array(x, "input")
+
+
+def _kept(layer, x):
+    """The input as NumPy when this forward keeps state for backward (else None): computed before
+    the forward runs, since an in-place forward overwrites it."""
+    return np.asarray(_numpy_view(x), dtype=None) if layer.keeps_for_backward() else None
+
+
+def _g(grad_output, like):
+    return _grad(grad_output, like.shape, like.dtype)
 
 
 class Hardtanh(Module):
@@ -38,9 +54,16 @@ class Hardtanh(Module):
     def forward(self, x):
         lo = -np.inf if self.min_val is None else self.min_val
         hi = np.inf if self.max_val is None else self.max_val
+        kept = _kept(self, x)
+        self._save(inside=None if kept is None else ~((kept <= lo) | (kept >= hi)))
         if (lo, hi) == (0.0, 6.0):
             return api.relu6(x, _inplace(self, x), backend=self.backend)
         return api.hardtanh(x, lo, hi, _inplace(self, x), backend=self.backend)
+
+    def backward(self, grad_output):
+        inside = self._saved_for_backward()["inside"]
+        g = _grad(grad_output, inside.shape, None)
+        return np.where(inside, g, g.dtype.type(0))
 
     def extra_repr(self):
         return f"min_val={self.min_val}, max_val={self.max_val}"
@@ -62,7 +85,14 @@ class LeakyReLU(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
+        kept = _kept(self, x)
+        self._save(positive=None if kept is None else kept > 0)
         return api.leaky_relu(x, self.negative_slope, _inplace(self, x), backend=self.backend)
+
+    def backward(self, grad_output):
+        positive = self._saved_for_backward()["positive"]
+        g = _grad(grad_output, positive.shape, None)
+        return np.where(positive, g, g * g.dtype.type(self.negative_slope))
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
@@ -72,14 +102,26 @@ class Sigmoid(Module):
     """``1 / (1 + exp(-x))``, as torch.nn.Sigmoid."""
 
     def forward(self, x):
-        return api.sigmoid(x, backend=self.backend)
+        y = api.sigmoid(x, backend=self.backend)
+        self._save(output=_numpy_view(y))
+        return y
+
+    def backward(self, grad_output):
+        y = np.asarray(self._saved_for_backward()["output"])
+        return _g(grad_output, y) * y * (1 - y)
 
 
 class Tanh(Module):
     """``tanh(x)``, as torch.nn.Tanh."""
 
     def forward(self, x):
-        return np.tanh(_float(x))
+        y = np.tanh(_float(x))
+        self._save(output=y)
+        return y
+
+    def backward(self, grad_output):
+        y = self._saved_for_backward()["output"]
+        return _g(grad_output, y) * (1 - y * y)
 
 
 class SiLU(Module):
@@ -90,7 +132,14 @@ class SiLU(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
+        kept = _kept(self, x)
+        self._save(input=None if kept is None else kept.copy() if _inplace(self, x) else kept)
         return api.silu(x, _inplace(self, x), backend=self.backend)
+
+    def backward(self, grad_output):
+        x = self._saved_for_backward()["input"]
+        s = 0.5 * (1 + np.tanh(0.5 * x))  # sigmoid, without exp's overflow
+        return _g(grad_output, x) * s * (1 + x * (1 - s))
 
 
 class Hardsigmoid(Module):
@@ -102,7 +151,13 @@ class Hardsigmoid(Module):
 
     def forward(self, x):
         x = _float(x)
+        self._save(inside=(x > -3) & (x < 3))
         return np.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6)
+
+    def backward(self, grad_output):
+        inside = self._saved_for_backward()["inside"]
+        g = _grad(grad_output, inside.shape, None)
+        return np.where(inside, g / g.dtype.type(6), g.dtype.type(0))
 
 
 class Hardswish(Module):
@@ -113,7 +168,15 @@ class Hardswish(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
+        kept = _kept(self, x)
+        self._save(input=None if kept is None else kept.copy() if _inplace(self, x) else kept)
         return api.hardswish(x, _inplace(self, x), backend=self.backend)
+
+    def backward(self, grad_output):
+        x = self._saved_for_backward()["input"]
+        g = _g(grad_output, x)
+        slope = np.where(x <= -3, 0, np.where(x < 3, x / x.dtype.type(3) + x.dtype.type(0.5), 1))
+        return (g * slope).astype(x.dtype, copy=False)
 
 
 class Softmax(Module):
@@ -129,7 +192,15 @@ class Softmax(Module):
         if dim is None:  # torch's legacy choice for an implicit dim
             dim = 0 if x.ndim in (0, 1, 3) else 1
         e = np.exp(x - np.max(x, axis=dim, keepdims=True))
-        return e / np.sum(e, axis=dim, keepdims=True)
+        y = e / np.sum(e, axis=dim, keepdims=True)
+        self._save(output=y, dim=dim)
+        return y
+
+    def backward(self, grad_output):
+        saved = self._saved_for_backward()
+        y = saved["output"]
+        g = _g(grad_output, y)
+        return y * (g - np.sum(g * y, axis=saved["dim"], keepdims=True))
 
     def extra_repr(self):
         return f"dim={self.dim}"

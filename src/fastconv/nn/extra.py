@@ -7,36 +7,46 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import api
+from .. import api, grad
 from .._args import as_bool, as_float, as_float_array, as_int
 from ..threads import apply_blas
 from .module import Module
+from .shape import reduce_to
 
 
 class Dropout(Module):
     """Zero each element with probability ``p`` in training mode (scaling the rest by 1/(1-p)); the
     identity in eval mode, as torch.nn.Dropout.  ``always`` drops in eval mode too (torch's
-    ``F.dropout(x, training=True)``)."""
+    ``F.dropout(x, training=True)``); ``channels`` drops whole (n, c) planes, as torch.nn.Dropout2d."""
 
-    def __init__(self, p=0.5, inplace=False, always=False):
+    def __init__(self, p=0.5, inplace=False, always=False, channels=False):
         super().__init__()
         self.p = as_float(p, "p")
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got p={p}")
         self.inplace = as_bool(inplace, "inplace")
         self.always = as_bool(always, "always")
+        self.channels = as_bool(channels, "channels")
 
     def forward(self, x):
         if not (self.training or self.always) or self.p == 0.0:
+            self._save(scale=None)
             return x
         x = np.asarray(x)
-        if self.p == 1.0:
-            return np.zeros_like(x)
-        keep = np.random.default_rng().random(x.shape) >= self.p
-        return (x * keep / x.dtype.type(1.0 - self.p)).astype(x.dtype, copy=False)
+        shape = x.shape[:2] + (1,) * (x.ndim - 2) if self.channels and x.ndim >= 3 else x.shape
+        # the kept elements, already scaled: forward and backward multiply by the same array
+        scale = (np.random.default_rng().random(shape) >= self.p) * x.dtype.type(
+            0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        )
+        self._save(scale=scale.astype(x.dtype))
+        return (x * scale).astype(x.dtype, copy=False)
+
+    def backward(self, grad_output):
+        scale = self._saved_for_backward()["scale"]
+        return grad_output if scale is None else (np.asarray(grad_output) * scale).astype(scale.dtype, copy=False)
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}" + (", channels=True" if self.channels else "")
 
 
 class AdaptiveMaxPool2d(Module):
@@ -55,7 +65,23 @@ class AdaptiveMaxPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x):
-        return api.adaptive_max_pool2d(x, self.output_size, self.return_indices, backend=self.backend)
+        keep = self.keeps_for_backward()
+        out = api.adaptive_max_pool2d(x, self.output_size, self.return_indices or keep, backend=self.backend)
+        self._save(shape=np.shape(x), indices=out[1] if keep else None)
+        return out if self.return_indices or not keep else out[0]
+
+    def backward(self, grad_output):
+        """The gradient to each bin's arg max (the index the forward returned), summed where bins overlap."""
+        saved = self._saved_for_backward()
+        shape, idx = saved["shape"], saved["indices"]
+        g = np.asarray(grad_output)
+        if g.shape != idx.shape:
+            raise ValueError(f"grad_output must have the output's shape {idx.shape}, got {g.shape}")
+        planes = int(np.prod(shape[:-2]))
+        gx = np.zeros((planes, shape[-2] * shape[-1]), g.dtype)
+        rows = np.repeat(np.arange(planes), idx.shape[-2] * idx.shape[-1])
+        np.add.at(gx, (rows, idx.reshape(-1)), g.reshape(-1))
+        return gx.reshape(shape)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -95,7 +121,18 @@ class FunctionalConv2d(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
 
     def forward(self, x, weight, bias=None):
-        return api.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups, backend=self.backend)
+        y = api.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups, backend=self.backend)
+        self._save(input=x, weight=weight, bias=bias is not None)
+        return y
+
+    def backward(self, grad_output):
+        """(grad_input, grad_weight, grad_bias or None): one per argument of forward."""
+        saved = self._saved_for_backward()
+        x, w = as_float_array(saved["input"], "input"), as_float_array(saved["weight"], "weight")
+        common = (self.stride, self.padding, self.dilation, self.groups)
+        gw, gb = grad._conv2d_weight_bias(x, w.shape, grad_output, *common, saved["bias"], self.backend)
+        gx = grad.conv2d_input(x.shape, w, grad_output, *common, backend=self.backend)
+        return gx, gw, gb
 
 
 class FunctionalLinear(Module):
@@ -115,4 +152,21 @@ class FunctionalLinear(Module):
         if bias is not None:
             b = np.asarray(bias, x.dtype)
             y = y + (b if self.beta == 1.0 else b * x.dtype.type(self.beta))
+        self._save(input=x, weight=w, bias_shape=None if bias is None else np.shape(bias))
         return y
+
+    def backward(self, grad_output):
+        """(grad_input, grad_weight, grad_bias or None): one per argument of forward."""
+        saved = self._saved_for_backward()
+        x, w = saved["input"], saved["weight"]
+        g = as_float_array(grad_output, "grad_output", like=x.dtype)
+        if self.alpha != 1.0:
+            g = g * x.dtype.type(self.alpha)
+        apply_blas()
+        gx = g @ (w if self.transpose_weight else w.T)
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        gw = g2.T @ x2 if self.transpose_weight else x2.T @ g2
+        gb = None
+        if saved["bias_shape"] is not None:
+            gb = reduce_to(np.asarray(grad_output, x.dtype) * x.dtype.type(self.beta), saved["bias_shape"])
+        return gx, gw, gb

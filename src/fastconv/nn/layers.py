@@ -100,11 +100,11 @@ class Conv2d(Module):
         self.register_parameter("bias", init.default_bias(shape, dt) if bias else None)
 
     def forward(self, x, residual=None, activation=None):
+        act_layer = None
         if activation not in (None, "relu") and self.keeps_for_backward():
-            raise ValueError(
-                f"Conv2d's fused activation {activation!r} has no backward here (relu has): in "
-                f"training apply it as a layer of its own"
-            )
+            # Training: the activation's gradient needs its input, which the fused epilogue never
+            # stores, so the activation runs as a layer of its own after the convolution (+ residual).
+            act_layer, activation = _activation_layer(activation), None
         y = api.conv2d(
             x,
             self.weight,
@@ -119,8 +119,16 @@ class Conv2d(Module):
             algorithm=self.algorithm,
             backend=self.backend,
         )
+        if act_layer is not None:
+            act_layer.__dict__["_backend"] = self._backend
+            y = act_layer(y)
         # relu's gradient needs only its output's sign; the residual's is the pre-activation gradient.
-        self._save(input=x, output=y if activation == "relu" else None, residual=residual is not None)
+        self._save(
+            input=x,
+            output=y if activation == "relu" else None,
+            activation=act_layer,
+            residual=residual is not None,
+        )
         return y
 
     def backward(self, grad_output):
@@ -129,6 +137,8 @@ class Conv2d(Module):
         g = grad_output
         if saved["output"] is not None:
             g = grad.relu_input(saved["output"], g, backend=self.backend)
+        if saved["activation"] is not None:
+            g = saved["activation"].backward(g)
         x, padding = np.asarray(saved["input"]), self.padding
         if self.padding_mode != "zeros":  # the forward convolved an explicitly padded copy
             x, pads = _pad_input(x, self.padding_mode, self.padding, self.kernel_size, self.dilation, self.stride)
@@ -388,6 +398,21 @@ class ReLU(Module):
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
+
+
+def _activation_layer(activation):
+    """The nn layer doing what conv2d's ``activation=`` argument does (a name or (name, *params))."""
+    from . import activations
+
+    name, params = api._activation_spec(activation)
+    return {
+        "relu6": lambda: activations.ReLU6(),
+        "leaky_relu": lambda: activations.LeakyReLU(*params),
+        "hardtanh": lambda: activations.Hardtanh(*params),
+        "sigmoid": lambda: activations.Sigmoid(),
+        "silu": lambda: activations.SiLU(),
+        "hardswish": lambda: activations.Hardswish(),
+    }[name]()
 
 
 def _numpy_view(x):
