@@ -2,6 +2,8 @@
 makes (activations, shape ops, dropout, adaptive max pooling, functional conv/linear), against
 torch autograd on the same model."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -226,3 +228,50 @@ def test_elementwise_gradients_broadcast_back_like_torch(op):
     ga, gnumber = scaled.backward(g)
     assert gnumber is None
     np.testing.assert_array_equal(ga, 3.0 * g)
+
+
+@pytest.mark.parametrize("name", ["catnet", "hand_resnet"])
+def test_onnx_graphs_train(name, tmp_path):
+    """fastconv.onnx.load's graph, differentiated in eval mode (the export folds batch norms)."""
+    require("c")
+    pytest.importorskip("onnx")
+    import fastconv.onnx
+
+    t = torch_nets.build(name).eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(t, (torch.from_numpy(x.astype(np.float32)),), tmp_path / "m.onnx", dynamo=False)
+    g = fastconv.onnx.load(tmp_path / "m.onnx").astype(np.float64).to_backend("c").eval()
+    with nn.enable_grad():
+        y = g(x)
+    r = np.random.default_rng(1).standard_normal(y.shape)
+    gx = g.backward(r)
+    xt = torch.tensor(x, requires_grad=True)
+    (t.double()(xt) * torch.from_numpy(r)).sum().backward()
+    # the file holds float32 weights: float32 rounding of the weights, not of the arithmetic
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-5, atol=1e-5 * np.abs(xt.grad.numpy()).max())
+    assert all(v is not None for _, v in g.named_grads())
+
+
+def test_onnx_small_layers_gradients():
+    from fastconv import onnx as fonnx
+
+    rng = np.random.default_rng(9)
+    for a_shape, b_shape in [((2, 3, 4), (4, 5)), ((4,), (2, 4, 3)), ((3, 4), (4,)), ((1, 3, 4), (2, 4, 2))]:
+        a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+        layer = fonnx._MatMul().train()
+        y = layer(a, b)
+        g = rng.standard_normal(np.shape(y))
+        ga, gb = layer.backward(g)
+        at, bt = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+        torch.matmul(at, bt).backward(torch.from_numpy(np.asarray(g)))
+        np.testing.assert_allclose(ga, at.grad.numpy(), rtol=1e-12, err_msg=f"{a_shape} @ {b_shape}")
+        np.testing.assert_allclose(gb, bt.grad.numpy(), rtol=1e-12, err_msg=f"{a_shape} @ {b_shape}")
+    x, idx = rng.standard_normal((3, 5, 2)), np.array([[4, 0], [4, -1]])
+    gather = fonnx._Gather(axis=1).train()
+    y = gather(x, idx)
+    g = rng.standard_normal(y.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    xt[:, torch.from_numpy(idx % 5)].backward(torch.from_numpy(g))
+    np.testing.assert_allclose(gather.backward(g), xt.grad.numpy(), rtol=1e-12)

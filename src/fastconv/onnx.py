@@ -23,6 +23,7 @@ import numpy as np
 from . import nn
 from .graph import Graph, Node, Ref, UnsupportedOpError
 from .nn.module import Module
+from .nn.shape import reduce_to
 
 SUPPORTED = (
     "Conv, BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Relu, Clip, "
@@ -41,6 +42,18 @@ def _onnx():
 
 
 # -- small layers with ONNX semantics -----------------------------------------------------------
+# Each has the backward a training graph needs (fastconv.nn.shape's conventions): one gradient per
+# forward argument, None for shapes, axes and indices.
+
+
+class _ReshapeBack(Module):
+    """A layer that only rearranges its input: the gradient is the output's, in the input's shape."""
+
+    def _keep_shape(self, x):
+        self._save(shape=np.shape(x))
+
+    def backward(self, grad_output):
+        return np.asarray(grad_output).reshape(self._saved_for_backward()["shape"])
 
 
 class _SamePad(Module):
@@ -57,10 +70,16 @@ class _SamePad(Module):
             small = total // 2
             pads.append((total - small, small) if not self.upper else (small, total - small))
         (t, b), (left, r) = pads
-        return nn.Pad((left, r, t, b), self.value)(x)
+        pad = nn.Pad((left, r, t, b), self.value)
+        y = pad(x)
+        self._save(pad=pad)
+        return y
+
+    def backward(self, grad_output):
+        return self._saved_for_backward()["pad"].backward(grad_output)
 
 
-class _Flatten(Module):
+class _Flatten(_ReshapeBack):
     """ONNX Flatten: a 2-D array, the dimensions before ``axis`` merged into rows."""
 
     def __init__(self, axis=1):
@@ -69,10 +88,11 @@ class _Flatten(Module):
 
     def forward(self, x):
         axis = self.axis + x.ndim if self.axis < 0 else self.axis
+        self._keep_shape(x)
         return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
 
-class _Reshape(Module):
+class _Reshape(_ReshapeBack):
     """ONNX Reshape: 0 copies the input's dimension (unless allowzero), -1 is inferred."""
 
     def __init__(self, allowzero=0):
@@ -83,6 +103,7 @@ class _Reshape(Module):
         shape = [int(s) for s in np.asarray(shape).reshape(-1)]
         if not self.allowzero:
             shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        self._keep_shape(x)
         return np.ascontiguousarray(x).reshape(shape)
 
 
@@ -97,10 +118,22 @@ class _Gather(Module):
         self.axis = axis
 
     def forward(self, x, indices):
-        return np.take(np.asarray(x), np.asarray(indices, np.int64), axis=self.axis)
+        x, indices = np.asarray(x), np.asarray(indices, np.int64)
+        self._save(shape=x.shape, dtype=x.dtype, indices=indices)
+        return np.take(x, indices, axis=self.axis)
+
+    def backward(self, grad_output):
+        s = self._saved_for_backward()
+        gx = np.zeros(s["shape"], s["dtype"])
+        axis = self.axis % len(s["shape"])
+        moved = np.moveaxis(gx, axis, 0)  # a view: scatter the rows gathered, summing repeats
+        g = np.asarray(grad_output).reshape(*s["shape"][:axis], *s["indices"].shape, *s["shape"][axis + 1 :])
+        g = np.moveaxis(g.reshape(*s["shape"][:axis], -1, *s["shape"][axis + 1 :]), axis, 0)
+        np.add.at(moved, s["indices"].reshape(-1) % s["shape"][axis], g)
+        return gx
 
 
-class _Unsqueeze(Module):
+class _Unsqueeze(_ReshapeBack):
     def __init__(self, axes=None):
         super().__init__()
         self.axes = axes
@@ -108,11 +141,12 @@ class _Unsqueeze(Module):
     def forward(self, x, axes=None):
         axes = [int(a) for a in np.asarray(self.axes if axes is None else axes).reshape(-1)]
         x = np.asarray(x)
+        self._keep_shape(x)
         nd = x.ndim + len(axes)
         return np.expand_dims(x, tuple(a + nd if a < 0 else a for a in axes))
 
 
-class _Squeeze(Module):
+class _Squeeze(_ReshapeBack):
     def __init__(self, axes=None):
         super().__init__()
         self.axes = axes
@@ -120,12 +154,24 @@ class _Squeeze(Module):
     def forward(self, x, axes=None):
         axes = self.axes if axes is None else axes
         x = np.asarray(x)
+        self._keep_shape(x)
         return np.squeeze(x) if axes is None else np.squeeze(x, tuple(int(a) for a in np.asarray(axes).reshape(-1)))
 
 
 class _MatMul(Module):
     def forward(self, a, b):
+        self._save(a=np.asarray(a), b=np.asarray(b))
         return np.matmul(a, b)
+
+    def backward(self, grad_output):
+        s = self._saved_for_backward()
+        a, b, g = s["a"], s["b"], np.asarray(grad_output)
+        # vectors are matrices of one row (a) or one column (b) for the products, then squeezed back
+        a2, b2 = (a[None] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+        g2 = g.reshape(*np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]), a2.shape[-2], b2.shape[-1])
+        ga = reduce_to(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        gb = reduce_to(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+        return ga, gb
 
 
 class _Cast(Module):
@@ -138,7 +184,13 @@ class _Cast(Module):
         self.to = to
 
     def forward(self, x):
-        return np.asarray(x).astype(self._TYPES[self.to])
+        x = np.asarray(x)
+        self._save(dtype=x.dtype)
+        return x.astype(self._TYPES[self.to])
+
+    def backward(self, grad_output):
+        dtype = self._saved_for_backward()["dtype"]
+        return np.asarray(grad_output).astype(dtype) if dtype.kind == "f" else None
 
 
 class _Softmax(Module):
@@ -151,7 +203,16 @@ class _Softmax(Module):
     def forward(self, x):
         axis = self.axis + x.ndim if self.axis < 0 else self.axis
         flat = x.reshape(int(np.prod(x.shape[:axis])), -1)
-        return nn.Softmax(1)(flat).reshape(x.shape)
+        softmax = nn.Softmax(1)
+        softmax.__dict__["training"] = self.keeps_for_backward()
+        y = softmax(flat).reshape(x.shape)
+        self._save(softmax=softmax, shape=flat.shape)
+        return y
+
+    def backward(self, grad_output):
+        s = self._saved_for_backward()
+        g = np.asarray(grad_output)
+        return s["softmax"].backward(g.reshape(s["shape"])).reshape(g.shape)
 
 
 # -- the loader --------------------------------------------------------------------------------
