@@ -275,3 +275,41 @@ def test_onnx_small_layers_gradients():
     xt = torch.tensor(x, requires_grad=True)
     xt[:, torch.from_numpy(idx % 5)].backward(torch.from_numpy(g))
     np.testing.assert_allclose(gather.backward(g), xt.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name, args, fn, from_output",
+    [
+        ("relu6_input", (), F.relu6, False),
+        ("hardtanh_input", (-0.5, 2.0), lambda x: F.hardtanh(x, -0.5, 2.0), False),
+        ("leaky_relu_input", (-0.2,), lambda x: F.leaky_relu(x, -0.2), False),
+        ("sigmoid_input", (), torch.sigmoid, True),
+        ("silu_input", (), F.silu, False),
+        ("hardswish_input", (), F.hardswish, False),
+    ],
+)
+def test_activation_grad_functions_match_torch(name, args, fn, from_output):
+    from fastconv import grad
+
+    x = np.random.default_rng(10).standard_normal((2, 3, 4, 5)) * 4
+    x[0, 0, 0, :5] = [-3.0, 3.0, 0.0, -0.5, 2.0]
+    g = np.random.default_rng(11).standard_normal(x.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = fn(xt)
+    yt.backward(torch.from_numpy(g))
+    first = yt.detach().numpy() if from_output else x
+    np.testing.assert_allclose(getattr(grad, name)(first, g, *args), xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="grad_output must have"):
+        getattr(grad, name)(first, g[:1], *args)
+
+
+def test_adaptive_max_pool2d_input_matches_torch():
+    from fastconv import grad
+
+    x = np.random.default_rng(12).standard_normal((2, 3, 7, 9))
+    x[0, 0, :3, :3] = 1.0  # a tie: torch's first index
+    xt = torch.tensor(x, requires_grad=True)
+    yt = F.adaptive_max_pool2d(xt, (3, 4))
+    g = np.random.default_rng(13).standard_normal(yt.shape)
+    yt.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(grad.adaptive_max_pool2d_input(x, g, (3, 4)), xt.grad.numpy(), rtol=1e-12)

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import dispatch
 from ._args import as_float, as_float_array, as_int, check_ndim, nonnegative_pair, positive_pair
-from .api import _conv_padding
+from .api import _conv_padding, adaptive_max_pool2d
 from .problem import AdaptivePool2dProblem, BatchNormProblem, Conv2dProblem, Pool2dProblem, ReluProblem
 
 __all__ = [
@@ -42,6 +42,13 @@ __all__ = [
     "adaptive_avg_pool2d_input",
     "batch_norm_input",
     "relu_input",
+    "relu6_input",
+    "hardtanh_input",
+    "leaky_relu_input",
+    "sigmoid_input",
+    "silu_input",
+    "hardswish_input",
+    "adaptive_max_pool2d_input",
 ]
 
 
@@ -278,3 +285,69 @@ def relu_input(output, grad_output, *, backend=None):
     if y.size == 0:
         return np.zeros_like(y)
     return _run(p, "bwd_data", y, g, backend=backend)
+
+
+# -- the other activations and adaptive max pooling: NumPy on every backend ------------------------
+# Each is one elementwise formula (or one scatter), torch's derivative with its choice at the kinks.
+
+
+def _input_and_grad(input, grad_output):
+    x = as_float_array(input, "input")
+    return x, _grad(grad_output, x.shape, x.dtype)
+
+
+def hardtanh_input(input, grad_output, min_val=-1.0, max_val=1.0):
+    """Gradient of hardtanh: grad strictly inside (min_val, max_val), 0 elsewhere (at the bounds too)."""
+    x, g = _input_and_grad(input, grad_output)
+    lo, hi = as_float(min_val, "min_val"), as_float(max_val, "max_val")
+    return np.where((x <= lo) | (x >= hi), g.dtype.type(0), g)
+
+
+def relu6_input(input, grad_output):
+    """Gradient of relu6: grad strictly inside (0, 6)."""
+    return hardtanh_input(input, grad_output, 0.0, 6.0)
+
+
+def leaky_relu_input(input, grad_output, negative_slope=0.01):
+    """Gradient of leaky_relu: grad where input > 0, negative_slope * grad elsewhere."""
+    x, g = _input_and_grad(input, grad_output)
+    return np.where(x > 0, g, g * g.dtype.type(as_float(negative_slope, "negative_slope")))
+
+
+def sigmoid_input(output, grad_output):
+    """Gradient of sigmoid from the forward's ``output`` y: grad * y * (1 - y)."""
+    y, g = _input_and_grad(output, grad_output)
+    return g * y * (1 - y)
+
+
+def silu_input(input, grad_output):
+    """Gradient of silu, x * sigmoid(x): grad * s * (1 + x * (1 - s)) with s = sigmoid(x)."""
+    x, g = _input_and_grad(input, grad_output)
+    s = 0.5 * (1 + np.tanh(0.5 * x))  # sigmoid, without exp's overflow
+    return g * s * (1 + x * (1 - s))
+
+
+def hardswish_input(input, grad_output):
+    """Gradient of hardswish: 0 up to -3, grad * (x / 3 + 1/2) inside, grad from 3 on."""
+    x, g = _input_and_grad(input, grad_output)
+    slope = np.where(x <= -3, 0, np.where(x < 3, x / x.dtype.type(3) + x.dtype.type(0.5), 1))
+    return (g * slope).astype(x.dtype, copy=False)
+
+
+def adaptive_max_pool2d_input(input, grad_output, output_size, *, backend=None):
+    """Gradient of adaptive_max_pool2d: each output's gradient to its bin's arg max (the forward's
+    ``return_indices``), summed where bins overlap."""
+    _, indices = adaptive_max_pool2d(input, output_size, return_indices=True, backend=backend)
+    return _scatter_to_indices(np.shape(input), indices, grad_output)
+
+
+def _scatter_to_indices(shape, indices, grad_output):
+    """``grad_output`` added at the flat plane positions ``indices`` of an array of ``shape``."""
+    g = np.asarray(grad_output)
+    if g.shape != indices.shape:
+        raise ValueError(f"grad_output must have the output's shape {indices.shape}, got {g.shape}")
+    planes = int(np.prod(shape[:-2]))
+    gx = np.zeros((planes, shape[-2] * shape[-1]), g.dtype)
+    rows = np.repeat(np.arange(planes), indices.shape[-2] * indices.shape[-1])
+    np.add.at(gx, (rows, indices.reshape(-1)), g.reshape(-1))
+    return gx.reshape(shape)

@@ -5,10 +5,9 @@ functional API (fastconv.relu6, ...), so they run on the selected backend's kern
 Hardsigmoid and Softmax are NumPy.  ``inplace=True`` writes into the input and returns it when
 the input is a writable float32/float64 array, as torch does; otherwise the result is a new array.
 
-Training: each layer's forward keeps what its gradient needs (a mask of where the input lies,
-the output, or a copy of the input when the forward may overwrite it) and ``backward`` applies
-torch's derivative, boundaries included (hardtanh passes the gradient strictly inside its bounds,
-hardswish's slope is 0 at -3 and 1 at 3, as torch's kernels have them).
+Training: each layer's forward keeps what its gradient needs (its input -- a copy when the forward
+writes in place -- or its output) and ``backward`` applies torch's derivative through
+``fastconv.grad`` (``hardtanh_input``, ``silu_input``, ...), kinks included.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import numpy as np
 
 from .. import api
 from .._args import as_bool, as_float, as_float_array, as_int
+from .. import grad
 from ..grad import _grad
 from .layers import _numpy_view, writable_float
 from .module import Module
@@ -31,9 +31,12 @@ def _float(x):
 
 
 def _kept(layer, x):
-    """The input as NumPy when this forward keeps state for backward (else None): computed before
-    the forward runs, since an in-place forward overwrites it."""
-    return np.asarray(_numpy_view(x), dtype=None) if layer.keeps_for_backward() else None
+    """The input for backward when this forward keeps state (else None): a copy if the forward is
+    about to overwrite it."""
+    if not layer.keeps_for_backward():
+        return None
+    x = np.asarray(_numpy_view(x))
+    return x.copy() if _inplace(layer, x) else x
 
 
 def _g(grad_output, like):
@@ -54,16 +57,14 @@ class Hardtanh(Module):
     def forward(self, x):
         lo = -np.inf if self.min_val is None else self.min_val
         hi = np.inf if self.max_val is None else self.max_val
-        kept = _kept(self, x)
-        self._save(inside=None if kept is None else ~((kept <= lo) | (kept >= hi)))
+        self._save(input=_kept(self, x), bounds=(lo, hi))
         if (lo, hi) == (0.0, 6.0):
             return api.relu6(x, _inplace(self, x), backend=self.backend)
         return api.hardtanh(x, lo, hi, _inplace(self, x), backend=self.backend)
 
     def backward(self, grad_output):
-        inside = self._saved_for_backward()["inside"]
-        g = _grad(grad_output, inside.shape, None)
-        return np.where(inside, g, g.dtype.type(0))
+        saved = self._saved_for_backward()
+        return grad.hardtanh_input(saved["input"], grad_output, *saved["bounds"])
 
     def extra_repr(self):
         return f"min_val={self.min_val}, max_val={self.max_val}"
@@ -85,14 +86,11 @@ class LeakyReLU(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        kept = _kept(self, x)
-        self._save(positive=None if kept is None else kept > 0)
+        self._save(input=_kept(self, x))
         return api.leaky_relu(x, self.negative_slope, _inplace(self, x), backend=self.backend)
 
     def backward(self, grad_output):
-        positive = self._saved_for_backward()["positive"]
-        g = _grad(grad_output, positive.shape, None)
-        return np.where(positive, g, g * g.dtype.type(self.negative_slope))
+        return grad.leaky_relu_input(self._saved_for_backward()["input"], grad_output, self.negative_slope)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
@@ -107,8 +105,7 @@ class Sigmoid(Module):
         return y
 
     def backward(self, grad_output):
-        y = np.asarray(self._saved_for_backward()["output"])
-        return _g(grad_output, y) * y * (1 - y)
+        return grad.sigmoid_input(self._saved_for_backward()["output"], grad_output)
 
 
 class Tanh(Module):
@@ -132,14 +129,11 @@ class SiLU(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        kept = _kept(self, x)
-        self._save(input=None if kept is None else kept.copy() if _inplace(self, x) else kept)
+        self._save(input=_kept(self, x))
         return api.silu(x, _inplace(self, x), backend=self.backend)
 
     def backward(self, grad_output):
-        x = self._saved_for_backward()["input"]
-        s = 0.5 * (1 + np.tanh(0.5 * x))  # sigmoid, without exp's overflow
-        return _g(grad_output, x) * s * (1 + x * (1 - s))
+        return grad.silu_input(self._saved_for_backward()["input"], grad_output)
 
 
 class Hardsigmoid(Module):
@@ -168,15 +162,11 @@ class Hardswish(Module):
         self.inplace = as_bool(inplace, "inplace")
 
     def forward(self, x):
-        kept = _kept(self, x)
-        self._save(input=None if kept is None else kept.copy() if _inplace(self, x) else kept)
+        self._save(input=_kept(self, x))
         return api.hardswish(x, _inplace(self, x), backend=self.backend)
 
     def backward(self, grad_output):
-        x = self._saved_for_backward()["input"]
-        g = _g(grad_output, x)
-        slope = np.where(x <= -3, 0, np.where(x < 3, x / x.dtype.type(3) + x.dtype.type(0.5), 1))
-        return (g * slope).astype(x.dtype, copy=False)
+        return grad.hardswish_input(self._saved_for_backward()["input"], grad_output)
 
 
 class Softmax(Module):

@@ -73,18 +73,7 @@ class AdaptiveMaxPool2d(Module):
     def backward(self, grad_output):
         """The gradient to each bin's arg max (the index the forward returned), summed where bins overlap."""
         saved = self._saved_for_backward()
-        shape, idx = saved["shape"], saved["indices"]
-        g = np.asarray(grad_output)
-        if g.shape != idx.shape:
-            raise ValueError(f"grad_output must have the output's shape {idx.shape}, got {g.shape}")
-        planes = int(np.prod(shape[:-2]))
-        gx = np.zeros((planes, shape[-2] * shape[-1]), g.dtype)
-        rows = np.repeat(np.arange(planes), idx.shape[-2] * idx.shape[-1])
-        np.add.at(gx, (rows, idx.reshape(-1)), g.reshape(-1))
-        return gx.reshape(shape)
-
-    def extra_repr(self):
-        return f"output_size={self.output_size}"
+        return grad._scatter_to_indices(saved["shape"], saved["indices"], grad_output)
 
 
 class LocalResponseNorm(Module):
