@@ -481,7 +481,14 @@ def _swap_channels(q, weight, flip=False):
         wt = np.empty((q.c, q.kg, r, s), np.float32)
         call = _Call("float32")
         status = _ckernels.lib.fc_f32_swap_channels(
-            q.groups, q.kg, q.cg, r * s, int(flip), call.ptr(weight, weight.size), call.ptr(wt, wt.size, writable=True), _nthreads()
+            q.groups,
+            q.kg,
+            q.cg,
+            r * s,
+            int(flip),
+            call.ptr(weight, weight.size),
+            call.ptr(wt, wt.size, writable=True),
+            _nthreads(),
         )
         _check(status, "conv2d_bwd_data")
         return wt
