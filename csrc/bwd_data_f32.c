@@ -4,14 +4,16 @@
  *
  * A is weight^T, transposed once per call (rows padded to a multiple of mr); B rows are dy's
  * channels over the pixels of every image, copied once into [group][kg][n*oh*ow] so that a
- * panel of nr pixels may span images and is read in place.  A task is mr channels of one group:
- * its r*s A blocks (mr*r*s rows: whole channels) meet each pixel panel while the panel's B
- * sliver sits in L1, and its tiles are added into those channels' dx planes, which no other
- * task writes: no atomics, no partial sums, the same result at any thread count.
+ * panel of nr pixels may span images and is read in place.  A task is mt blocks of mr channels
+ * of one group (and, for 1x1 layers, a range of pixel panels): its mt * r*s A blocks (mr*r*s rows
+ * per block: whole channels) meet each pixel panel while the panel's B sliver sits in L1, and
+ * its tiles are added into those channels' dx planes, which no other task writes (1x1 layers:
+ * the cells of its own pixels, stored rather than added where stride 1 makes them every cell):
+ * no atomics, no partial sums, the same result at any thread count.
  *
  * Scratch, in floats (checked, allocated up front): groups * crsp * kg for weight^T (crsp =
- * ceil(cg / mr) * mr * r*s), groups * kg * n*oh*ow + 48 for dy, and per thread r*s * mr * nr
- * tiles; plus kc int64 row offsets and n*oh*ow / nr + 1 panel start pixels.
+ * ceil(cg / mr) * mr * r*s), groups * kg * n*oh*ow + 48 for dy, and per thread mt * r*s * mr * nr
+ * tiles; plus kc int64 row offsets.
  */
 #include "fc_internal.h"
 
@@ -72,6 +74,8 @@ typedef struct {
     const fc_conv2d_desc *d;
     const fc_isa_config *cfg;
     int64_t mr, nr, cg, kg, rs, crs, crsp, pall, npanels;
+    int64_t ncb, mt; /* mr-channel blocks per group, and per task */
+    int assign;      /* every dx cell is one tile element (1x1, stride 1, no padding): store, not add */
     const float *wt; /* [g][crsp][kg] */
     const float *dyc; /* [g][kg][pall] */
     const int64_t *boff;
@@ -82,6 +86,16 @@ static void scatter(const dplan_t *P, const float *tiles, int64_t g, int64_t c0,
                     int64_t ncols, float *dx) {
     const fc_conv2d_desc *d = P->d;
     const int64_t ohw = d->oh * d->ow, tile = P->mr * P->nr;
+    if (P->assign) { /* the tile's rows are runs of dx planes (oh, ow) = (h, w) */
+        for (int64_t q = j0; q < j0 + ncols;) {
+            const int64_t n = q / ohw, p = q % ohw, len = FC_MIN(ohw - p, j0 + ncols - q);
+            for (int64_t i = 0; i < rows; i++)
+                memcpy(dx + ((size_t)n * d->c + g * P->cg + c0 + i) * ohw + p,
+                       tiles + (i / P->mr) * tile + (i % P->mr) * P->nr + (q - j0), (size_t)len * sizeof(float));
+            q += len;
+        }
+        return;
+    }
     for (int64_t q = j0; q < j0 + ncols;) {
         const int64_t n = q / ohw, oh = q % ohw / d->ow, ow = q % d->ow, len = FC_MIN(d->ow - ow, j0 + ncols - q);
         for (int64_t t = 0; t < P->rs; t++) {
@@ -111,20 +125,49 @@ static void scatter(const dplan_t *P, const float *tiles, int64_t g, int64_t c0,
     }
 }
 
-static void run_task(const dplan_t *P, int64_t g, int64_t cb, float *tiles, float *dx) {
-    const int64_t c0 = cb * P->mr, rows = FC_MIN(P->mr, P->cg - c0), tile = P->mr * P->nr, kc = P->cfg->kc;
-    const float *a0 = P->wt + ((size_t)g * P->crsp + c0 * P->rs) * P->kg;
-    for (int64_t pi = 0; pi < P->npanels; pi++) {
+/* Channel blocks [cb0, cb1) of group g over pixel panels [p0, p1): per panel and block of kc
+ * rows of dy, the panel's B sliver meets all (cb1 - cb0) * r*s A blocks of the task while it sits
+ * in L1 (a 1x1 layer has one A block per channel block: tasks of one block would read every B
+ * sliver from L2 for 8 channels' work). */
+static void run_task(const dplan_t *P, int64_t g, int64_t cb0, int64_t cb1, int64_t p0, int64_t p1, float *tiles,
+                     float *dx) {
+    const int64_t tile = P->mr * P->nr, kc = P->cfg->kc, blocks = (cb1 - cb0) * P->rs;
+    const float *a0 = P->wt + ((size_t)g * P->crsp + cb0 * P->mr * P->rs) * P->kg;
+    for (int64_t pi = p0; pi < p1; pi++) {
         const int64_t j0 = pi * P->nr, ncols = FC_MIN(P->nr, P->pall - j0), nv = (ncols + 15) / 16;
         const float *b0 = P->dyc + (size_t)g * P->kg * P->pall + j0;
         for (int64_t k0 = 0; k0 < P->kg; k0 += kc) {
             const int64_t kk = FC_MIN(kc, P->kg - k0);
-            for (int64_t blk = 0; blk < P->rs; blk++)
+            for (int64_t blk = 0; blk < blocks; blk++)
                 P->cfg->gemm[blk == 0][nv - 1](kk, a0 + (size_t)blk * P->mr * P->kg + k0, P->kg,
                                                b0 + (size_t)k0 * P->pall, P->boff, tiles + blk * tile, k0 > 0);
         }
-        scatter(P, tiles, g, c0, rows, j0, ncols, dx);
+        for (int64_t cb = cb0; cb < cb1; cb++)
+            scatter(P, tiles + (cb - cb0) * P->rs * tile, g, cb * P->mr, FC_MIN(P->mr, P->cg - cb * P->mr), j0, ncols,
+                    dx);
     }
+}
+
+/* Channel blocks per task: up to MAX_TASK_TILES tiles of partial sums (more reuse of each B
+ * sliver), as long as the task's A rows (mt * mr * r*s rows of kg) stay within MAX_TASK_A bytes
+ * (L2: they are read once per panel).  Then at least 4 tasks per thread (dynamic scheduling
+ * evens them out): 1x1 layers split the panels (each split re-reads A, not B); larger kernels
+ * cannot, since neighbouring pixels' taps add into the same input cells, and take fewer channel
+ * blocks per task instead. */
+#define MAX_TASK_TILES 32
+#define MAX_TASK_A (512 << 10)
+static void task_shape(const dplan_t *P, int nthreads, int64_t *mt, int64_t *pt) {
+    const int64_t block_bytes = P->mr * P->rs * P->kg * (int64_t)sizeof(float), want = 4 * (int64_t)nthreads;
+    *mt = FC_MAX(1, FC_MIN(FC_MIN(P->ncb, MAX_TASK_TILES / P->rs), MAX_TASK_A / block_bytes));
+    *pt = P->npanels;
+    if (P->rs > 1) {
+        while (*mt > 1 && P->d->groups * ((P->ncb + *mt - 1) / *mt) < want)
+            *mt = (*mt + 1) / 2;
+        return;
+    }
+    const int64_t mtasks = P->d->groups * ((P->ncb + *mt - 1) / *mt);
+    const int64_t pchunks = FC_MIN(P->npanels, (want + mtasks - 1) / mtasks);
+    *pt = (P->npanels + pchunks - 1) / pchunks;
 }
 
 int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const float *w, float *dx, int nthreads) {
@@ -135,15 +178,20 @@ int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const 
     P.kg = d->k / d->groups;
     P.rs = d->r * d->s;
     P.crs = P.cg * P.rs;
-    const int64_t ncb = (P.cg + P.mr - 1) / P.mr;
-    P.crsp = ncb * P.mr * P.rs;
+    P.ncb = (P.cg + P.mr - 1) / P.mr;
+    P.crsp = P.ncb * P.mr * P.rs;
     P.pall = d->n * d->oh * d->ow;
     P.npanels = (P.pall + P.nr - 1) / P.nr;
+    P.assign = P.rs == 1 && d->stride_h == 1 && d->stride_w == 1 && d->pad_top == 0 && d->pad_left == 0 &&
+               d->oh == d->h && d->ow == d->w;
     if (d->n < 1 || P.nr % 16 || P.nr > 48)
         return FC_EUNSUPPORTED;
-    const int64_t tasks = d->groups * ncb;
-    int team = fc_team(nthreads, tasks, 1);
-    const size_t tslice = fc_slice(fc_size_mul3(P.rs * P.mr, P.nr, sizeof(float)));
+    int64_t pt;
+    task_shape(&P, fc_team(nthreads, d->groups * P.ncb * P.npanels, 1), &P.mt, &pt);
+    const int64_t mchunks = (P.ncb + P.mt - 1) / P.mt, pchunks = (P.npanels + pt - 1) / pt;
+    const int64_t tasks = d->groups * mchunks * pchunks;
+    const int team = fc_team(nthreads, tasks, 1);
+    const size_t tslice = fc_slice(fc_size_mul3(P.mt * P.rs * P.mr, P.nr, sizeof(float)));
     size_t tbytes, dyfloats;
     fc_size_mul(tslice, (size_t)team, &tbytes);
     fc_size_add(fc_size_mul3(d->groups, P.kg, P.pall), 48, &dyfloats);
@@ -178,15 +226,19 @@ int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const 
             memcpy(dyc + ((size_t)g * P.kg + k) * P.pall + n * ohw, dy + ((size_t)n * d->k + ch) * ohw,
                    (size_t)ohw * sizeof(float));
         }
-#pragma omp for schedule(static)
-        for (int64_t v = 0; v < d->n * d->c; v++)
-            memset(dx + (size_t)v * d->h * d->w, 0, (size_t)(d->h * d->w) * sizeof(float));
+        if (!P.assign) {
+#pragma omp for schedule(static) nowait
+            for (int64_t v = 0; v < d->n * d->c; v++)
+                memset(dx + (size_t)v * d->h * d->w, 0, (size_t)(d->h * d->w) * sizeof(float));
+        }
 #pragma omp single
         memset(dyc + (size_t)d->groups * P.kg * P.pall, 0, 48 * sizeof(float));
         float *tiles = (float *)(tb + tslice * (size_t)FC_THREAD_ID());
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < tasks; t++)
-            run_task(&P, t / ncb, t % ncb, tiles, dx);
+        for (int64_t t = 0; t < tasks; t++) { /* panels vary fastest: neighbouring tasks share A */
+            const int64_t g = t / (mchunks * pchunks), cb0 = t / pchunks % mchunks * P.mt, p0 = t % pchunks * pt;
+            run_task(&P, g, cb0, FC_MIN(P.ncb, cb0 + P.mt), p0, FC_MIN(P.npanels, p0 + pt), tiles, dx);
+        }
     }
 done:
     free(wt);
