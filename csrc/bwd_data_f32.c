@@ -4,21 +4,78 @@
  *
  * A is weight^T, transposed once per call (rows padded to a multiple of mr); B rows are dy's
  * channels over the pixels of every image, copied once into [group][kg][n*oh*ow] so that a
- * panel of nr pixels may span images and is read in place.  A task is mr channels of one group:
- * its r*s A blocks (mr*r*s rows: whole channels) meet each pixel panel while the panel's B
- * sliver sits in L1, and its tiles are added into those channels' dx planes, which no other
- * task writes: no atomics, no partial sums, the same result at any thread count.
+ * panel of nr pixels may span images and is read in place.  A task is mt blocks of mr channels
+ * of one group (and, for 1x1 layers, a range of pixel panels): its mt * r*s A blocks (mr*r*s rows
+ * per block: whole channels) meet each pixel panel while the panel's B sliver sits in L1, and
+ * its tiles are added into those channels' dx planes, which no other task writes (1x1 layers:
+ * the cells of its own pixels, stored rather than added where stride 1 makes them every cell):
+ * no atomics, no partial sums, the same result at any thread count.
  *
  * Scratch, in floats (checked, allocated up front): groups * crsp * kg for weight^T (crsp =
- * ceil(cg / mr) * mr * r*s), groups * kg * n*oh*ow + 48 for dy, and per thread r*s * mr * nr
- * tiles; plus kc int64 row offsets and n*oh*ow / nr + 1 panel start pixels.
+ * ceil(cg / mr) * mr * r*s), groups * kg * n*oh*ow + 48 for dy, and per thread mt * r*s * mr * nr
+ * tiles; plus kc int64 row offsets.
  */
 #include "fc_internal.h"
+
+/* -- transposing the weights ------------------------------------------------------------------- */
+
+/* Tiles of TT x TT items keep both sides of a transpose in L1: read row by row, a column of the
+ * weights touches one cache line per element (measured: a strided loop, or numpy's transpose,
+ * took a third of a 1x1 layer's backward-data on 7x7 images). */
+#define TT 16
+
+/* dst[j * dst_ld + i * item + u] = src[i * src_ld + j * item + (flip ? item - 1 - u : u)] for the
+ * items (i, j) of one tile, i in [i0, i1), j in [j0, j1). */
+static void transpose_tile(const float *src, int64_t src_ld, float *dst, int64_t dst_ld, int64_t item, int flip,
+                           int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    if (item == 1) {
+        for (int64_t j = j0; j < j1; j++)
+            for (int64_t i = i0; i < i1; i++)
+                dst[j * dst_ld + i] = src[i * src_ld + j];
+        return;
+    }
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t i = i0; i < i1; i++) {
+            const float *in = src + i * src_ld + j * item;
+            float *out = dst + j * dst_ld + i * item;
+            for (int64_t u = 0; u < item; u++)
+                out[u] = in[flip ? item - 1 - u : u];
+        }
+}
+
+/* Tile t of the transposes of `mats` matrices of rows x cols items: matrix m reads src + m *
+ * src_mat and writes dst + m * dst_mat.  Every output element is written by exactly one tile. */
+static void transpose_task(int64_t t, int64_t rows, int64_t cols, int64_t item, int flip, const float *src,
+                           int64_t src_ld, size_t src_mat, float *dst, int64_t dst_ld, size_t dst_mat) {
+    const int64_t ti = (rows + TT - 1) / TT, tj = (cols + TT - 1) / TT;
+    const int64_t m = t / (ti * tj), i0 = t / tj % ti * TT, j0 = t % tj * TT;
+    transpose_tile(src + m * src_mat, src_ld, dst + m * dst_mat, dst_ld, item, flip, i0, FC_MIN(rows, i0 + TT), j0,
+                   FC_MIN(cols, j0 + TT));
+}
+
+static int64_t transpose_tasks(int64_t mats, int64_t rows, int64_t cols) {
+    return mats * ((rows + TT - 1) / TT) * ((cols + TT - 1) / TT);
+}
+
+/* The kernel of the transposed convolution (fastconv.h): per group, the (kg x cg) matrix of r*s
+ * taps transposed, each tap run reversed when `flip` (the kernel turned by 180 degrees). */
+int fc_f32_swap_channels(int64_t groups, int64_t kg, int64_t cg, int64_t rs, int32_t flip, const float *w,
+                         float *wt, int nthreads) {
+    if (groups < 1 || kg < 1 || cg < 1 || rs < 1)
+        return FC_EINVAL;
+    const int64_t tasks = transpose_tasks(groups, kg, cg);
+#pragma omp parallel for num_threads(fc_team(nthreads, groups * kg * cg * rs, 1 << 16)) schedule(static)
+    for (int64_t t = 0; t < tasks; t++)
+        transpose_task(t, kg, cg, rs, flip, w, cg * rs, (size_t)kg * cg * rs, wt, kg * rs, (size_t)cg * kg * rs);
+    return FC_OK;
+}
 
 typedef struct {
     const fc_conv2d_desc *d;
     const fc_isa_config *cfg;
     int64_t mr, nr, cg, kg, rs, crs, crsp, pall, npanels;
+    int64_t ncb, mt; /* mr-channel blocks per group, and per task */
+    int assign;      /* every dx cell is one tile element (1x1, stride 1, no padding): store, not add */
     const float *wt; /* [g][crsp][kg] */
     const float *dyc; /* [g][kg][pall] */
     const int64_t *boff;
@@ -29,6 +86,16 @@ static void scatter(const dplan_t *P, const float *tiles, int64_t g, int64_t c0,
                     int64_t ncols, float *dx) {
     const fc_conv2d_desc *d = P->d;
     const int64_t ohw = d->oh * d->ow, tile = P->mr * P->nr;
+    if (P->assign) { /* the tile's rows are runs of dx planes (oh, ow) = (h, w) */
+        for (int64_t q = j0; q < j0 + ncols;) {
+            const int64_t n = q / ohw, p = q % ohw, len = FC_MIN(ohw - p, j0 + ncols - q);
+            for (int64_t i = 0; i < rows; i++)
+                memcpy(dx + ((size_t)n * d->c + g * P->cg + c0 + i) * ohw + p,
+                       tiles + (i / P->mr) * tile + (i % P->mr) * P->nr + (q - j0), (size_t)len * sizeof(float));
+            q += len;
+        }
+        return;
+    }
     for (int64_t q = j0; q < j0 + ncols;) {
         const int64_t n = q / ohw, oh = q % ohw / d->ow, ow = q % d->ow, len = FC_MIN(d->ow - ow, j0 + ncols - q);
         for (int64_t t = 0; t < P->rs; t++) {
@@ -58,20 +125,49 @@ static void scatter(const dplan_t *P, const float *tiles, int64_t g, int64_t c0,
     }
 }
 
-static void run_task(const dplan_t *P, int64_t g, int64_t cb, float *tiles, float *dx) {
-    const int64_t c0 = cb * P->mr, rows = FC_MIN(P->mr, P->cg - c0), tile = P->mr * P->nr, kc = P->cfg->kc;
-    const float *a0 = P->wt + ((size_t)g * P->crsp + c0 * P->rs) * P->kg;
-    for (int64_t pi = 0; pi < P->npanels; pi++) {
+/* Channel blocks [cb0, cb1) of group g over pixel panels [p0, p1): per panel and block of kc
+ * rows of dy, the panel's B sliver meets all (cb1 - cb0) * r*s A blocks of the task while it sits
+ * in L1 (a 1x1 layer has one A block per channel block: tasks of one block would read every B
+ * sliver from L2 for 8 channels' work). */
+static void run_task(const dplan_t *P, int64_t g, int64_t cb0, int64_t cb1, int64_t p0, int64_t p1, float *tiles,
+                     float *dx) {
+    const int64_t tile = P->mr * P->nr, kc = P->cfg->kc, blocks = (cb1 - cb0) * P->rs;
+    const float *a0 = P->wt + ((size_t)g * P->crsp + cb0 * P->mr * P->rs) * P->kg;
+    for (int64_t pi = p0; pi < p1; pi++) {
         const int64_t j0 = pi * P->nr, ncols = FC_MIN(P->nr, P->pall - j0), nv = (ncols + 15) / 16;
         const float *b0 = P->dyc + (size_t)g * P->kg * P->pall + j0;
         for (int64_t k0 = 0; k0 < P->kg; k0 += kc) {
             const int64_t kk = FC_MIN(kc, P->kg - k0);
-            for (int64_t blk = 0; blk < P->rs; blk++)
+            for (int64_t blk = 0; blk < blocks; blk++)
                 P->cfg->gemm[blk == 0][nv - 1](kk, a0 + (size_t)blk * P->mr * P->kg + k0, P->kg,
                                                b0 + (size_t)k0 * P->pall, P->boff, tiles + blk * tile, k0 > 0);
         }
-        scatter(P, tiles, g, c0, rows, j0, ncols, dx);
+        for (int64_t cb = cb0; cb < cb1; cb++)
+            scatter(P, tiles + (cb - cb0) * P->rs * tile, g, cb * P->mr, FC_MIN(P->mr, P->cg - cb * P->mr), j0, ncols,
+                    dx);
     }
+}
+
+/* Channel blocks per task: up to MAX_TASK_TILES tiles of partial sums (more reuse of each B
+ * sliver), as long as the task's A rows (mt * mr * r*s rows of kg) stay within MAX_TASK_A bytes
+ * (L2: they are read once per panel).  Then at least 4 tasks per thread (dynamic scheduling
+ * evens them out): 1x1 layers split the panels (each split re-reads A, not B); larger kernels
+ * cannot, since neighbouring pixels' taps add into the same input cells, and take fewer channel
+ * blocks per task instead. */
+#define MAX_TASK_TILES 32
+#define MAX_TASK_A (512 << 10)
+static void task_shape(const dplan_t *P, int nthreads, int64_t *mt, int64_t *pt) {
+    const int64_t block_bytes = P->mr * P->rs * P->kg * (int64_t)sizeof(float), want = 4 * (int64_t)nthreads;
+    *mt = FC_MAX(1, FC_MIN(FC_MIN(P->ncb, MAX_TASK_TILES / P->rs), MAX_TASK_A / block_bytes));
+    *pt = P->npanels;
+    if (P->rs > 1) {
+        while (*mt > 1 && P->d->groups * ((P->ncb + *mt - 1) / *mt) < want)
+            *mt = (*mt + 1) / 2;
+        return;
+    }
+    const int64_t mtasks = P->d->groups * ((P->ncb + *mt - 1) / *mt);
+    const int64_t pchunks = FC_MIN(P->npanels, (want + mtasks - 1) / mtasks);
+    *pt = (P->npanels + pchunks - 1) / pchunks;
 }
 
 int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const float *w, float *dx, int nthreads) {
@@ -82,15 +178,20 @@ int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const 
     P.kg = d->k / d->groups;
     P.rs = d->r * d->s;
     P.crs = P.cg * P.rs;
-    const int64_t ncb = (P.cg + P.mr - 1) / P.mr;
-    P.crsp = ncb * P.mr * P.rs;
+    P.ncb = (P.cg + P.mr - 1) / P.mr;
+    P.crsp = P.ncb * P.mr * P.rs;
     P.pall = d->n * d->oh * d->ow;
     P.npanels = (P.pall + P.nr - 1) / P.nr;
+    P.assign = P.rs == 1 && d->stride_h == 1 && d->stride_w == 1 && d->pad_top == 0 && d->pad_left == 0 &&
+               d->oh == d->h && d->ow == d->w;
     if (d->n < 1 || P.nr % 16 || P.nr > 48)
         return FC_EUNSUPPORTED;
-    const int64_t tasks = d->groups * ncb;
-    int team = fc_team(nthreads, tasks, 1);
-    const size_t tslice = fc_slice(fc_size_mul3(P.rs * P.mr, P.nr, sizeof(float)));
+    int64_t pt;
+    task_shape(&P, fc_team(nthreads, d->groups * P.ncb * P.npanels, 1), &P.mt, &pt);
+    const int64_t mchunks = (P.ncb + P.mt - 1) / P.mt, pchunks = (P.npanels + pt - 1) / pt;
+    const int64_t tasks = d->groups * mchunks * pchunks;
+    const int team = fc_team(nthreads, tasks, 1);
+    const size_t tslice = fc_slice(fc_size_mul3(P.mt * P.rs * P.mr, P.nr, sizeof(float)));
     size_t tbytes, dyfloats;
     fc_size_mul(tslice, (size_t)team, &tbytes);
     fc_size_add(fc_size_mul3(d->groups, P.kg, P.pall), 48, &dyfloats);
@@ -108,35 +209,36 @@ int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const 
     P.wt = wt;
     P.dyc = dyc;
     P.boff = boff;
-    const int64_t ohw = d->oh * d->ow;
+    const int64_t ohw = d->oh * d->ow, wtasks = transpose_tasks(d->groups, P.kg, P.crs);
 #pragma omp parallel num_threads(team)
     {
-        /* weight^T: row c*rs + t of group g (zero rows past cg) holds w[g*kg + k][c][t] over k. */
+        /* weight^T: row c*rs + t of group g holds w[g*kg + k][c][t] over k; zero rows past cg. */
 #pragma omp for schedule(static) nowait
-        for (int64_t row = 0; row < d->groups * P.crsp; row++) {
-            const int64_t g = row / P.crsp, rho = row % P.crsp;
-            float *out = wt + (size_t)row * P.kg;
-            if (rho >= P.crs)
-                memset(out, 0, (size_t)P.kg * sizeof(float));
-            else
-                for (int64_t k = 0; k < P.kg; k++)
-                    out[k] = w[((size_t)g * P.kg + k) * P.crs + rho];
-        }
+        for (int64_t t = 0; t < wtasks; t++)
+            transpose_task(t, P.kg, P.crs, 1, 0, w, P.crs, (size_t)P.kg * P.crs, wt, P.kg, (size_t)P.crsp * P.kg);
+#pragma omp for schedule(static) nowait
+        for (int64_t row = 0; row < d->groups * (P.crsp - P.crs); row++)
+            memset(wt + ((size_t)(row / (P.crsp - P.crs)) * P.crsp + P.crs + row % (P.crsp - P.crs)) * P.kg, 0,
+                   (size_t)P.kg * sizeof(float));
 #pragma omp for schedule(static) nowait
         for (int64_t v = 0; v < d->k * d->n; v++) { /* dy channel (g, k) of image n */
             const int64_t ch = v / d->n, n = v % d->n, g = ch / P.kg, k = ch % P.kg;
             memcpy(dyc + ((size_t)g * P.kg + k) * P.pall + n * ohw, dy + ((size_t)n * d->k + ch) * ohw,
                    (size_t)ohw * sizeof(float));
         }
-#pragma omp for schedule(static)
-        for (int64_t v = 0; v < d->n * d->c; v++)
-            memset(dx + (size_t)v * d->h * d->w, 0, (size_t)(d->h * d->w) * sizeof(float));
+        if (!P.assign) {
+#pragma omp for schedule(static) nowait
+            for (int64_t v = 0; v < d->n * d->c; v++)
+                memset(dx + (size_t)v * d->h * d->w, 0, (size_t)(d->h * d->w) * sizeof(float));
+        }
 #pragma omp single
         memset(dyc + (size_t)d->groups * P.kg * P.pall, 0, 48 * sizeof(float));
         float *tiles = (float *)(tb + tslice * (size_t)FC_THREAD_ID());
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < tasks; t++)
-            run_task(&P, t / ncb, t % ncb, tiles, dx);
+        for (int64_t t = 0; t < tasks; t++) { /* panels vary fastest: neighbouring tasks share A */
+            const int64_t g = t / (mchunks * pchunks), cb0 = t / pchunks % mchunks * P.mt, p0 = t % pchunks * pt;
+            run_task(&P, g, cb0, FC_MIN(P.ncb, cb0 + P.mt), p0, FC_MIN(P.npanels, p0 + pt), tiles, dx);
+        }
     }
 done:
     free(wt);

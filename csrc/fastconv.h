@@ -140,6 +140,11 @@ int fc_f64_relu(int64_t size, const double *x, double *y, int nthreads);
 int fc_f32_conv2d_bwd_data(const fc_conv2d_desc *d, const float *dy, const float *weight, float *dx, int nthreads);
 int fc_f64_conv2d_bwd_data(const fc_conv2d_desc *d, const double *dy, const double *weight, double *dx,
                            int nthreads);
+/* The kernel of the transposed convolution that computes a stride-1 backward-data: w (groups *
+ * kg, cg, r, s) -> wt (groups * cg, kg, r, s), wt[g*cg + c][k] = w[g*kg + k][c], each run of rs =
+ * r*s taps reversed when flip is nonzero (the kernel turned by 180 degrees). */
+int fc_f32_swap_channels(int64_t groups, int64_t kg, int64_t cg, int64_t rs, int32_t flip, const float *w,
+                         float *wt, int nthreads);
 int fc_f32_conv2d_bwd_weight(const fc_conv2d_desc *d, const float *x, const float *dy, float *dweight,
                              float *dbias, int nthreads);
 int fc_f64_conv2d_bwd_weight(const fc_conv2d_desc *d, const double *x, const double *dy, double *dweight,

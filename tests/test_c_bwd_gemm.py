@@ -86,12 +86,16 @@ def test_bwd_weight_non_finite_input(special, mode, monkeypatch):
     _check((2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1), special)
 
 
-def test_bwd_weight_on_avx2_kernels():
-    """The AVX2 6x16 tables (FASTCONV_ISA is read once per process: a child runs them)."""
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_bwd_gemms_on_other_kernel_tables(isa):
+    """The AVX2 6x16 and portable 4x16 tables (FASTCONV_ISA is read once per process: a child
+    runs them); the portable one for backward-data only (backward-weight's tests run it where
+    the CPU has no AVX2)."""
     _needs_c()
     if cbackend.isa() not in ("avx512", "avx2") or os.environ.get("FASTCONV_ISA"):
         pytest.skip("needs an AVX2 machine and no forced ISA")
-    env = {**os.environ, "FASTCONV_ISA": "avx2"}
+    env = {**os.environ, "FASTCONV_ISA": isa}
+    tests = "modes_match or non_finite or routes_match or thread_count" if isa == "avx2" else "bwd_data"
     run = subprocess.run(
         [
             sys.executable,
@@ -103,7 +107,7 @@ def test_bwd_weight_on_avx2_kernels():
             "no:cacheprovider",
             __file__,
             "-k",
-            "modes_match or non_finite or routes_match",
+            tests,
         ],
         env=env,
         capture_output=True,
@@ -113,21 +117,42 @@ def test_bwd_weight_on_avx2_kernels():
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
-@pytest.mark.parametrize("route", ["gemm", "forward"])
-@pytest.mark.parametrize(
-    "shape",
-    SHAPES + [(2, 9, 14, 14, 70, 3, 3, 2, 1, 1, 1), (2, 10, 15, 15, 17, 3, 3, 2, 0, 1, 1)],
-    ids=lambda s: "x".join(map(str, s)),
-)
-def test_bwd_data_routes_match_torch(shape, route, monkeypatch):
-    """Backward-data by the C GEMM + col2im (bwd_data_f32.c) and by the forward kernels."""
-    _needs_c()
-    monkeypatch.setenv("FASTCONV_BWD_DATA", route)
+#: Backward-data shapes beyond SHAPES: tasks of several channel blocks with a partial last one
+#: and a reduction longer than one kc block (1x1 layers store their tiles, no col2im), strided
+#: 1x1 layers with groups, and large images whose panels are split between tasks.
+DATA_SHAPES = SHAPES + [
+    (2, 9, 14, 14, 70, 3, 3, 2, 1, 1, 1),
+    (2, 10, 15, 15, 17, 3, 3, 2, 0, 1, 1),
+    (2, 200, 7, 7, 300, 1, 1, 1, 0, 1, 1),
+    (3, 70, 12, 12, 40, 1, 1, 2, 0, 1, 2),
+    (1, 24, 40, 40, 16, 3, 3, 2, 1, 1, 1),
+    (2, 44, 9, 9, 520, 3, 3, 1, 1, 1, 1),
+]
+
+
+def _bwd_data(shape, seed=1, special=None):
     n, c, h, w, k, r, s, st, pad, dil, g = shape
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     wt = rng.standard_normal((k, c // g, r, s)).astype(np.float32)
     p = Conv2dProblem(n, c, h, w, k, r, s, (st, st), (pad,) * 4, (dil, dil), g, "float32")
     gy = rng.standard_normal(p.output_shape).astype(np.float32)
+    if special == "inf":
+        gy[0, -1, 0, 0] = np.inf
+    if special == "nan":
+        gy[-1, 0, -1, -1] = np.nan
+    return p, wt, gy
+
+
+@pytest.mark.parametrize("route", ["gemm", "forward"])
+@pytest.mark.parametrize("special", [None, "inf", "nan"])
+@pytest.mark.parametrize("shape", DATA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bwd_data_routes_match_torch(shape, special, route, monkeypatch):
+    """Backward-data by the C GEMM + col2im (bwd_data_f32.c) and by the forward kernels, with
+    non-finite gradients (which reach every input cell their taps read, as torch's)."""
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_BWD_DATA", route)
+    n, c, h, w, k, r, s, st, pad, dil, g = shape
+    p, wt, gy = _bwd_data(shape, special=special)
     gx = cbackend.conv2d_bwd_data(p, gy, wt)
     ref = torch.ops.aten.convolution_backward(
         torch.from_numpy(gy),
@@ -142,4 +167,28 @@ def test_bwd_data_routes_match_torch(shape, route, monkeypatch):
         g,
         [True, False, False],
     )[0].numpy()
-    np.testing.assert_allclose(gx, ref, rtol=0, atol=4e-6 * np.sqrt(k * r * s) * max(1.0, float(np.abs(ref).max())))
+    finite = np.isfinite(ref)
+    scale = max(1.0, float(np.abs(ref[finite]).max()))
+    np.testing.assert_allclose(gx[finite], ref[finite], rtol=0, atol=4e-6 * np.sqrt(k * r * s) * scale)
+    assert np.array_equal(np.isnan(gx), np.isnan(ref)) and np.array_equal(np.isinf(gx), np.isinf(ref))
+    assert np.array_equal(gx[np.isinf(ref)], ref[np.isinf(ref)])
+
+
+@pytest.mark.parametrize("route", ["gemm", "forward"])
+@pytest.mark.parametrize("shape", DATA_SHAPES[-6:], ids=lambda s: "x".join(map(str, s)))
+def test_bwd_data_does_not_depend_on_thread_count(shape, route, monkeypatch):
+    """Each input cell is summed by one task in a fixed order: 1 and 3 threads agree bit for bit."""
+    _needs_c()
+    from fastconv import threads
+
+    monkeypatch.setenv("FASTCONV_BWD_DATA", route)
+    p, wt, gy = _bwd_data(shape, seed=2)
+    before = threads.get_num_threads()
+    try:
+        threads.set_num_threads(1)
+        one = cbackend.conv2d_bwd_data(p, gy, wt)
+        threads.set_num_threads(3)
+        three = cbackend.conv2d_bwd_data(p, gy, wt)
+    finally:
+        threads.set_num_threads(before)
+    assert np.array_equal(one, three)

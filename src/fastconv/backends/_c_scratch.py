@@ -128,11 +128,15 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
+#: bwd_data_f32.c's MAX_TASK_TILES and MAX_TASK_A.
+_BWD_DATA_TILES, _BWD_DATA_A_BYTES = 32, 512 << 10
+
+
 def conv2d_bwd_data_bytes(p, nthreads: int, isa: str | None = None) -> int:
     """Backward-data.  Stride-1 and lightly strided problems run as forward convolutions (checked
     on their own as they run); the rest reach the C kernel.  float32 (bwd_data_f32.c): the
-    weights transposed per group (cg rounded up to mr, x r*s x kg), a copy of grad_output and one
-    r*s*mr x nr tile per thread.  float64 (conv_bwd_impl.h): each thread's packing buffers and
+    weights transposed per group (cg rounded up to mr, x r*s x kg), a copy of grad_output and the
+    tiles of one task (mt channel blocks x r*s x mr x nr) per thread.  float64 (conv_bwd_impl.h): each thread's packing buffers and
     the columns of its (image, group) task, cg*r*s x oh*ow."""
     from . import c
     from ._bwd_common import zero_padded
@@ -147,10 +151,20 @@ def conv2d_bwd_data_bytes(p, nthreads: int, isa: str | None = None) -> int:
     rs = q.r * q.s
     if q.dtype == "float32":
         mr, nr, kc = _tile(isa)
-        weights = q.groups * _ceil(q.cg, mr) * mr * rs * q.kg
+        ncb, npanels = _ceil(q.cg, mr), _ceil(q.n * q.oh * q.ow, nr)
+        weights = q.groups * ncb * mr * rs * q.kg
         dy = q.groups * q.kg * q.n * q.oh * q.ow + 48
-        team = _team(nthreads, q.groups * _ceil(q.cg, mr))
-        return extra + 4 * (weights + dy) + team * _slice(rs * mr * nr * 4) + kc * 8
+        # task_shape: channel blocks per task (mt) and panel chunks, then the team.
+        mt = max(1, min(ncb, _BWD_DATA_TILES // rs, _BWD_DATA_A_BYTES // (mr * rs * q.kg * 4)))
+        want = 4 * _team(nthreads, q.groups * ncb * npanels)
+        if rs > 1:
+            while mt > 1 and q.groups * _ceil(ncb, mt) < want:
+                mt = (mt + 1) // 2
+            tasks = q.groups * _ceil(ncb, mt)
+        else:
+            mtasks = q.groups * _ceil(ncb, mt)
+            tasks = mtasks * _ceil(npanels, _ceil(npanels, min(npanels, _ceil(want, mtasks))))
+        return extra + 4 * (weights + dy) + _team(nthreads, tasks) * _slice(mt * rs * mr * nr * 4) + kc * 8
     pointwise = q.r == q.s == 1 and not (q.padding[0] or q.padding[2]) and q.oh == q.h and q.ow == q.w
     per_thread = _BWD_GEMM_ELEMENTS + (0 if pointwise else q.cg * rs * q.oh * q.ow)
     return extra + _team(nthreads, q.n * q.groups) * _slice(per_thread * _item(q))
