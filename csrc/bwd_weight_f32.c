@@ -42,6 +42,9 @@
 
 enum { DIRECT, PACKED, SWAP };
 
+int fc_f32_conv2d_bwd_weight_cl(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw, int nthreads,
+                                int fold); /* bwd_weight_cl_f32.c */
+
 typedef struct {
     const fc_conv2d_desc *d;
     const fc_isa_config *cfg;
@@ -334,6 +337,11 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
         P.mode = DIRECT;
     else if (force && !strcmp(force, "packed"))
         P.mode = PACKED;
+    else if (P.mode == PACKED) { /* the channels-last mode gathers nothing: measured faster */
+        const int status = fc_f32_conv2d_bwd_weight_cl(d, x, dy, dw, nthreads, -1);
+        if (status != FC_EUNSUPPORTED)
+            return status;
+    }
     P.ncols = P.mode == SWAP ? P.cg : P.kg;
     if (P.mode == DIRECT) {
         P.plane = P.ph.hq * P.ph.wq;
@@ -391,9 +399,12 @@ int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const
     double macs = (double)d->n * d->k * d->oh * d->ow * P.cg * P.rs;
     int team = fc_team(nthreads, macs > 1e15 ? (int64_t)1e15 : (int64_t)macs, 1 << 16);
     team = (int)FC_MIN(team, units);
-    /* Units per chunk: their tiles within about 256 KB, and chunks enough for every thread. */
-    int64_t chunk = FC_MAX(1, (256 * 1024) / (P.npan * P.mr * P.nr * (int64_t)sizeof(float)));
-    chunk = FC_MIN(chunk, (units + team - 1) / team);
+    /* Units per chunk: their tiles within about 256 KB, and the same number of chunks of about
+     * the same size for every thread (the static schedule below gives each thread a contiguous
+     * run of chunks; uneven runs left one thread idle for a third of the time). */
+    const int64_t cmax = FC_MAX(1, (256 * 1024) / (P.npan * P.mr * P.nr * (int64_t)sizeof(float)));
+    const int64_t rounds = (units + team * cmax - 1) / (team * cmax);
+    const int64_t chunk = (units + team * rounds - 1) / (team * rounds);
     const int64_t nchunks = (units + chunk - 1) / chunk;
 
     const size_t abytes = P.ain ? 1 : P.mode == DIRECT ? fc_size_mul3(fc_size_mul3(d->groups, P.cgp, P.chan), sizeof(float), 1)

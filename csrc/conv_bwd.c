@@ -48,16 +48,28 @@ static int pool_desc_ok(const fc_pool2d_desc *d) {
 
 int fc_f32_conv2d_bwd_weight_gemm(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw,
                                   int nthreads); /* bwd_weight_f32.c */
+int fc_f32_conv2d_bwd_weight_cl(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw, int nthreads,
+                                int fold); /* bwd_weight_cl_f32.c */
 
-/* float32 backward-weight: the microkernel GEMM of bwd_weight_f32.c where it takes the problem
- * (not for fewer than 16 output channels or mr / 2 input channels per group, where padding to
- * its tile would waste most of its work, and where its im2col rows cost more than the portable
- * kernel's: measured on the 3-channel stem), else the portable packed GEMM. */
+/* float32 backward-weight: the microkernel GEMMs of bwd_weight_f32.c (which hands small images
+ * to the channels-last mode of bwd_weight_cl_f32.c) where they take the problem; the channels-
+ * last mode for fewer than mr / 2 input channels per group (the 3-channel stem: its rows fold
+ * into one run of r*s*cg values per pixel); the portable packed GEMM for fewer than 16 output
+ * channels per group, where padding to the tile would waste most of the work.
+ * FASTCONV_BWD_WEIGHT=cl|clfold forces the channels-last mode (test hook). */
 static int f32_bwd_weight(const fc_conv2d_desc *d, const float *x, const float *dy, float *dw, float *db,
                           int nthreads) {
-    if (d->n < 1 || d->k / d->groups < 16 || 2 * (d->c / d->groups) < fc_config()->mr)
+    const char *force = getenv("FASTCONV_BWD_WEIGHT");
+    const int cl = force && (!strcmp(force, "cl") || !strcmp(force, "clfold"));
+    int status;
+    if (d->n >= 1 && cl)
+        status = fc_f32_conv2d_bwd_weight_cl(d, x, dy, dw, nthreads, !strcmp(force, "clfold"));
+    else if (d->n < 1 || d->k / d->groups < 16)
         return bwd_f32_conv2d_bwd_weight(d, x, dy, dw, db, nthreads);
-    int status = fc_f32_conv2d_bwd_weight_gemm(d, x, dy, dw, nthreads);
+    else if (2 * (d->c / d->groups) < fc_config()->mr)
+        status = d->r * d->s > 1 ? fc_f32_conv2d_bwd_weight_cl(d, x, dy, dw, nthreads, -1) : FC_EUNSUPPORTED;
+    else
+        status = fc_f32_conv2d_bwd_weight_gemm(d, x, dy, dw, nthreads);
     if (status == FC_EUNSUPPORTED)
         return bwd_f32_conv2d_bwd_weight(d, x, dy, dw, db, nthreads);
     if (status != FC_OK || !db)

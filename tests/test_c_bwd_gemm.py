@@ -1,8 +1,9 @@
 """The c backend's float32 backward GEMMs (weight: each mode; data: both routes), against torch.
 
 The kernel picks a mode per problem (direct planes, packed im2col rows, swap for 1x1 layers, A
-read in place for large 1x1 images); FASTCONV_BWD_WEIGHT=direct|packed forces one, so every
-shape here runs through each.  Shapes sit on the tile edges (channels around mr = 8/6/4,
+read in place for large 1x1 images, the channels-last copy for small images and few channels,
+folded or not); FASTCONV_BWD_WEIGHT=direct|packed|cl|clfold forces one, so every shape here
+runs through each, and FASTCONV_BWD_WEIGHT_PARTS the channels-last mode's pixel parts.  Shapes sit on the tile edges (channels around mr = 8/6/4,
 output channels around the 16/32/48-wide panels) and cover groups, strides, dilation, padding
 and non-finite inputs (which leave the direct mode for the portable kernel).
 """
@@ -36,8 +37,14 @@ SHAPES = [
     (2, 64, 24, 24, 16, 1, 1, 1, 0, 1, 2),
     (2, 64, 48, 48, 16, 1, 1, 2, 0, 1, 1),
     (2, 7, 23, 22, 17, 1, 1, 1, 0, 1, 1),
+    (2, 3, 30, 29, 20, 7, 7, 2, 3, 1, 1),  # the stem's shape: 3 channels, folded rows
+    (2, 3, 12, 12, 16, 3, 3, 1, 1, 2, 1),  # folded and dilated
+    (3, 24, 7, 7, 40, 3, 3, 1, 1, 1, 1),  # small image: channels last, dy copied
+    (1, 8, 17, 17, 32, 3, 3, 1, 1, 1, 1),  # dy read in place (17 x 17 >= 256 pixels)
 ]
-MODES = ["auto", "direct", "packed"]
+MODES = ["auto", "direct", "packed", "cl", "clfold"]
+#: Shapes the channels-last mode splits into pixel parts by itself (few panels).
+PARTS_SHAPES = [(2, 3, 30, 29, 20, 7, 7, 2, 3, 1, 1), (4, 16, 16, 16, 24, 1, 1, 1, 0, 1, 1)]
 
 
 def _needs_c():
@@ -86,16 +93,55 @@ def test_bwd_weight_non_finite_input(special, mode, monkeypatch):
     _check((2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1), special)
 
 
+@pytest.mark.parametrize("parts", ["1", "3", "16"])
+@pytest.mark.parametrize("shape", PARTS_SHAPES + SHAPES[:1], ids=lambda s: "x".join(map(str, s)))
+def test_bwd_weight_pixel_parts(shape, parts, monkeypatch):
+    """The channels-last mode's pixel parts (their sums added in order at the end), forced."""
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_BWD_WEIGHT", "cl")
+    monkeypatch.setenv("FASTCONV_BWD_WEIGHT_PARTS", parts)
+    _check(shape)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", PARTS_SHAPES + SHAPES[4:6], ids=lambda s: "x".join(map(str, s)))
+def test_bwd_weight_same_bits_on_any_thread_count(shape, mode, monkeypatch):
+    """Every mode sums in an order fixed by the problem: 1, 2 and 3 threads give the same bits."""
+    _needs_c()
+    import fastconv
+
+    if mode != "auto":
+        monkeypatch.setenv("FASTCONV_BWD_WEIGHT", mode)
+    n, c, h, w, k, r, s, st, pad, dil, g = shape
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    p = Conv2dProblem(n, c, h, w, k, r, s, (st, st), (pad,) * 4, (dil, dil), g, "float32")
+    gy = rng.standard_normal(p.output_shape).astype(np.float32)
+    before = fastconv.get_num_threads()
+    try:
+        results = []
+        for t in (1, 2, 3):
+            fastconv.set_num_threads(t)
+            results.append(cbackend.conv2d_bwd_weight(p, x, gy)[0])
+    finally:
+        fastconv.set_num_threads(before)
+    for other in results[1:]:
+        assert np.array_equal(results[0], other)
+
+
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
 def test_bwd_gemms_on_other_kernel_tables(isa):
     """The AVX2 6x16 and portable 4x16 tables (FASTCONV_ISA is read once per process: a child
-    runs them); the portable one for backward-data only (backward-weight's tests run it where
-    the CPU has no AVX2)."""
+    runs them); on the portable one, every backward-data test and backward-weight's modes."""
     _needs_c()
     if cbackend.isa() not in ("avx512", "avx2") or os.environ.get("FASTCONV_ISA"):
         pytest.skip("needs an AVX2 machine and no forced ISA")
     env = {**os.environ, "FASTCONV_ISA": isa}
-    tests = "modes_match or non_finite or routes_match or thread_count" if isa == "avx2" else "bwd_data"
+    tests = (
+        "modes_match or non_finite or routes_match or thread_count or pixel_parts"
+        if isa == "avx2"
+        else "bwd_data or modes_match or pixel_parts"
+    )
     run = subprocess.run(
         [
             sys.executable,

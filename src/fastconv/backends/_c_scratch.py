@@ -10,6 +10,8 @@ backward kernels (pool_bwd_impl.h) write straight into the gradient and need non
 
 from __future__ import annotations
 
+import os
+
 from .._args import check_scratch_size
 
 #: Scratch sizes check_scratch_size never refuses (it reads the free memory only above them).
@@ -170,6 +172,43 @@ def conv2d_bwd_data_bytes(p, nthreads: int, isa: str | None = None) -> int:
     return extra + _team(nthreads, q.n * q.groups) * _slice(per_thread * _item(q))
 
 
+def _bwd_weight_cl_bytes(q, isa: str | None, fold: bool | None = None) -> int | None:
+    """bwd_weight_cl_f32.c's buffers (None when the channels-last copy would be out of
+    proportion: then the caller's other mode runs): the zero-padded channels-last input (r times
+    over when folded), dy's rows unless read in place, the tiles of each pixel part, and int64
+    tables (panels, their columns, each output pixel's offset)."""
+    mr, nr, kc = _tile(isa)
+    (sh, sw), (dh, dw) = q.stride, q.dilation
+    if fold is None:
+        fold = q.cg * q.s < 48
+    fold = fold and q.r > 1
+    rows = q.oh if fold else (q.oh - 1) * sh + (q.r - 1) * dh + 1
+    wp = (q.ow - 1) * sw + (q.s - 1) * dw + 1
+    times = q.r if fold else 1
+    xs = q.n * q.c * rows * wp * times
+    if xs > 8 * (q.n * q.c * q.h * q.w * times + q.n * q.k * q.oh * q.ow) + 2**20:
+        return None
+    e = q.r * q.cg if fold else q.cg
+    nruns = (1 if fold else q.r) * (q.s if dw > 1 else 1)
+    runlen = e * (1 if dw > 1 else q.s)
+    full, rest = runlen // nr, _ceil(runlen % nr, 16) * 16
+    npan = nruns * (full + 1 if nr == 48 and rest == 16 and full >= 1 else full + (rest > 0))
+    maxpan = nruns * (runlen // nr + 2)
+    ohw, kgp = q.oh * q.ow, _ceil(q.kg, mr) * mr
+    npix = q.n * ohw
+    in_place = q.kg % mr == 0 and ohw >= 256
+    nblk = q.n * _ceil(ohw, kc) if in_place else _ceil(npix, kc)
+    parts = 1
+    while npan * parts < 8 and nblk >= 8 * parts:
+        parts *= 2
+    forced = os.environ.get("FASTCONV_BWD_WEIGHT_PARTS", "")
+    if forced.isdigit() and 1 <= int(forced) <= 16:
+        parts = min(int(forced), nblk)
+    tiles = parts * q.groups * (kgp // mr) * npan * mr * nr
+    a = 0 if in_place else q.groups * kgp * npix
+    return 4 * (xs + 64 + tiles + a) + 8 * (3 * maxpan + maxpan * nr + npix)
+
+
 def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
     """bwd_weight_f32.c's buffers (None when it leaves the problem to the portable kernel): the
     GEMM's A (a padded, phase-split copy of the input in direct mode; blocks of im2col rows in
@@ -177,6 +216,11 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
     panels) and the output tiles, floats, plus small int64 tables."""
     mr, nr, kc = _tile(isa)
     (sh, sw), (dh, dw) = q.stride, q.dilation
+    forced = os.environ.get("FASTCONV_BWD_WEIGHT", "")
+    if forced in ("cl", "clfold"):
+        return _bwd_weight_cl_bytes(q, isa, forced == "clfold")
+    if q.kg >= 16 and 2 * q.cg < mr and q.r * q.s > 1:
+        return _bwd_weight_cl_bytes(q, isa)
     if not (q.kg >= 16 and 2 * q.cg >= mr) or sh > 64 or sw > 64:
         return None
     na, nb = _phases(q.r, dh, sh), _phases(q.s, dw, sw)
@@ -193,6 +237,12 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
         mode = "packed"
     else:
         mode = "direct"
+    if forced in ("direct", "packed"):
+        mode = forced
+    elif mode == "packed":  # handed to the channels-last mode where it takes the problem
+        cl = _bwd_weight_cl_bytes(q, isa)
+        if cl is not None:
+            return cl
     cols = q.cg if mode == "swap" else q.kg
     full, rest = cols // nr, _ceil(cols % nr, 16) * 16
     npad, npan = full * nr + rest, full + (rest > 0)
