@@ -76,10 +76,44 @@ typedef struct {
     int64_t mr, nr, cg, kg, rs, crs, crsp, pall, npanels;
     int64_t ncb, mt; /* mr-channel blocks per group, and per task */
     int assign;      /* every dx cell is one tile element (1x1, stride 1, no padding): store, not add */
+    int in_place;    /* B rows read from dy itself, panels within one image (else from dyc) */
+    int64_t ohw, ppi; /* pixels per image; panels per image (in place) */
     const float *wt; /* [g][crsp][kg] */
+    const float *dy;
     const float *dyc; /* [g][kg][pall] */
-    const int64_t *boff;
+    const int64_t *boff; /* [kc] row offsets of B: p * pall (dyc) or p * ohw (dy) */
+    const int64_t *poff; /* [kc] p * nr: a packed panel */
 } dplan_t;
+
+/* Panel pi of group g: its first pixel over the batch (*q), its width, and its B rows (row p at
+ * the result + p * *ld; *boff: the kernel's table of those offsets).  In place, a panel whose 16-column vectors would read past the end of
+ * dy (the last image's last channels) is copied into `pack` (kg x nr) first. */
+static const float *panel_b(const dplan_t *P, int64_t g, int64_t pi, float *pack, int64_t *q, int64_t *ncols,
+                            int64_t *ld, const int64_t **boff) {
+    const fc_conv2d_desc *d = P->d;
+    *boff = P->boff;
+    if (!P->in_place) {
+        *q = pi * P->nr;
+        *ncols = FC_MIN(P->nr, P->pall - *q);
+        *ld = P->pall;
+        return P->dyc + (size_t)g * P->kg * P->pall + *q;
+    }
+    const int64_t n = pi / P->ppi, q0 = pi % P->ppi * P->nr;
+    *ncols = FC_MIN(P->nr, P->ohw - q0);
+    *q = n * P->ohw + q0;
+    *ld = P->ohw;
+    const float *b = P->dy + ((size_t)n * d->k + g * P->kg) * P->ohw + q0;
+    const int64_t cols = (*ncols + 15) / 16 * 16;
+    if (n < d->n - 1 || g < d->groups - 1 || (P->kg - 1) * P->ohw + q0 + cols <= P->kg * P->ohw)
+        return b;
+    for (int64_t p = 0; p < P->kg; p++) {
+        memcpy(pack + p * P->nr, b + p * P->ohw, (size_t)*ncols * sizeof(float));
+        memset(pack + p * P->nr + *ncols, 0, (size_t)(cols - *ncols) * sizeof(float));
+    }
+    *ld = P->nr;
+    *boff = P->poff;
+    return pack;
+}
 
 /* dx planes of channels [c0, c0 + rows) of group g += the tiles of one panel (pixels j0 ...). */
 static void scatter(const dplan_t *P, const float *tiles, int64_t g, int64_t c0, int64_t rows, int64_t j0,
@@ -130,17 +164,19 @@ static void scatter(const dplan_t *P, const float *tiles, int64_t g, int64_t c0,
  * in L1 (a 1x1 layer has one A block per channel block: tasks of one block would read every B
  * sliver from L2 for 8 channels' work). */
 static void run_task(const dplan_t *P, int64_t g, int64_t cb0, int64_t cb1, int64_t p0, int64_t p1, float *tiles,
-                     float *dx) {
+                     float *pack, float *dx) {
     const int64_t tile = P->mr * P->nr, kc = P->cfg->kc, blocks = (cb1 - cb0) * P->rs;
     const float *a0 = P->wt + ((size_t)g * P->crsp + cb0 * P->mr * P->rs) * P->kg;
     for (int64_t pi = p0; pi < p1; pi++) {
-        const int64_t j0 = pi * P->nr, ncols = FC_MIN(P->nr, P->pall - j0), nv = (ncols + 15) / 16;
-        const float *b0 = P->dyc + (size_t)g * P->kg * P->pall + j0;
+        int64_t j0, ncols, ld;
+        const int64_t *boff;
+        const float *b0 = panel_b(P, g, pi, pack, &j0, &ncols, &ld, &boff);
+        const int64_t nv = (ncols + 15) / 16;
         for (int64_t k0 = 0; k0 < P->kg; k0 += kc) {
             const int64_t kk = FC_MIN(kc, P->kg - k0);
             for (int64_t blk = 0; blk < blocks; blk++)
-                P->cfg->gemm[blk == 0][nv - 1](kk, a0 + (size_t)blk * P->mr * P->kg + k0, P->kg,
-                                               b0 + (size_t)k0 * P->pall, P->boff, tiles + blk * tile, k0 > 0);
+                P->cfg->gemm[blk == 0][nv - 1](kk, a0 + (size_t)blk * P->mr * P->kg + k0, P->kg, b0 + k0 * ld, boff,
+                                               tiles + blk * tile, k0 > 0);
         }
         for (int64_t cb = cb0; cb < cb1; cb++)
             scatter(P, tiles + (cb - cb0) * P->rs * tile, g, cb * P->mr, FC_MIN(P->mr, P->cg - cb * P->mr), j0, ncols,
@@ -170,8 +206,21 @@ static void task_shape(const dplan_t *P, int nthreads, int64_t *mt, int64_t *pt)
     *pt = (P->npanels + pchunks - 1) / pchunks;
 }
 
+/* B read in place from dy unless panels confined to one image would waste more than 1/8 of the
+ * columns on tails (7x7 images: 64 columns for 49 pixels), where copying dy so that panels span
+ * images costs less.  FASTCONV_BWD_DATA_B=in_place|copy forces one (tests reach both). */
+static int choose_in_place(const dplan_t *P) {
+    const int64_t ohw = P->ohw, per_image = ohw / P->nr * P->nr + (ohw % P->nr + 15) / 16 * 16;
+    const char *force = getenv("FASTCONV_BWD_DATA_B");
+    if (force && !strcmp(force, "in_place"))
+        return 1;
+    if (force && !strcmp(force, "copy"))
+        return 0;
+    return 8 * per_image <= 9 * ohw;
+}
+
 int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const float *w, float *dx, int nthreads) {
-    dplan_t P = {.d = d, .cfg = fc_config()};
+    dplan_t P = {.d = d, .cfg = fc_config(), .dy = dy};
     P.mr = P.cfg->mr;
     P.nr = P.cfg->nr;
     P.cg = d->c / d->groups;
@@ -180,36 +229,46 @@ int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const 
     P.crs = P.cg * P.rs;
     P.ncb = (P.cg + P.mr - 1) / P.mr;
     P.crsp = P.ncb * P.mr * P.rs;
-    P.pall = d->n * d->oh * d->ow;
-    P.npanels = (P.pall + P.nr - 1) / P.nr;
+    P.ohw = d->oh * d->ow;
+    P.pall = d->n * P.ohw;
     P.assign = P.rs == 1 && d->stride_h == 1 && d->stride_w == 1 && d->pad_top == 0 && d->pad_left == 0 &&
                d->oh == d->h && d->ow == d->w;
     if (d->n < 1 || P.nr % 16 || P.nr > 48)
         return FC_EUNSUPPORTED;
+    P.in_place = choose_in_place(&P);
+    P.ppi = (P.ohw + P.nr - 1) / P.nr;
+    P.npanels = P.in_place ? d->n * P.ppi : (P.pall + P.nr - 1) / P.nr;
     int64_t pt;
     task_shape(&P, fc_team(nthreads, d->groups * P.ncb * P.npanels, 1), &P.mt, &pt);
     const int64_t mchunks = (P.ncb + P.mt - 1) / P.mt, pchunks = (P.npanels + pt - 1) / pt;
     const int64_t tasks = d->groups * mchunks * pchunks;
     const int team = fc_team(nthreads, tasks, 1);
-    const size_t tslice = fc_slice(fc_size_mul3(P.mt * P.rs * P.mr, P.nr, sizeof(float)));
-    size_t tbytes, dyfloats;
+    /* Per thread: the task's tiles, and (in place) room for one packed panel. */
+    const size_t tile_floats = fc_size_mul3(P.mt * P.rs * P.mr, P.nr, 1);
+    size_t slice_floats, tbytes, dyfloats = 0;
+    fc_size_add(tile_floats, P.in_place ? fc_size_mul3(P.kg, P.nr, 1) : 0, &slice_floats);
+    const size_t tslice = fc_slice(fc_size_mul3(slice_floats, sizeof(float), 1));
     fc_size_mul(tslice, (size_t)team, &tbytes);
-    fc_size_add(fc_size_mul3(d->groups, P.kg, P.pall), 48, &dyfloats);
+    if (!P.in_place)
+        fc_size_add(fc_size_mul3(d->groups, P.kg, P.pall), 48, &dyfloats);
     float *wt = fc_alloc(fc_size_mul3(fc_size_mul3(d->groups, P.crsp, P.kg), sizeof(float), 1));
-    float *dyc = fc_alloc(fc_size_mul3(dyfloats, sizeof(float), 1));
+    float *dyc = P.in_place ? NULL : fc_alloc(fc_size_mul3(dyfloats, sizeof(float), 1));
     char *tb = fc_alloc(tbytes);
-    int64_t *boff = fc_alloc(fc_size_mul3(P.cfg->kc, sizeof(int64_t), 1));
+    int64_t *boff = fc_alloc(fc_size_mul3(P.cfg->kc, 2 * sizeof(int64_t), 1));
     int status = FC_OK;
-    if (!wt || !dyc || !tb || !boff) {
+    if (!wt || (!P.in_place && !dyc) || !tb || !boff) {
         status = FC_ENOMEM;
         goto done;
     }
-    for (int64_t p = 0; p < P.cfg->kc; p++)
-        boff[p] = p * P.pall;
+    for (int64_t p = 0; p < P.cfg->kc; p++) {
+        boff[p] = p * (P.in_place ? P.ohw : P.pall);
+        boff[P.cfg->kc + p] = p * P.nr;
+    }
     P.wt = wt;
     P.dyc = dyc;
     P.boff = boff;
-    const int64_t ohw = d->oh * d->ow, wtasks = transpose_tasks(d->groups, P.kg, P.crs);
+    P.poff = boff + P.cfg->kc;
+    const int64_t ohw = P.ohw, wtasks = transpose_tasks(d->groups, P.kg, P.crs);
 #pragma omp parallel num_threads(team)
     {
         /* weight^T: row c*rs + t of group g holds w[g*kg + k][c][t] over k; zero rows past cg. */
@@ -220,24 +279,27 @@ int fc_f32_conv2d_bwd_data_gemm(const fc_conv2d_desc *d, const float *dy, const 
         for (int64_t row = 0; row < d->groups * (P.crsp - P.crs); row++)
             memset(wt + ((size_t)(row / (P.crsp - P.crs)) * P.crsp + P.crs + row % (P.crsp - P.crs)) * P.kg, 0,
                    (size_t)P.kg * sizeof(float));
+        if (!P.in_place) {
 #pragma omp for schedule(static) nowait
-        for (int64_t v = 0; v < d->k * d->n; v++) { /* dy channel (g, k) of image n */
-            const int64_t ch = v / d->n, n = v % d->n, g = ch / P.kg, k = ch % P.kg;
-            memcpy(dyc + ((size_t)g * P.kg + k) * P.pall + n * ohw, dy + ((size_t)n * d->k + ch) * ohw,
-                   (size_t)ohw * sizeof(float));
+            for (int64_t v = 0; v < d->k * d->n; v++) { /* dy channel (g, k) of image n */
+                const int64_t ch = v / d->n, n = v % d->n, g = ch / P.kg, k = ch % P.kg;
+                memcpy(dyc + ((size_t)g * P.kg + k) * P.pall + n * ohw, dy + ((size_t)n * d->k + ch) * ohw,
+                       (size_t)ohw * sizeof(float));
+            }
+#pragma omp single nowait
+            memset(dyc + (size_t)d->groups * P.kg * P.pall, 0, 48 * sizeof(float));
         }
         if (!P.assign) {
 #pragma omp for schedule(static) nowait
             for (int64_t v = 0; v < d->n * d->c; v++)
                 memset(dx + (size_t)v * d->h * d->w, 0, (size_t)(d->h * d->w) * sizeof(float));
         }
-#pragma omp single
-        memset(dyc + (size_t)d->groups * P.kg * P.pall, 0, 48 * sizeof(float));
-        float *tiles = (float *)(tb + tslice * (size_t)FC_THREAD_ID());
+#pragma omp barrier
+        float *tiles = (float *)(tb + tslice * (size_t)FC_THREAD_ID()), *pack = tiles + tile_floats;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; t++) { /* panels vary fastest: neighbouring tasks share A */
             const int64_t g = t / (mchunks * pchunks), cb0 = t / pchunks % mchunks * P.mt, p0 = t % pchunks * pt;
-            run_task(&P, g, cb0, FC_MIN(P.ncb, cb0 + P.mt), p0, FC_MIN(P.npanels, p0 + pt), tiles, dx);
+            run_task(&P, g, cb0, FC_MIN(P.ncb, cb0 + P.mt), p0, FC_MIN(P.npanels, p0 + pt), tiles, pack, dx);
         }
     }
 done:
