@@ -297,9 +297,8 @@ static void scatter(const dplan_t *P, const float *tiles, int64_t g, int64_t c0,
     if (P->assign) { /* the tile's rows are runs of dx planes (oh, ow) = (h, w) */
         for (int64_t q = j0; q < j0 + ncols;) {
             const int64_t n = q / ohw, p = q % ohw, len = FC_MIN(ohw - p, j0 + ncols - q);
-            for (int64_t i = 0; i < rows; i++)
-                memcpy(dx + ((size_t)n * d->c + g * P->cg + c0 + i) * ohw + p,
-                       tiles + (i / P->mr) * tile + (i % P->mr) * P->nr + (q - j0), (size_t)len * sizeof(float));
+            P->cfg->store(tiles + (q - j0), P->nr, rows, len, NULL, NULL, dx + ((size_t)n * d->c + g * P->cg + c0) * ohw + p,
+                          ohw, 0);
             q += len;
         }
         return;
