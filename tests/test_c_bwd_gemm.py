@@ -137,11 +137,8 @@ def test_bwd_gemms_on_other_kernel_tables(isa):
     if cbackend.isa() not in ("avx512", "avx2") or os.environ.get("FASTCONV_ISA"):
         pytest.skip("needs an AVX2 machine and no forced ISA")
     env = {**os.environ, "FASTCONV_ISA": isa}
-    tests = (
-        "modes_match or non_finite or routes_match or thread_count or pixel_parts"
-        if isa == "avx2"
-        else "bwd_data or modes_match or pixel_parts"
-    )
+    both = "b_sources or thread_count or pixel_parts"
+    tests = f"modes_match or non_finite or {both}" if isa == "avx2" else f"modes_match or {both}"
     run = subprocess.run(
         [
             sys.executable,
@@ -218,6 +215,22 @@ def test_bwd_data_routes_match_torch(shape, special, route, monkeypatch):
     np.testing.assert_allclose(gx[finite], ref[finite], rtol=0, atol=4e-6 * np.sqrt(k * r * s) * scale)
     assert np.array_equal(np.isnan(gx), np.isnan(ref)) and np.array_equal(np.isinf(gx), np.isinf(ref))
     assert np.array_equal(gx[np.isinf(ref)], ref[np.isinf(ref)])
+
+
+@pytest.mark.parametrize("b_source", ["in_place", "copy"])
+@pytest.mark.parametrize("shape", DATA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bwd_data_gemm_b_sources(shape, b_source, monkeypatch):
+    """The GEMM's B rows read from grad_output in place (panels within one image; the last
+    image's tail panels packed, not read past the end) or from a copy whose panels span images
+    (FASTCONV_BWD_DATA_B forces one): the same gradient as the forward route's."""
+    _needs_c()
+    p, wt, gy = _bwd_data(shape, seed=3)
+    monkeypatch.setenv("FASTCONV_BWD_DATA", "forward")
+    want = cbackend.conv2d_bwd_data(p, gy, wt)
+    monkeypatch.setenv("FASTCONV_BWD_DATA", "gemm")
+    monkeypatch.setenv("FASTCONV_BWD_DATA_B", b_source)
+    got = cbackend.conv2d_bwd_data(p, gy, wt)
+    np.testing.assert_allclose(got, want, rtol=0, atol=4e-6 * np.sqrt(p.k * p.r * p.s) * max(1.0, np.abs(want).max()))
 
 
 @pytest.mark.parametrize("route", ["gemm", "forward"])

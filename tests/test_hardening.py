@@ -682,10 +682,14 @@ SCRATCH_RSS = textwrap.dedent("""
         p = Conv2dProblem(1, 2**14, 1, 1, 1, 3, 3, (1, 1), (1,) * 4, (1, 1), 1, "float32", algorithm="winograd")
         x, w = np.ones((1, 2**14, 1, 1), np.float32), np.ones((1, 2**14, 3, 3), np.float32)
         run = lambda: fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c")
-    else:
+    elif which == "bwd_data":
         p = Conv2dProblem(1, 1, 300, 300, 1, 48, 48, (3, 3), (0,) * 4, (1, 1), 1, "float64", direction="bwd_data")
         w, g = np.ones((1, 1, 48, 48)), np.ones((1, 1, 85, 85))
         run = lambda: grad.conv2d_input((1, 1, 300, 300), w, g, stride=3, backend="c")
+    else:  # the float32 GEMM with a copy of grad_output (FASTCONV_BWD_DATA_B=copy)
+        p = Conv2dProblem(1, 16, 300, 300, 768, 3, 3, (2, 2), (1,) * 4, (1, 1), 1, "float32", direction="bwd_data")
+        w, g = np.ones((768, 16, 3, 3), np.float32), np.ones((1, 768, 150, 150), np.float32)
+        run = lambda: grad.conv2d_input((1, 16, 300, 300), w, g, stride=2, padding=1, backend="c")
     def peak():  # VmHWM: this process image's peak (ru_maxrss would carry the parent's across exec)
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
@@ -698,13 +702,16 @@ SCRATCH_RSS = textwrap.dedent("""
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason="AddressSanitizer's allocator and shadow")
-@pytest.mark.parametrize("which", ["winograd", "bwd_data"])
+@pytest.mark.parametrize("which", ["winograd", "bwd_data", "bwd_data_f32"])
 def test_scratch_estimate_matches_what_the_kernel_takes(which):
     """The Python mirror of the C sizing is what the kernel really takes (peak RSS of a fresh
     process): within a quarter, so the refusal above neither misses nor over-refuses."""
     if "c" not in _backends():
         pytest.skip("c not available")
-    proc = subprocess.run([sys.executable, "-c", SCRATCH_RSS, which], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "FASTCONV_BWD_DATA_B": "copy"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRATCH_RSS, which], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     grown, estimate = map(int, proc.stdout.split())
     assert estimate > 2**26

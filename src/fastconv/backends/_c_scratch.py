@@ -134,11 +134,21 @@ def _ceil(a: int, b: int) -> int:
 _BWD_DATA_TILES, _BWD_DATA_A_BYTES = 32, 512 << 10
 
 
+def _bwd_data_in_place(ohw: int, nr: int) -> bool:
+    """bwd_data_f32.c's choose_in_place: dy read in place unless panels within one image waste
+    more than 1/8 of their columns (then dy is copied so that panels span images)."""
+    force = os.environ.get("FASTCONV_BWD_DATA_B")
+    if force in ("in_place", "copy"):
+        return force == "in_place"
+    return 8 * (ohw // nr * nr + _ceil(ohw % nr, 16) * 16) <= 9 * ohw
+
+
 def conv2d_bwd_data_bytes(p, nthreads: int, isa: str | None = None) -> int:
     """Backward-data.  Stride-1 and lightly strided problems run as forward convolutions (checked
-    on their own as they run); the rest reach the C kernel.  float32 (bwd_data_f32.c): the
-    weights transposed per group (cg rounded up to mr, x r*s x kg), a copy of grad_output and the
-    tiles of one task (mt channel blocks x r*s x mr x nr) per thread.  float64 (conv_bwd_impl.h): each thread's packing buffers and
+    on their own as they run); the rest reach the C kernel.  float32 (bwd_data_f32.c): a copy
+    of grad_output (unless read in place), and per thread the tiles and packed weight blocks of
+    one task (mt channel blocks x r*s x mr x (nr + kg)) and, in place, one packed panel (kg x nr).
+    float64 (conv_bwd_impl.h): each thread's packing buffers and
     the columns of its (image, group) task, cg*r*s x oh*ow."""
     from . import c
     from ._bwd_common import zero_padded
@@ -153,9 +163,10 @@ def conv2d_bwd_data_bytes(p, nthreads: int, isa: str | None = None) -> int:
     rs = q.r * q.s
     if q.dtype == "float32":
         mr, nr, kc = _tile(isa)
-        ncb, npanels = _ceil(q.cg, mr), _ceil(q.n * q.oh * q.ow, nr)
-        weights = q.groups * ncb * mr * rs * q.kg
-        dy = q.groups * q.kg * q.n * q.oh * q.ow + 48
+        ohw = q.oh * q.ow
+        in_place = _bwd_data_in_place(ohw, nr)
+        ncb, npanels = _ceil(q.cg, mr), q.n * _ceil(ohw, nr) if in_place else _ceil(q.n * ohw, nr)
+        dy = 0 if in_place else q.groups * q.kg * q.n * ohw + 48
         # task_shape: channel blocks per task (mt) and panel chunks, then the team.
         mt = max(1, min(ncb, _BWD_DATA_TILES // rs, _BWD_DATA_A_BYTES // (mr * rs * q.kg * 4)))
         want = 4 * _team(nthreads, q.groups * ncb * npanels)
@@ -166,7 +177,8 @@ def conv2d_bwd_data_bytes(p, nthreads: int, isa: str | None = None) -> int:
         else:
             mtasks = q.groups * _ceil(ncb, mt)
             tasks = mtasks * _ceil(npanels, _ceil(npanels, min(npanels, _ceil(want, mtasks))))
-        return extra + 4 * (weights + dy) + _team(nthreads, tasks) * _slice(mt * rs * mr * nr * 4) + kc * 8
+        per_thread = _slice((mt * rs * mr * (nr + q.kg) + (q.kg * nr if in_place else 0)) * 4)
+        return extra + 4 * dy + _team(nthreads, tasks) * per_thread + kc * 16
     pointwise = q.r == q.s == 1 and not (q.padding[0] or q.padding[2]) and q.oh == q.h and q.ow == q.w
     per_thread = _BWD_GEMM_ELEMENTS + (0 if pointwise else q.cg * rs * q.oh * q.ow)
     return extra + _team(nthreads, q.n * q.groups) * _slice(per_thread * _item(q))

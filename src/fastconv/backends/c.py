@@ -544,16 +544,23 @@ def _bwd_data_phases(p, q, grad_output, weight):
 
 
 def _gemm_bwd_data(q) -> bool:
-    """Whether the C kernel's own GEMM + col2im beats the forward kernels (float32): on strided
-    layers, which otherwise take one small convolution per phase (ResNet-50's strided 3x3 layers:
-    0.40-0.71x torch by phases, 0.84-0.93x so).  Not strided 1x1 layers, whose one phase with a
-    tap is a single forward GEMM (the projections: 1.1-3.6x torch that way, 0.55-1.1x by col2im),
-    nor stride-1 layers, faster on the forward kernels.
+    """Whether the C kernel's own GEMM + col2im (float32, weight^T read without a transpose)
+    beats the forward kernels, which need the kernel transposed first and, for strided layers,
+    one small convolution per phase of the input grid.  Measured on ResNet-50's layers (batch 8,
+    2 threads, CPU clock): every strided layer (3x3: 0.84-1.2x torch against 0.5-0.8x by phases;
+    1x1 projections: 1.2-3.0x, as fast as by phases or slightly faster), and 1x1 layers on images
+    up to 16x16 (0.85-1.05x against 0.67-0.85x) or with at least twice as many output as input
+    channels (1.25-1.28x against 1.14-1.17x); not the other stride-1 layers (on 56x56 and 28x28 images with few output
+    channels each tile's short reduction leaves it 0.6-0.9x the forward route's speed).
     FASTCONV_BWD_DATA=gemm|forward forces one (tests reach both)."""
     force = os.environ.get("FASTCONV_BWD_DATA")
     if force:
         return force == "gemm" and q.dtype == "float32"
-    return q.dtype == "float32" and q.cg >= 8 and q.stride != (1, 1) and q.r * q.s > 1
+    if q.dtype != "float32" or q.cg < 8:
+        return False
+    if q.stride != (1, 1):
+        return True
+    return q.r * q.s == 1 and (q.oh * q.ow <= 256 or q.kg >= 2 * q.cg)
 
 
 def conv2d_bwd_data(p, grad_output, weight):
