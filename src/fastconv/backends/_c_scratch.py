@@ -236,7 +236,7 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
         npan = full + 2
     rows = {"direct": rs * cgp, "packed": crsp, "swap": _ceil(q.kg, mr) * mr}[mode]
     in_place = (
-        ohw >= 512
+        ohw >= (196 if mode == "swap" else 49)
         and unpadded_1x1
         and (
             (mode == "swap" and q.kg % mr == 0)
