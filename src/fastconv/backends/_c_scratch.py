@@ -225,7 +225,7 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
         mode = "direct"
     if forced in ("direct", "packed"):
         mode = forced
-    elif mode == "packed":  # handed to the channels-last mode where it takes the problem
+    elif rs > 1:  # handed to the channels-last mode where it takes the problem
         cl = _bwd_weight_cl_bytes(q, isa)
         if cl is not None:
             return cl
