@@ -251,3 +251,38 @@ def test_bwd_data_does_not_depend_on_thread_count(shape, route, monkeypatch):
     finally:
         threads.set_num_threads(before)
     assert np.array_equal(one, three)
+
+
+SCRATCH_RSS = """
+import sys
+import numpy as np
+import fastconv
+from fastconv.backends import _c_scratch, c
+from fastconv.problem import Conv2dProblem
+fastconv.set_num_threads(1)
+n, cc, h, w, k, r, s, st, pad = map(int, sys.argv[1:10])
+p = Conv2dProblem(n, cc, h, w, k, r, s, (st, st), (pad,) * 4, (1, 1), 1, "float32", direction="bwd_weight")
+x, gy = np.ones(p.input_shape, np.float32), np.ones(p.output_shape, np.float32)
+small = Conv2dProblem(1, 1, 4, 4, 1, 1, 1, (1, 1), (0,) * 4, (1, 1), 1, "float32", direction="bwd_weight")
+c.conv2d_bwd_weight(small, np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 4, 4), np.float32))
+def peak():  # VmHWM: this process image's peak
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+before = peak()
+c.conv2d_bwd_weight(p, x, gy)
+print(peak() - before - 4 * int(np.prod(p.weight_shape)), _c_scratch.conv2d_bytes(p, 1))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason="AddressSanitizer's allocator and shadow")
+@pytest.mark.parametrize("shape", ["8 3 224 224 64 7 7 2 3", "8 512 7 7 512 3 3 1 1"], ids=["stem", "7x7"])
+def test_bwd_weight_scratch_estimate_matches_the_kernel(shape):
+    """The Python mirror of the channels-last mode's sizing (folded stem, small image with dy
+    copied) is what the kernel takes: peak RSS of a fresh process, less the weight gradient."""
+    _needs_c()
+    proc = subprocess.run([sys.executable, "-c", SCRATCH_RSS, *shape.split()], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    grown, estimate = map(int, proc.stdout.split())
+    assert estimate > 2**23
+    assert 0.75 * estimate < grown < 1.25 * estimate + 2**22, (grown, estimate)

@@ -251,7 +251,7 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
         mode = "direct"
     if forced in ("direct", "packed"):
         mode = forced
-    elif mode == "packed":  # handed to the channels-last mode where it takes the problem
+    elif rs > 1:  # handed to the channels-last mode where it takes the problem
         cl = _bwd_weight_cl_bytes(q, isa)
         if cl is not None:
             return cl
@@ -262,7 +262,7 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
         npan = full + 2
     rows = {"direct": rs * cgp, "packed": crsp, "swap": _ceil(q.kg, mr) * mr}[mode]
     in_place = (
-        ohw >= 512
+        ohw >= (196 if mode == "swap" else 49)
         and unpadded_1x1
         and (
             (mode == "swap" and q.kg % mr == 0)
