@@ -81,7 +81,7 @@ def _fewc_bytes(p, isa: str | None = None) -> int:
     force = os.environ.get("FASTCONV_F32_FEWC")
     if force == "off" or (force != "on" and (p.c > _FEWC_MAX_C or p.ow < _FEWC_MIN_OW)):
         return 0
-    return -(-p.k // 8) * 8 * crs * 4 + crs * 8
+    return -(-p.k // 8) * 8 * crs * 4 + crs * 8 + 64 + 60  # + its header, + rounding the planes
 
 
 # -- Winograd F(4x4, 3x3) (conv_winograd_f32.c) ------------------------------------------------
