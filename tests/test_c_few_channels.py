@@ -1,10 +1,10 @@
-"""The c backend's few-input-channel convolution (csrc/conv_fewc_f32.c, AVX-512), against torch.
+"""The c backend's few-input-channel convolution (csrc/conv_fewc_f32.c), against torch.
 
 A network's stem (3 channels, 7x7, stride 2) has a short reduction; the driver computes tiles of
-8 output channels x 16/32/48 pixels of one output row, its epilogue fused in registers.
-FASTCONV_F32_FEWC=on forces it wherever it can run (read per call), =off leaves every problem
-to the GEMM driver; tests/test_c_isa.py reruns these tests under the AVX2 and portable tables,
-where the GEMM driver takes them all.
+8 output channels x 16/32/48 pixels (AVX-512) or 6 x 16 (AVX2) of one output row, its epilogue
+fused in registers.  FASTCONV_F32_FEWC=on forces it wherever it can run (read per call), =off
+leaves every problem to the GEMM driver; tests/test_c_isa.py reruns these tests under the AVX2
+table and the portable one (where the GEMM driver takes them all).
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def test_few_channel_result_does_not_depend_on_the_thread_count():
 
 
 def test_few_channel_kernel_name(monkeypatch, caplog):
-    """FASTCONV_VERBOSE names the driver that ran: the few-channel one on the stem where the CPU
-    runs the AVX-512 table, the GEMM otherwise, and FASTCONV_F32_FEWC=off hands it to the GEMM."""
+    """FASTCONV_VERBOSE names the driver that ran: the few-channel one on the stem with the AVX-512
+    and AVX2 tables, the GEMM with the portable one, and FASTCONV_F32_FEWC=off hands it to the GEMM."""
     _needs_c()
     monkeypatch.setenv("FASTCONV_VERBOSE", "1")
     x = np.zeros((1, 3, 40, 64), np.float32)
@@ -128,7 +128,7 @@ def test_few_channel_kernel_name(monkeypatch, caplog):
     isa = cbackend.isa()
     tile = {"avx512": "8x48", "avx2": "6x16", "generic": "4x16"}[isa]
     gemm = f"conv2d f32 gemm {tile} {isa}"
-    auto = "conv2d f32 few-channel 8x48 avx512" if isa == "avx512" else gemm
+    auto = {"avx512": "conv2d f32 few-channel 8x48 avx512", "avx2": "conv2d f32 few-channel 6x16 avx2"}.get(isa, gemm)
     with caplog.at_level(logging.DEBUG, logger="fastconv"):
         for mode, name in (("", auto), ("off", gemm)):
             monkeypatch.setenv("FASTCONV_F32_FEWC", mode)

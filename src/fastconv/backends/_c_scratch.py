@@ -70,18 +70,20 @@ def conv2d_bytes(p, nthreads: int) -> int:
 
 def _fewc_bytes(p, isa: str | None = None) -> int:
     """conv_fewc_f32.c's own buffers next to the phase planes (which it shares with the GEMM
-    driver): the weights packed in blocks of 8 output channels, and the B row offsets."""
+    driver): the weights packed in blocks of 8 (AVX-512) or 6 (AVX2) output channels, and the B
+    row offsets."""
     if isa is None:
         from . import c
 
         isa = c.isa()
     crs = p.c * p.r * p.s
-    if isa != "avx512" or p.algorithm not in ("auto", "gemm") or p.groups != 1 or crs > _FEWC_MAX_CRS:
+    if isa not in ("avx512", "avx2") or p.algorithm not in ("auto", "gemm") or p.groups != 1 or crs > _FEWC_MAX_CRS:
         return 0
     force = os.environ.get("FASTCONV_F32_FEWC")
     if force == "off" or (force != "on" and (p.c > _FEWC_MAX_C or p.ow < _FEWC_MIN_OW)):
         return 0
-    return -(-p.k // 8) * 8 * crs * 4 + crs * 8 + 64 + 60  # + its header, + rounding the planes
+    mr = 8 if isa == "avx512" else 6
+    return -(-p.k // mr) * mr * crs * 4 + crs * 8 + 64 + 60  # + its header, + rounding the planes
 
 
 # -- Winograd F(4x4, 3x3) (conv_winograd_f32.c) ------------------------------------------------
