@@ -17,7 +17,7 @@
  *   row, so the broadcasts read one contiguous stream;
  * - the phase copy is split per (image, channel, phase), so batch 1 shares it out evenly.
  *
- * Work items are (image, output row) pairs handed out dynamically; every output element is
+ * Work items are runs of up to 4 output rows handed out dynamically; every output element is
  * summed by one kernel call in a fixed order, so results do not depend on the thread count.
  */
 #include "conv_gemm_f32.h"
@@ -242,6 +242,11 @@ int fc_f32_conv2d_fewc(const fc_conv2d_desc *d, const float *x, const float *w, 
     }
     const int64_t rows_total = d->n * d->oh;
     int team = fc_team(nthreads, d->n * d->k * ohw * crs, 1 << 16);
+    /* Items of up to 4 consecutive output rows, at least 8 per thread: a thread's next row reuses
+     * most of the B rows in its cache, and fewer threads write neighbouring output rows at once
+     * (their boundaries share cache lines unless the output is 64-byte aligned). */
+    const int64_t per_item = FC_MAX(1, FC_MIN(4, rows_total / (8 * (int64_t)team)));
+    const int64_t items = (rows_total + per_item - 1) / per_item;
 
     #pragma omp parallel num_threads(team)
     {
@@ -266,7 +271,8 @@ int fc_f32_conv2d_fewc(const fc_conv2d_desc *d, const float *x, const float *w, 
         #pragma omp barrier
 
         #pragma omp for schedule(dynamic, 1)
-        for (int64_t u = 0; u < rows_total; u++) {
+        for (int64_t item = 0; item < items; item++)
+        for (int64_t u = item * per_item; u < FC_MIN(rows_total, (item + 1) * per_item); u++) {
             const int64_t n = u / d->oh, oh = u % d->oh;
             const float *brow = phase + (size_t)n * src_img + oh * ph.wq;
             for (int64_t mb = 0; mb < mblocks; mb++) {
