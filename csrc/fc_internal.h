@@ -213,5 +213,9 @@ void fc_f32_tile_store_generic(const float *c, int64_t ldc, int64_t rows, int64_
  * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides). */
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads);
+/* The same for few input channels on AVX-512 (conv_fewc_f32.c); FC_EUNSUPPORTED for problems it
+ * leaves to fc_f32_conv2d_gemm; *kernel names it when it ran. */
+int fc_f32_conv2d_fewc(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
+                       const float *residual, float *y, int nthreads, const char **kernel);
 
 #endif

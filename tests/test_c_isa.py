@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNEL_TESTS = [
     "tests/test_c_backend.py",
     "tests/test_algorithms.py",
+    "tests/test_c_few_channels.py",
     "-k",
     "tile_edges or epilogue or winograd or kernel_name",
 ]

@@ -1,7 +1,7 @@
 """The scratch memory the C kernels will ask for, computed before the call.
 
-Mirrors csrc's sizing (conv_gemm_f32.c's phase planes, conv_direct_impl.h's padded depthwise
-planes, pool_impl.h's padded rows, conv_winograd_f32.c's transformed tiles, conv_bwd_impl.h's
+Mirrors csrc's sizing (conv_gemm_f32.c's and conv_fewc_f32.c's phase planes, the latter's packed
+weights, conv_direct_impl.h's padded depthwise planes, pool_impl.h's padded rows, conv_winograd_f32.c's transformed tiles, conv_bwd_impl.h's
 columns and per-thread weight gradients) including the limits past which the kernels switch to
 loops that clip taps and need no scratch, so that a problem whose scratch cannot fit is refused
 with a MemoryError that says how much it needs -- before anything is allocated.  The pooling
@@ -21,6 +21,8 @@ _SMALL = 2**26
 # (plus a constant) is not made; the kernels clip instead.
 _CONV_RATIO, _CONV_SLACK = 8.0, 1 << 20
 _POOL_RATIO, _POOL_SLACK = 4.0, 4096
+#: conv_fewc_f32.c's rule: few input channels, a short reduction, rows of full vectors.
+_FEWC_MAX_C, _FEWC_MAX_CRS, _FEWC_MIN_OW = 4, 256, 32
 
 
 def _phases(taps: int, dil: int, stride: int) -> int:
@@ -63,7 +65,25 @@ def conv2d_bytes(p, nthreads: int) -> int:
     planes = _phases(p.r, dh, sh) * _phases(p.s, dw, sw) * hq * wq
     if planes > _CONV_RATIO * (p.h * p.w + p.oh * p.ow) + _CONV_SLACK:
         return 0
-    return (p.n * p.c * planes + 48) * 4
+    return (p.n * p.c * planes + 48) * 4 + _fewc_bytes(p)
+
+
+def _fewc_bytes(p, isa: str | None = None) -> int:
+    """conv_fewc_f32.c's own buffers next to the phase planes (which it shares with the GEMM
+    driver): the weights packed in blocks of 8 (AVX-512) or 6 (AVX2) output channels, and the B
+    row offsets."""
+    if isa is None:
+        from . import c
+
+        isa = c.isa()
+    crs = p.c * p.r * p.s
+    if isa not in ("avx512", "avx2") or p.algorithm not in ("auto", "gemm") or p.groups != 1 or crs > _FEWC_MAX_CRS:
+        return 0
+    force = os.environ.get("FASTCONV_F32_FEWC")
+    if force == "off" or (force != "on" and (p.c > _FEWC_MAX_C or p.ow < _FEWC_MIN_OW)):
+        return 0
+    mr = 8 if isa == "avx512" else 6
+    return -(-p.k // mr) * mr * crs * 4 + crs * 8 + 64 + 60  # + its header, + rounding the planes
 
 
 # -- Winograd F(4x4, 3x3) (conv_winograd_f32.c) ------------------------------------------------
