@@ -8,15 +8,16 @@
  * (packed).  Here a row of 7 or 14 pixels is one or two whole tiles and nothing is gathered:
  * the input is read from the same zero-padded, stride-split phase planes as the GEMM's direct
  * mode (so every stride and dilation reads unit-stride pixels), and the weights are packed
- * once per call as [group][channel vector][c][r][s][lanes] (zero lanes past a group's last
+ * per reduction block as [channel vector][c][r][s][lanes] (zero lanes past a group's last
  * channel, so any kg runs; only the valid channels are stored).
  *
  * Blocking: a task is (group, block of nv vectors, chunk of output rows over the whole batch).
  * The reduction runs in blocks of about KV_STEPS steps (whole input channels): each block of
- * packed weights (L1) meets every tile of the task, whose partial sums wait in a per-thread
- * buffer (L2).  A row is written out (transposed into NCHW through the ISA's fused epilogue:
- * bias, residual, activations) as soon as its last block is summed.  Each output element is
- * summed by one thread in a fixed order: results do not depend on the thread count.
+ * weights, packed into a per-thread buffer (L1), meets every tile of the task, whose partial
+ * sums wait in another per-thread buffer (L2).  A row is written out (transposed into NCHW
+ * through the ISA's fused epilogue: bias, residual, activations) as soon as its last block is
+ * summed.  Each output element is summed by one thread in a fixed order: results do not depend
+ * on the thread count.
  */
 #include "conv_gemm_f32.h"
 
@@ -46,14 +47,27 @@ static int kvec_forced(int *on) {
     return 1;
 }
 
+/* Shapes the kernel takes at all (Python refuses empty channels before any kernel runs). */
+static int kvec_shape_ok(const fc_conv2d_desc *d) {
+    return d->n >= 1 && d->oh >= 1 && d->ow >= 1 && d->k >= 1 && d->c >= 1;
+}
+
 int fc_f32_kvec_wanted(const fc_conv2d_desc *d) {
     phases_t ph;
-    if (d->n < 1 || d->oh < 1 || d->ow < 1 || !fc_stride_phases(d, &ph))
+    if (!kvec_shape_ok(d) || !fc_stride_phases(d, &ph))
         return 0;
     int on;
     if (kvec_forced(&on)) /* test hook: FASTCONV_F32_CONV=kvec, or direct|packed for the GEMM */
         return on;
-    return 0; /* the cost rule comes with the measurements */
+    const fc_isa_config *cfg = fc_config();
+    const int64_t kg = d->k / d->groups, cg = d->c / d->groups;
+    /* Where a table sets kvec_auto_pixels: spatial filters on output planes up to that many
+     * pixels, with at least a full tile of output channels per group.  1x1 convolutions, whose
+     * every reduction step reads another input line, stay with the GEMM (measured 0.4-0.7x of it
+     * on 28x28 and 56x56 planes).  No table sets it yet: on the shared AVX-512 machine the 3x3
+     * layers ran within noise of the GEMM (docs/results/c-backend.md), so "auto" keeps the GEMM. */
+    return d->r * d->s > 1 && d->oh * d->ow <= cfg->kvec_auto_pixels && kg >= (int64_t)cfg->kvec_v * cfg->kvec_lanes &&
+           kg % cfg->kvec_lanes == 0 && cg >= 16;
 }
 
 /* -- preparation --------------------------------------------------------------------------------- */
@@ -126,6 +140,26 @@ static void store_row(const kplan_t *K, const float *acc, int64_t ldacc, int64_t
     }
 }
 
+/* Where row `row`'s tiles read the input of group g. */
+static const float *input_row(const kplan_t *K, int64_t g, int64_t row) {
+    const int64_t n = row / K->d->oh, oh = row % K->d->oh;
+    return K->src + (size_t)n * K->src_img + (size_t)g * K->cg * K->src_chan + oh * K->wq;
+}
+
+/* Fetch the input lines a row will read over steps [k0, k1) while the row before it computes:
+ * they jump between channels and phase planes, which the hardware prefetchers do not predict,
+ * and at batch 8 the planes have left L2 (measured: stride-2 layers lost most to this). */
+static void prefetch_input(const kplan_t *K, const float *xrow, int64_t k0, int64_t k1) {
+    const int64_t span = K->d->ow - 1;
+    for (int64_t p = k0; p < k1; p++) {
+        const float *at = xrow + K->off[p];
+        if (p > k0 && K->off[p] - K->off[p - 1] == 1 && span < 16)
+            continue; /* the next tap of the same run: same line, or the next one fetched below */
+        for (int64_t j = 0; j < span + 16; j += 16)
+            __builtin_prefetch(at + FC_MIN(j, span));
+    }
+}
+
 static void run_task(const kplan_t *K, const float *w, int64_t g, int64_t kb, int64_t r0, int64_t r1,
                      const float *bias, const float *residual, float *y, float *acc, float *wbuf, float *tmp) {
     const fc_conv2d_desc *d = K->d;
@@ -138,7 +172,11 @@ static void run_task(const kplan_t *K, const float *w, int64_t g, int64_t kb, in
         pack_block(K, w, g, kb, nv, k0, k1, wbuf);
         for (int64_t row = r0; row < r1; row++) {
             const int64_t n = row / d->oh, oh = row % d->oh;
-            const float *xrow = K->src + (size_t)n * K->src_img + (size_t)g * K->cg * K->src_chan + oh * K->wq;
+            const float *xrow = input_row(K, g, row);
+            if (row + 1 < r1)
+                prefetch_input(K, input_row(K, g, row + 1), k0, k1);
+            else if (!last)
+                prefetch_input(K, input_row(K, g, r0), k1, FC_MIN(K->crs, k1 + K->kcb));
             float *arow = acc + (row - r0) * d->ow * ldacc;
             if (!last) /* this row's share of the next block's weights */
                 prefetch_block(K, w, g, kb, nk * (row - r0) / (r1 - r0), nk * (row - r0 + 1) / (r1 - r0), k1,
@@ -156,7 +194,7 @@ int fc_f32_conv2d_kvec(const fc_conv2d_desc *d, const float *x, const float *w, 
                        const float *residual, float *y, int nthreads) {
     kplan_t K = {.d = d, .cfg = fc_config()};
     phases_t ph;
-    if (d->n < 1 || !fc_stride_phases(d, &ph))
+    if (!kvec_shape_ok(d) || !fc_stride_phases(d, &ph))
         return FC_EUNSUPPORTED;
     K.lanes = K.cfg->kvec_lanes;
     K.vmax = K.cfg->kvec_v;

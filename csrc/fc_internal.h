@@ -201,6 +201,7 @@ typedef struct fc_isa_config {
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
     int kvec_p, kvec_v, kvec_lanes; /* its tile: pixels x vectors of lanes channels */
     fc_kvec_pack_fn kvec_pack; /* NULL: the portable loop */
+    int kvec_auto_pixels;      /* "auto" takes kvec up to this many output pixels per plane (0: never) */
     const char *kvec_name;     /* e.g. "conv2d f32 kvec 7x4x16 avx512" */
 } fc_isa_config;
 

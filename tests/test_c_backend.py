@@ -201,6 +201,18 @@ def test_kvec_kernel_name_is_logged(monkeypatch, caplog):
         assert any(name in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
+def test_kvec_scratch_is_counted_when_it_runs(monkeypatch):
+    """Python's scratch estimate adds the channel-vector kernel's per-thread buffers when it runs."""
+    from fastconv.backends import _c_scratch
+    from fastconv.problem import Conv2dProblem
+
+    p = Conv2dProblem(2, 64, 7, 7, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, "float32")
+    monkeypatch.setenv("FASTCONV_F32_CONV", "direct")
+    gemm = _c_scratch.conv2d_bytes(p, 2)
+    monkeypatch.setenv("FASTCONV_F32_CONV", "kvec")
+    assert _c_scratch.conv2d_bytes(p, 2) - gemm >= 2 * 64 * 1024 * 4
+
+
 def test_kvec_thread_count_does_not_change_the_result(monkeypatch):
     _needs_c()
     monkeypatch.setenv("FASTCONV_F32_CONV", "kvec")
