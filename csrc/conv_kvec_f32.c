@@ -47,9 +47,13 @@ static int kvec_forced(int *on) {
     return 1;
 }
 
-/* Shapes the kernel takes at all (Python refuses empty channels before any kernel runs). */
+/* Shapes the kernel takes at all (Python refuses empty channels before any kernel runs): one
+ * output row's partial sums must fit the per-thread buffer (rows longer than 1024 pixels on
+ * AVX-512 stay with the GEMM, even when forced). */
 static int kvec_shape_ok(const fc_conv2d_desc *d) {
-    return d->n >= 1 && d->oh >= 1 && d->ow >= 1 && d->k >= 1 && d->c >= 1;
+    const fc_isa_config *cfg = fc_config();
+    return d->n >= 1 && d->oh >= 1 && d->ow >= 1 && d->k >= 1 && d->c >= 1 &&
+           d->ow <= KV_ACC_FLOATS / ((int64_t)cfg->kvec_v * cfg->kvec_lanes);
 }
 
 int fc_f32_kvec_wanted(const fc_conv2d_desc *d) {

@@ -169,6 +169,7 @@ def kvec_cases() -> list[Case]:
     add("pointwise_s2_pad", (2, 24, 9, 9), (33, 24, 1, 1), stride=2, padding=1)
     add("no_bias", (2, 10, 7, 7), (32, 10, 3, 3), bias=False, padding=1)
     add("wide_row", (1, 4, 2, 100), (20, 4, 1, 3), padding=(0, 1), residual=True)  # epilogue in 48-pixel runs
+    add("row_past_buffer", (1, 2, 1, 2100), (17, 2, 1, 3), padding=(0, 1))  # too long a row: the GEMM takes it
     for kind in ("silu", "hardswish", "sigmoid", "relu6"):
         add(f"act_{kind}", (2, 12, 7, 7), (40, 12, 3, 3), padding=1, residual=True, activation=kind)
     return cases
