@@ -32,7 +32,7 @@ int fc_f32_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const float *x, c
     if (algorithm != FC_ALGO_AUTO && algorithm != FC_ALGO_DIRECT && algorithm != FC_ALGO_GEMM)
         return FC_EINVAL;
     if (algorithm == FC_ALGO_GEMM || (algorithm == FC_ALGO_AUTO && !is_depthwise(d))) {
-        ran = cfg->gemm_name;
+        ran = fc_f32_kvec_wanted(d) ? cfg->kvec_name : cfg->gemm_name;
         status = fc_f32_conv2d_fewc(d, x, w, bias, residual, y, nthreads, &ran);
         if (status == FC_EUNSUPPORTED)
             status = fc_f32_conv2d_gemm(d, x, w, bias, residual, y, nthreads);

@@ -225,6 +225,8 @@ int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
 
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads) {
+    if (fc_f32_kvec_wanted(d)) /* small output planes: channels along the vectors (conv_kvec_f32.c) */
+        return fc_f32_conv2d_kvec(d, x, w, bias, residual, y, nthreads);
     plan_t P = {.d = d, .x = x, .w = w, .cfg = fc_config()};
     P.mr = P.cfg->mr;
     P.nr = P.cfg->nr;

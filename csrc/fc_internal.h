@@ -179,6 +179,15 @@ typedef void (*fc_store_fn)(const float *c, int64_t ldc, int64_t rows, int64_t l
 
 /* One instruction set's kernel configuration (isa.c): the GEMM microkernel, its tile and the
  * reduction block it wants, its fused epilogue, and the names FASTCONV_VERBOSE reports. */
+/* The channel-vector convolution microkernel (conv_kvec_f32.c): acc[i][j] (+)= sum over steps p
+ * of x[xoff[p] + i] * w[j * wstride + p * lanes + lane], np <= kvec_p output pixels (consecutive
+ * in one row) x nv <= kvec_v vectors of `lanes` output channels; acc rows are ldacc floats apart. */
+typedef void (*fc_kvec_fn)(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
+                           const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
+
+/* dst[p * lanes + l] = l < rows ? w[l * ldw + p] : 0, p < steps: weight rows into channel vectors. */
+typedef void (*fc_kvec_pack_fn)(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
+
 typedef struct fc_isa_config {
     int level;                 /* enum fc_level */
     const char *isa;           /* "avx512", "avx2", "generic" */
@@ -189,6 +198,11 @@ typedef struct fc_isa_config {
     const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
     const char *winograd_name;
     const char *direct_name;
+    fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
+    int kvec_p, kvec_v, kvec_lanes; /* its tile: pixels x vectors of lanes channels */
+    fc_kvec_pack_fn kvec_pack; /* NULL: the portable loop */
+    int kvec_auto_pixels;      /* "auto" takes kvec up to this many output pixels per plane (0: never) */
+    const char *kvec_name;     /* e.g. "conv2d f32 kvec 7x4x16 avx512" */
 } fc_isa_config;
 
 /* The configuration of the instruction set this process uses: the CPU's best, capped by
@@ -209,6 +223,14 @@ void fc_f32_gemm_4x16_generic(int64_t kc, const float *a, int64_t lda, const flo
 void fc_f32_tile_store_generic(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                                const float *res, float *out, int64_t ldo, int relu);
 
+void fc_f32_kvec_7x4_avx512(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
+                            const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
+void fc_f32_kvec_pack_avx512(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
+void fc_f32_kvec_4x3_avx2(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
+                          const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
+void fc_f32_kvec_4x2_generic(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
+                             const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
+
 /* float32 convolution through packed GEMM panels (conv_gemm_f32.c), with the microkernel of
  * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides). */
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
@@ -217,5 +239,10 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
  * leaves to fc_f32_conv2d_gemm; *kernel names it when it ran. */
 int fc_f32_conv2d_fewc(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads, const char **kernel);
+/* The channel-vector kernel (conv_kvec_f32.c), which fc_f32_conv2d_gemm hands the problems
+ * fc_f32_kvec_wanted chooses (small output planes with many channels, or FASTCONV_F32_CONV=kvec). */
+int fc_f32_kvec_wanted(const fc_conv2d_desc *d);
+int fc_f32_conv2d_kvec(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
+                       const float *residual, float *y, int nthreads);
 
 #endif

@@ -3,7 +3,10 @@
  *
  * Each tile is designed for its register file: AVX-512 (32 zmm) keeps 8 channels x 48 pixels
  * (24 accumulators), AVX2 (16 ymm) 6 channels x 16 pixels (12 accumulators, 2 B vectors, one
- * broadcast: MLAS's and BLIS's shape), the portable kernel 4 x 16 in plain C. */
+ * broadcast: MLAS's and BLIS's shape), the portable kernel 4 x 16 in plain C.  Small output
+ * planes with many channels take the other orientation (kvec): output channels along the
+ * vectors, pixels broadcast -- 7 pixels x 64 channels on AVX-512 (28 accumulators), 4 x 24 on
+ * AVX2 (12), 4 x 16 in plain C. */
 #include "fc_internal.h"
 
 #if FC_X86
@@ -20,6 +23,9 @@ static const fc_isa_config CONFIG_AVX512 = {
     .gemm_name = "conv2d f32 gemm 8x48 avx512",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512",
     .direct_name = "conv2d f32 direct avx512",
+    .kvec = fc_f32_kvec_7x4_avx512, .kvec_p = 7, .kvec_v = 4, .kvec_lanes = 16,
+    .kvec_pack = fc_f32_kvec_pack_avx512, .kvec_auto_pixels = 0, /* no measured win yet: see conv_kvec_f32.c */
+    .kvec_name = "conv2d f32 kvec 7x64 avx512",
 };
 
 static const fc_ukernel_fn GEMM_AVX2[2][3] = {{fc_f32_gemm_6x16_avx2, NULL, NULL},
@@ -32,6 +38,8 @@ static const fc_isa_config CONFIG_AVX2 = {
     .gemm_name = "conv2d f32 gemm 6x16 avx2",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2",
     .direct_name = "conv2d f32 direct avx2",
+    .kvec = fc_f32_kvec_4x3_avx2, .kvec_p = 4, .kvec_v = 3, .kvec_lanes = 8,
+    .kvec_name = "conv2d f32 kvec 4x24 avx2",
 };
 #endif
 
@@ -45,6 +53,8 @@ static const fc_isa_config CONFIG_GENERIC = {
     .gemm_name = "conv2d f32 gemm 4x16 generic",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 4x16 generic",
     .direct_name = "conv2d f32 direct generic",
+    .kvec = fc_f32_kvec_4x2_generic, .kvec_p = 4, .kvec_v = 2, .kvec_lanes = 8,
+    .kvec_name = "conv2d f32 kvec 4x16 generic",
 };
 
 /* The table is picked once; a data race on first use is benign (every thread computes the

@@ -114,10 +114,10 @@ def test_tile_edges(case):
     check(case, "c")
 
 
-#: FASTCONV_F32_CONV forces the float32 convolution's B source (read per call), so both meet the
-#: tile edges with this process's kernels; tests/test_c_isa.py reruns this module under every
+#: FASTCONV_F32_CONV forces the float32 convolution's B source (read per call), or the
+#: channel-vector kernel (kvec), so each meets the tile edges with this process's kernels; tests/test_c_isa.py reruns this module under every
 #: instruction set the CPU has (FASTCONV_ISA is read once per process).
-@pytest.mark.parametrize("mode", ["direct", "packed"])
+@pytest.mark.parametrize("mode", ["direct", "packed", "kvec"])
 def test_b_sources_on_tile_edges(mode, monkeypatch):
     _needs_c()
     monkeypatch.setenv("FASTCONV_F32_CONV", mode)
@@ -133,6 +133,102 @@ def test_fused_epilogue_on_panel_edges(residual, relu):
     if relu:
         kw["activation"] = "relu"
     check(Case("conv2d", "epilogue", (3, 9, 5, 7), (MR + 1, 9, 3, 3), kw, bias=True, residual=residual), "c")
+
+
+# -- the channel-vector kernel (kvec) ---------------------------------------------------------------
+
+#: Its tiles (csrc/isa.c): output pixels x vectors of output channels x lanes: AVX-512 7 x 4 x 16,
+#: AVX2 4 x 3 x 8, portable 4 x 2 x 8; the reduction runs in blocks of 96 steps (whole channels).
+KVEC_TILES = ((7, 4, 16), (4, 3, 8), (4, 2, 8))
+KVEC_STEPS = 96
+
+
+def kvec_cases() -> list[Case]:
+    cases = []
+
+    def add(name, x, w, bias=True, residual=False, **kw):
+        cases.append(Case("conv2d", f"kvec_{name}", x, w, kw, bias=bias, residual=residual))
+
+    # Pixels per output row around each tile's width (a row's last, narrower tile).
+    for ow in sorted({v for p, _, _ in KVEC_TILES for v in (p - 1, p, p + 1, 2 * p + 1)} | {1}):
+        add(f"ow{ow}", (2, 5, 3, ow), (16, 5, 3, 3), padding=1)
+    # Output channels around the lanes and the vector blocks (zero lanes past the last channel).
+    for k in sorted({v for _, nv, lanes in KVEC_TILES for v in (lanes - 1, lanes + 1, nv * lanes, nv * lanes + 1)}):
+        add(f"k{k}", (1, 6, 5, 7), (k, 6, 3, 3), padding=1)
+    add("k129_n3", (3, 4, 4, 9), (129, 4, 2, 3), padding=(1, 0), residual=True, activation="relu")
+    # Reduction steps around the block, and several blocks.
+    for c, r in ((KVEC_STEPS - 1, 1), (KVEC_STEPS, 1), (KVEC_STEPS + 1, 1), (11, 3), (23, 3)):
+        add(f"crs{c * r * r}", (1, c, 4, 5), (20, c, r, r), padding=r // 2)
+    # Strides, dilation and padding (read through the stride-split phase planes), groups.
+    add("stride2", (2, 16, 15, 13), (40, 16, 3, 3), stride=2, padding=1, residual=True, activation="relu")
+    add("stride3x2_dil2", (1, 8, 17, 16), (24, 8, 3, 2), stride=(3, 2), dilation=2, padding=(2, 1))
+    add("dil3_pad3", (2, 9, 11, 10), (17, 9, 3, 3), dilation=3, padding=3)
+    add("groups4", (2, 32, 7, 7), (64, 8, 3, 3), groups=4, padding=1, residual=True)
+    add("groups3_k10", (1, 12, 6, 6), (30, 4, 3, 3), groups=3, padding=1)
+    add("pointwise", (3, 40, 7, 7), (70, 40, 1, 1), residual=True, activation="relu")
+    add("pointwise_s2_pad", (2, 24, 9, 9), (33, 24, 1, 1), stride=2, padding=1)
+    add("no_bias", (2, 10, 7, 7), (32, 10, 3, 3), bias=False, padding=1)
+    add("wide_row", (1, 4, 2, 100), (20, 4, 1, 3), padding=(0, 1), residual=True)  # epilogue in 48-pixel runs
+    add("row_past_buffer", (1, 2, 1, 2100), (17, 2, 1, 3), padding=(0, 1))  # too long a row: the GEMM takes it
+    for kind in ("silu", "hardswish", "sigmoid", "relu6"):
+        add(f"act_{kind}", (2, 12, 7, 7), (40, 12, 3, 3), padding=1, residual=True, activation=kind)
+    return cases
+
+
+KVEC_CASES = kvec_cases()
+
+
+@pytest.mark.parametrize("case", KVEC_CASES, ids=[c.id for c in KVEC_CASES])
+def test_kvec_tile_edges(case, monkeypatch):
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_F32_CONV", "kvec")
+    check(case, "c")
+
+
+def test_kvec_kernel_name_is_logged(monkeypatch, caplog):
+    """FASTCONV_VERBOSE names the channel-vector kernel when it runs (forced here), the GEMM otherwise."""
+    import logging
+
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    x, w = np.zeros((1, 8, 7, 7), np.float32), np.zeros((16, 8, 3, 3), np.float32)
+    isa = cbackend.isa()
+    tile = {"avx512": "7x64", "avx2": "4x24", "generic": "4x16"}[isa]
+    for mode, name in (("kvec", f"conv2d f32 kvec {tile} {isa}"), ("direct", "conv2d f32 gemm")):
+        monkeypatch.setenv("FASTCONV_F32_CONV", mode)
+        with caplog.at_level(logging.DEBUG, logger="fastconv"):
+            caplog.clear()
+            fastconv.conv2d(x, w, padding=1, backend="c")
+        assert any(name in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_kvec_scratch_is_counted_when_it_runs(monkeypatch):
+    """Python's scratch estimate adds the channel-vector kernel's per-thread buffers when it runs."""
+    from fastconv.backends import _c_scratch
+    from fastconv.problem import Conv2dProblem
+
+    p = Conv2dProblem(2, 64, 7, 7, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, "float32")
+    monkeypatch.setenv("FASTCONV_F32_CONV", "direct")
+    gemm = _c_scratch.conv2d_bytes(p, 2)
+    monkeypatch.setenv("FASTCONV_F32_CONV", "kvec")
+    assert _c_scratch.conv2d_bytes(p, 2) - gemm >= 2 * 64 * 1024 * 4
+
+
+def test_kvec_thread_count_does_not_change_the_result(monkeypatch):
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_F32_CONV", "kvec")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 40, 7, 9), dtype=np.float32)
+    w = rng.standard_normal((150, 40, 3, 3), dtype=np.float32)
+    outs, before = [], fastconv.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            fastconv.set_num_threads(n)
+            outs.append(fastconv.conv2d(x, w, padding=1, backend="c"))
+    finally:
+        fastconv.set_num_threads(before)
+    for y in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0])
 
 
 # -- threads ---------------------------------------------------------------------------------------

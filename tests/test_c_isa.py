@@ -20,13 +20,13 @@ import pytest
 from fastconv.backends import c as cbackend
 
 ROOT = Path(__file__).resolve().parents[1]
-#: What the child runs: the tile edges, the fused epilogue and the Winograd cases.
+#: What the child runs: the tile edges, the fused epilogue, the Winograd and channel-vector cases.
 KERNEL_TESTS = [
     "tests/test_c_backend.py",
     "tests/test_algorithms.py",
     "tests/test_c_few_channels.py",
     "-k",
-    "tile_edges or epilogue or winograd or kernel_name",
+    "tile_edges or epilogue or winograd or kernel_name or kvec",
 ]
 
 
@@ -99,6 +99,15 @@ for (n, ch, h, w, k, r, pad, alg) in [(2, 5, 9, 11, 7, 3, 1, "auto"), (1, 17, 6,
     ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
                      torch.from_numpy(b).double(), padding=pad) + torch.from_numpy(res).double()).numpy()
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+# The channel-vector kernel, forced: a strided, grouped problem with channel and pixel tails.
+import os
+os.environ["FASTCONV_F32_CONV"] = "kvec"
+x = rng.standard_normal((2, 12, 11, 9), dtype=np.float32)
+wt = rng.standard_normal((42, 6, 3, 3), dtype=np.float32)
+y = fastconv.conv2d(x, wt, stride=2, padding=1, groups=2, activation="relu", backend="c")
+ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(), stride=2,
+                 padding=1, groups=2)).numpy()
+np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 print("portable ok")
 """
 

@@ -1,11 +1,12 @@
 """The scratch memory the C kernels will ask for, computed before the call.
 
-Mirrors csrc's sizing (conv_gemm_f32.c's and conv_fewc_f32.c's phase planes, the latter's packed
-weights, conv_direct_impl.h's padded depthwise planes, pool_impl.h's padded rows, conv_winograd_f32.c's transformed tiles, conv_bwd_impl.h's
-columns and per-thread weight gradients) including the limits past which the kernels switch to
-loops that clip taps and need no scratch, so that a problem whose scratch cannot fit is refused
-with a MemoryError that says how much it needs -- before anything is allocated.  The pooling
-backward kernels (pool_bwd_impl.h) write straight into the gradient and need none.
+Mirrors csrc's sizing (conv_gemm_f32.c's phase planes, which conv_kvec_f32.c also reads,
+conv_fewc_f32.c's phase planes and packed weights, conv_direct_impl.h's padded depthwise planes,
+pool_impl.h's padded rows, conv_winograd_f32.c's transformed tiles, conv_bwd_impl.h's columns and
+per-thread weight gradients) including the limits past which the kernels switch to loops that
+clip taps and need no scratch, so that a problem whose scratch cannot fit is refused with a
+MemoryError that says how much it needs -- before anything is allocated.  The pooling backward
+kernels (pool_bwd_impl.h) write straight into the gradient and need none.
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ _CONV_RATIO, _CONV_SLACK = 8.0, 1 << 20
 _POOL_RATIO, _POOL_SLACK = 4.0, 4096
 #: conv_fewc_f32.c's rule: few input channels, a short reduction, rows of full vectors.
 _FEWC_MAX_C, _FEWC_MAX_CRS, _FEWC_MIN_OW = 4, 256, 32
+
+
+#: conv_kvec_f32.c (the channel-vector kernel; it reads the same phase planes as the GEMM, or the
+#: input itself): per thread, a task's partial sums (at most 64 Ki floats), one reduction block
+#: of packed weights (vectors x lanes x 96 steps) and the epilogue's transposed runs (vectors x
+#: lanes x 48), sized for AVX-512's tile (4 vectors of 16 lanes), the largest.
+_KVEC_THREAD_FLOATS = 64 * 1024 + 4 * 16 * (96 + 48)
+
+
+def _kvec_bytes(nthreads: int) -> int:
+    """What the channel-vector kernel adds to the GEMM's planes: no instruction-set table lets
+    "auto" choose it yet, so only the FASTCONV_F32_CONV=kvec hook (read per call) runs it."""
+    if os.environ.get("FASTCONV_F32_CONV") != "kvec":
+        return 0
+    return nthreads * _slice(_KVEC_THREAD_FLOATS * 4)
 
 
 def _phases(taps: int, dil: int, stride: int) -> int:
@@ -65,7 +81,7 @@ def conv2d_bytes(p, nthreads: int) -> int:
     planes = _phases(p.r, dh, sh) * _phases(p.s, dw, sw) * hq * wq
     if planes > _CONV_RATIO * (p.h * p.w + p.oh * p.ow) + _CONV_SLACK:
         return 0
-    return (p.n * p.c * planes + 48) * 4 + _fewc_bytes(p)
+    return (p.n * p.c * planes + 48) * 4 + _fewc_bytes(p) + _kvec_bytes(nthreads)
 
 
 def _fewc_bytes(p, isa: str | None = None) -> int:
