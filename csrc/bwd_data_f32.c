@@ -24,14 +24,14 @@
 
 /* -- transposing the weights ------------------------------------------------------------------- */
 
-/* Tiles of TT x TT items keep both sides of a transpose in L1: read row by row, a column of the
- * weights touches one cache line per element (measured: a strided loop, or numpy's transpose,
- * took a third of a 1x1 layer's backward-data on 7x7 images). */
-#define TT 16
+/* The forward route's transposed kernel, in tiles of TT x TT items.  Transposing stays costly
+ * here (~2.5 ns a value for a 2048 x 512 weight: its columns are runs of lines a power of two
+ * apart, which share one or two L1 sets), which is why the GEMM below does without; numpy's
+ * strided copy took twice as long, and tiles of 16 half as long again as 64 (measured). */
+#define TT 64
 
 /* dst[j * dst_ld + i] = src[i * src_ld + j], i < ni, j < nj (at most TT each): through a local
- * tile, so that both the reads and the writes run along rows (read column by column, rows of the
- * weights 4 KiB apart or a multiple fall into one L1 set and evict each other). */
+ * tile, so that both the reads and the writes run along rows. */
 FC_CLONES
 static void transpose_floats(const float *restrict src, int64_t src_ld, float *restrict dst, int64_t dst_ld, int64_t ni,
                              int64_t nj) {
