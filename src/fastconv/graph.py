@@ -234,8 +234,8 @@ class Graph(Module):
                 if leaf in owner._parameters:
                     owner._add_grad(leaf, grads[node.name])
         inputs = [n for n in self.nodes if n.op == "input"]
-        out = tuple(
-            grads.get(n.name, np.zeros(shape, dtype or np.float32))
+        out = tuple(  # an input no gradient reached gets zeros (torch leaves its .grad None)
+            grads[n.name] if n.name in grads else np.zeros(shape, dtype or np.float32)
             for n, (shape, dtype) in zip(inputs, saved["inputs"])
         )
         return out[0] if len(out) == 1 else out

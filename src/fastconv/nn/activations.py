@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import api
+from .. import api, grad
 from .._args import as_bool, as_float, as_float_array, as_int
-from .. import grad
 from ..grad import _grad
 from .layers import _numpy_view, writable_float
 from .module import Module
@@ -145,7 +144,7 @@ class Hardsigmoid(Module):
 
     def forward(self, x):
         x = _float(x)
-        self._save(inside=(x > -3) & (x < 3))
+        self._save(inside=((x > -3) & (x < 3)) if self.keeps_for_backward() else None)
         return np.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6)
 
     def backward(self, grad_output):

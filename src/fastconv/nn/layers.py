@@ -404,15 +404,16 @@ def _activation_layer(activation):
     """The nn layer doing what conv2d's ``activation=`` argument does (a name or (name, *params))."""
     from . import activations
 
-    name, params = api._activation_spec(activation)
-    return {
-        "relu6": lambda: activations.ReLU6(),
-        "leaky_relu": lambda: activations.LeakyReLU(*params),
-        "hardtanh": lambda: activations.Hardtanh(*params),
-        "sigmoid": lambda: activations.Sigmoid(),
-        "silu": lambda: activations.SiLU(),
-        "hardswish": lambda: activations.Hardswish(),
-    }[name]()
+    name, params = api._activation_spec(activation)  # params in the layer's argument order
+    layers = {
+        "relu6": activations.ReLU6,
+        "leaky_relu": activations.LeakyReLU,
+        "hardtanh": activations.Hardtanh,
+        "sigmoid": activations.Sigmoid,
+        "silu": activations.SiLU,
+        "hardswish": activations.Hardswish,
+    }
+    return layers[name](*params)
 
 
 def _numpy_view(x):
