@@ -301,7 +301,6 @@ int fc_f32_conv2d_bwd_weight_cl(const fc_conv2d_desc *d, const float *x, const f
     int64_t nuc = 1;
     while (P.parts * P.npan * nuc < 4 * team && nuc < P.units)
         nuc++;
-    const int64_t nitems = P.parts * P.npan * nuc;
     double total = 0;
     for (int64_t j = 0; j < P.npan; j++)
         total += (double)P.pan_w[j];

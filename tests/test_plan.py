@@ -65,6 +65,8 @@ def test_resnet18_plan_matches_the_model_and_float64(backend, model, reference):
     np.testing.assert_array_equal(plan(x), y)  # the arena's second use gives the same bits
     if backend == "c":
         assert plan.allocations_per_call == 0
+        fc = next(s for s in plan.steps if s.kind == "linear")
+        assert fc.describe().startswith("c 1x1 convolution")  # one thread pool with the convolutions
     else:  # these backends return fresh arrays: the plan says how many steps allocate
         assert plan.allocations_per_call > 0
 
@@ -125,6 +127,23 @@ def test_naive_backend_on_a_small_graph():
     plan = fastconv.compile(m, x.shape, backend="naive")
     assert_matches(plan(x), m.astype(np.float64)(x.astype(np.float64)), what="naive plan", rtol=RTOL)
     assert [s.kind for s in plan.steps][:2] == ["conv", "pool"]  # bn folded, relu fused into the conv
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_steps_on_c_and_on_blas_match(bias):
+    """A plan on c runs its linear layers as 1x1 convolutions; one on numba keeps BLAS."""
+
+    def build():
+        nn.init.manual_seed(3)
+        return nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 7, bias=bias)).eval()
+
+    m, x = build(), _x((3, 3, 7, 7), seed=8)
+    exact = build().astype(np.float64)(x.astype(np.float64))
+    for backend, route in [("c", "c 1x1 convolution"), ("numba", "numpy (BLAS)")]:
+        require(backend)
+        plan = fastconv.compile(m, x.shape, backend=backend)
+        assert plan.steps[-1].describe().startswith(route)
+        assert_matches(plan(x), exact, what=f"linear step on {backend}", rtol=RTOL)
 
 
 def test_buffers_are_allocated_once_and_shared_by_liveness(model):

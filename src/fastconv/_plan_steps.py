@@ -252,13 +252,20 @@ class Pointwise(Step):
 
 
 class Linear(Step):
-    """x @ weight.T + bias, BLAS writing into the arena."""
+    """x @ weight.T + bias, written into the arena.
+
+    Where the c backend runs the plan's convolutions it runs this too, as a 1x1 convolution on a
+    1x1 image: BLAS's own thread pool would otherwise start while the c kernels' OpenMP threads
+    still spin after their last parallel region, and on a machine with one core per thread the
+    two pools fight for the cores (ResNet-50's fc, batch 8, right after its convolutions: about
+    5 ms through BLAS, 1.3 ms through c; docs/results/inference.md).  Other plans use BLAS."""
 
     kind = "linear"
 
     def __init__(self, name, layer, x: int, output: int):
         super().__init__(name, output)
         self.layer, self.x = layer, x
+        self.p = None
 
     def reads(self):
         return [self.x]
@@ -269,17 +276,33 @@ class Linear(Step):
         self.wt = np.ascontiguousarray(self.layer.weight, x.dtype).T
         self.b = None if self.layer.bias is None else np.ascontiguousarray(self.layer.bias, x.dtype)
         self.managed = isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and y.dtype == x.dtype
+        if self.managed and x.ndim == 2 and x.dtype in (np.float32, np.float64):
+            n, f = x.shape
+            o = self.wt.shape[1]
+            p = Conv2dProblem(n, f, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1, x.dtype.name, bias=self.b is not None)
+            if tuner.backend_for(p) == "c":
+                self.p, self.w4 = p, np.ascontiguousarray(self.layer.weight, x.dtype).reshape(o, f, 1, 1)
         env[self.output] = y
 
     def run(self, env):
         x = env[self.x]
         if not self.bound:
             env[self.output] = self.layer(x)
-            return
-        y = np.matmul(x, self.wt, out=self.out)
-        if self.b is not None:
-            y += self.b
-        env[self.output] = y
+        elif self.p is not None:
+            n, f = x.shape
+            xs = np.ascontiguousarray(x).reshape(n, f, 1, 1)
+            _c().conv2d_into(self.p, xs, self.w4, self.b, None, self.out.reshape(n, -1, 1, 1))
+            env[self.output] = self.out
+        else:
+            y = np.matmul(x, self.wt, out=self.out)
+            if self.b is not None:
+                y += self.b
+            env[self.output] = y
+
+    def describe(self):
+        if self.bound and self.p is not None:
+            return "c 1x1 convolution -> arena"
+        return "numpy (BLAS) -> arena" if self.bound else "fresh array per call"
 
 
 class Call(Step):
