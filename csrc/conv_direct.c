@@ -4,7 +4,7 @@
  * microkernel), except depthwise convolutions, which have one input channel per output and so
  * nothing for a GEMM to reuse; those, float64 and "direct" run the loops of conv_direct_impl.h.
  */
-#include "fc_internal.h"
+#include "conv_gemm_f32.h" /* fc_internal.h, and the stride phases the GEMM reads */
 
 #define T float
 #define FN(name) f32_##name
@@ -35,7 +35,7 @@ int fc_f32_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const float *x, c
         ran = fc_f32_kvec_wanted(d) ? cfg->kvec_name : cfg->gemm_name;
         status = fc_f32_conv2d_fewc(d, x, w, bias, residual, y, nthreads, &ran);
         if (status == FC_EUNSUPPORTED)
-            status = fc_f32_conv2d_gemm(d, x, w, bias, residual, y, nthreads);
+            status = fc_f32_conv2d_gemm(d, x, w, NULL, bias, residual, y, nthreads);
         if (status != FC_EUNSUPPORTED || algorithm == FC_ALGO_GEMM)
             goto done;
     }
@@ -49,6 +49,38 @@ int fc_f32_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const float *x, c
 done:
     if (kernel)
         *kernel = ran;
+    return status;
+}
+
+/* The GEMM's pre-packed weights: worth making only where "auto" and "gemm" run the GEMM itself
+ * (not the few-channel or channel-vector kernels, not depthwise) and the ISA has a kernel that
+ * reads them. */
+int64_t fc_f32_gemm_weights_size(const fc_conv2d_desc *d) {
+    phases_t ph;
+    if (!f32_conv2d_desc_ok(d))
+        return -1;
+    if (!fc_config()->gemm_packed || is_depthwise(d) || fc_f32_fewc_wanted(d) || fc_f32_kvec_wanted(d) ||
+        !fc_stride_phases(d, &ph))
+        return 0;
+    return fc_f32_gemm_packed_floats(d);
+}
+
+int fc_f32_gemm_weights(const fc_conv2d_desc *d, const float *w, float *wpack, int nthreads) {
+    if (fc_f32_gemm_weights_size(d) <= 0)
+        return FC_EINVAL;
+    fc_f32_gemm_pack_weights(d, w, wpack, nthreads);
+    return FC_OK;
+}
+
+int fc_f32_conv2d_prepacked(const fc_conv2d_desc *d, const float *x, const float *w, const float *wpack,
+                            int64_t wpack_len, const float *bias, const float *residual, float *y, int nthreads,
+                            const char **kernel) {
+    int64_t want = fc_f32_gemm_weights_size(d);
+    if (want <= 0 || wpack_len != want)
+        return FC_EINVAL; /* packed for another problem or instruction set */
+    int status = fc_f32_conv2d_gemm(d, x, w, wpack, bias, residual, y, nthreads);
+    if (kernel)
+        *kernel = fc_config()->gemm_packed_name;
     return status;
 }
 

@@ -197,6 +197,10 @@ static int fewc_wanted(const fc_conv2d_desc *d, const fc_isa_config *cfg) {
     return d->c <= FEWC_MAX_C && d->ow >= FEWC_MIN_OW;
 }
 
+int fc_f32_fewc_wanted(const fc_conv2d_desc *d) {
+    return fewc_wanted(d, fc_config());
+}
+
 int fc_f32_conv2d_fewc(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads, const char **kernel) {
     const fc_isa_config *cfg = fc_config();
@@ -302,6 +306,11 @@ done:
     return status;
 }
 #else /* not x86: the GEMM driver's portable kernel takes every problem */
+int fc_f32_fewc_wanted(const fc_conv2d_desc *d) {
+    (void)d;
+    return 0;
+}
+
 int fc_f32_conv2d_fewc(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
                        const float *residual, float *y, int nthreads, const char **kernel) {
     (void)d, (void)x, (void)w, (void)bias, (void)residual, (void)y, (void)nthreads, (void)kernel;

@@ -44,11 +44,40 @@ static void pack_tail(const plan_t *P, int64_t g) {
     }
 }
 
-/* Row 0 of the A block mb of group g. */
-static const float *a_block(const plan_t *P, int64_t g, int64_t mb) {
+/* Reduction step k0 of the A block mb of group g: in the pre-packed weights, or in the weights
+ * themselves (row 0 of the block; the tail block from its copy). */
+static const float *a_block(const plan_t *P, int64_t g, int64_t mb, int64_t k0) {
+    if (P->apack)
+        return P->apack + (((size_t)g * P->mblocks + mb) * P->crs + k0) * P->mr;
     if ((mb + 1) * P->mr > P->kg)
-        return P->atail + g * P->mr * P->crs;
-    return P->w + (size_t)(g * P->kg + mb * P->mr) * P->crs;
+        return P->atail + g * P->mr * P->crs + k0;
+    return P->w + (size_t)(g * P->kg + mb * P->mr) * P->crs + k0;
+}
+
+/* The weights as the pre-packed kernels read them: block mb of group g holds, for each reduction
+ * step p, its mr weights side by side (zeros past the group's last channel), so the kernel
+ * reads one sequential stream instead of mr rows crs apart.  Floats needed, or -1. */
+int64_t fc_f32_gemm_packed_floats(const fc_conv2d_desc *d) {
+    const int64_t mr = fc_config()->mr, kg = d->k / d->groups, crs = d->c / d->groups * d->r * d->s;
+    size_t n = fc_size_mul3((size_t)d->groups * ((kg + mr - 1) / mr), (size_t)crs, (size_t)mr);
+    return n > (size_t)INT64_MAX / sizeof(float) ? -1 : (int64_t)n;
+}
+
+void fc_f32_gemm_pack_weights(const fc_conv2d_desc *d, const float *w, float *out, int nthreads) {
+    const int64_t mr = fc_config()->mr, kg = d->k / d->groups, crs = d->c / d->groups * d->r * d->s;
+    const int64_t mblocks = (kg + mr - 1) / mr;
+    int team = fc_team(nthreads, d->k * crs, 1 << 16);
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int64_t t = 0; t < d->groups * mblocks; t++) {
+        int64_t g = t / mblocks, mb = t % mblocks;
+        float *dst = out + (size_t)t * crs * mr;
+        for (int64_t i = 0; i < mr; i++) {
+            int64_t k = mb * mr + i;
+            const float *src = w + (size_t)(g * kg + k) * crs;
+            for (int64_t p = 0; p < crs; p++)
+                dst[p * mr + i] = k < kg ? src[p] : 0.0f;
+        }
+    }
 }
 
 /* Direct pays for the discarded columns, packed for gathering B (im2col) once, a cost that
@@ -111,6 +140,7 @@ static void prefetch_residual(const plan_t *P, const float *residual, int64_t g,
 static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
                      int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
     const int64_t mt = mb1 - mb0, tile = P->mr * P->nr;
+    const fc_ukernel_fn(*gemm)[3] = P->apack ? P->cfg->gemm_packed : P->cfg->gemm;
     const float *b[MAX_TASK_PANELS];
     const int64_t *boff[MAX_TASK_PANELS];
     int64_t nv[MAX_TASK_PANELS], ncols[MAX_TASK_PANELS], nis[MAX_TASK_PANELS], nos[MAX_TASK_PANELS];
@@ -147,13 +177,13 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         }
         /* ...then each mr-channel weight block meets every panel while it sits in L1. */
         for (int64_t mb = mb0; mb < mb1; mb++) {
-            const float *a = a_block(P, g, mb) + k0;
+            const float *a = a_block(P, g, mb, k0);
             for (int64_t j = 0; j < p1 - p0; j++) {
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
                 if (last && residual) /* the epilogue's residual arrives while the tile computes */
                     prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
                 /* The first weight block meets cold B rows: use the kernel that prefetches them. */
-                P->cfg->gemm[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
+                gemm[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
                 if (last) /* finished: write it out while the tile is in L1 */
                     store_tile(P, c, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
             }
@@ -223,11 +253,13 @@ int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
            8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20);
 }
 
-int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
-                       const float *residual, float *y, int nthreads) {
+int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *wpack,
+                       const float *bias, const float *residual, float *y, int nthreads) {
     if (fc_f32_kvec_wanted(d)) /* small output planes: channels along the vectors (conv_kvec_f32.c) */
         return fc_f32_conv2d_kvec(d, x, w, bias, residual, y, nthreads);
     plan_t P = {.d = d, .x = x, .w = w, .cfg = fc_config()};
+    if (wpack && P.cfg->gemm_packed)
+        P.apack = wpack;
     P.mr = P.cfg->mr;
     P.nr = P.cfg->nr;
     P.cg = d->c / d->groups;
@@ -279,7 +311,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     /* Every buffer up front, so a failed allocation stops the call before any work.  Sizes
      * saturate at SIZE_MAX on overflow, which fc_alloc refuses. */
     size_t cbuf_floats = fc_size_mul3((size_t)pt * mt, P.mr, P.nr), bpack_floats = fc_size_mul3(pt, P.kcb, P.nr);
-    int tail = P.kg % P.mr != 0;
+    int tail = P.kg % P.mr != 0 && !P.apack;
     P.atail = tail ? fc_alloc(fc_size_mul3((size_t)d->groups * P.mr, P.crs, sizeof(float))) : NULL;
     P.off = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
     float *phase = phase_floats ? fc_alloc(fc_size_mul3(phase_floats, sizeof(float), 1)) : NULL;

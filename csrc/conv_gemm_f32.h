@@ -23,6 +23,7 @@ typedef struct {
     int64_t ppi, npanels;    /* panels per image (direct) and in all */
     int64_t *off;            /* direct: [crs] offset of B row p from a panel's first pixel */
     const float *w;          /* weights (k, cg, r, s): full 8-channel blocks are read in place */
+    const float *apack;      /* or NULL: the weights pre-packed, [groups][mblocks][crs][mr] */
     float *atail;            /* [groups][MR][crs]: each group's last, partial 8-channel block */
     float *gpack;            /* packed: [npanels][crs][NR], every panel gathered once per call */
     const int64_t *poff;     /* [max(crs, kcb)]: p * NR, the row offsets of a packed block */

@@ -64,6 +64,17 @@ int fc_f64_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const double *x, 
                        const double *bias, const double *residual, double *y, int nthreads,
                        const char **kernel);
 
+/* The GEMM with its weights pre-packed once (compiled plans): fc_f32_gemm_weights_size floats
+ * (0: "auto" would not run the GEMM for d, or this instruction set has no kernel for packed
+ * weights; -1: an invalid descriptor or a size too large), filled by fc_f32_gemm_weights, then
+ * passed to every fc_f32_conv2d_prepacked call with that descriptor (FC_EINVAL when wpack_len
+ * does not match).  Same results, bit for bit, as fc_f32_conv2d_algo's "auto". */
+int64_t fc_f32_gemm_weights_size(const fc_conv2d_desc *d);
+int fc_f32_gemm_weights(const fc_conv2d_desc *d, const float *weight, float *wpack, int nthreads);
+int fc_f32_conv2d_prepacked(const fc_conv2d_desc *d, const float *x, const float *weight, const float *wpack,
+                            int64_t wpack_len, const float *bias, const float *residual, float *y, int nthreads,
+                            const char **kernel);
+
 /* Winograd F(4x4, 3x3) for 3x3, stride-1, undilated, ungrouped float32 convolutions.  The
  * filters are transformed once (fc_f32_winograd_weights, into winograd_weights_size floats) and
  * the transform reused by every call with the same weights. */

@@ -194,8 +194,10 @@ typedef struct fc_isa_config {
     int mr, nr;                /* the microkernel's tile: output channels x pixels */
     int kc;                    /* reduction rows per block (L1-resident A slice) */
     const fc_ukernel_fn (*gemm)[3]; /* [prefetch B][NV - 1]; NULL beyond nr / 16 */
+    const fc_ukernel_fn (*gemm_packed)[3]; /* the same reading A pre-packed, [p][mr]; NULL: none */
     fc_store_fn store;
     const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
+    const char *gemm_packed_name; /* the same with pre-packed weights */
     const char *winograd_name;
     const char *direct_name;
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
@@ -210,12 +212,17 @@ typedef struct fc_isa_config {
 const fc_isa_config *fc_config(void);
 
 extern const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3];
+extern const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3];
 void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias,
                               const float *res, float *out, int64_t ldo, int relu);
 void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
                            float *c, int accumulate);
 void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda, const float *b,
                                     const int64_t *boff, float *c, int accumulate);
+void fc_f32_gemm_6x16_packed_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
+                                  float *c, int accumulate);
+void fc_f32_gemm_6x16_prefetch_packed_avx2(int64_t kc, const float *a, int64_t lda, const float *b,
+                                           const int64_t *boff, float *c, int accumulate);
 void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                             const float *res, float *out, int64_t ldo, int relu);
 void fc_f32_gemm_4x16_generic(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
@@ -232,9 +239,16 @@ void fc_f32_kvec_4x2_generic(int64_t np, int64_t nv, int64_t steps, const float 
                              const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
 
 /* float32 convolution through packed GEMM panels (conv_gemm_f32.c), with the microkernel of
- * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides). */
-int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,
-                       const float *residual, float *y, int nthreads);
+ * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides).  wpack: NULL, or
+ * the weights as fc_f32_gemm_weights packed them (fc_f32_gemm_weights_size(d) > 0). */
+int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *wpack,
+                       const float *bias, const float *residual, float *y, int nthreads);
+/* The pre-packed weights of the GEMM (conv_gemm_f32.c): their size in floats (-1: too large), and
+ * the packing. */
+int64_t fc_f32_gemm_packed_floats(const fc_conv2d_desc *d);
+void fc_f32_gemm_pack_weights(const fc_conv2d_desc *d, const float *w, float *out, int nthreads);
+/* Whether fc_f32_conv2d_fewc takes d (its static rule). */
+int fc_f32_fewc_wanted(const fc_conv2d_desc *d);
 /* The same for few input channels on AVX-512 (conv_fewc_f32.c); FC_EUNSUPPORTED for problems it
  * leaves to fc_f32_conv2d_gemm; *kernel names it when it ran. */
 int fc_f32_conv2d_fewc(const fc_conv2d_desc *d, const float *x, const float *w, const float *bias,

@@ -19,7 +19,7 @@
 #define ROW(i) c##i##0, c##i##1
 #define STEP(i)                                                                                   \
     do {                                                                                          \
-        __m256 av = _mm256_broadcast_ss(a + (i) * lda + p);                                      \
+        __m256 av = _mm256_broadcast_ss(packed ? a + p * MR + (i) : a + (i) * lda + p);          \
         c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);                                               \
         c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);                                               \
     } while (0)
@@ -35,7 +35,7 @@
     } while (0)
 
 __attribute__((target("avx2,fma"), always_inline)) static inline void
-gemm_6x16(const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
+gemm_6x16(const int prefetch_b, const int packed, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
           const int64_t *restrict boff, float *restrict c, int accumulate) {
     __m256 ROW(0), ROW(1), ROW(2), ROW(3), ROW(4), ROW(5);
     LOAD(0);
@@ -47,8 +47,12 @@ gemm_6x16(const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda
     for (int64_t p = 0; p < kc; p++) {
         /* The weight rows stream in place: every 16 steps each row enters a new line; fetch
          * the one after it, one row per step. */
-        if ((p & 15) < MR)
+        if (packed) { /* one sequential stream (fc_f32_gemm_weights): 6 weights a step */
+            if ((p & 1) == 0)
+                _mm_prefetch((const char *)(a + p * MR + 96), _MM_HINT_T0);
+        } else if ((p & 15) < MR) {
             _mm_prefetch((const char *)(a + (p & 15) * lda + p + 32), _MM_HINT_T0);
+        }
         if (prefetch_b && p + 8 < kc) { /* cold B rows: fetch 8 rows ahead (both lines it spans) */
             const char *next = (const char *)(b + boff[p + 8]);
             _mm_prefetch(next, _MM_HINT_T0);
@@ -74,13 +78,27 @@ gemm_6x16(const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda,
                                                                const float *b, const int64_t *boff, float *c,
                                                                int accumulate) {
-    gemm_6x16(0, kc, a, lda, b, boff, c, accumulate);
+    gemm_6x16(0, 0, kc, a, lda, b, boff, c, accumulate);
 }
 
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda,
                                                                         const float *b, const int64_t *boff,
                                                                         float *c, int accumulate) {
-    gemm_6x16(1, kc, a, lda, b, boff, c, accumulate);
+    gemm_6x16(1, 0, kc, a, lda, b, boff, c, accumulate);
+}
+
+/* The same reading A pre-packed: the 6 weights of step p at a + 6 p (lda unused). */
+__attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_packed_avx2(int64_t kc, const float *a, int64_t lda,
+                                                                      const float *b, const int64_t *boff, float *c,
+                                                                      int accumulate) {
+    gemm_6x16(0, 1, kc, a, lda, b, boff, c, accumulate);
+}
+
+__attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_prefetch_packed_avx2(int64_t kc, const float *a,
+                                                                               int64_t lda, const float *b,
+                                                                               const int64_t *boff, float *c,
+                                                                               int accumulate) {
+    gemm_6x16(1, 1, kc, a, lda, b, boff, c, accumulate);
 }
 
 /* The fused epilogue, 8 lanes at a time with a masked tail: bias, residual and relu cost one

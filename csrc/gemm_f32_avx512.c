@@ -3,7 +3,9 @@
  * Per reduction step it loads three 16-pixel vectors of B and broadcasts 8 weights of A (one
  * from each of 8 weight rows, lda apart): 24 FMAs for 11 loads, which keeps both FMA pipes
  * busy from L1 (measured: 97 % of the FMA peak).  Variants: 16/32/48 columns (tail panels),
- * each with and without prefetching of B rows.  Compiled with a target attribute (no -march
+ * each with and without prefetching of B rows, and each reading A either in place (8 weight
+ * rows, lda apart) or pre-packed (fc_f32_gemm_weights: the 8 weights of step p at a + 8 p, one
+ * sequential stream).  Compiled with a target attribute (no -march
  * flag), called only when the CPU reports AVX-512F.
  */
 #include "fc_internal.h"
@@ -12,7 +14,7 @@
 #include <immintrin.h>
 
 __attribute__((target("avx512f"), always_inline)) static inline void
-gemm_8xNV(const int nv, const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
+gemm_8xNV(const int nv, const int prefetch_b, const int apacked, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
           const int64_t *restrict boff, float *restrict c, int accumulate) {
     __m512 acc[FC_MR][3];
     for (int i = 0; i < FC_MR; i++)
@@ -25,7 +27,10 @@ gemm_8xNV(const int nv, const int prefetch_b, int64_t kc, const float *restrict 
     for (int64_t p = 0; p < kc; p++) {
         /* The weights stream from L2/L3 once per call: fetch each row two lines ahead, one
          * row per step (so every 64-byte line is requested twice, early enough). */
-        _mm_prefetch((const char *)(ar[p & (FC_MR - 1)] + p + 32), _MM_HINT_T0);
+        if (!apacked)
+            _mm_prefetch((const char *)(ar[p & (FC_MR - 1)] + p + 32), _MM_HINT_T0);
+        else if ((p & 1) == 0) /* one line per two steps: fetch 8 steps ahead */
+            _mm_prefetch((const char *)(a + p * FC_MR + 64), _MM_HINT_T0);
         /* First pass over a block (cold B rows, from L3 at large batch): fetch the row 8 steps
          * ahead, all the lines it spans, while this one computes. */
         if (prefetch_b && p + 8 < kc) {
@@ -39,7 +44,7 @@ gemm_8xNV(const int nv, const int prefetch_b, int64_t kc, const float *restrict 
         for (int j = 0; j < nv; j++)
             bv[j] = _mm512_loadu_ps(bp + j * 16);
         for (int i = 0; i < FC_MR; i++) {
-            __m512 av = _mm512_set1_ps(ar[i][p]);
+            __m512 av = _mm512_set1_ps(apacked ? a[p * FC_MR + i] : ar[i][p]);
             for (int j = 0; j < nv; j++)
                 acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
@@ -49,18 +54,28 @@ gemm_8xNV(const int nv, const int prefetch_b, int64_t kc, const float *restrict 
             _mm512_storeu_ps(c + i * FC_NR + j * 16, acc[i][j]);
 }
 
-#define FC_GEMM_VARIANT(NV, COLS, PF, SUFFIX)                                                   \
+#define FC_GEMM_VARIANT(NV, COLS, PF, AP, SUFFIX)                                               \
     __attribute__((target("avx512f"))) static void fc_f32_gemm_8x##COLS##SUFFIX##_avx512(    \
         int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, float *c, \
         int accumulate) {                                                                   \
-        gemm_8xNV(NV, PF, kc, a, lda, b, boff, c, accumulate);                              \
+        gemm_8xNV(NV, PF, AP, kc, a, lda, b, boff, c, accumulate);                          \
     }
-FC_GEMM_VARIANT(1, 16, 0, )
-FC_GEMM_VARIANT(2, 32, 0, )
-FC_GEMM_VARIANT(3, 48, 0, )
-FC_GEMM_VARIANT(1, 16, 1, _prefetch)
-FC_GEMM_VARIANT(2, 32, 1, _prefetch)
-FC_GEMM_VARIANT(3, 48, 1, _prefetch)
+FC_GEMM_VARIANT(1, 16, 0, 0, )
+FC_GEMM_VARIANT(2, 32, 0, 0, )
+FC_GEMM_VARIANT(3, 48, 0, 0, )
+FC_GEMM_VARIANT(1, 16, 1, 0, _prefetch)
+FC_GEMM_VARIANT(2, 32, 1, 0, _prefetch)
+FC_GEMM_VARIANT(3, 48, 1, 0, _prefetch)
+FC_GEMM_VARIANT(1, 16, 0, 1, _packed)
+FC_GEMM_VARIANT(2, 32, 0, 1, _packed)
+FC_GEMM_VARIANT(3, 48, 0, 1, _packed)
+FC_GEMM_VARIANT(1, 16, 1, 1, _prefetch_packed)
+FC_GEMM_VARIANT(2, 32, 1, 1, _prefetch_packed)
+FC_GEMM_VARIANT(3, 48, 1, 1, _prefetch_packed)
+
+const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3] = {
+    {fc_f32_gemm_8x16_packed_avx512, fc_f32_gemm_8x32_packed_avx512, fc_f32_gemm_8x48_packed_avx512},
+    {fc_f32_gemm_8x16_prefetch_packed_avx512, fc_f32_gemm_8x32_prefetch_packed_avx512, fc_f32_gemm_8x48_prefetch_packed_avx512}};
 
 const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3] = {
     {fc_f32_gemm_8x16_avx512, fc_f32_gemm_8x32_avx512, fc_f32_gemm_8x48_avx512},
@@ -87,6 +102,7 @@ __attribute__((target("avx512f"))) void fc_f32_tile_store_avx512(const float *c,
 }
 #else /* not x86: never called (fc_level() is FC_GENERIC), defined so the module links */
 const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};
+const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};
 void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias, const float *res,
                               float *out, int64_t ldo, int relu) {
     (void)c, (void)rows, (void)len, (void)bias, (void)res, (void)out, (void)ldo, (void)relu;

@@ -6,7 +6,9 @@
  * broadcast: MLAS's and BLIS's shape), the portable kernel 4 x 16 in plain C.  Small output
  * planes with many channels take the other orientation (kvec): output channels along the
  * vectors, pixels broadcast -- 7 pixels x 64 channels on AVX-512 (28 accumulators), 4 x 24 on
- * AVX2 (12), 4 x 16 in plain C. */
+ * AVX2 (12), 4 x 16 in plain C.  The x86 GEMM kernels also come in a variant that reads the
+ * weights pre-packed (fc_f32_gemm_weights, made once by compiled plans); the portable table reads
+ * them in place only, and so takes no pre-packed weights. */
 #include "fc_internal.h"
 
 #if FC_X86
@@ -19,8 +21,10 @@ static void store_avx512(const float *c, int64_t ldc, int64_t rows, int64_t len,
 static const fc_isa_config CONFIG_AVX512 = {
     .level = FC_AVX512, .isa = "avx512", .mr = 8, .nr = 48, .kc = 192,
     .gemm = fc_f32_gemm_kernels_avx512,
+    .gemm_packed = fc_f32_gemm_kernels_packed_avx512,
     .store = store_avx512,
     .gemm_name = "conv2d f32 gemm 8x48 avx512",
+    .gemm_packed_name = "conv2d f32 gemm 8x48 avx512, weights pre-packed",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512",
     .direct_name = "conv2d f32 direct avx512",
     .kvec = fc_f32_kvec_7x4_avx512, .kvec_p = 7, .kvec_v = 4, .kvec_lanes = 16,
@@ -31,11 +35,16 @@ static const fc_isa_config CONFIG_AVX512 = {
 static const fc_ukernel_fn GEMM_AVX2[2][3] = {{fc_f32_gemm_6x16_avx2, NULL, NULL},
                                               {fc_f32_gemm_6x16_prefetch_avx2, NULL, NULL}};
 
+static const fc_ukernel_fn GEMM_PACKED_AVX2[2][3] = {{fc_f32_gemm_6x16_packed_avx2, NULL, NULL},
+                                                     {fc_f32_gemm_6x16_prefetch_packed_avx2, NULL, NULL}};
+
 static const fc_isa_config CONFIG_AVX2 = {
     .level = FC_AVX2, .isa = "avx2", .mr = 6, .nr = 16, .kc = 256,
     .gemm = GEMM_AVX2,
+    .gemm_packed = GEMM_PACKED_AVX2,
     .store = fc_f32_tile_store_avx2,
     .gemm_name = "conv2d f32 gemm 6x16 avx2",
+    .gemm_packed_name = "conv2d f32 gemm 6x16 avx2, weights pre-packed",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2",
     .direct_name = "conv2d f32 direct avx2",
     .kvec = fc_f32_kvec_4x3_avx2, .kvec_p = 4, .kvec_v = 3, .kvec_lanes = 8,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import sysconfig
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -133,6 +134,83 @@ def test_fused_epilogue_on_panel_edges(residual, relu):
     if relu:
         kw["activation"] = "relu"
     check(Case("conv2d", "epilogue", (3, 9, 5, 7), (MR + 1, 9, 3, 3), kw, bias=True, residual=residual), "c")
+
+
+# -- the GEMM with pre-packed weights (compiled plans) ---------------------------------------------
+
+
+def _problem(case, x, w, bias, residual, activation):
+    from fastconv import api
+    from fastconv._args import positive_pair
+    from fastconv.problem import Conv2dProblem
+
+    kw = case.kwargs
+    stride = positive_pair(kw.get("stride", 1), "stride")
+    dilation = positive_pair(kw.get("dilation", 1), "dilation")
+    pads = api._conv_padding(kw.get("padding", 0), w.shape[2], w.shape[3], dilation, stride)
+    return Conv2dProblem(
+        *x.shape, w.shape[0], w.shape[2], w.shape[3], stride, pads, dilation, kw.get("groups", 1), case.dtype,
+        bias=bias is not None, residual=residual is not None, activation=activation,
+    )
+
+
+def test_tile_edges_prepacked_weights_give_the_same_bits(monkeypatch):
+    """Weights packed once (cbackend.gemm_weights) give the in-place GEMM's result bit for bit on
+    every tile edge, with and without the fused epilogue; packings made for another problem are
+    not used.  The ISA's own tables: tests/test_c_isa.py reruns this under each forced ISA."""
+    from harness import make_inputs
+
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_F32_FEWC", "off")  # the few-channel kernel would take the small cases
+    packed = 0
+    cases = [c for c in TILE_CASES if c.dtype == "float32"]
+    depthwise = [c for c in cases if c.kwargs.get("groups", 1) == c.x[1] > 1]
+    for i, case in enumerate(cases):
+        inputs = make_inputs(case)
+        x, w, b = inputs["x"], inputs["w"], inputs.get("b")
+        kw = {k: v for k, v in case.kwargs.items()}
+        ref = fastconv.conv2d(x, w, b, backend="c", **kw)
+        residual = np.random.default_rng(i).standard_normal(ref.shape).astype(np.float32) if i % 2 else None
+        activation = "relu" if i % 3 else None
+        ref = fastconv.conv2d(x, w, b, residual=residual, activation=activation, backend="c", **kw)
+        p = _problem(case, x, w, b, residual, activation)
+        wp = cbackend.gemm_weights(p, w)
+        if wp is None:
+            continue
+        packed += 1
+        y = cbackend.conv2d_into(p, x, w, b, residual, np.empty_like(ref), gemm_weights=wp)
+        np.testing.assert_array_equal(y, ref, err_msg=case.id)
+        # A packing of another size (made for more output channels) is never read: the call
+        # falls back to the weights themselves.
+        k2 = p.k + 16 * p.groups
+        other = cbackend.gemm_weights(replace(p, k=k2), np.zeros((k2, *w.shape[1:]), np.float32))
+        assert other is not None and other.size != wp.size
+        y = cbackend.conv2d_into(p, x, w, b, residual, np.empty_like(ref), gemm_weights=other)
+        np.testing.assert_array_equal(y, ref, err_msg=f"{case.id}, another problem's packing")
+    if cbackend.isa() == "generic":
+        assert packed == 0  # the portable kernel reads weights in place only
+    else:
+        assert packed == len(cases) - len(depthwise), f"{packed} of {len(cases)} cases ran the pre-packed GEMM"
+
+
+def test_prepacked_kernel_name_is_logged(monkeypatch, caplog):
+    import logging
+
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    x, w = np.ones((1, 8, 9, 9), np.float32), np.ones((16, 8, 3, 3), np.float32)
+    p = _problem(Case("conv2d", "n", x.shape, w.shape, {"padding": 1}), x, w, None, None, None)
+    wp = cbackend.gemm_weights(p, w)
+    if cbackend.isa() == "generic":
+        assert wp is None
+        return
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        y = cbackend.conv2d_into(p, x, w, None, None, np.empty((1, 16, 9, 9), np.float32), gemm_weights=wp)
+    assert y[0, 0, 4, 4] == 72.0
+    assert any("weights pre-packed" in r.getMessage() for r in caplog.records)
+    depthwise = _problem(Case("conv2d", "dw", x.shape, (8, 1, 3, 3), {"groups": 8}), x, w[:8, :1], None, None, None)
+    assert cbackend.gemm_weights(depthwise, w[:8, :1].copy()) is None  # depthwise never runs the GEMM
+    assert cbackend.gemm_weights(replace(p, dtype="float64"), w.astype(np.float64)) is None
 
 
 # -- the channel-vector kernel (kvec) ---------------------------------------------------------------

@@ -26,7 +26,7 @@ KERNEL_TESTS = [
     "tests/test_algorithms.py",
     "tests/test_c_few_channels.py",
     "-k",
-    "tile_edges or epilogue or winograd or kernel_name or kvec",
+    "tile_edges or epilogue or winograd or kernel_name or kvec or prepacked",
 ]
 
 

@@ -54,7 +54,8 @@ class Conv(Step):
         super().__init__(name, output)
         self.layer, self.x, self.residual, self.activation = layer, x, residual, activation
         self.fused_into = None
-        self.u = None
+        self.u = None  # Winograd filter transform, made once
+        self.wp = None  # the GEMM's pre-packed weights, made once
         self.fallback = False
 
     def reads(self):
@@ -106,6 +107,10 @@ class Conv(Step):
             if algorithm == "winograd":  # pre-packed once: the kernel skips the transform cache
                 self.u = _c().winograd_transform(self.p, self.w)
                 self.choice += " (filters pre-transformed)"
+            else:  # where the GEMM runs: its weights in the order its kernel reads them
+                self.wp = _c().gemm_weights(self.p, self.w)
+                if self.wp is not None:
+                    self.choice += " (weights pre-packed)"
         env[self.output] = dispatch.run(self.p, x, self.w, self.b, res, backend=self.backend)
 
     def run(self, env):
@@ -122,6 +127,7 @@ class Conv(Step):
                 None if res is None else np.ascontiguousarray(res),
                 self.out,
                 self.u,
+                self.wp,
             )
         else:
             env[self.output] = dispatch.run(

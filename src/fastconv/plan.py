@@ -13,10 +13,11 @@ what an eager forward pass redoes on every call:
   faster, see fastconv._plan_tune) and remembers the winner in memory and, when the environment
   variable ``FASTCONV_TUNE_CACHE`` names a JSON file, in that file, under a key naming the
   machine (CPU model, instruction set, fastconv version), so another machine or ISA tunes afresh;
-- pre-packs what pays: the Winograd filter transform is made once and handed to the kernel
+- pre-packs the weights: the Winograd filter transform is made once and handed to the kernel
   (no transform-cache lookup, whose byte-for-byte weight check reads the weight every call);
-  the GEMM kernels read the weights in place (only a partial last block of output channels is
-  copied per call, a few KiB), so they get the weights as they are;
+  where the c GEMM runs, its weights are packed once in the order its microkernel reads them
+  (one sequential stream per block of output channels instead of one per channel; same
+  results, bit for bit; the plan then holds both copies of those weights);
 - allocates every intermediate activation once, in an arena of buffers shared by liveness: a
   buffer is reused as soon as the last step that reads its value has run.
 

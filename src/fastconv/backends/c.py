@@ -193,12 +193,15 @@ def conv2d(p, x, weight, bias, residual):
     return conv2d_into(p, x, weight, bias, residual, np.empty(p.output_shape, p.dtype))
 
 
-def conv2d_into(p, x, weight, bias, residual, y, winograd_weights=None):
+def conv2d_into(p, x, weight, bias, residual, y, winograd_weights=None, gemm_weights=None):
     """conv2d writing into ``y`` (C-contiguous, the output's shape and dtype), which it returns.
 
     ``winograd_weights`` (algorithm "winograd" only) is the filter transform that
     :func:`winograd_transform` made once for ``weight``: the call then skips the transform
-    cache and its byte-for-byte check of the weight.  fastconv.compile's plans use both.
+    cache and its byte-for-byte check of the weight.  ``gemm_weights`` is what
+    :func:`gemm_weights` packed once for ``weight``: the GEMM reads it instead of the weight's
+    rows (same results, bit for bit); a packing made for another problem or instruction set is
+    not used.  fastconv.compile's plans use all three.
     """
     nthreads = _nthreads()
     _c_scratch.check(p, nthreads)
@@ -214,7 +217,12 @@ def conv2d_into(p, x, weight, bias, residual, y, winograd_weights=None):
         call.ptr(y, size, writable=True),
         nthreads,
     )
-    if p.algorithm == "winograd":
+    packed = gemm_weights is not None and p.algorithm in ("auto", "gemm") and p.dtype == "float32"
+    if packed and _ckernels.lib.fc_f32_gemm_weights_size(d) == gemm_weights.size:
+        status = _ckernels.lib.fc_f32_conv2d_prepacked(
+            d, args[0], args[1], call.ptr(gemm_weights, gemm_weights.size), gemm_weights.size, *args[2:], kernel
+        )
+    elif p.algorithm == "winograd":
         u = _winograd_weights(p, weight) if winograd_weights is None else winograd_weights
         want = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
         status = _ckernels.lib.fc_f32_conv2d_winograd(d, args[0], call.ptr(u, want), *args[2:], kernel)
@@ -223,6 +231,25 @@ def conv2d_into(p, x, weight, bias, residual, y, winograd_weights=None):
     _check(status, "conv2d")
     _log_kernel(p, kernel)
     return y
+
+
+def gemm_weights(p, weight: np.ndarray) -> np.ndarray | None:
+    """``weight`` packed once as the GEMM's pre-packed kernels read it (for :func:`conv2d_into`),
+    or None where "auto" would not run the GEMM for ``p`` (the few-channel and channel-vector
+    kernels, depthwise, float64) or this instruction set reads weights only in place."""
+    if p.dtype != "float32" or p.algorithm not in ("auto", "gemm"):
+        return None
+    call = _Call(p.dtype)
+    d = _conv_desc(call, p)
+    size = _ckernels.lib.fc_f32_gemm_weights_size(d)
+    if size <= 0:
+        return None
+    raw = np.empty(size * 4 + 64, np.uint8)  # 64-byte aligned: whole cache lines per step
+    off = (-raw.ctypes.data) % 64
+    out = raw[off : off + size * 4].view(np.float32)
+    w = call.ptr(weight, p.k * p.cg * p.r * p.s)
+    _check(_ckernels.lib.fc_f32_gemm_weights(d, w, call.ptr(out, size, writable=True), _nthreads()), "conv2d")
+    return out
 
 
 # -- Winograd filter transforms, cached per weight -------------------------------------------------
