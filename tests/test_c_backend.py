@@ -149,8 +149,18 @@ def _problem(case, x, w, bias, residual, activation):
     dilation = positive_pair(kw.get("dilation", 1), "dilation")
     pads = api._conv_padding(kw.get("padding", 0), w.shape[2], w.shape[3], dilation, stride)
     return Conv2dProblem(
-        *x.shape, w.shape[0], w.shape[2], w.shape[3], stride, pads, dilation, kw.get("groups", 1), case.dtype,
-        bias=bias is not None, residual=residual is not None, activation=activation,
+        *x.shape,
+        w.shape[0],
+        w.shape[2],
+        w.shape[3],
+        stride,
+        pads,
+        dilation,
+        kw.get("groups", 1),
+        case.dtype,
+        bias=bias is not None,
+        residual=residual is not None,
+        activation=activation,
     )
 
 

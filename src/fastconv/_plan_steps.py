@@ -285,7 +285,9 @@ class Linear(Step):
         if self.managed and x.ndim == 2 and x.dtype in (np.float32, np.float64):
             n, f = x.shape
             o = self.wt.shape[1]
-            p = Conv2dProblem(n, f, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1, x.dtype.name, bias=self.b is not None)
+            p = Conv2dProblem(
+                n, f, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1, x.dtype.name, bias=self.b is not None
+            )
             if tuner.backend_for(p) == "c":
                 self.p, self.w4 = p, np.ascontiguousarray(self.layer.weight, x.dtype).reshape(o, f, 1, 1)
         env[self.output] = y
