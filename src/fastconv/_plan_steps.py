@@ -56,10 +56,15 @@ class Conv(Step):
         self.fused_into = None
         self.u = None  # Winograd filter transform, made once
         self.wp = None  # the GEMM's pre-packed weights, made once
+        self.call = None  # the c call, once bound to its output buffer
         self.fallback = False
 
     def reads(self):
         return [self.x] + ([] if self.residual is None else [self.residual])
+
+    def bind(self, buf):
+        super().bind(buf)
+        self.call = None
 
     def prepare(self, env, tuner):
         x, layer = env[self.x], self.layer
@@ -119,16 +124,9 @@ class Conv(Step):
         if self.fallback:
             env[self.output] = _conv_epilogue(self.layer, x, residual=res, activation=self.activation)
         elif self.bound:
-            env[self.output] = _c().conv2d_into(
-                self.p,
-                np.ascontiguousarray(x),
-                self.w,
-                self.b,
-                None if res is None else np.ascontiguousarray(res),
-                self.out,
-                self.u,
-                self.wp,
-            )
+            if self.call is None:  # everything but the input arrays, made once
+                self.call = _c().ConvCall(self.p, self.w, self.b, self.out, self.u, self.wp)
+            env[self.output] = self.call(np.ascontiguousarray(x), None if res is None else np.ascontiguousarray(res))
         else:
             env[self.output] = dispatch.run(
                 self.p,
@@ -271,10 +269,14 @@ class Linear(Step):
     def __init__(self, name, layer, x: int, output: int):
         super().__init__(name, output)
         self.layer, self.x = layer, x
-        self.p = None
+        self.p = self.call = None
 
     def reads(self):
         return [self.x]
+
+    def bind(self, buf):
+        super().bind(buf)
+        self.call = None
 
     def prepare(self, env, tuner):
         x = env[self.x]
@@ -297,9 +299,9 @@ class Linear(Step):
         if not self.bound:
             env[self.output] = self.layer(x)
         elif self.p is not None:
-            n, f = x.shape
-            xs = np.ascontiguousarray(x).reshape(n, f, 1, 1)
-            _c().conv2d_into(self.p, xs, self.w4, self.b, None, self.out.reshape(n, -1, 1, 1))
+            if self.call is None:
+                self.call = _c().ConvCall(self.p, self.w4, self.b, self.out.reshape(*self.out.shape, 1, 1))
+            self.call(np.ascontiguousarray(x).reshape(*x.shape, 1, 1))
             env[self.output] = self.out
         else:
             y = np.matmul(x, self.wt, out=self.out)

@@ -200,37 +200,57 @@ def conv2d_into(p, x, weight, bias, residual, y, winograd_weights=None, gemm_wei
     :func:`winograd_transform` made once for ``weight``: the call then skips the transform
     cache and its byte-for-byte check of the weight.  ``gemm_weights`` is what
     :func:`gemm_weights` packed once for ``weight``: the GEMM reads it instead of the weight's
-    rows (same results, bit for bit); a packing made for another problem or instruction set is
-    not used.  fastconv.compile's plans use all three.
+    rows (same results, bit for bit); a packing of another size (made for another problem or
+    instruction set) is not used.  fastconv.compile's plans use all three, through ConvCall.
     """
-    nthreads = _nthreads()
-    _c_scratch.check(p, nthreads)
-    call = _Call(p.dtype)
-    d = _conv_desc(call, p)
-    size = p.n * p.k * p.oh * p.ow
-    kernel = call.ffi.new("const char **")
-    args = (
-        call.ptr(x, p.n * p.c * p.h * p.w),
-        call.ptr(weight, p.k * p.cg * p.r * p.s),
-        call.ptr(bias, p.k),
-        call.ptr(residual if p.residual else None, size),
-        call.ptr(y, size, writable=True),
-        nthreads,
-    )
-    packed = gemm_weights is not None and p.algorithm in ("auto", "gemm") and p.dtype == "float32"
-    if packed and _ckernels.lib.fc_f32_gemm_weights_size(d) == gemm_weights.size:
-        status = _ckernels.lib.fc_f32_conv2d_prepacked(
-            d, args[0], args[1], call.ptr(gemm_weights, gemm_weights.size), gemm_weights.size, *args[2:], kernel
-        )
-    elif p.algorithm == "winograd":
-        u = _winograd_weights(p, weight) if winograd_weights is None else winograd_weights
-        want = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
-        status = _ckernels.lib.fc_f32_conv2d_winograd(d, args[0], call.ptr(u, want), *args[2:], kernel)
-    else:
-        status = _fn(p.dtype, "conv2d_algo")(d, _ALGO[p.algorithm], *args, kernel)
-    _check(status, "conv2d")
-    _log_kernel(p, kernel)
-    return y
+    return ConvCall(p, weight, bias, y, winograd_weights, gemm_weights)(x, residual)
+
+
+class ConvCall:
+    """One convolution whose weights, bias and output buffer stay the same from call to call
+    (a compiled plan's step): the descriptor, the weight and output pointers and the scratch
+    check are made once, so a call costs one C call plus the checks of its input arrays."""
+
+    def __init__(self, p, weight, bias, y, winograd_weights=None, gemm_weights=None):
+        self.p, self.y, self.weight = p, y, weight
+        self.call = call = _Call(p.dtype)
+        self.desc = _conv_desc(call, p)
+        self.size = p.n * p.k * p.oh * p.ow
+        self.kernel = call.ffi.new("const char **")
+        self.fixed = (call.ptr(weight, p.k * p.cg * p.r * p.s), call.ptr(bias, p.k))
+        self.out = call.ptr(y, self.size, writable=True)
+        self.gemm = None
+        if gemm_weights is not None and p.algorithm in ("auto", "gemm") and p.dtype == "float32":
+            self.gemm = (gemm_weights.size, call.ptr(gemm_weights, gemm_weights.size), gemm_weights)
+        self.winograd = None
+        if p.algorithm == "winograd" and winograd_weights is not None:
+            want = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
+            self.winograd = (call.ptr(winograd_weights, want), winograd_weights)
+        self.threads = None  # the thread count the scratch check was made for
+
+    def __call__(self, x, residual=None):
+        p, call, lib = self.p, self.call, _ckernels.lib
+        nthreads = _nthreads()
+        if nthreads != self.threads:
+            _c_scratch.check(p, nthreads)
+            self.threads = nthreads
+        xp = call.ptr(x, p.n * p.c * p.h * p.w)
+        tail = (call.ptr(residual if p.residual else None, self.size), self.out, nthreads, self.kernel)
+        if self.gemm is not None and lib.fc_f32_gemm_weights_size(self.desc) == self.gemm[0]:
+            status = lib.fc_f32_conv2d_prepacked(
+                self.desc, xp, self.fixed[0], self.gemm[1], self.gemm[0], self.fixed[1], *tail
+            )
+        elif p.algorithm == "winograd":
+            if self.winograd is not None:
+                u = self.winograd[0]
+            else:  # the transform cache, checked against the weight on every call
+                u = call.ptr(_winograd_weights(p, self.weight), lib.fc_f32_winograd_weights_size(p.k, p.c))
+            status = lib.fc_f32_conv2d_winograd(self.desc, xp, u, self.fixed[1], *tail)
+        else:
+            status = _fn(p.dtype, "conv2d_algo")(self.desc, _ALGO[p.algorithm], xp, *self.fixed, *tail)
+        _check(status, "conv2d")
+        _log_kernel(p, self.kernel)
+        return self.y
 
 
 def gemm_weights(p, weight: np.ndarray) -> np.ndarray | None:
