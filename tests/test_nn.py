@@ -60,6 +60,7 @@ LAYERS = {
     "adaptive": (lambda m: m.AdaptiveAvgPool2d((3, None)), (2, 3, 7, 5)),
     "relu": (lambda m: m.ReLU(), (2, 3, 4, 4)),  # inplace=True: tests/test_api_torch.py
     "linear": (lambda m: m.Linear(12, 5), (3, 2, 12)),
+    "linear_nobias": (lambda m: m.Linear(12, 5, bias=False), (4, 12)),
     "flatten": (lambda m: m.Flatten(1, 2), (2, 3, 4, 5)),
     "identity": (lambda m: m.Identity(54, unused="ok"), (2, 3, 4)),
     "sequential": (

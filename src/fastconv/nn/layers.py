@@ -2,7 +2,8 @@
 
 Each layer validates its constructor arguments (TypeError/ValueError naming the argument, as
 torch does) and calls the functional API with ``backend=self.backend`` in ``__call__``: the
-kernels live in the backends, never here.  Linear, Flatten and Identity are plain NumPy.
+kernels live in the backends, never here.  Flatten and Identity are plain NumPy; Linear is a BLAS
+GEMM except on the c backend (see Linear).
 
 Each ``backward`` follows its ``forward``: it takes the gradient with respect to the forward's
 output, adds the parameters' gradients (fastconv.grad on the layer's backend) and returns the
@@ -430,7 +431,11 @@ def _numpy_view(x):
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias``, as torch.nn.Linear; a NumPy BLAS GEMM on every backend."""
+    """``y = x @ weight.T + bias``, as torch.nn.Linear: a NumPy BLAS GEMM, except in float32 on
+    the c backend (``to_backend("c")``), where the c backend's GEMM runs it.  There BLAS would
+    start its own thread pool beside the c kernels' OpenMP threads, and each pool's idle
+    threads spin while the other works: a ResNet-50 forward pass took twice as long with its fc
+    on BLAS (docs/results/inference.md)."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
@@ -450,10 +455,14 @@ class Linear(Module):
         w = as_float_array(self.weight, "weight", like=x.dtype)
         if isinstance(x, CudaArray):  # on the device: the array's own library multiplies
             return device_linear(x, w, None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype))
-        apply_blas()  # the thread count fastconv.set_num_threads chose
-        y = x @ w.T
-        if self.bias is not None:
-            y += as_float_array(self.bias, "bias", like=x.dtype)
+        if self.backend == "c" and x.dtype == np.float32:
+            b = None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype)
+            y = api.linear(x.reshape(-1, self.in_features), w, b, backend="c").reshape(*x.shape[:-1], -1)
+        else:
+            apply_blas()  # the thread count fastconv.set_num_threads chose
+            y = x @ w.T
+            if self.bias is not None:
+                y += as_float_array(self.bias, "bias", like=x.dtype)
         self._save(input=x)
         return y
 
