@@ -30,7 +30,9 @@ log = logging.getLogger("fastconv")
 FORMAT = 1
 #: Conv backends tuned by default, in "auto"'s order (naive is a specification; torch a reference).
 CANDIDATE_BACKENDS = ("c", "im2col", "numba")
-#: A candidate whose first (untimed) call is this many times the fastest first call is not timed further.
+#: A candidate whose second call is this many times the fastest second call is not timed further
+#: (the first, untimed, pays one-time costs: JIT compilation, the Winograd filter transform, whose
+#: cost on a 512-channel layer had pruned Winograd where it was 1.3x faster).
 PRUNE = 3.0
 #: Timed rounds per candidate (interleaved), on the wall clock and on the process's CPU clock.
 #: The fastest round counts: on a loaded machine other processes only ever add time.
@@ -140,7 +142,9 @@ class Tuner:
             self.log.append((p.id, f"{hit['backend']}/{hit['algorithm']}", "cached"))
             return hit["backend"], hit["algorithm"]
         calls = {"/".join(c): make_call(*c) for c in cands}
-        first = {name: timing.time_calls(call) for name, call in calls.items()}  # JIT, caches, thread pools
+        for call in calls.values():  # JIT, caches, thread pools, filter transforms
+            call()
+        first = {name: timing.time_calls(call) for name, call in calls.items()}
         fastest = min(first.values())
         kept = {name: call for name, call in calls.items() if first[name] <= PRUNE * fastest}
         default = "/".join(cands[0])
