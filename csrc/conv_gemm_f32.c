@@ -20,7 +20,8 @@
  *
  * Blocking: the reduction runs in blocks of about kc rows (per ISA) (whole channels).  Within a
  * block, each mr-channel slice of the weights (read in place, mr row streams: no weight
- * reordering per call) meets every pixel panel of the task while it sits in L1, the panels'
+ * reordering per call; or packed once by a compiled plan, one stream: fc_f32_gemm_weights)
+ * meets every pixel panel of the task while it sits in L1, the panels'
  * B blocks waiting in L2; a task's partial sums live in a small per-thread tile buffer, and a
  * tile is written out (epilogue fused) as soon as its last block is summed.  Tasks (group x
  * pixel panels x output-channel blocks) are shared out dynamically, so batch 1 also uses every
