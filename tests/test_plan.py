@@ -144,6 +144,10 @@ def test_linear_steps_on_c_and_on_blas_match(bias):
         plan = fastconv.compile(m, x.shape, backend=backend)
         assert plan.steps[-1].describe().startswith(route)
         assert_matches(plan(x), exact, what=f"linear step on {backend}", rtol=RTOL)
+    require("c")
+    plan = fastconv.compile(build().astype(np.float64), x.shape, backend="c")  # float64: BLAS, not c's loops
+    assert plan.steps[-1].describe().startswith("numpy (BLAS)")
+    assert_matches(plan(x.astype(np.float64)), exact, what="float64 linear step", rtol=RTOL)
 
 
 def test_buffers_are_allocated_once_and_shared_by_liveness(model):

@@ -262,7 +262,8 @@ class Linear(Step):
     1x1 image: BLAS's own thread pool would otherwise start while the c kernels' OpenMP threads
     still spin after their last parallel region, and on a machine with one core per thread the
     two pools fight for the cores (ResNet-50's fc, batch 8, right after its convolutions: about
-    5 ms through BLAS, 1.3 ms through c; docs/results/inference.md).  Other plans use BLAS."""
+    5 ms through BLAS, 1.3 ms through c; docs/results/inference.md).  Other plans, and float64
+    (which the c backend runs on its portable loops), use BLAS."""
 
     kind = "linear"
 
@@ -284,7 +285,7 @@ class Linear(Step):
         self.wt = np.ascontiguousarray(self.layer.weight, x.dtype).T
         self.b = None if self.layer.bias is None else np.ascontiguousarray(self.layer.bias, x.dtype)
         self.managed = isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and y.dtype == x.dtype
-        if self.managed and x.ndim == 2 and x.dtype in (np.float32, np.float64):
+        if self.managed and x.ndim == 2 and x.dtype == np.float32:  # float64 on c: untuned loops
             n, f = x.shape
             o = self.wt.shape[1]
             p = Conv2dProblem(
