@@ -147,7 +147,7 @@ def test_linear_steps_on_c_and_on_blas_match(bias):
     require("c")
     plan = fastconv.compile(build().astype(np.float64), x.shape, backend="c")  # float64: BLAS, not c's loops
     assert plan.steps[-1].describe().startswith("numpy (BLAS)")
-    assert_matches(plan(x.astype(np.float64)), exact, what="float64 linear step", rtol=RTOL)
+    assert_matches(plan(x.astype(np.float64)), exact, "float64", what="float64 linear step", rtol=RTOL)
 
 
 def test_buffers_are_allocated_once_and_shared_by_liveness(model):
