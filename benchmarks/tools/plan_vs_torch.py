@@ -9,7 +9,8 @@ algorithm tuned per layer), the plan with Winograd allowed, and the plan with it
 off (every c kernel allocating its output, as eager calls do: what the arena saves).  Calls are
 interleaved, the order rotated each round; medians.  On a shared, loaded machine the process's
 CPU time per forward (idle OpenMP threads sleep: OMP_WAIT_POLICY=PASSIVE) is the figure that
-means something; wall clock is printed beside it.
+means something; wall clock is printed beside it, with the CPUs that other processes and the
+hypervisor (steal time) kept busy during the timing (fastconv.bench.load).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 
 import fastconv  # noqa: E402
 from fastconv import nn, timing  # noqa: E402
+from fastconv.bench import load  # noqa: E402
 from fastconv.models.resnet import ARCHS  # noqa: E402
 
 
@@ -124,14 +126,21 @@ def main() -> None:
             outs = {n: o[0] if isinstance(o, list) else o for n, o in outs.items()}
             for c in calls.values():
                 c()
+            meter = load.Meter()  # other processes' and other guests' (steal) busy CPUs meanwhile
             cpu = timing.interleaved(calls, args.reps, settle_s=1e-9, timer=time.process_time)
             wall = timing.interleaved(calls, args.reps, settle_s=1e-9)
+            others = meter.read()
             tc, tw = timing.median(cpu["torch eager"]), timing.median(wall["torch eager"])
             print(
                 f"\n{arch}, batch {batch}, {args.size}x{args.size}, float32, {args.threads} threads, "
                 f"load {os.getloadavg()[0]:.1f}; compile {t1 - t0:.1f} s (+ winograd plan {t2 - t1:.1f} s); "
                 f"median of {args.reps} interleaved rounds"
             )
+            if others is not None:
+                print(
+                    f"other processes and the hypervisor kept {others:.2f} CPUs busy meanwhile"
+                    + (": the wall-clock columns are not trustworthy" if others > load.MARGIN else "")
+                )
             print(f"| {'':22s} | CPU ms | vs torch (CPU) | wall ms | vs torch (wall) | max rel diff |")
             print("|---|---|---|---|---|---|")
             scale = np.abs(ref).max()
