@@ -179,6 +179,26 @@ def test_layer_backend_routes_only_that_layer():
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_linear_on_the_c_backend_runs_the_c_gemm(monkeypatch, caplog):
+    """float32 Linear on c runs c's GEMM (one thread pool with the c convolutions); float64 stays on BLAS."""
+    import logging
+
+    require("c")
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    layer = nn.Linear(64, 10).to_backend("c")
+    x = RNG.standard_normal((2, 3, 64)).astype(np.float32)
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        y = layer(x)
+    assert any("ran conv2d f32" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
+    layer.astype(np.float64)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        y64 = layer(x.astype(np.float64))
+    assert not any("ran conv2d" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(y64, x.astype(np.float64) @ layer.weight.T + layer.bias, rtol=1e-12)
+
+
 def test_backend_errors():
     conv = nn.Conv2d(1, 1, 1)
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
