@@ -257,3 +257,14 @@ def check(case: Case, backend: str, seed: int = 0) -> None:
         assert_close(running[1], var, case, "running_var")
     else:
         assert_close(actual, torch_reference(case, inputs, residual), case)
+
+
+def assert_same_bits_on_thread_counts(call, counts=(1, 2, 3)) -> None:
+    """``call()`` returns the same array, bit for bit, on every thread count: the c kernels sum
+    each output element in one thread, in a fixed order.  (conftest restores the thread count.)"""
+    outs = []
+    for n in counts:
+        fastconv.set_num_threads(n)
+        outs.append(call())
+    for y in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0])

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import dispatch
 from fastconv.backends import c as cbackend
-from harness import Case, check
+from harness import Case, assert_same_bits_on_thread_counts, check
 
 #: The float32 GEMM tiles (csrc/isa.c: AVX-512 8x48, AVX2 6x16, portable 4x16): output channels
 #: x pixels, and AVX-512's reduction block (192 rows, rounded down to whole input channels: 192
@@ -308,15 +308,7 @@ def test_kvec_thread_count_does_not_change_the_result(monkeypatch):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 40, 7, 9), dtype=np.float32)
     w = rng.standard_normal((150, 40, 3, 3), dtype=np.float32)
-    outs, before = [], fastconv.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            fastconv.set_num_threads(n)
-            outs.append(fastconv.conv2d(x, w, padding=1, backend="c"))
-    finally:
-        fastconv.set_num_threads(before)
-    for y in outs[1:]:
-        np.testing.assert_array_equal(y, outs[0])
+    assert_same_bits_on_thread_counts(lambda: fastconv.conv2d(x, w, padding=1, backend="c"))
 
 
 # -- threads ---------------------------------------------------------------------------------------
@@ -365,13 +357,7 @@ def test_thread_count_does_not_change_the_result():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 24, 15, 17), dtype=np.float32)
     w = rng.standard_normal((20, 24, 3, 3), dtype=np.float32)
-    outs = []
-    for n in (1, 2, 3):
-        fastconv.set_num_threads(n)
-        outs.append(fastconv.conv2d(x, w, padding=1, backend="c"))
-    # Each output element is summed by one thread in a fixed order: bitwise equal.
-    for y in outs[1:]:
-        np.testing.assert_array_equal(y, outs[0])
+    assert_same_bits_on_thread_counts(lambda: fastconv.conv2d(x, w, padding=1, backend="c"))
 
 
 # -- random problems -------------------------------------------------------------------------------
