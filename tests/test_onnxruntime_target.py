@@ -57,6 +57,8 @@ def test_session_uses_the_threads_asked_for():
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Its idle workers must not spin on after a run, slowing whichever target runs next.
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
 
 
 def test_models_suite_runs_onnxruntime_and_thread_scaling():
