@@ -199,6 +199,31 @@ def test_linear_on_the_c_backend_runs_the_c_gemm(monkeypatch, caplog):
     np.testing.assert_allclose(y64, x.astype(np.float64) @ layer.weight.T + layer.bias, rtol=1e-12)
 
 
+@pytest.mark.parametrize("how", ["use_backend", "auto"])
+def test_linear_follows_the_dispatcher_onto_the_c_gemm(monkeypatch, caplog, how):
+    """A Linear with no backend of its own runs where the dispatcher sends the convolutions: c's
+    GEMM under use_backend("c") and, where c is available, under "auto" (BLAS's own thread pool
+    beside c's doubled a ResNet-18's time); another backend chosen keeps BLAS."""
+    import logging
+
+    import fastconv
+
+    require("c")
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    layer = nn.Linear(64, 10)
+    x = RNG.standard_normal((2, 64)).astype(np.float32)
+    chosen = fastconv.use_backend("c") if how == "use_backend" else fastconv.use_backend("auto")
+    with chosen, caplog.at_level(logging.DEBUG, logger="fastconv"):
+        y = layer(x)
+    assert any("ran conv2d f32" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
+    caplog.clear()
+    with fastconv.use_backend("im2col"), caplog.at_level(logging.DEBUG, logger="fastconv"):
+        y = layer(x)
+    assert not any("ran conv2d" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
+
+
 def test_backend_errors():
     conv = nn.Conv2d(1, 1, 1)
     with pytest.raises(ValueError, match="unknown backend 'nope'"):

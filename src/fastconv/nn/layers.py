@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import api, grad
+from .. import api, dispatch, grad
 from .._device import CudaArray, device_linear, is_cuda_array
 from .._args import as_bool, as_float, as_float_array, as_int, nonnegative_pair, positive_pair
 from ..problem import (
+    LinearProblem,
     require_algorithm,
     require_divisible,
     require_divisor,
@@ -431,11 +432,13 @@ def _numpy_view(x):
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias``, as torch.nn.Linear: a NumPy BLAS GEMM, except in float32 on
-    the c backend (``to_backend("c")``), where the c backend's GEMM runs it.  There BLAS would
-    start its own thread pool beside the c kernels' OpenMP threads, and each pool's idle
-    threads spin while the other works: a ResNet-50 forward pass took twice as long with its fc
-    on BLAS (docs/results/inference.md)."""
+    """``y = x @ weight.T + bias``, as torch.nn.Linear: a NumPy BLAS GEMM, except in float32 when
+    the c backend runs it -- chosen for this layer (``to_backend("c")``) or by the dispatcher
+    (``use_backend``, ``set_backend``, ``FASTCONV_BACKEND``, or "auto" picking c, as it does for
+    the convolutions around it).  There BLAS would start its own thread pool beside the c
+    kernels' OpenMP threads, and each pool's idle threads spin while the other works: a
+    ResNet-50 forward pass took twice as long with its fc on BLAS, and so did a ResNet-18 left
+    on "auto" (docs/results/inference.md)."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
@@ -455,7 +458,7 @@ class Linear(Module):
         w = as_float_array(self.weight, "weight", like=x.dtype)
         if isinstance(x, CudaArray):  # on the device: the array's own library multiplies
             return device_linear(x, w, None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype))
-        if self.backend == "c" and x.dtype == np.float32:
+        if x.dtype == np.float32 and self._on_c(x):
             b = None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype)
             y = api.linear(x.reshape(-1, self.in_features), w, b, backend="c").reshape(*x.shape[:-1], -1)
         else:
@@ -465,6 +468,19 @@ class Linear(Module):
                 y += as_float_array(self.bias, "bias", like=x.dtype)
         self._save(input=x)
         return y
+
+    def _on_c(self, x) -> bool:
+        """Whether the c backend would run this layer's float32 ``x`` (see the class docstring)."""
+        name = self.backend or dispatch.get_backend()
+        if name == "auto":
+            p = LinearProblem(
+                tuple(x.shape[:-1]), self.in_features, self.out_features, self.bias is not None, "float32"
+            )
+            try:
+                name = dispatch.select(p)[0]
+            except dispatch.BackendError:  # nothing can: BLAS answers, as before
+                return False
+        return name == "c"
 
     def backward(self, grad_output):
         x = self._saved_for_backward()["input"]
