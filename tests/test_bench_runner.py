@@ -161,6 +161,34 @@ def test_slow_targets_take_fewer_samples(monkeypatch):
     assert torch_cell.repeats >= settings.min_repeats
 
 
+def test_whole_networks_settle_longer_than_layers(monkeypatch):
+    """Each sample of a whole network waits out OpenBLAS's long idle spin (model_settle); a
+    layer's sample settles the usual short while."""
+    seen = []
+    monkeypatch.setattr(runner, "_sample", lambda a, settle: seen.append(settle) or a.samples.append(1e-3))
+
+    class Quick:
+        kind, device = "fastconv", "cpu"
+
+        def __init__(self, name):
+            self.name = name
+
+        def skip_reason(self, case):
+            return None
+
+        def prepare(self, case, data):
+            return targets.Prepared(lambda: None)
+
+    settings = runner.Settings(threads=1, min_time=0.01, min_repeats=2, max_repeats=2, check=False)
+    model = suites.get_suite("models").cases(batch_sizes=(1,))[0]
+    quick = [Quick("a"), Quick("b")]
+    runner.measure_case(model, quick, settings)
+    assert seen and set(seen) == {settings.model_settle} and settings.model_settle > settings.settle
+    seen.clear()
+    runner.measure_case(TINY[0], quick, settings)
+    assert seen and set(seen) == {settings.settle}
+
+
 def test_models_suite_skips_cleanly_without_fastconv_models(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastconv.models", None)  # import fails
     monkeypatch.setattr(targets.models, "_fastconv_models", {})

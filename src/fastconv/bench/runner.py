@@ -10,8 +10,8 @@ For each case:
 3. take ``repeats`` rounds; in each, every target runs one sample (``number`` back-to-back
    calls, enough to last ``sample_time``), in an order rotated every round so that drift, turbo
    and cache state hit every target alike.  Before each sample the target runs untimed for
-   ``settle`` seconds, so the previous target's spin-waiting threads (OpenMP's default) are not
-   billed to this one;
+   ``settle`` seconds (whole networks: ``model_settle``, outlasting OpenBLAS's longer spin), so
+   the previous target's spin-waiting threads (OpenMP's default) are not billed to this one;
 4. report the median and the interquartile range of the samples.
 
 The workspace (memory beyond the output) is measured on one more, untimed call.
@@ -52,6 +52,7 @@ class Settings:
     check: bool = True  # compare every output with torch's float64 answer
     max_traced_call: float = 0.1  # measure the workspace (a traced extra call) below this call time
     settle: float = 0.02  # untimed calls this long before each sample (see _sample)
+    model_settle: float = 0.15  # the same before each whole network's sample (see _settle_time)
     clock: str = "wall"  # "wall", or "cpu": process CPU time / threads (host targets)
 
 
@@ -256,7 +257,7 @@ def measure_case(
             shift = r % len(active)
             for a in active[shift:] + active[:shift]:
                 if r < a.rounds and a.cell.status != "error":
-                    _sample(a, settings.settle if len(active) > 1 else 0.0)
+                    _sample(a, _settle_time(case, settings) if len(active) > 1 else 0.0)
         for a in active:
             if a.cell.status == "error":
                 continue
@@ -302,6 +303,15 @@ def _start(case, target, data, ref, cell: Measurement, settings: Settings) -> _A
         cell.status, cell.reason = "error", f"{type(exc).__name__}: {exc}"
         return None
     return _Active(target, prepared, cell, estimate, max(1, math.ceil(settings.sample_time / estimate)))
+
+
+def _settle_time(case, settings: Settings) -> float:
+    """How long each target settles before a sample.  A whole network's targets include BLAS
+    (im2col's GEMMs, the classifier of the numba and im2col networks), and OpenBLAS's idle
+    threads spin far longer than OpenMP's: measured on 2 cores (AMD EPYC, AVX-512), a ResNet-18
+    batch 1 on c took 30-46 ms within 50 ms of an im2col forward pass, 16 ms after 100 ms and
+    14.5 ms after 200 ms.  Settling 150 ms costs the models suite about a minute."""
+    return max(settings.settle, settings.model_settle) if case.op == "model" else settings.settle
 
 
 def _sample(a: _Active, settle: float) -> None:
