@@ -47,9 +47,9 @@ gemm_6x16(const int prefetch_b, const int packed, int64_t kc, const float *restr
     for (int64_t p = 0; p < kc; p++) {
         /* The weight rows stream in place: every 16 steps each row enters a new line; fetch
          * the one after it, one row per step. */
-        if (packed) { /* one sequential stream (fc_f32_gemm_weights): 6 weights a step */
-            if ((p & 1) == 0)
-                _mm_prefetch((const char *)(a + p * MR + 96), _MM_HINT_T0);
+        if (packed) { /* one sequential stream (fc_f32_gemm_weights): 6 weights a step, */
+            if ((p & 1) == 0) /* fetched 64 steps ahead, as the AVX-512 kernel (see there) */
+                _mm_prefetch((const char *)(a + p * MR + 384), _MM_HINT_T0);
         } else if ((p & 15) < MR) {
             _mm_prefetch((const char *)(a + (p & 15) * lda + p + 32), _MM_HINT_T0);
         }
