@@ -7,10 +7,16 @@ torch.no_grad), ONNX Runtime when installed (that torch model exported with torc
 thread count, sequential execution), fastconv's fused model on the c backend (eager), the compiled plan (backend and
 algorithm tuned per layer), the plan with Winograd allowed, and the plan with its arena switched
 off (every c kernel allocating its output, as eager calls do: what the arena saves).  Calls are
-interleaved, the order rotated each round; medians.  On a shared, loaded machine the process's
-CPU time per forward (idle OpenMP threads sleep: OMP_WAIT_POLICY=PASSIVE) is the figure that
-means something; wall clock is printed beside it, with the CPUs that other processes and the
-hypervisor (steal time) kept busy during the timing (fastconv.bench.load).
+interleaved, the order rotated each round, each sample after 150 ms of untimed calls (the
+previous runtime's idle threads spin meanwhile: OpenBLAS's for up to 100 ms); medians.
+
+On free cores the wall clock is the figure, every runtime keeping its default wait policy.  When
+other processes keep the cores busy (read before any thread pool starts, fastconv.bench.load),
+the tool switches OpenMP to OMP_WAIT_POLICY=PASSIVE, as `fastconv bench` does, and the process's
+CPU time per forward is the figure that means something (passive threads cost torch and the c
+kernels a wake-up per parallel region, which ONNX Runtime's own pool does not pay).  Both clocks
+are printed, with the CPUs that other processes and the hypervisor (steal time) kept busy while
+timing.  `fastconv resnet --compile` measures the same plans with the project's own runner.
 """
 
 from __future__ import annotations
@@ -19,13 +25,19 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from fastconv.bench import load  # reads /proc/stat only: no thread pool starts here
+
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--threads", type=int, default=2)
+_CONTENDED = load.assess(load.sample(0.5), _pre.parse_known_args()[0].threads)["contended"]
+if _CONTENDED:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
 import fastconv  # noqa: E402
 from fastconv import nn, timing  # noqa: E402
-from fastconv.bench import load  # noqa: E402
+from fastconv.bench import onnxruntime_target  # noqa: E402
 from fastconv.models.resnet import ARCHS  # noqa: E402
 
 
@@ -51,26 +63,14 @@ def _without_arena(plan):
     return other
 
 
-def _onnxruntime(tmodel, tx, nthreads) -> dict:
-    try:
-        import onnxruntime as ort
-    except ImportError:
+def _onnxruntime(tmodel, x, nthreads) -> dict:
+    """ONNX Runtime as `fastconv bench` runs it (onnxruntime_target: its workers stop spinning
+    when a run returns), or nothing when it is not installed."""
+    if onnxruntime_target.unavailable_reason() is not None:
         return {}
-    import io
-    import warnings
+    import onnxruntime as ort
 
-    import torch
-
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(tmodel, (tx,), f, dynamo=False, opset_version=17)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = nthreads, 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: tx.numpy()}
-    return {f"onnxruntime {ort.__version__}": lambda: sess.run(None, feed)[0]}
+    return {f"onnxruntime {ort.__version__}": onnxruntime_target.runner(tmodel, x, nthreads)}
 
 
 def main() -> None:
@@ -116,7 +116,7 @@ def main() -> None:
 
             calls = {
                 "torch eager": run_torch,
-                **_onnxruntime(tmodel, tx, args.threads),
+                **_onnxruntime(tmodel, x, args.threads),
                 "c eager, fused": lambda: fused(x),
                 "compiled": lambda: plan(x),
                 "compiled, winograd": lambda: wplan(x),
@@ -127,14 +127,16 @@ def main() -> None:
             for c in calls.values():
                 c()
             meter = load.Meter()  # other processes' and other guests' (steal) busy CPUs meanwhile
-            cpu = timing.interleaved(calls, args.reps, settle_s=1e-9, timer=time.process_time)
-            wall = timing.interleaved(calls, args.reps, settle_s=1e-9)
+            cpu = timing.interleaved(calls, args.reps, settle_s=0.15, timer=time.process_time)
+            wall = timing.interleaved(calls, args.reps, settle_s=0.15)
             others = meter.read()
             tc, tw = timing.median(cpu["torch eager"]), timing.median(wall["torch eager"])
             print(
                 f"\n{arch}, batch {batch}, {args.size}x{args.size}, float32, {args.threads} threads, "
                 f"load {os.getloadavg()[0]:.1f}; compile {t1 - t0:.1f} s (+ winograd plan {t2 - t1:.1f} s); "
-                f"median of {args.reps} interleaved rounds"
+                f"median of {args.reps} interleaved rounds; OpenMP wait policy "
+                f"{os.environ.get('OMP_WAIT_POLICY', 'default').lower()}"
+                + (" (the cores were busy: the CPU-time columns are the figures)" if _CONTENDED else "")
             )
             if others is not None:
                 print(
