@@ -301,6 +301,21 @@ def test_peak_prefers_the_c_backend_measured_at_usable_cpus_and_cached(monkeypat
     assert machine.peak_gflops(2)[:2] == (42.0, "numpy sgemm 2048^3 at 2 threads (best of 5)")
 
 
+def test_the_cached_peak_names_its_file_without_the_home_directory(monkeypatch, tmp_path):
+    """Results are shared: the peak's source names the cache file as ~/..., not the user's home."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("FASTCONV_PEAK_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(machine, "_peak_cache", {})
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    fake_c = types.SimpleNamespace(peak_gflops=lambda threads: 100.0 * threads, isa=lambda: "avx2")
+    monkeypatch.setitem(sys.modules, "fastconv.backends.c", fake_c)
+    machine.peak_gflops(2)
+    monkeypatch.setattr(machine, "_peak_cache", {})
+    source = machine.peak_gflops(2)[1]
+    assert "cached (~/.cache/fastconv/peak.json)" in source and str(tmp_path) not in source
+
+
 def test_numpy_gemm_peak_is_positive():
     assert machine._numpy_gemm_gflops(1, n=64) > 0
 

@@ -215,6 +215,12 @@ def peak_cache_path() -> str:
     )
 
 
+def _shown(path: str) -> str:
+    """``path`` with the home directory as ``~``: results are shared, the user's home is not theirs."""
+    home = os.path.expanduser("~")
+    return "~" + path[len(home) :] if home not in ("", "~", "/") and path.startswith(home + os.sep) else path
+
+
 def _machine_key(nthreads: int) -> str:
     isa = None
     try:
@@ -263,7 +269,7 @@ def peak_gflops(nthreads: int, cache: bool = True) -> tuple[float, str, int]:
     key = _machine_key(n)
     stored = _read_cache().get(key) if cache else None
     if isinstance(stored, dict) and isinstance(stored.get("gflops"), (int, float)):
-        result = (float(stored["gflops"]), f"{stored.get('source')}, cached ({peak_cache_path()})", n)
+        result = (float(stored["gflops"]), f"{stored.get('source')}, cached ({_shown(peak_cache_path())})", n)
         _peak_cache[n] = result
         return result
     result = None
