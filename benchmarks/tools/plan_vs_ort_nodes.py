@@ -41,6 +41,9 @@ def _onnx_node_times(model, x, threads, reps):
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_profiling = True
+    # Its workers stop spinning when a run returns, as in `fastconv bench` (onnxruntime_target):
+    # left spinning they slow the plan's first steps, timed right after.
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
     sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x}
