@@ -8,10 +8,11 @@ torch's, then times the backends and torch eager interleaved, the order rotated 
 a busy machine slows them alike -- and prints the median and fastest time per backend, the speed relative to torch, and the
 largest difference from torch's output.
 
-Each round runs every backend twice in a row and times the second pass.  The thread pools of
-the backend before it (OpenBLAS, torch's and the C backend's OpenMP) keep spinning for a while
-after returning; on a machine with few cores that halves the speed of whatever runs next, so a
-single pass would time the previous backend's leftovers, not this one.
+Each round runs every backend untimed for 150 ms (at least once) and then times one pass.  The
+thread pools of the backend before it keep spinning for a while after returning -- torch's and
+the C backend's OpenMP for milliseconds, OpenBLAS for up to 100 ms; ONNX Runtime's session
+stops its own when a run returns -- and on a machine with few cores that halves the speed of
+whatever runs next, so an unsettled pass would time the previous backend's leftovers.
 
 The torch side is the same model converted with ``fastconv.interop.torch.to_torch`` (a plain
 torch.nn model with torchvision's forward pass), run under ``torch.no_grad()`` with the same
@@ -36,7 +37,7 @@ from fastconv import dispatch, timing
 from fastconv import nn as fnn
 
 from ..models.resnet import ARCHS
-from . import onnxruntime_target
+from . import onnxruntime_target, runner
 
 #: Relative difference from torch (max |y - ref| / max |ref|) above which the exit status is 1.
 TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
@@ -204,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(0, args.warmup - 1)):
         for run in runners.values():
             run()
-    # Interleaved, the order rotated each round; one untimed settling call before each sample
-    # (the previous backend's spinning threads go idle, see the module docstring).
+    # Interleaved, the order rotated each round; untimed calls for the runner's model_settle
+    # (150 ms, at least one call) before each sample: the previous backend's idle threads spin
+    # meanwhile, OpenBLAS's (im2col, numba's classifier) for up to 100 ms (bench/runner.py).
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -213,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("rounds", total=args.repeat)
         samples = timing.interleaved(
-            runners, args.repeat, settle_s=1e-9, on_round=lambda done: bar.update(task, completed=done)
+            runners,
+            args.repeat,
+            settle_s=runner.Settings(threads=threads).model_settle,
+            on_round=lambda done: bar.update(task, completed=done),
         )
 
     torch_median = timing.median(samples["torch (eager)"]) if reference is not None else None
