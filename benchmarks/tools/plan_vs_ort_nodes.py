@@ -6,7 +6,8 @@ The same torchvision-style model (random weights) is compiled by fastconv on the
 exported through torch.onnx to ONNX Runtime (CPU, 2 threads, sequential).  ONNX Runtime's own
 profiler times each of its (fused) nodes; each plan step is timed in sequence with the clock
 around it.  Median of --reps forward passes each; the rows pair a plan step with the ONNX node
-that ends in the same layer (conv1 + relu, conv3 + add + relu, ...), slowest relative first.
+that ends in the same layer (conv1 + relu, conv3 + add + relu, ..., the max pool and the
+classifier), slowest relative first.
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ def _step_of(node: str) -> str | None:
     """The plan step an ONNX node (named after its last fused output) ends in."""
     if node.startswith("/relu/"):
         return "conv1"
+    if node.startswith(("/maxpool/", "/fc/")):
+        return node.split("/")[1]
     m = re.match(r"/(layer\d)/(layer\d\.\d+)/(.*)_output_0", node)
     if not m:
         return None
     block, tail = m.group(2), m.group(3)
     if tail.startswith("downsample"):
         return f"{block}.downsample.0"
-    return {"relu/Relu": f"{block}.conv1", "relu_1/Relu": f"{block}.conv2", "relu_2/Relu": f"{block}.conv3"}.get(tail)
+    steps = {"relu/Relu": "conv1", "relu_1/Relu": "conv2", "relu_2/Relu": "conv3", "conv3/Conv": "conv3"}
+    return f"{block}.{steps[tail]}" if tail in steps else None
 
 
 def main() -> None:
@@ -107,7 +111,7 @@ def main() -> None:
     print(f"{args.arch}, batch {args.batch}, {args.threads} threads, CPU: {cpu_model()}")
     print(f"plan steps in sequence: {sum(ours.values()):.1f} ms; ONNX Runtime nodes: {sum(ort_ms.values()):.1f} ms")
     print(
-        f"matched {len(pairs)} convolutions: fastconv {sum(p[2] for p in pairs):.1f} ms, ONNX Runtime {sum(p[3] for p in pairs):.1f} ms"
+        f"matched {len(pairs)} steps: fastconv {sum(p[2] for p in pairs):.1f} ms, ONNX Runtime {sum(p[3] for p in pairs):.1f} ms"
     )
     print("| step | fastconv ms | ONNX Runtime ms | ratio |\n|---|---|---|---|")
     for ratio, step, a, b in pairs:
