@@ -224,6 +224,29 @@ def test_linear_follows_the_dispatcher_onto_the_c_gemm(monkeypatch, caplog, how)
     np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
 
 
+def test_linear_on_numba_runs_blas_on_one_thread(monkeypatch):
+    """On numba the classifier's BLAS stays on one thread: a 2-thread BLAS's idle threads spun
+    against numba's and made a ResNet-18 at 2 threads slower than at 1."""
+    import fastconv
+    from fastconv import threads
+
+    require("numba")
+    seen = []
+    real = threads.limit_blas
+    monkeypatch.setattr(threads, "limit_blas", lambda n: seen.append(n) or real(n))
+    layer = nn.Linear(64, 10)
+    x = RNG.standard_normal((2, 3, 64)).astype(np.float32)
+    with fastconv.use_backend("numba"):
+        y = layer(x)
+    assert seen == [1]
+    np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
+    seen.clear()
+    with fastconv.use_backend("im2col"):  # BLAS on fastconv's thread count, as before
+        y = layer(x)
+    assert seen == []
+    np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
+
+
 def test_backend_errors():
     conv = nn.Conv2d(1, 1, 1)
     with pytest.raises(ValueError, match="unknown backend 'nope'"):

@@ -62,8 +62,6 @@ def supports(p):
 _executor: ThreadPoolExecutor | None = None
 _executor_size = 0
 _lock = threading.Lock()
-_blas_users = 0
-_blas_limiter = None
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -80,38 +78,13 @@ def _pool(n: int) -> ThreadPoolExecutor:
 def _after_fork_in_child() -> None:
     """A forked child inherits the pool object but none of its worker threads, and maybe a lock
     some other thread held at the fork: start from nothing."""
-    global _executor, _executor_size, _lock, _blas_users, _blas_limiter
+    global _executor, _executor_size, _lock
     _executor, _executor_size = None, 0
     _lock = threading.Lock()
-    _blas_users, _blas_limiter = 0, None
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _SingleThreadedBlas:
-    """Keep BLAS on one thread while any call runs its own threads; restore it after the last.
-
-    The parallelism is ours; a multi-threaded BLAS under each of our threads would oversubscribe
-    the cores.  Reference-counted so concurrent calls cannot leave BLAS stuck at one thread; the
-    limit holds whichever thread the call comes from (``threads.limit_blas``).
-    """
-
-    def __enter__(self):
-        global _blas_users, _blas_limiter
-        with _lock:
-            if _blas_users == 0:
-                _blas_limiter = threads.limit_blas(1)
-            _blas_users += 1
-
-    def __exit__(self, *exc):
-        global _blas_users, _blas_limiter
-        with _lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                threads.restore_blas(_blas_limiter)
-                _blas_limiter = None
 
 
 def _parallel(work, items: list, blas: bool = False) -> None:
@@ -120,7 +93,7 @@ def _parallel(work, items: list, blas: bool = False) -> None:
     ``blas``: the work calls BLAS, which must then stay single-threaded under our threads.
     """
     n = min(threads.get_num_threads(), len(items))
-    with _SingleThreadedBlas() if blas else contextlib.nullcontext():
+    with threads.single_threaded_blas() if blas else contextlib.nullcontext():
         if n <= 1:
             work(items)
             return

@@ -161,9 +161,10 @@ def relu(p, x):
 
 
 def linear(p, x, weight, bias):
-    """NumPy's BLAS GEMM (a jitted loop would not beat it), as nn.Linear always ran here."""
-    threads.apply_blas()
-    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0: torch's NaN
+    """NumPy's BLAS GEMM (a jitted loop would not beat it) on one thread: between numba's OpenMP
+    kernels a multi-threaded BLAS's idle threads spin and take the cores numba's threads need
+    (``threads.single_threaded_blas``)."""
+    with threads.single_threaded_blas(), np.errstate(invalid="ignore", over="ignore"):  # inf * 0: torch's NaN
         y = x.reshape(p.rows, p.in_features) @ weight.T
         if bias is not None:
             y += bias

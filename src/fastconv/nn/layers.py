@@ -432,13 +432,15 @@ def _numpy_view(x):
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias``, as torch.nn.Linear: a NumPy BLAS GEMM, except in float32 when
-    the c backend runs it -- chosen for this layer (``to_backend("c")``) or by the dispatcher
-    (``use_backend``, ``set_backend``, ``FASTCONV_BACKEND``, or "auto" picking c, as it does for
-    the convolutions around it).  There BLAS would start its own thread pool beside the c
-    kernels' OpenMP threads, and each pool's idle threads spin while the other works: a
-    ResNet-50 forward pass took twice as long with its fc on BLAS, and so did a ResNet-18 left
-    on "auto" (docs/results/inference.md)."""
+    """``y = x @ weight.T + bias``, as torch.nn.Linear: a NumPy BLAS GEMM on fastconv's thread
+    count, except where the c or numba backend runs the layer -- chosen for it
+    (``to_backend``) or by the dispatcher (``use_backend``, ``set_backend``,
+    ``FASTCONV_BACKEND``, or "auto" picking it, as it does for the convolutions around it).
+    There a multi-threaded BLAS would keep its own thread pool beside those backends' OpenMP
+    threads, and each pool's idle threads spin while the other works: a ResNet-50 forward pass
+    took twice as long with its fc on BLAS, a ResNet-18 left on "auto" 32 ms instead of 14.6
+    (docs/results/inference.md).  So c runs float32 layers on its own GEMM, and numba's linear
+    runs BLAS on one thread."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
@@ -458,9 +460,10 @@ class Linear(Module):
         w = as_float_array(self.weight, "weight", like=x.dtype)
         if isinstance(x, CudaArray):  # on the device: the array's own library multiplies
             return device_linear(x, w, None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype))
-        if x.dtype == np.float32 and self._on_c(x):
+        name = self._backend_for(x)
+        if (name == "c" and x.dtype == np.float32) or name == "numba":
             b = None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype)
-            y = api.linear(x.reshape(-1, self.in_features), w, b, backend="c").reshape(*x.shape[:-1], -1)
+            y = api.linear(x.reshape(-1, self.in_features), w, b, backend=name).reshape(*x.shape[:-1], -1)
         else:
             apply_blas()  # the thread count fastconv.set_num_threads chose
             y = x @ w.T
@@ -469,18 +472,18 @@ class Linear(Module):
         self._save(input=x)
         return y
 
-    def _on_c(self, x) -> bool:
-        """Whether the c backend would run this layer's float32 ``x`` (see the class docstring)."""
+    def _backend_for(self, x) -> str | None:
+        """The backend the dispatcher would give this layer's ``x`` (see the class docstring)."""
         name = self.backend or dispatch.get_backend()
         if name == "auto":
             p = LinearProblem(
-                tuple(x.shape[:-1]), self.in_features, self.out_features, self.bias is not None, "float32"
+                tuple(x.shape[:-1]), self.in_features, self.out_features, self.bias is not None, x.dtype.name
             )
             try:
                 name = dispatch.select(p)[0]
             except dispatch.BackendError:  # nothing can: BLAS answers, as before
-                return False
-        return name == "c"
+                return None
+        return name
 
     def backward(self, grad_output):
         x = self._saved_for_backward()["input"]
