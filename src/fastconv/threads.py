@@ -6,7 +6,8 @@ at call time, so the count is right whatever was imported first:
 - c: passed to every C call, which opens its OpenMP region with ``num_threads(n)``;
 - numba: ``numba.set_num_threads`` before each parallel call (numba keeps it per thread);
 - im2col: NumPy's BLAS through threadpoolctl (``apply_blas``; cached, the lookup costs ms), held
-  at one thread under im2col's own threads (``limit_blas``), from whichever thread calls;
+  at one thread under im2col's own threads (``single_threaded_blas``), from whichever thread
+  calls; numba's linear layer holds it at one thread too, beside numba's OpenMP threads;
 - torch: ``torch.set_num_threads`` before each call.
 
 The default is the CPUs this process may run on, or ``FASTCONV_NUM_THREADS`` when set.
