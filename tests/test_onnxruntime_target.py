@@ -62,7 +62,8 @@ def test_session_uses_the_threads_asked_for():
 
 
 def test_models_suite_runs_onnxruntime_and_thread_scaling():
-    """The models suite gets ONNX Runtime and one-thread twins; the JSON, tables and Markdown show both."""
+    """The models suite gets the compiled network, ONNX Runtime and one-thread twins; the JSON,
+    tables and Markdown show them."""
     pytest.importorskip("onnxruntime")
     cases = [_small_resnet()]
     chosen = targets.model_targets(targets.fastconv_targets(["c"]) + targets.torch_targets(), cases, 2)
@@ -70,16 +71,27 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
         "c",
         "torch",
         "c-fused",
+        "compiled",
         "onnxruntime",
         "c@1t",
         "torch@1t",
         "c-fused@1t",
+        "compiled@1t",
         "onnxruntime@1t",
     ]
     run = runner.run_suite(SUITE, cases, chosen, runner.Settings(threads=2, **QUICK), peak=False)
     doc = schema.validate(schema.to_dict(run))
     results = {r["backend"]: r for r in doc["results"]}
-    for name in ("onnxruntime", "onnxruntime@1t", "c@1t", "torch@1t", "c-fused", "c-fused@1t"):
+    for name in (
+        "onnxruntime",
+        "onnxruntime@1t",
+        "c@1t",
+        "torch@1t",
+        "c-fused",
+        "c-fused@1t",
+        "compiled",
+        "compiled@1t",
+    ):
         assert results[name]["status"] == "ok", results[name]
         assert results[name]["max_rel_error"] < 1e-4
     # Each one-thread cell is compared with torch on one thread, the others with torch on two.
@@ -92,7 +104,7 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
     )
 
     scaled = {s["backend"]: s for s in doc["thread_scaling"]}
-    assert set(scaled) == {"c", "torch", "c-fused", "onnxruntime"}
+    assert set(scaled) == {"c", "torch", "c-fused", "compiled", "onnxruntime"}
     for name, s in scaled.items():
         t1, t2 = results[f"{name}@1t"]["median_s"], results[name]["median_s"]
         assert s["threads"] == 2

@@ -229,6 +229,26 @@ class FusedModelTarget(FastconvTarget):
         return Prepared(call, workspace=lambda: _traced_workspace(call))
 
 
+class CompiledModelTarget:
+    """A whole network through ``fastconv.compile`` (backend and algorithm tuned per layer, batch
+    norms folded, weights pre-packed, activations in one arena), compiled when prepared (at the
+    thread count it runs at) and timed per forward pass."""
+
+    kind, device = "fastconv", "cpu"
+    name = "compiled"
+
+    def skip_reason(self, case) -> str | None:
+        if case.op != "model":
+            return "a compiled network: the models suite only"
+        return models.fastconv_model_reason(case)
+
+    def prepare(self, case, data) -> Prepared:
+        x = data["x"]
+        plan = fastconv.compile(models.fastconv_model(case), x.shape)
+        call = lambda: plan(x)  # noqa: E731
+        return Prepared(call, workspace=lambda: _traced_workspace(call))
+
+
 def backend_devices(name: str) -> tuple[str, ...]:
     """The devices backend ``name`` runs on (its DEVICES; a backend that fails to import: by its name)."""
     entry = dispatch._registry[name]
@@ -505,9 +525,11 @@ def torch_targets(device: str = "cpu", flush_l2: bool = False) -> list[TorchTarg
 
 def model_targets(targets: list, cases: list, threads: int) -> list:
     """For whole networks (the ``models`` suite): each CPU fastconv backend on the fused network too,
-    ONNX Runtime next to torch as a second baseline, and a one-thread twin of every CPU target
-    (thread scaling); ``targets`` unchanged otherwise."""
+    the network compiled (``fastconv.compile``) when any fastconv backend runs, ONNX Runtime next
+    to torch as a second baseline, and a one-thread twin of every CPU target (thread scaling);
+    ``targets`` unchanged otherwise."""
     if not any(c.op == "model" for c in cases):
         return list(targets)
     fused = [FusedModelTarget(t.name) for t in targets if type(t) is FastconvTarget]
-    return scaling.with_scaling([*targets, *fused, *onnxruntime_target.targets()], cases, threads)
+    compiled = [CompiledModelTarget()] if fused else []
+    return scaling.with_scaling([*targets, *fused, *compiled, *onnxruntime_target.targets()], cases, threads)
