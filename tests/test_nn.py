@@ -224,24 +224,25 @@ def test_linear_follows_the_dispatcher_onto_the_c_gemm(monkeypatch, caplog, how)
     np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
 
 
-def test_linear_on_numba_runs_blas_on_one_thread(monkeypatch):
-    """On numba the classifier's BLAS stays on one thread: a 2-thread BLAS's idle threads spun
-    against numba's and made a ResNet-18 at 2 threads slower than at 1."""
+@pytest.mark.parametrize("backend", ["numba", "im2col"])
+def test_linear_on_numba_and_im2col_runs_blas_on_one_thread(monkeypatch, backend):
+    """On numba and im2col the classifier's BLAS stays on one thread: a 2-thread BLAS's idle
+    threads spun against the backend's own and made a ResNet-18 at 2 threads slower than at 1."""
     import fastconv
     from fastconv import threads
 
-    require("numba")
+    require(backend)
     seen = []
     real = threads.limit_blas
     monkeypatch.setattr(threads, "limit_blas", lambda n: seen.append(n) or real(n))
     layer = nn.Linear(64, 10)
     x = RNG.standard_normal((2, 3, 64)).astype(np.float32)
-    with fastconv.use_backend("numba"):
+    with fastconv.use_backend(backend):
         y = layer(x)
     assert seen == [1]
     np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)
     seen.clear()
-    with fastconv.use_backend("im2col"):  # BLAS on fastconv's thread count, as before
+    with fastconv.use_backend("naive"):  # BLAS on fastconv's thread count, as before
         y = layer(x)
     assert seen == []
     np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, rtol=1e-5, atol=1e-5)

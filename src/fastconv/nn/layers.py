@@ -433,14 +433,14 @@ def _numpy_view(x):
 
 class Linear(Module):
     """``y = x @ weight.T + bias``, as torch.nn.Linear: a NumPy BLAS GEMM on fastconv's thread
-    count, except where the c or numba backend runs the layer -- chosen for it
+    count, except where the c, numba or im2col backend runs the layer -- chosen for it
     (``to_backend``) or by the dispatcher (``use_backend``, ``set_backend``,
     ``FASTCONV_BACKEND``, or "auto" picking it, as it does for the convolutions around it).
-    There a multi-threaded BLAS would keep its own thread pool beside those backends' OpenMP
-    threads, and each pool's idle threads spin while the other works: a ResNet-50 forward pass
-    took twice as long with its fc on BLAS, a ResNet-18 left on "auto" 32 ms instead of 14.6
-    (docs/results/inference.md).  So c runs float32 layers on its own GEMM, and numba's linear
-    runs BLAS on one thread."""
+    There a multi-threaded BLAS would keep its own thread pool beside those backends' threads,
+    and each pool's idle threads spin while the other works: a ResNet-50 forward pass took twice
+    as long with its fc on BLAS, a ResNet-18 left on "auto" 32 ms instead of 14.6
+    (docs/results/inference.md).  So c runs float32 layers on its own GEMM, and numba's and
+    im2col's linear run BLAS on one thread (im2col's under its own threads)."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
@@ -461,7 +461,7 @@ class Linear(Module):
         if isinstance(x, CudaArray):  # on the device: the array's own library multiplies
             return device_linear(x, w, None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype))
         name = self._backend_for(x)
-        if (name == "c" and x.dtype == np.float32) or name == "numba":
+        if (name == "c" and x.dtype == np.float32) or name in ("numba", "im2col"):
             b = None if self.bias is None else as_float_array(self.bias, "bias", like=x.dtype)
             y = api.linear(x.reshape(-1, self.in_features), w, b, backend=name).reshape(*x.shape[:-1], -1)
         else:
