@@ -22,10 +22,11 @@ static int FN(pool_row_len)(const fc_pool2d_desc *d, int64_t *len) {
     return 1;
 }
 
-/* Scratch for `team` threads of `floats` elements each; NULL when it cannot be had. */
-static char *FN(pool_scratch)(int team, int64_t floats, size_t *slice) {
+/* Scratch for `team` threads of `floats` elements each (SIZE_MAX: a size that overflowed); NULL
+ * when it cannot be had. */
+static char *FN(pool_scratch)(int team, size_t floats, size_t *slice) {
     size_t total;
-    *slice = fc_slice(fc_size_mul3((size_t)floats, sizeof(T), 1));
+    *slice = fc_slice(fc_size_mul3(floats, sizeof(T), 1));
     if (*slice == SIZE_MAX || fc_size_mul((size_t)team, *slice, &total))
         return NULL;
     return fc_alloc(total);
@@ -99,7 +100,10 @@ int FN(max_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
     const int taps3s2 = padded && d->kw == 3 && d->stride_w == 2 && d->dil_w == 1;
     int team = fc_team(nthreads, planes * d->oh * d->ow * FC_MIN(d->kh, d->h) * FC_MIN(d->kw, d->w), 1 << 15);
     size_t slice;
-    char *scratch = FN(pool_scratch)(team, len + (taps3s2 ? 2 * (d->ow + 1) : 0), &slice);
+    size_t floats = (size_t)len; /* the padded row, then the 3x3/2 path's even and odd rows */
+    if (taps3s2) /* saturates at SIZE_MAX on overflow, which pool_scratch refuses */
+        fc_size_add(floats, fc_size_mul3((size_t)d->ow + 1, 2, 1), &floats);
+    char *scratch = FN(pool_scratch)(team, floats, &slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
@@ -153,7 +157,9 @@ int FN(avg_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
     int team = fc_team(nthreads, planes * d->oh * d->ow * FC_MIN(d->kh, d->h) * FC_MIN(d->kw, d->w), 1 << 15);
     /* Per thread: the scratch row, then the ow horizontal divisor factors. */
     size_t slice;
-    char *scratch = FN(pool_scratch)(team, len + d->ow, &slice);
+    size_t floats;
+    fc_size_add((size_t)len, (size_t)d->ow, &floats); /* saturates: pool_scratch refuses it */
+    char *scratch = FN(pool_scratch)(team, floats, &slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
@@ -213,7 +219,7 @@ int FN(adaptive_avg_pool2d)(int64_t planes, int64_t h, int64_t w, int64_t oh, in
         return FC_EINVAL;
     int team = fc_team(nthreads, planes * (h * w + oh * ow), 1 << 15);
     size_t slice;
-    char *scratch = FN(pool_scratch)(team, w, &slice);
+    char *scratch = FN(pool_scratch)(team, (size_t)w, &slice);
     if (!scratch)
         return FC_ENOMEM;
     #pragma omp parallel num_threads(team)
