@@ -145,7 +145,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
     const float *b[MAX_TASK_PANELS];
     const int64_t *boff[MAX_TASK_PANELS];
     int64_t nv[MAX_TASK_PANELS], ncols[MAX_TASK_PANELS], nis[MAX_TASK_PANELS], nos[MAX_TASK_PANELS];
-    int in_place[MAX_TASK_PANELS];
+    int in_place[MAX_TASK_PANELS], narrow[MAX_TASK_PANELS], any_narrow = 0;
     /* Each panel's runs, once per task. */
     for (int64_t j = 0; j < p1 - p0; j++) {
         int64_t n, q0;
@@ -157,6 +157,9 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         nos[j] = fc_f32_merge_segments(P->d, os, nis[j]);
         /* A direct panel reading x itself must not run past x's end: pack its tail here. */
         in_place[j] = !P->direct || P->src != P->x || q0 + P->nr <= P->img_cols;
+        /* A panel of a few columns on pre-packed weights: the narrow kernel, all blocks at once. */
+        narrow[j] = P->apack && P->cfg->narrow && ncols[j] <= FC_NARROW_COLS;
+        any_narrow |= narrow[j];
         if (!P->direct)
             b[j] = P->gpack + ((size_t)g * P->npanels + p0 + j) * P->crs * P->nr;
         else if (in_place[j])
@@ -180,6 +183,8 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         for (int64_t mb = mb0; mb < mb1; mb++) {
             const float *a = a_block(P, g, mb, k0);
             for (int64_t j = 0; j < p1 - p0; j++) {
+                if (narrow[j])
+                    continue;
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
                 if (last && residual) /* the epilogue's residual arrives while the tile computes */
                     prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
@@ -187,6 +192,24 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
                 gemm[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
                 if (last) /* finished: write it out while the tile is in L1 */
                     store_tile(P, c, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
+            }
+        }
+        for (int64_t j = 0; any_narrow && j < p1 - p0; j++) {
+            if (!narrow[j])
+                continue;
+            float *c = S->cbuf + j * mt * tile;
+            if (last && residual)
+                for (int64_t mb = mb0; mb < mb1; mb++)
+                    prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
+            P->cfg->narrow(k1 - k0, mt, ncols[j], a_block(P, g, mb0, k0), P->crs * P->mr, b[j], boff[j], c, tile,
+                           k0 > 0);
+            for (int64_t mb = mb0; last && mb < mb1; mb++) { /* [col][8] -> the tile's [row][nr] */
+                float t[FC_MR * FC_NR];
+                const float *cm = c + (mb - mb0) * tile;
+                for (int64_t i = 0; i < P->mr; i++)
+                    for (int64_t col = 0; col < ncols[j]; col++)
+                        t[i * P->nr + col] = cm[col * 8 + i];
+                store_tile(P, t, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
             }
         }
     }

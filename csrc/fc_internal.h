@@ -177,6 +177,14 @@ typedef void (*fc_ukernel_fn)(int64_t kc, const float *a, int64_t lda, const flo
 typedef void (*fc_store_fn)(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                             const float *res, float *out, int64_t ldo, int relu);
 
+/* Narrow panels on pre-packed weights (gemm_f32_narrow.c): for nmb weight blocks, a + m * astride
+ * being block m's packed weights at the block's first step and c + m * cstride its accumulators
+ * ([col][8] floats), acc[col][i] (+)= sum over p < kc of a_m[p * mr + i] * b[boff[p] + col], for
+ * nc <= FC_NARROW_COLS columns. */
+#define FC_NARROW_COLS 4
+typedef void (*fc_narrow_fn)(int64_t kc, int64_t nmb, int64_t nc, const float *a, int64_t astride,
+                             const float *b, const int64_t *boff, float *c, int64_t cstride, int accumulate);
+
 /* One instruction set's kernel configuration (isa.c): the GEMM microkernel, its tile and the
  * reduction block it wants, its fused epilogue, and the names FASTCONV_VERBOSE reports. */
 /* The channel-vector convolution microkernel (conv_kvec_f32.c): acc[i][j] (+)= sum over steps p
@@ -195,6 +203,7 @@ typedef struct fc_isa_config {
     int kc;                    /* reduction rows per block (L1-resident A slice) */
     const fc_ukernel_fn (*gemm)[3]; /* [prefetch B][NV - 1]; NULL beyond nr / 16 */
     const fc_ukernel_fn (*gemm_packed)[3]; /* the same reading A pre-packed, [p][mr]; NULL: none */
+    fc_narrow_fn narrow;       /* panels of <= FC_NARROW_COLS columns on pre-packed A; NULL: none */
     fc_store_fn store;
     const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
     const char *gemm_packed_name; /* the same with pre-packed weights */
@@ -213,6 +222,10 @@ const fc_isa_config *fc_config(void);
 
 extern const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3];
 extern const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3];
+void fc_f32_gemm_narrow_8(int64_t kc, int64_t nmb, int64_t nc, const float *a, int64_t astride, const float *b,
+                          const int64_t *boff, float *c, int64_t cstride, int accumulate);
+void fc_f32_gemm_narrow_6(int64_t kc, int64_t nmb, int64_t nc, const float *a, int64_t astride, const float *b,
+                          const int64_t *boff, float *c, int64_t cstride, int accumulate);
 void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias,
                               const float *res, float *out, int64_t ldo, int relu);
 void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,

@@ -73,6 +73,11 @@ def tile_cases() -> list[Case]:
         add(f"pixels{pixels}", (1, 4, 1, pixels), (MR, 4, 1, 1))
         add(f"pixels{pixels}_n3", (3, 4, 1, pixels), (MR + 1, 4, 1, 3), padding=(0, 1))
     add("straddle_7x7_n5", (5, 16, 7, 7), (2 * MR, 16, 3, 3), padding=1)
+    # Panels of 1 to 4 columns take the narrow kernel on pre-packed weights (5 does not): weight
+    # blocks around its passes of 8/6/4/3 blocks, a partial last block, two reduction blocks.
+    for cols in (1, 2, 3, 4, 5):
+        add(f"narrow{cols}", (1, KC + 5, 1, cols), (9 * MR + 3, KC + 5, 1, 1))
+    add("narrow_7x7_n2", (2, 16, 7, 7), (3 * MR, 16, 1, 1))
     add("straddle_1x1_n4", (4, 3, 1, 1), (MR, 3, 1, 1))
     # Reduction terms (C * R * S) around the reduction block.
     for crs, (c, r, s) in {
