@@ -167,16 +167,19 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     }
 }
 
-/* M[e] for weight block mb, over the chunk's live panels. */
-static void gemm_block(const wplan_t *W, fc_ukernel_fn gemm, int64_t kc, const float *u, const float *v, float *m,
-                       const int64_t *rowoff, int64_t e, int64_t mb, int64_t live_pan) {
+/* M[e] for weight block mb, over the chunk's live tiles: whole panels, then the last one only as
+ * wide (in 16-column vectors) as its live tiles.  A full-width last panel made the GEMM compute
+ * 48 columns for ResNet's 4 tiles of a 7x7 plane at batch 1, 96 for the 49 of a 28x28 one. */
+static void gemm_block(const wplan_t *W, const fc_ukernel_fn *gemm, int64_t kc, const float *u, const float *v,
+                       float *m, const int64_t *rowoff, int64_t e, int64_t mb, int64_t live) {
     const int64_t c = W->d->c;
     const float *a = u + ((size_t)e * W->kp + mb * W->mr) * c;
-    for (int64_t pan = 0; pan < live_pan; pan++) {
+    for (int64_t pan = 0; pan * W->nr < live; pan++) {
+        const int64_t nv = (FC_MIN(W->nr, live - pan * W->nr) + 15) / 16;
         float *tile = m + (size_t)e * W->kp * W->tcp + (size_t)(mb * W->npan + pan) * W->mr * W->nr;
         for (int64_t k0 = 0; k0 < c; k0 += kc)
-            gemm(FC_MIN(kc, c - k0), a + k0, c, v + ((size_t)e * c + k0) * W->tcp + pan * W->nr, rowoff, tile,
-                 k0 > 0);
+            gemm[nv - 1](FC_MIN(kc, c - k0), a + k0, c, v + ((size_t)e * c + k0) * W->tcp + pan * W->nr, rowoff, tile,
+                         k0 > 0);
     }
 }
 
@@ -188,26 +191,26 @@ static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x
                       float *m, const int64_t *rowoff, int shared) {
     const fc_conv2d_desc *d = W->d;
     const int64_t mblocks = W->kp / W->mr, kc = cfg->kc;
-    const int64_t live16 = (t1 - t0 + LANES - 1) / LANES, live_pan = (t1 - t0 + W->nr - 1) / W->nr;
-    const int64_t groups16 = live_pan * W->nr / LANES; /* lane groups up to the last panel's end */
-    const fc_ukernel_fn gemm = cfg->gemm[0][W->nr / 16 - 1];
-    const int64_t nin = d->c * groups16, ngemm = 36 * mblocks, nout = d->k * live16;
+    /* Live tiles in 16-lane groups: what the transforms make and the GEMMs read. */
+    const int64_t live16 = (t1 - t0 + LANES - 1) / LANES, live = live16 * LANES;
+    const fc_ukernel_fn *gemm = cfg->gemm[0];
+    const int64_t nin = d->c * live16, ngemm = 36 * mblocks, nout = d->k * live16;
     if (shared) {
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < nin; q++)
-            input_transform(W, x, q / groups16, t0, q % groups16 * LANES, t1, v);
+            input_transform(W, x, q / live16, t0, q % live16 * LANES, t1, v);
         #pragma omp for schedule(dynamic, 1)
         for (int64_t q = 0; q < ngemm; q++)
-            gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live_pan);
+            gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live);
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < nout; q++)
             output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
         return;
     }
     for (int64_t q = 0; q < nin; q++)
-        input_transform(W, x, q / groups16, t0, q % groups16 * LANES, t1, v);
+        input_transform(W, x, q / live16, t0, q % live16 * LANES, t1, v);
     for (int64_t q = 0; q < ngemm; q++)
-        gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live_pan);
+        gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live);
     for (int64_t q = 0; q < nout; q++)
         output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
 }
