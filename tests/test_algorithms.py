@@ -150,6 +150,15 @@ def test_winograd_fused_epilogue(residual, relu):
     check(Case("conv2d", "wino_epilogue", (2, 9, 10, 11), (13, 9, 3, 3), kw, bias=True, residual=residual), "c")
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", ("leaky_relu", 0.2), ("hardtanh", -0.5, 0.5), "silu"])
+def test_winograd_epilogue_activations(activation):
+    """The output transform applies bias, residual and the activation to whole lanes at once:
+    every activation, with a residual, on tiles that straddle the image border and the batch."""
+    _needs_c()
+    kw = {"algorithm": "winograd", "padding": 1, "activation": activation}
+    check(Case("conv2d", "wino_act", (3, 5, 9, 14), (11, 5, 3, 3), kw, bias=True, residual=True), "c")
+
+
 def test_winograd_nan_spreads_to_its_blocks_only():
     """A NaN input poisons every output of the 4x4 blocks whose 6x6 tile holds it (the
     transforms multiply it by zeros too); outputs elsewhere are unaffected."""
