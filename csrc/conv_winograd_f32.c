@@ -5,14 +5,19 @@
  * 3x3 convolution's 144 multiplies per block and channel become 36.  Summed over channels, each
  * of the 36 transform elements xi is a matrix product
  *     M[xi][k][tile] = sum_c U[xi][k][c] V[xi][c][tile]
- * which runs on the instruction set's GEMM microkernel (isa.c), U read in place as its A rows.
+ * which runs on the instruction set's GEMM microkernel (isa.c).
  *
  * The batch's tiles are processed in chunks whose V and M fit in the caches; per chunk the
  * team transforms the input (one channel x 16 tiles per step, the 16 tiles along the vector
  * lanes, so the transforms vectorise), runs the 36 GEMMs, and transforms the output back with
  * bias, residual and relu fused.  U is computed once per weight by fc_f32_winograd_weights
- * (the caller caches it): [36][kp][c], kp = k rounded up to KPAD with zero rows, so every
- * microkernel's mr divides it and no tail block exists.
+ * (the caller caches it), for each xi kp = k rounded up to KPAD rows (zero rows past k, so every
+ * microkernel's mr divides it and no tail block exists) in the layout the GEMM reads: where the
+ * instruction set has kernels for pre-packed weights, each block of mr rows as [c][mr] (one
+ * sequential stream the kernel fetches ahead; at batch 1 U comes from memory, four times the
+ * weights' size), else [kp][c], rows read in place.  Panels of at most FC_NARROW_COLS tiles
+ * (ResNet's 28x28 planes at batch 1: 49 tiles, one past a panel) run the narrow kernel over all
+ * of xi's blocks at once instead of a 16-column pass.
  */
 #include "fc_internal.h"
 
@@ -52,6 +57,9 @@ int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int 
     const int64_t kp = round_up(k, KPAD);
     if (fc_f32_winograd_weights_size(k, c) < 0)
         return FC_EINVAL;
+    const fc_isa_config *cfg = fc_config();
+    const int64_t mr = cfg->mr;
+    const int packed = cfg->gemm_packed != NULL;
     int team = fc_team(nthreads, kp * c * 36, 1 << 16);
     #pragma omp parallel for num_threads(team) schedule(static)
     for (int64_t kk = 0; kk < kp; kk++)
@@ -59,8 +67,11 @@ int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int 
             double t[6][6] = {{0}};
             if (kk < k)
                 filter_transform(w + (kk * c + cc) * 9, t);
+            /* Row kk of xi's matrix: in block kk / mr, at [cc][kk % mr] packed, else [kk][cc]. */
+            const size_t at = packed ? (size_t)(kk - kk % mr) * c + (size_t)cc * mr + (size_t)(kk % mr)
+                                     : (size_t)kk * c + (size_t)cc;
             for (int e = 0; e < 36; e++)
-                u[((size_t)e * kp + kk) * c + cc] = (float)t[e / 6][e % 6];
+                u[(size_t)e * kp * c + at] = (float)t[e / 6][e % 6];
         }
     return FC_OK;
 }
@@ -214,19 +225,57 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     }
 }
 
+/* The GEMM kernels for U's layout: pre-packed blocks where the table has them (see the top). */
+static const fc_ukernel_fn *u_kernels(const fc_isa_config *cfg) {
+    return cfg->gemm_packed ? cfg->gemm_packed[0] : cfg->gemm[0];
+}
+
+/* Reduction step k0 of block mb of xi's U, and the panel width the narrow kernel takes (0: none). */
+static const float *u_block(const wplan_t *W, const fc_isa_config *cfg, const float *u, int64_t e, int64_t mb,
+                            int64_t k0) {
+    const float *a = u + ((size_t)e * W->kp + mb * W->mr) * W->d->c;
+    return a + (cfg->gemm_packed ? k0 * W->mr : k0);
+}
+
+static int64_t narrow_cols(const fc_isa_config *cfg, int64_t live, int64_t nr) {
+    const int64_t last = live % nr;
+    return cfg->gemm_packed && cfg->narrow && last > 0 && last <= FC_NARROW_COLS ? last : 0;
+}
+
 /* M[e] for weight block mb, over the chunk's live tiles: whole panels, then the last one only as
- * wide (in 16-column vectors) as its live tiles.  A full-width last panel made the GEMM compute
- * 48 columns for ResNet's 4 tiles of a 7x7 plane at batch 1, 96 for the 49 of a 28x28 one. */
-static void gemm_block(const wplan_t *W, const fc_ukernel_fn *gemm, int64_t kc, const float *u, const float *v,
-                       float *m, const int64_t *rowoff, int64_t e, int64_t mb, int64_t live) {
-    const int64_t c = W->d->c;
-    const float *a = u + ((size_t)e * W->kp + mb * W->mr) * c;
-    for (int64_t pan = 0; pan * W->nr < live; pan++) {
-        const int64_t nv = (FC_MIN(W->nr, live - pan * W->nr) + 15) / 16;
+ * wide (in 16-column vectors) as its live tiles -- unless the narrow kernel takes it (narrow_gemm).
+ * A full-width last panel made the GEMM compute 48 columns for ResNet's 4 tiles of a 7x7 plane at
+ * batch 1, 96 for the 49 of a 28x28 one. */
+static void gemm_block(const wplan_t *W, const fc_isa_config *cfg, const float *u, const float *v, float *m,
+                       const int64_t *rowoff, int64_t e, int64_t mb, int64_t live, int64_t ntiles) {
+    const int64_t c = W->d->c, kc = cfg->kc;
+    const fc_ukernel_fn *gemm = u_kernels(cfg);
+    const int64_t end = narrow_cols(cfg, ntiles, W->nr) ? ntiles - ntiles % W->nr : live;
+    for (int64_t pan = 0; pan * W->nr < end; pan++) {
+        const int64_t nv = (FC_MIN(W->nr, end - pan * W->nr) + 15) / 16;
         float *tile = m + (size_t)e * W->kp * W->tcp + (size_t)(mb * W->npan + pan) * W->mr * W->nr;
         for (int64_t k0 = 0; k0 < c; k0 += kc)
-            gemm[nv - 1](FC_MIN(kc, c - k0), a + k0, c, v + ((size_t)e * c + k0) * W->tcp + pan * W->nr, rowoff, tile,
-                         k0 > 0);
+            gemm[nv - 1](FC_MIN(kc, c - k0), u_block(W, cfg, u, e, mb, k0), c,
+                         v + ((size_t)e * c + k0) * W->tcp + pan * W->nr, rowoff, tile, k0 > 0);
+    }
+}
+
+/* M[e] of the last panel's nc tiles for every block at once (the narrow kernel's [col][8] sums,
+ * then each block's into its tile's [row][nr] layout). */
+static void narrow_gemm(const wplan_t *W, const fc_isa_config *cfg, const float *u, const float *v, float *m,
+                        const int64_t *rowoff, int64_t e, int64_t ntiles) {
+    const int64_t c = W->d->c, kc = cfg->kc, nc = narrow_cols(cfg, ntiles, W->nr), pan = ntiles / W->nr;
+    const int64_t mblocks = W->kp / W->mr, tile = W->mr * W->nr, cstride = W->npan * tile;
+    float *first = m + (size_t)e * W->kp * W->tcp + (size_t)pan * tile;
+    for (int64_t k0 = 0; k0 < c; k0 += kc)
+        cfg->narrow(FC_MIN(kc, c - k0), mblocks, nc, u_block(W, cfg, u, e, 0, k0), W->mr * c,
+                    v + ((size_t)e * c + k0) * W->tcp + pan * W->nr, rowoff, first, cstride, k0 > 0);
+    for (int64_t mb = 0; mb < mblocks; mb++) {
+        float *t = first + mb * cstride, sums[8 * FC_NARROW_COLS];
+        memcpy(sums, t, (size_t)(8 * nc) * sizeof(float));
+        for (int64_t i = 0; i < W->mr; i++)
+            for (int64_t col = 0; col < nc; col++)
+                t[i * W->nr + col] = sums[col * 8 + i];
     }
 }
 
@@ -237,18 +286,21 @@ static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x
                       const float *bias, const float *residual, float *y, int64_t t0, int64_t t1, float *v,
                       float *m, const int64_t *rowoff, int shared) {
     const fc_conv2d_desc *d = W->d;
-    const int64_t mblocks = W->kp / W->mr, kc = cfg->kc;
+    const int64_t mblocks = W->kp / W->mr;
     /* Live tiles in 16-lane groups: what the transforms make and the GEMMs read. */
-    const int64_t live16 = (t1 - t0 + LANES - 1) / LANES, live = live16 * LANES;
-    const fc_ukernel_fn *gemm = cfg->gemm[0];
-    const int64_t nin = d->c * live16, ngemm = 36 * mblocks, nout = d->k * live16;
+    const int64_t ntiles = t1 - t0, live16 = (ntiles + LANES - 1) / LANES, live = live16 * LANES;
+    const int narrow = narrow_cols(cfg, ntiles, W->nr) > 0;
+    const int64_t nin = d->c * live16, ngemm = 36 * mblocks + (narrow ? 36 : 0), nout = d->k * live16;
     if (shared) {
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < nin; q++)
             input_transform(W, x, q / live16, t0, q % live16 * LANES, t1, v);
         #pragma omp for schedule(dynamic, 1)
         for (int64_t q = 0; q < ngemm; q++)
-            gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live);
+            if (q < 36 * mblocks)
+                gemm_block(W, cfg, u, v, m, rowoff, q / mblocks, q % mblocks, live, ntiles);
+            else
+                narrow_gemm(W, cfg, u, v, m, rowoff, q - 36 * mblocks, ntiles);
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < nout; q++)
             output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
@@ -257,7 +309,10 @@ static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x
     for (int64_t q = 0; q < nin; q++)
         input_transform(W, x, q / live16, t0, q % live16 * LANES, t1, v);
     for (int64_t q = 0; q < ngemm; q++)
-        gemm_block(W, gemm, kc, u, v, m, rowoff, q / mblocks, q % mblocks, live);
+        if (q < 36 * mblocks)
+            gemm_block(W, cfg, u, v, m, rowoff, q / mblocks, q % mblocks, live, ntiles);
+        else
+            narrow_gemm(W, cfg, u, v, m, rowoff, q - 36 * mblocks, ntiles);
     for (int64_t q = 0; q < nout; q++)
         output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
 }

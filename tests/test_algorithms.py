@@ -150,6 +150,16 @@ def test_winograd_fused_epilogue(residual, relu):
     check(Case("conv2d", "wino_epilogue", (2, 9, 10, 11), (13, 9, 3, 3), kw, bias=True, residual=residual), "c")
 
 
+@pytest.mark.parametrize("n,h,w", [(1, 28, 28), (1, 8, 8), (1, 4, 4), (2, 20, 20), (1, 13, 16)])
+def test_winograd_tile_counts(n, h, w):
+    """Tile counts around the GEMM's panels (49 = 48 + 1, 4, 1, 50 = 48 + 2, 16): the last panel
+    runs only as wide as its tiles, or on the narrow kernel when it has at most 4 (pre-packed
+    filters); 200 channels span two reduction blocks."""
+    _needs_c()
+    kw = {"algorithm": "winograd", "padding": 1, "activation": "relu"}
+    check(Case("conv2d", "wino_tiles", (n, 200, h, w), (13, 200, 3, 3), kw, bias=True, residual=True), "c")
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", ("leaky_relu", 0.2), ("hardtanh", -0.5, 0.5), "silu"])
 def test_winograd_epilogue_activations(activation):
     """The output transform applies bias, residual and the activation to whole lanes at once:
