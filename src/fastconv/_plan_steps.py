@@ -303,7 +303,9 @@ class Linear(Step):
             env[self.output] = self.layer(x)
         elif self.p is not None:
             if self.call is None:
-                self.call = _c().ConvCall(self.p, self.w4, self.b, self.out.reshape(*self.out.shape, 1, 1), None, self.wp)
+                self.call = _c().ConvCall(
+                    self.p, self.w4, self.b, self.out.reshape(*self.out.shape, 1, 1), None, self.wp
+                )
             self.call(np.ascontiguousarray(x).reshape(*x.shape, 1, 1))
             env[self.output] = self.out
         else:
