@@ -72,11 +72,13 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
         "torch",
         "c-fused",
         "compiled",
+        "compiled-winograd",
         "onnxruntime",
         "c@1t",
         "torch@1t",
         "c-fused@1t",
         "compiled@1t",
+        "compiled-winograd@1t",
         "onnxruntime@1t",
     ]
     run = runner.run_suite(SUITE, cases, chosen, runner.Settings(threads=2, **QUICK), peak=False)
@@ -91,6 +93,8 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
         "c-fused@1t",
         "compiled",
         "compiled@1t",
+        "compiled-winograd",
+        "compiled-winograd@1t",
     ):
         assert results[name]["status"] == "ok", results[name]
         assert results[name]["max_rel_error"] < 1e-4
@@ -104,7 +108,7 @@ def test_models_suite_runs_onnxruntime_and_thread_scaling():
     )
 
     scaled = {s["backend"]: s for s in doc["thread_scaling"]}
-    assert set(scaled) == {"c", "torch", "c-fused", "compiled", "onnxruntime"}
+    assert set(scaled) == {"c", "torch", "c-fused", "compiled", "compiled-winograd", "onnxruntime"}
     for name, s in scaled.items():
         t1, t2 = results[f"{name}@1t"]["median_s"], results[name]["median_s"]
         assert s["threads"] == 2

@@ -232,10 +232,15 @@ class FusedModelTarget(FastconvTarget):
 class CompiledModelTarget:
     """A whole network through ``fastconv.compile`` (backend and algorithm tuned per layer, batch
     norms folded, weights pre-packed, activations in one arena), compiled when prepared (at the
-    thread count it runs at) and timed per forward pass."""
+    thread count it runs at) and timed per forward pass.  ``winograd=True`` ("compiled-winograd")
+    lets the tuner pick Winograd F(4x4,3x3) for 3x3 layers too: the fastest plan, within the
+    Winograd error bound rather than float32 rounding (docs/results/winograd.md)."""
 
     kind, device = "fastconv", "cpu"
-    name = "compiled"
+
+    def __init__(self, winograd: bool = False):
+        self.winograd = winograd
+        self.name = "compiled-winograd" if winograd else "compiled"
 
     def skip_reason(self, case) -> str | None:
         if case.op != "model":
@@ -244,7 +249,7 @@ class CompiledModelTarget:
 
     def prepare(self, case, data) -> Prepared:
         x = data["x"]
-        plan = fastconv.compile(models.fastconv_model(case), x.shape)
+        plan = fastconv.compile(models.fastconv_model(case), x.shape, winograd=self.winograd)
         call = lambda: plan(x)  # noqa: E731
         return Prepared(call, workspace=lambda: _traced_workspace(call))
 
@@ -531,5 +536,5 @@ def model_targets(targets: list, cases: list, threads: int) -> list:
     if not any(c.op == "model" for c in cases):
         return list(targets)
     fused = [FusedModelTarget(t.name) for t in targets if type(t) is FastconvTarget]
-    compiled = [CompiledModelTarget()] if fused else []
+    compiled = [CompiledModelTarget(), CompiledModelTarget(winograd=True)] if fused else []
     return scaling.with_scaling([*targets, *fused, *compiled, *onnxruntime_target.targets()], cases, threads)
