@@ -35,7 +35,7 @@ int fc_f32_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const float *x, c
         ran = fc_f32_kvec_wanted(d) ? cfg->kvec_name : cfg->gemm_name;
         status = fc_f32_conv2d_fewc(d, x, w, bias, residual, y, nthreads, &ran);
         if (status == FC_EUNSUPPORTED)
-            status = fc_f32_conv2d_gemm(d, x, w, NULL, bias, residual, y, nthreads);
+            status = fc_f32_conv2d_gemm(d, x, w, NULL, bias, residual, y, nthreads, NULL);
         if (status != FC_EUNSUPPORTED || algorithm == FC_ALGO_GEMM)
             goto done;
     }
@@ -78,10 +78,9 @@ int fc_f32_conv2d_prepacked(const fc_conv2d_desc *d, const float *x, const float
     int64_t want = fc_f32_gemm_weights_size(d);
     if (want <= 0 || wpack_len != want)
         return FC_EINVAL; /* packed for another problem or instruction set */
-    int status = fc_f32_conv2d_gemm(d, x, w, wpack, bias, residual, y, nthreads);
     if (kernel)
         *kernel = fc_config()->gemm_packed_name;
-    return status;
+    return fc_f32_conv2d_gemm(d, x, w, wpack, bias, residual, y, nthreads, kernel);
 }
 
 int fc_f64_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const double *x, const double *w,

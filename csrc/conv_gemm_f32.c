@@ -278,7 +278,7 @@ int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
 }
 
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *wpack,
-                       const float *bias, const float *residual, float *y, int nthreads) {
+                       const float *bias, const float *residual, float *y, int nthreads, const char **kernel) {
     if (fc_f32_kvec_wanted(d)) /* small output planes: channels along the vectors (conv_kvec_f32.c) */
         return fc_f32_conv2d_kvec(d, x, w, bias, residual, y, nthreads);
     plan_t P = {.d = d, .x = x, .w = w, .cfg = fc_config()};
@@ -324,6 +324,11 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         P.img_cols = d->n * P.ohw;
         P.npanels = (P.img_cols + P.nr - 1) / P.nr;
     }
+
+    /* Every image's (direct) or the batch's (packed) last panel has this many columns. */
+    const int64_t last_cols = P.img_cols - (P.img_cols + P.nr - 1) / P.nr * P.nr + P.nr;
+    if (kernel && P.apack && P.cfg->narrow && last_cols <= FC_NARROW_COLS)
+        *kernel = P.cfg->gemm_narrow_name;
 
     int64_t pt = 1, mt = 1;
     task_shape(&P, nthreads, &pt, &mt);

@@ -207,6 +207,7 @@ typedef struct fc_isa_config {
     fc_store_fn store;
     const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
     const char *gemm_packed_name; /* the same with pre-packed weights */
+    const char *gemm_narrow_name; /* ... whose last panels of <= FC_NARROW_COLS columns ran `narrow` */
     const char *winograd_name;
     const char *direct_name;
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
@@ -253,9 +254,10 @@ void fc_f32_kvec_4x2_generic(int64_t np, int64_t nv, int64_t steps, const float 
 
 /* float32 convolution through packed GEMM panels (conv_gemm_f32.c), with the microkernel of
  * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides).  wpack: NULL, or
- * the weights as fc_f32_gemm_weights packed them (fc_f32_gemm_weights_size(d) > 0). */
+ * the weights as fc_f32_gemm_weights packed them (fc_f32_gemm_weights_size(d) > 0).  *kernel (when
+ * not NULL) is set to the narrow variant's name when the narrow kernel took the last panels. */
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *wpack,
-                       const float *bias, const float *residual, float *y, int nthreads);
+                       const float *bias, const float *residual, float *y, int nthreads, const char **kernel);
 /* The pre-packed weights of the GEMM (conv_gemm_f32.c): their size in floats (-1: too large), and
  * the packing. */
 int64_t fc_f32_gemm_packed_floats(const fc_conv2d_desc *d);

@@ -223,6 +223,16 @@ def test_prepacked_kernel_name_is_logged(monkeypatch, caplog):
         y = cbackend.conv2d_into(p, x, w, None, None, np.empty((1, 16, 9, 9), np.float32), gemm_weights=wp)
     assert y[0, 0, 4, 4] == 72.0
     assert any("weights pre-packed" in r.getMessage() for r in caplog.records)
+    # 49 output pixels: the last panel has one column, which the narrow kernel takes.
+    x7, w1 = np.ones((1, 8, 7, 7), np.float32), np.ones((16, 8, 1, 1), np.float32)
+    p7 = _problem(Case("conv2d", "n7", x7.shape, w1.shape, {}), x7, w1, None, None, None)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        y7 = cbackend.conv2d_into(
+            p7, x7, w1, None, None, np.empty((1, 16, 7, 7), np.float32), gemm_weights=cbackend.gemm_weights(p7, w1)
+        )
+    assert (y7 == 8.0).all()
+    assert any("narrow" in r.getMessage() for r in caplog.records)
     depthwise = _problem(Case("conv2d", "dw", x.shape, (8, 1, 3, 3), {"groups": 8}), x, w[:8, :1], None, None, None)
     assert cbackend.gemm_weights(depthwise, w[:8, :1].copy()) is None  # depthwise never runs the GEMM
     assert cbackend.gemm_weights(replace(p, dtype="float64"), w.astype(np.float64)) is None
