@@ -13,8 +13,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define FC_THREAD_ID() omp_get_thread_num()
+#define FC_THREAD_COUNT() omp_get_num_threads()
 #else
 #define FC_THREAD_ID() 0
+#define FC_THREAD_COUNT() 1
 #endif
 
 /* Portable loops compiled once per instruction set and picked at load time (GCC/Clang ifunc), so

@@ -12,8 +12,10 @@ static int pool_desc_ok(const fc_pool2d_desc *d) {
 
 #define T float
 #define FN(name) pool_f32_##name
+#define FC_POOL_SIMD_F32 1 /* pool_impl.h adds its float32 SIMD kernels */
 #include "pool_impl.h"
 #include "pool_idx_impl.h"
+#undef FC_POOL_SIMD_F32
 #undef T
 #undef FN
 

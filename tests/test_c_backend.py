@@ -439,3 +439,28 @@ def test_arrays_that_do_not_match_the_problem_never_reach_c():
         cbackend.conv2d(p, x[:, :1], w, None, None)
     with pytest.raises(TypeError, match="fastconv bug"):
         cbackend.relu(ReluProblem((4,), "float64"), np.zeros(3))
+
+
+# -- max pooling: the 3-wide stride-2 rows' SIMD kernel (pool_impl.h) ------------------------------
+@pytest.mark.parametrize("w", [1, 2, 15, 16, 17, 31, 32, 33, 34, 63, 64, 65, 112, 113])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool_3s2_nan_inf_and_row_tails_match_torch(w, ceil_mode):
+    # The kernel reads 32 columns per block (masked at the row's end) and stops at rows holding a
+    # NaN, which the scalar rule redoes: NaN at the corners, the last column and the first/last
+    # rows must win; -inf everywhere must stay -inf (padding never wins).
+    _needs_c()
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(w)
+    h = 7
+    x = rng.standard_normal((2, 3, h, w), dtype=np.float32)
+    for i, j in [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (3, w - 1), (3, w // 2), (h - 1, w // 2)]:
+        x[1, 1, i, j] = np.nan
+    x[0, 0, ::2, ::3] = np.inf
+    x[0, 1] = -np.inf
+    x[1, 2, :, -1] = np.nan
+    for k, s, p in [(3, 2, 1), (3, 2, 0), (2, 2, 1)]:
+        if w + 2 * p < k:
+            continue
+        got = fastconv.max_pool2d(x, k, s, p, ceil_mode=ceil_mode, backend="c")
+        ref = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p, ceil_mode=ceil_mode).numpy()
+        np.testing.assert_array_equal(got, ref)  # NaN equals NaN here
