@@ -162,15 +162,48 @@ def test_compare_warns_about_policy_load_isa_and_clock():
     b["load"].update(wait_policy="passive", clock="cpu", contended=True, verdict="NOT TRUSTWORTHY: busy")
     b["load"]["before"]["other_busy_cpus"] = 1.5
     b["machine"]["isa"] = "generic"
+    assert a["settings"]["steady_heap"] is True
+    b["settings"]["steady_heap"] = False  # --default-heap
     text = " | ".join(report.compare_warnings(a, b))
     for word in (
         "OpenMP wait policy differs",
         "clock differs",
+        "steady heap differs",
         "ISA differs",
         "run B ran on contended cores",
         "load differs",
     ):
         assert word in text
+
+
+_REUSE = """
+import resource, sys, numpy as np
+from fastconv.bench import machine
+if sys.argv[1] == "steady" and not machine.steady_heap():
+    print(-1); sys.exit()
+block = 64 << 20  # bytes: above glibc's default mmap threshold, below the one steady_heap sets
+np.ones(block // 4, np.float32)  # allocated and freed once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+np.ones(block // 4, np.float32)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_steady_heap_keeps_freed_memory():
+    """With the heap kept (the benchmark default), a large block freed and allocated again reuses
+    its pages: no page faults, where glibc's default maps (and faults in) a fresh block."""
+
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _REUSE, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    steady, default = faults("steady"), faults("default")
+    if steady < 0:
+        pytest.skip("the C library has no mallopt")
+    assert steady < 20, f"{steady} page faults for a reused 64 MiB block with the heap kept"
+    if default < 100:
+        pytest.skip(f"this allocator reuses the block by default too ({default} faults): nothing to compare")
+    assert steady < default // 10
 
 
 def test_autotune_settles_each_candidate(monkeypatch):

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import fastconv  # noqa: E402
 from fastconv import nn, timing  # noqa: E402
-from fastconv.bench import onnxruntime_target  # noqa: E402
+from fastconv.bench import machine, onnxruntime_target  # noqa: E402
 from fastconv.models.resnet import ARCHS  # noqa: E402
 
 
@@ -88,6 +88,7 @@ def main() -> None:
 
     fastconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
+    machine.steady_heap()  # as fastconv bench and fastconv resnet: eager calls reuse freed memory
     for arch in args.arch:
         for batch in args.batch:
             rng = np.random.default_rng(0)

@@ -209,6 +209,12 @@ def bench_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="measure even where the result cannot be trusted (--omp-wait-policy active on contended cores)",
     )
+    p.add_argument(
+        "--default-heap",
+        action="store_true",
+        help="leave the C library's allocator as it is (default: freed memory stays in the heap, "
+        "so eager calls do not page-fault their outputs afresh each call; see docs/benchmarking.md)",
+    )
     p.add_argument("--no-check", action="store_true", help="do not compare results with torch")
     p.add_argument("--no-peak", action="store_true", help="do not measure the machine's peak")
     p.add_argument("--json", metavar="FILE", help="write the run as JSON (schema: docs/bench-schema.md)")
@@ -307,6 +313,7 @@ def bench_main(argv: list[str]) -> int:
         max_repeats=max(args.max_repeats, args.min_repeats),
         check=not args.no_check,
         clock=args.clock,
+        steady_heap=not args.default_heap,
     )
     meta = {
         "name": suite.name,

@@ -428,6 +428,8 @@ def compare_warnings(a: dict, b: dict) -> list[str]:
         ("ISA", lambda d: (d["machine"].get("isa"), d["machine"].get("torch_cpu_capability"))),
         ("OpenMP wait policy", lambda d: d["load"]["wait_policy"]),
         ("clock", lambda d: d["load"]["clock"]),
+        # Runs from before the setting existed kept the default heap.
+        ("steady heap", lambda d: bool((d.get("settings") or {}).get("steady_heap", False))),
         ("torch", lambda d: d["versions"].get("torch")),
     ):
         va, vb = get(a), get(b)

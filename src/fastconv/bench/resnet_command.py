@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="set OMP_WAIT_POLICY for every OpenMP runtime (torch's, the C backend's) before they "
         "start; passive keeps idle threads from spinning, which matters on a shared machine",
     )
+    p.add_argument(
+        "--default-heap",
+        action="store_true",
+        help="leave the C library's allocator as it is (default: freed memory stays in the heap, "
+        "as in fastconv bench: eager torch and the eager backends do not page-fault afresh each call)",
+    )
     return p
 
 
@@ -148,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     backends = _backends(args.backend, parser)
+    if not args.default_heap:
+        from .machine import steady_heap
+
+        steady_heap()
     threads = args.threads or fastconv.get_num_threads()
     fastconv.set_num_threads(threads)
     try:

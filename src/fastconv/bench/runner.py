@@ -54,6 +54,7 @@ class Settings:
     settle: float = 0.02  # untimed calls this long before each sample (see _sample)
     model_settle: float = 0.15  # the same before each whole network's sample (see _settle_time)
     clock: str = "wall"  # "wall", or "cpu": process CPU time / threads (host targets)
+    steady_heap: bool = True  # keep freed memory in the heap (machine.steady_heap)
 
 
 @dataclass
@@ -140,6 +141,8 @@ def new_run(
     """A run with its environment; ``load_before`` is the load read before anything started
     (the CLI reads it before the OpenMP runtimes load), else it is read here."""
     _apply_threads(settings.threads)
+    if settings.steady_heap:
+        machine.steady_heap()
     before = load_before or load.assess(load.sample(0.3), settings.threads)
     value, source, measured_at = (
         machine.peak_gflops(settings.threads, cache=not before["contended"])
