@@ -138,6 +138,15 @@ static void prefetch_residual(const plan_t *P, const float *residual, int64_t g,
     }
 }
 
+/* Whether a finished tile can take the fused-store kernel: the table has one, all mr rows are
+ * real channels, the tile's columns are one full-width run of output row (a 1x1-like panel), and
+ * the activation is relu or none. */
+static int fused_store(const plan_t *P, int64_t nv, int64_t mb, const seg_t *segs, int64_t nseg) {
+    const int act = fc_conv_act(P->d);
+    return P->cfg->gemm_store && nv * 16 == P->nr && (mb + 1) * P->mr <= P->kg && nseg == 1 && segs[0].len == P->nr &&
+           (act == FC_ACT_NONE || act == FC_ACT_RELU);
+}
+
 static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
                      int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
     const int64_t mt = mb1 - mb0, tile = P->mr * P->nr;
@@ -188,6 +197,17 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
                 if (last && residual) /* the epilogue's residual arrives while the tile computes */
                     prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
+                /* A full tile that is one run of output row (1x1-like panels) and needs no other
+                 * activation: its last block writes the output from the registers. */
+                if (last && fused_store(P, nv[j], mb, S->osegs + j * MAX_SEGS, nos[j])) {
+                    const seg_t *sg = S->osegs + j * MAX_SEGS;
+                    const int64_t k0o = g * P->kg + mb * P->mr;
+                    const size_t at = ((size_t)sg->n * P->d->k + k0o) * P->ohw + sg->oh * P->d->ow + sg->ow0;
+                    P->cfg->gemm_store(mb == mb0, P->apack != NULL, k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0,
+                                       y + at, P->ohw, bias ? bias + k0o : NULL, residual ? residual + at : NULL,
+                                       fc_conv_act(P->d) == FC_ACT_RELU);
+                    continue;
+                }
                 /* The first weight block meets cold B rows: use the kernel that prefetches them. */
                 gemm[mb == mb0][nv[j] - 1](k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0);
                 if (last) /* finished: write it out while the tile is in L1 */

@@ -187,6 +187,14 @@ typedef void (*fc_store_fn)(const float *c, int64_t ldc, int64_t rows, int64_t l
 typedef void (*fc_narrow_fn)(int64_t kc, int64_t nmb, int64_t nc, const float *a, int64_t astride,
                              const float *b, const int64_t *boff, float *c, int64_t cstride, int accumulate);
 
+/* A full-width tile's last reduction block with the epilogue fused, written straight to the
+ * output (gemm_f32_avx512.c): C as fc_ukernel_fn (c: the partial sums when accumulate), then
+ * out[i * ldo + j] = act(acc[i][j] + bias[i] + res[i * ldo + j]) for every row and column of
+ * the tile, act relu or none; bias and res may be NULL. */
+typedef void (*fc_gemm_store_fn)(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda,
+                                 const float *b, const int64_t *boff, const float *c, int accumulate, float *out,
+                                 int64_t ldo, const float *bias, const float *res, int relu);
+
 /* One instruction set's kernel configuration (isa.c): the GEMM microkernel, its tile and the
  * reduction block it wants, its fused epilogue, and the names FASTCONV_VERBOSE reports. */
 /* The channel-vector convolution microkernel (conv_kvec_f32.c): acc[i][j] (+)= sum over steps p
@@ -206,6 +214,7 @@ typedef struct fc_isa_config {
     const fc_ukernel_fn (*gemm)[3]; /* [prefetch B][NV - 1]; NULL beyond nr / 16 */
     const fc_ukernel_fn (*gemm_packed)[3]; /* the same reading A pre-packed, [p][mr]; NULL: none */
     fc_narrow_fn narrow;       /* panels of <= FC_NARROW_COLS columns on pre-packed A; NULL: none */
+    fc_gemm_store_fn gemm_store; /* full tiles' last block, epilogue fused; NULL: none */
     fc_store_fn store;
     const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
     const char *gemm_packed_name; /* the same with pre-packed weights */
@@ -229,6 +238,9 @@ void fc_f32_gemm_narrow_8(int64_t kc, int64_t nmb, int64_t nc, const float *a, i
                           const int64_t *boff, float *c, int64_t cstride, int accumulate);
 void fc_f32_gemm_narrow_6(int64_t kc, int64_t nmb, int64_t nc, const float *a, int64_t astride, const float *b,
                           const int64_t *boff, float *c, int64_t cstride, int accumulate);
+void fc_f32_gemm_store_avx512(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
+                              const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
+                              const float *bias, const float *res, int relu);
 void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias,
                               const float *res, float *out, int64_t ldo, int relu);
 void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,

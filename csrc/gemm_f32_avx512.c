@@ -13,9 +13,20 @@
 #if FC_X86
 #include <immintrin.h>
 
+/* The fused epilogue of a finished tile (gemm_8xNV with `store`): out[i * ldo + j] =
+ * act(acc + bias[i] + res[i * ldo + j]), the same operations in the same order as
+ * fc_f32_tile_store_avx512, straight from the registers. */
+typedef struct {
+    float *out;
+    int64_t ldo;
+    const float *bias, *res;
+    int relu;
+} tile_out_t;
+
 __attribute__((target("avx512f"), always_inline)) static inline void
-gemm_8xNV(const int nv, const int prefetch_b, const int apacked, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
-          const int64_t *restrict boff, float *restrict c, int accumulate) {
+gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store, int64_t kc, const float *restrict a,
+          int64_t lda, const float *restrict b, const int64_t *restrict boff, float *restrict c, int accumulate,
+          const tile_out_t *o) {
     __m512 acc[FC_MR][3];
     for (int i = 0; i < FC_MR; i++)
         for (int j = 0; j < nv; j++)
@@ -53,6 +64,21 @@ gemm_8xNV(const int nv, const int prefetch_b, const int apacked, int64_t kc, con
                 acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
     }
+    if (store) {
+        const __m512 zero = _mm512_setzero_ps();
+        for (int i = 0; i < FC_MR; i++) {
+            const __m512 bv = _mm512_set1_ps(o->bias ? o->bias[i] : 0.0f);
+            for (int j = 0; j < nv; j++) {
+                __m512 v = _mm512_add_ps(acc[i][j], bv);
+                if (o->res)
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(o->res + i * o->ldo + j * 16));
+                if (o->relu) /* max(0, v) returns v when v is NaN: NaN stays, as torch */
+                    v = _mm512_max_ps(zero, v);
+                _mm512_storeu_ps(o->out + i * o->ldo + j * 16, v);
+            }
+        }
+        return;
+    }
     for (int i = 0; i < FC_MR; i++)
         for (int j = 0; j < nv; j++)
             _mm512_storeu_ps(c + i * FC_NR + j * 16, acc[i][j]);
@@ -62,7 +88,7 @@ gemm_8xNV(const int nv, const int prefetch_b, const int apacked, int64_t kc, con
     __attribute__((target("avx512f"))) static void fc_f32_gemm_8x##COLS##SUFFIX##_avx512(    \
         int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, float *c, \
         int accumulate) {                                                                   \
-        gemm_8xNV(NV, PF, AP, kc, a, lda, b, boff, c, accumulate);                          \
+        gemm_8xNV(NV, PF, AP, 0, kc, a, lda, b, boff, c, accumulate, NULL);                 \
     }
 FC_GEMM_VARIANT(1, 16, 0, 0, )
 FC_GEMM_VARIANT(2, 32, 0, 0, )
@@ -76,6 +102,30 @@ FC_GEMM_VARIANT(3, 48, 0, 1, _packed)
 FC_GEMM_VARIANT(1, 16, 1, 1, _prefetch_packed)
 FC_GEMM_VARIANT(2, 32, 1, 1, _prefetch_packed)
 FC_GEMM_VARIANT(3, 48, 1, 1, _prefetch_packed)
+
+/* A whole tile's last reduction block with the epilogue fused (fc_gemm_store_fn): the
+ * 8 x 48 tile on 1x1-like panels, whose 48 pixels are one run of output row -- the tile never
+ * goes through the partial-sum buffer and the epilogue's second pass. */
+#define FC_GEMM_STORE(PF, AP)                                                                     \
+    __attribute__((target("avx512f"))) static void gemm_store_##PF##AP(                          \
+        int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, const float *c, \
+        int accumulate, float *out, int64_t ldo, const float *bias, const float *res, int relu) { \
+        const tile_out_t o = {out, ldo, bias, res, relu};                                         \
+        gemm_8xNV(3, PF, AP, 1, kc, a, lda, b, boff, (float *)c, accumulate, &o);                 \
+    }
+FC_GEMM_STORE(0, 0)
+FC_GEMM_STORE(0, 1)
+FC_GEMM_STORE(1, 0)
+FC_GEMM_STORE(1, 1)
+
+void fc_f32_gemm_store_avx512(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
+                              const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
+                              const float *bias, const float *res, int relu) {
+    void (*const fn[2][2])(int64_t, const float *, int64_t, const float *, const int64_t *, const float *, int,
+                           float *, int64_t, const float *, const float *, int) = {
+        {gemm_store_00, gemm_store_01}, {gemm_store_10, gemm_store_11}};
+    fn[prefetch_b != 0][apacked != 0](kc, a, lda, b, boff, c, accumulate, out, ldo, bias, res, relu);
+}
 
 const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3] = {
     {fc_f32_gemm_8x16_packed_avx512, fc_f32_gemm_8x32_packed_avx512, fc_f32_gemm_8x48_packed_avx512},
@@ -105,6 +155,12 @@ __attribute__((target("avx512f"))) void fc_f32_tile_store_avx512(const float *c,
     }
 }
 #else /* not x86: never called (fc_level() is FC_GENERIC), defined so the module links */
+void fc_f32_gemm_store_avx512(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
+                              const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
+                              const float *bias, const float *res, int relu) {
+    (void)prefetch_b, (void)apacked, (void)kc, (void)a, (void)lda, (void)b, (void)boff, (void)c, (void)accumulate;
+    (void)out, (void)ldo, (void)bias, (void)res, (void)relu;
+}
 const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};
 const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};
 void fc_f32_tile_store_avx512(const float *c, int64_t rows, int64_t len, const float *bias, const float *res,

@@ -23,6 +23,7 @@ static const fc_isa_config CONFIG_AVX512 = {
     .gemm = fc_f32_gemm_kernels_avx512,
     .gemm_packed = fc_f32_gemm_kernels_packed_avx512,
     .narrow = fc_f32_gemm_narrow_8,
+    .gemm_store = fc_f32_gemm_store_avx512,
     .store = store_avx512,
     .gemm_name = "conv2d f32 gemm 8x48 avx512",
     .gemm_packed_name = "conv2d f32 gemm 8x48 avx512, weights pre-packed",
