@@ -230,15 +230,17 @@ static const fc_ukernel_fn *u_kernels(const fc_isa_config *cfg) {
     return cfg->gemm_packed ? cfg->gemm_packed[0] : cfg->gemm[0];
 }
 
-/* Reduction step k0 of block mb of xi's U, and the panel width the narrow kernel takes (0: none). */
+/* Reduction step k0 of block mb of xi's U. */
 static const float *u_block(const wplan_t *W, const fc_isa_config *cfg, const float *u, int64_t e, int64_t mb,
                             int64_t k0) {
     const float *a = u + ((size_t)e * W->kp + mb * W->mr) * W->d->c;
     return a + (cfg->gemm_packed ? k0 * W->mr : k0);
 }
 
-static int64_t narrow_cols(const fc_isa_config *cfg, int64_t live, int64_t nr) {
-    const int64_t last = live % nr;
+/* The tiles of a chunk's last panel when the narrow kernel takes it (1 to FC_NARROW_COLS, with U
+ * pre-packed), else 0. */
+static int64_t narrow_cols(const fc_isa_config *cfg, int64_t ntiles, int64_t nr) {
+    const int64_t last = ntiles % nr;
     return cfg->gemm_packed && cfg->narrow && last > 0 && last <= FC_NARROW_COLS ? last : 0;
 }
 

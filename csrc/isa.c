@@ -8,7 +8,9 @@
  * vectors, pixels broadcast -- 7 pixels x 64 channels on AVX-512 (28 accumulators), 4 x 24 on
  * AVX2 (12), 4 x 16 in plain C.  The x86 GEMM kernels also come in a variant that reads the
  * weights pre-packed (fc_f32_gemm_weights, made once by compiled plans); the portable table reads
- * them in place only, and so takes no pre-packed weights. */
+ * them in place only, and so takes no pre-packed weights.  With pre-packed weights, panels of 1-4
+ * columns run the narrow kernel (8-lane vectors of a step's weights, gemm_f32_narrow.c); the
+ * AVX-512 table also writes full 1x1-like tiles' epilogue from the registers (gemm_store). */
 #include "fc_internal.h"
 
 #if FC_X86
