@@ -188,7 +188,7 @@ typedef void (*fc_narrow_fn)(int64_t kc, int64_t nmb, int64_t nc, const float *a
                              const float *b, const int64_t *boff, float *c, int64_t cstride, int accumulate);
 
 /* A full-width tile's last reduction block with the epilogue fused, written straight to the
- * output (gemm_f32_avx512.c): C as fc_ukernel_fn (c: the partial sums when accumulate), then
+ * output (gemm_f32_avx512.c, gemm_f32_avx2_6x16.c): C as fc_ukernel_fn (c: the partial sums when accumulate), then
  * out[i * ldo + j] = act(acc[i][j] + bias[i] + res[i * ldo + j]) for every row and column of
  * the tile, act relu or none; bias and res may be NULL. */
 typedef void (*fc_gemm_store_fn)(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda,
@@ -253,6 +253,9 @@ void fc_f32_gemm_6x16_prefetch_packed_avx2(int64_t kc, const float *a, int64_t l
                                            const int64_t *boff, float *c, int accumulate);
 void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                             const float *res, float *out, int64_t ldo, int relu);
+void fc_f32_gemm_store_avx2(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
+                            const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
+                            const float *bias, const float *res, int relu);
 void fc_f32_gemm_4x16_generic(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
                               float *c, int accumulate);
 void fc_f32_tile_store_generic(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,

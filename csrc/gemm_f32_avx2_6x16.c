@@ -34,9 +34,29 @@
         _mm256_storeu_ps(c + (i) * NR + 8, c##i##1);                                              \
     } while (0)
 
+/* Row i of a finished tile through the fused epilogue straight from the registers (the same
+ * operations in the same order as fc_f32_tile_store_avx2): out + i * ldo = act(acc + bias[i] +
+ * res[i * ldo ...]). */
+#define OUT(i)                                                                                    \
+    do {                                                                                          \
+        const __m256 bv = _mm256_set1_ps(bias ? bias[i] : 0.0f);                                  \
+        __m256 v0 = _mm256_add_ps(c##i##0, bv), v1 = _mm256_add_ps(c##i##1, bv);                  \
+        if (res) {                                                                                \
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res + (i) * ldo));                             \
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res + (i) * ldo + 8));                         \
+        }                                                                                         \
+        if (relu) { /* max(0, v) returns v when v is NaN: NaN stays, as torch */                 \
+            v0 = _mm256_max_ps(_mm256_setzero_ps(), v0);                                          \
+            v1 = _mm256_max_ps(_mm256_setzero_ps(), v1);                                          \
+        }                                                                                         \
+        _mm256_storeu_ps(out + (i) * ldo, v0);                                                    \
+        _mm256_storeu_ps(out + (i) * ldo + 8, v1);                                                \
+    } while (0)
+
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 gemm_6x16(const int prefetch_b, const int packed, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
-          const int64_t *restrict boff, float *restrict c, int accumulate) {
+          const int64_t *restrict boff, float *restrict c, int accumulate, float *restrict out, int64_t ldo,
+          const float *restrict bias, const float *restrict res, int relu) {
     __m256 ROW(0), ROW(1), ROW(2), ROW(3), ROW(4), ROW(5);
     LOAD(0);
     LOAD(1);
@@ -67,6 +87,15 @@ gemm_6x16(const int prefetch_b, const int packed, int64_t kc, const float *restr
         STEP(4);
         STEP(5);
     }
+    if (out) {
+        OUT(0);
+        OUT(1);
+        OUT(2);
+        OUT(3);
+        OUT(4);
+        OUT(5);
+        return;
+    }
     SAVE(0);
     SAVE(1);
     SAVE(2);
@@ -78,27 +107,45 @@ gemm_6x16(const int prefetch_b, const int packed, int64_t kc, const float *restr
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda,
                                                                const float *b, const int64_t *boff, float *c,
                                                                int accumulate) {
-    gemm_6x16(0, 0, kc, a, lda, b, boff, c, accumulate);
+    gemm_6x16(0, 0, kc, a, lda, b, boff, c, accumulate, NULL, 0, NULL, NULL, 0);
 }
 
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda,
                                                                         const float *b, const int64_t *boff,
                                                                         float *c, int accumulate) {
-    gemm_6x16(1, 0, kc, a, lda, b, boff, c, accumulate);
+    gemm_6x16(1, 0, kc, a, lda, b, boff, c, accumulate, NULL, 0, NULL, NULL, 0);
 }
 
 /* The same reading A pre-packed: the 6 weights of step p at a + 6 p (lda unused). */
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_packed_avx2(int64_t kc, const float *a, int64_t lda,
                                                                       const float *b, const int64_t *boff, float *c,
                                                                       int accumulate) {
-    gemm_6x16(0, 1, kc, a, lda, b, boff, c, accumulate);
+    gemm_6x16(0, 1, kc, a, lda, b, boff, c, accumulate, NULL, 0, NULL, NULL, 0);
 }
 
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_6x16_prefetch_packed_avx2(int64_t kc, const float *a,
                                                                                int64_t lda, const float *b,
                                                                                const int64_t *boff, float *c,
                                                                                int accumulate) {
-    gemm_6x16(1, 1, kc, a, lda, b, boff, c, accumulate);
+    gemm_6x16(1, 1, kc, a, lda, b, boff, c, accumulate, NULL, 0, NULL, NULL, 0);
+}
+
+/* A full tile's last reduction block with the epilogue fused (fc_gemm_store_fn): 1x1-like
+ * panels, whose 16 pixels are one run of output row, skip the partial-sum buffer. */
+__attribute__((target("avx2,fma"))) void fc_f32_gemm_store_avx2(int prefetch_b, int apacked, int64_t kc,
+                                                                const float *a, int64_t lda, const float *b,
+                                                                const int64_t *boff, const float *c, int accumulate,
+                                                                float *out, int64_t ldo, const float *bias,
+                                                                const float *res, int relu) {
+    float *cc = (float *)c; /* read only: the partial sums when accumulate */
+    if (prefetch_b && apacked)
+        gemm_6x16(1, 1, kc, a, lda, b, boff, cc, accumulate, out, ldo, bias, res, relu);
+    else if (prefetch_b)
+        gemm_6x16(1, 0, kc, a, lda, b, boff, cc, accumulate, out, ldo, bias, res, relu);
+    else if (apacked)
+        gemm_6x16(0, 1, kc, a, lda, b, boff, cc, accumulate, out, ldo, bias, res, relu);
+    else
+        gemm_6x16(0, 0, kc, a, lda, b, boff, cc, accumulate, out, ldo, bias, res, relu);
 }
 
 /* The fused epilogue, 8 lanes at a time with a masked tail: bias, residual and relu cost one
@@ -144,5 +191,11 @@ void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda, con
 void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                             const float *res, float *out, int64_t ldo, int relu) {
     (void)c, (void)ldc, (void)rows, (void)len, (void)bias, (void)res, (void)out, (void)ldo, (void)relu;
+}
+void fc_f32_gemm_store_avx2(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
+                            const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
+                            const float *bias, const float *res, int relu) {
+    (void)prefetch_b, (void)apacked, (void)kc, (void)a, (void)lda, (void)b, (void)boff, (void)c, (void)accumulate;
+    (void)out, (void)ldo, (void)bias, (void)res, (void)relu;
 }
 #endif

@@ -9,8 +9,8 @@
  * AVX2 (12), 4 x 16 in plain C.  The x86 GEMM kernels also come in a variant that reads the
  * weights pre-packed (fc_f32_gemm_weights, made once by compiled plans); the portable table reads
  * them in place only, and so takes no pre-packed weights.  With pre-packed weights, panels of 1-4
- * columns run the narrow kernel (8-lane vectors of a step's weights, gemm_f32_narrow.c); the
- * AVX-512 table also writes full 1x1-like tiles' epilogue from the registers (gemm_store). */
+ * columns run the narrow kernel (8-lane vectors of a step's weights, gemm_f32_narrow.c), and
+ * full 1x1-like tiles write their epilogue from the registers (gemm_store). */
 #include "fc_internal.h"
 
 #if FC_X86
@@ -48,6 +48,7 @@ static const fc_isa_config CONFIG_AVX2 = {
     .gemm = GEMM_AVX2,
     .gemm_packed = GEMM_PACKED_AVX2,
     .narrow = fc_f32_gemm_narrow_6,
+    .gemm_store = fc_f32_gemm_store_avx2,
     .store = fc_f32_tile_store_avx2,
     .gemm_name = "conv2d f32 gemm 6x16 avx2",
     .gemm_packed_name = "conv2d f32 gemm 6x16 avx2, weights pre-packed",
