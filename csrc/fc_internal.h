@@ -210,7 +210,8 @@ typedef struct fc_isa_config {
     int level;                 /* enum fc_level */
     const char *isa;           /* "avx512", "avx2", "generic" */
     int mr, nr;                /* the microkernel's tile: output channels x pixels */
-    int kc;                    /* reduction rows per block (L1-resident A slice) */
+    int kc;                    /* reduction rows per block (L1-resident A slice): Winograd, backward */
+    int conv_kc;               /* the forward GEMM's longest reduction block (conv_gemm_f32.c) */
     const fc_ukernel_fn (*gemm)[3]; /* [prefetch B][NV - 1]; NULL beyond nr / 16 */
     const fc_ukernel_fn (*gemm_packed)[3]; /* the same reading A pre-packed, [p][mr]; NULL: none */
     fc_narrow_fn narrow;       /* panels of <= FC_NARROW_COLS columns on pre-packed A; NULL: none */

@@ -21,7 +21,7 @@ static void store_avx512(const float *c, int64_t ldc, int64_t rows, int64_t len,
 }
 
 static const fc_isa_config CONFIG_AVX512 = {
-    .level = FC_AVX512, .isa = "avx512", .mr = 8, .nr = 48, .kc = 192,
+    .level = FC_AVX512, .isa = "avx512", .mr = 8, .nr = 48, .kc = 192, .conv_kc = 1024,
     .gemm = fc_f32_gemm_kernels_avx512,
     .gemm_packed = fc_f32_gemm_kernels_packed_avx512,
     .narrow = fc_f32_gemm_narrow_8,
@@ -44,7 +44,7 @@ static const fc_ukernel_fn GEMM_PACKED_AVX2[2][3] = {{fc_f32_gemm_6x16_packed_av
                                                      {fc_f32_gemm_6x16_prefetch_packed_avx2, NULL, NULL}};
 
 static const fc_isa_config CONFIG_AVX2 = {
-    .level = FC_AVX2, .isa = "avx2", .mr = 6, .nr = 16, .kc = 256,
+    .level = FC_AVX2, .isa = "avx2", .mr = 6, .nr = 16, .kc = 256, .conv_kc = 512,
     .gemm = GEMM_AVX2,
     .gemm_packed = GEMM_PACKED_AVX2,
     .narrow = fc_f32_gemm_narrow_6,
@@ -64,7 +64,7 @@ static const fc_ukernel_fn GEMM_GENERIC[2][3] = {{fc_f32_gemm_4x16_generic, NULL
                                                  {fc_f32_gemm_4x16_generic, NULL, NULL}};
 
 static const fc_isa_config CONFIG_GENERIC = {
-    .level = FC_GENERIC, .isa = "generic", .mr = 4, .nr = 16, .kc = 128,
+    .level = FC_GENERIC, .isa = "generic", .mr = 4, .nr = 16, .kc = 128, .conv_kc = 128,
     .gemm = GEMM_GENERIC,
     .store = fc_f32_tile_store_generic,
     .gemm_name = "conv2d f32 gemm 4x16 generic",

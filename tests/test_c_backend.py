@@ -24,10 +24,12 @@ from fastconv.backends import c as cbackend
 from harness import Case, assert_same_bits_on_thread_counts, check
 
 #: The float32 GEMM tiles (csrc/isa.c: AVX-512 8x48, AVX2 6x16, portable 4x16): output channels
-#: x pixels, and AVX-512's reduction block (192 rows, rounded down to whole input channels: 192
-#: for 1x1, 189 for 3x3).  The cases cover every table's edges whatever the CPU runs.
-MR, NR, KC = 8, 48, 192
+#: x pixels, and the forward GEMM's longest reduction block (conv_kc: 1024, 512 and 128 rows; the
+#: reduction is cut into equal blocks of whole input channels, at most that long).  The cases
+#: cover every table's edges whatever the CPU runs.
+MR, NR, KC = 8, 48, 1024
 TILES = ((8, 48), (6, 16), (4, 16))
+CONV_KC = (1024, 512, 128)
 
 
 def _compiler() -> str | None:
@@ -79,18 +81,15 @@ def tile_cases() -> list[Case]:
         add(f"narrow{cols}", (1, KC + 5, 1, cols), (9 * MR + 3, KC + 5, 1, 1))
     add("narrow_7x7_n2", (2, 16, 7, 7), (3 * MR, 16, 1, 1))
     add("straddle_1x1_n4", (4, 3, 1, 1), (MR, 3, 1, 1))
-    # Reduction terms (C * R * S) around the reduction block.
-    for crs, (c, r, s) in {
-        KC - 1: (KC - 1, 1, 1),
-        KC: (KC, 1, 1),
-        KC + 1: (KC + 1, 1, 1),
-        2 * KC + 1: (2 * KC + 1, 1, 1),
-        180: (20, 3, 3),
-        189: (21, 3, 3),
-        198: (22, 3, 3),
-        147: (3, 7, 7),
-        196: (4, 7, 7),
-    }.items():
+    # Reduction terms (C * R * S) around every table's longest block: one block, two equal
+    # blocks (kc + 1 rows: kc/2 + 1 and kc/2), three; 3x3 filters in whole channels.
+    terms = {}
+    for kc in CONV_KC:
+        terms.update({kc - 1: (kc - 1, 1, 1), kc: (kc, 1, 1), kc + 1: (kc + 1, 1, 1), 2 * kc + 1: (2 * kc + 1, 1, 1)})
+        ch = kc // 9
+        terms.update({9 * ch: (ch, 3, 3), 9 * (ch + 1): (ch + 1, 3, 3)})
+    terms.update({147: (3, 7, 7), 196: (4, 7, 7)})
+    for crs, (c, r, s) in terms.items():
         add(f"crs{crs}", (1, c, 4, 5), (MR + 3, c, r, s), padding=(r // 2, s // 2))
     # Strided and dilated gathers into the panels, and groups (one GEMM per group).
     add("stride2_pack", (2, 6, 13, 15), (MR + 1, 6, 3, 3), stride=2, padding=1)

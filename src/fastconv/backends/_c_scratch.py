@@ -151,7 +151,7 @@ def _padded_copies(p) -> int:
 
 
 #: The per-ISA GEMM tables of csrc/isa.c: (mr, nr, kc).
-_GEMM_TILE = {"avx512": (8, 48, 192), "avx2": (6, 16, 256), "generic": (4, 16, 128)}
+_GEMM_TILE = {"avx512": (8, 48, 192), "avx2": (6, 16, 256), "generic": (4, 16, 128)}  # kc: the backward kernels
 
 
 def _tile(isa: str | None):
