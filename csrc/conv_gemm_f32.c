@@ -81,13 +81,36 @@ void fc_f32_gemm_pack_weights(const fc_conv2d_desc *d, const float *w, float *ou
     }
 }
 
+/* What a panel of `cols` columns costs, in columns of a full tile's time.  The kernel runs
+ * ceil(cols / 16) vectors of 16 pixels; narrower than the full tile it loses (one B vector per
+ * 8 broadcasts leaves the load ports, not the FMAs, the limit), and panels of 1-4 columns on
+ * pre-packed weights take the narrow kernel.  Measured on AVX-512 (a 1x1 layer, 1024 -> 512
+ * channels, weights pre-packed, one thread, AMD EPYC Zen 5): 16 columns cost 23, 32 cost 36, 1
+ * narrow column 11 and 4 narrow columns 20. */
+static double panel_cost(const plan_t *P, int64_t cols) {
+    if (P->apack && P->cfg->narrow && cols <= FC_NARROW_COLS)
+        return FC_MIN(8.0 + 3.0 * (double)cols, (double)P->nr);
+    const int64_t nv = (cols + 15) / 16, full = P->nr / 16;
+    return 16.0 * (double)nv * (nv == full ? 1.0 : nv == 1 ? 1.44 : 1.12);
+}
+
+/* The cost of `cols` columns cut into panels of nr. */
+static double panels_cost(const plan_t *P, int64_t cols) {
+    return (double)(cols / P->nr) * (double)P->nr + (cols % P->nr ? panel_cost(P, cols % P->nr) : 0.0);
+}
+
 /* Direct pays for the discarded columns, packed for gathering B (im2col) once, a cost that
  * matters less the more output channels share each gathered value.  Measured on ResNet shapes:
- * packing costs about as much as computing 8 more 8-channel blocks over the same pixels. */
-static int choose_direct(const fc_conv2d_desc *d, int64_t wq, int64_t mblocks_total) {
+ * packing costs about as much as computing 8 more 8-channel blocks over the same pixels.  Both
+ * count their panels' widths (panel_cost): on a 7x7 output at batch 1, direct computes 48 + 13
+ * columns (the 13 on a 16-column pass), packed 48 + 1 (on the narrow kernel) -- a 3x3 512-channel
+ * layer took 1.47 ms direct and 1.26 ms packed in a compiled plan (one thread, same machine;
+ * 0.77 and 0.66 ms on two), ResNet-18 at batch 1 18.3 instead of 19.1 ms on one thread. */
+static int choose_direct(const plan_t *P, int64_t wq, int64_t mblocks_total) {
+    const fc_conv2d_desc *d = P->d;
     int64_t virt = (d->oh - 1) * wq + d->ow, real = d->oh * d->ow;
-    double direct = (double)d->n * round16(virt);
-    double packed = (double)round16(d->n * real) * (1.0 + 8.0 / (double)mblocks_total);
+    double direct = (double)d->n * panels_cost(P, virt);
+    double packed = panels_cost(P, d->n * real) * (1.0 + 8.0 / (double)mblocks_total);
     return direct <= packed;
 }
 
@@ -334,7 +357,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
                     d->pad_top == 0 && d->pad_left == 0 && d->oh == d->h && d->ow == d->w;
     /* Packed mode gathers all of B up front; beyond about 64 MB direct mode is always used. */
     double packed_floats = (double)d->groups * P.crs * round16(d->n * P.ohw + FC_NR);
-    P.direct = packed_floats > (double)(16 << 20) || choose_direct(d, plain_1x1 ? d->ow : ph.wq, d->groups * P.mblocks);
+    P.direct = packed_floats > (double)(16 << 20) || choose_direct(&P, plain_1x1 ? d->ow : ph.wq, d->groups * P.mblocks);
     /* Test hook: FASTCONV_F32_CONV=direct|packed forces a mode, so tests reach both paths. */
     const char *force = getenv("FASTCONV_F32_CONV");
     if (force && !strcmp(force, "direct"))
