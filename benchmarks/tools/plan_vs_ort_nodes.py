@@ -1,6 +1,6 @@
 """A compiled plan's convolutions against ONNX Runtime's, node by node, in one process.
 
-    python benchmarks/tools/plan_vs_ort_nodes.py --arch resnet50 --batch 1
+    python benchmarks/tools/plan_vs_ort_nodes.py --arch resnet50 --batch 1 [--tune]
 
 The same torchvision-style model (random weights) is compiled by fastconv on the c backend and
 exported through torch.onnx to ONNX Runtime (CPU, 2 threads, sequential).  ONNX Runtime's own
@@ -83,6 +83,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--tune",
+        action="store_true",
+        help="compile as `fastconv resnet --compile` does with Winograd allowed (algorithm timed per "
+        "layer); default: every convolution on the GEMM, untimed",
+    )
     args = ap.parse_args()
     import torch
 
@@ -92,7 +98,10 @@ def main() -> None:
     model = ARCHS[args.arch]().eval()
     x = np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224)).astype(np.float32)
     ort_ms = _onnx_node_times(model, x, args.threads, args.reps)
-    plan = fastconv.compile(model, x.shape, backend="c", tune=False)
+    if args.tune:
+        plan = fastconv.compile(model, x.shape, backend="c", winograd=True)
+    else:
+        plan = fastconv.compile(model, x.shape, backend="c", tune=False)
     env = plan._env
     for _ in range(3):
         plan(x)
@@ -113,9 +122,10 @@ def main() -> None:
     print(
         f"matched {len(pairs)} steps: fastconv {sum(p[2] for p in pairs):.1f} ms, ONNX Runtime {sum(p[3] for p in pairs):.1f} ms"
     )
-    print("| step | fastconv ms | ONNX Runtime ms | ratio |\n|---|---|---|---|")
+    chosen = {s.name: getattr(s, "choice", "") for s in plan.steps}
+    print("| step | fastconv ms | ONNX Runtime ms | ratio | fastconv kernel |\n|---|---|---|---|---|")
     for ratio, step, a, b in pairs:
-        print(f"| {step} | {a:.2f} | {b:.2f} | {ratio:.2f}x |")
+        print(f"| {step} | {a:.2f} | {b:.2f} | {ratio:.2f}x | {chosen.get(step, '')} |")
 
 
 if __name__ == "__main__":
