@@ -170,6 +170,33 @@ static int fused_store(const plan_t *P, int64_t nv, int64_t mb, const seg_t *seg
            (act == FC_ACT_NONE || act == FC_ACT_RELU);
 }
 
+/* A narrow panel's sums ([col][8] floats) through the tile's epilogue, once its last block is summed. */
+static void store_cols(const plan_t *P, const float *cm, int64_t ncols, const float *bias, const float *residual,
+                       float *y, int64_t g, int64_t mb, const seg_t *segs, int64_t nseg) {
+    float t[FC_MR * FC_NR];
+    for (int64_t i = 0; i < P->mr; i++)
+        for (int64_t col = 0; col < ncols; col++)
+            t[i * P->nr + col] = cm[col * 8 + i];
+    store_tile(P, t, bias, residual, y, g, mb, segs, nseg);
+}
+
+/* Panel idx runs on the narrow kernel (1-4 columns, pre-packed weights). */
+static int narrow_panel(const plan_t *P, int64_t idx) {
+    int64_t n, q0, ncols;
+    fc_f32_panel_range(P, idx, &n, &q0, &ncols);
+    return P->apack && P->cfg->narrow && ncols <= FC_NARROW_COLS;
+}
+
+/* Panel idx is a narrow panel that rides as the tail of the full-width panel before it
+ * (P->tails): whichever task computes that panel computes this one too. */
+static int tail_panel(const plan_t *P, int64_t idx) {
+    int64_t n, q0, ncols;
+    if (!P->tails || idx < 1 || idx >= P->npanels || !narrow_panel(P, idx))
+        return 0;
+    fc_f32_panel_range(P, idx - 1, &n, &q0, &ncols);
+    return ncols > P->nr - 16;
+}
+
 static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
                      int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
     const int64_t mt = mb1 - mb0, tile = P->mr * P->nr;
@@ -178,6 +205,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
     const int64_t *boff[MAX_TASK_PANELS];
     int64_t nv[MAX_TASK_PANELS], ncols[MAX_TASK_PANELS], nis[MAX_TASK_PANELS], nos[MAX_TASK_PANELS];
     int in_place[MAX_TASK_PANELS], narrow[MAX_TASK_PANELS], any_narrow = 0;
+    int64_t tail_of[MAX_TASK_PANELS]; /* the narrow panel riding on full panel j, or -1 */
     /* Each panel's runs, once per task. */
     for (int64_t j = 0; j < p1 - p0; j++) {
         int64_t n, q0;
@@ -195,12 +223,18 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
          * thread, the 49th column took 50 us, 2.5 times as long as 10 of the other 48; in
          * place, 30 us.) */
         in_place[j] = !P->direct || P->src != P->x || q0 + P->nr <= P->img_cols || narrow[j];
-        any_narrow |= narrow[j];
         if (!P->direct)
             b[j] = P->gpack + ((size_t)g * P->npanels + p0 + j) * P->crs * P->nr;
         else if (in_place[j])
             b[j] = P->src + (size_t)n * P->src_img + (size_t)g * P->cg * P->src_chan + q0;
+        tail_of[j] = -1;
+        if (j > 0 && tail_panel(P, p0 + j)) { /* the task's range ends with it (see the caller) */
+            tail_of[j - 1] = j;
+            narrow[j] = 0; /* computed with panel j - 1, not on the narrow pass */
+        }
     }
+    for (int64_t j = 0; j < p1 - p0; j++)
+        any_narrow |= narrow[j];
     for (int64_t k0 = 0; k0 < P->crs; k0 += P->kcb) {
         int64_t k1 = FC_MIN(P->crs, k0 + P->kcb);
         int last = k1 == P->crs;
@@ -219,11 +253,23 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         for (int64_t mb = mb0; mb < mb1; mb++) {
             const float *a = a_block(P, g, mb, k0);
             for (int64_t j = 0; j < p1 - p0; j++) {
-                if (narrow[j])
+                if (narrow[j] || (j > 0 && tail_of[j - 1] == j))
                     continue;
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
                 if (last && residual) /* the epilogue's residual arrives while the tile computes */
                     prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
+                if (tail_of[j] >= 0) { /* a full tile and the narrow panel after it, in one pass */
+                    const int64_t u = tail_of[j];
+                    float *ct = S->cbuf + (u * mt + (mb - mb0)) * tile;
+                    if (last && residual)
+                        prefetch_residual(P, residual, g, mb, S->osegs + u * MAX_SEGS, nos[u]);
+                    P->cfg->gemm_tail(mb == mb0, k1 - k0, a, b[j], boff[j], c, k0 > 0, ncols[u], b[u], boff[u], ct);
+                    if (last) {
+                        store_tile(P, c, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
+                        store_cols(P, ct, ncols[u], bias, residual, y, g, mb, S->osegs + u * MAX_SEGS, nos[u]);
+                    }
+                    continue;
+                }
                 /* A full tile that is one run of output row (1x1-like panels) and needs no other
                  * activation: its last block writes the output from the registers. */
                 if (last && fused_store(P, nv[j], mb, S->osegs + j * MAX_SEGS, nos[j])) {
@@ -250,14 +296,9 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
                     prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
             P->cfg->narrow(k1 - k0, mt, ncols[j], a_block(P, g, mb0, k0), P->crs * P->mr, b[j], boff[j], c, tile,
                            k0 > 0);
-            for (int64_t mb = mb0; last && mb < mb1; mb++) { /* [col][8] -> the tile's [row][nr] */
-                float t[FC_MR * FC_NR];
-                const float *cm = c + (mb - mb0) * tile;
-                for (int64_t i = 0; i < P->mr; i++)
-                    for (int64_t col = 0; col < ncols[j]; col++)
-                        t[i * P->nr + col] = cm[col * 8 + i];
-                store_tile(P, t, bias, residual, y, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
-            }
+            for (int64_t mb = mb0; last && mb < mb1; mb++)
+                store_cols(P, c + (mb - mb0) * tile, ncols[j], bias, residual, y, g, mb, S->osegs + j * MAX_SEGS,
+                           nos[j]);
         }
     }
 }
@@ -387,8 +428,9 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
 
     /* Every image's (direct) or the batch's (packed) last panel has this many columns. */
     const int64_t last_cols = P.img_cols - (P.img_cols + P.nr - 1) / P.nr * P.nr + P.nr;
+    P.tails = P.apack && P.cfg->gemm_tail && P.cfg->narrow;
     if (kernel && P.apack && P.cfg->narrow && last_cols <= FC_NARROW_COLS)
-        *kernel = P.cfg->gemm_narrow_name;
+        *kernel = tail_panel(&P, P.npanels - 1) ? P.cfg->gemm_tail_name : P.cfg->gemm_narrow_name;
 
     int64_t pt = 1, mt = 1;
     task_shape(&P, nthreads, &pt, &mt);
@@ -399,7 +441,9 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
 
     /* Every buffer up front, so a failed allocation stops the call before any work.  Sizes
      * saturate at SIZE_MAX on overflow, which fc_alloc refuses. */
-    size_t cbuf_floats = fc_size_mul3((size_t)pt * mt, P.mr, P.nr), bpack_floats = fc_size_mul3(pt, P.kcb, P.nr);
+    /* Buffers for pt + 1 panels: a task may take one tail panel past its chunk. */
+    size_t cbuf_floats = fc_size_mul3((size_t)(pt + 1) * mt, P.mr, P.nr),
+           bpack_floats = fc_size_mul3(pt + 1, P.kcb, P.nr);
     int tail = P.kg % P.mr != 0 && !P.apack;
     P.atail = tail ? fc_alloc(fc_size_mul3((size_t)d->groups * P.mr, P.crs, sizeof(float))) : NULL;
     P.off = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
@@ -411,7 +455,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     int64_t *poff = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
     size_t gpack_floats = P.direct ? 0 : fc_size_mul3((size_t)d->groups * P.npanels, P.crs, P.nr);
     P.gpack = gpack_floats ? fc_alloc(fc_size_mul3(gpack_floats, sizeof(float), 1)) : NULL;
-    const size_t sslice = fc_slice(fc_size_mul3(pt, MAX_SEGS * 2, sizeof(seg_t)));
+    const size_t sslice = fc_slice(fc_size_mul3(pt + 1, MAX_SEGS * 2, sizeof(seg_t)));
     char *segs = fc_size_mul((size_t)team, sslice, &sbytes) ? NULL : fc_alloc(sbytes);
     int status = FC_OK;
     if ((tail && !P.atail) || !P.off || (phase_floats && !phase) || !tbuf || !poff || !segs ||
@@ -446,7 +490,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         S.cbuf = (float *)(tbuf + (size_t)tid * tslice);
         S.bpack = S.cbuf + cbuf_floats;
         S.isegs = (seg_t *)(segs + (size_t)tid * sslice);
-        S.osegs = S.isegs + (size_t)pt * MAX_SEGS;
+        S.osegs = S.isegs + (size_t)(pt + 1) * MAX_SEGS;
 
         if (tail) {
             #pragma omp for schedule(static) nowait
@@ -476,8 +520,12 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < ntasks; t++) {
             int64_t pc = t % pchunks, mc = t / pchunks % mchunks, g = t / (pchunks * mchunks);
-            run_task(&P, bias, residual, y, g, pc * pt, FC_MIN(P.npanels, (pc + 1) * pt), mc * mt,
-                     FC_MIN(P.mblocks, (mc + 1) * mt), &S);
+            /* A tail panel (tail_panel) goes with the full panel before it, whatever the chunks. */
+            int64_t q0 = pc * pt, q1 = FC_MIN(P.npanels, (pc + 1) * pt);
+            q0 += tail_panel(&P, q0);
+            q1 += tail_panel(&P, q1);
+            if (q0 < q1)
+                run_task(&P, bias, residual, y, g, q0, q1, mc * mt, FC_MIN(P.mblocks, (mc + 1) * mt), &S);
         }
     }
 done:

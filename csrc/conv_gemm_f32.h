@@ -29,6 +29,7 @@ typedef struct {
     const int64_t *poff;     /* [max(crs, kcb)]: p * NR, the row offsets of a packed block */
     const fc_isa_config *cfg; /* the microkernel, its tile and epilogue */
     int64_t mr, nr;           /* its tile */
+    int tails;                /* narrow panels ride on the full panel before them (gemm_tail) */
 } plan_t;
 
 

@@ -195,6 +195,14 @@ typedef void (*fc_gemm_store_fn)(int prefetch_b, int apacked, int64_t kc, const 
                                  const float *b, const int64_t *boff, const float *c, int accumulate, float *out,
                                  int64_t ldo, const float *bias, const float *res, int relu);
 
+/* A full-width tile plus a tail of nt <= FC_NARROW_COLS more columns (gemm_f32_avx512.c), weights
+ * pre-packed: C as fc_ukernel_fn with a packed A, and ct[u * 8 + i] (+)= sum over p < kc of
+ * a[p * mr + i] * bt[boff_t[p] + u] -- the narrow kernel's sums for the tail, computed in the same
+ * pass while the weights are in registers. */
+typedef void (*fc_gemm_tail_fn)(int prefetch_b, int64_t kc, const float *a, const float *b, const int64_t *boff,
+                                float *c, int accumulate, int64_t nt, const float *bt, const int64_t *boff_t,
+                                float *ct);
+
 /* One instruction set's kernel configuration (isa.c): the GEMM microkernel, its tile and the
  * reduction block it wants, its fused epilogue, and the names FASTCONV_VERBOSE reports. */
 /* The channel-vector convolution microkernel (conv_kvec_f32.c): acc[i][j] (+)= sum over steps p
@@ -216,10 +224,12 @@ typedef struct fc_isa_config {
     const fc_ukernel_fn (*gemm_packed)[3]; /* the same reading A pre-packed, [p][mr]; NULL: none */
     fc_narrow_fn narrow;       /* panels of <= FC_NARROW_COLS columns on pre-packed A; NULL: none */
     fc_gemm_store_fn gemm_store; /* full tiles' last block, epilogue fused; NULL: none */
+    fc_gemm_tail_fn gemm_tail; /* a full tile and the narrow panel after it in one pass; NULL: none */
     fc_store_fn store;
     const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
     const char *gemm_packed_name; /* the same with pre-packed weights */
     const char *gemm_narrow_name; /* ... whose last panels of <= FC_NARROW_COLS columns ran `narrow` */
+    const char *gemm_tail_name; /* ... whose last panels rode on the full panels before them */
     const char *winograd_name;
     const char *direct_name;
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
@@ -239,6 +249,9 @@ void fc_f32_gemm_narrow_8(int64_t kc, int64_t nmb, int64_t nc, const float *a, i
                           const int64_t *boff, float *c, int64_t cstride, int accumulate);
 void fc_f32_gemm_narrow_6(int64_t kc, int64_t nmb, int64_t nc, const float *a, int64_t astride, const float *b,
                           const int64_t *boff, float *c, int64_t cstride, int accumulate);
+void fc_f32_gemm_tail_avx512(int prefetch_b, int64_t kc, const float *a, const float *b, const int64_t *boff,
+                             float *c, int accumulate, int64_t nt, const float *bt, const int64_t *boff_t,
+                             float *ct);
 void fc_f32_gemm_store_avx512(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
                               const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
                               const float *bias, const float *res, int relu);

@@ -23,14 +23,29 @@ typedef struct {
     int relu;
 } tile_out_t;
 
+/* A tile's tail (gemm_8xNV with nt > 0; pre-packed weights only): nt more columns, 1 to 4, whose
+ * B rows lie at bt + boff_t[p] -- the few columns past a plane's last full panel (a 7x7 plane's
+ * 49th pixel, a 14x14 plane's last 4).  Each is 8 channels in the low half of one more
+ * accumulator: per step the 8 weights (one vector of the pre-packed block) times the column's
+ * broadcast value, the same fused multiply-add in the same order as the microkernel and the
+ * narrow kernel, so results are bit for bit the same.  Sums go to ct as [col][8]. */
+typedef struct {
+    int nt;
+    const float *bt;
+    const int64_t *boff_t;
+    float *ct;
+} tile_tail_t;
+
 __attribute__((target("avx512f"), always_inline)) static inline void
-gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store, int64_t kc, const float *restrict a,
-          int64_t lda, const float *restrict b, const int64_t *restrict boff, float *restrict c, int accumulate,
-          const tile_out_t *o) {
-    __m512 acc[FC_MR][3];
+gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store, const int nt, int64_t kc,
+          const float *restrict a, int64_t lda, const float *restrict b, const int64_t *restrict boff,
+          float *restrict c, int accumulate, const tile_out_t *o, const tile_tail_t *tl) {
+    __m512 acc[FC_MR][3], tacc[FC_NARROW_COLS];
     for (int i = 0; i < FC_MR; i++)
         for (int j = 0; j < nv; j++)
             acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * FC_NR + j * 16) : _mm512_setzero_ps();
+    for (int u = 0; u < nt; u++)
+        tacc[u] = accumulate ? _mm512_castps256_ps512(_mm256_loadu_ps(tl->ct + u * 8)) : _mm512_setzero_ps();
     /* The 8 weight rows are read in place (no packing): 8 sequential streams. */
     const float *ar[FC_MR];
     for (int i = 0; i < FC_MR; i++)
@@ -63,7 +78,15 @@ gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store
             for (int j = 0; j < nv; j++)
                 acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
+        if (nt) { /* the tail: step p's 8 weights (lanes 0-7) times each column's value */
+            const __m512 a8 = _mm512_castps256_ps512(_mm256_loadu_ps(a + p * FC_MR));
+            const float *btp = tl->bt + tl->boff_t[p];
+            for (int u = 0; u < nt; u++)
+                tacc[u] = _mm512_fmadd_ps(a8, _mm512_set1_ps(btp[u]), tacc[u]);
+        }
     }
+    for (int u = 0; u < nt; u++)
+        _mm256_storeu_ps(tl->ct + u * 8, _mm512_castps512_ps256(tacc[u]));
     if (store) {
         const __m512 zero = _mm512_setzero_ps();
         for (int i = 0; i < FC_MR; i++) {
@@ -88,7 +111,7 @@ gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store
     __attribute__((target("avx512f"))) static void fc_f32_gemm_8x##COLS##SUFFIX##_avx512(    \
         int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, float *c, \
         int accumulate) {                                                                   \
-        gemm_8xNV(NV, PF, AP, 0, kc, a, lda, b, boff, c, accumulate, NULL);                 \
+        gemm_8xNV(NV, PF, AP, 0, 0, kc, a, lda, b, boff, c, accumulate, NULL, NULL);        \
     }
 FC_GEMM_VARIANT(1, 16, 0, 0, )
 FC_GEMM_VARIANT(2, 32, 0, 0, )
@@ -111,7 +134,7 @@ FC_GEMM_VARIANT(3, 48, 1, 1, _prefetch_packed)
         int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff, const float *c, \
         int accumulate, float *out, int64_t ldo, const float *bias, const float *res, int relu) { \
         const tile_out_t o = {out, ldo, bias, res, relu};                                         \
-        gemm_8xNV(3, PF, AP, 1, kc, a, lda, b, boff, (float *)c, accumulate, &o);                 \
+        gemm_8xNV(3, PF, AP, 1, 0, kc, a, lda, b, boff, (float *)c, accumulate, &o, NULL);        \
     }
 FC_GEMM_STORE(0, 0)
 FC_GEMM_STORE(0, 1)
@@ -125,6 +148,33 @@ void fc_f32_gemm_store_avx512(int prefetch_b, int apacked, int64_t kc, const flo
                            float *, int64_t, const float *, const float *, int) = {
         {gemm_store_00, gemm_store_01}, {gemm_store_10, gemm_store_11}};
     fn[prefetch_b != 0][apacked != 0](kc, a, lda, b, boff, c, accumulate, out, ldo, bias, res, relu);
+}
+
+/* The full 8 x 48 tile with a tail of NT columns (fc_gemm_tail_fn), pre-packed weights. */
+#define FC_GEMM_TAIL(PF, NT)                                                                         \
+    __attribute__((target("avx512f"))) static void gemm_tail_##PF##NT(                              \
+        int64_t kc, const float *a, const float *b, const int64_t *boff, float *c, int accumulate,  \
+        const float *bt, const int64_t *boff_t, float *ct) {                                        \
+        const tile_tail_t tl = {NT, bt, boff_t, ct};                                                \
+        gemm_8xNV(3, PF, 1, 0, NT, kc, a, FC_MR, b, boff, c, accumulate, NULL, &tl);                \
+    }
+FC_GEMM_TAIL(0, 1)
+FC_GEMM_TAIL(0, 2)
+FC_GEMM_TAIL(0, 3)
+FC_GEMM_TAIL(0, 4)
+FC_GEMM_TAIL(1, 1)
+FC_GEMM_TAIL(1, 2)
+FC_GEMM_TAIL(1, 3)
+FC_GEMM_TAIL(1, 4)
+
+void fc_f32_gemm_tail_avx512(int prefetch_b, int64_t kc, const float *a, const float *b, const int64_t *boff,
+                             float *c, int accumulate, int64_t nt, const float *bt, const int64_t *boff_t,
+                             float *ct) {
+    void (*const fn[2][FC_NARROW_COLS])(int64_t, const float *, const float *, const int64_t *, float *, int,
+                                        const float *, const int64_t *, float *) = {
+        {gemm_tail_01, gemm_tail_02, gemm_tail_03, gemm_tail_04},
+        {gemm_tail_11, gemm_tail_12, gemm_tail_13, gemm_tail_14}};
+    fn[prefetch_b != 0][nt - 1](kc, a, b, boff, c, accumulate, bt, boff_t, ct);
 }
 
 const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3] = {
@@ -160,6 +210,12 @@ void fc_f32_gemm_store_avx512(int prefetch_b, int apacked, int64_t kc, const flo
                               const float *bias, const float *res, int relu) {
     (void)prefetch_b, (void)apacked, (void)kc, (void)a, (void)lda, (void)b, (void)boff, (void)c, (void)accumulate;
     (void)out, (void)ldo, (void)bias, (void)res, (void)relu;
+}
+void fc_f32_gemm_tail_avx512(int prefetch_b, int64_t kc, const float *a, const float *b, const int64_t *boff,
+                             float *c, int accumulate, int64_t nt, const float *bt, const int64_t *boff_t,
+                             float *ct) {
+    (void)prefetch_b, (void)kc, (void)a, (void)b, (void)boff, (void)c, (void)accumulate, (void)nt, (void)bt;
+    (void)boff_t, (void)ct;
 }
 const fc_ukernel_fn fc_f32_gemm_kernels_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};
 const fc_ukernel_fn fc_f32_gemm_kernels_packed_avx512[2][3] = {{0, 0, 0}, {0, 0, 0}};

@@ -80,6 +80,11 @@ def tile_cases() -> list[Case]:
     for cols in (1, 2, 3, 4, 5):
         add(f"narrow{cols}", (1, KC + 5, 1, cols), (9 * MR + 3, KC + 5, 1, 1))
     add("narrow_7x7_n2", (2, 16, 7, 7), (3 * MR, 16, 1, 1))
+    # On AVX-512, a narrow panel right after a full one rides in its pass (gemm_tail): 1-4 tail
+    # columns, two reduction blocks, a partial last weight block; a 7x7 3x3 layer that packs.
+    for cols in (1, 2, 3, 4):
+        add(f"tail{cols}", (1, KC + 5, 1, NR + cols), (2 * MR + 3, KC + 5, 1, 1))
+    add("tail_packed_7x7", (1, 4, 7, 7), (40 * MR, 4, 3, 3), padding=1)
     add("straddle_1x1_n4", (4, 3, 1, 1), (MR, 3, 1, 1))
     # Reduction terms (C * R * S) around every table's longest block: one block, two equal
     # blocks (kc + 1 rows: kc/2 + 1 and kc/2), three; 3x3 filters in whole channels.
@@ -222,7 +227,8 @@ def test_prepacked_kernel_name_is_logged(monkeypatch, caplog):
         y = cbackend.conv2d_into(p, x, w, None, None, np.empty((1, 16, 9, 9), np.float32), gemm_weights=wp)
     assert y[0, 0, 4, 4] == 72.0
     assert any("weights pre-packed" in r.getMessage() for r in caplog.records)
-    # 49 output pixels: the last panel has one column, which the narrow kernel takes.
+    # 49 output pixels: the last panel has one column, which the narrow kernel takes (AVX-512: in
+    # the pass of the full panel before it).
     x7, w1 = np.ones((1, 8, 7, 7), np.float32), np.ones((16, 8, 1, 1), np.float32)
     p7 = _problem(Case("conv2d", "n7", x7.shape, w1.shape, {}), x7, w1, None, None, None)
     caplog.clear()
@@ -231,7 +237,8 @@ def test_prepacked_kernel_name_is_logged(monkeypatch, caplog):
             p7, x7, w1, None, None, np.empty((1, 16, 7, 7), np.float32), gemm_weights=cbackend.gemm_weights(p7, w1)
         )
     assert (y7 == 8.0).all()
-    assert any("narrow" in r.getMessage() for r in caplog.records)
+    tail = "last 1-4 columns in the full tile's pass" if cbackend.isa() == "avx512" else "narrow"
+    assert any(tail in r.getMessage() for r in caplog.records)
     depthwise = _problem(Case("conv2d", "dw", x.shape, (8, 1, 3, 3), {"groups": 8}), x, w[:8, :1], None, None, None)
     assert cbackend.gemm_weights(depthwise, w[:8, :1].copy()) is None  # depthwise never runs the GEMM
     assert cbackend.gemm_weights(replace(p, dtype="float64"), w.astype(np.float64)) is None
