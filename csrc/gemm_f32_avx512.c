@@ -30,7 +30,6 @@ typedef struct {
  * broadcast value, the same fused multiply-add in the same order as the microkernel and the
  * narrow kernel, so results are bit for bit the same.  Sums go to ct as [col][8]. */
 typedef struct {
-    int nt;
     const float *bt;
     const int64_t *boff_t;
     float *ct;
@@ -155,7 +154,7 @@ void fc_f32_gemm_store_avx512(int prefetch_b, int apacked, int64_t kc, const flo
     __attribute__((target("avx512f"))) static void gemm_tail_##PF##NT(                              \
         int64_t kc, const float *a, const float *b, const int64_t *boff, float *c, int accumulate,  \
         const float *bt, const int64_t *boff_t, float *ct) {                                        \
-        const tile_tail_t tl = {NT, bt, boff_t, ct};                                                \
+        const tile_tail_t tl = {bt, boff_t, ct};                                                \
         gemm_8xNV(3, PF, 1, 0, NT, kc, a, FC_MR, b, boff, c, accumulate, NULL, &tl);                \
     }
 FC_GEMM_TAIL(0, 1)
