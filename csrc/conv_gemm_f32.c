@@ -81,6 +81,11 @@ void fc_f32_gemm_pack_weights(const fc_conv2d_desc *d, const float *w, float *ou
     }
 }
 
+/* Whether a panel of `cols` columns runs on the narrow kernel (pre-packed weights only). */
+static int narrow_width(const plan_t *P, int64_t cols) {
+    return P->apack && P->cfg->narrow && cols <= FC_NARROW_COLS;
+}
+
 /* What a panel of `cols` columns costs, in columns of a full tile's time.  The kernel runs
  * ceil(cols / 16) vectors of 16 pixels; narrower than the full tile it loses (one B vector per
  * 8 broadcasts leaves the load ports, not the FMAs, the limit), and panels of 1-4 columns on
@@ -88,7 +93,7 @@ void fc_f32_gemm_pack_weights(const fc_conv2d_desc *d, const float *w, float *ou
  * channels, weights pre-packed, one thread, AMD EPYC Zen 5): 16 columns cost 23, 32 cost 36, 1
  * narrow column 11 and 4 narrow columns 20. */
 static double panel_cost(const plan_t *P, int64_t cols) {
-    if (P->apack && P->cfg->narrow && cols <= FC_NARROW_COLS)
+    if (narrow_width(P, cols))
         return FC_MIN(8.0 + 3.0 * (double)cols, (double)P->nr);
     const int64_t nv = (cols + 15) / 16, full = P->nr / 16;
     return 16.0 * (double)nv * (nv == full ? 1.0 : nv == 1 ? 1.44 : 1.12);
@@ -174,24 +179,18 @@ static int fused_store(const plan_t *P, int64_t nv, int64_t mb, const seg_t *seg
 static void store_cols(const plan_t *P, const float *cm, int64_t ncols, const float *bias, const float *residual,
                        float *y, int64_t g, int64_t mb, const seg_t *segs, int64_t nseg) {
     float t[FC_MR * FC_NR];
-    for (int64_t i = 0; i < P->mr; i++)
-        for (int64_t col = 0; col < ncols; col++)
-            t[i * P->nr + col] = cm[col * 8 + i];
+    fc_narrow_to_tile(cm, ncols, P->mr, P->nr, t);
     store_tile(P, t, bias, residual, y, g, mb, segs, nseg);
-}
-
-/* Panel idx runs on the narrow kernel (1-4 columns, pre-packed weights). */
-static int narrow_panel(const plan_t *P, int64_t idx) {
-    int64_t n, q0, ncols;
-    fc_f32_panel_range(P, idx, &n, &q0, &ncols);
-    return P->apack && P->cfg->narrow && ncols <= FC_NARROW_COLS;
 }
 
 /* Panel idx is a narrow panel that rides as the tail of the full-width panel before it
  * (P->tails): whichever task computes that panel computes this one too. */
 static int tail_panel(const plan_t *P, int64_t idx) {
     int64_t n, q0, ncols;
-    if (!P->tails || idx < 1 || idx >= P->npanels || !narrow_panel(P, idx))
+    if (!P->tails || idx < 1 || idx >= P->npanels)
+        return 0;
+    fc_f32_panel_range(P, idx, &n, &q0, &ncols);
+    if (!narrow_width(P, ncols))
         return 0;
     fc_f32_panel_range(P, idx - 1, &n, &q0, &ncols);
     return ncols > P->nr - 16;
@@ -216,7 +215,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         memcpy(os, is, (size_t)nis[j] * sizeof(seg_t));
         nos[j] = fc_f32_merge_segments(P->d, os, nis[j]);
         /* A panel of a few columns on pre-packed weights: the narrow kernel, all blocks at once. */
-        narrow[j] = P->apack && P->cfg->narrow && ncols[j] <= FC_NARROW_COLS;
+        narrow[j] = narrow_width(P, ncols[j]);
         /* A direct panel reading x itself must not run past x's end: pack its tail here -- unless
          * it runs on the narrow kernel, which reads its own columns only.  (Packing the 1-column
          * tail of a 7x7 plane cost a kc x 16 copy per task: on a 1024 -> 512 1x1 layer, one
@@ -429,7 +428,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     /* Every image's (direct) or the batch's (packed) last panel has this many columns. */
     const int64_t last_cols = P.img_cols - (P.img_cols + P.nr - 1) / P.nr * P.nr + P.nr;
     P.tails = P.apack && P.cfg->gemm_tail && P.cfg->narrow;
-    if (kernel && P.apack && P.cfg->narrow && last_cols <= FC_NARROW_COLS)
+    if (kernel && narrow_width(&P, last_cols))
         *kernel = tail_panel(&P, P.npanels - 1) ? P.cfg->gemm_tail_name : P.cfg->gemm_narrow_name;
 
     int64_t pt = 1, mt = 1;

@@ -275,9 +275,7 @@ static void narrow_gemm(const wplan_t *W, const fc_isa_config *cfg, const float 
     for (int64_t mb = 0; mb < mblocks; mb++) {
         float *t = first + mb * cstride, sums[8 * FC_NARROW_COLS];
         memcpy(sums, t, (size_t)(8 * nc) * sizeof(float));
-        for (int64_t i = 0; i < W->mr; i++)
-            for (int64_t col = 0; col < nc; col++)
-                t[i * W->nr + col] = sums[col * 8 + i];
+        fc_narrow_to_tile(sums, nc, W->mr, W->nr, t);
     }
 }
 

@@ -184,6 +184,13 @@ typedef void (*fc_store_fn)(const float *c, int64_t ldc, int64_t rows, int64_t l
  * ([col][8] floats), acc[col][i] (+)= sum over p < kc of a_m[p * mr + i] * b[boff[p] + col], for
  * nc <= FC_NARROW_COLS columns. */
 #define FC_NARROW_COLS 4
+
+/* The narrow kernel's sums of ncols columns ([col][8]) into a tile's layout ([row][nr]), mr rows. */
+static inline void fc_narrow_to_tile(const float *cols, int64_t ncols, int64_t mr, int64_t nr, float *tile) {
+    for (int64_t i = 0; i < mr; i++)
+        for (int64_t col = 0; col < ncols; col++)
+            tile[i * nr + col] = cols[col * 8 + i];
+}
 typedef void (*fc_narrow_fn)(int64_t kc, int64_t nmb, int64_t nc, const float *a, int64_t astride,
                              const float *b, const int64_t *boff, float *c, int64_t cstride, int accumulate);
 
