@@ -94,7 +94,7 @@ sanitize-build: $(STAMP)
 # sizes they pass must not make C read or write out of bounds.
 sanitize: sanitize-build
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_c_backend.py tests/test_c_few_channels.py tests/test_hardening.py \
-	  tests/test_algorithms.py
+	  tests/test_algorithms.py tests/test_c_blocked.py
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_conformance.py::test_matches_torch -k "c]"
 	$(SANITIZE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_backward.py -k "c]"
 	$(SANITIZE_ENV) FASTCONV_FUZZ_BACKENDS=c FASTCONV_FUZZ_TORCH=0 FASTCONV_FUZZ_EXAMPLES=200 \

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 SOURCES = ["conv_direct.c", "conv_fewc_f32.c", "conv_gemm_f32.c", "conv_panels_f32.c", "conv_winograd_f32.c", "gemm_f32_avx512.c", "gemm_f32_narrow.c",
            "gemm_f32_avx2_6x16.c", "gemm_f32_generic.c", "isa.c", "pool.c", "norm.c", "cpu.c", "conv_bwd.c",
            "bwd_weight_f32.c", "bwd_weight_cl_f32.c", "bwd_data_f32.c", "activation.c", "conv_kvec_f32.c",
-           "kvec_f32_avx512.c", "kvec_f32_avx2.c", "kvec_f32_generic.c"]
+           "kvec_f32_avx512.c", "kvec_f32_avx2.c", "kvec_f32_generic.c", "conv_blocked_f32.c"]
 
 
 def cdef_text() -> str:

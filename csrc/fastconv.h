@@ -75,6 +75,26 @@ int fc_f32_conv2d_prepacked(const fc_conv2d_desc *d, const float *x, const float
                             int64_t wpack_len, const float *bias, const float *residual, float *y, int nthreads,
                             const char **kernel);
 
+/* Channel-blocked float32 activations, which compiled plans keep from one convolution to the
+ * next: a (n, c, h, w) tensor is stored as (n, c / L, h + 2 * b, w + 2 * b, L), L =
+ * fc_f32_blocked_lanes() (16 with AVX-512, 8 otherwise), c a multiple of L, with a border of b
+ * zero pixels around every plane: the padding of the convolutions that read it, which so read
+ * no bounds.  to_blocked / from_blocked convert (to_blocked writes the border too). */
+int fc_f32_blocked_lanes(void);
+int fc_f32_to_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
+                      int nthreads);
+int fc_f32_from_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
+                        int nthreads);
+/* y = act(conv(x, weight) + bias + residual) on blocked activations: x with border xb (at least
+ * the padding), residual (NULL, or blocked like y) with border rb, y with border yb (written with
+ * zeros).  Ungrouped, c and k multiples of L, activation none or relu (FC_EUNSUPPORTED otherwise).
+ * The weights are pre-packed once, fc_f32_blocked_weights_size(d) floats. */
+int64_t fc_f32_blocked_weights_size(const fc_conv2d_desc *d);
+int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *weight, float *wpack);
+int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *wpack,
+                          const float *bias, const float *residual, int64_t rb, float *y, int64_t yb, int nthreads,
+                          const char **kernel);
+
 /* Winograd F(4x4, 3x3) for 3x3, stride-1, undilated, ungrouped float32 convolutions.  The
  * filters are transformed once (fc_f32_winograd_weights, into winograd_weights_size floats) and
  * the transform reused by every call with the same weights. */

@@ -221,6 +221,16 @@ typedef void (*fc_kvec_fn)(int64_t np, int64_t nv, int64_t steps, const float *x
 /* dst[p * lanes + l] = l < rows ? w[l * ldw + p] : 0, p < steps: weight rows into channel vectors. */
 typedef void (*fc_kvec_pack_fn)(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
 
+/* The same tile on channel-blocked activations (conv_blocked_f32.c, conv_blocked_ukernel_impl.h):
+ * over taps t and their lanes channels c, pixel i reads x[xoff[t] + i * xpix + c]; the sums of
+ * pixel i, vector j live at y[i * lanes + j * yvec]; weights are w[((t * lanes + c) * nv + j) *
+ * lanes + lane]; mode: FC_BL_ACCUMULATE, FC_BL_FINISH (epilogue). */
+#define FC_BL_ACCUMULATE 1
+#define FC_BL_FINISH 2
+typedef void (*fc_blocked_fn)(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
+                              int64_t xpix, const float *w, float *y, int64_t yvec, int mode, const float *bias,
+                              const float *res, int64_t rvec, int relu);
+
 typedef struct fc_isa_config {
     int level;                 /* enum fc_level */
     const char *isa;           /* "avx512", "avx2", "generic" */
@@ -244,6 +254,9 @@ typedef struct fc_isa_config {
     fc_kvec_pack_fn kvec_pack; /* NULL: the portable loop */
     int kvec_auto_pixels;      /* "auto" takes kvec up to this many output pixels per plane (0: never) */
     const char *kvec_name;     /* e.g. "conv2d f32 kvec 7x4x16 avx512" */
+    fc_blocked_fn blocked;     /* the channel-vector tile on blocked activations (compiled plans) */
+    int blocked_tiles[2][2];   /* its {pixels, vectors}: [0] for rows a multiple of [0][0], else [1] */
+    const char *blocked_name;  /* e.g. "conv2d f32 blocked avx512" */
 } fc_isa_config;
 
 /* The configuration of the instruction set this process uses: the CPU's best, capped by
@@ -289,6 +302,16 @@ void fc_f32_kvec_4x3_avx2(int64_t np, int64_t nv, int64_t steps, const float *x,
                           const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
 void fc_f32_kvec_4x2_generic(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
                              const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
+
+void fc_f32_blocked_14x4_avx512(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
+                               int64_t xpix, const float *w, float *y, int64_t yvec, int mode, const float *bias,
+                               const float *res, int64_t rvec, int relu);
+void fc_f32_blocked_4x3_avx2(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
+                             int64_t xpix, const float *w, float *y, int64_t yvec, int mode, const float *bias,
+                             const float *res, int64_t rvec, int relu);
+void fc_f32_blocked_4x2_generic(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
+                                int64_t xpix, const float *w, float *y, int64_t yvec, int mode, const float *bias,
+                                const float *res, int64_t rvec, int relu);
 
 /* float32 convolution through packed GEMM panels (conv_gemm_f32.c), with the microkernel of
  * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides).  wpack: NULL, or

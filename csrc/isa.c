@@ -8,7 +8,10 @@
  * vectors, pixels broadcast -- 7 pixels x 64 channels on AVX-512 (28 accumulators), 4 x 24 on
  * AVX2 (12), 4 x 16 in plain C.  The x86 GEMM kernels also come in a variant that reads the
  * weights pre-packed (fc_f32_gemm_weights, made once by compiled plans); the portable table reads
- * them in place only, and so takes no pre-packed weights.  With pre-packed weights, panels of 1-4
+ * them in place only, and so takes no pre-packed weights.  Compiled plans keep activations
+ * channel-blocked between layers and run the channel-vector tile on them (conv_blocked_f32.c):
+ * AVX-512 14 pixels x 32 channels where a row is a multiple of 14 pixels long (56, 28, 14),
+ * else 7 x 48 (31 and 25 registers); AVX2 4 x 24; the portable loop 4 x 16.  With pre-packed weights, panels of 1-4
  * columns run the narrow kernel (8-lane vectors of a step's weights, gemm_f32_narrow.c), and
  * full 1x1-like tiles write their epilogue from the registers (gemm_store). */
 #include "fc_internal.h"
@@ -37,6 +40,8 @@ static const fc_isa_config CONFIG_AVX512 = {
     .kvec = fc_f32_kvec_7x4_avx512, .kvec_p = 7, .kvec_v = 4, .kvec_lanes = 16,
     .kvec_pack = fc_f32_kvec_pack_avx512, .kvec_auto_pixels = 0, /* no measured win yet: see conv_kvec_f32.c */
     .kvec_name = "conv2d f32 kvec 7x64 avx512",
+    .blocked = fc_f32_blocked_14x4_avx512, .blocked_tiles = {{14, 2}, {7, 3}},
+    .blocked_name = "conv2d f32 blocked 14x32 / 7x48 avx512",
 };
 
 static const fc_ukernel_fn GEMM_AVX2[2][3] = {{fc_f32_gemm_6x16_avx2, NULL, NULL},
@@ -59,6 +64,8 @@ static const fc_isa_config CONFIG_AVX2 = {
     .direct_name = "conv2d f32 direct avx2",
     .kvec = fc_f32_kvec_4x3_avx2, .kvec_p = 4, .kvec_v = 3, .kvec_lanes = 8,
     .kvec_name = "conv2d f32 kvec 4x24 avx2",
+    .blocked = fc_f32_blocked_4x3_avx2, .blocked_tiles = {{4, 3}, {4, 3}},
+    .blocked_name = "conv2d f32 blocked 4x24 avx2",
 };
 #endif
 
@@ -74,6 +81,8 @@ static const fc_isa_config CONFIG_GENERIC = {
     .direct_name = "conv2d f32 direct generic",
     .kvec = fc_f32_kvec_4x2_generic, .kvec_p = 4, .kvec_v = 2, .kvec_lanes = 8,
     .kvec_name = "conv2d f32 kvec 4x16 generic",
+    .blocked = fc_f32_blocked_4x2_generic, .blocked_tiles = {{4, 2}, {4, 2}},
+    .blocked_name = "conv2d f32 blocked 4x16 generic",
 };
 
 /* The table is picked once; a data race on first use is benign (every thread computes the

@@ -25,8 +25,9 @@ KERNEL_TESTS = [
     "tests/test_c_backend.py",
     "tests/test_algorithms.py",
     "tests/test_c_few_channels.py",
+    "tests/test_c_blocked.py",
     "-k",
-    "tile_edges or epilogue or winograd or kernel_name or kvec or prepacked",
+    "tile_edges or epilogue or winograd or kernel_name or kvec or prepacked or blocked",
 ]
 
 

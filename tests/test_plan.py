@@ -283,3 +283,49 @@ def test_docstring_example():
 
     result = doctest.testmod(plan_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_blocked_layout_kept_between_convolutions(model, reference):
+    """c plans keep activations channel-blocked from convolution to convolution: one conversion
+    in (after the stem, whose 3 input channels are no multiple of the vector width) and one out
+    (before the average pool); the result matches the NCHW plan, the model and float64."""
+    require("c")
+    from fastconv._plan_steps import Relayout
+
+    x, eager, exact = reference
+    plan = fastconv.compile(model, x.shape, backend="c", tune=False)
+    nchw = fastconv.compile(model, x.shape, backend="c", tune=False, layout="nchw")
+    convs = [s for s in plan.steps if s.kind == "conv"]
+    assert [s.name for s in convs if s.blocked is None] == ["conv1"]
+    assert all("blocked" in s.describe() for s in convs[1:])
+    relayouts = [s for s in plan.steps if isinstance(s, Relayout)]
+    assert [(s.to_blocked, s.border) for s in relayouts] == [(True, 1), (False, 0)]
+    assert not any(isinstance(s, Relayout) or s.blocked is not None for s in nchw.steps if s.kind in ("conv", "layout"))
+    y = plan(x)
+    assert_matches(y, exact, what="blocked plan vs float64", rtol=RTOL)
+    assert_matches(y, nchw(x), what="blocked plan vs NCHW plan", rtol=RTOL)
+    np.testing.assert_array_equal(plan(x), y)
+    assert plan.allocations_per_call == 0
+
+
+def test_lone_convolutions_stay_nchw():
+    """A convolution with no blocked neighbour would pay two conversions: it stays NCHW."""
+    require("c")
+    from fastconv._plan_steps import Relayout
+
+    nn.init.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Sigmoid(), nn.Conv2d(16, 16, 3, padding=1), nn.Sigmoid())
+    x = _x((1, 3, 9, 9), seed=8)
+    plan = fastconv.compile(m.eval(), x.shape, backend="c", tune=False)
+    assert not any(isinstance(s, Relayout) for s in plan.steps)
+    assert_matches(plan(x), m(x), what="lone convolutions", rtol=RTOL)
+    chain = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=2, dilation=2),
+                          nn.ReLU(), nn.Conv2d(32, 16, 1), nn.Sigmoid())  # fmt: skip
+    plan = fastconv.compile(chain.eval(), x.shape, backend="c", tune=False)
+    assert [s.blocked is not None for s in plan.steps if s.kind == "conv"] == [False, True, True]
+    assert_matches(plan(x), chain(x), what="a blocked chain between NCHW steps", rtol=RTOL)
+
+
+def test_layout_argument_is_checked(model):
+    with pytest.raises(ValueError, match="layout"):
+        fastconv.compile(model, (1, 3, 16, 16), backend="c", layout="nhwc")

@@ -58,6 +58,8 @@ class Conv(Step):
         self.wp = None  # the GEMM's pre-packed weights, made once
         self.call = None  # the c call, once bound to its output buffer
         self.fallback = False
+        self.blocked = None  # (input border, residual border, output border) on blocked activations
+        self.wb = None  # the blocked kernel's pre-packed weights
 
     def reads(self):
         return [self.x] + ([] if self.residual is None else [self.residual])
@@ -134,10 +136,26 @@ class Conv(Step):
                 self.choice += " (weights pre-packed)"
         env[self.output] = dispatch.run(self.p, x, self.w, self.b, res, backend=self.backend)
 
+    def block(self, env, xb: int, rb: int, yb: int) -> None:
+        """Run on channel-blocked activations (fastconv.plan's layout pass): input with border xb,
+        residual with border rb, output with border yb; the NCHW kernel's weights are dropped."""
+        c = _c()
+        self.blocked = (xb, rb, yb)
+        self.p = replace(self.p, algorithm="auto")
+        self.wb = c.blocked_weights(self.p, self.w)
+        self.u = self.wp = None
+        self.choice = "c blocked (weights pre-packed)"
+        env[self.output] = np.zeros(c.blocked_shape(self.p.output_shape, yb), self.w.dtype)
+
     def run(self, env):
         x = env[self.x]
         res = None if self.residual is None else env[self.residual]
-        if self.fallback:
+        if self.blocked is not None:
+            if self.call is None:
+                xb, rb, yb = self.blocked
+                self.call = _c().BlockedConvCall(self.p, self.wb, self.b, self.out, xb, rb, yb)
+            env[self.output] = self.call(x, res)
+        elif self.fallback:
             env[self.output] = _conv_epilogue(self.layer, x, residual=res, activation=self.activation)
         elif self.bound:
             if self.call is None:  # everything but the input arrays, made once
@@ -166,6 +184,38 @@ class Conv(Step):
         )
         where = "arena" if self.bound else "fresh array per call"
         return f"{self.choice}{', epilogue ' + epi if epi else ''} -> {where}"
+
+
+class Relayout(Step):
+    """NCHW into the c kernels' channel-blocked layout with a zero border, or back (fastconv.plan
+    puts one where a blocked convolution reads an NCHW value, or another step a blocked one)."""
+
+    kind = "layout"
+    managed = True
+
+    def __init__(self, name, x: int, shape, border: int, to_blocked: bool, output: int):
+        super().__init__(name, output)
+        self.x, self.shape, self.border, self.to_blocked = x, tuple(shape), border, to_blocked
+
+    def reads(self):
+        return [self.x]
+
+    def prepare(self, env, tuner=None):
+        c = _c()
+        shape = c.blocked_shape(self.shape, self.border) if self.to_blocked else self.shape
+        env[self.output] = np.zeros(shape, np.float32)
+
+    def run(self, env):
+        c = _c()
+        if self.to_blocked:
+            env[self.output] = c.to_blocked(env[self.x], self.border, self.out)
+        else:
+            env[self.output] = c.from_blocked(env[self.x], self.shape, self.border, self.out)
+
+    def describe(self):
+        lanes = _c().blocked_lanes()
+        what = f"NCHW -> NCHW{lanes}c, border {self.border}" if self.to_blocked else f"NCHW{lanes}c -> NCHW"
+        return f"c {what} -> arena"
 
 
 class Pool(Step):
@@ -377,4 +427,4 @@ def alias_roots(steps) -> dict[int, set[int]]:
     return roots
 
 
-__all__ = ["Step", "Conv", "Pool", "Pointwise", "Linear", "Call", "alias_roots", "Ref"]
+__all__ = ["Step", "Conv", "Relayout", "Pool", "Pointwise", "Linear", "Call", "alias_roots", "Ref"]

@@ -41,7 +41,7 @@ import threading
 import numpy as np
 
 from . import dispatch, nn, threads
-from ._plan_steps import Call, Conv, Linear, Pool, Pointwise, alias_roots
+from ._plan_steps import Call, Conv, Linear, Pool, Pointwise, Relayout, alias_roots
 from ._plan_tune import Tuner
 from .graph import Graph, Ref, _map
 from .models.resnet import BasicBlock, Bottleneck, ResNet
@@ -49,7 +49,7 @@ from .models.resnet import BasicBlock, Bottleneck, ResNet
 __all__ = ["compile", "Plan"]
 
 
-def compile(model, input_shape, *, backend=None, winograd=False, tune=True):  # noqa: A001 (fastconv.compile)
+def compile(model, input_shape, *, backend=None, winograd=False, tune=True, layout="auto"):  # noqa: A001
     """A :class:`Plan` running ``model``'s forward pass on inputs of ``input_shape``.
 
     ``model``: a fastconv ResNet (fastconv.models), a ``Graph`` (``from_torch``,
@@ -58,7 +58,9 @@ def compile(model, input_shape, *, backend=None, winograd=False, tune=True):  # 
     a name runs every layer on that backend (still choosing among its algorithms).
     ``winograd``: let the tuner pick Winograd F(4x4,3x3) for 3x3 layers (faster, and within the
     documented error bound rather than float32 rounding).  ``tune=False`` skips timing: each
-    convolution takes the first candidate ("auto"'s choice).
+    convolution takes the first candidate ("auto"'s choice).  ``layout``: "auto" keeps the c
+    backend's channel-blocked layout between the convolutions that can run on it; "nchw" keeps
+    every activation NCHW.
 
     >>> import numpy as np, fastconv
     >>> from fastconv.models import resnet18
@@ -71,6 +73,8 @@ def compile(model, input_shape, *, backend=None, winograd=False, tune=True):  # 
             f"model must be a fastconv.nn.Module (a ResNet, a Graph, a Sequential, ...), got {type(model).__name__}"
         )
     shape = _input_shape(input_shape)
+    if layout not in ("auto", "nchw"):
+        raise ValueError(f'layout must be "auto" or "nchw", got layout={layout!r}')
     backend = dispatch._check_name(backend)
     if backend == "auto":
         backend = None
@@ -83,7 +87,16 @@ def compile(model, input_shape, *, backend=None, winograd=False, tune=True):  # 
     if len(inputs) != 1:
         raise TypeError(f"model takes {len(inputs)} inputs; compile handles models of one input")
     return Plan(
-        work, steps, n_values, inputs[0], output, consts, shape, dtype, Tuner(backend, bool(winograd), bool(tune))
+        work,
+        steps,
+        n_values,
+        inputs[0],
+        output,
+        consts,
+        shape,
+        dtype,
+        Tuner(backend, bool(winograd), bool(tune)),
+        layout,
     )
 
 
@@ -252,8 +265,9 @@ def _lower_graph(g: Graph, b: _Builder):
 class Plan:
     """A compiled forward pass (see the module docstring); call it with an array of ``input_shape``."""
 
-    def __init__(self, model, steps, n_values, input_id, output, consts, input_shape, dtype, tuner):
+    def __init__(self, model, steps, n_values, input_id, output, consts, input_shape, dtype, tuner, layout="auto"):
         self.model = model  # the fused copy whose weights the steps read
+        self.layout = layout
         self.input_shape, self.dtype = input_shape, np.dtype(dtype)
         self.steps, self._input, self._output = steps, input_id, output
         self._env: list = [None] * n_values
@@ -273,6 +287,8 @@ class Plan:
             step.prepare(env, tuner)
         tuner.save()
         self.tuner_log = tuner.log
+        if self.layout == "auto":
+            env = self._block(env)
         shapes = {s.output: env[s.output] for s in self.steps if s.managed}
         self._layout(shapes)
         consts = {i for i, a in enumerate(self._env) if a is not None}
@@ -281,6 +297,92 @@ class Plan:
             for i in range(len(self._env))
             if i not in consts and not any(s.bound and s.output == i for s in self.steps)
         ]
+
+    def _block(self, env: list) -> list:
+        """The layout pass: c convolutions that can (float32, ungrouped, channels a multiple of the
+        vector width, relu or no activation, not Winograd) run on channel-blocked activations and
+        hand them on blocked; a value crosses between layouts through one Relayout step each way.
+        A convolution with neither a blocked producer nor a blocked reader stays NCHW (two
+        conversions would cost more than the layout saves).  Each blocked value carries the zero
+        border its blocked readers' padding needs.  Returns the environment, grown by the new
+        values."""
+        from .backends import c
+
+        if not self.steps or self.dtype != np.float32 or not c.available():
+            return env
+        steps = self.steps
+        cand = {
+            i
+            for i, s in enumerate(steps)
+            if isinstance(s, Conv)
+            and s.managed
+            and not s.fallback
+            and s.p.algorithm != "winograd"
+            and c.blocked_supports(s.p)
+        }
+        producer = {s.output: i for i, s in enumerate(steps)}
+        out_values = {r.name for r in _refs(self._output)}
+
+        def conv_reads(i):
+            return [v for v in (steps[i].x, steps[i].residual) if v is not None]
+
+        changed = True
+        while changed:  # drop isolated convolutions until none is left
+            changed = False
+            for i in sorted(cand):
+                fed = any(producer.get(v) in cand for v in conv_reads(i))
+                feeds = any(j in cand and steps[i].output in conv_reads(j) for j in range(len(steps)))
+                if not (fed or feeds):
+                    cand.discard(i)
+                    changed = True
+        if not cand:
+            return env
+
+        def new_value():
+            env.append(None)
+            self._env.append(None)
+            return len(env) - 1
+
+        blocked_of: dict[int, int] = {}  # NCHW value -> its blocked twin
+        before: dict[int, list] = {}  # step index -> Relayout steps to run just before it
+        after: dict[int, list] = {}
+        for i in sorted(cand):
+            conv = steps[i]
+            v = conv.output
+            vb = blocked_of[v] = new_value()
+            conv.output = vb
+            if v in out_values or any(j not in cand and v in step.reads() for j, step in enumerate(steps)):
+                after.setdefault(i, []).append(Relayout(f"{conv.name}:nchw", vb, conv.p.output_shape, 0, False, v))
+        borders: dict[int, int] = {}
+        for i in sorted(cand):
+            conv = steps[i]
+            for attr in ("x", "residual"):
+                v = getattr(conv, attr)
+                if v is None:
+                    continue
+                if v not in blocked_of:  # an NCHW value: converted once, before its first blocked reader
+                    vb = blocked_of[v] = new_value()
+                    shape = conv.p.input_shape if attr == "x" else conv.p.output_shape
+                    before.setdefault(i, []).append(Relayout(f"{conv.name}:{attr}:blocked", v, shape, 0, True, vb))
+                setattr(conv, attr, blocked_of[v])
+            borders[conv.x] = max(borders.get(conv.x, 0), c.blocked_border(conv.p))
+        new_steps = []
+        for i, step in enumerate(steps):
+            new_steps += before.get(i, [])
+            new_steps.append(step)
+            new_steps += after.get(i, [])
+        for step in new_steps:
+            if isinstance(step, Relayout):
+                if step.to_blocked:
+                    step.border = borders.get(step.output, 0)
+                else:
+                    step.border = borders.get(step.x, 0)
+                step.prepare(env)
+            elif isinstance(step, Conv) and step.blocked is None and steps.index(step) in cand:
+                rb = 0 if step.residual is None else borders.get(step.residual, 0)
+                step.block(env, borders.get(step.x, 0), rb, borders.get(step.output, 0))
+        self.steps = new_steps
+        return env
 
     def _layout(self, produced: dict[int, np.ndarray]) -> None:
         """Buffers shared by liveness: value v's buffer is free once the last step reading v (or

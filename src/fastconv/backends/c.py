@@ -272,6 +272,133 @@ def gemm_weights(p, weight: np.ndarray) -> np.ndarray | None:
     return out
 
 
+# -- channel-blocked activations (compiled plans) ---------------------------------------------------
+
+
+def blocked_lanes() -> int:
+    """L, the channels per vector of the blocked layout on this instruction set (16 or 8)."""
+    return int(_ckernels.lib.fc_f32_blocked_lanes())
+
+
+def blocked_shape(shape, border: int) -> tuple[int, ...]:
+    """The blocked array of a (n, c, h, w) tensor with ``border`` zero pixels round each plane:
+    (n, c // L, h + 2 * border, w + 2 * border, L)."""
+    n, c, h, w = shape
+    lanes = blocked_lanes()
+    return (n, c // lanes, h + 2 * border, w + 2 * border, lanes)
+
+
+def blocked_supports(p) -> bool:
+    """Whether :class:`BlockedConvCall` runs ``p``: float32, ungrouped, channels multiples of L,
+    activation none or relu (what fc_f32_conv2d_blocked takes)."""
+    lanes = blocked_lanes()
+    return (
+        p.dtype == "float32"
+        and p.groups == 1
+        and p.c % lanes == 0
+        and p.k % lanes == 0
+        and p.activation in (None, "relu")
+    )
+
+
+def blocked_border(p) -> int:
+    """The border a blocked input needs for ``p``: its padding, and whatever the last taps of a
+    row or column reach past the plane."""
+    sh, sw = p.stride
+    dh, dw = p.dilation
+    pt, _, pl, _ = p.padding
+    over_h = (p.oh - 1) * sh - pt + (p.r - 1) * dh - (p.h - 1)
+    over_w = (p.ow - 1) * sw - pl + (p.s - 1) * dw - (p.w - 1)
+    return max(0, pt, pl, over_h, over_w)
+
+
+def _check_blocked(a: np.ndarray, shape, border: int, name: str) -> None:
+    want = blocked_shape(shape, border)
+    if a.dtype != np.float32 or a.shape != want or not a.flags.c_contiguous or not a.flags.aligned:
+        raise TypeError(
+            f"c backend: {name} must be a C-contiguous float32 array of shape {want}, got {a.dtype} "
+            f"{a.shape}; this is a fastconv bug"
+        )
+
+
+def to_blocked(x: np.ndarray, border: int, out: np.ndarray) -> np.ndarray:
+    """NCHW float32 ``x`` into ``out`` (:func:`blocked_shape`), border zeroed."""
+    n, c, h, w = x.shape
+    _check_blocked(out, x.shape, border, "out")
+    call = _Call("float32")
+    _check(
+        _ckernels.lib.fc_f32_to_blocked(
+            n, c, h, w, call.ptr(x, x.size), border, call.ptr(out, out.size, writable=True), _nthreads()
+        ),
+        "to_blocked",
+    )
+    return out
+
+
+def from_blocked(xb: np.ndarray, shape, border: int, out: np.ndarray) -> np.ndarray:
+    """The blocked array ``xb`` of a ``shape`` tensor back into NCHW ``out``."""
+    n, c, h, w = shape
+    _check_blocked(xb, shape, border, "xb")
+    call = _Call("float32")
+    if out.shape != tuple(shape):
+        raise TypeError(f"c backend: out must have shape {tuple(shape)}, got {out.shape}; this is a fastconv bug")
+    _check(
+        _ckernels.lib.fc_f32_from_blocked(
+            n, c, h, w, call.ptr(xb, xb.size), border, call.ptr(out, out.size, writable=True), _nthreads()
+        ),
+        "from_blocked",
+    )
+    return out
+
+
+def blocked_weights(p, weight: np.ndarray) -> np.ndarray:
+    """``weight`` (k, c, r, s) packed once in the order the blocked kernel reads it."""
+    if not blocked_supports(p):
+        raise ValueError(f"c backend: the blocked kernel does not take {p.id}")
+    call = _Call("float32")
+    d = _conv_desc(call, p)
+    size = _ckernels.lib.fc_f32_blocked_weights_size(d)
+    raw = np.empty(size * 4 + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    out = raw[off : off + size * 4].view(np.float32)
+    w = call.ptr(np.ascontiguousarray(weight, np.float32), p.k * p.c * p.r * p.s)
+    _check(_ckernels.lib.fc_f32_blocked_weights(d, w, call.ptr(out, size, writable=True)), "conv2d")
+    return out
+
+
+class BlockedConvCall:
+    """A compiled plan's convolution on blocked activations: input with border ``xb``, residual
+    (if ``p.residual``) with border ``rb``, output ``y`` with border ``yb``; weights pre-packed by
+    :func:`blocked_weights`."""
+
+    def __init__(self, p, wpack, bias, y, xb: int, rb: int, yb: int):
+        if not blocked_supports(p) or xb < blocked_border(p):
+            raise ValueError(f"c backend: the blocked kernel cannot run {p.id} with border {xb}")
+        _check_blocked(y, p.output_shape, yb, "y")
+        self.p, self.y, self.xb, self.rb, self.yb = p, y, xb, rb, yb
+        self.call = call = _Call("float32")
+        self.desc = _conv_desc(call, p)
+        self.kernel = call.ffi.new("const char **")
+        self.fixed = (call.ptr(wpack, p.k * p.c * p.r * p.s), call.ptr(bias, p.k))
+        self.out = call.ptr(y, y.size, writable=True)
+        self.keep = (wpack, bias)
+
+    def __call__(self, x, residual=None):
+        p, call = self.p, self.call
+        _check_blocked(x, p.input_shape, self.xb, "x")
+        res = call.ffi.NULL
+        if p.residual:
+            _check_blocked(residual, p.output_shape, self.rb, "residual")
+            res = call.ptr(residual, residual.size)
+        status = _ckernels.lib.fc_f32_conv2d_blocked(
+            self.desc, call.ptr(x, x.size), self.xb, self.fixed[0], self.fixed[1], res, self.rb, self.out, self.yb,
+            _nthreads(), self.kernel,
+        )
+        _check(status, "conv2d")
+        _log_kernel(p, self.kernel)
+        return self.y
+
+
 # -- Winograd filter transforms, cached per weight -------------------------------------------------
 
 #: The transformed filters of recently used weights: (address, shape) -> (copy of the weight,

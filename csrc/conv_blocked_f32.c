@@ -1,0 +1,327 @@
+/* float32 convolution on channel-blocked activations, the layout compiled plans keep between
+ * convolutions: (n, c / L, h + 2b, w + 2b, L), L channels of a pixel in one vector, a zero border
+ * of b pixels around each plane (fastconv.h).
+ *
+ * Why: the NCHW kernels pay for their layout on every layer -- the GEMM gathers its input into
+ * panels (or reads discarded columns), the channel-vector kernel copies its input into padded
+ * phase planes and transposes every output row back.  ONNX Runtime keeps this layout from layer
+ * to layer for the same reason.  Here a convolution is the channel-vector tile (np pixels of one
+ * output row x nv vectors of output channels, in registers) reading its input where it lies and
+ * writing its output where the next layer reads it:
+ *   - every reduction step (input channel c, tap r, s) broadcasts one input value per pixel, at
+ *     x[xoff[tap] + i * stride * L + c % L]: the border makes every tap of every pixel a valid
+ *     address, so there is no edge code;
+ *   - the weights are packed once as [group of nv vectors][c / L][r][s][L][nv][L]: a task reads
+ *     its weights as one sequential stream;
+ *   - the reduction runs in blocks of whole channel blocks (about BL_STEPS steps: 32 KB of weights
+ *     that stay in L1 while the task's tiles pass); a later block adds to the partial sums left in
+ *     the output itself, and the last applies the epilogue (bias, residual, relu) on the way out.
+ *
+ * A task is (group of output channel vectors, chunk of output rows over the batch); every output
+ * element is summed by one thread in a fixed order, so results do not depend on the thread count. */
+#include "fc_internal.h"
+
+/* Reduction steps per block: 128 x 4 vectors x 64 bytes = 32 KB of AVX-512 weights in L1. */
+#define BL_STEPS 128
+/* A task's output rows x ow x (nv x L) partial sums stay within about this many floats (L2). */
+#define BL_ACC_FLOATS (32 * 1024)
+/* Weights up to this many bytes are shared by all of a task's groups (task_shape). */
+#define BL_SHARED_WEIGHTS (512 * 1024)
+/* Tasks per thread, at least, where the problem has them (dynamic scheduling balances them). */
+#define BL_TASKS_PER_THREAD 2
+
+typedef struct {
+    const fc_conv2d_desc *d;
+    fc_blocked_fn kernel;
+    int64_t L, P, V;                 /* lanes, the tile's pixels and vectors */
+    int64_t cb, kvecs, groups;       /* input channel blocks, output vectors, groups of V vectors */
+    int64_t cbb, rs;                 /* channel blocks per reduction block, r * s */
+    int64_t xw, xplane, ximg;        /* input: padded row width, plane and image (floats but xw) */
+    int64_t yw, yplane, yimg, yb;    /* output: the same, and its border */
+    int64_t rw, rplane, rimg, rb;    /* residual: the same */
+    int64_t xb;
+    int64_t rows, rc, chunks;        /* output rows of the batch (n * oh), rows per task, chunks */
+    int64_t gs, sets;                /* groups per task, sets of groups */
+    const int64_t *xoff;             /* [cbb * rs]: tap t's input offset from the tile's origin */
+} bplan_t;
+
+int fc_f32_blocked_lanes(void) { return fc_config()->kvec_lanes; }
+
+/* The tile for d: the table's wide tile where it divides the output rows, else its other one
+ * (the weights are packed for the tile's vectors: fc_f32_blocked_weights and the kernel call
+ * agree through this one rule). */
+static void tile_of(const fc_conv2d_desc *d, int64_t *P, int64_t *V) {
+    const fc_isa_config *cfg = fc_config();
+    const int *t = cfg->blocked_tiles[d->ow % cfg->blocked_tiles[0][0] == 0 ? 0 : 1];
+    *P = t[0], *V = t[1];
+}
+
+/* What the blocked kernel takes; Python checks the same before building a plan's step. */
+static int blocked_ok(const fc_conv2d_desc *d, int64_t L) {
+    if (d->n < 1 || d->c < 1 || d->k < 1 || d->h < 1 || d->w < 1 || d->oh < 1 || d->ow < 1 || d->r < 1 ||
+        d->s < 1 || d->stride_h < 1 || d->stride_w < 1 || d->dil_h < 1 || d->dil_w < 1)
+        return 0;
+    const int act = fc_conv_act(d);
+    return d->groups == 1 && d->c % L == 0 && d->k % L == 0 && (act == FC_ACT_NONE || act == FC_ACT_RELU);
+}
+
+/* Every tap of every output pixel inside the input's plane plus its border (no bounds checks
+ * after this). */
+static int border_covers(const fc_conv2d_desc *d, int64_t xb) {
+    const int64_t last_h = (d->oh - 1) * d->stride_h - d->pad_top + (d->r - 1) * d->dil_h;
+    const int64_t last_w = (d->ow - 1) * d->stride_w - d->pad_left + (d->s - 1) * d->dil_w;
+    return xb >= 0 && d->pad_top <= xb && d->pad_left <= xb && last_h <= d->h - 1 + xb && last_w <= d->w - 1 + xb;
+}
+
+int64_t fc_f32_blocked_weights_size(const fc_conv2d_desc *d) {
+    const int64_t L = fc_config()->kvec_lanes;
+    if (!blocked_ok(d, L))
+        return -1;
+    size_t n = fc_size_mul3((size_t)d->k, (size_t)d->c, fc_size_mul3((size_t)d->r, (size_t)d->s, 1));
+    return n > (size_t)INT64_MAX / 4 ? -1 : (int64_t)n;
+}
+
+int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) {
+    const fc_isa_config *cfg = fc_config();
+    const int64_t L = cfg->kvec_lanes;
+    int64_t P, V;
+    tile_of(d, &P, &V);
+    if (fc_f32_blocked_weights_size(d) < 0)
+        return FC_EUNSUPPORTED;
+    const int64_t cb = d->c / L, rs = d->r * d->s, kvecs = d->k / L;
+    for (int64_t g = 0; g * V < kvecs; g++) {
+        const int64_t nv = FC_MIN(V, kvecs - g * V);
+        float *dst = out + (size_t)g * V * L * d->c * rs;
+        for (int64_t b = 0; b < cb; b++)
+            for (int64_t t = 0; t < rs; t++)
+                for (int64_t ci = 0; ci < L; ci++)
+                    for (int64_t j = 0; j < nv; j++)
+                        for (int64_t l = 0; l < L; l++) {
+                            const int64_t k = (g * V + j) * L + l, c = b * L + ci;
+                            *dst++ = w[((size_t)k * d->c + c) * rs + t];
+                        }
+    }
+    return FC_OK;
+}
+
+/* A task is a set of gs groups of output channels over a chunk of rc output rows; its loops
+ * (run_task) go reduction block, group, row.  Where all the weights fit in L2 (BL_SHARED_WEIGHTS)
+ * the set is every group: a block of the chunk's input then comes from memory once and from cache
+ * for the other groups (the wide 1x1 layers of large images ran at 0.74-0.9x the NCHW GEMM while
+ * each group re-read the whole input).  Otherwise a task is one group, and the chunks of a group
+ * follow each other so that its weights stay in cache (the late layers at batch 1, whose weights
+ * outweigh their input).  Chunks are as long as keep one group's partial sums within
+ * BL_ACC_FLOATS, split until every thread has BL_TASKS_PER_THREAD tasks.  (Measured on
+ * ResNet-50 at batch 8: budgets on the chunk's input or on the whole set's partial sums gave
+ * shorter chunks and a 3% slower network, while each layer alone ran as fast or faster.) */
+static void task_shape(bplan_t *B, int nthreads) {
+    const int64_t per_row = B->d->ow * B->V * B->L;
+    const int64_t wbytes = B->d->k * B->d->c * B->rs * (int64_t)sizeof(float);
+    B->gs = wbytes <= BL_SHARED_WEIGHTS ? B->groups : 1;
+    B->sets = (B->groups + B->gs - 1) / B->gs;
+    const int64_t target = FC_MIN(BL_TASKS_PER_THREAD * (int64_t)nthreads, B->sets * B->rows);
+    int64_t rc = B->rows;
+    while (rc > 1 && (rc * per_row > BL_ACC_FLOATS || B->sets * ((B->rows + rc - 1) / rc) < target))
+        rc = (rc + 1) / 2;
+    B->rc = rc;
+    B->chunks = (B->rows + rc - 1) / rc;
+}
+
+/* Group g's weights for the reduction block starting at channel block b0, and their length in
+ * 64-byte lines. */
+static const float *block_weights(const bplan_t *B, const float *wpack, int64_t g, int64_t b0, int64_t *lines) {
+    const int64_t L = B->L, nv = FC_MIN(B->V, B->kvecs - g * B->V);
+    *lines = FC_MIN(B->cbb, B->cb - b0) * B->rs * L * nv * L / 16;
+    return wpack + (size_t)g * B->V * L * B->d->c * B->rs + (size_t)b0 * B->rs * L * nv * L;
+}
+
+static void run_task(const bplan_t *B, const float *x, const float *wpack, const float *bias, const float *res,
+                     float *y, int64_t g0, int64_t g1, int64_t r0, int64_t r1) {
+    const fc_conv2d_desc *d = B->d;
+    const int64_t L = B->L, xpix = d->stride_w * L;
+    const int relu = fc_conv_act(d) == FC_ACT_RELU;
+    const int64_t tiles = (r1 - r0) * ((d->ow + B->P - 1) / B->P);
+    for (int64_t b0 = 0; b0 < B->cb; b0 += B->cbb) {
+        const int64_t taps = FC_MIN(B->cbb, B->cb - b0) * B->rs;
+        const int last = b0 + B->cbb >= B->cb;
+        const int mode = (b0 > 0 ? FC_BL_ACCUMULATE : 0) | (last ? FC_BL_FINISH : 0);
+        for (int64_t g = g0; g < g1; g++) {
+            const int64_t nv = FC_MIN(B->V, B->kvecs - g * B->V), k0 = g * B->V * L;
+            int64_t lines, next_lines = 0;
+            const float *wb = block_weights(B, wpack, g, b0, &lines), *wn = NULL;
+            /* The next block of weights this task reads, fetched into L2 a slice per tile: its
+             * first tile would otherwise wait on them (at batch 1 the weights of a late layer
+             * come from memory). */
+            if (g + 1 < g1)
+                wn = block_weights(B, wpack, g + 1, b0, &next_lines);
+            else if (!last)
+                wn = block_weights(B, wpack, g0, b0 + B->cbb, &next_lines);
+            const int64_t per_tile = (next_lines + tiles - 1) / tiles;
+            int64_t line = 0;
+            for (int64_t row = r0; row < r1; row++) {
+                const int64_t n = row / d->oh, oh = row % d->oh;
+                const int64_t ih = oh * d->stride_h - d->pad_top + B->xb, iw = B->xb - d->pad_left;
+                const float *xr = x + (size_t)n * B->ximg + (size_t)b0 * B->xplane + (ih * B->xw + iw) * L;
+                float *yr = y + (size_t)n * B->yimg + (size_t)g * B->V * B->yplane + ((oh + B->yb) * B->yw + B->yb) * L;
+                const float *rr = res ? res + (size_t)n * B->rimg + (size_t)g * B->V * B->rplane +
+                                            ((oh + B->rb) * B->rw + B->rb) * L
+                                      : NULL;
+                for (int64_t o0 = 0; o0 < d->ow; o0 += B->P) {
+                    for (int64_t e = FC_MIN(next_lines, line + per_tile); line < e; line++)
+                        __builtin_prefetch(wn + line * 16, 0, 2);
+                    const int64_t np = FC_MIN(B->P, d->ow - o0);
+                    /* The lines the epilogue writes (and the residual it reads), requested while
+                     * the tile computes: a 64->256 1x1 layer with a residual at 56x56, batch 8,
+                     * waited on them for a third of its time (4.3 -> 2.9 ms). */
+                    if (last)
+                        for (int64_t j = 0; j < nv; j++)
+                            for (int64_t i = 0; i < np; i++) {
+                                __builtin_prefetch(yr + (o0 + i) * L + j * B->yplane, 1);
+                                if (rr && last)
+                                    __builtin_prefetch(rr + (o0 + i) * L + j * B->rplane);
+                            }
+                    B->kernel(FC_MIN(B->P, d->ow - o0), nv, taps, xr + o0 * xpix, B->xoff, xpix, wb, yr + o0 * L,
+                              B->yplane, mode, bias ? bias + k0 : NULL, rr ? rr + o0 * L : NULL, B->rplane, relu);
+                }
+            }
+        }
+    }
+}
+
+/* Zero the border of output plane t (image t / (k / L), channel block t % (k / L)). */
+static void zero_border(const bplan_t *B, float *y, int64_t t) {
+    const int64_t L = B->L, yb = B->yb, yw = B->yw, n = t / B->kvecs, kb = t % B->kvecs;
+    float *plane = y + (size_t)n * B->yimg + (size_t)kb * B->yplane;
+    const int64_t hp = B->d->oh + 2 * yb;
+    memset(plane, 0, (size_t)(yb * yw * L) * sizeof(float));
+    memset(plane + (hp - yb) * yw * L, 0, (size_t)(yb * yw * L) * sizeof(float));
+    for (int64_t h = yb; h < hp - yb; h++) {
+        memset(plane + h * yw * L, 0, (size_t)(yb * L) * sizeof(float));
+        memset(plane + (h * yw + yw - yb) * L, 0, (size_t)(yb * L) * sizeof(float));
+    }
+}
+
+int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *wpack,
+                          const float *bias, const float *residual, int64_t rb, float *y, int64_t yb, int nthreads,
+                          const char **kernel) {
+    const fc_isa_config *cfg = fc_config();
+    bplan_t B = {.d = d, .kernel = cfg->blocked, .L = cfg->kvec_lanes};
+    tile_of(d, &B.P, &B.V);
+    if (!blocked_ok(d, B.L))
+        return FC_EUNSUPPORTED;
+    if (!border_covers(d, xb) || yb < 0 || rb < 0 || !x || !wpack || !y)
+        return FC_EINVAL;
+    const int64_t L = B.L;
+    B.cb = d->c / L;
+    B.kvecs = d->k / L;
+    B.groups = (B.kvecs + B.V - 1) / B.V;
+    B.rs = d->r * d->s;
+    B.cbb = FC_MAX(1, BL_STEPS / (B.rs * L));
+    B.xb = xb, B.yb = yb, B.rb = rb;
+    B.xw = d->w + 2 * xb;
+    B.xplane = (d->h + 2 * xb) * B.xw * L;
+    B.ximg = B.cb * B.xplane;
+    B.yw = d->ow + 2 * yb;
+    B.yplane = (d->oh + 2 * yb) * B.yw * L;
+    B.yimg = B.kvecs * B.yplane;
+    B.rw = d->ow + 2 * rb;
+    B.rplane = (d->oh + 2 * rb) * B.rw * L;
+    B.rimg = B.kvecs * B.rplane;
+    B.rows = d->n * d->oh;
+    task_shape(&B, nthreads);
+
+    const int64_t ntaps = FC_MIN(B.cbb, B.cb) * B.rs;
+    int64_t *xoff = fc_alloc(fc_size_mul3((size_t)ntaps, sizeof(int64_t), 1));
+    if (!xoff)
+        return FC_ENOMEM;
+    for (int64_t t = 0; t < ntaps; t++) {
+        const int64_t b = t / B.rs, r = t % B.rs / d->s, s = t % d->s;
+        xoff[t] = b * B.xplane + (r * d->dil_h * B.xw + s * d->dil_w) * L;
+    }
+    B.xoff = xoff;
+    const int64_t ntasks = B.sets * B.chunks, planes = d->n * B.kvecs;
+    const int team = (int)FC_MIN(fc_team(nthreads, d->n * d->k * d->oh * d->ow * d->c * B.rs, 1 << 16), ntasks);
+    (void)team;
+
+    #pragma omp parallel num_threads(team)
+    {
+        if (yb > 0) {
+            #pragma omp for schedule(static) nowait
+            for (int64_t t = 0; t < planes; t++)
+                zero_border(&B, y, t);
+        }
+        /* Row chunks vary fastest: consecutive tasks share their group's weights in cache. */
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntasks; t++) {
+            const int64_t chunk = t % B.chunks, set = t / B.chunks;
+            run_task(&B, x, wpack, bias, residual, y, set * B.gs, FC_MIN(B.groups, (set + 1) * B.gs), chunk * B.rc,
+                     FC_MIN(B.rows, (chunk + 1) * B.rc));
+        }
+    }
+    free(xoff);
+    if (kernel)
+        *kernel = cfg->blocked_name;
+    return FC_OK;
+}
+
+/* -- layout conversions --------------------------------------------------------------------------- */
+
+static int convert_ok(int64_t n, int64_t c, int64_t h, int64_t w, int64_t border, int64_t L) {
+    return n >= 1 && c >= 1 && h >= 1 && w >= 1 && border >= 0 && c % L == 0;
+}
+
+/* Plane (image i, channel block b): L NCHW planes interleaved pixel by pixel, border zeroed. */
+int fc_f32_to_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
+                      int nthreads) {
+    const int64_t L = fc_config()->kvec_lanes;
+    if (!convert_ok(n, c, h, w, border, L) || !x || !y)
+        return FC_EINVAL;
+    const int64_t wp = w + 2 * border, plane = (h + 2 * border) * wp * L, planes = n * (c / L);
+    const int team = fc_team(nthreads, planes * plane, 1 << 15);
+    (void)team;
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int64_t t = 0; t < planes; t++) {
+        float *dst = y + (size_t)t * plane;
+        const float *src = x + (size_t)t * L * h * w;
+        if (border) {
+            memset(dst, 0, (size_t)(border * wp * L) * sizeof(float));
+            memset(dst + (h + border) * wp * L, 0, (size_t)(border * wp * L) * sizeof(float));
+        }
+        for (int64_t i = 0; i < h; i++) {
+            float *row = dst + (i + border) * wp * L;
+            memset(row, 0, (size_t)(border * L) * sizeof(float));
+            memset(row + (border + w) * L, 0, (size_t)(border * L) * sizeof(float));
+            row += border * L;
+            for (int64_t l = 0; l < L; l++) {
+                const float *s = src + ((size_t)l * h + i) * w;
+                for (int64_t j = 0; j < w; j++)
+                    row[j * L + l] = s[j];
+            }
+        }
+    }
+    return FC_OK;
+}
+
+int fc_f32_from_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
+                        int nthreads) {
+    const int64_t L = fc_config()->kvec_lanes;
+    if (!convert_ok(n, c, h, w, border, L) || !x || !y)
+        return FC_EINVAL;
+    const int64_t wp = w + 2 * border, plane = (h + 2 * border) * wp * L, planes = n * (c / L);
+    const int team = fc_team(nthreads, planes * plane, 1 << 15);
+    (void)team;
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int64_t t = 0; t < planes; t++) {
+        const float *src = x + (size_t)t * plane;
+        float *dst = y + (size_t)t * L * h * w;
+        for (int64_t i = 0; i < h; i++) {
+            const float *row = src + ((i + border) * wp + border) * L;
+            for (int64_t l = 0; l < L; l++) {
+                float *out = dst + ((size_t)l * h + i) * w;
+                for (int64_t j = 0; j < w; j++)
+                    out[j] = row[j * L + l];
+            }
+        }
+    }
+    return FC_OK;
+}

@@ -1,0 +1,172 @@
+"""The c backend's convolution on channel-blocked activations (compiled plans keep this layout
+between layers): against torch.nn.functional through the shared harness (named edge cases and
+Hypothesis), the layout conversions, the zero border it writes, and its refusals.
+tests/test_c_isa.py reruns the kernel cases under every instruction set the CPU can force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastconv import api
+from fastconv.backends import c as cbackend
+from fastconv.problem import Conv2dProblem
+from harness import Case, assert_close, make_inputs, torch_reference
+
+
+def _needs_c():
+    ok, reason = cbackend.available()
+    if not ok:
+        pytest.skip(f"c unavailable: {reason}")
+
+
+def _lanes() -> int:
+    _needs_c()
+    return cbackend.blocked_lanes()
+
+
+def _problem(case: Case, bias: bool, activation) -> Conv2dProblem:
+    kw = case.kwargs
+    stride = kw.get("stride", 1)
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    dilation = kw.get("dilation", 1)
+    dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    pads = api._conv_padding(kw.get("padding", 0), case.w[2], case.w[3], dilation, stride)
+    return Conv2dProblem(
+        *case.x, case.w[0], case.w[2], case.w[3], stride, pads, dilation, 1, "float32",
+        bias=bias, residual=case.residual, activation=activation,
+    )  # fmt: skip
+
+
+def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0)):
+    """(fastconv's answer through the blocked kernel, torch's answer) for ``case``: the inputs
+    converted to the blocked layout (with ``extra`` border pixels beyond the needed ones on the
+    input, residual and output), one kernel call, the output converted back."""
+    inputs = make_inputs(case, seed)
+    activation = case.kwargs.get("activation")
+    p = _problem(case, case.bias, activation)
+    residual = None
+    if case.residual:
+        residual = np.random.default_rng(seed + 1).standard_normal(p.output_shape).astype(np.float32)
+    xb, rb, yb = cbackend.blocked_border(p) + extra[0], extra[1], extra[2]
+    x = np.full(cbackend.blocked_shape(p.input_shape, xb), np.nan, np.float32)  # the border must be written
+    cbackend.to_blocked(inputs["x"], xb, x)
+    r = None
+    if residual is not None:
+        r = np.full(cbackend.blocked_shape(p.output_shape, rb), np.nan, np.float32)
+        cbackend.to_blocked(residual, rb, r)
+    y = np.full(cbackend.blocked_shape(p.output_shape, yb), np.nan, np.float32)
+    call = cbackend.BlockedConvCall(p, cbackend.blocked_weights(p, inputs["w"]), inputs.get("b"), y, xb, rb, yb)
+    assert call(x, r) is y
+    inner = np.zeros(y.shape, bool)
+    inner[:, :, yb : y.shape[2] - yb, yb : y.shape[3] - yb] = True
+    assert not y[~inner].any() and not np.isnan(y[~inner]).any(), f"{case.id}: the output border is not zero"
+    out = np.empty(p.output_shape, np.float32)
+    cbackend.from_blocked(y, p.output_shape, yb, out)
+    return out, torch_reference(case, inputs, residual)
+
+
+def _cases(lanes: int) -> list[Case]:
+    L = lanes
+    relu = {"activation": "relu"}
+    return [
+        Case("conv2d", "blocked-3x3", (1, L, 5, 5), (L, L, 3, 3), {"padding": 1, **relu}, bias=True),
+        Case("conv2d", "blocked-1x1", (2, 4 * L, 14, 14), (8 * L, 4 * L, 1, 1), {}),
+        # Output rows of 1 to 15 pixels: whole and partial tiles of every table.
+        *[
+            Case("conv2d", f"blocked-row{w}", (1, L, 3, w), (3 * L, L, 3, 3), {"padding": 1, **relu}, bias=True)
+            for w in (1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 28)
+        ],
+        # Output channels: 1 to 9 vectors, so every group size of every table, partial last groups.
+        *[Case("conv2d", f"blocked-k{v}", (1, L, 6, 6), (v * L, L, 1, 1), {}, bias=True) for v in range(1, 10)],
+        # Several reduction blocks (partial sums left in the output between them), with residual.
+        Case("conv2d", "blocked-deep1x1", (1, 20 * L, 7, 7), (2 * L, 20 * L, 1, 1), relu, bias=True, residual=True),
+        Case("conv2d", "blocked-deep3x3", (2, 3 * L, 6, 9), (5 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True),
+        Case("conv2d", "blocked-stride2", (3, 2 * L, 15, 13), (3 * L, 2 * L, 3, 3), {"stride": 2, "padding": 1}, residual=True),
+        Case("conv2d", "blocked-1x1s2", (2, L, 11, 11), (9 * L, L, 1, 1), {"stride": 2, **relu}, bias=True),
+        Case("conv2d", "blocked-dilated", (1, 2 * L, 9, 9), (L, 2 * L, 3, 3), {"padding": 2, "dilation": 2, **relu}),
+        Case("conv2d", "blocked-7x7s2", (1, L, 8, 8), (2 * L, L, 7, 7), {"stride": 2, "padding": 3, **relu}, bias=True),
+        Case("conv2d", "blocked-rect", (1, L, 6, 10), (L, L, 1, 3), {"padding": (0, 1), "stride": (1, 2)}),
+        Case("conv2d", "blocked-same", (1, L, 6, 7), (L, L, 2, 4), {"padding": "same"}, bias=True),
+        Case("conv2d", "blocked-1x1plane", (1, 3 * L, 1, 1), (2 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True),
+        Case("conv2d", "blocked-nopad", (2, L, 5, 6), (L, L, 3, 3), {}, bias=True),
+        Case("conv2d", "blocked-nan", (1, L, 5, 5), (2 * L, L, 3, 3), {"padding": 1, **relu}, special="nan"),
+    ]
+
+
+def test_blocked_kernel_cases():
+    for case in _cases(_lanes()):
+        actual, expected = run_blocked(case)
+        assert_close(actual, expected, case)
+
+
+def test_blocked_kernel_with_wider_borders_than_needed():
+    L = _lanes()
+    case = Case("conv2d", "blocked-borders", (2, 2 * L, 7, 9), (3 * L, 2 * L, 3, 3), {"padding": 1}, residual=True)
+    for extra in [(1, 0, 0), (0, 2, 0), (0, 0, 3), (2, 1, 1)]:
+        actual, expected = run_blocked(case, extra=extra)
+        assert_close(actual, expected, case, f"borders +{extra}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_blocked_kernel_random_problems(data):
+    L = _lanes()
+    d = data.draw
+    r, s = d(st.integers(1, 4)), d(st.integers(1, 4))
+    dil = d(st.integers(1, 2))
+    stride = d(st.integers(1, 3))
+    pad = d(st.integers(0, 3))
+    h = d(st.integers(max(1, dil * (r - 1) + 1 - 2 * pad), 16))
+    w = d(st.integers(max(1, dil * (s - 1) + 1 - 2 * pad), 16))
+    kwargs = {"stride": stride, "padding": pad, "dilation": dil}
+    if d(st.booleans()):
+        kwargs["activation"] = "relu"
+    case = Case(
+        "conv2d", "blocked-random", (d(st.integers(1, 3)), d(st.integers(1, 10)) * L, h, w),
+        (d(st.integers(1, 10)) * L, 0, r, s), kwargs, bias=d(st.booleans()), residual=d(st.booleans()),
+    )  # fmt: skip
+    case = Case(case.op, case.name, case.x, (case.w[0], case.x[1], r, s), kwargs, case.bias, case.residual)
+    extra = (d(st.integers(0, 2)), d(st.integers(0, 2)), d(st.integers(0, 2)))
+    actual, expected = run_blocked(case, seed=d(st.integers(0, 1000)), extra=extra)
+    assert_close(actual, expected, case)
+
+
+def test_layout_round_trip_and_border():
+    L = _lanes()
+    x = np.random.default_rng(0).standard_normal((2, 3 * L, 5, 7)).astype(np.float32)
+    for border in (0, 1, 3):
+        b = np.full(cbackend.blocked_shape(x.shape, border), np.nan, np.float32)
+        cbackend.to_blocked(x, border, b)
+        assert b.shape == (2, 3, 5 + 2 * border, 7 + 2 * border, L)
+        np.testing.assert_array_equal(b[:, :, border : border + 5, border : border + 7].transpose(0, 1, 4, 2, 3).reshape(x.shape), x)
+        assert np.count_nonzero(b) == np.count_nonzero(x)  # the border is zeros, not NaN
+        back = np.empty_like(x)
+        cbackend.from_blocked(b, x.shape, border, back)
+        np.testing.assert_array_equal(back, x)
+
+
+def test_what_the_blocked_kernel_refuses():
+    L = _lanes()
+    assert cbackend.blocked_supports(Conv2dProblem(1, L, 5, 5, L, 3, 3, padding=(1, 1, 1, 1)))
+    refused = [
+        Conv2dProblem(1, L + 1, 5, 5, L, 3, 3),  # channels not a multiple of L
+        Conv2dProblem(1, L, 5, 5, L - 1, 3, 3),
+        Conv2dProblem(1, 2 * L, 5, 5, 2 * L, 3, 3, groups=2),
+        Conv2dProblem(1, L, 5, 5, L, 3, 3, activation="sigmoid"),
+        Conv2dProblem(1, L, 5, 5, L, 3, 3, dtype="float64"),
+    ]
+    for p in refused:
+        assert not cbackend.blocked_supports(p), p.id
+        with pytest.raises(ValueError, match="blocked kernel"):
+            cbackend.blocked_weights(p, np.zeros((p.k, p.cg, p.r, p.s), np.float32))
+    # A border narrower than the padding is refused before any kernel runs.
+    p = Conv2dProblem(1, L, 5, 5, L, 3, 3, padding=(1, 1, 1, 1))
+    y = np.zeros(cbackend.blocked_shape(p.output_shape, 0), np.float32)
+    with pytest.raises(ValueError, match="border"):
+        cbackend.BlockedConvCall(p, cbackend.blocked_weights(p, np.zeros((L, L, 3, 3), np.float32)), None, y, 0, 0, 0)
+    call = cbackend.BlockedConvCall(p, cbackend.blocked_weights(p, np.zeros((L, L, 3, 3), np.float32)), None, y, 1, 0, 0)
+    with pytest.raises(TypeError, match="shape"):  # an input of the wrong layout never reaches C
+        call(np.zeros((1, L, 5, 5), np.float32))
