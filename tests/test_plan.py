@@ -329,3 +329,33 @@ def test_lone_convolutions_stay_nchw():
 def test_layout_argument_is_checked(model):
     with pytest.raises(ValueError, match="layout"):
         fastconv.compile(model, (1, 3, 16, 16), backend="c", layout="nhwc")
+
+
+def test_tuned_plans_time_their_layouts_and_remember_the_choice(tmp_path, monkeypatch):
+    """With tuning, a plan times whole forward passes of its layout variants (NCHW, blocked, and
+    blocked instead of Winograd where the tuner picked it) and keeps the fastest, remembered in
+    the tune cache's "layout" section; every variant computes the same function."""
+    require("c")
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv("FASTCONV_TUNE_CACHE", str(path))
+    nn.init.manual_seed(4)
+    m = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(32, 16, 1)).eval()  # fmt: skip
+    x = _x((1, 16, 10, 10), seed=9)
+    plan = fastconv.compile(m, x.shape, backend="c")
+    layout = [e for e in plan.tuner_log if e[0] == "plan layout"]
+    assert len(layout) == 1 and layout[0][2].startswith("timed") and layout[0][1] == plan.layout_chosen
+    assert plan.layout_chosen in ("nchw", "blocked") and f"layout {plan.layout_chosen}" in plan.describe()
+    entries = json.loads(path.read_text())["machines"][_plan_tune.machine_key()]["layout"]
+    assert [e["layout"] for e in entries.values()] == [plan.layout_chosen]
+    assert_matches(plan(x), m(x), what="tuned plan", rtol=RTOL)
+    _plan_tune.clear_memory()
+    again = fastconv.compile(m, x.shape, backend="c")
+    assert [e[2] for e in again.tuner_log if e[0] == "plan layout"] == ["cached"]
+    assert again.layout_chosen == plan.layout_chosen
+    # Each variant, forced, gives the model's answer.
+    for lay in ("nchw", "auto"):
+        assert_matches(fastconv.compile(m, x.shape, backend="c", tune=False, layout=lay)(x), m(x), rtol=RTOL,
+                       what=f"layout={lay}")  # fmt: skip
+    wino = fastconv.compile(m, x.shape, backend="c", winograd=True)
+    assert_matches(wino(x), m(x), what="tuned Winograd plan", rtol=WINOGRAD_RTOL)

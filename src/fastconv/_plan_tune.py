@@ -7,7 +7,12 @@ another instruction set, finds no entry of its own and tunes afresh.  Choices li
 the process and, when ``FASTCONV_TUNE_CACHE`` names a file, in that JSON file::
 
     {"format": 1, "machines": {"<machine key>": {"conv": {"<key>": {"backend": "c",
-        "algorithm": "winograd", "ms": {"c/auto": 1.92, "c/winograd": 1.31}, "cpu_ms": {...}}}}}}
+        "algorithm": "winograd", "ms": {"c/auto": 1.92, "c/winograd": 1.31}, "cpu_ms": {...}}},
+        "layout": {"plan (8, 3, 224, 224) <hash> | threads 2 | nchw,blocked": {"layout": "blocked",
+        "ms": {"nchw": 20.4, "blocked": 19.8}}}}}}
+
+A plan's layout (whether its c convolutions keep channel-blocked activations) is chosen the same
+way, by timing whole forward passes of each variant, keyed by a hash of the plan's steps.
 
 An unreadable or malformed file is ignored (and rewritten); writes go to a temporary file
 renamed over the old one, so a reader never sees half a file.
@@ -85,12 +90,14 @@ def load(path: str) -> dict:
     return data
 
 
-def save(path: str, machine: str, entries: dict) -> None:
+def save(path: str, machine: str, entries: dict, kind: str = "conv") -> None:
+    """Merge ``entries`` into the file's ``kind`` section ("conv": per-layer choices, "layout":
+    whole-plan layouts) for ``machine``."""
     data = load(path)  # merge with what other processes wrote meanwhile
     section = data["machines"].setdefault(machine, {})
-    if not isinstance(section.get("conv"), dict):
-        section["conv"] = {}
-    section["conv"].update(entries)
+    if not isinstance(section.get(kind), dict):
+        section[kind] = {}
+    section[kind].update(entries)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".fastconv-tune-", dir=directory)
@@ -108,8 +115,11 @@ class Tuner:
         self.backend, self.winograd, self.tune = backend, winograd, tune
         self.machine = machine_key()
         self.path = cache_path()
-        self.file = load(self.path).get("machines", {}).get(self.machine, {}).get("conv", {}) if self.path else {}
+        mine = load(self.path).get("machines", {}).get(self.machine, {}) if self.path else {}
+        self.file = mine.get("conv", {}) if isinstance(mine.get("conv"), dict) else {}
+        self.file_layout = mine.get("layout", {}) if isinstance(mine.get("layout"), dict) else {}
         self.new: dict[str, dict] = {}
+        self.new_layout: dict[str, dict] = {}
         self.log: list[tuple[str, str, str]] = []  # (problem id, choice, where it came from)
 
     def candidates(self, p, layer_algorithm: str) -> list[tuple[str, str]]:
@@ -167,6 +177,27 @@ class Tuner:
         self.log.append((p.id, best, "timed " + ", ".join(f"{n} {v:.3f} ms" for n, v in ms.items())))
         return backend, algorithm
 
+    def choose_layout(self, key: str, runs: dict) -> str:
+        """The fastest of a plan's layout variants (``runs``: name -> one forward pass), timed
+        whole and interleaved: a layout changes what every step around a conversion costs, which
+        no per-layer timing sees.  Remembered like the per-layer choices, under ``key``."""
+        cands = ",".join(runs)
+        full = f"{key} | {cands}"
+        hit = _MEMORY.get((self.machine, full)) or self.file_layout.get(full)
+        if isinstance(hit, dict) and hit.get("layout") in runs:
+            _MEMORY[(self.machine, full)] = hit
+            self.log.append(("plan layout", hit["layout"], "cached"))
+            return hit["layout"]
+        for run in runs.values():  # first calls: page faults in the arenas, caches, thread pools
+            run()
+        wall = {n: min(v) for n, v in timing.interleaved(runs, ROUNDS + 2).items()}
+        best = min(wall, key=wall.get)
+        entry = {"layout": best, "ms": {n: round(v * 1e3, 3) for n, v in wall.items()}}
+        _MEMORY[(self.machine, full)] = entry
+        self.new_layout[full] = entry
+        self.log.append(("plan layout", best, "timed " + ", ".join(f"{n} {v * 1e3:.2f} ms" for n, v in wall.items())))
+        return best
+
     def backend_for(self, p) -> str:
         """Pooling: the requested backend, else c where it can, else "auto"'s choice."""
         if self.backend:
@@ -178,6 +209,8 @@ class Tuner:
     def save(self) -> None:
         if self.path and self.new:
             save(self.path, self.machine, self.new)
+        if self.path and self.new_layout:
+            save(self.path, self.machine, self.new_layout, "layout")
 
 
 def clear_memory() -> None:

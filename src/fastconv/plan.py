@@ -285,39 +285,83 @@ class Plan:
         threads.apply_blas()
         for step in self.steps:
             step.prepare(env, tuner)
-        tuner.save()
         self.tuner_log = tuner.log
+        variants = {"nchw": (self.steps, env)}
         if self.layout == "auto":
-            env = self._block(env)
-        shapes = {s.output: env[s.output] for s in self.steps if s.managed}
-        self._layout(shapes)
-        consts = {i for i, a in enumerate(self._env) if a is not None}
-        self._transient = [
-            i
-            for i in range(len(self._env))
-            if i not in consts and not any(s.bound and s.output == i for s in self.steps)
-        ]
+            # Blocked where the c kernels can; and, where the tuner picked Winograd (NCHW), also
+            # with those layers blocked (direct) instead: conversions around every Winograd layer
+            # can cost more than Winograd saves.
+            tuned_winograd = any(
+                isinstance(s, Conv) and s.layer.algorithm == "auto" and s.p.algorithm == "winograd"
+                for s in self.steps
+                if getattr(s, "p", None) is not None
+            )
+            for name, winograd in (("blocked", False), ("blocked, no winograd", True))[: 1 + tuned_winograd]:
+                steps, venv = self._block([copy.copy(s) for s in self.steps], list(env), winograd)
+                if steps is not None:
+                    variants[name] = (steps, venv)
+        states = {}
+        for name, (steps, venv) in variants.items():
+            self.steps = steps
+            self._layout({s.output: venv[s.output] for s in steps if s.managed})
+            consts = {i for i, a in enumerate(self._env) if a is not None}
+            self._transient = [
+                i for i in range(len(self._env)) if i not in consts and not any(s.bound and s.output == i for s in steps)
+            ]
+            states[name] = self._state()
+        if len(states) == 1:
+            chosen = next(iter(states))
+        elif not tuner.tune:
+            chosen = "blocked" if "blocked" in states else "blocked, no winograd"
+        else:
+            chosen = tuner.choose_layout(self._plan_key(), {n: self._timed(st) for n, st in states.items()})
+        self._restore(states[chosen])
+        self.layout_chosen = chosen
+        tuner.save()
 
-    def _block(self, env: list) -> list:
-        """The layout pass: c convolutions that can (float32, ungrouped, channels a multiple of the
-        vector width, relu or no activation, not Winograd) run on channel-blocked activations and
-        hand them on blocked; a value crosses between layouts through one Relayout step each way.
-        A convolution with neither a blocked producer nor a blocked reader stays NCHW (two
-        conversions would cost more than the layout saves).  Each blocked value carries the zero
-        border its blocked readers' padding needs.  Returns the environment, grown by the new
-        values."""
+    def _state(self) -> tuple:
+        return (self.steps, self._slots, self._transient, self.value_bytes, self.arena_bytes, self.buffers)
+
+    def _restore(self, state: tuple) -> None:
+        self.steps, self._slots, self._transient, self.value_bytes, self.arena_bytes, self.buffers = state
+
+    def _timed(self, state):
+        x = np.zeros(self.input_shape, self.dtype)
+
+        def run():
+            self._restore(state)
+            self(x)
+
+        return run
+
+    def _plan_key(self) -> str:
+        """What a layout choice depends on: every step's kernel and problem, and the threads."""
+        import hashlib
+
+        text = "\n".join(f"{s.name} {s.kind} {getattr(s, 'p', None)!r} {s.describe()}" for s in self.steps)
+        return f"plan {self.input_shape} {hashlib.sha1(text.encode()).hexdigest()[:16]} | threads {threads.get_num_threads()}"
+
+    def _block(self, steps: list, env: list, winograd: bool) -> tuple[list | None, list]:
+        """The layout pass over ``steps`` (copies, changed in place): c convolutions that can
+        (float32, ungrouped, channels a multiple of the vector width, relu or no activation, an
+        algorithm the layer left to fastconv; Winograd ones only when ``winograd``) run on
+        channel-blocked activations and hand them on blocked; a value crosses between layouts
+        through one Relayout step each way.  A convolution with neither a blocked producer nor a
+        blocked reader stays NCHW (two conversions would cost more than the layout saves).  Each
+        blocked value carries the zero border its blocked readers' padding needs.  Returns the new
+        step list (None where nothing is blocked) and the environment, grown by the new values."""
         from .backends import c
 
-        if not self.steps or self.dtype != np.float32 or not c.available():
-            return env
-        steps = self.steps
+        if not steps or self.dtype != np.float32 or not c.available()[0]:
+            return None, env
         cand = {
             i
             for i, s in enumerate(steps)
             if isinstance(s, Conv)
             and s.managed
             and not s.fallback
-            and s.p.algorithm != "winograd"
+            and s.layer.algorithm == "auto"
+            and (winograd or s.p.algorithm != "winograd")
             and c.blocked_supports(s.p)
         }
         producer = {s.output: i for i, s in enumerate(steps)}
@@ -336,7 +380,7 @@ class Plan:
                     cand.discard(i)
                     changed = True
         if not cand:
-            return env
+            return None, env
 
         def new_value():
             env.append(None)
@@ -381,8 +425,7 @@ class Plan:
             elif isinstance(step, Conv) and step.blocked is None and steps.index(step) in cand:
                 rb = 0 if step.residual is None else borders.get(step.residual, 0)
                 step.block(env, borders.get(step.x, 0), rb, borders.get(step.output, 0))
-        self.steps = new_steps
-        return env
+        return new_steps, env
 
     def _layout(self, produced: dict[int, np.ndarray]) -> None:
         """Buffers shared by liveness: value v's buffer is free once the last step reading v (or
@@ -488,7 +531,7 @@ class Plan:
         lines = [
             f"plan for input {self.input_shape} {self.dtype}: {len(self.steps)} steps, "
             f"{self.buffers} buffers of {self.arena_bytes / 2**20:.1f} MiB for {self.value_bytes / 2**20:.1f} MiB "
-            f"of activations, {self.allocations_per_call} allocating steps"
+            f"of activations, {self.allocations_per_call} allocating steps, layout {self.layout_chosen}"
         ]
         lines += [f"  {name:<28} {kind:<8} {what}" for name, kind, what in self.choices()]
         return "\n".join(lines)

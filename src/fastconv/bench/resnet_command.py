@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         f"; median of {args.repeat} interleaved rounds"
     )
     _print(header, rows, torch is not None)
+    layouts = [f"{n}: {results[n]['layout']}" for n in backends if "layout" in results.get(n, {})]
+    if layouts:  # which activation layout each plan's timing chose (fastconv.plan)
+        print("plan layouts: " + "; ".join(layouts))
     if args.json:  # the benchmark schema (docs/bench-schema.md): `fastconv bench show/compare` read it
         from . import schema
 
@@ -282,7 +285,7 @@ def _add_compiled(model, x, runners: dict, results: dict) -> list[str]:
     for name, winograd in (("compiled", False), ("compiled, winograd", True)):
         try:
             plan = fastconv.compile(model, x.shape, winograd=winograd)
-            results[name] = {"out": plan(x)}
+            results[name] = {"out": plan(x), "layout": plan.layout_chosen}
         except (fastconv.BackendError, ValueError, TypeError, MemoryError) as exc:
             results[name] = {"error": str(exc)}
         else:
