@@ -15,6 +15,10 @@
  * applies the epilogue on the way out (the last block): + bias[j * KV_LANES + lane] (bias may be
  * NULL), + res[i * KV_LANES + j * rvec] (res may be NULL), then relu when asked. */
 
+/* The channel loop unrolled by 4: 1x1 layers 0.88-0.92x -> 0.93-0.97x of the GEMM alone (by 16:
+ * 0.8-0.9x, the larger loop body spilling more). */
+#define BL_UNROLL _Pragma("GCC unroll 4")
+
 KV_TARGET __attribute__((always_inline)) static inline void
 bl_body(const int np, const int nv, int64_t taps, const float *restrict x, const int64_t *restrict xoff,
         int64_t xpix, const float *restrict w, float *restrict y, int64_t yvec, int mode, const float *bias,
@@ -32,6 +36,7 @@ bl_body(const int np, const int nv, int64_t taps, const float *restrict x, const
         const float *restrict xp[BL_PMAX];
         for (int i = 0; i < np; i++)
             xp[i] = x + xoff[t] + i * xpix;
+        BL_UNROLL
         for (int c = 0; c < KV_LANES; c++) {
             KV_VEC wv[BL_VMAX];
             for (int j = 0; j < nv; j++)
