@@ -83,14 +83,25 @@ def _cases(lanes: int) -> list[Case]:
         *[Case("conv2d", f"blocked-k{v}", (1, L, 6, 6), (v * L, L, 1, 1), {}, bias=True) for v in range(1, 10)],
         # Several reduction blocks (partial sums left in the output between them), with residual.
         Case("conv2d", "blocked-deep1x1", (1, 20 * L, 7, 7), (2 * L, 20 * L, 1, 1), relu, bias=True, residual=True),
-        Case("conv2d", "blocked-deep3x3", (2, 3 * L, 6, 9), (5 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True),
-        Case("conv2d", "blocked-stride2", (3, 2 * L, 15, 13), (3 * L, 2 * L, 3, 3), {"stride": 2, "padding": 1}, residual=True),
+        Case(
+            "conv2d", "blocked-deep3x3", (2, 3 * L, 6, 9), (5 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True
+        ),
+        Case(
+            "conv2d",
+            "blocked-stride2",
+            (3, 2 * L, 15, 13),
+            (3 * L, 2 * L, 3, 3),
+            {"stride": 2, "padding": 1},
+            residual=True,
+        ),
         Case("conv2d", "blocked-1x1s2", (2, L, 11, 11), (9 * L, L, 1, 1), {"stride": 2, **relu}, bias=True),
         Case("conv2d", "blocked-dilated", (1, 2 * L, 9, 9), (L, 2 * L, 3, 3), {"padding": 2, "dilation": 2, **relu}),
         Case("conv2d", "blocked-7x7s2", (1, L, 8, 8), (2 * L, L, 7, 7), {"stride": 2, "padding": 3, **relu}, bias=True),
         Case("conv2d", "blocked-rect", (1, L, 6, 10), (L, L, 1, 3), {"padding": (0, 1), "stride": (1, 2)}),
         Case("conv2d", "blocked-same", (1, L, 6, 7), (L, L, 2, 4), {"padding": "same"}, bias=True),
-        Case("conv2d", "blocked-1x1plane", (1, 3 * L, 1, 1), (2 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True),
+        Case(
+            "conv2d", "blocked-1x1plane", (1, 3 * L, 1, 1), (2 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True
+        ),
         Case("conv2d", "blocked-nopad", (2, L, 5, 6), (L, L, 3, 3), {}, bias=True),
         Case("conv2d", "blocked-nan", (1, L, 5, 5), (2 * L, L, 3, 3), {"padding": 1, **relu}, special="nan"),
     ]
@@ -141,7 +152,9 @@ def test_layout_round_trip_and_border():
         b = np.full(cbackend.blocked_shape(x.shape, border), np.nan, np.float32)
         cbackend.to_blocked(x, border, b)
         assert b.shape == (2, 3, 5 + 2 * border, 7 + 2 * border, L)
-        np.testing.assert_array_equal(b[:, :, border : border + 5, border : border + 7].transpose(0, 1, 4, 2, 3).reshape(x.shape), x)
+        np.testing.assert_array_equal(
+            b[:, :, border : border + 5, border : border + 7].transpose(0, 1, 4, 2, 3).reshape(x.shape), x
+        )
         assert np.count_nonzero(b) == np.count_nonzero(x)  # the border is zeros, not NaN
         back = np.empty_like(x)
         cbackend.from_blocked(b, x.shape, border, back)
@@ -167,6 +180,8 @@ def test_what_the_blocked_kernel_refuses():
     y = np.zeros(cbackend.blocked_shape(p.output_shape, 0), np.float32)
     with pytest.raises(ValueError, match="border"):
         cbackend.BlockedConvCall(p, cbackend.blocked_weights(p, np.zeros((L, L, 3, 3), np.float32)), None, y, 0, 0, 0)
-    call = cbackend.BlockedConvCall(p, cbackend.blocked_weights(p, np.zeros((L, L, 3, 3), np.float32)), None, y, 1, 0, 0)
+    call = cbackend.BlockedConvCall(
+        p, cbackend.blocked_weights(p, np.zeros((L, L, 3, 3), np.float32)), None, y, 1, 0, 0
+    )
     with pytest.raises(TypeError, match="shape"):  # an input of the wrong layout never reaches C
         call(np.zeros((1, L, 5, 5), np.float32))

@@ -306,7 +306,9 @@ class Plan:
             self._layout({s.output: venv[s.output] for s in steps if s.managed})
             consts = {i for i, a in enumerate(self._env) if a is not None}
             self._transient = [
-                i for i in range(len(self._env)) if i not in consts and not any(s.bound and s.output == i for s in steps)
+                i
+                for i in range(len(self._env))
+                if i not in consts and not any(s.bound and s.output == i for s in steps)
             ]
             states[name] = self._state()
         if len(states) == 1:

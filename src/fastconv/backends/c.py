@@ -391,8 +391,17 @@ class BlockedConvCall:
             _check_blocked(residual, p.output_shape, self.rb, "residual")
             res = call.ptr(residual, residual.size)
         status = _ckernels.lib.fc_f32_conv2d_blocked(
-            self.desc, call.ptr(x, x.size), self.xb, self.fixed[0], self.fixed[1], res, self.rb, self.out, self.yb,
-            _nthreads(), self.kernel,
+            self.desc,
+            call.ptr(x, x.size),
+            self.xb,
+            self.fixed[0],
+            self.fixed[1],
+            res,
+            self.rb,
+            self.out,
+            self.yb,
+            _nthreads(),
+            self.kernel,
         )
         _check(status, "conv2d")
         _log_kernel(p, self.kernel)
