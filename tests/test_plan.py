@@ -346,6 +346,7 @@ def test_tuned_plans_time_their_layouts_and_remember_the_choice(tmp_path, monkey
     layout = [e for e in plan.tuner_log if e[0] == "plan layout"]
     assert len(layout) == 1 and layout[0][2].startswith("timed") and layout[0][1] == plan.layout_chosen
     assert plan.layout_chosen in ("nchw", "blocked") and f"layout {plan.layout_chosen}" in plan.describe()
+    assert set(plan.layout_ms) == {"nchw", "blocked"} and min(plan.layout_ms.values()) > 0
     entries = json.loads(path.read_text())["machines"][_plan_tune.machine_key()]["layout"]
     assert [e["layout"] for e in entries.values()] == [plan.layout_chosen]
     assert_matches(plan(x), m(x), what="tuned plan", rtol=RTOL)

@@ -120,6 +120,7 @@ class Tuner:
         self.file_layout = mine.get("layout", {}) if isinstance(mine.get("layout"), dict) else {}
         self.new: dict[str, dict] = {}
         self.new_layout: dict[str, dict] = {}
+        self.layout_ms: dict[str, float] = {}  # the last layout choice's timings (fastest pass, ms)
         self.log: list[tuple[str, str, str]] = []  # (problem id, choice, where it came from)
 
     def candidates(self, p, layer_algorithm: str) -> list[tuple[str, str]]:
@@ -187,12 +188,14 @@ class Tuner:
         if isinstance(hit, dict) and hit.get("layout") in runs:
             _MEMORY[(self.machine, full)] = hit
             self.log.append(("plan layout", hit["layout"], "cached"))
+            self.layout_ms = dict(hit.get("ms", {}))
             return hit["layout"]
         for run in runs.values():  # first calls: page faults in the arenas, caches, thread pools
             run()
         wall = {n: min(v) for n, v in timing.interleaved(runs, ROUNDS + 2).items()}
         best = min(wall, key=wall.get)
         entry = {"layout": best, "ms": {n: round(v * 1e3, 3) for n, v in wall.items()}}
+        self.layout_ms = dict(entry["ms"])
         _MEMORY[(self.machine, full)] = entry
         self.new_layout[full] = entry
         self.log.append(("plan layout", best, "timed " + ", ".join(f"{n} {v * 1e3:.2f} ms" for n, v in wall.items())))

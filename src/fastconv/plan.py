@@ -24,8 +24,15 @@ what an eager forward pass redoes on every call:
 Kernels that take an output buffer write into the arena: the c backend's convolutions and
 pooling, and the plan's own NumPy steps (add, relu, linear).  The other backends (im2col,
 numba, naive, torch) return fresh arrays; those steps allocate on every call, and
-``Plan.allocations_per_call`` counts them.  Every activation stays NCHW: the c kernels have no
-channel-blocked layout to keep between layers.
+``Plan.allocations_per_call`` counts them.
+
+Layout: the c convolutions that can run on channel-blocked activations ((n, c/L, h, w, L), L
+channels of a pixel in one vector, with a zero border for the next layer's padding;
+csrc/conv_blocked_f32.c) keep them blocked from layer to layer, and one Relayout step converts
+where a value enters or leaves them.  That is not faster everywhere (the blocked kernel replaces
+the GEMM on those layers; Winograd layers stay NCHW), so a tuned plan times whole forward passes
+of its variants -- NCHW, blocked, and blocked with its Winograd layers run blocked instead -- and
+keeps the fastest (``layout_chosen``; remembered like the per-layer choices).
 
 Semantics: ``plan(x)`` takes exactly the compiled shape and dtype (ValueError / TypeError naming
 ``x`` otherwise) and returns a new array (or writes into ``out=``).  Calls from several threads
@@ -319,6 +326,8 @@ class Plan:
             chosen = tuner.choose_layout(self._plan_key(), {n: self._timed(st) for n, st in states.items()})
         self._restore(states[chosen])
         self.layout_chosen = chosen
+        #: each variant's fastest timed forward pass in ms (empty when nothing was timed)
+        self.layout_ms = dict(tuner.layout_ms) if len(states) > 1 and tuner.tune else {}
         tuner.save()
 
     def _state(self) -> tuple:

@@ -285,7 +285,8 @@ def _add_compiled(model, x, runners: dict, results: dict) -> list[str]:
     for name, winograd in (("compiled", False), ("compiled, winograd", True)):
         try:
             plan = fastconv.compile(model, x.shape, winograd=winograd)
-            results[name] = {"out": plan(x), "layout": plan.layout_chosen}
+            timed = ", ".join(f"{k} {v:.1f} ms" for k, v in plan.layout_ms.items())
+            results[name] = {"out": plan(x), "layout": plan.layout_chosen + (f" (timed: {timed})" if timed else "")}
         except (fastconv.BackendError, ValueError, TypeError, MemoryError) as exc:
             results[name] = {"error": str(exc)}
         else:
