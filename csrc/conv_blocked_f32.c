@@ -188,17 +188,26 @@ static void run_task(const bplan_t *B, const float *x, const float *wpack, const
     }
 }
 
-/* Zero the border of output plane t (image t / (k / L), channel block t % (k / L)). */
-static void zero_border(const bplan_t *B, float *y, int64_t t) {
-    const int64_t L = B->L, yb = B->yb, yw = B->yw, n = t / B->kvecs, kb = t % B->kvecs;
-    float *plane = y + (size_t)n * B->yimg + (size_t)kb * B->yplane;
-    const int64_t hp = B->d->oh + 2 * yb;
-    memset(plane, 0, (size_t)(yb * yw * L) * sizeof(float));
-    memset(plane + (hp - yb) * yw * L, 0, (size_t)(yb * yw * L) * sizeof(float));
-    for (int64_t h = yb; h < hp - yb; h++) {
-        memset(plane + h * yw * L, 0, (size_t)(yb * L) * sizeof(float));
-        memset(plane + (h * yw + yw - yb) * L, 0, (size_t)(yb * L) * sizeof(float));
+/* Zero the border of one blocked plane of h x w interior pixels with border b. */
+static void zero_plane_border(float *plane, int64_t h, int64_t w, int64_t b, int64_t L) {
+    const int64_t wp = w + 2 * b;
+    memset(plane, 0, (size_t)(b * wp * L) * sizeof(float));
+    memset(plane + (h + b) * wp * L, 0, (size_t)(b * wp * L) * sizeof(float));
+    for (int64_t i = b; i < h + b; i++) {
+        memset(plane + i * wp * L, 0, (size_t)(b * L) * sizeof(float));
+        memset(plane + (i * wp + wp - b) * L, 0, (size_t)(b * L) * sizeof(float));
     }
+}
+
+void fc_f32_blocked_zero_border(float *y, int64_t n, int64_t c, int64_t h, int64_t w, int64_t b, int nthreads) {
+    const int64_t L = fc_config()->kvec_lanes, planes = n * (c / L), plane = (h + 2 * b) * (w + 2 * b) * L;
+    if (b <= 0)
+        return;
+    const int team = fc_team(nthreads, planes * (h + w) * b * L, 1 << 14);
+    (void)team;
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int64_t t = 0; t < planes; t++)
+        zero_plane_border(y + (size_t)t * plane, h, w, b, L);
 }
 
 int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *wpack,
@@ -248,7 +257,7 @@ int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, c
         if (yb > 0) {
             #pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < planes; t++)
-                zero_border(&B, y, t);
+                zero_plane_border(y + (size_t)t * B.yplane, d->oh, d->ow, yb, L);
         }
         /* Row chunks vary fastest: consecutive tasks share their group's weights in cache. */
         #pragma omp for schedule(dynamic, 1)

@@ -104,11 +104,42 @@ __attribute__((always_inline)) static inline void at6(const float *restrict in, 
     }
 }
 
+/* Where element (image n, channel c, row i, column j) of an activation lies: plane(n, c) + i * row +
+ * j * pix.  NCHW: planes of h x w floats.  Channel-blocked (fastconv.h; compiled plans):
+ * (n, c / L, h + 2b, w + 2b, L), the plane of channel c starting at its block's first interior
+ * pixel, lane c % L. */
+typedef struct {
+    int64_t lanes;          /* 0: NCHW, else L */
+    int64_t c, h, w;        /* the activation's channels and size */
+    int64_t border, row, pix, block, img;
+} layout_t;
+
+static layout_t nchw_layout(int64_t c, int64_t h, int64_t w) {
+    layout_t a = {.lanes = 0, .c = c, .h = h, .w = w, .row = w, .pix = 1};
+    return a;
+}
+
+static layout_t blocked_layout(int64_t c, int64_t h, int64_t w, int64_t border, int64_t lanes) {
+    const int64_t wp = w + 2 * border;
+    layout_t a = {.lanes = lanes, .c = c, .h = h, .w = w, .border = border, .row = wp * lanes, .pix = lanes};
+    a.block = (h + 2 * border) * wp * lanes;
+    a.img = c / lanes * a.block;
+    return a;
+}
+
+static inline size_t plane_at(const layout_t *a, int64_t n, int64_t c) {
+    if (!a->lanes)
+        return ((size_t)n * a->c + c) * a->h * a->w;
+    return (size_t)n * a->img + (size_t)(c / a->lanes) * a->block + (a->border * a->row + a->border * a->pix) +
+           c % a->lanes;
+}
+
 typedef struct {
     const fc_conv2d_desc *d;
     int64_t th, tw, tiles;  /* tile rows and columns per image, tiles in the batch */
     int64_t tcp;            /* tiles per chunk, a multiple of nr */
     int64_t kp, mr, nr, npan;
+    layout_t xl, yl, rl;    /* the input's, output's and residual's layouts */
 } wplan_t;
 
 /* Tile t's image and tile row and column. */
@@ -146,19 +177,25 @@ static void input_transform(const wplan_t *W, const float *x, int64_t c, int64_t
                 tile[e * LANES + l] = 0.0f;
             continue;
         }
-        const int64_t h0 = ty * 4 - d->pad_top, w0 = tx * 4 - d->pad_left;
-        const float *plane = x + ((size_t)n * d->c + c) * d->h * d->w;
+        const int64_t h0 = ty * 4 - d->pad_top, w0 = tx * 4 - d->pad_left, row = W->xl.row, pix = W->xl.pix;
+        const float *plane = x + plane_at(&W->xl, n, c);
         if (h0 >= 0 && w0 >= 0 && h0 + 6 <= d->h && w0 + 6 <= d->w) {
-            const float *src = plane + h0 * d->w + w0;
-            for (int i = 0; i < 6; i++)
-                for (int j = 0; j < 6; j++)
-                    tile[(i * 6 + j) * LANES + l] = src[i * d->w + j];
+            const float *src = plane + h0 * row + w0 * pix;
+            if (pix == 1) /* NCHW: rows of 6 consecutive floats */
+                for (int i = 0; i < 6; i++)
+                    for (int j = 0; j < 6; j++)
+                        tile[(i * 6 + j) * LANES + l] = src[i * row + j];
+            else
+                for (int i = 0; i < 6; i++)
+                    for (int j = 0; j < 6; j++)
+                        tile[(i * 6 + j) * LANES + l] = src[i * row + j * pix];
             continue;
         }
         for (int i = 0; i < 6; i++)
             for (int j = 0; j < 6; j++) {
                 int64_t ih = h0 + i, iw = w0 + j;
-                tile[(i * 6 + j) * LANES + l] = ih >= 0 && ih < d->h && iw >= 0 && iw < d->w ? plane[ih * d->w + iw] : 0.0f;
+                tile[(i * 6 + j) * LANES + l] =
+                    ih >= 0 && ih < d->h && iw >= 0 && iw < d->w ? plane[ih * row + iw * pix] : 0.0f;
             }
     }
     for (int j = 0; j < 6; j++) /* down the columns: tmp = B^T d */
@@ -193,16 +230,17 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     const float b = bias ? bias[k] : 0.0f;
     for (int e = 0; e < 16 * LANES; e++)
         out[e] += b;
-    const int64_t ohw = d->oh * d->ow, lanes = FC_MIN(LANES, t1 - t0 - tl);
+    const int64_t lanes = FC_MIN(LANES, t1 - t0 - tl);
     int64_t n, ty, tx;
     if (residual) { /* gathered into the lanes first, so the sum and activation stay vectors */
         float res[16 * LANES] = {0};
+        const int64_t row = W->rl.row, pix = W->rl.pix;
         tile_at(W, t0 + tl, &n, &ty, &tx);
         for (int l = 0; l < lanes; l++, tile_next(W, &n, &ty, &tx)) {
-            const float *r0 = residual + ((size_t)n * d->k + k) * ohw + ty * 4 * d->ow + tx * 4;
+            const float *r0 = residual + plane_at(&W->rl, n, k) + ty * 4 * row + tx * 4 * pix;
             for (int a = 0; a < 4 && ty * 4 + a < d->oh; a++)
                 for (int c = 0; c < 4 && tx * 4 + c < d->ow; c++)
-                    res[(a * 4 + c) * LANES + l] = r0[a * d->ow + c];
+                    res[(a * 4 + c) * LANES + l] = r0[a * row + c * pix];
         }
         for (int e = 0; e < 16 * LANES; e++)
             out[e] += res[e];
@@ -210,18 +248,19 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     const int act = fc_conv_act(d);
     if (act != FC_ACT_NONE)
         fc_act_row_f32(out, 16 * LANES, act, (float)d->act_a, (float)d->act_b);
+    const int64_t row = W->yl.row, pix = W->yl.pix;
     tile_at(W, t0 + tl, &n, &ty, &tx);
     for (int l = 0; l < lanes; l++, tile_next(W, &n, &ty, &tx)) {
-        float *y0 = y + ((size_t)n * d->k + k) * ohw + ty * 4 * d->ow + tx * 4;
+        float *y0 = y + plane_at(&W->yl, n, k) + ty * 4 * row + tx * 4 * pix;
         if (ty * 4 + 4 <= d->oh && tx * 4 + 4 <= d->ow) {
             for (int a = 0; a < 4; a++)
                 for (int c = 0; c < 4; c++)
-                    y0[a * d->ow + c] = out[(a * 4 + c) * LANES + l];
+                    y0[a * row + c * pix] = out[(a * 4 + c) * LANES + l];
             continue;
         }
         for (int a = 0; a < 4 && ty * 4 + a < d->oh; a++)
             for (int c = 0; c < 4 && tx * 4 + c < d->ow; c++)
-                y0[a * d->ow + c] = out[(a * 4 + c) * LANES + l];
+                y0[a * row + c * pix] = out[(a * 4 + c) * LANES + l];
     }
 }
 
@@ -317,15 +356,15 @@ static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x
         output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
 }
 
-int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
-                           const float *residual, float *y, int nthreads, const char **kernel) {
+static int winograd(const fc_conv2d_desc *d, const float *x, layout_t xl, const float *u, const float *bias,
+                    const float *residual, layout_t rl, float *y, layout_t yl, int nthreads) {
     const fc_isa_config *cfg = fc_config();
     if (d->n < 1 || d->c < 1 || d->k < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0)
         return FC_EINVAL;
     if (d->r != 3 || d->s != 3 || d->stride_h != 1 || d->stride_w != 1 || d->dil_h != 1 || d->dil_w != 1 ||
         d->groups != 1)
         return FC_EUNSUPPORTED;
-    wplan_t W = {.d = d, .mr = cfg->mr, .nr = cfg->nr};
+    wplan_t W = {.d = d, .mr = cfg->mr, .nr = cfg->nr, .xl = xl, .yl = yl, .rl = rl};
     W.th = (d->oh + 3) / 4;
     W.tw = (d->ow + 3) / 4;
     W.tiles = d->n * W.th * W.tw;
@@ -369,7 +408,32 @@ int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float 
     }
     free(scratch);
     free(rowoff);
-    if (kernel)
-        *kernel = cfg->winograd_name;
     return FC_OK;
+}
+
+int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
+                           const float *residual, float *y, int nthreads, const char **kernel) {
+    const int status = winograd(d, x, nchw_layout(d->c, d->h, d->w), u, bias, residual,
+                                nchw_layout(d->k, d->oh, d->ow), y, nchw_layout(d->k, d->oh, d->ow), nthreads);
+    if (status == FC_OK && kernel)
+        *kernel = fc_config()->winograd_name;
+    return status;
+}
+
+/* The same on channel-blocked activations (compiled plans): the transforms read and write them
+ * where they lie (the input transform checks its bounds, so any border serves), the output's
+ * border is zeroed. */
+int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *u,
+                                   const float *bias, const float *residual, int64_t rb, float *y, int64_t yb,
+                                   int nthreads, const char **kernel) {
+    const int64_t L = fc_f32_blocked_lanes();
+    if (d->c % L || d->k % L || xb < 0 || rb < 0 || yb < 0 || !x || !y)
+        return FC_EINVAL;
+    fc_f32_blocked_zero_border(y, d->n, d->k, d->oh, d->ow, yb, nthreads);
+    const int status = winograd(d, x, blocked_layout(d->c, d->h, d->w, xb, L), u, bias, residual,
+                                blocked_layout(d->k, d->oh, d->ow, rb, L), y, blocked_layout(d->k, d->oh, d->ow, yb, L),
+                                nthreads);
+    if (status == FC_OK && kernel)
+        *kernel = fc_config()->winograd_blocked_name;
+    return status;
 }

@@ -102,6 +102,10 @@ int64_t fc_f32_winograd_weights_size(int64_t k, int64_t c);
 int fc_f32_winograd_weights(int64_t k, int64_t c, const float *weight, float *u, int nthreads);
 int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
                            const float *residual, float *y, int nthreads, const char **kernel);
+/* The same on channel-blocked activations (see fc_f32_conv2d_blocked; c and k multiples of L). */
+int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *u,
+                                   const float *bias, const float *residual, int64_t rb, float *y, int64_t yb,
+                                   int nthreads, const char **kernel);
 /* 1 when the `bytes` bytes at a and b are equal (memcmp): the transform cache's content check. */
 int fc_bytes_equal(const void *a, const void *b, int64_t bytes);
 

@@ -248,6 +248,7 @@ typedef struct fc_isa_config {
     const char *gemm_narrow_name; /* ... whose last panels of <= FC_NARROW_COLS columns ran `narrow` */
     const char *gemm_tail_name; /* ... whose last panels rode on the full panels before them */
     const char *winograd_name;
+    const char *winograd_blocked_name; /* the same on channel-blocked activations */
     const char *direct_name;
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
     int kvec_p, kvec_v, kvec_lanes; /* its tile: pixels x vectors of lanes channels */
@@ -312,6 +313,10 @@ void fc_f32_blocked_4x3_avx2(int64_t np, int64_t nv, int64_t taps, const float *
 void fc_f32_blocked_4x2_generic(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
                                 int64_t xpix, const float *w, float *y, int64_t yvec, int mode, const float *bias,
                                 const float *res, int64_t rvec, int relu);
+
+/* Zero the border of each of the n * c / L planes of a blocked (n, c, h, w) activation with border
+ * b (conv_blocked_f32.c). */
+void fc_f32_blocked_zero_border(float *y, int64_t n, int64_t c, int64_t h, int64_t w, int64_t b, int nthreads);
 
 /* float32 convolution through packed GEMM panels (conv_gemm_f32.c), with the microkernel of
  * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides).  wpack: NULL, or

@@ -36,6 +36,7 @@ static const fc_isa_config CONFIG_AVX512 = {
     .gemm_narrow_name = "conv2d f32 gemm 8x48 avx512, weights pre-packed, last panels on the narrow 8-lane kernel",
     .gemm_tail_name = "conv2d f32 gemm 8x48 avx512, weights pre-packed, last 1-4 columns in the full tile's pass",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512",
+    .winograd_blocked_name = "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512, blocked activations",
     .direct_name = "conv2d f32 direct avx512",
     .kvec = fc_f32_kvec_7x4_avx512, .kvec_p = 7, .kvec_v = 4, .kvec_lanes = 16,
     .kvec_pack = fc_f32_kvec_pack_avx512, .kvec_auto_pixels = 0, /* no measured win yet: see conv_kvec_f32.c */
@@ -61,6 +62,7 @@ static const fc_isa_config CONFIG_AVX2 = {
     .gemm_packed_name = "conv2d f32 gemm 6x16 avx2, weights pre-packed",
     .gemm_narrow_name = "conv2d f32 gemm 6x16 avx2, weights pre-packed, last panels on the narrow 8-lane kernel",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2",
+    .winograd_blocked_name = "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2, blocked activations",
     .direct_name = "conv2d f32 direct avx2",
     .kvec = fc_f32_kvec_4x3_avx2, .kvec_p = 4, .kvec_v = 3, .kvec_lanes = 8,
     .kvec_name = "conv2d f32 kvec 4x24 avx2",
@@ -78,6 +80,7 @@ static const fc_isa_config CONFIG_GENERIC = {
     .store = fc_f32_tile_store_generic,
     .gemm_name = "conv2d f32 gemm 4x16 generic",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 4x16 generic",
+    .winograd_blocked_name = "conv2d f32 winograd F(4x4,3x3) gemm 4x16 generic, blocked activations",
     .direct_name = "conv2d f32 direct generic",
     .kvec = fc_f32_kvec_4x2_generic, .kvec_p = 4, .kvec_v = 2, .kvec_lanes = 8,
     .kvec_name = "conv2d f32 kvec 4x16 generic",

@@ -40,13 +40,18 @@ def _problem(case: Case, bias: bool, activation) -> Conv2dProblem:
     )  # fmt: skip
 
 
-def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0)):
+def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0), winograd: bool = False):
     """(fastconv's answer through the blocked kernel, torch's answer) for ``case``: the inputs
     converted to the blocked layout (with ``extra`` border pixels beyond the needed ones on the
-    input, residual and output), one kernel call, the output converted back."""
+    input, residual and output), one kernel call, the output converted back.  ``winograd``: the
+    Winograd kernel on blocked activations instead of the direct one."""
+    from dataclasses import replace
+
     inputs = make_inputs(case, seed)
     activation = case.kwargs.get("activation")
     p = _problem(case, case.bias, activation)
+    if winograd:
+        p = replace(p, algorithm="winograd")
     residual = None
     if case.residual:
         residual = np.random.default_rng(seed + 1).standard_normal(p.output_shape).astype(np.float32)
@@ -58,7 +63,8 @@ def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0)):
         r = np.full(cbackend.blocked_shape(p.output_shape, rb), np.nan, np.float32)
         cbackend.to_blocked(residual, rb, r)
     y = np.full(cbackend.blocked_shape(p.output_shape, yb), np.nan, np.float32)
-    call = cbackend.BlockedConvCall(p, cbackend.blocked_weights(p, inputs["w"]), inputs.get("b"), y, xb, rb, yb)
+    w = cbackend.winograd_transform(p, inputs["w"]) if winograd else cbackend.blocked_weights(p, inputs["w"])
+    call = cbackend.BlockedConvCall(p, w, inputs.get("b"), y, xb, rb, yb)
     assert call(x, r) is y
     inner = np.zeros(y.shape, bool)
     inner[:, :, yb : y.shape[2] - yb, yb : y.shape[3] - yb] = True
@@ -143,6 +149,40 @@ def test_blocked_kernel_random_problems(data):
     extra = (d(st.integers(0, 2)), d(st.integers(0, 2)), d(st.integers(0, 2)))
     actual, expected = run_blocked(case, seed=d(st.integers(0, 1000)), extra=extra)
     assert_close(actual, expected, case)
+
+
+def _winograd_cases(lanes: int) -> list[Case]:
+    L = lanes
+    relu = {"activation": "relu"}
+    return [
+        Case("conv2d", "wblocked-8", (1, L, 8, 8), (L, L, 3, 3), {"padding": 1}, bias=True),
+        # Partial tiles on both edges, several images, residual, relu.
+        Case("conv2d", "wblocked-edges", (3, 2 * L, 7, 10), (3 * L, 2 * L, 3, 3), {"padding": 1, **relu}, True, True),
+        Case("conv2d", "wblocked-nopad", (2, L, 9, 6), (2 * L, L, 3, 3), relu, residual=True),
+        Case("conv2d", "wblocked-1x1plane", (1, 2 * L, 1, 1), (L, 2 * L, 3, 3), {"padding": 1}, bias=True),
+        Case("conv2d", "wblocked-14", (2, 4 * L, 14, 14), (2 * L, 4 * L, 3, 3), {"padding": 1, **relu}, True, True),
+    ]
+
+
+def test_blocked_winograd_gives_the_nchw_winograd_bits():
+    """Winograd on blocked activations only reads and writes another layout: the same arithmetic
+    in the same order as the NCHW Winograd kernel, so the same bits; and torch's answer within the
+    harness's tolerance."""
+    import fastconv
+
+    for i, case in enumerate(_winograd_cases(_lanes())):
+        for extra in [(0, 0, 0), (2, 1, 3)]:
+            actual, expected = run_blocked(case, seed=i, extra=extra, winograd=True)
+            assert_close(actual, expected, case, "blocked Winograd")
+            inputs = make_inputs(case, i)
+            residual = None
+            if case.residual:
+                residual = np.random.default_rng(i + 1).standard_normal(actual.shape).astype(np.float32)
+            nchw = fastconv.conv2d(
+                inputs["x"], inputs["w"], inputs.get("b"), residual=residual, backend="c", algorithm="winograd",
+                **case.kwargs,
+            )  # fmt: skip
+            np.testing.assert_array_equal(actual, nchw, err_msg=f"{case.id} borders +{extra}")
 
 
 def test_layout_round_trip_and_border():

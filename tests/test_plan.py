@@ -360,3 +360,27 @@ def test_tuned_plans_time_their_layouts_and_remember_the_choice(tmp_path, monkey
                        what=f"layout={lay}")  # fmt: skip
     wino = fastconv.compile(m, x.shape, backend="c", winograd=True)
     assert_matches(wino(x), m(x), what="tuned Winograd plan", rtol=WINOGRAD_RTOL)
+
+
+def test_winograd_layers_on_blocked_activations(model, monkeypatch):
+    """The blocked variant of a Winograd plan keeps its Winograd layers (their transforms reading
+    and writing the blocked layout), and its output matches the NCHW Winograd plan's."""
+    require("c")
+    x = _x((2, 3, 32, 32), seed=10)
+
+    def winograd_where_it_can(self, p, layer_algorithm, make_call):  # the tuner's choice, fixed
+        return ("c", "winograd") if ("c", "winograd") in self.candidates(p, layer_algorithm) else ("c", "auto")
+
+    monkeypatch.setattr(_plan_tune.Tuner, "choose_conv", winograd_where_it_can)
+    plans = {}
+    for layout in ("nchw", "blocked"):
+        monkeypatch.setattr(_plan_tune.Tuner, "choose_layout", lambda self, key, runs, layout=layout: layout)
+        plans[layout] = fastconv.compile(model, x.shape, backend="c", winograd=True)
+    wino = [s for s in plans["blocked"].steps if s.kind == "conv" and s.p.algorithm == "winograd"]
+    assert len(wino) >= 10  # resnet18's stride-1 3x3 layers
+    assert all(s.blocked is not None and "winograd, blocked activations" in s.describe() for s in wino)
+    y = plans["blocked"](x)
+    # The other layers run the blocked direct kernel instead of the GEMM (another summation
+    # order): close, not the same bits (tests/test_c_blocked.py has the layer-level bit test).
+    assert_matches(y, plans["nchw"](x), what="blocked vs NCHW Winograd plan", rtol=RTOL)
+    assert_matches(y, model(x), what="blocked Winograd plan", rtol=WINOGRAD_RTOL)

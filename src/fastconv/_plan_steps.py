@@ -136,15 +136,21 @@ class Conv(Step):
                 self.choice += " (weights pre-packed)"
         env[self.output] = dispatch.run(self.p, x, self.w, self.b, res, backend=self.backend)
 
-    def block(self, env, xb: int, rb: int, yb: int) -> None:
+    def block(self, env, xb: int, rb: int, yb: int, winograd: bool = True) -> None:
         """Run on channel-blocked activations (fastconv.plan's layout pass): input with border xb,
-        residual with border rb, output with border yb; the NCHW kernel's weights are dropped."""
+        residual with border rb, output with border yb.  A Winograd layer stays Winograd (its
+        transforms read and write the blocked layout) unless ``winograd`` is false; any other
+        runs the blocked direct kernel, and the NCHW kernel's packed weights are dropped."""
         c = _c()
         self.blocked = (xb, rb, yb)
-        self.p = replace(self.p, algorithm="auto")
-        self.wb = c.blocked_weights(self.p, self.w)
-        self.u = self.wp = None
-        self.choice = "c blocked (weights pre-packed)"
+        if self.p.algorithm == "winograd" and winograd:
+            self.wb, self.wp = self.u, None
+            self.choice = "c winograd, blocked activations (filters pre-transformed)"
+        else:
+            self.p = replace(self.p, algorithm="auto")
+            self.wb = c.blocked_weights(self.p, self.w)
+            self.u = self.wp = None
+            self.choice = "c blocked (weights pre-packed)"
         env[self.output] = np.zeros(c.blocked_shape(self.p.output_shape, yb), self.w.dtype)
 
     def run(self, env):

@@ -30,9 +30,9 @@ Layout: the c convolutions that can run on channel-blocked activations ((n, c/L,
 channels of a pixel in one vector, with a zero border for the next layer's padding;
 csrc/conv_blocked_f32.c) keep them blocked from layer to layer, and one Relayout step converts
 where a value enters or leaves them.  That is not faster everywhere (the blocked kernel replaces
-the GEMM on those layers; Winograd layers stay NCHW), so a tuned plan times whole forward passes
-of its variants -- NCHW, blocked, and blocked with its Winograd layers run blocked instead -- and
-keeps the fastest (``layout_chosen``; remembered like the per-layer choices).
+the GEMM on those layers), so a tuned plan times whole forward passes of its variants -- NCHW,
+blocked (Winograd layers transforming blocked activations), and blocked with its Winograd layers
+on the blocked direct kernel instead -- and keeps the fastest (``layout_chosen``; remembered like the per-layer choices).
 
 Semantics: ``plan(x)`` takes exactly the compiled shape and dtype (ValueError / TypeError naming
 ``x`` otherwise) and returns a new array (or writes into ``out=``).  Calls from several threads
@@ -295,15 +295,15 @@ class Plan:
         self.tuner_log = tuner.log
         variants = {"nchw": (self.steps, env)}
         if self.layout == "auto":
-            # Blocked where the c kernels can; and, where the tuner picked Winograd (NCHW), also
-            # with those layers blocked (direct) instead: conversions around every Winograd layer
-            # can cost more than Winograd saves.
+            # Blocked where the c kernels can (Winograd layers too, their transforms reading and
+            # writing the blocked layout); and, where the tuner picked Winograd, also with those
+            # layers on the blocked direct kernel instead.
             tuned_winograd = any(
                 isinstance(s, Conv) and s.layer.algorithm == "auto" and s.p.algorithm == "winograd"
                 for s in self.steps
                 if getattr(s, "p", None) is not None
             )
-            for name, winograd in (("blocked", False), ("blocked, no winograd", True))[: 1 + tuned_winograd]:
+            for name, winograd in (("blocked", True), ("blocked, no winograd", False))[: 1 + tuned_winograd]:
                 steps, venv = self._block([copy.copy(s) for s in self.steps], list(env), winograd)
                 if steps is not None:
                     variants[name] = (steps, venv)
@@ -321,7 +321,7 @@ class Plan:
         if len(states) == 1:
             chosen = next(iter(states))
         elif not tuner.tune:
-            chosen = "blocked" if "blocked" in states else "blocked, no winograd"
+            chosen = "blocked"
         else:
             chosen = tuner.choose_layout(self._plan_key(), {n: self._timed(st) for n, st in states.items()})
         self._restore(states[chosen])
@@ -355,8 +355,9 @@ class Plan:
     def _block(self, steps: list, env: list, winograd: bool) -> tuple[list | None, list]:
         """The layout pass over ``steps`` (copies, changed in place): c convolutions that can
         (float32, ungrouped, channels a multiple of the vector width, relu or no activation, an
-        algorithm the layer left to fastconv; Winograd ones only when ``winograd``) run on
-        channel-blocked activations and hand them on blocked; a value crosses between layouts
+        algorithm the layer left to fastconv) run on channel-blocked activations -- Winograd ones
+        as Winograd when ``winograd``, else on the blocked direct kernel -- and hand them on
+        blocked; a value crosses between layouts
         through one Relayout step each way.  A convolution with neither a blocked producer nor a
         blocked reader stays NCHW (two conversions would cost more than the layout saves).  Each
         blocked value carries the zero border its blocked readers' padding needs.  Returns the new
@@ -372,7 +373,6 @@ class Plan:
             and s.managed
             and not s.fallback
             and s.layer.algorithm == "auto"
-            and (winograd or s.p.algorithm != "winograd")
             and c.blocked_supports(s.p)
         }
         producer = {s.output: i for i, s in enumerate(steps)}
@@ -435,7 +435,7 @@ class Plan:
                 step.prepare(env)
             elif isinstance(step, Conv) and step.blocked is None and steps.index(step) in cand:
                 rb = 0 if step.residual is None else borders.get(step.residual, 0)
-                step.block(env, borders.get(step.x, 0), rb, borders.get(step.output, 0))
+                step.block(env, borders.get(step.x, 0), rb, borders.get(step.output, 0), winograd)
         return new_steps, env
 
     def _layout(self, produced: dict[int, np.ndarray]) -> None:

@@ -369,17 +369,26 @@ def blocked_weights(p, weight: np.ndarray) -> np.ndarray:
 class BlockedConvCall:
     """A compiled plan's convolution on blocked activations: input with border ``xb``, residual
     (if ``p.residual``) with border ``rb``, output ``y`` with border ``yb``; weights pre-packed by
-    :func:`blocked_weights`."""
+    :func:`blocked_weights`, or, for algorithm "winograd", the filters transformed by
+    :func:`winograd_transform` (Winograd's transforms then read and write the blocked layout)."""
 
     def __init__(self, p, wpack, bias, y, xb: int, rb: int, yb: int):
         if not blocked_supports(p) or xb < blocked_border(p):
             raise ValueError(f"c backend: the blocked kernel cannot run {p.id} with border {xb}")
+        if p.algorithm == "winograd" and supports(p) is not None:
+            raise ValueError(f"c backend: Winograd cannot run {p.id}: {supports(p)}")
         _check_blocked(y, p.output_shape, yb, "y")
         self.p, self.y, self.xb, self.rb, self.yb = p, y, xb, rb, yb
         self.call = call = _Call("float32")
         self.desc = _conv_desc(call, p)
         self.kernel = call.ffi.new("const char **")
-        self.fixed = (call.ptr(wpack, p.k * p.c * p.r * p.s), call.ptr(bias, p.k))
+        if p.algorithm == "winograd":
+            self.fn = _ckernels.lib.fc_f32_conv2d_winograd_blocked
+            wsize = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
+        else:
+            self.fn = _ckernels.lib.fc_f32_conv2d_blocked
+            wsize = p.k * p.c * p.r * p.s
+        self.fixed = (call.ptr(wpack, wsize), call.ptr(bias, p.k))
         self.out = call.ptr(y, y.size, writable=True)
         self.keep = (wpack, bias)
 
@@ -390,7 +399,7 @@ class BlockedConvCall:
         if p.residual:
             _check_blocked(residual, p.output_shape, self.rb, "residual")
             res = call.ptr(residual, residual.size)
-        status = _ckernels.lib.fc_f32_conv2d_blocked(
+        status = self.fn(
             self.desc,
             call.ptr(x, x.size),
             self.xb,
