@@ -13,15 +13,18 @@
  *     address, so there is no edge code;
  *   - the weights are packed once as [group of nv vectors][c / L][r][s][L][nv][L]: a task reads
  *     its weights as one sequential stream;
- *   - the reduction runs in blocks of whole channel blocks (about BL_STEPS steps: 32 KB of weights
- *     that stay in L1 while the task's tiles pass); a later block adds to the partial sums left in
- *     the output itself, and the last applies the epilogue (bias, residual, relu) on the way out.
+ *   - the reduction runs in blocks of whole channel blocks (about BL_STEPS steps: 16-24 KB of
+ *     weights that stay in L1 while the task's tiles pass); a later block adds to the partial sums
+ *     left in the output itself, and the last applies the epilogue (bias, residual, relu) on the
+ *     way out.
  *
- * A task is (group of output channel vectors, chunk of output rows over the batch); every output
- * element is summed by one thread in a fixed order, so results do not depend on the thread count. */
+ * A task is (a set of groups of output channel vectors, a chunk of output rows over the batch;
+ * task_shape); every output element is summed by one thread in a fixed order, so results do not
+ * depend on the thread count. */
 #include "fc_internal.h"
 
-/* Reduction steps per block: 128 x 4 vectors x 64 bytes = 32 KB of AVX-512 weights in L1. */
+/* Reduction steps per block: 128 x 2-3 vectors x 64 bytes = 16-24 KB of AVX-512 weights in L1
+ * (256 and more steps made the 1x1 layers with few output channels slower). */
 #define BL_STEPS 128
 /* A task's output rows x ow x (nv x L) partial sums stay within about this many floats (L2). */
 #define BL_ACC_FLOATS (32 * 1024)

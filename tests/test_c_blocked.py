@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fastconv import api
 from fastconv.backends import c as cbackend
 from fastconv.problem import Conv2dProblem
-from harness import Case, assert_close, make_inputs, torch_reference
+from harness import Case, assert_close, assert_same_bits_on_thread_counts, make_inputs, torch_reference
 
 
 def _needs_c():
@@ -183,6 +183,15 @@ def test_blocked_winograd_gives_the_nchw_winograd_bits():
                 **case.kwargs,
             )  # fmt: skip
             np.testing.assert_array_equal(actual, nchw, err_msg=f"{case.id} borders +{extra}")
+
+
+def test_blocked_results_do_not_depend_on_the_thread_count():
+    L = _lanes()
+    for case in (
+        Case("conv2d", "threads-deep", (2, 20 * L, 7, 7), (9 * L, 20 * L, 1, 1), {"activation": "relu"}, True, True),
+        Case("conv2d", "threads-3x3", (3, 2 * L, 14, 14), (5 * L, 2 * L, 3, 3), {"padding": 1}, residual=True),
+    ):
+        assert_same_bits_on_thread_counts(lambda case=case: run_blocked(case)[0])
 
 
 def test_layout_round_trip_and_border():
