@@ -282,58 +282,47 @@ static int convert_ok(int64_t n, int64_t c, int64_t h, int64_t w, int64_t border
     return n >= 1 && c >= 1 && h >= 1 && w >= 1 && border >= 0 && c % L == 0;
 }
 
-/* Plane (image i, channel block b): L NCHW planes interleaved pixel by pixel, border zeroed. */
-int fc_f32_to_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
-                      int nthreads) {
+/* Between L NCHW planes of h x w (nchw) and one blocked plane with border b (blk): to_blocked
+ * interleaves them pixel by pixel and zeroes the border; else the reverse. */
+static void convert_plane(float *nchw, float *blk, int64_t h, int64_t w, int64_t b, int64_t L, int to_blocked) {
+    const int64_t wp = w + 2 * b;
+    if (to_blocked)
+        zero_plane_border(blk, h, w, b, L);
+    for (int64_t i = 0; i < h; i++) {
+        float *row = blk + ((i + b) * wp + b) * L;
+        for (int64_t l = 0; l < L; l++) {
+            float *p = nchw + ((size_t)l * h + i) * w;
+            if (to_blocked)
+                for (int64_t j = 0; j < w; j++)
+                    row[j * L + l] = p[j];
+            else
+                for (int64_t j = 0; j < w; j++)
+                    p[j] = row[j * L + l];
+        }
+    }
+}
+
+static int convert(int64_t n, int64_t c, int64_t h, int64_t w, float *nchw, int64_t border, float *blk,
+                   int nthreads, int to_blocked) {
     const int64_t L = fc_config()->kvec_lanes;
-    if (!convert_ok(n, c, h, w, border, L) || !x || !y)
+    if (!convert_ok(n, c, h, w, border, L) || !nchw || !blk)
         return FC_EINVAL;
-    const int64_t wp = w + 2 * border, plane = (h + 2 * border) * wp * L, planes = n * (c / L);
+    const int64_t plane = (h + 2 * border) * (w + 2 * border) * L, planes = n * (c / L);
     const int team = fc_team(nthreads, planes * plane, 1 << 15);
     (void)team;
     #pragma omp parallel for num_threads(team) schedule(static)
-    for (int64_t t = 0; t < planes; t++) {
-        float *dst = y + (size_t)t * plane;
-        const float *src = x + (size_t)t * L * h * w;
-        if (border) {
-            memset(dst, 0, (size_t)(border * wp * L) * sizeof(float));
-            memset(dst + (h + border) * wp * L, 0, (size_t)(border * wp * L) * sizeof(float));
-        }
-        for (int64_t i = 0; i < h; i++) {
-            float *row = dst + (i + border) * wp * L;
-            memset(row, 0, (size_t)(border * L) * sizeof(float));
-            memset(row + (border + w) * L, 0, (size_t)(border * L) * sizeof(float));
-            row += border * L;
-            for (int64_t l = 0; l < L; l++) {
-                const float *s = src + ((size_t)l * h + i) * w;
-                for (int64_t j = 0; j < w; j++)
-                    row[j * L + l] = s[j];
-            }
-        }
-    }
+    for (int64_t t = 0; t < planes; t++)
+        convert_plane(nchw + (size_t)t * L * h * w, blk + (size_t)t * plane, h, w, border, L, to_blocked);
     return FC_OK;
+}
+
+/* x is only read: the one conversion routine serves both directions. */
+int fc_f32_to_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
+                      int nthreads) {
+    return convert(n, c, h, w, (float *)x, border, y, nthreads, 1);
 }
 
 int fc_f32_from_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
                         int nthreads) {
-    const int64_t L = fc_config()->kvec_lanes;
-    if (!convert_ok(n, c, h, w, border, L) || !x || !y)
-        return FC_EINVAL;
-    const int64_t wp = w + 2 * border, plane = (h + 2 * border) * wp * L, planes = n * (c / L);
-    const int team = fc_team(nthreads, planes * plane, 1 << 15);
-    (void)team;
-    #pragma omp parallel for num_threads(team) schedule(static)
-    for (int64_t t = 0; t < planes; t++) {
-        const float *src = x + (size_t)t * plane;
-        float *dst = y + (size_t)t * L * h * w;
-        for (int64_t i = 0; i < h; i++) {
-            const float *row = src + ((i + border) * wp + border) * L;
-            for (int64_t l = 0; l < L; l++) {
-                float *out = dst + ((size_t)l * h + i) * w;
-                for (int64_t j = 0; j < w; j++)
-                    out[j] = row[j * L + l];
-            }
-        }
-    }
-    return FC_OK;
+    return convert(n, c, h, w, y, border, (float *)x, nthreads, 0);
 }
