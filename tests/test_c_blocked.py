@@ -194,18 +194,21 @@ def test_blocked_results_do_not_depend_on_the_thread_count():
         assert_same_bits_on_thread_counts(lambda case=case: run_blocked(case)[0])
 
 
-def test_layout_round_trip_and_border():
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 3, 37), (1, 2, 2, 16), (3, 1, 1, 1)])
+def test_layout_round_trip_and_border(shape):
+    # Widths below, at and across the vector transposes' 16 pixels; border 0 runs whole planes as one row.
     L = _lanes()
-    x = np.random.default_rng(0).standard_normal((2, 3 * L, 5, 7)).astype(np.float32)
+    n, cb, h, w = shape
+    x = np.random.default_rng(0).standard_normal((n, cb * L, h, w)).astype(np.float32)
     for border in (0, 1, 3):
         b = np.full(cbackend.blocked_shape(x.shape, border), np.nan, np.float32)
         cbackend.to_blocked(x, border, b)
-        assert b.shape == (2, 3, 5 + 2 * border, 7 + 2 * border, L)
+        assert b.shape == (n, cb, h + 2 * border, w + 2 * border, L)
         np.testing.assert_array_equal(
-            b[:, :, border : border + 5, border : border + 7].transpose(0, 1, 4, 2, 3).reshape(x.shape), x
+            b[:, :, border : border + h, border : border + w].transpose(0, 1, 4, 2, 3).reshape(x.shape), x
         )
         assert np.count_nonzero(b) == np.count_nonzero(x)  # the border is zeros, not NaN
-        back = np.empty_like(x)
+        back = np.full_like(x, np.nan)
         cbackend.from_blocked(b, x.shape, border, back)
         np.testing.assert_array_equal(back, x)
 
