@@ -296,22 +296,43 @@ static void interleave(const float *src, int64_t ld, int64_t rows, int64_t n, in
             dst[p * L + l] = l < rows ? src[l * ld + p] : 0.0f;
 }
 
+/* Rows [i0, i1) of L NCHW planes of h x w (nchw: the first) into one blocked plane with border b
+ * (blk), pixel by pixel, with the border those rows own zeroed: their ends, and the top and bottom
+ * border rows with the first and the last row. */
+static void rows_to_blocked(const float *nchw, float *blk, int64_t h, int64_t w, int64_t b, int64_t L, int64_t i0,
+                            int64_t i1) {
+    const int64_t wp = w + 2 * b;
+    const size_t edge = (size_t)(b * wp * L) * sizeof(float), end = (size_t)(b * L) * sizeof(float);
+    if (i0 == 0)
+        memset(blk, 0, edge);
+    if (i1 == h)
+        memset(blk + (h + b) * wp * L, 0, edge);
+    for (int64_t i = i0; i < i1; i++) {
+        float *line = blk + (i + b) * wp * L;
+        memset(line, 0, end);
+        memset(line + (wp - b) * L, 0, end);
+        interleave(nchw + i * w, h * w, L, w, L, line + b * L);
+    }
+}
+
+void fc_f32_rows_to_blocked(const float *nchw, float *blk, int64_t h, int64_t w, int64_t b, int64_t i0, int64_t i1) {
+    rows_to_blocked(nchw, blk, h, w, b, fc_config()->kvec_lanes, i0, i1);
+}
+
 /* Between L NCHW planes of h x w (nchw) and one blocked plane with border b (blk): to_blocked
- * interleaves them pixel by pixel and zeroes the border; else the reverse, L pixels at a time
- * through a small transposed block. */
+ * interleaves them (rows_to_blocked); else the reverse, L pixels at a time through a small
+ * transposed block. */
 static void convert_plane(float *nchw, float *blk, int64_t h, int64_t w, int64_t b, int64_t L, int to_blocked) {
     float tmp[16 * 16]; /* L x L, L <= 16 */
-    if (to_blocked)
-        zero_plane_border(blk, h, w, b, L);
     if (b == 0) /* the rows follow each other in both layouts: one long row */
         w *= h, h = 1;
+    if (to_blocked) {
+        rows_to_blocked(nchw, blk, h, w, b, L, 0, h);
+        return;
+    }
     const int64_t wp = w + 2 * b;
     for (int64_t i = 0; i < h; i++) {
-        float *row = blk + ((i + b) * wp + b) * L;
-        if (to_blocked) {
-            interleave(nchw + i * w, h * w, L, w, L, row);
-            continue;
-        }
+        const float *row = blk + ((i + b) * wp + b) * L;
         for (int64_t p0 = 0; p0 < w; p0 += L) { /* tmp[l * L + p] = row[(p0 + p) * L + l] */
             const int64_t np = FC_MIN(L, w - p0);
             interleave(row + p0 * L, L, np, L, L, tmp);

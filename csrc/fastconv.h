@@ -85,6 +85,9 @@ int fc_f32_to_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x
                       int nthreads);
 int fc_f32_from_blocked(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t border, float *y,
                         int nthreads);
+/* y[i * c + ch] = the mean of plane (i, ch) of the blocked (n, c, h, w) x with border xb. */
+int fc_f32_blocked_global_avg_pool(int64_t n, int64_t c, int64_t h, int64_t w, const float *x, int64_t xb,
+                                   float *y, int nthreads);
 /* y = act(conv(x, weight) + bias + residual) on blocked activations: x with border xb (at least
  * the padding), residual (NULL, or blocked like y) with border rb, y with border yb (written with
  * zeros).  Ungrouped, c and k multiples of L, activation none or relu (FC_EUNSUPPORTED otherwise).
@@ -122,6 +125,9 @@ typedef struct fc_pool2d_desc {
 } fc_pool2d_desc;
 
 int fc_f32_max_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nthreads);
+/* Max pooling (the float32 rules of fc_f32_max_pool2d) from NCHW x into blocked y with border yb
+ * (written with zeros); d->c a multiple of L. */
+int fc_f32_max_pool2d_blocked(const fc_pool2d_desc *d, const float *x, float *y, int64_t yb, int nthreads);
 int fc_f64_max_pool2d(const fc_pool2d_desc *d, const double *x, double *y, int nthreads);
 int fc_f32_avg_pool2d(const fc_pool2d_desc *d, const float *x, float *y, int nthreads);
 int fc_f64_avg_pool2d(const fc_pool2d_desc *d, const double *x, double *y, int nthreads);

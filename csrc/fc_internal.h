@@ -317,6 +317,9 @@ void fc_f32_blocked_4x2_generic(int64_t np, int64_t nv, int64_t taps, const floa
 /* Zero the border of each of the n * c / L planes of a blocked (n, c, h, w) activation with border
  * b (conv_blocked_f32.c). */
 void fc_f32_blocked_zero_border(float *y, int64_t n, int64_t c, int64_t h, int64_t w, int64_t b, int nthreads);
+/* Rows [i0, i1) of L = fc_f32_blocked_lanes() NCHW planes of h x w (nchw: the first) into one
+ * blocked plane with border b, with the border cells those rows own zeroed (conv_blocked_f32.c). */
+void fc_f32_rows_to_blocked(const float *nchw, float *blk, int64_t h, int64_t w, int64_t b, int64_t i0, int64_t i1);
 
 /* float32 convolution through packed GEMM panels (conv_gemm_f32.c), with the microkernel of
  * fc_config(); FC_EUNSUPPORTED for shapes it does not take (absurd strides).  wpack: NULL, or

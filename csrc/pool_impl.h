@@ -230,52 +230,66 @@ static void FN(max_pool_row)(const fc_pool2d_desc *d, const T *x, T *y, int64_t 
         FN(max_cols_clipped)(out, acc, d);
 }
 
+/* Output rows [t, t1) of the planes x (t: plane * oh + row), into y, on the calling thread.  simd:
+ * the SIMD kernel's level (0: none; float32 only), buf: the thread's scratch (max_pool_row). */
+static void FN(max_pool_span)(const fc_pool2d_desc *d, const T *x, T *y, int64_t t, int64_t t1, T *buf,
+                              int64_t len, int padded, int taps3s2, int simd) {
+#ifdef FC_POOL_SIMD_F32
+    if (simd) {
+        while (t < t1) { /* one plane's run of rows per kernel call */
+            int64_t p = t / d->oh, i = t % d->oh, i1 = FC_MIN(d->oh, i + (t1 - t));
+            const T *plane = x + (size_t)p * d->h * d->w;
+            T *out = y + (size_t)p * d->oh * d->ow;
+            while (i < i1) {
+                /* The kernel stops at a row holding a NaN: that row is redone exactly. */
+                int64_t stop = FN(max_rows_simd)(simd, d, plane, out, i, i1);
+                if (stop < i1)
+                    FN(max_pool_row)(d, x, y, p, stop++, buf, len, padded, taps3s2);
+                t += stop - i;
+                i = stop;
+            }
+        }
+        return;
+    }
+#else
+    (void)simd;
+#endif
+    for (; t < t1; t++)
+        FN(max_pool_row)(d, x, y, t / d->oh, t % d->oh, buf, len, padded, taps3s2);
+}
+
+/* The scratch max_pool_span needs per thread (floats), and its other arguments. */
+static size_t FN(max_pool_setup)(const fc_pool2d_desc *d, int64_t *len, int *padded, int *taps3s2, int *simd) {
+    *padded = FN(pool_row_len)(d, len);
+    *taps3s2 = *padded && d->kw == 3 && d->stride_w == 2 && d->dil_w == 1;
+    size_t floats = (size_t)*len; /* the padded row, then the 3x3/2 path's even and odd rows */
+    if (*taps3s2) /* saturates at SIZE_MAX on overflow, which pool_scratch refuses */
+        fc_size_add(floats, fc_size_mul3((size_t)d->ow + 1, 2, 1), &floats);
+#ifdef FC_POOL_SIMD_F32
+    *simd = FN(max_simd_level)(d);
+#else
+    *simd = 0;
+#endif
+    return floats;
+}
+
 int FN(max_pool2d)(const fc_pool2d_desc *d, const T *x, T *y, int nthreads) {
     const int64_t planes = d->n * d->c;
-    int64_t row_len;
-    const int padded = FN(pool_row_len)(d, &row_len);
-    const int64_t len = row_len; /* not address-taken: the fill loop need not reload it */
-    const int taps3s2 = padded && d->kw == 3 && d->stride_w == 2 && d->dil_w == 1;
+    int64_t len;
+    int padded, taps3s2, simd;
+    const size_t floats = FN(max_pool_setup)(d, &len, &padded, &taps3s2, &simd);
     int team = fc_team(nthreads, planes * d->oh * d->ow * FC_MIN(d->kh, d->h) * FC_MIN(d->kw, d->w), 1 << 15);
     size_t slice;
-    size_t floats = (size_t)len; /* the padded row, then the 3x3/2 path's even and odd rows */
-    if (taps3s2) /* saturates at SIZE_MAX on overflow, which pool_scratch refuses */
-        fc_size_add(floats, fc_size_mul3((size_t)d->ow + 1, 2, 1), &floats);
     char *scratch = FN(pool_scratch)(team, floats, &slice);
     if (!scratch)
         return FC_ENOMEM;
-#ifdef FC_POOL_SIMD_F32
-    const int simd = FN(max_simd_level)(d);
-#endif
     #pragma omp parallel num_threads(team)
     {
+        /* The thread's share of the planes * oh output rows, as schedule(static) would cut it. */
         T *buf = (T *)(scratch + (size_t)FC_THREAD_ID() * slice);
-#ifdef FC_POOL_SIMD_F32
-        if (simd) {
-            /* The thread's share of the planes * oh output rows, as schedule(static) would cut
-             * it, walked one plane's run of rows per kernel call. */
-            int nth = FC_THREAD_COUNT(), tid = FC_THREAD_ID();
-            int64_t rows = planes * d->oh, t = rows * tid / nth, t1 = rows * (tid + 1) / nth;
-            while (t < t1) {
-                int64_t p = t / d->oh, i = t % d->oh, i1 = FC_MIN(d->oh, i + (t1 - t));
-                const T *plane = x + (size_t)p * d->h * d->w;
-                T *out = y + (size_t)p * d->oh * d->ow;
-                while (i < i1) {
-                    /* The kernel stops at a row holding a NaN: that row is redone exactly. */
-                    int64_t stop = FN(max_rows_simd)(simd, d, plane, out, i, i1);
-                    if (stop < i1)
-                        FN(max_pool_row)(d, x, y, p, stop++, buf, len, padded, taps3s2);
-                    t += stop - i;
-                    i = stop;
-                }
-            }
-        } else
-#endif
-        {
-            #pragma omp for schedule(static)
-            for (int64_t t = 0; t < planes * d->oh; t++)
-                FN(max_pool_row)(d, x, y, t / d->oh, t % d->oh, buf, len, padded, taps3s2);
-        }
+        int nth = FC_THREAD_COUNT(), tid = FC_THREAD_ID();
+        int64_t rows = planes * d->oh;
+        FN(max_pool_span)(d, x, y, rows * tid / nth, rows * (tid + 1) / nth, buf, len, padded, taps3s2, simd);
     }
     free(scratch);
     return FC_OK;

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fastconv import api
 from fastconv.backends import c as cbackend
-from fastconv.problem import Conv2dProblem
+from fastconv.problem import AdaptivePool2dProblem, Conv2dProblem, Pool2dProblem
 from harness import Case, assert_close, assert_same_bits_on_thread_counts, make_inputs, torch_reference
 
 
@@ -211,6 +211,96 @@ def test_layout_round_trip_and_border(shape):
         back = np.full_like(x, np.nan)
         cbackend.from_blocked(b, x.shape, border, back)
         np.testing.assert_array_equal(back, x)
+
+
+def _max_pool_cases(lanes: int) -> list[Case]:
+    stem = dict(kernel_size=3, stride=2, padding=1)  # ResNet's: the SIMD kernel where the CPU has it
+    return [
+        Case("max_pool2d", "stem", (2, lanes, 12, 12), kwargs=stem),
+        Case("max_pool2d", "stem-nan", (1, 2 * lanes, 9, 11), kwargs=stem, special="nan"),
+        Case("max_pool2d", "stem-neg-inf", (1, lanes, 7, 7), kwargs=stem, special="inf"),
+        Case("max_pool2d", "stem-wide-row", (1, lanes, 5, 70), kwargs=stem),  # several 32-column blocks
+        Case("max_pool2d", "2x2", (1, lanes, 8, 7), kwargs=dict(kernel_size=2, stride=2)),
+        Case(
+            "max_pool2d",
+            "ceil-dilated",
+            (2, lanes, 10, 9),
+            kwargs=dict(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True),
+        ),  # fmt: skip
+    ]
+
+
+def _max_pool_problem(case: Case, x: np.ndarray) -> Pool2dProblem:
+    k = case.kwargs
+    _, _, kernel, stride, padding, dilation, ceil = api._pool_args(
+        x, k["kernel_size"], k.get("stride"), k.get("padding", 0), k.get("dilation", 1), k.get("ceil_mode", False)
+    )
+    return Pool2dProblem("max", *x.shape, kernel, stride, padding, dilation, ceil)
+
+
+@pytest.mark.parametrize("border", [0, 1, 2])
+def test_blocked_max_pool_is_the_nchw_pool_converted(border):
+    # Max pooling NCHW -> blocked (a plan's stem pool): the NCHW kernel's bits in the blocked
+    # layout, the border zeros, and torch's answer.
+    for case in _max_pool_cases(_lanes()):
+        inputs = make_inputs(case)
+        x = inputs["x"]
+        p = _max_pool_problem(case, x)
+        assert cbackend.blocked_pool_supports(p)
+
+        def pooled():
+            out = np.full(cbackend.blocked_shape(p.output_shape, border), np.nan, np.float32)
+            return cbackend.max_pool2d_blocked_into(p, x, border, out)
+
+        out = pooled()
+        want = np.full_like(out, np.nan)
+        cbackend.to_blocked(cbackend.max_pool2d_into(p, x, np.empty(p.output_shape, np.float32)), border, want)
+        np.testing.assert_array_equal(out, want, err_msg=case.id)
+        back = cbackend.from_blocked(out, p.output_shape, border, np.empty(p.output_shape, np.float32))
+        assert_close(back, torch_reference(case, inputs), case)
+        assert_same_bits_on_thread_counts(pooled)
+
+
+@pytest.mark.parametrize("special", [None, "nan", "inf", "large"])
+def test_blocked_global_avg_pool(special):
+    # Global average pooling blocked -> NCHW (a plan's classifier head) against torch.
+    lanes = _lanes()
+    for shape in [(2, lanes, 7, 7), (1, 3 * lanes, 1, 1), (3, 2 * lanes, 4, 9)]:
+        case = Case("adaptive_avg_pool2d", f"global-{shape}", shape, kwargs=dict(output_size=1), special=special)
+        inputs = make_inputs(case)
+        for border in (0, 1):
+            xb = np.empty(cbackend.blocked_shape(shape, border), np.float32)
+            cbackend.to_blocked(inputs["x"], border, xb)
+            assert cbackend.blocked_pool_supports(AdaptivePool2dProblem(*shape, 1, 1, "float32"))
+
+            def pooled():
+                out = np.full((shape[0], shape[1], 1, 1), np.nan, np.float32)
+                return cbackend.blocked_global_avg_pool_into(xb, shape, border, out)
+
+            assert_close(pooled(), torch_reference(case, inputs), case)
+            assert_same_bits_on_thread_counts(pooled)
+
+
+def test_what_the_blocked_pools_refuse():
+    L = _lanes()
+    assert not cbackend.blocked_pool_supports(Pool2dProblem("max", 1, L + 1, 8, 8, (2, 2), (2, 2)))
+    assert not cbackend.blocked_pool_supports(Pool2dProblem("max", 1, L, 8, 8, (2, 2), (2, 2), dtype="float64"))
+    assert not cbackend.blocked_pool_supports(Pool2dProblem("avg", 1, L, 8, 8, (2, 2), (2, 2)))
+    assert not cbackend.blocked_pool_supports(Pool2dProblem("max", 1, L, 8, 8, (2, 2), (2, 2), return_indices=True))
+    assert not cbackend.blocked_pool_supports(AdaptivePool2dProblem(1, L, 8, 8, 2, 2, "float32"))
+    assert not cbackend.blocked_pool_supports(AdaptivePool2dProblem(1, L, 8, 8, 1, 1, "float32", kind="max"))
+    p = Pool2dProblem("avg", 1, L, 8, 8, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="blocked max pool does not take"):
+        cbackend.max_pool2d_blocked_into(p, np.zeros((1, L, 8, 8), np.float32), 0, None)
+    p = Pool2dProblem("max", 1, L, 8, 8, (2, 2), (2, 2))
+    with pytest.raises(TypeError, match="must be a C-contiguous float32 array"):
+        cbackend.max_pool2d_blocked_into(
+            p, np.zeros((1, L, 8, 8), np.float32), 1, np.zeros((1, 1, 4, 4, L), np.float32)
+        )
+    with pytest.raises(TypeError, match="must be a C-contiguous float32 array"):
+        cbackend.blocked_global_avg_pool_into(
+            np.zeros((1, L, 8, 8), np.float32), (1, L, 8, 8), 0, np.zeros((1, L, 1, 1), np.float32)
+        )
 
 
 def test_what_the_blocked_kernel_refuses():

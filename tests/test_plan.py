@@ -286,11 +286,12 @@ def test_docstring_example():
 
 
 def test_blocked_layout_kept_between_convolutions(model, reference):
-    """c plans keep activations channel-blocked from convolution to convolution: one conversion
-    in (after the stem, whose 3 input channels are no multiple of the vector width) and one out
-    (before the average pool); the result matches the NCHW plan, the model and float64."""
+    """c plans keep activations channel-blocked from convolution to convolution; the stem's max
+    pool writes the first blocked value (the stem's 3 input channels are no multiple of the vector
+    width) and the global average pool reads the last one, so no conversion step is left; the
+    result matches the NCHW plan, the model and float64."""
     require("c")
-    from fastconv._plan_steps import Relayout
+    from fastconv._plan_steps import Pool, Relayout
 
     x, eager, exact = reference
     plan = fastconv.compile(model, x.shape, backend="c", tune=False)
@@ -298,14 +299,61 @@ def test_blocked_layout_kept_between_convolutions(model, reference):
     convs = [s for s in plan.steps if s.kind == "conv"]
     assert [s.name for s in convs if s.blocked is None] == ["conv1"]
     assert all("blocked" in s.describe() for s in convs[1:])
-    relayouts = [s for s in plan.steps if isinstance(s, Relayout)]
-    assert [(s.to_blocked, s.border) for s in relayouts] == [(True, 1), (False, 0)]
-    assert not any(isinstance(s, Relayout) or s.blocked is not None for s in nchw.steps if s.kind in ("conv", "layout"))
+    assert not any(isinstance(s, Relayout) for s in plan.steps)
+    assert [(s.name, s.blocked) for s in plan.steps if isinstance(s, Pool)] == [
+        ("maxpool", ("out", 1)),
+        ("avgpool", ("in", 0)),
+    ]
+    assert not any(
+        isinstance(s, Relayout) or s.blocked is not None for s in nchw.steps if s.kind in ("conv", "layout", "pool")
+    )
     y = plan(x)
     assert_matches(y, exact, what="blocked plan vs float64", rtol=RTOL)
     assert_matches(y, nchw(x), what="blocked plan vs NCHW plan", rtol=RTOL)
     np.testing.assert_array_equal(plan(x), y)
     assert plan.allocations_per_call == 0
+
+
+def test_pools_take_a_conversion_only_where_they_can():
+    """A max pool's output that another step also reads, and a pool that is not a global average,
+    keep their conversion steps; the plan still matches the model."""
+    require("c")
+    from fastconv._plan_steps import Pool, Relayout
+
+    nn.init.manual_seed(4)
+    m = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU(),
+        nn.AvgPool2d(2), nn.Flatten(),
+    )  # fmt: skip
+    x = _x((2, 3, 12, 12), seed=9)
+    plan = fastconv.compile(m.eval(), x.shape, backend="c", tune=False)
+    assert [s.blocked for s in plan.steps if isinstance(s, Pool)] == [("out", 1), None]
+    assert [s.to_blocked for s in plan.steps if isinstance(s, Relayout)] == [False]
+    assert_matches(plan(x), m(x), what="a blocked max pool, an NCHW average pool", rtol=RTOL)
+
+    torch = pytest.importorskip("torch")
+    from fastconv.interop.torch import from_torch
+
+    class Both(torch.nn.Module):  # the pooled value feeds a blocked convolution and an NCHW step
+        def __init__(self):
+            super().__init__()
+            self.pool = torch.nn.MaxPool2d(2)
+            self.c1, self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 1)
+
+        def forward(self, x):
+            p = self.pool(x)
+            return self.c2(torch.relu(self.c1(p))) + torch.sigmoid(p)  # sigmoid reads p as NCHW
+
+    torch.manual_seed(0)
+    both = Both().eval()
+    x = _x((1, 16, 8, 8), seed=10)
+    with torch.no_grad():
+        expected = both(torch.from_numpy(x)).numpy()
+    plan = fastconv.compile(from_torch(both), x.shape, backend="c", tune=False)
+    assert [s.blocked for s in plan.steps if isinstance(s, Pool)] == [None]
+    assert any(isinstance(s, Relayout) and s.to_blocked for s in plan.steps)
+    assert_matches(plan(x), expected, what="a pooled value read twice", rtol=RTOL)
 
 
 def test_lone_convolutions_stay_nchw():

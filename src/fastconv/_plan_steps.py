@@ -228,6 +228,7 @@ class Pool(Step):
     """max / average / adaptive average pooling: the c kernels write into the arena."""
 
     kind = "pool"
+    blocked = None  # ("out" | "in", border): the c kernel writes or reads the blocked layout
 
     def __init__(self, name, layer, x: int, output: int):
         super().__init__(name, output)
@@ -270,9 +271,24 @@ class Pool(Step):
         self.managed = self.backend == "c"
         env[self.output] = y if self.p is None else dispatch.run(self.p, x, backend=self.backend)
 
+    def block(self, env, side: str, border: int) -> None:
+        """Take the blocked side of a layout conversion (fastconv.plan's layout pass): a max pool
+        writes its output blocked with ``border`` (side "out"), a global average pool reads its
+        input blocked with ``border`` (side "in"); :func:`fastconv.backends.c.blocked_pool_supports`."""
+        self.blocked = (side, border)
+        if side == "out":
+            env[self.output] = np.zeros(_c().blocked_shape(self.p.output_shape, border), np.float32)
+
     def run(self, env):
         x = env[self.x]
-        if self.bound:
+        if self.blocked is not None:
+            c, (side, border) = _c(), self.blocked
+            if side == "out":
+                env[self.output] = c.max_pool2d_blocked_into(self.p, x, border, self.out)
+            else:
+                shape = (self.p.n, self.p.c, self.p.h, self.p.w)
+                env[self.output] = c.blocked_global_avg_pool_into(x, shape, border, self.out)
+        elif self.bound:
             c = _c()
             fn = (
                 c.adaptive_avg_pool2d_into
@@ -288,7 +304,12 @@ class Pool(Step):
             env[self.output] = self.layer(x)
 
     def describe(self):
-        return f"{self.backend or 'layer'} -> {'arena' if self.bound else 'fresh array per call'}"
+        where = "arena" if self.bound else "fresh array per call"
+        if self.blocked is not None:
+            lanes, (side, border) = _c().blocked_lanes(), self.blocked
+            layout = f"NCHW{lanes}c, border {border}"
+            return f"c, {'NCHW -> ' + layout if side == 'out' else layout + ' -> NCHW'} -> {where}"
+        return f"{self.backend or 'layer'} -> {where}"
 
 
 class Pointwise(Step):

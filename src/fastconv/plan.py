@@ -52,6 +52,7 @@ from ._plan_steps import Call, Conv, Linear, Pool, Pointwise, Relayout, alias_ro
 from ._plan_tune import Tuner
 from .graph import Graph, Ref, _map
 from .models.resnet import BasicBlock, Bottleneck, ResNet
+from .problem import Pool2dProblem
 
 __all__ = ["compile", "Plan"]
 
@@ -426,6 +427,7 @@ class Plan:
             new_steps += before.get(i, [])
             new_steps.append(step)
             new_steps += after.get(i, [])
+        new_steps = self._pools_take_conversions(new_steps, borders, out_values, env)
         for step in new_steps:
             if isinstance(step, Relayout):
                 if step.to_blocked:
@@ -437,6 +439,49 @@ class Plan:
                 rb = 0 if step.residual is None else borders.get(step.residual, 0)
                 step.block(env, borders.get(step.x, 0), rb, borders.get(step.output, 0), winograd)
         return new_steps, env
+
+    @staticmethod
+    def _pools_take_conversions(steps: list, borders: dict, out_values: set, env: list) -> list:
+        """A conversion whose other side is a pool the c kernels run on the blocked layout goes:
+        a max pool whose output only the conversion to blocked reads writes the blocked value
+        itself (ResNet's stem pool), and a global average pool that alone reads a conversion's
+        NCHW output reads the blocked value instead (the classifier head).  Either way one pass
+        over the tensor in memory is saved."""
+        from .backends import c
+
+        def sole_reader(v):
+            readers = [s for s in steps if v in s.reads()]
+            return readers[0] if len(readers) == 1 and v not in out_values else None
+
+        def blockable(step, kind):
+            return (
+                isinstance(step, Pool)
+                and step.managed
+                and step.blocked is None
+                and step.p is not None
+                and c.blocked_pool_supports(step.p)
+                and step.p.kind == kind
+                and isinstance(step.p, Pool2dProblem) == (kind == "max")
+            )
+
+        producer = {s.output: s for s in steps}
+        dropped = set()
+        for r in steps:
+            if not isinstance(r, Relayout):
+                continue
+            if r.to_blocked:
+                pool = producer.get(r.x)
+                if blockable(pool, "max") and sole_reader(r.x) is r:
+                    pool.output = r.output
+                    pool.block(env, "out", borders.get(r.output, 0))
+                    dropped.add(id(r))
+            else:
+                pool = sole_reader(r.output)
+                if blockable(pool, "avg"):
+                    pool.x = r.x
+                    pool.block(env, "in", borders.get(r.x, 0))
+                    dropped.add(id(r))
+        return [s for s in steps if id(s) not in dropped]
 
     def _layout(self, produced: dict[int, np.ndarray]) -> None:
         """Buffers shared by liveness: value v's buffer is free once the last step reading v (or

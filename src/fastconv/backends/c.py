@@ -351,6 +351,57 @@ def from_blocked(xb: np.ndarray, shape, border: int, out: np.ndarray) -> np.ndar
     return out
 
 
+def blocked_pool_supports(p) -> bool:
+    """Whether the pools on the blocked layout take ``p``: float32 forward max pooling (NCHW in,
+    blocked out: :func:`max_pool2d_blocked_into`) or global average pooling (blocked in, NCHW out:
+    :func:`blocked_global_avg_pool_into`), channels a multiple of L."""
+    from ..problem import AdaptivePool2dProblem, Pool2dProblem
+
+    if p.dtype != "float32" or p.direction != "fwd" or p.return_indices or p.c % blocked_lanes():
+        return False
+    if isinstance(p, Pool2dProblem):
+        return p.kind == "max"
+    return isinstance(p, AdaptivePool2dProblem) and p.kind == "avg" and (p.oh, p.ow) == (1, 1)
+
+
+def max_pool2d_blocked_into(p, x: np.ndarray, border: int, out: np.ndarray) -> np.ndarray:
+    """max_pool2d of the NCHW ``x`` written into ``out``, the output blocked with ``border``."""
+    from ..problem import Pool2dProblem
+
+    if not (isinstance(p, Pool2dProblem) and blocked_pool_supports(p)):
+        raise ValueError(f"c backend: the blocked max pool does not take {p.id}")
+    _check_blocked(out, p.output_shape, border, "out")
+    nthreads = _nthreads()
+    _c_scratch.check(p, nthreads)
+    call = _Call("float32")
+    _check(
+        _ckernels.lib.fc_f32_max_pool2d_blocked(
+            _pool_desc(call, p),
+            call.ptr(x, p.n * p.c * p.h * p.w),
+            call.ptr(out, out.size, writable=True),
+            border,
+            nthreads,
+        ),
+        "max_pool2d_blocked",
+    )
+    return out
+
+
+def blocked_global_avg_pool_into(xb: np.ndarray, shape, border: int, out: np.ndarray) -> np.ndarray:
+    """The mean of each plane of the blocked ``xb`` (a ``shape`` tensor, ``border``) into the
+    NCHW ``out`` of shape (n, c, 1, 1)."""
+    n, c, h, w = shape
+    _check_blocked(xb, shape, border, "xb")
+    call = _Call("float32")
+    _check(
+        _ckernels.lib.fc_f32_blocked_global_avg_pool(
+            n, c, h, w, call.ptr(xb, xb.size), border, call.ptr(out, n * c, writable=True), _nthreads()
+        ),
+        "blocked_global_avg_pool",
+    )
+    return out
+
+
 def blocked_weights(p, weight: np.ndarray) -> np.ndarray:
     """``weight`` (k, c, r, s) packed once in the order the blocked kernel reads it."""
     if not blocked_supports(p):
