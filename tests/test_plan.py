@@ -6,6 +6,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nn_helpers import assert_matches, require
 
@@ -372,6 +374,40 @@ def test_lone_convolutions_stay_nchw():
     plan = fastconv.compile(chain.eval(), x.shape, backend="c", tune=False)
     assert [s.blocked is not None for s in plan.steps if s.kind == "conv"] == [False, True, True]
     assert_matches(plan(x), chain(x), what="a blocked chain between NCHW steps", rtol=RTOL)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_blocked_plans_of_random_pooled_chains(data):
+    """Random chains of convolutions and pools (max pools of any window, stride, padding,
+    dilation and ceil mode before the blocked layers, a global or plain average pool after):
+    the blocked plan matches the model and the NCHW plan, whichever conversions the pools take."""
+    require("c")
+    from fastconv._plan_steps import Pool
+    from fastconv.backends import c as cbackend
+
+    L = cbackend.blocked_lanes()
+    c1, c2 = data.draw(st.sampled_from([L, 2 * L])), data.draw(st.sampled_from([L, 2 * L, 3 * L]))
+    k = data.draw(st.integers(1, 3))
+    stride = data.draw(st.integers(1, k))
+    pad = data.draw(st.integers(0, k // 2))
+    dil = data.draw(st.integers(1, 2))
+    ceil = data.draw(st.booleans())
+    global_avg = data.draw(st.booleans())
+    size = data.draw(st.integers(7, 13))
+    nn.init.manual_seed(data.draw(st.integers(0, 100)))
+    layers = [nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(k, stride, pad, dilation=dil, ceil_mode=ceil)]
+    layers += [nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.Conv2d(c2, c2, 1), nn.ReLU()]
+    layers += [nn.AdaptiveAvgPool2d(1) if global_avg else nn.AvgPool2d(2, ceil_mode=True), nn.Flatten()]
+    m = nn.Sequential(*layers).eval()
+    x = _x((data.draw(st.integers(1, 2)), 3, size, size), seed=5)
+    plan = fastconv.compile(m, x.shape, backend="c", tune=False)
+    nchw = fastconv.compile(m, x.shape, backend="c", tune=False, layout="nchw")
+    pools = [s.blocked for s in plan.steps if isinstance(s, Pool)]
+    assert pools == [("out", 1), ("in", 0) if global_avg else None]
+    y = plan(x)
+    assert_matches(y, m(x), what="a blocked plan of a random chain", rtol=RTOL)
+    assert_matches(y, nchw(x), what="blocked vs NCHW plan", rtol=RTOL)
 
 
 def test_layout_argument_is_checked(model):
