@@ -84,7 +84,7 @@ int fc_f32_max_pool2d_blocked(const fc_pool2d_desc *d, const float *x, float *y,
     /* A task is a whole block (each plane's input read as one long stream), cut into chunks of
      * rows only where that gives every thread two tasks. */
     const int64_t blocks = d->n * (d->c / L), plane = (d->oh + 2 * yb) * (d->ow + 2 * yb) * L;
-    const int team0 = fc_team(nthreads, (int64_t)block * blocks * d->kh * d->kw, 1 << 15);
+    const int team0 = fc_team(nthreads, (int64_t)block * blocks * FC_MIN(d->kh, d->h) * FC_MIN(d->kw, d->w), 1 << 15);
     const int64_t want = FC_MIN(d->oh, (2 * team0 + blocks - 1) / blocks), rc = (d->oh + want - 1) / want;
     const int64_t chunks = (d->oh + rc - 1) / rc, tasks = blocks * chunks;
     const int team = (int)FC_MIN(team0, tasks);
