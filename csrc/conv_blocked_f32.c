@@ -191,15 +191,23 @@ static void run_task(const bplan_t *B, const float *x, const float *wpack, const
     }
 }
 
-/* Zero the border of one blocked plane of h x w interior pixels with border b. */
-static void zero_plane_border(float *plane, int64_t h, int64_t w, int64_t b, int64_t L) {
+/* Zero the border cells that rows [i0, i1) of a blocked plane of h x w interior pixels with
+ * border b own: their ends, and the top and bottom border rows with the first and the last row. */
+static void zero_rows_border(float *plane, int64_t h, int64_t w, int64_t b, int64_t L, int64_t i0, int64_t i1) {
     const int64_t wp = w + 2 * b;
-    memset(plane, 0, (size_t)(b * wp * L) * sizeof(float));
-    memset(plane + (h + b) * wp * L, 0, (size_t)(b * wp * L) * sizeof(float));
-    for (int64_t i = b; i < h + b; i++) {
-        memset(plane + i * wp * L, 0, (size_t)(b * L) * sizeof(float));
-        memset(plane + (i * wp + wp - b) * L, 0, (size_t)(b * L) * sizeof(float));
+    const size_t edge = (size_t)(b * wp * L) * sizeof(float), end = (size_t)(b * L) * sizeof(float);
+    if (i0 == 0)
+        memset(plane, 0, edge);
+    if (i1 == h)
+        memset(plane + (h + b) * wp * L, 0, edge);
+    for (int64_t i = i0 + b; i < i1 + b; i++) {
+        memset(plane + i * wp * L, 0, end);
+        memset(plane + (i * wp + wp - b) * L, 0, end);
     }
+}
+
+static void zero_plane_border(float *plane, int64_t h, int64_t w, int64_t b, int64_t L) {
+    zero_rows_border(plane, h, w, b, L, 0, h);
 }
 
 void fc_f32_blocked_zero_border(float *y, int64_t n, int64_t c, int64_t h, int64_t w, int64_t b, int nthreads) {
@@ -297,22 +305,13 @@ static void interleave(const float *src, int64_t ld, int64_t rows, int64_t n, in
 }
 
 /* Rows [i0, i1) of L NCHW planes of h x w (nchw: the first) into one blocked plane with border b
- * (blk), pixel by pixel, with the border those rows own zeroed: their ends, and the top and bottom
- * border rows with the first and the last row. */
+ * (blk), pixel by pixel, with the border those rows own zeroed (zero_rows_border). */
 static void rows_to_blocked(const float *nchw, float *blk, int64_t h, int64_t w, int64_t b, int64_t L, int64_t i0,
                             int64_t i1) {
     const int64_t wp = w + 2 * b;
-    const size_t edge = (size_t)(b * wp * L) * sizeof(float), end = (size_t)(b * L) * sizeof(float);
-    if (i0 == 0)
-        memset(blk, 0, edge);
-    if (i1 == h)
-        memset(blk + (h + b) * wp * L, 0, edge);
-    for (int64_t i = i0; i < i1; i++) {
-        float *line = blk + (i + b) * wp * L;
-        memset(line, 0, end);
-        memset(line + (wp - b) * L, 0, end);
-        interleave(nchw + i * w, h * w, L, w, L, line + b * L);
-    }
+    zero_rows_border(blk, h, w, b, L, i0, i1);
+    for (int64_t i = i0; i < i1; i++)
+        interleave(nchw + i * w, h * w, L, w, L, blk + ((i + b) * wp + b) * L);
 }
 
 void fc_f32_rows_to_blocked(const float *nchw, float *blk, int64_t h, int64_t w, int64_t b, int64_t i0, int64_t i1) {

@@ -52,7 +52,6 @@ from ._plan_steps import Call, Conv, Linear, Pool, Pointwise, Relayout, alias_ro
 from ._plan_tune import Tuner
 from .graph import Graph, Ref, _map
 from .models.resnet import BasicBlock, Bottleneck, ResNet
-from .problem import Pool2dProblem
 
 __all__ = ["compile", "Plan"]
 
@@ -459,9 +458,8 @@ class Plan:
                 and step.managed
                 and step.blocked is None
                 and step.p is not None
-                and c.blocked_pool_supports(step.p)
+                and c.blocked_pool_supports(step.p)  # max: a Pool2dProblem; avg: a global adaptive one
                 and step.p.kind == kind
-                and isinstance(step.p, Pool2dProblem) == (kind == "max")
             )
 
         producer = {s.output: s for s in steps}
