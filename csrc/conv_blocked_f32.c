@@ -45,6 +45,7 @@ typedef struct {
     int64_t xb;
     int64_t rows, rc, chunks;        /* output rows of the batch (n * oh), rows per task, chunks */
     int64_t gs, sets;                /* groups per task, sets of groups */
+    int inplace;                     /* the residual is y: the sums start from it (first block) */
     const int64_t *xoff;             /* [cbb * rs]: tap t's input offset from the tile's origin */
 } bplan_t;
 
@@ -144,10 +145,14 @@ static void run_task(const bplan_t *B, const float *x, const float *wpack, const
     const int64_t L = B->L, xpix = d->stride_w * L;
     const int relu = fc_conv_act(d) == FC_ACT_RELU;
     const int64_t tiles = (r1 - r0) * ((d->ow + B->P - 1) / B->P);
+    /* In place, the residual is where the output goes: the first reduction block adds to it (a
+     * later block's partial sums would otherwise overwrite it before the epilogue reads it). */
+    if (B->inplace)
+        res = NULL;
     for (int64_t b0 = 0; b0 < B->cb; b0 += B->cbb) {
         const int64_t taps = FC_MIN(B->cbb, B->cb - b0) * B->rs;
         const int last = b0 + B->cbb >= B->cb;
-        const int mode = (b0 > 0 ? FC_BL_ACCUMULATE : 0) | (last ? FC_BL_FINISH : 0);
+        const int mode = (b0 > 0 || B->inplace ? FC_BL_ACCUMULATE : 0) | (last ? FC_BL_FINISH : 0);
         for (int64_t g = g0; g < g1; g++) {
             const int64_t nv = FC_MIN(B->V, B->kvecs - g * B->V), k0 = g * B->V * L;
             int64_t lines, next_lines = 0;
@@ -176,11 +181,11 @@ static void run_task(const bplan_t *B, const float *x, const float *wpack, const
                     /* The lines the epilogue writes (and the residual it reads), requested while
                      * the tile computes: a 64->256 1x1 layer with a residual at 56x56, batch 8,
                      * waited on them for a third of its time (4.3 -> 2.9 ms). */
-                    if (last)
+                    if (last || (B->inplace && b0 == 0))
                         for (int64_t j = 0; j < nv; j++)
                             for (int64_t i = 0; i < np; i++) {
                                 __builtin_prefetch(yr + (o0 + i) * L + j * B->yplane, 1);
-                                if (rr && last)
+                                if (rr)
                                     __builtin_prefetch(rr + (o0 + i) * L + j * B->rplane);
                             }
                     B->kernel(FC_MIN(B->P, d->ow - o0), nv, taps, xr + o0 * xpix, B->xoff, xpix, wb, yr + o0 * L,
@@ -229,8 +234,9 @@ int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, c
     tile_of(d, &B.P, &B.V);
     if (!blocked_ok(d, B.L))
         return FC_EUNSUPPORTED;
-    if (!border_covers(d, xb) || yb < 0 || rb < 0 || !x || !wpack || !y)
+    if (!border_covers(d, xb) || yb < 0 || rb < 0 || !x || !wpack || !y || (residual == y && rb != yb))
         return FC_EINVAL;
+    B.inplace = residual == y;
     const int64_t L = B.L;
     B.cb = d->c / L;
     B.kvecs = d->k / L;

@@ -427,7 +427,9 @@ int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int6
                                    const float *bias, const float *residual, int64_t rb, float *y, int64_t yb,
                                    int nthreads, const char **kernel) {
     const int64_t L = fc_f32_blocked_lanes();
-    if (d->c % L || d->k % L || xb < 0 || rb < 0 || yb < 0 || !x || !y)
+    /* residual == y: each output block's residual is read (output_transform) before the block is
+     * written, and no other block reads it, so the output may overwrite it in place. */
+    if (d->c % L || d->k % L || xb < 0 || rb < 0 || yb < 0 || !x || !y || (residual == y && rb != yb))
         return FC_EINVAL;
     fc_f32_blocked_zero_border(y, d->n, d->k, d->oh, d->ow, yb, nthreads);
     const int status = winograd(d, x, blocked_layout(d->c, d->h, d->w, xb, L), u, bias, residual,

@@ -90,7 +90,9 @@ int fc_f32_blocked_global_avg_pool(int64_t n, int64_t c, int64_t h, int64_t w, c
                                    float *y, int nthreads);
 /* y = act(conv(x, weight) + bias + residual) on blocked activations: x with border xb (at least
  * the padding), residual (NULL, or blocked like y) with border rb, y with border yb (written with
- * zeros).  Ungrouped, c and k multiples of L, activation none or relu (FC_EUNSUPPORTED otherwise).
+ * zeros).  residual may be y itself (rb == yb; FC_EINVAL otherwise): the output then overwrites
+ * the residual in place, which the sums start from.  Otherwise the three do not overlap.
+ * Ungrouped, c and k multiples of L, activation none or relu (FC_EUNSUPPORTED otherwise).
  * The weights are pre-packed once, fc_f32_blocked_weights_size(d) floats. */
 int64_t fc_f32_blocked_weights_size(const fc_conv2d_desc *d);
 int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *weight, float *wpack);
@@ -105,7 +107,8 @@ int64_t fc_f32_winograd_weights_size(int64_t k, int64_t c);
 int fc_f32_winograd_weights(int64_t k, int64_t c, const float *weight, float *u, int nthreads);
 int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
                            const float *residual, float *y, int nthreads, const char **kernel);
-/* The same on channel-blocked activations (see fc_f32_conv2d_blocked; c and k multiples of L). */
+/* The same on channel-blocked activations (see fc_f32_conv2d_blocked, residual == y included; c and
+ * k multiples of L). */
 int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *u,
                                    const float *bias, const float *residual, int64_t rb, float *y, int64_t yb,
                                    int nthreads, const char **kernel);

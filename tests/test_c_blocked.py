@@ -40,11 +40,12 @@ def _problem(case: Case, bias: bool, activation) -> Conv2dProblem:
     )  # fmt: skip
 
 
-def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0), winograd: bool = False):
+def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0), winograd: bool = False, in_place: bool = False):
     """(fastconv's answer through the blocked kernel, torch's answer) for ``case``: the inputs
     converted to the blocked layout (with ``extra`` border pixels beyond the needed ones on the
     input, residual and output), one kernel call, the output converted back.  ``winograd``: the
-    Winograd kernel on blocked activations instead of the direct one."""
+    Winograd kernel on blocked activations instead of the direct one.  ``in_place``: the output
+    written over the residual (its buffer, with the output's border), as compiled plans do."""
     from dataclasses import replace
 
     inputs = make_inputs(case, seed)
@@ -63,6 +64,12 @@ def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0), winograd: bool = Fal
         r = np.full(cbackend.blocked_shape(p.output_shape, rb), np.nan, np.float32)
         cbackend.to_blocked(residual, rb, r)
     y = np.full(cbackend.blocked_shape(p.output_shape, yb), np.nan, np.float32)
+    if in_place:
+        assert r is not None, "in place needs a residual"
+        rb = yb
+        y = np.zeros(cbackend.blocked_shape(p.output_shape, yb), np.float32)
+        cbackend.to_blocked(residual, yb, y)
+        r = y
     w = cbackend.winograd_transform(p, inputs["w"]) if winograd else cbackend.blocked_weights(p, inputs["w"])
     call = cbackend.BlockedConvCall(p, w, inputs.get("b"), y, xb, rb, yb)
     assert call(x, r) is y
@@ -183,6 +190,49 @@ def test_blocked_winograd_gives_the_nchw_winograd_bits():
                 **case.kwargs,
             )  # fmt: skip
             np.testing.assert_array_equal(actual, nchw, err_msg=f"{case.id} borders +{extra}")
+
+
+def test_blocked_kernels_write_over_the_residual_in_place():
+    """A compiled plan gives a convolution its residual's buffer as output when nothing reads the
+    residual later: the sums start from the residual (before any partial sum of a later reduction
+    block overwrites it), on the direct kernel and on Winograd."""
+    L = _lanes()
+    relu = {"activation": "relu"}
+    direct = [
+        Case("conv2d", "inplace-1x1", (2, 4 * L, 7, 7), (8 * L, 4 * L, 1, 1), relu, bias=True, residual=True),
+        Case("conv2d", "inplace-deep1x1", (1, 20 * L, 7, 7), (2 * L, 20 * L, 1, 1), relu, True, True),
+        Case("conv2d", "inplace-3x3", (2, 3 * L, 6, 9), (5 * L, 3 * L, 3, 3), {"padding": 1}, True, True),
+        Case("conv2d", "inplace-stride2", (3, 2 * L, 15, 13), (3 * L, 2 * L, 3, 3), {"stride": 2, "padding": 1}, True, True),
+    ]  # fmt: skip
+    for i, case in enumerate(direct):
+        for extra in [(0, 0, 0), (1, 0, 2)]:
+            actual, expected = run_blocked(case, seed=i, extra=extra, in_place=True)
+            assert_close(actual, expected, case, f"in place, borders +{extra}")
+    for i, case in enumerate(c for c in _winograd_cases(L) if c.residual):
+        for extra in [(0, 0, 0), (2, 0, 1)]:
+            actual, expected = run_blocked(case, seed=i, extra=extra, winograd=True, in_place=True)
+            apart, _ = run_blocked(case, seed=i, extra=extra, winograd=True)
+            assert_close(actual, expected, case, f"Winograd in place, borders +{extra}")
+            # Winograd reads each block's residual before writing it: the same bits as apart.
+            np.testing.assert_array_equal(actual, apart, err_msg=case.id)
+    assert_same_bits_on_thread_counts(lambda: run_blocked(direct[1], in_place=True)[0])
+
+
+def test_a_residual_overlapping_the_output_otherwise_is_refused():
+    L = _lanes()
+    p = _problem(Case("conv2d", "overlap", (1, L, 4, 4), (L, L, 1, 1), {}, residual=True), False, None)
+    shape0 = cbackend.blocked_shape(p.output_shape, 0)
+    flat = np.zeros(int(np.prod(cbackend.blocked_shape(p.output_shape, 1))) + L, np.float32)
+    y = flat[: flat.size - L].reshape(cbackend.blocked_shape(p.output_shape, 1))
+    w = cbackend.blocked_weights(p, np.ones((L, L, 1, 1), np.float32))
+    x = np.ones(cbackend.blocked_shape(p.input_shape, 0), np.float32)
+    call = cbackend.BlockedConvCall(p, w, None, y, 0, 0, 1)
+    n0 = int(np.prod(shape0))
+    for res in (flat[:n0].reshape(shape0), flat[L : L + n0].reshape(shape0)):  # y's start, or shifted
+        with pytest.raises(ValueError, match="overlaps its output"):
+            call(x, res)
+    res = np.full(shape0, 2.0, np.float32)  # apart from y: accepted
+    assert np.array_equal(call(x, res)[0, 0, 1:-1, 1:-1], np.full((4, 4, L), L + 2.0, np.float32))
 
 
 def test_blocked_results_do_not_depend_on_the_thread_count():

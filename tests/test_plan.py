@@ -159,11 +159,19 @@ def test_buffers_are_allocated_once_and_shared_by_liveness(model):
     bound = [s for s in plan.steps if s.bound]
     assert len(bound) > 15 and plan.buffers <= 4 < len(bound)  # a residual block needs 3 live values
     assert plan.arena_bytes < plan.value_bytes / 2
-    # Two live values never share a buffer: a step's output is none of its inputs' memory.
-    for s in bound:
+    # Two live values never share a buffer: a step's output is none of its inputs' memory -- but
+    # for a residual the step writes over in place, exactly its buffer, which no later step reads.
+    for i, s in enumerate(plan.steps):
+        if not s.bound:
+            continue
         for v in s.reads():
             other = next((t for t in plan.steps if t.output == v and t.bound), None)
-            assert other is None or not np.shares_memory(other.out, s.out), s.name
+            if other is not None and getattr(s, "in_place", False) and v == s.residual:
+                assert other.out.ctypes.data == s.out.ctypes.data and other.out.shape == s.out.shape, s.name
+                assert not any(v in t.reads() for t in plan.steps[i + 1 :]), s.name
+            else:
+                assert other is None or not np.shares_memory(other.out, s.out), s.name
+    assert any(getattr(s, "in_place", False) for s in bound)
     plan(x)
     tracemalloc.start()
     try:
@@ -302,9 +310,13 @@ def test_blocked_layout_kept_between_convolutions(model, reference):
     assert [s.name for s in convs if s.blocked is None] == ["conv1"]
     assert all("blocked" in s.describe() for s in convs[1:])
     assert not any(isinstance(s, Relayout) for s in plan.steps)
+    # Every block's last convolution writes over its residual (the downsampling branches' and
+    # the last block's borders widened to match the output's).
+    assert [s.name for s in convs if s.in_place] == [s.name for s in convs if s.residual is not None]
+    assert len([s for s in convs if s.in_place]) == 8
     assert [(s.name, s.blocked) for s in plan.steps if isinstance(s, Pool)] == [
         ("maxpool", ("out", 1)),
-        ("avgpool", ("in", 0)),
+        ("avgpool", ("in", 1)),  # the last block's output has its residual's border
     ]
     assert not any(
         isinstance(s, Relayout) or s.blocked is not None for s in nchw.steps if s.kind in ("conv", "layout", "pool")
@@ -356,6 +368,41 @@ def test_pools_take_a_conversion_only_where_they_can():
     assert [s.blocked for s in plan.steps if isinstance(s, Pool)] == [None]
     assert any(isinstance(s, Relayout) and s.to_blocked for s in plan.steps)
     assert_matches(plan(x), expected, what="a pooled value read twice", rtol=RTOL)
+
+
+def test_outputs_written_over_residuals_only_where_nothing_else_reads_them():
+    """A blocked convolution takes its residual's buffer as output when it is the residual's last
+    reader; not when a later step reads the residual, nor when the residual is also its input."""
+    require("c")
+    torch = pytest.importorskip("torch")
+    from fastconv.interop.torch import from_torch
+
+    class Residuals(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for i in range(7):
+                setattr(self, f"c{i}", torch.nn.Conv2d(16, 16, 3 if i % 2 else 1, padding=i % 2))
+
+        def forward(self, x):
+            a = torch.relu(self.c0(x))
+            b = torch.relu(self.c2(torch.relu(self.c1(a))) + a)  # a dies here: over a
+            d = torch.relu(self.c4(torch.relu(self.c3(b))) + b)  # b is read again by c5
+            v = self.c5(b) + d  # d dies here: over d
+            w = self.c6(v) + v  # v is also the convolution's input
+            return w + torch.sigmoid(b)  # sigmoid reads an NCHW copy of b, made where b is
+
+    torch.manual_seed(1)
+    t = Residuals().eval()
+    x = _x((2, 16, 9, 9), seed=11)
+    with torch.no_grad():
+        expected = t(torch.from_numpy(x)).numpy()
+    plan = fastconv.compile(from_torch(t), x.shape, backend="c", tune=False)
+    convs = [s for s in plan.steps if s.kind == "conv"]
+    assert all(s.blocked is not None for s in convs)
+    assert [s.in_place for s in convs if s.residual is not None] == [True, False, True, False]
+    assert "over the residual" in plan.describe()
+    assert_matches(plan(x), expected, what="residuals in place and apart", rtol=RTOL)
+    np.testing.assert_array_equal(plan(x), plan(x))
 
 
 def test_lone_convolutions_stay_nchw():

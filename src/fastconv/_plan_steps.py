@@ -35,6 +35,11 @@ class Step:
     def bind(self, buf: np.ndarray) -> None:
         self.out, self.bound = buf, True
 
+    def overwrites(self) -> int | None:
+        """A value this step's kernel may write its output over, in place, when the step is its
+        last reader (fastconv.plan's buffer layout decides); None: none."""
+        return None
+
     def describe(self) -> str:
         return "numpy" if self.bound else "fresh array per call"
 
@@ -60,6 +65,7 @@ class Conv(Step):
         self.fallback = False
         self.blocked = None  # (input border, residual border, output border) on blocked activations
         self.wb = None  # the blocked kernel's pre-packed weights
+        self.in_place = False  # the plan gave the output the residual's buffer (overwrites)
 
     def reads(self):
         return [self.x] + ([] if self.residual is None else [self.residual])
@@ -67,6 +73,15 @@ class Conv(Step):
     def bind(self, buf):
         super().bind(buf)
         self.call = None
+
+    def overwrites(self):
+        # The blocked kernels take the residual as their output buffer (same border): the sums
+        # start from it.  ONNX Runtime writes its fused Add's output over an input the same way;
+        # the output's lines are then in cache from the residual read, not fetched again to be
+        # written.
+        if self.blocked is not None and self.residual is not None and self.blocked[1] == self.blocked[2]:
+            return self.residual
+        return None
 
     def prepare(self, env, tuner):
         x, layer = env[self.x], self.layer
@@ -189,6 +204,8 @@ class Conv(Step):
             )
         )
         where = "arena" if self.bound else "fresh array per call"
+        if self.bound and self.in_place:
+            where += ", over the residual"
         return f"{self.choice}{', epilogue ' + epi if epi else ''} -> {where}"
 
 

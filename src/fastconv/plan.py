@@ -421,6 +421,16 @@ class Plan:
                     before.setdefault(i, []).append(Relayout(f"{conv.name}:{attr}:blocked", v, shape, 0, True, vb))
                 setattr(conv, attr, blocked_of[v])
             borders[conv.x] = max(borders.get(conv.x, 0), c.blocked_border(conv.p))
+        # A residual and the output that may overwrite it (Conv.overwrites) need one border: the
+        # larger of the two (a reader takes any border at least as wide as its padding).
+        changed = True
+        while changed:
+            changed = False
+            for i in cand:
+                res, out = steps[i].residual, steps[i].output
+                if res is not None and borders.get(res, 0) != borders.get(out, 0):
+                    borders[res] = borders[out] = max(borders.get(res, 0), borders.get(out, 0))
+                    changed = True
         new_steps = []
         for i, step in enumerate(steps):
             new_steps += before.get(i, [])
@@ -483,7 +493,9 @@ class Plan:
 
     def _layout(self, produced: dict[int, np.ndarray]) -> None:
         """Buffers shared by liveness: value v's buffer is free once the last step reading v (or
-        a view of v) has run, and is never handed to a step that reads it."""
+        a view of v) has run, and is never handed to a step that reads it -- except a step that
+        may write over a value it reads (``Step.overwrites``), which gets that value's buffer
+        when it is the value's last reader and the two are the same size."""
         last_use: dict[int, int] = {}
         roots = alias_roots(self.steps)
         end = len(self.steps)
@@ -500,9 +512,25 @@ class Plan:
         releases: dict[int, list[int]] = {}
         for v, root_last in last_use.items():
             releases.setdefault(root_last, []).append(v)
+        handed: set[int] = set()  # values whose buffer passed to the output overwriting them
         for i, step in enumerate(self.steps):
             v = step.output
-            if v in produced:
+            over = step.overwrites()
+            step.in_place = False
+            if (
+                v in produced
+                and over in slot_of
+                and last_use.get(over) == i
+                and roots.get(over, {over}) == {over}
+                and sum(over in roots.get(r, {r}) for r in step.reads()) == 1  # not also its input
+                and produced[over].nbytes == produced[v].nbytes
+            ):
+                slot_of[v] = slot_of[over]
+                handed.add(over)
+                step.in_place = True
+                if v not in last_use:
+                    free.append(slot_of[v])
+            elif v in produced:
                 need = produced[v].nbytes
                 fits = [s for s in free if slots[s] >= need]
                 if fits:
@@ -519,7 +547,7 @@ class Plan:
                 if v not in last_use:  # produced, never read
                     free.append(s)
             for dead in releases.get(i, ()):
-                if dead in slot_of:
+                if dead in slot_of and dead not in handed:
                     free.append(slot_of[dead])
         # 64-byte aligned slots: whole cache lines and aligned vector loads for every kernel.
         self._slots = []

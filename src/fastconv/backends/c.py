@@ -421,7 +421,8 @@ class BlockedConvCall:
     """A compiled plan's convolution on blocked activations: input with border ``xb``, residual
     (if ``p.residual``) with border ``rb``, output ``y`` with border ``yb``; weights pre-packed by
     :func:`blocked_weights`, or, for algorithm "winograd", the filters transformed by
-    :func:`winograd_transform` (Winograd's transforms then read and write the blocked layout)."""
+    :func:`winograd_transform` (Winograd's transforms then read and write the blocked layout).
+    The residual may be ``y`` itself when ``rb == yb``: the output then overwrites it in place."""
 
     def __init__(self, p, wpack, bias, y, xb: int, rb: int, yb: int):
         if not blocked_supports(p) or xb < blocked_border(p):
@@ -449,6 +450,12 @@ class BlockedConvCall:
         res = call.ffi.NULL
         if p.residual:
             _check_blocked(residual, p.output_shape, self.rb, "residual")
+            # The output may overwrite the residual in place (the same buffer and border: the
+            # kernel starts its sums from it), but must not overlap it in any other way.
+            if np.may_share_memory(residual, self.y) and not (
+                residual.ctypes.data == self.y.ctypes.data and self.rb == self.yb
+            ):
+                raise ValueError(f"c backend: the residual of {p.id} overlaps its output; this is a fastconv bug")
             res = call.ptr(residual, residual.size)
         status = self.fn(
             self.desc,
