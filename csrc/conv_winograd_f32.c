@@ -329,17 +329,23 @@ static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x
     /* Live tiles in 16-lane groups: what the transforms make and the GEMMs read. */
     const int64_t ntiles = t1 - t0, live16 = (ntiles + LANES - 1) / LANES, live = live16 * LANES;
     const int narrow = narrow_cols(cfg, ntiles, W->nr) > 0;
-    const int64_t nin = d->c * live16, ngemm = 36 * mblocks + (narrow ? 36 : 0), nout = d->k * live16;
+    /* GEMM tasks in xi order: xi's weight blocks, then its narrow panel where there is one. */
+    const int64_t per_e = mblocks + (narrow ? 1 : 0), ngemm = 36 * per_e;
+    const int64_t nin = d->c * live16, nout = d->k * live16;
     if (shared) {
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < nin; q++)
             input_transform(W, x, q / live16, t0, q % live16 * LANES, t1, v);
-        #pragma omp for schedule(dynamic, 1)
+        /* Static: each thread takes a run of whole elements xi, whose U[xi] and V[xi] then stay
+         * in its own cache (handed out one block at a time, both cores read every V[xi]).  256
+         * channels at 14x14, batch 8: 2.08 -> 1.99 ms, 2.99 -> 2.58 with the caches flushed
+         * before each call; 512 at 7x7: 2.72 -> 2.48; batch 1, 128 at 28x28: 0.34 -> 0.32. */
+        #pragma omp for schedule(static)
         for (int64_t q = 0; q < ngemm; q++)
-            if (q < 36 * mblocks)
-                gemm_block(W, cfg, u, v, m, rowoff, q / mblocks, q % mblocks, live, ntiles);
+            if (q % per_e < mblocks)
+                gemm_block(W, cfg, u, v, m, rowoff, q / per_e, q % per_e, live, ntiles);
             else
-                narrow_gemm(W, cfg, u, v, m, rowoff, q - 36 * mblocks, ntiles);
+                narrow_gemm(W, cfg, u, v, m, rowoff, q / per_e, ntiles);
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < nout; q++)
             output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
@@ -348,10 +354,10 @@ static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x
     for (int64_t q = 0; q < nin; q++)
         input_transform(W, x, q / live16, t0, q % live16 * LANES, t1, v);
     for (int64_t q = 0; q < ngemm; q++)
-        if (q < 36 * mblocks)
-            gemm_block(W, cfg, u, v, m, rowoff, q / mblocks, q % mblocks, live, ntiles);
+        if (q % per_e < mblocks)
+            gemm_block(W, cfg, u, v, m, rowoff, q / per_e, q % per_e, live, ntiles);
         else
-            narrow_gemm(W, cfg, u, v, m, rowoff, q - 36 * mblocks, ntiles);
+            narrow_gemm(W, cfg, u, v, m, rowoff, q / per_e, ntiles);
     for (int64_t q = 0; q < nout; q++)
         output_transform(W, m, q / live16, t0, q % live16 * LANES, t1, bias, residual, y);
 }
