@@ -304,7 +304,7 @@ void fc_f32_kvec_4x3_avx2(int64_t np, int64_t nv, int64_t steps, const float *x,
 void fc_f32_kvec_4x2_generic(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
                              const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate);
 
-void fc_f32_blocked_14x4_avx512(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
+void fc_f32_blocked_7x4_avx512(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
                                int64_t xpix, const float *w, float *y, int64_t yvec, int mode, const float *bias,
                                const float *res, int64_t rvec, int relu);
 void fc_f32_blocked_4x3_avx2(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,

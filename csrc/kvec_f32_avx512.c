@@ -29,23 +29,21 @@ void fc_f32_kvec_7x4_avx512(int64_t np, int64_t nv, KV_ARGS) {
     TABLE[np - 1][nv - 1](steps, x, xoff, w, wstride, acc, ldacc, accumulate);
 }
 
-/* Tiles of up to 14 pixels x 4 vectors on channel-blocked activations (conv_blocked_f32.c; the
- * table in isa.c picks 14 x 2 and 7 x 3: 7 x 4 needs 33 registers with its broadcast, and GCC
+/* Tiles of up to 7 pixels x 4 vectors on channel-blocked activations (conv_blocked_f32.c; the
+ * table in isa.c picks 4 x 4 and 7 x 3: 7 x 4 needs 33 registers with its broadcast, and GCC
  * spills an accumulator to the stack on every step).  max(0, v) returns its second operand when
  * either is NaN: NaN stays NaN, as in torch's relu. */
 #define KV_RELU(v) _mm512_max_ps(_mm512_setzero_ps(), v)
-#define BL_PMAX 14
+#define BL_PMAX 7
 #define BL_VMAX 4
 #include "conv_blocked_ukernel_impl.h"
 #define BL_ROW(NP) BL_FN(NP, 1) BL_FN(NP, 2) BL_FN(NP, 3) BL_FN(NP, 4)
 BL_ROW(1) BL_ROW(2) BL_ROW(3) BL_ROW(4) BL_ROW(5) BL_ROW(6) BL_ROW(7)
-BL_ROW(8) BL_ROW(9) BL_ROW(10) BL_ROW(11) BL_ROW(12) BL_ROW(13) BL_ROW(14)
 #define BL_ENTRY(NP) {bl_##NP##x1, bl_##NP##x2, bl_##NP##x3, bl_##NP##x4}
-static void (*const BL_TABLE[BL_PMAX][BL_VMAX])(BL_ARGS) = {
-    BL_ENTRY(1), BL_ENTRY(2), BL_ENTRY(3), BL_ENTRY(4), BL_ENTRY(5), BL_ENTRY(6), BL_ENTRY(7),
-    BL_ENTRY(8), BL_ENTRY(9), BL_ENTRY(10), BL_ENTRY(11), BL_ENTRY(12), BL_ENTRY(13), BL_ENTRY(14)};
+static void (*const BL_TABLE[BL_PMAX][BL_VMAX])(BL_ARGS) = {BL_ENTRY(1), BL_ENTRY(2), BL_ENTRY(3), BL_ENTRY(4),
+                                                            BL_ENTRY(5), BL_ENTRY(6), BL_ENTRY(7)};
 
-void fc_f32_blocked_14x4_avx512(int64_t np, int64_t nv, BL_ARGS) {
+void fc_f32_blocked_7x4_avx512(int64_t np, int64_t nv, BL_ARGS) {
     BL_TABLE[np - 1][nv - 1](taps, x, xoff, xpix, w, y, yvec, mode, bias, res, rvec, relu);
 }
 
@@ -101,7 +99,7 @@ void fc_f32_kvec_7x4_avx512(int64_t np, int64_t nv, int64_t steps, const float *
 void fc_f32_kvec_pack_avx512(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst) {
     (void)w, (void)ldw, (void)rows, (void)steps, (void)dst;
 }
-void fc_f32_blocked_14x4_avx512(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
+void fc_f32_blocked_7x4_avx512(int64_t np, int64_t nv, int64_t taps, const float *x, const int64_t *xoff,
                                int64_t xpix, const float *w, float *y, int64_t yvec, int mode, const float *bias,
                                const float *res, int64_t rvec, int relu) {
     (void)np, (void)nv, (void)taps, (void)x, (void)xoff, (void)xpix, (void)w, (void)y, (void)yvec, (void)mode,
