@@ -328,6 +328,18 @@ def test_blocked_layout_kept_between_convolutions(model, reference):
     assert plan.allocations_per_call == 0
 
 
+def _untuned_c_plan(module, shape, seed):
+    """(an untuned c plan of the torch ``module`` through from_torch, an input of ``shape``, torch's
+    output for it)."""
+    torch = pytest.importorskip("torch")
+    from fastconv.interop.torch import from_torch
+
+    x = _x(shape, seed=seed)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    return fastconv.compile(from_torch(module), x.shape, backend="c", tune=False), x, expected
+
+
 def test_pools_take_a_conversion_only_where_they_can():
     """A max pool's output that another step also reads, and a pool that is not a global average,
     keep their conversion steps; the plan still matches the model."""
@@ -347,7 +359,6 @@ def test_pools_take_a_conversion_only_where_they_can():
     assert_matches(plan(x), m(x), what="a blocked max pool, an NCHW average pool", rtol=RTOL)
 
     torch = pytest.importorskip("torch")
-    from fastconv.interop.torch import from_torch
 
     class Both(torch.nn.Module):  # the pooled value feeds a blocked convolution and an NCHW step
         def __init__(self):
@@ -360,11 +371,7 @@ def test_pools_take_a_conversion_only_where_they_can():
             return self.c2(torch.relu(self.c1(p))) + torch.sigmoid(p)  # sigmoid reads p as NCHW
 
     torch.manual_seed(0)
-    both = Both().eval()
-    x = _x((1, 16, 8, 8), seed=10)
-    with torch.no_grad():
-        expected = both(torch.from_numpy(x)).numpy()
-    plan = fastconv.compile(from_torch(both), x.shape, backend="c", tune=False)
+    plan, x, expected = _untuned_c_plan(Both().eval(), (1, 16, 8, 8), seed=10)
     assert [s.blocked for s in plan.steps if isinstance(s, Pool)] == [None]
     assert any(isinstance(s, Relayout) and s.to_blocked for s in plan.steps)
     assert_matches(plan(x), expected, what="a pooled value read twice", rtol=RTOL)
@@ -375,7 +382,6 @@ def test_outputs_written_over_residuals_only_where_nothing_else_reads_them():
     reader; not when a later step reads the residual, nor when the residual is also its input."""
     require("c")
     torch = pytest.importorskip("torch")
-    from fastconv.interop.torch import from_torch
 
     class Residuals(torch.nn.Module):
         def __init__(self):
@@ -392,11 +398,7 @@ def test_outputs_written_over_residuals_only_where_nothing_else_reads_them():
             return w + torch.sigmoid(b)  # sigmoid reads an NCHW copy of b, made where b is
 
     torch.manual_seed(1)
-    t = Residuals().eval()
-    x = _x((2, 16, 9, 9), seed=11)
-    with torch.no_grad():
-        expected = t(torch.from_numpy(x)).numpy()
-    plan = fastconv.compile(from_torch(t), x.shape, backend="c", tune=False)
+    plan, x, expected = _untuned_c_plan(Residuals().eval(), (2, 16, 9, 9), seed=11)
     convs = [s for s in plan.steps if s.kind == "conv"]
     assert all(s.blocked is not None for s in convs)
     assert [s.in_place for s in convs if s.residual is not None] == [True, False, True, False]
