@@ -166,12 +166,12 @@ def test_buffers_are_allocated_once_and_shared_by_liveness(model):
             continue
         for v in s.reads():
             other = next((t for t in plan.steps if t.output == v and t.bound), None)
-            if other is not None and getattr(s, "in_place", False) and v == s.residual:
+            if other is not None and s.in_place and v == s.residual:
                 assert other.out.ctypes.data == s.out.ctypes.data and other.out.shape == s.out.shape, s.name
                 assert not any(v in t.reads() for t in plan.steps[i + 1 :]), s.name
             else:
                 assert other is None or not np.shares_memory(other.out, s.out), s.name
-    assert any(getattr(s, "in_place", False) for s in bound)
+    assert any(s.in_place for s in bound)
     plan(x)
     tracemalloc.start()
     try:

@@ -25,6 +25,7 @@ class Step:
     managed = False  # the kernel writes into a buffer the plan gives it
     bound = False  # ... and the plan gave it one
     allocates = True  # when not bound: a fresh array per call (a view, for flatten, is not)
+    in_place = False  # the plan gave the output the buffer of the value it overwrites (overwrites)
 
     def __init__(self, name: str, output: int):
         self.name, self.output, self.out = name, output, None
@@ -65,7 +66,6 @@ class Conv(Step):
         self.fallback = False
         self.blocked = None  # (input border, residual border, output border) on blocked activations
         self.wb = None  # the blocked kernel's pre-packed weights
-        self.in_place = False  # the plan gave the output the residual's buffer (overwrites)
 
     def reads(self):
         return [self.x] + ([] if self.residual is None else [self.residual])
