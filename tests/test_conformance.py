@@ -3,30 +3,17 @@
 import pytest
 
 from cases import all_cases
-from harness import check, fastconv_backends, kernel_of
+from harness import check, fastconv_backends, require
 
 import fastconv
-from fastconv import dispatch
 
 CASES = all_cases()
-
-
-def _require(backend: str, case=None) -> None:
-    """Skip unless ``backend`` runs here (and, given a case, has the function of its op)."""
-    ok, reason = dispatch.status(backend)
-    if not ok:
-        pytest.skip(f"{backend} unavailable: {reason}")
-    if case is None:
-        return
-    kernel = kernel_of(case)
-    if not hasattr(dispatch.get_module(backend), kernel):  # an op this backend leaves to others
-        pytest.skip(f"{backend} does not implement {kernel}")
 
 
 @pytest.mark.parametrize("backend", fastconv_backends())
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_matches_torch(backend, case):
-    _require(backend, case)
+    require(backend, case)
     check(case, backend)
 
 

@@ -87,6 +87,15 @@ def available():
             return False, "no CUDA device (numba.cuda.is_available() is False)"
     except Exception as exc:
         return False, f"numba's CUDA target cannot start: {type(exc).__name__}: {exc}"
+    try:
+        # The modules the first kernel compile loads: a numba-cuda older than the NumPy beside it
+        # fails here (numba-cuda 0.30 under NumPy 2.5: np.row_stack is gone), not in every call.
+        importlib.import_module("numba.cuda.cudaimpl")
+    except Exception as exc:
+        return False, (
+            f"numba's CUDA target cannot compile with NumPy {np.__version__}: {type(exc).__name__}: {exc} "
+            "(upgrade numba-cuda, or use an older NumPy)"
+        )
     return True, ""
 
 
