@@ -1,12 +1,12 @@
 """The cupy backend: Caffe's GPU path -- im2col on the device, then one cuBLAS GEMM per group.
 
 Convolution gathers the (groups, C/groups * R * S, pixels) column matrix of every image with one
-elementwise kernel (padding modes read in place) and multiplies it by the weights with
-``cupy.matmul`` (a strided-batched cuBLAS GEMM over images and groups), which writes the output
-directly in (N, K, OH * OW) order; a 1x1 stride-1 unpadded convolution skips the gather.  Bias,
-residual and ReLU are one fused elementwise kernel after it.  Pooling, batch norm and ReLU are
-CuPy elementwise kernels, one thread per output.  float32 GEMMs follow CuPy's TF32 setting
-(off unless ``CUPY_TF32=1``).
+elementwise kernel (padding modes read in place; 32-bit index arithmetic wherever it fits) and
+multiplies it by the weights with strided-batched cuBLAS GEMMs over images (or groups), which
+write the output directly in (N, K, OH * OW) order; a 1x1 stride-1 unpadded convolution skips the
+gather.  Bias, residual and ReLU are one fused elementwise kernel after it.  Pooling, batch norm
+and ReLU are CuPy elementwise kernels, one thread per output.  float32 GEMMs run in plain float32
+(the cuBLAS handle's default math mode, never TF32).
 
 Arrays stay where they are, as in the cuda backend: device arrays come back as the same kind,
 NumPy arrays are copied to the device and back.  Needs CuPy (``pip install cupy-cuda12x``), a
@@ -86,7 +86,7 @@ def _result(y, like):
 # -- kernels (compiled by CuPy on first use, cached per process and on disk) ---------------------
 
 _SRC = """
-__device__ __forceinline__ long long src_index(long long i, long long size, int mode) {
+__device__ __forceinline__ IDX src_index(IDX i, IDX size, int mode) {
     if (i >= 0 && i < size) return i;
     if (mode == 0) return -1;
     if (mode == 1) return i < 0 ? -i : 2 * (size - 1) - i;
@@ -95,6 +95,22 @@ __device__ __forceinline__ long long src_index(long long i, long long size, int 
 }
 """
 
+# im2col does six integer divisions per element: 64-bit ones are emulated in many instructions,
+# so a 32-bit copy of the kernel runs whenever every index fits (all but huge tensors).
+_IM2COL_BODY = """
+    // col is (N, groups, cg * r * s, oh * ow)
+    IDX P = oh * ow, depth = cg * r * s;
+    IDX pix = (IDX)i % P, t = (IDX)i / P;
+    IDX q = t % depth; t /= depth;
+    IDX g = t % groups, img = t / groups;
+    IDX ci = q / (r * s), rem = q % (r * s);
+    IDX iy = src_index((pix / ow) * sh - pt + (rem / s) * dh, h, mode);
+    IDX ix = src_index((pix % ow) * sw - pl + (rem % s) * dw, w, mode);
+    col = (iy < 0 || ix < 0) ? (T)0 : x[((img * c + g * cg + ci) * h + iy) * w + ix];
+"""
+_IM2COL_PARAMS = ("c", "h", "w", "cg", "r", "s", "oh", "ow", "groups", "sh", "sw", "pt", "pl", "dh", "dw")
+_INT32_MAX = 2**31 - 1
+
 _kernels: dict = {}
 
 
@@ -102,24 +118,14 @@ def _kernel(name: str):
     if name in _kernels:
         return _kernels[name]
     cp = _cp()
-    if name == "im2col":
+    if name in ("im2col", "im2col32"):
+        idx, dtype = ("int", "int32") if name == "im2col32" else ("long long", "int64")
         k = cp.ElementwiseKernel(
-            "raw T x, int64 c, int64 h, int64 w, int64 cg, int64 r, int64 s, int64 oh, int64 ow, "
-            "int64 groups, int64 sh, int64 sw, int64 pt, int64 pl, int64 dh, int64 dw, int32 mode",
+            "raw T x, " + ", ".join(f"{dtype} {a}" for a in _IM2COL_PARAMS) + ", int32 mode",
             "T col",
-            """
-            // col is (N, groups, cg * r * s, oh * ow)
-            long long P = oh * ow, depth = cg * r * s;
-            long long pix = i % P, t = i / P;
-            long long q = t % depth; t /= depth;
-            long long g = t % groups, img = t / groups;
-            long long ci = q / (r * s), rem = q % (r * s);
-            long long iy = src_index((pix / ow) * sh - pt + (rem / s) * dh, h, mode);
-            long long ix = src_index((pix % ow) * sw - pl + (rem % s) * dw, w, mode);
-            col = (iy < 0 || ix < 0) ? (T)0 : x[((img * c + g * cg + ci) * h + iy) * w + ix];
-            """,
-            "fastconv_im2col",
-            preamble=_SRC,
+            _IM2COL_BODY,
+            f"fastconv_{name}",
+            preamble=f"typedef {idx} IDX;\n" + _SRC,
         )
     elif name == "epilogue":
         k = cp.ElementwiseKernel(
@@ -210,6 +216,45 @@ def _kernel(name: str):
     return k
 
 
+def _batched_gemm(w, col, y, n, g, kg, depth, plane) -> None:
+    """y[i, j] = w[j] @ col[i, j] for every image i and group j, as strided-batched cuBLAS GEMMs.
+
+    One call per group batched over images (or per image batched over groups, whichever is
+    fewer): a single stride per operand, the weights' being 0 across images.  cupy.matmul would
+    build pointer arrays on the device for a batched product (several kernel launches and a few
+    hundred microseconds of host time per call); this is one launch.  Row-major (kg, depth) @
+    (depth, plane) is column-major (plane, depth) @ (depth, kg), so A is col and B the weights.
+    """
+    cp = _cp()
+    from cupy_backends.cuda.libs import cublas
+
+    w, col = cp.ascontiguousarray(w), cp.ascontiguousarray(col)
+    gemm = cublas.sgemmStridedBatched if y.dtype == np.float32 else cublas.dgemmStridedBatched
+    size = y.dtype.itemsize
+    one, zero = np.ones(1, y.dtype), np.zeros(1, y.dtype)  # alpha, beta: host pointers
+    handle = cp.cuda.device.get_cublas_handle()
+    mode, math = cublas.getPointerMode(handle), cublas.getMathMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    cublas.setMathMode(handle, getattr(cublas, "CUBLAS_DEFAULT_MATH", 0))  # float32 stays float32: no TF32
+    try:
+        a_img, b_grp, c_img = g * depth * plane, kg * depth, g * kg * plane  # strides, elements
+        a_grp, c_grp = depth * plane, kg * plane
+        if g <= n:  # per group, batched over images
+            loops, count, (sa, sb, sc), (la, lb, lc) = g, n, (a_img, 0, c_img), (a_grp, b_grp, c_grp)
+        else:  # per image, batched over groups
+            loops, count, (sa, sb, sc), (la, lb, lc) = n, g, (a_grp, b_grp, c_grp), (a_img, 0, c_img)
+        for j in range(loops):
+            gemm(
+                handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, plane, kg, depth,
+                one.ctypes.data, col.data.ptr + j * la * size, plane, sa,
+                w.data.ptr + j * lb * size, depth, sb,
+                zero.ctypes.data, y.data.ptr + j * lc * size, plane, sc, count,
+            )  # fmt: skip
+    finally:
+        cublas.setPointerMode(handle, mode)
+        cublas.setMathMode(handle, math)
+
+
 def _synchronize() -> None:
     import cupy as cp
 
@@ -233,26 +278,12 @@ def conv2d(p, x, weight, bias, residual):
             col = dx.reshape(n, g, cg, plane)
         else:
             col = cp.empty((n, g, depth, plane), p.dtype)
-            _kernel("im2col")(
-                dx,
-                p.c,
-                p.h,
-                p.w,
-                cg,
-                p.r,
-                p.s,
-                p.oh,
-                p.ow,
-                g,
-                *p.stride,
-                pt,
-                pl,
-                *p.dilation,
-                np.int32(_PAD_MODES[p.padding_mode]),
-                col,
-            )
+            args = (p.c, p.h, p.w, cg, p.r, p.s, p.oh, p.ow, g, *p.stride, pt, pl, *p.dilation)
+            small = max(col.size, dx.size) <= _INT32_MAX
+            kernel = _kernel("im2col32" if small else "im2col")
+            kernel(dx, *(np.int32(a) if small else a for a in args), np.int32(_PAD_MODES[p.padding_mode]), col)
         # (g, kg, depth) @ (n, g, depth, plane) -> (n, g, kg, plane): the output's own layout.
-        cp.matmul(dw.reshape(g, kg, depth), col, out=y)
+        _batched_gemm(dw, col, y, n, g, kg, depth, plane)
         db = cp.zeros(p.k, p.dtype) if bias is None else _to_device(bias)
         dr = y if residual is None else _to_device(residual)
         if bias is not None or residual is not None or p.activation == "relu":
