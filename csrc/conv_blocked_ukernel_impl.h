@@ -16,8 +16,11 @@
  * NULL), + res[i * KV_LANES + j * rvec] (res may be NULL), then relu when asked. */
 
 /* The channel loop unrolled by 4: 1x1 layers 0.88-0.92x -> 0.93-0.97x of the GEMM alone (by 16:
- * 0.8-0.9x, the larger loop body spilling more). */
+ * 0.8-0.9x, the larger loop body spilling more).  An instruction set may ask for another factor
+ * by defining BL_UNROLL before including this file. */
+#ifndef BL_UNROLL
 #define BL_UNROLL _Pragma("GCC unroll 4")
+#endif
 
 KV_TARGET __attribute__((always_inline)) static inline void
 bl_body(const int np, const int nv, int64_t taps, const float *restrict x, const int64_t *restrict xoff,

@@ -32,6 +32,10 @@ void fc_f32_kvec_4x3_avx2(int64_t np, int64_t nv, KV_ARGS) {
  * 4 x 3 measured best of 4x3, 6x2, 7x2 and 7x1 on 3x3 and 1x1 layers (7x2's 17 registers
  * spill: 0.6x). */
 #define KV_RELU(v) _mm256_max_ps(_mm256_setzero_ps(), v)
+/* The 8 channel steps of a tap fully unrolled: GCC leaves this smaller body rolled under "unroll
+ * 4" (25 instructions, 6 of them loop bookkeeping, per 12 FMAs); rolled out, ResNet-50 plans ran
+ * 8-9% faster on a Zen 3 (batch 1 and 8, 2 threads, alternated in one process). */
+#define BL_UNROLL _Pragma("GCC unroll 8")
 #define BL_PMAX 4
 #define BL_VMAX 3
 #include "conv_blocked_ukernel_impl.h"
