@@ -13,8 +13,8 @@
  *     address, so there is no edge code;
  *   - the weights are packed once as [group of nv vectors][c / L][r][s][L][nv][L]: a task reads
  *     its weights as one sequential stream;
- *   - the reduction runs in blocks of whole channel blocks (about BL_STEPS steps: 16-24 KB of
- *     weights that stay in L1 while the task's tiles pass); a later block adds to the partial sums
+ *   - the reduction runs in blocks of whole channel blocks (about blocked_steps steps, isa.c: 24-32
+ *     KB of weights that stay in L1 while the task's tiles pass); a later block adds to the partial sums
  *     left in the output itself, and the last applies the epilogue (bias, residual, relu) on the
  *     way out.
  *
@@ -23,9 +23,6 @@
  * depend on the thread count. */
 #include "fc_internal.h"
 
-/* Reduction steps per block: 128 x 2-3 vectors x 64 bytes = 16-24 KB of AVX-512 weights in L1
- * (256 and more steps made the 1x1 layers with few output channels slower). */
-#define BL_STEPS 128
 /* A task's output rows x ow x (nv x L) partial sums stay within about this many floats (L2). */
 #define BL_ACC_FLOATS (32 * 1024)
 /* Weights up to this many bytes are shared by all of a task's groups (task_shape). */
@@ -242,7 +239,7 @@ int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, c
     B.kvecs = d->k / L;
     B.groups = (B.kvecs + B.V - 1) / B.V;
     B.rs = d->r * d->s;
-    B.cbb = FC_MAX(1, BL_STEPS / (B.rs * L));
+    B.cbb = FC_MAX(1, cfg->blocked_steps / (B.rs * L));
     B.xb = xb, B.yb = yb, B.rb = rb;
     B.xw = d->w + 2 * xb;
     B.xplane = (d->h + 2 * xb) * B.xw * L;

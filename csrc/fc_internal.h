@@ -257,6 +257,7 @@ typedef struct fc_isa_config {
     const char *kvec_name;     /* e.g. "conv2d f32 kvec 7x4x16 avx512" */
     fc_blocked_fn blocked;     /* the channel-vector tile on blocked activations (compiled plans) */
     int blocked_tiles[2][2];   /* its {pixels, vectors}: [0] for rows a multiple of [0][0], else [1] */
+    int blocked_steps;         /* reduction steps (channel x tap) per block: its weights stay in L1 */
     const char *blocked_name;  /* e.g. "conv2d f32 blocked avx512" */
 } fc_isa_config;
 

@@ -94,10 +94,12 @@ def _cases(lanes: int) -> list[Case]:
         ],
         # Output channels: 1 to 9 vectors, so every group size of every table, partial last groups.
         *[Case("conv2d", f"blocked-k{v}", (1, L, 6, 6), (v * L, L, 1, 1), {}, bias=True) for v in range(1, 10)],
-        # Several reduction blocks (partial sums left in the output between them), with residual.
-        Case("conv2d", "blocked-deep1x1", (1, 20 * L, 7, 7), (2 * L, 20 * L, 1, 1), relu, bias=True, residual=True),
+        # Several reduction blocks (partial sums left in the output between them), with residual: at
+        # least two on every table (blocks of 128-256 steps, isa.c: 16-32 channel blocks in a 1x1
+        # layer, 1-3 in a 3x3 one).
+        Case("conv2d", "blocked-deep1x1", (1, 40 * L, 7, 7), (2 * L, 40 * L, 1, 1), relu, bias=True, residual=True),
         Case(
-            "conv2d", "blocked-deep3x3", (2, 3 * L, 6, 9), (5 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True
+            "conv2d", "blocked-deep3x3", (2, 5 * L, 6, 9), (5 * L, 5 * L, 3, 3), {"padding": 1, **relu}, residual=True
         ),
         Case(
             "conv2d",
@@ -200,8 +202,8 @@ def test_blocked_kernels_write_over_the_residual_in_place():
     relu = {"activation": "relu"}
     direct = [
         Case("conv2d", "inplace-1x1", (2, 4 * L, 7, 7), (8 * L, 4 * L, 1, 1), relu, bias=True, residual=True),
-        Case("conv2d", "inplace-deep1x1", (1, 20 * L, 7, 7), (2 * L, 20 * L, 1, 1), relu, True, True),
-        Case("conv2d", "inplace-3x3", (2, 3 * L, 6, 9), (5 * L, 3 * L, 3, 3), {"padding": 1}, True, True),
+        Case("conv2d", "inplace-deep1x1", (1, 40 * L, 7, 7), (2 * L, 40 * L, 1, 1), relu, True, True),
+        Case("conv2d", "inplace-3x3", (2, 5 * L, 6, 9), (5 * L, 5 * L, 3, 3), {"padding": 1}, True, True),
         Case("conv2d", "inplace-stride2", (3, 2 * L, 15, 13), (3 * L, 2 * L, 3, 3), {"stride": 2, "padding": 1}, True, True),
     ]  # fmt: skip
     for i, case in enumerate(direct):
