@@ -6,7 +6,7 @@ import pytest
 
 import fastconv
 from fastconv import dispatch, nn
-from test_conformance import _require
+from harness import require
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -152,7 +152,7 @@ def test_relu_layer_inplace_as_torch():
 
 @pytest.mark.parametrize("backend", CPU)
 def test_pool_layers_return_indices(backend):
-    _require(backend)
+    require(backend)
     x = np.round(RNG.standard_normal((2, 3, 9, 9)) * 2).astype(np.float32)  # ties
     layer = nn.MaxPool2d(3, 2, 1, return_indices=True).to_backend(backend)
     y, idx = layer(x)
@@ -208,7 +208,7 @@ def test_unsupported_backend_refuses_indices_with_a_reason():
     "algorithm, dtype", [("gemm", "float32"), ("direct", "float32"), ("winograd", "float32"), ("direct", "float64")]
 )
 def test_c_epilogue_paths(act, algorithm, dtype):
-    _require("c")
+    require("c")
     x = RNG.standard_normal((2, 5, 9, 10)).astype(dtype) * 3
     w = RNG.standard_normal((7, 5, 3, 3)).astype(dtype)
     b = RNG.standard_normal(7).astype(dtype)
@@ -285,7 +285,7 @@ def test_fuse_folds_conv_activation(act):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_c_epilogue_over_the_whole_float_range(kind, dtype):
     # The float32 sigmoids use their own vectorised exp: every magnitude, the underflow edge, +-inf, NaN.
-    _require("c")
+    require("c")
     x = np.concatenate([np.linspace(-100, 100, 4001), [np.inf, -np.inf, np.nan, -87.5, -86.9, 0.0, -0.0, 1e-8]])
     x = np.ascontiguousarray(x.astype(dtype).reshape(1, 1, 1, -1))
     y = fastconv.conv2d(x, np.ones((1, 1, 1, 1), dtype), activation=kind, backend="c")

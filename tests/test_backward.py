@@ -17,8 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backward_cases import BwdCase, _conv, all_cases
-from harness import fastconv_backends
-from test_conformance import _require
+from harness import fastconv_backends, require
 
 from fastconv import ops
 
@@ -181,7 +180,7 @@ BACKENDS = [b for b in fastconv_backends() if b in ("naive", "im2col", "numba", 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_backward_matches_torch_autograd(backend, case):
-    _require(backend)
+    require(backend)
     check(case, backend)
 
 
@@ -227,7 +226,7 @@ def conv_problems(draw) -> BwdCase:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_drawn_conv_backward_matches_torch_autograd(backend):
-    _require(backend)
+    require(backend)
 
     @settings(max_examples=max(5, settings.default.max_examples // 8))
     @given(case=conv_problems(), seed=st.integers(0, 2**16))

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from harness import fastconv_backends
-from test_conformance import _require
+from harness import fastconv_backends, require
 
 rng = np.random.default_rng(3)
 X = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
@@ -24,7 +23,7 @@ def _work(backend):
 
 @pytest.mark.parametrize("backend", [b for b in fastconv_backends() if b != "naive"])
 def test_concurrent_calls_are_identical(backend):
-    _require(backend, None)
+    require(backend, None)
     fastconv.set_num_threads(2)
     expected = _work(backend)
     with ThreadPoolExecutor(4) as pool:
@@ -36,7 +35,7 @@ def test_concurrent_calls_are_identical(backend):
 
 @pytest.mark.parametrize("backend", [b for b in fastconv_backends() if b != "naive"])
 def test_thread_count_does_not_change_results(backend):
-    _require(backend, None)
+    require(backend, None)
     out = []
     for n in (1, 2, 3):
         fastconv.set_num_threads(n)

@@ -4,16 +4,15 @@ import pytest
 from hypothesis import given, settings
 
 import strategies
-from harness import check, fastconv_backends
+from harness import check, fastconv_backends, require
 
 from fastconv import dispatch
-from test_conformance import _require
 
 
 @pytest.mark.parametrize("backend", fastconv_backends())
 @pytest.mark.parametrize("family", list(strategies.ALL))
 def test_drawn_problems_match_torch(backend, family):
-    _require(backend, None)
+    require(backend, None)
     module = dispatch.get_module(backend)
     if family in ("adaptive_max_pool2d", "activation", "linear") and not hasattr(
         module, {"activation": "activation"}.get(family, family)

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from harness import fastconv_backends
-from test_conformance import _require
+from harness import fastconv_backends, require
 
 rng = np.random.default_rng(7)
 X = rng.standard_normal((2, 6, 9, 9)).astype(np.float32)
@@ -40,7 +39,7 @@ CALLS = {
 @pytest.mark.parametrize("backend", fastconv_backends())
 @pytest.mark.parametrize("op", list(CALLS))
 def test_input_forms_match_contiguous(backend, op):
-    _require(backend, None)
+    require(backend, None)
     expected = CALLS[op](X, backend)
     for name, x in _forms(X):
         before = x.copy()
@@ -52,7 +51,7 @@ def test_input_forms_match_contiguous(backend, op):
 
 @pytest.mark.parametrize("backend", fastconv_backends())
 def test_weight_bias_residual_forms(backend):
-    _require(backend, None)
+    require(backend, None)
     res = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
     expected = fastconv.conv2d(X, W, B, 2, 1, groups=2, residual=res, activation="relu", backend=backend)
     for (name, w), (_, b), (_, r) in zip(_forms(W), _forms(B), _forms(res)):
