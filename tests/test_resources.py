@@ -87,9 +87,12 @@ def test_rss_flat_over_many_calls(backend):
 
 
 INTERRUPTED = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     import numpy as np
     import fastconv
+    # Python's own Ctrl-C handler, whatever the parent left: a shell starts background jobs
+    # with SIGINT ignored, and the child would then never see the signal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     backend = sys.argv[1]
     x = np.ones((8, 64, 96, 96), np.float32)
     w = np.ones((64, 64, 3, 3), np.float32)
