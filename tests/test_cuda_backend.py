@@ -32,12 +32,6 @@ def _status(name):
     return dispatch._status(dispatch._registry[name])
 
 
-def _require(name):
-    ok, reason = _status(name)
-    if not ok:
-        pytest.skip(f"{name} unavailable: {reason}")
-
-
 # The simulator runs each CUDA thread as a Python thread: these small cases keep it to well under
 # a minute while touching every option (padding modes, same/valid, stride, dilation, groups,
 # depthwise, residual + relu, NaN, unbatched, empty batch).
@@ -109,7 +103,7 @@ def algorithm(request, monkeypatch):
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.op == "conv2d"], ids=lambda c: c.id)
 def test_cuda_conv_algorithms(case, algorithm):
-    _require("cuda")
+    require("cuda")
     check(case, "cuda")
 
 
@@ -121,7 +115,7 @@ def test_cuda_other_ops(case):
 
 def test_cuda_hypothesis_problems():
     """Problems drawn by the shared strategies (not in this repository), small enough for the simulator."""
-    _require("cuda")
+    require("cuda")
     from hypothesis import given, settings
     from strategies import conv_cases as drawn_conv
     from strategies import pool_cases as drawn_pool
@@ -170,7 +164,7 @@ class _FakeDeviceArray:
 @pytest.mark.parametrize("backend", ["cuda", "cupy"])
 def test_device_arrays_stay_on_the_device(backend):
     """A device array in gives the same kind out, with torch's values; "auto" stays on the device."""
-    _require(backend)
+    require(backend)
     by_name = {c.name: c for c in conv_cases()}
     case = by_name["residual_relu"]
     inputs = make_inputs(case)

@@ -19,7 +19,6 @@ import argparse
 import cProfile
 import io
 import json
-import math
 import pstats
 import sys
 import time
@@ -148,8 +147,8 @@ def main(argv=None) -> int:
                 for be in backends:
                     got = {r["problem"]: r["median_s"] for r in doc["results"] if r["backend"] == be and r["median_s"]}
                     ratios = [ref[p] / got[p] for p in ref if p in got and batch.get(p) == n]
-                    if ratios:
-                        gm = math.exp(sum(map(math.log, ratios)) / len(ratios))
+                    gm = gpu_check._geomean(ratios)
+                    if gm:
                         print(f"{key} batch {n}: {be} {gm:.3f}x cuDNN (geometric mean of {len(ratios)})", flush=True)
     return 0
 
