@@ -248,10 +248,15 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
                 boff[j] = P->poff;
             }
         }
-        /* ...then each mr-channel weight block meets every panel while it sits in L1. */
-        for (int64_t mb = mb0; mb < mb1; mb++) {
-            const float *a = a_block(P, g, mb, k0);
-            for (int64_t j = 0; j < p1 - p0; j++) {
+        /* ...then every (weight block, panel) tile.  The table says which of the two stays in L1
+         * while the other passes (gemm_panel_outer): each mr-channel weight block meeting every
+         * panel, or each panel meeting every weight block. */
+        const int panel_outer = P->cfg->gemm_panel_outer;
+        const int64_t outer = panel_outer ? p1 - p0 : mt, inner = panel_outer ? mt : p1 - p0;
+        for (int64_t o = 0; o < outer; o++) {
+            for (int64_t i = 0; i < inner; i++) {
+                const int64_t mb = mb0 + (panel_outer ? i : o), j = panel_outer ? o : i;
+                const float *a = a_block(P, g, mb, k0);
                 if (narrow[j] || (j > 0 && tail_of[j - 1] == j))
                     continue;
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
@@ -367,10 +372,11 @@ int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
 /* Rows per reduction block: whole input channels, at most the table's conv_kc, and blocks of
  * equal size -- a 256-channel 1x1 layer runs as one block, not as 192 + 64 rows.  Each block
  * costs a pass over the task's partial sums and a short tail block runs the kernel at a loss;
- * the mr x conv_kc weight slice still fits L1 (32 KB on AVX-512, 12 KB on AVX2).  Measured with
- * compiled ResNet-50 plans, 2 threads, AMD EPYC (Zen 5), in one process, alternating settings:
- * the previous 192 rows (AVX-512) took 22.8 ms at batch 1 and 186 ms at batch 8, 1024 rows in
- * equal blocks 21.9 and 174 ms; AVX2 kernels 44.4 ms (256 rows) and 43.2-43.8 ms (512-1024). */
+ * what stays in L1 must still fit: the mr x conv_kc weight slice on AVX-512 (32 KB), the
+ * conv_kc x 16 panel on AVX2 (16 KB; see isa.c).  Measured with compiled ResNet-50 plans, 2
+ * threads, AMD EPYC (Zen 5), in one process, alternating settings: the previous 192 rows
+ * (AVX-512) took 22.8 ms at batch 1 and 186 ms at batch 8, 1024 rows in equal blocks 21.9 and
+ * 174 ms. */
 static int64_t reduction_block(const plan_t *P) {
     const int64_t rs = P->d->r * P->d->s;
     const int64_t per = FC_MAX(1, P->cfg->conv_kc / rs), blocks = (P->cg + per - 1) / per;

@@ -239,6 +239,8 @@ typedef struct fc_isa_config {
     int conv_kc;               /* the forward GEMM's longest reduction block (conv_gemm_f32.c) */
     const fc_ukernel_fn (*gemm)[3]; /* [prefetch B][NV - 1]; NULL beyond nr / 16 */
     const fc_ukernel_fn (*gemm_packed)[3]; /* the same reading A pre-packed, [p][mr]; NULL: none */
+    int gemm_panel_outer;      /* 1: a task's B panel stays in L1 while its weight blocks pass;
+                                  0: a weight block stays while its panels pass */
     fc_narrow_fn narrow;       /* panels of <= FC_NARROW_COLS columns on pre-packed A; NULL: none */
     fc_gemm_store_fn gemm_store; /* full tiles' last block, epilogue fused; NULL: none */
     fc_gemm_tail_fn gemm_tail; /* a full tile and the narrow panel after it in one pass; NULL: none */
