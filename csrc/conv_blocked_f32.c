@@ -109,10 +109,10 @@ int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) 
 }
 
 /* A task is a set of gs groups of output channels over a chunk of rc output rows; its loops
- * (run_task) go reduction block, group, row.  Where all the weights fit in L2 (BL_SHARED_WEIGHTS)
- * the set is every group: a block of the chunk's input then comes from memory once and from cache
- * for the other groups (the wide 1x1 layers of large images ran at 0.74-0.9x the NCHW GEMM while
- * each group re-read the whole input).  Otherwise a task is one group, and the chunks of a group
+ * (run_task) go reduction block, then group and row (row first in a set of several groups).
+ * Where the weights are small (BL_SHARED_WEIGHTS) the set is every group: a block of the chunk's
+ * input then comes from memory once and from cache for the other groups (the wide 1x1 layers of
+ * large images ran at 0.74-0.9x the NCHW GEMM while each group re-read the whole input).  Otherwise a task is one group, and the chunks of a group
  * follow each other so that its weights stay in cache (the late layers at batch 1, whose weights
  * outweigh their input).  Chunks are as long as keep one group's partial sums within
  * BL_ACC_FLOATS, split until every thread has BL_TASKS_PER_THREAD tasks.  (Measured on
