@@ -17,11 +17,23 @@
 /* The accumulators are named variables, not an array: GCC kept an array of them in memory and
  * stored all twelve every step. */
 #define ROW(i) c##i##0, c##i##1
-#define STEP(i)                                                                                   \
+#define STEP(i, q)                                                                                \
     do {                                                                                          \
-        __m256 av = _mm256_broadcast_ss(packed ? a + p * MR + (i) : a + (i) * lda + p);          \
+        __m256 av = _mm256_broadcast_ss(packed ? a + (q) * MR + (i) : a + (i) * lda + (q));      \
         c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);                                               \
         c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);                                               \
+    } while (0)
+/* Reduction step q: one row of B (16 pixels) against the 6 weights of the step. */
+#define STEPS(q)                                                                                  \
+    do {                                                                                          \
+        const float *bp = b + boff[q];                                                            \
+        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);                            \
+        STEP(0, q);                                                                               \
+        STEP(1, q);                                                                               \
+        STEP(2, q);                                                                               \
+        STEP(3, q);                                                                               \
+        STEP(4, q);                                                                               \
+        STEP(5, q);                                                                               \
     } while (0)
 #define LOAD(i)                                                                                   \
     do {                                                                                          \
@@ -64,28 +76,39 @@ gemm_6x16(const int prefetch_b, const int packed, int64_t kc, const float *restr
     LOAD(3);
     LOAD(4);
     LOAD(5);
-    for (int64_t p = 0; p < kc; p++) {
-        /* The weight rows stream in place: every 16 steps each row enters a new line; fetch
-         * the one after it, one row per step. */
-        if (packed) { /* one sequential stream (fc_f32_gemm_weights): 6 weights a step, */
-            if ((p & 1) == 0) /* fetched 64 steps ahead, as the AVX-512 kernel (see there) */
+    int64_t p = 0;
+    /* Blocks of 16 steps, straight-line, their prefetches issued once at the start: rolled one
+     * step at a time the loop spent 27 instructions per 12 FMAs, and unrolled with the
+     * prefetches still decided step by step it ran no faster (AMD EPYC Zen 3).  Blocked so,
+     * eleven ResNet-50 layers took 0.93-0.95x the time (geometric means of two alternations in
+     * one process, 2 threads), none slower by more than noise. */
+    for (; p + 16 <= kc; p += 16) {
+        if (packed) { /* one sequential stream (fc_f32_gemm_weights): 16 steps are 6 lines, */
+            for (int l = 0; l < 6; l++) /* fetched 64 steps ahead, as the AVX-512 kernel (see there) */
+                _mm_prefetch((const char *)(a + p * MR + 384 + 16 * l), _MM_HINT_T0);
+        } else { /* each weight row enters a new line every 16 steps: fetch the one after it */
+            for (int i = 0; i < MR; i++)
+                _mm_prefetch((const char *)(a + i * lda + p + 32), _MM_HINT_T0);
+        }
+        if (prefetch_b) /* cold B rows: fetch 8 rows ahead (both lines each spans) */
+            for (int64_t q = p + 8; q < FC_MIN(p + 24, kc); q++) {
+                _mm_prefetch((const char *)(b + boff[q]), _MM_HINT_T0);
+                _mm_prefetch((const char *)(b + boff[q]) + 60, _MM_HINT_T0);
+            }
+        _Pragma("GCC unroll 16") for (int64_t q = p; q < p + 16; q++) STEPS(q);
+    }
+    for (; p < kc; p++) { /* the last steps, prefetching as the rolled loop did */
+        if (packed) {
+            if ((p & 1) == 0)
                 _mm_prefetch((const char *)(a + p * MR + 384), _MM_HINT_T0);
         } else if ((p & 15) < MR) {
             _mm_prefetch((const char *)(a + (p & 15) * lda + p + 32), _MM_HINT_T0);
         }
-        if (prefetch_b && p + 8 < kc) { /* cold B rows: fetch 8 rows ahead (both lines it spans) */
-            const char *next = (const char *)(b + boff[p + 8]);
-            _mm_prefetch(next, _MM_HINT_T0);
-            _mm_prefetch(next + 60, _MM_HINT_T0);
+        if (prefetch_b && p + 8 < kc) {
+            _mm_prefetch((const char *)(b + boff[p + 8]), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b + boff[p + 8]) + 60, _MM_HINT_T0);
         }
-        const float *bp = b + boff[p];
-        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
-        STEP(0);
-        STEP(1);
-        STEP(2);
-        STEP(3);
-        STEP(4);
-        STEP(5);
+        STEPS(p);
     }
     if (out) {
         OUT(0);
