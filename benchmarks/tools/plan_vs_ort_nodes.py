@@ -5,9 +5,9 @@
 The same torchvision-style model (random weights) is compiled by fastconv on the c backend and
 exported through torch.onnx to ONNX Runtime (CPU, 2 threads, sequential).  ONNX Runtime's own
 profiler times each of its (fused) nodes; each plan step is timed in sequence with the clock
-around it.  Median of --reps forward passes each; the rows pair a plan step with the ONNX node
-that ends in the same layer (conv1 + relu, conv3 + add + relu, ..., the max pool and the
-classifier), slowest relative first.
+around it; the two run pass for pass in turn.  Median of --reps forward passes each; the rows
+pair a plan step with the ONNX node that ends in the same layer (conv1 + relu, conv3 + add +
+relu, ..., the max pool and the classifier), slowest relative first.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fastconv.interop.torch import to_torch
 from fastconv.models.resnet import ARCHS
 
 
-def _onnx_node_times(model, x, threads, reps):
+def _onnx_session(model, x, threads):
     import onnxruntime as ort
     import torch
 
@@ -43,13 +43,14 @@ def _onnx_node_times(model, x, threads, reps):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_profiling = True
     # Its workers stop spinning when a run returns, as in `fastconv bench` (onnxruntime_target):
-    # left spinning they slow the plan's first steps, timed right after.
+    # left spinning they slow the plan's steps, timed right after.
     opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x}
-    for _ in range(reps + 3):
-        sess.run(None, feed)
+    return ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+
+def _onnx_node_times(sess, skip: int) -> dict[str, float]:
+    """Each node's median time over the profiled runs after the first ``skip``."""
     path = sess.end_profiling()
     with open(path) as fh:
         events = json.load(fh)
@@ -58,7 +59,7 @@ def _onnx_node_times(model, x, threads, reps):
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             nodes.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] / 1e3)
-    return {name: float(np.median(v[3:] or v)) for name, v in nodes.items()}
+    return {name: float(np.median(v[skip:] or v)) for name, v in nodes.items()}
 
 
 def _step_of(node: str) -> str | None:
@@ -97,21 +98,26 @@ def main() -> None:
     nn.init.manual_seed(0)
     model = ARCHS[args.arch]().eval()
     x = np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224)).astype(np.float32)
-    ort_ms = _onnx_node_times(model, x, args.threads, args.reps)
     if args.tune:
         plan = fastconv.compile(model, x.shape, backend="c", winograd=True)
     else:
         plan = fastconv.compile(model, x.shape, backend="c", tune=False)
+    sess = _onnx_session(model, x, args.threads)
+    feed = {sess.get_inputs()[0].name: x}
     env = plan._env
     for _ in range(3):
+        sess.run(None, feed)
         plan(x)
+    # Alternated pass by pass, so that both see the same states of a shared host.
     times: dict[str, list[float]] = {s.name: [] for s in plan.steps}
     for _ in range(args.reps):
+        sess.run(None, feed)
         env[plan._input] = x
         for s in plan.steps:
             t = time.perf_counter()
             s.run(env)
             times[s.name].append((time.perf_counter() - t) * 1e3)
+    ort_ms = _onnx_node_times(sess, skip=3)
     ours = {k: float(np.median(v)) for k, v in times.items()}
     pairs = sorted(
         ((ours[step] / ms, step, ours[step], ms) for node, ms in ort_ms.items() if (step := _step_of(node)) in ours),
