@@ -112,12 +112,13 @@ int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) 
  * (run_task) go reduction block, then group and row (row first in a set of several groups).
  * Where the weights are small (BL_SHARED_WEIGHTS) the set is every group: a block of the chunk's
  * input then comes from memory once and from cache for the other groups (the wide 1x1 layers of
- * large images ran at 0.74-0.9x the NCHW GEMM while each group re-read the whole input).  Otherwise a task is one group, and the chunks of a group
- * follow each other so that its weights stay in cache (the late layers at batch 1, whose weights
- * outweigh their input).  Chunks are as long as keep one group's partial sums within
- * BL_ACC_FLOATS, split until every thread has BL_TASKS_PER_THREAD tasks.  (Measured on
- * ResNet-50 at batch 8: budgets on the chunk's input or on the whole set's partial sums gave
- * shorter chunks and a 3% slower network, while each layer alone ran as fast or faster.) */
+ * large images ran at 0.74-0.9x the NCHW GEMM while each group re-read the whole input).
+ * Otherwise a task is one group, and the chunks of a group follow each other so that its weights
+ * stay in cache (the late layers at batch 1, whose weights outweigh their input).  Chunks are as
+ * long as keep one group's partial sums within BL_ACC_FLOATS, split until every thread has
+ * BL_TASKS_PER_THREAD tasks.  (Measured on ResNet-50 at batch 8: budgets on the chunk's input or
+ * on the whole set's partial sums gave shorter chunks and a 3% slower network, while each layer
+ * alone ran as fast or faster.) */
 static void task_shape(bplan_t *B, int nthreads) {
     const int64_t per_row = B->d->ow * B->V * B->L;
     const int64_t wbytes = B->d->k * B->d->c * B->rs * (int64_t)sizeof(float);
