@@ -379,3 +379,27 @@ def test_what_the_blocked_kernel_refuses():
     )
     with pytest.raises(TypeError, match="shape"):  # an input of the wrong layout never reaches C
         call(np.zeros((1, L, 5, 5), np.float32))
+
+
+def test_a_call_checks_each_new_array_and_reads_its_contents_every_time():
+    """BlockedConvCall checks an input array the first time it comes and keeps its pointer: a
+    different array is checked again (a wrong one refused after good calls), and the same array
+    with new contents gives the new result."""
+    L = _lanes()
+    p = _problem(Case("conv2d", "reuse", (1, L, 3, 3), (L, L, 1, 1), {}, residual=True), False, None)
+    shape = cbackend.blocked_shape(p.output_shape, 0)
+    w = np.zeros((L, L, 1, 1), np.float32)
+    w[np.arange(L), np.arange(L)] = 1.0  # identity: y = x + residual
+    y = np.zeros(shape, np.float32)
+    call = cbackend.BlockedConvCall(p, cbackend.blocked_weights(p, w), None, y, 0, 0, 0)
+    x, res = np.ones(shape, np.float32), np.full(shape, 2.0, np.float32)
+    assert np.array_equal(call(x, res), np.full(shape, 3.0, np.float32))
+    x[...] = 5.0
+    assert np.array_equal(call(x, res), np.full(shape, 7.0, np.float32))
+    with pytest.raises(TypeError, match="shape"):
+        call(np.ones(cbackend.blocked_shape(p.input_shape, 1), np.float32), res)
+    with pytest.raises(TypeError, match="float32"):
+        call(x, res.astype(np.float64))
+    with pytest.raises(TypeError, match="residual"):
+        call(x, None)
+    assert np.array_equal(call(x, res), np.full(shape, 7.0, np.float32))  # the good arrays still run
