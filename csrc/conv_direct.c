@@ -35,7 +35,7 @@ int fc_f32_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const float *x, c
         ran = fc_f32_kvec_wanted(d) ? cfg->kvec_name : cfg->gemm_name;
         status = fc_f32_conv2d_fewc(d, x, w, bias, residual, y, nthreads, &ran);
         if (status == FC_EUNSUPPORTED)
-            status = fc_f32_conv2d_gemm(d, x, w, NULL, bias, residual, y, nthreads, NULL);
+            status = fc_f32_conv2d_gemm(d, x, w, NULL, bias, residual, y, nthreads, &ran);
         if (status != FC_EUNSUPPORTED || algorithm == FC_ALGO_GEMM)
             goto done;
     }

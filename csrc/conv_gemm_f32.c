@@ -81,9 +81,14 @@ void fc_f32_gemm_pack_weights(const fc_conv2d_desc *d, const float *w, float *ou
     }
 }
 
-/* Whether a panel of `cols` columns runs on the narrow kernel (pre-packed weights only). */
+/* Whether the kernels read the weights packed: pre-packed by a plan, or per task. */
+static int a_packed(const plan_t *P) {
+    return P->apack != NULL || P->tpack;
+}
+
+/* Whether a panel of `cols` columns runs on the narrow kernel (packed weights only). */
 static int narrow_width(const plan_t *P, int64_t cols) {
-    return P->apack && P->cfg->narrow && cols <= FC_NARROW_COLS;
+    return a_packed(P) && P->cfg->narrow && cols <= FC_NARROW_COLS;
 }
 
 /* What a panel of `cols` columns costs, in columns of a full tile's time.  The kernel runs
@@ -132,7 +137,47 @@ typedef struct {
     float *bpack;   /* [panels][kcb][NR] the task's packed panel blocks */
     seg_t *isegs;   /* [panels][MAX_SEGS] input runs of each panel (packed panels) */
     seg_t *osegs;   /* [panels][MAX_SEGS] output runs of each panel */
+    float *apack;   /* [mt][kcb][MR] the task's weight blocks, packed per reduction block (tpack) */
 } scratch_t;
+
+/* The weights of block mb from reduction step k0, as the task reads them: packed by the task
+ * (blocks mb0.. of the current reduction block), or a_block's. */
+static const float *task_a(const plan_t *P, const scratch_t *S, int64_t g, int64_t mb, int64_t mb0, int64_t k0) {
+    return P->tpack ? S->apack + (mb - mb0) * P->kcb * P->mr : a_block(P, g, mb, k0);
+}
+
+/* An eager call may read its weights packed, as compiled plans do, packed by each task one
+ * reduction block at a time (want_task_pack says where) into a buffer that stays in L2 while the
+ * task's panels pass.  A task holds at most this many packed floats (1 MB: task_shape cuts the
+ * weight blocks to fit); a reduction block longer than that (huge filters) reads in place. */
+#define MAX_TASK_APACK_FLOATS (256 * 1024)
+
+/* Whether an eager call packs its weights per task.  Packing costs about what 5-6 columns of a
+ * full tile do per weight block (measured below), so it pays only where it lets the narrow kernel
+ * take mostly empty panels: each image's last panel in direct mode, when it has 1 or 2 columns
+ * (panel_cost: a 16-column pass on them costs 23 columns, the narrow kernel 11 or 14) -- the 7x7
+ * outputs at batch 1.  Alternated in one process (ResNet-50 layers, AMD EPYC Zen 3, AVX2, 2
+ * threads), the time against weights read in place: 1x1 layers to 7x7 at batch 1, 2048 -> 512
+ * 0.85x, 512 -> 2048 0.91-0.92x, 1024 -> 2048 stride 2 0.85-0.89x; packing forced elsewhere, 14x14
+ * outputs (last panels of 4 columns) and 3x3 layers at batch 1 0.99-1.05x, batch 8 0.98-1.02x.
+ * (Weights packed once by a plan run 0.76-0.97x: packing per call is what costs.)  Test hook:
+ * FASTCONV_F32_WEIGHTS=inplace|task forces either. */
+static int want_task_pack(const plan_t *P, const phases_t *ph) { /* 0 no, 1 in direct mode, 2 yes */
+    const fc_conv2d_desc *d = P->d;
+    if (P->apack || !P->cfg->gemm_pack || !P->cfg->gemm_packed || !P->cfg->narrow ||
+        P->kcb * P->mr > MAX_TASK_APACK_FLOATS)
+        return 0;
+    const char *force = getenv("FASTCONV_F32_WEIGHTS");
+    if (force && (!strcmp(force, "inplace") || !strcmp(force, "task")))
+        return !strcmp(force, "task") ? 2 : 0; /* 2: forced, whatever the mode */
+    return ((d->oh - 1) * ph->wq + d->ow - 1) % P->nr + 1 <= 2; /* direct mode's last panel of an image */
+}
+
+static void task_pack(const plan_t *P, int64_t g, int64_t mb0, int64_t mb1, int64_t k0, int64_t k1, float *dst) {
+    for (int64_t mb = mb0; mb < mb1; mb++)
+        P->cfg->gemm_pack(P->w + (size_t)(g * P->kg + mb * P->mr) * P->crs + k0, P->crs,
+                          FC_MIN(P->mr, P->kg - mb * P->mr), k1 - k0, dst + (mb - mb0) * P->kcb * P->mr);
+}
 
 /* bias + residual + activation while writing one finished tile's rows into NCHW. */
 static void store_tile(const plan_t *P, const float *c, const float *bias, const float *residual,
@@ -213,7 +258,9 @@ static int tail_panel(const plan_t *P, int64_t idx) {
 static void run_task(const plan_t *P, const float *bias, const float *residual, float *y, int64_t g,
                      int64_t p0, int64_t p1, int64_t mb0, int64_t mb1, scratch_t *S) {
     const int64_t mt = mb1 - mb0, tile = P->mr * P->nr;
-    const fc_ukernel_fn(*gemm)[3] = P->apack ? P->cfg->gemm_packed : P->cfg->gemm;
+    const int packed = a_packed(P);
+    const fc_ukernel_fn(*gemm)[3] = packed ? P->cfg->gemm_packed : P->cfg->gemm;
+    const int64_t astride = (P->tpack ? P->kcb : P->crs) * P->mr; /* from one packed block to the next */
     const float *b[MAX_TASK_PANELS];
     const int64_t *boff[MAX_TASK_PANELS];
     int64_t nv[MAX_TASK_PANELS], ncols[MAX_TASK_PANELS], nis[MAX_TASK_PANELS], nos[MAX_TASK_PANELS];
@@ -251,6 +298,8 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
     for (int64_t k0 = 0; k0 < P->crs; k0 += P->kcb) {
         int64_t k1 = FC_MIN(P->crs, k0 + P->kcb);
         int last = k1 == P->crs;
+        if (P->tpack)
+            task_pack(P, g, mb0, mb1, k0, k1, S->apack);
         /* The B block of every panel first (in place, or packed once for all weight blocks)... */
         for (int64_t j = 0; j < p1 - p0; j++) {
             if (in_place[j]) {
@@ -270,9 +319,9 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
         for (int64_t o = 0; o < outer; o++) {
             for (int64_t i = 0; i < inner; i++) {
                 const int64_t mb = mb0 + (panel_outer ? i : o), j = panel_outer ? o : i;
-                const float *a = a_block(P, g, mb, k0);
                 if (narrow[j] || (j > 0 && tail_of[j - 1] == j))
                     continue;
+                const float *a = task_a(P, S, g, mb, mb0, k0);
                 float *c = S->cbuf + (j * mt + (mb - mb0)) * tile;
                 if (last && residual) /* the epilogue's residual arrives while the tile computes */
                     prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
@@ -295,7 +344,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
                     const int64_t k0o = g * P->kg + mb * P->mr;
                     const size_t at = ((size_t)sg->n * P->d->k + k0o) * P->ohw + sg->oh * P->d->ow + sg->ow0;
                     prefetch_out_lines(P, y + at);
-                    P->cfg->gemm_store(mb == mb0, P->apack != NULL, k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0,
+                    P->cfg->gemm_store(mb == mb0, packed, k1 - k0, a, P->crs, b[j], boff[j], c, k0 > 0,
                                        y + at, P->ohw, bias ? bias + k0o : NULL, residual ? residual + at : NULL,
                                        fc_conv_act(P->d) == FC_ACT_RELU);
                     continue;
@@ -313,7 +362,7 @@ static void run_task(const plan_t *P, const float *bias, const float *residual, 
             if (last && residual)
                 for (int64_t mb = mb0; mb < mb1; mb++)
                     prefetch_residual(P, residual, g, mb, S->osegs + j * MAX_SEGS, nos[j]);
-            P->cfg->narrow(k1 - k0, mt, ncols[j], a_block(P, g, mb0, k0), P->crs * P->mr, b[j], boff[j], c, tile,
+            P->cfg->narrow(k1 - k0, mt, ncols[j], task_a(P, S, g, mb0, mb0, k0), astride, b[j], boff[j], c, tile,
                            k0 > 0);
             for (int64_t mb = mb0; last && mb < mb1; mb++)
                 store_cols(P, c + (mb - mb0) * tile, ncols[j], bias, residual, y, g, mb, S->osegs + j * MAX_SEGS,
@@ -336,7 +385,8 @@ static void task_shape(const plan_t *P, int nthreads, int64_t *pt_out, int64_t *
         for (int64_t pc = 1;; pc *= 2) {
             int64_t pt = (P->npanels + pc - 1) / pc;
             int64_t tasks = d->groups * ((P->npanels + pt - 1) / pt) * ((P->mblocks + mt - 1) / mt);
-            if (pt * P->nr <= MAX_TASK_COLS && pt * mt * P->mr * P->nr <= MAX_TASK_FLOATS) {
+            if (pt * P->nr <= MAX_TASK_COLS && pt * mt * P->mr * P->nr <= MAX_TASK_FLOATS &&
+                (!P->tpack || mt * P->kcb * P->mr <= MAX_TASK_APACK_FLOATS)) {
                 double cost = a_cost * ((P->npanels + pt - 1) / pt) + b_cost * ((P->mblocks + mt - 1) / mt);
                 if (tasks < target) /* idle threads cost more than any traffic */
                     cost += 1e18 * (double)(target - tasks);
@@ -417,6 +467,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     phases_t ph;
     if (!fc_stride_phases(d, &ph))
         return FC_EUNSUPPORTED; /* the portable loops handle it */
+    P.tpack = want_task_pack(&P, &ph);
 
     int plain_1x1 = d->r == 1 && d->s == 1 && d->stride_h == 1 && d->stride_w == 1 &&
                     d->pad_top == 0 && d->pad_left == 0 && d->oh == d->h && d->ow == d->w;
@@ -429,6 +480,8 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         P.direct = 1;
     else if (force && !strcmp(force, "packed") && packed_floats <= (double)(16 << 20))
         P.direct = 0;
+    if (P.tpack == 1 && !P.direct) /* packed mode has no per-image last panels for it to help */
+        P.tpack = 0;
     /* Both modes read B rows as windows of one source: x itself (plain 1x1), else the phase planes. */
     int copy_input = !plain_1x1;
     P.wq = plain_1x1 ? d->ow : ph.wq;
@@ -448,9 +501,12 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
 
     /* Every image's (direct) or the batch's (packed) last panel has this many columns. */
     const int64_t last_cols = P.img_cols - (P.img_cols + P.nr - 1) / P.nr * P.nr + P.nr;
-    P.tails = P.apack && P.cfg->gemm_tail && P.cfg->narrow;
+    P.tails = a_packed(&P) && P.cfg->gemm_tail && P.cfg->narrow;
     if (kernel && narrow_width(&P, last_cols))
         *kernel = tail_panel(&P, P.npanels - 1) ? P.cfg->gemm_tail_name : P.cfg->gemm_narrow_name;
+
+    if (kernel && P.tpack)
+        *kernel = P.cfg->gemm_task_name;
 
     int64_t pt = 1, mt = 1;
     task_shape(&P, nthreads, &pt, &mt);
@@ -463,13 +519,15 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
      * saturate at SIZE_MAX on overflow, which fc_alloc refuses. */
     /* Buffers for pt + 1 panels: a task may take one tail panel past its chunk. */
     size_t cbuf_floats = fc_size_mul3((size_t)(pt + 1) * mt, P.mr, P.nr),
-           bpack_floats = fc_size_mul3(pt + 1, P.kcb, P.nr);
-    int tail = P.kg % P.mr != 0 && !P.apack;
+           bpack_floats = fc_size_mul3(pt + 1, P.kcb, P.nr),
+           apack_floats = P.tpack ? fc_size_mul3((size_t)mt, P.kcb, P.mr) : 0;
+    int tail = P.kg % P.mr != 0 && !a_packed(&P);
     P.atail = tail ? fc_alloc(fc_size_mul3((size_t)d->groups * P.mr, P.crs, sizeof(float))) : NULL;
     P.off = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
     float *phase = phase_floats ? fc_alloc(fc_size_mul3(phase_floats, sizeof(float), 1)) : NULL;
     size_t tfloats, tbytes, sbytes;
     fc_size_add(cbuf_floats, bpack_floats, &tfloats);
+    fc_size_add(tfloats, apack_floats, &tfloats);
     const size_t tslice = fc_slice(fc_size_mul3(tfloats, sizeof(float), 1));
     char *tbuf = fc_size_mul((size_t)team, tslice, &tbytes) ? NULL : fc_alloc(tbytes);
     int64_t *poff = fc_alloc(fc_size_mul3(P.crs, sizeof(int64_t), 1));
@@ -509,6 +567,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
         int tid = FC_THREAD_ID();
         S.cbuf = (float *)(tbuf + (size_t)tid * tslice);
         S.bpack = S.cbuf + cbuf_floats;
+        S.apack = S.bpack + bpack_floats;
         S.isegs = (seg_t *)(segs + (size_t)tid * sslice);
         S.osegs = S.isegs + (size_t)(pt + 1) * MAX_SEGS;
 

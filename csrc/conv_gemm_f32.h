@@ -30,6 +30,7 @@ typedef struct {
     const fc_isa_config *cfg; /* the microkernel, its tile and epilogue */
     int64_t mr, nr;           /* its tile */
     int tails;                /* narrow panels ride on the full panel before them (gemm_tail) */
+    int tpack;                /* or each task packs its weight blocks per reduction block (eager calls; 2: forced) */
 } plan_t;
 
 

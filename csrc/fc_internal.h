@@ -244,11 +244,14 @@ typedef struct fc_isa_config {
     fc_narrow_fn narrow;       /* panels of <= FC_NARROW_COLS columns on pre-packed A; NULL: none */
     fc_gemm_store_fn gemm_store; /* full tiles' last block, epilogue fused; NULL: none */
     fc_gemm_tail_fn gemm_tail; /* a full tile and the narrow panel after it in one pass; NULL: none */
+    fc_kvec_pack_fn gemm_pack; /* eager calls: each task packs its weight blocks ([p][mr], mr lanes)
+                                  and runs gemm_packed; NULL: eager calls read the weights in place */
     fc_store_fn store;
     const char *gemm_name;     /* e.g. "conv2d f32 gemm 6x16 avx2" */
     const char *gemm_packed_name; /* the same with pre-packed weights */
     const char *gemm_narrow_name; /* ... whose last panels of <= FC_NARROW_COLS columns ran `narrow` */
     const char *gemm_tail_name; /* ... whose last panels rode on the full panels before them */
+    const char *gemm_task_name; /* an eager call's, weights packed per task (gemm_pack) */
     const char *winograd_name;
     const char *winograd_blocked_name; /* the same on channel-blocked activations */
     const char *direct_name;
@@ -291,6 +294,7 @@ void fc_f32_gemm_6x16_prefetch_packed_avx2(int64_t kc, const float *a, int64_t l
                                            const int64_t *boff, float *c, int accumulate);
 void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                             const float *res, float *out, int64_t ldo, int relu);
+void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
 void fc_f32_gemm_store_avx2(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
                             const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
                             const float *bias, const float *res, int relu);

@@ -259,6 +259,23 @@ def test_kernel_name_is_logged(monkeypatch, caplog):
             assert any(name in r.getMessage() for r in caplog.records), (algo, [r.getMessage() for r in caplog.records])
 
 
+def test_eager_gemm_names_weights_packed_per_task(monkeypatch, caplog):
+    """On the AVX2 table an eager GEMM whose images end in a panel of 1 or 2 columns (a 7x7 output:
+    49 = 3 x 16 + 1) packs its weights per task, so the narrow kernel takes that column; a 14x14
+    output (last panel 4 columns) reads them in place.  Other tables read them in place."""
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    isa = cbackend.isa()
+    packs = isa == "avx2"
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        for hw, want in ((7, packs), (14, False)):
+            caplog.clear()
+            x = np.zeros((1, 64, hw, hw), np.float32)
+            fastconv.conv2d(x, np.zeros((32, 64, 1, 1), np.float32), backend="c")
+            ran = [r.getMessage() for r in caplog.records if "ran conv2d" in r.getMessage()]
+            assert len(ran) == 1 and ("weights packed per task" in ran[0]) == want, (hw, ran)
+
+
 def test_winograd_result_does_not_depend_on_the_thread_count():
     _needs_c()
     rng = np.random.default_rng(8)

@@ -141,6 +141,23 @@ def test_b_sources_on_tile_edges(mode, monkeypatch):
             check(case, "c")
 
 
+#: FASTCONV_F32_WEIGHTS (read per call) forces how an eager float32 GEMM reads its weights: in
+#: place, or packed by each task per reduction block (the AVX2 table's gemm_pack; where a table has
+#: none, both run in place).  Either meets every tile edge, with both B sources, and the fused
+#: epilogue.
+@pytest.mark.parametrize("weights", ["inplace", "task"])
+@pytest.mark.parametrize("mode", ["direct", "packed"])
+def test_weights_in_place_or_packed_per_task_on_tile_edges(weights, mode, monkeypatch):
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_F32_WEIGHTS", weights)
+    monkeypatch.setenv("FASTCONV_F32_CONV", mode)
+    for case in TILE_CASES:
+        if case.dtype == "float32":
+            check(case, "c")
+    check(Case("conv2d", "epilogue", (3, 9, 5, 7), (MR + 1, 9, 3, 3), {"padding": 1, "activation": "relu"},
+               bias=True, residual=True), "c")
+
+
 @pytest.mark.parametrize("residual,relu", [(True, True), (True, False), (False, True)])
 def test_fused_epilogue_on_panel_edges(residual, relu):
     _needs_c()

@@ -123,7 +123,7 @@ class Tuner:
         self.file_layout = mine.get("layout", {}) if isinstance(mine.get("layout"), dict) else {}
         self.new: dict[str, dict] = {}
         self.new_layout: dict[str, dict] = {}
-        self.layout_ms: dict[str, float] = {}  # the last layout choice's timings (fastest pass, ms)
+        self.layout_ms: dict[str, float] = {}  # the last layout choice's timings (median pass, ms)
         self.log: list[tuple[str, str, str]] = []  # (problem id, choice, where it came from)
 
     def candidates(self, p, layer_algorithm: str) -> list[tuple[str, str]]:
@@ -206,13 +206,16 @@ class Tuner:
         samples = timing.interleaved(runs, rounds, settle_s=1e-9)
         first = next(iter(samples))
         rel = {n: statistics.median(a / b for a, b in zip(v, samples[first])) for n, v in samples.items()}
-        wall = {n: min(v) for n, v in samples.items()}
+        # What is recorded and printed is what decided: each variant's median pass and its median
+        # ratio to the first (the fastest passes could rank the variants the other way).
+        wall = {n: statistics.median(v) for n, v in samples.items()}
         best = min(rel, key=rel.get)
         entry = {"layout": best, "ms": {n: round(v * 1e3, 3) for n, v in wall.items()}}
         self.layout_ms = dict(entry["ms"])
         _MEMORY[(self.machine, full)] = entry
         self.new_layout[full] = entry
-        self.log.append(("plan layout", best, "timed " + ", ".join(f"{n} {v * 1e3:.2f} ms" for n, v in wall.items())))
+        timed = ", ".join(f"{n} {wall[n] * 1e3:.2f} ms ({rel[n]:.3f}x {first})" for n in wall)
+        self.log.append(("plan layout", best, f"timed over {rounds} rounds, medians: {timed}"))
         return best
 
     def backend_for(self, p) -> str:

@@ -326,7 +326,7 @@ class Plan:
             chosen = tuner.choose_layout(self._plan_key(), {n: self._timed(st) for n, st in states.items()})
         self._restore(states[chosen])
         self.layout_chosen = chosen
-        #: each variant's fastest timed forward pass in ms (empty when nothing was timed)
+        #: each variant's median timed forward pass in ms (empty when nothing was timed)
         self.layout_ms = dict(tuner.layout_ms) if len(states) > 1 and tuner.tune else {}
         tuner.save()
 
