@@ -86,21 +86,28 @@ FEWC_TILE(3)
 static const fewc_tile_fn TILES[3] = {tile_8x1, tile_8x2, tile_8x3};
 
 /* AVX2 (16 ymm): 6 output channels x 16 pixels, 12 accumulators, 2 B vectors, 1 broadcast --
- * the GEMM table's tile, with the same fused epilogue (masked at a row's end).  Named
+ * the GEMM table's tile, with the same fused epilogue, masked only at a row's end: a masked store
+ * is many times slower than a plain one on AMD Zen 3, and storing every tile masked made the
+ * ResNet stem 1.13-1.14x slower at batch 1 and 8 (alternated in one process, 2 threads).  Named
  * accumulators: with an array GCC kept them in memory through the loop. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 store_row_avx2(__m256 v0, __m256 v1, const float *bias, const float *res, float *y, const __m256i m0,
-               const __m256i m1, int relu) {
+               const __m256i m1, int relu, int full) {
     __m256 bi = _mm256_set1_ps(bias ? *bias : 0.0f), zero = _mm256_setzero_ps();
     v0 = _mm256_add_ps(v0, bi);
     v1 = _mm256_add_ps(v1, bi);
     if (res) {
-        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(res, m0));
-        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res + 8, m1));
+        v0 = _mm256_add_ps(v0, full ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, m0));
+        v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(res + 8) : _mm256_maskload_ps(res + 8, m1));
     }
     if (relu) { /* max(0, v) returns v when v is NaN: NaN stays, as torch */
         v0 = _mm256_max_ps(zero, v0);
         v1 = _mm256_max_ps(zero, v1);
+    }
+    if (full) {
+        _mm256_storeu_ps(y, v0);
+        _mm256_storeu_ps(y + 8, v1);
+        return;
     }
     _mm256_maskstore_ps(y, m0, v0);
     _mm256_maskstore_ps(y + 8, m1, v1);
@@ -132,9 +139,10 @@ __attribute__((target("avx2,fma"))) static void tile_6x16_avx2(int64_t crs, cons
     const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)len), lanes);
     const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)len - 8), lanes);
     const __m256 r[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    const int full = len == 16;
     for (int i = 0; i < 6 && i < rows; i++)
         store_row_avx2(r[i][0], r[i][1], bias ? bias + i : NULL, res ? res + i * ldy : NULL, y + i * ldy, m0, m1,
-                       relu);
+                       relu, full);
 }
 
 /* Tile widths along a row, in vectors of 16: on AVX-512 48-pixel tiles, the last 48 + rest split

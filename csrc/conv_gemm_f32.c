@@ -158,9 +158,10 @@ static const float *task_a(const plan_t *P, const scratch_t *S, int64_t g, int64
  * (panel_cost: a 16-column pass on them costs 23 columns, the narrow kernel 11 or 14) -- the 7x7
  * outputs at batch 1.  Alternated in one process (ResNet-50 layers, AMD EPYC Zen 3, AVX2, 2
  * threads), the time against weights read in place: 1x1 layers to 7x7 at batch 1, 2048 -> 512
- * 0.85x, 512 -> 2048 0.91-0.92x, 1024 -> 2048 stride 2 0.85-0.89x; packing forced elsewhere, 14x14
- * outputs (last panels of 4 columns) and 3x3 layers at batch 1 0.99-1.05x, batch 8 0.98-1.02x.
- * (Weights packed once by a plan run 0.76-0.97x: packing per call is what costs.)  Test hook:
+ * 0.80-0.85x, 512 -> 2048 0.88-0.92x, 1024 -> 2048 stride 2 0.78-0.89x; 3x3 256 -> 256 stride 2 at
+ * batch 8 (209 virtual columns per image) 0.94x.  Forced on the other layers: 0.94-1.02x, but a 3x3
+ * 512 -> 512 layer at 7x7, batch 1 1.12x (9.4 MB of weights packed for 4 panels).  Weights packed
+ * once by a plan ran 0.73-1.0x: packing per call is what costs.  Test hook:
  * FASTCONV_F32_WEIGHTS=inplace|task forces either. */
 static int want_task_pack(const plan_t *P, const phases_t *ph) { /* 0 no, 1 in direct mode, 2 yes */
     const fc_conv2d_desc *d = P->d;
