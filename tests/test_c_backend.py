@@ -518,9 +518,9 @@ def test_arrays_that_do_not_match_the_problem_never_reach_c():
 @pytest.mark.parametrize("w", [1, 2, 15, 16, 17, 31, 32, 33, 34, 63, 64, 65, 112, 113])
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_max_pool_3s2_nan_inf_and_row_tails_match_torch(w, ceil_mode):
-    # The kernel reads 32 columns per block (masked at the row's end) and stops at rows holding a
-    # NaN, which the scalar rule redoes: NaN at the corners, the last column and the first/last
-    # rows must win; -inf everywhere must stay -inf (padding never wins).
+    # The kernels read 32 (AVX-512) or 16 (AVX2) columns per block (masked at the row's end) and
+    # stop at rows holding a NaN, which the scalar rule redoes: NaN at the corners, the last column
+    # and the first/last rows must win; -inf everywhere must stay -inf (padding never wins).
     _needs_c()
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(w)
