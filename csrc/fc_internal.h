@@ -295,6 +295,7 @@ void fc_f32_gemm_6x16_prefetch_packed_avx2(int64_t kc, const float *a, int64_t l
 void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                             const float *res, float *out, int64_t ldo, int relu);
 void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
+void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
 void fc_f32_gemm_store_avx2(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
                             const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
                             const float *bias, const float *res, int relu);

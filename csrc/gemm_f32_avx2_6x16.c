@@ -171,45 +171,6 @@ __attribute__((target("avx2,fma"))) void fc_f32_gemm_store_avx2(int prefetch_b, 
         gemm_6x16(0, 0, kc, a, lda, b, boff, cc, accumulate, out, ldo, bias, res, relu);
 }
 
-/* A block of weight rows into the order the packed kernels read (fc_kvec_pack_fn with 6 lanes):
- * dst[p * 6 + i] = i < rows ? w[i * ldw + p] : 0.  Eight steps at a time: the 6 rows (and two
- * zero rows) transposed 8 x 8 in registers, each step's 8 lanes stored over the next step's first
- * two (in ascending order, so each overwrite comes later), the last step's 6 lanes as 4 + 2 (a
- * masked store is many times slower on AMD Zen 3: see conv_fewc_f32.c). */
-__attribute__((target("avx2,fma"))) void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows,
-                                                                int64_t steps, float *dst) {
-    const __m256 zero = _mm256_setzero_ps();
-    int64_t p = 0;
-    for (; p + 8 <= steps; p += 8) {
-        __m256 r[6];
-        for (int i = 0; i < 6; i++)
-            r[i] = i < rows ? _mm256_loadu_ps(w + i * ldw + p) : zero;
-        /* The 8 x 8 transpose with rows 6 and 7 zero: rows interleaved in pairs, then in fours; u0-u3
-         * hold rows 0-3 and u4-u7 rows 4-5 of steps 0-3 (low 128 bits) and 4-7 (high). */
-        __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        __m256 u4 = _mm256_shuffle_ps(t4, zero, 0x44), u5 = _mm256_shuffle_ps(t4, zero, 0xEE);
-        __m256 u6 = _mm256_shuffle_ps(t5, zero, 0x44), u7 = _mm256_shuffle_ps(t5, zero, 0xEE);
-        float *o = dst + p * 6;
-        _mm256_storeu_ps(o + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
-        _mm256_storeu_ps(o + 6, _mm256_permute2f128_ps(u1, u5, 0x20));
-        _mm256_storeu_ps(o + 12, _mm256_permute2f128_ps(u2, u6, 0x20));
-        _mm256_storeu_ps(o + 18, _mm256_permute2f128_ps(u3, u7, 0x20));
-        _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(u0, u4, 0x31));
-        _mm256_storeu_ps(o + 30, _mm256_permute2f128_ps(u1, u5, 0x31));
-        _mm256_storeu_ps(o + 36, _mm256_permute2f128_ps(u2, u6, 0x31));
-        const __m256 last = _mm256_permute2f128_ps(u3, u7, 0x31); /* its 6 lanes: 4 + 2 */
-        _mm_storeu_ps(o + 42, _mm256_castps256_ps128(last));
-        _mm_storel_pi((__m64 *)(o + 46), _mm256_extractf128_ps(last, 1));
-    }
-    for (; p < steps; p++)
-        for (int64_t i = 0; i < 6; i++)
-            dst[p * 6 + i] = i < rows ? w[i * ldw + p] : 0.0f;
-}
-
 /* The first n < 8 lanes of v at dst, as plain stores of 4, 2 and 1 lanes: a masked store is many
  * times slower on AMD Zen 3 (see conv_fewc_f32.c).  For the GEMM's row tails (7-, 14- and 28-pixel
  * rows end in one), alternated in one process against the masked store: 3x3 layers at 14x14 and
@@ -269,9 +230,6 @@ void fc_f32_gemm_6x16_avx2(int64_t kc, const float *a, int64_t lda, const float 
 void fc_f32_gemm_6x16_prefetch_avx2(int64_t kc, const float *a, int64_t lda, const float *b, const int64_t *boff,
                                     float *c, int accumulate) {
     (void)kc, (void)a, (void)lda, (void)b, (void)boff, (void)c, (void)accumulate;
-}
-void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst) {
-    (void)w, (void)ldw, (void)rows, (void)steps, (void)dst;
 }
 void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t len, const float *bias,
                             const float *res, float *out, int64_t ldo, int relu) {

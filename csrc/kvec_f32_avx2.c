@@ -47,7 +47,80 @@ static void (*const BL_TABLE[BL_PMAX][BL_VMAX])(BL_ARGS) = {BL_ENTRY(1), BL_ENTR
 void fc_f32_blocked_4x3_avx2(int64_t np, int64_t nv, BL_ARGS) {
     BL_TABLE[np - 1][nv - 1](taps, x, xoff, xpix, w, y, yvec, mode, bias, res, rvec, relu);
 }
+
+/* -- rows into lanes (fc_kvec_pack_fn) ----------------------------------------------------------- */
+
+/* Steps p .. p + 7 of the rows w + i * ldw (zero rows from `rows` on) transposed 8 x 8 in
+ * registers: rows interleaved in pairs, then in fours, then the 128-bit halves swapped; t[q]
+ * holds step p + q's 8 lanes. */
+__attribute__((always_inline, target("avx2,fma"))) static inline void
+transpose8(const float *w, int64_t ldw, int64_t rows, int64_t p, __m256 t[8]) {
+    __m256 r[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = i < rows ? _mm256_loadu_ps(w + i * ldw + p) : _mm256_setzero_ps();
+    __m256 a[8], b[8];
+    for (int i = 0; i < 4; i++) {
+        a[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) { /* b[4i..4i+3]: rows 4i..4i+3 of steps 0-3 (low half) and 4-7 */
+        b[4 * i] = _mm256_shuffle_ps(a[4 * i], a[4 * i + 2], 0x44);
+        b[4 * i + 1] = _mm256_shuffle_ps(a[4 * i], a[4 * i + 2], 0xEE);
+        b[4 * i + 2] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0x44);
+        b[4 * i + 3] = _mm256_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; q++) {
+        t[q] = _mm256_permute2f128_ps(b[q], b[4 + q], 0x20);
+        t[4 + q] = _mm256_permute2f128_ps(b[q], b[4 + q], 0x31);
+    }
+}
+
+/* dst[p * 8 + l] = l < rows ? w[l * ldw + p] : 0: a blocked layout's L = 8 channels interleaved
+ * (plans' conversions and pool, conv_blocked_f32.c), the channel-vector kernel's weights.  Against
+ * the portable loop (AMD EPYC Zen 3, 2 threads): (1, 256, 56, 56) to blocked 280 -> 72 us, (8,
+ * 512, 28, 28) back 1.67 -> 0.7-1.25 ms, the stem's max pool into blocked 150 -> 95 us. */
+__attribute__((target("avx2,fma"))) void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows,
+                                                               int64_t steps, float *dst) {
+    int64_t p = 0;
+    for (; p + 8 <= steps; p += 8) {
+        __m256 t[8];
+        transpose8(w, ldw, rows, p, t);
+        for (int q = 0; q < 8; q++)
+            _mm256_storeu_ps(dst + (p + q) * 8, t[q]);
+    }
+    for (; p < steps; p++)
+        for (int64_t l = 0; l < 8; l++)
+            dst[p * 8 + l] = l < rows ? w[l * ldw + p] : 0.0f;
+}
+
+/* A block of weight rows into the order the GEMM's packed kernels read (fc_kvec_pack_fn with 6
+ * lanes): dst[p * 6 + i] = i < rows ? w[i * ldw + p] : 0, rows <= 6.  Each step's 8 lanes are
+ * stored over the next step's first two (in ascending order, so each overwrite comes later), the
+ * block's last step as 4 + 2 lanes: a masked store is many times slower on AMD Zen 3 (see
+ * conv_fewc_f32.c). */
+__attribute__((target("avx2,fma"))) void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows,
+                                                                int64_t steps, float *dst) {
+    int64_t p = 0;
+    for (; p + 8 <= steps; p += 8) {
+        __m256 t[8];
+        transpose8(w, ldw, rows, p, t);
+        float *o = dst + p * 6;
+        for (int q = 0; q < 7; q++)
+            _mm256_storeu_ps(o + q * 6, t[q]);
+        _mm_storeu_ps(o + 42, _mm256_castps256_ps128(t[7]));
+        _mm_storel_pi((__m64 *)(o + 46), _mm256_extractf128_ps(t[7], 1));
+    }
+    for (; p < steps; p++)
+        for (int64_t i = 0; i < 6; i++)
+            dst[p * 6 + i] = i < rows ? w[i * ldw + p] : 0.0f;
+}
 #else
+void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst) {
+    (void)w, (void)ldw, (void)rows, (void)steps, (void)dst;
+}
+void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst) {
+    (void)w, (void)ldw, (void)rows, (void)steps, (void)dst;
+}
 void fc_f32_kvec_4x3_avx2(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
                           const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate) {
     (void)np, (void)nv, (void)steps, (void)x, (void)xoff, (void)w, (void)wstride, (void)acc, (void)ldacc,
