@@ -75,44 +75,42 @@ transpose8(const float *w, int64_t ldw, int64_t rows, int64_t p, __m256 t[8]) {
     }
 }
 
-/* dst[p * 8 + l] = l < rows ? w[l * ldw + p] : 0: a blocked layout's L = 8 channels interleaved
- * (plans' conversions and pool, conv_blocked_f32.c), the channel-vector kernel's weights.  Against
- * the portable loop (AMD EPYC Zen 3, 2 threads): (1, 256, 56, 56) to blocked 280 -> 72 us, (8,
- * 512, 28, 28) back 1.67 -> 0.7-1.25 ms, the stem's max pool into blocked 150 -> 95 us. */
-__attribute__((target("avx2,fma"))) void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows,
-                                                               int64_t steps, float *dst) {
+/* dst[p * lanes + l] = l < rows ? w[l * ldw + p] : 0 for lanes 8 or 6, rows <= lanes.  With 6
+ * lanes each step's 8 are stored over the next step's first two (in ascending order, so each
+ * overwrite comes later), and the last step of each 8 as 4 + 2 lanes: a masked store is many
+ * times slower on AMD Zen 3 (see conv_fewc_f32.c). */
+__attribute__((always_inline, target("avx2,fma"))) static inline void
+pack_rows(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst, const int lanes) {
     int64_t p = 0;
     for (; p + 8 <= steps; p += 8) {
         __m256 t[8];
         transpose8(w, ldw, rows, p, t);
-        for (int q = 0; q < 8; q++)
-            _mm256_storeu_ps(dst + (p + q) * 8, t[q]);
+        float *o = dst + p * lanes;
+        for (int q = 0; q < (lanes == 8 ? 8 : 7); q++)
+            _mm256_storeu_ps(o + q * lanes, t[q]);
+        if (lanes == 6) {
+            _mm_storeu_ps(o + 42, _mm256_castps256_ps128(t[7]));
+            _mm_storel_pi((__m64 *)(o + 46), _mm256_extractf128_ps(t[7], 1));
+        }
     }
     for (; p < steps; p++)
-        for (int64_t l = 0; l < 8; l++)
-            dst[p * 8 + l] = l < rows ? w[l * ldw + p] : 0.0f;
+        for (int64_t l = 0; l < lanes; l++)
+            dst[p * lanes + l] = l < rows ? w[l * ldw + p] : 0.0f;
 }
 
-/* A block of weight rows into the order the GEMM's packed kernels read (fc_kvec_pack_fn with 6
- * lanes): dst[p * 6 + i] = i < rows ? w[i * ldw + p] : 0, rows <= 6.  Each step's 8 lanes are
- * stored over the next step's first two (in ascending order, so each overwrite comes later), the
- * block's last step as 4 + 2 lanes: a masked store is many times slower on AMD Zen 3 (see
- * conv_fewc_f32.c). */
+/* A blocked layout's L = 8 channels interleaved (plans' conversions and pool, conv_blocked_f32.c),
+ * the channel-vector kernel's weights.  Against the portable loop (AMD EPYC Zen 3, 2 threads):
+ * (1, 256, 56, 56) to blocked 280 -> 72 us, (8, 512, 28, 28) back 1.67 -> 0.7-1.25 ms, the stem's
+ * max pool into blocked 150 -> 95 us. */
+__attribute__((target("avx2,fma"))) void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows,
+                                                               int64_t steps, float *dst) {
+    pack_rows(w, ldw, rows, steps, dst, 8);
+}
+
+/* A block of weight rows into the order the GEMM's packed kernels read: 6 lanes (its mr). */
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows,
                                                                 int64_t steps, float *dst) {
-    int64_t p = 0;
-    for (; p + 8 <= steps; p += 8) {
-        __m256 t[8];
-        transpose8(w, ldw, rows, p, t);
-        float *o = dst + p * 6;
-        for (int q = 0; q < 7; q++)
-            _mm256_storeu_ps(o + q * 6, t[q]);
-        _mm_storeu_ps(o + 42, _mm256_castps256_ps128(t[7]));
-        _mm_storel_pi((__m64 *)(o + 46), _mm256_extractf128_ps(t[7], 1));
-    }
-    for (; p < steps; p++)
-        for (int64_t i = 0; i < 6; i++)
-            dst[p * 6 + i] = i < rows ? w[i * ldw + p] : 0.0f;
+    pack_rows(w, ldw, rows, steps, dst, 6);
 }
 #else
 void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst) {
