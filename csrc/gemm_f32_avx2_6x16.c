@@ -175,7 +175,8 @@ __attribute__((target("avx2,fma"))) void fc_f32_gemm_store_avx2(int prefetch_b, 
  * times slower on AMD Zen 3 (see conv_fewc_f32.c).  For the GEMM's row tails (7-, 14- and 28-pixel
  * rows end in one), alternated in one process against the masked store: 3x3 layers at 14x14 and
  * 7x7, batch 8, 0.97x and 0.985x the time, others level. */
-__attribute__((always_inline, target("avx2,fma"))) static inline void store_first_avx2(float *dst, __m256 v, int64_t n) {
+__attribute__((always_inline, target("avx2,fma"))) static inline void
+store_first_avx2(float *dst, __m256 v, int64_t n) {
     __m128 q = _mm256_castps256_ps128(v);
     if (n & 4) {
         _mm_storeu_ps(dst, q);

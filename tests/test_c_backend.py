@@ -154,8 +154,8 @@ def test_weights_in_place_or_packed_per_task_on_tile_edges(weights, mode, monkey
     for case in TILE_CASES:
         if case.dtype == "float32":
             check(case, "c")
-    check(Case("conv2d", "epilogue", (3, 9, 5, 7), (MR + 1, 9, 3, 3), {"padding": 1, "activation": "relu"},
-               bias=True, residual=True), "c")
+    relu = {"padding": 1, "activation": "relu"}
+    check(Case("conv2d", "epilogue", (3, 9, 5, 7), (MR + 1, 9, 3, 3), relu, bias=True, residual=True), "c")
 
 
 @pytest.mark.parametrize("residual,relu", [(True, True), (True, False), (False, True)])
