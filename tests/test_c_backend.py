@@ -537,3 +537,7 @@ def test_max_pool_3s2_nan_inf_and_row_tails_match_torch(w, ceil_mode):
         got = fastconv.max_pool2d(x, k, s, p, ceil_mode=ceil_mode, backend="c")
         ref = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p, ceil_mode=ceil_mode).numpy()
         np.testing.assert_array_equal(got, ref)  # NaN equals NaN here
+    # Window rows two apart (dilation down the columns only): the same row kernel, other rows.
+    got = fastconv.max_pool2d(x, 3, 2, 1, dilation=(2, 1), ceil_mode=ceil_mode, backend="c")
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1, dilation=(2, 1), ceil_mode=ceil_mode)
+    np.testing.assert_array_equal(got, ref.numpy())
