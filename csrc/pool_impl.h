@@ -163,8 +163,9 @@ pool_f32_max_row_3s2p1_avx512(float *out, const float *src, int64_t step, int64_
 /* The same on AVX2, 8 outputs from 16 columns: even and odd columns gathered by an in-lane shuffle
  * and a 64-bit permute, the odd lanes rotated one up with the previous block's last odd column
  * blended in.  ResNet-50's stem pool at batch 1, AMD EPYC Zen 3, 2 threads: an eager call 230 ->
- * 140 us against the scratch-row passes before it.  The row's last, partial block loads with masks (-inf past w) and stores with a
- * mask: masked stores are slow on AMD (see conv_fewc_f32.c), so whole blocks use plain ones. */
+ * 140 us against the scratch-row passes before it.  The row's last, partial block loads with
+ * masks (-inf past w) and stores with a mask; whole blocks use plain stores, as masked stores
+ * are slow on AMD (see conv_fewc_f32.c). */
 __attribute__((always_inline, target("avx2,fma"))) static inline __m256
 pool_f32_max_block_avx2(const float *src, int64_t step, int64_t n, int64_t cols, __m256 *prev, __m256 *nan) {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
