@@ -442,12 +442,53 @@ int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
  * conv_kc x 16 panel on AVX2 (16 KB; see isa.c).  Measured with compiled ResNet-50 plans, 2
  * threads, AMD EPYC (Zen 5), in one process, alternating settings: the previous 192 rows
  * (AVX-512) took 22.8 ms at batch 1 and 186 ms at batch 8, 1024 rows in equal blocks 21.9 and
- * 174 ms. */
-static int64_t reduction_block(const plan_t *P) {
+ * 174 ms.  `max_channels` caps the channels of a block further (block_channels). */
+static int64_t reduction_block(const plan_t *P, int64_t max_channels) {
     const int64_t rs = P->d->r * P->d->s;
-    const int64_t per = FC_MAX(1, P->cfg->conv_kc / rs), blocks = (P->cg + per - 1) / per;
+    const int64_t per = FC_MAX(1, FC_MIN(P->cfg->conv_kc / rs, max_channels)), blocks = (P->cg + per - 1) / per;
     return (P->cg + blocks - 1) / blocks * rs;
 }
+
+/* The separate runs of memory one channel's taps read for a direct panel of nr virtual pixels:
+ * a tap reads nr floats from offset (r / stride) * wq + s / stride of its phase plane, and
+ * windows of one plane that overlap or touch are one run.  A 3x3 stride-1 layer reads 3 runs (one
+ * per filter row); stride 2 splits the taps over 4 planes, 6 runs where a plane row is wider than
+ * the panel (2 rows in the phase of even rows and even columns, 2 in odd rows and even columns,
+ * 1 and 1 in the others), 4 where the rows of a plane are close enough to merge. */
+static int64_t channel_runs(const plan_t *P, const phases_t *ph) {
+    const fc_conv2d_desc *d = P->d;
+    if (d->r * d->s > 64) /* a big filter's block holds few channels anyway: no need to count */
+        return d->r * d->s;
+    int64_t runs = 0;
+    for (int64_t a = 0; a < ph->na * ph->nb; a++) {
+        int64_t start[64], n = 0;
+        for (int64_t r = 0; r < d->r; r++)
+            for (int64_t s = 0; s < d->s; s++) {
+                int64_t rr = r * d->dil_h, ss = s * d->dil_w;
+                if (ph->arow[rr % d->stride_h] * ph->nb + ph->bcol[ss % d->stride_w] == a)
+                    start[n++] = rr / d->stride_h * ph->wq + ss / d->stride_w;
+            }
+        for (int64_t i = 1; i < n; i++) /* insertion sort: at most 64 taps */
+            for (int64_t j = i; j > 0 && start[j - 1] > start[j]; j--) {
+                int64_t t = start[j];
+                start[j] = start[j - 1];
+                start[j - 1] = t;
+            }
+        for (int64_t i = 0; i < n; i++)
+            runs += i == 0 || start[i] > start[i - 1] + P->nr;
+    }
+    return runs;
+}
+
+/* The most runs (channel_runs) a reduction block of an in-place direct panel may read where the
+ * panel stays in L1 while the weights pass (gemm_panel_outer): beyond that the panel's rows fall
+ * out of L1 between weight blocks.  A 3x3 stride-2 layer on a 56x56 input (6 runs a channel, 128
+ * channels) ran in blocks of 26 channels (156 runs) at 1.08-1.14x the time of blocks of 13-16
+ * (78-96 runs), at batch 1 and 8; 64 channels at 56x56 the same (1.03-1.07x).  At 28x28 (4 runs a
+ * channel) blocks of 24-26 channels were best and smaller ones slower (1.04-1.1x at 14-18), as
+ * were smaller blocks of 3x3 stride-1 layers (3 runs; 1.02x).  AMD EPYC Zen 3, AVX2, 2 threads,
+ * alternated in one process. */
+#define MAX_BLOCK_RUNS 96
 
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *wpack,
                        const float *bias, const float *residual, float *y, int nthreads, const char **kernel) {
@@ -463,7 +504,7 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     P.crs = P.cg * d->r * d->s;
     P.mblocks = (P.kg + P.mr - 1) / P.mr;
     P.ohw = d->oh * d->ow;
-    P.kcb = reduction_block(&P);
+    P.kcb = reduction_block(&P, INT64_MAX);
 
     phases_t ph;
     if (!fc_stride_phases(d, &ph))
@@ -486,6 +527,8 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     /* Both modes read B rows as windows of one source: x itself (plain 1x1), else the phase planes. */
     int copy_input = !plain_1x1;
     P.wq = plain_1x1 ? d->ow : ph.wq;
+    if (P.direct && copy_input && P.cfg->gemm_panel_outer) /* fewer channels a block: never more rows */
+        P.kcb = reduction_block(&P, FC_MAX(1, MAX_BLOCK_RUNS / channel_runs(&P, &ph)));
     P.src_chan = plain_1x1 ? d->h * d->w : ph.na * ph.nb * ph.hq * ph.wq;
     P.src_img = d->c * P.src_chan;
     size_t phase_floats = 0; /* slack: the last panel runs past */

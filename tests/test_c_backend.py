@@ -103,6 +103,9 @@ def tile_cases() -> list[Case]:
     add("tasks_3x3", (1, 70, 11, 23), (5 * MR - 1, 70, 3, 3), padding=1)
     # Strided and dilated gathers into the panels, and groups (one GEMM per group).
     add("stride2_pack", (2, 6, 13, 15), (MR + 1, 6, 3, 3), stride=2, padding=1)
+    # Stride 2 on planes wider than a panel: 6 runs a channel, so AVX2 cuts the 40 channels into
+    # reduction blocks of 14, 14 and 12 (MAX_BLOCK_RUNS in conv_gemm_f32.c).
+    add("stride2_wide_runs", (1, 40, 40, 40), (MR + 1, 40, 3, 3), stride=2, padding=1)
     add("stride3x2_dil2", (1, 5, 17, 16), (MR, 5, 3, 2), stride=(3, 2), dilation=2, padding=(2, 1))
     add("pointwise_s2_pad", (2, 7, 9, 10), (MR + 1, 7, 1, 1), stride=2, padding=1)
     add("groups4_k9", (2, 8, 6, 6), (36, 2, 3, 3), groups=4, padding=1)
