@@ -442,7 +442,7 @@ int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
  * conv_kc x 16 panel on AVX2 (16 KB; see isa.c).  Measured with compiled ResNet-50 plans, 2
  * threads, AMD EPYC (Zen 5), in one process, alternating settings: the previous 192 rows
  * (AVX-512) took 22.8 ms at batch 1 and 186 ms at batch 8, 1024 rows in equal blocks 21.9 and
- * 174 ms.  `max_channels` caps the channels of a block further (block_channels). */
+ * 174 ms.  `max_channels` caps the channels of a block further (MAX_BLOCK_RUNS). */
 static int64_t reduction_block(const plan_t *P, int64_t max_channels) {
     const int64_t rs = P->d->r * P->d->s;
     const int64_t per = FC_MAX(1, FC_MIN(P->cfg->conv_kc / rs, max_channels)), blocks = (P->cg + per - 1) / per;
@@ -480,15 +480,19 @@ static int64_t channel_runs(const plan_t *P, const phases_t *ph) {
     return runs;
 }
 
-/* The most runs (channel_runs) a reduction block of an in-place direct panel may read where the
- * panel stays in L1 while the weights pass (gemm_panel_outer): beyond that the panel's rows fall
- * out of L1 between weight blocks.  A 3x3 stride-2 layer on a 56x56 input (6 runs a channel, 128
- * channels) ran in blocks of 26 channels (156 runs) at 1.08-1.14x the time of blocks of 13-16
- * (78-96 runs), at batch 1 and 8; 64 channels at 56x56 the same (1.03-1.07x).  At 28x28 (4 runs a
- * channel) blocks of 24-26 channels were best and smaller ones slower (1.04-1.1x at 14-18), as
- * were smaller blocks of 3x3 stride-1 layers (3 runs; 1.02x).  AMD EPYC Zen 3, AVX2, 2 threads,
- * alternated in one process. */
+/* Where the panel stays in L1 while the weight blocks pass (gemm_panel_outer), an in-place direct
+ * panel's reduction block reads at most MAX_BLOCK_RUNS runs (channel_runs): beyond that its rows
+ * fall out of L1 between weight blocks.  But never fewer than MIN_BLOCK_ROWS rows, which keeps
+ * the cost of each block (a pass over the partial sums, the kernel's start) small.  Alternated in
+ * one process (AMD EPYC Zen 3, AVX2, 2 threads), against the table's 256 rows:
+ * - 3x3 stride 2 on a 56x56 input, 6 runs a channel: blocks of 26 channels (156 runs) took
+ *   1.05-1.14x the time of 16 (96 runs), batch 1 and 8, 128 or 64 channels; 21 channels (128
+ *   runs) were in between (1.02-1.03x).  On a 28x28 input (4 runs a channel) 24-28 channels were
+ *   best, 14-20 slower (1.02-1.09x); 3x3 stride-1 layers (1-3 runs) slower in smaller blocks.
+ * - 1x1 layers, one run a channel: 128 rows took 0.89-0.99x the time of 256 on most ResNet-50
+ *   layers (1024 -> 256 at 14x14, batch 8, 0.94x), 96 rows 1.0-1.09x at batch 8. */
 #define MAX_BLOCK_RUNS 96
+#define MIN_BLOCK_ROWS 128
 
 int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, const float *wpack,
                        const float *bias, const float *residual, float *y, int nthreads, const char **kernel) {
@@ -527,8 +531,10 @@ int fc_f32_conv2d_gemm(const fc_conv2d_desc *d, const float *x, const float *w, 
     /* Both modes read B rows as windows of one source: x itself (plain 1x1), else the phase planes. */
     int copy_input = !plain_1x1;
     P.wq = plain_1x1 ? d->ow : ph.wq;
-    if (P.direct && copy_input && P.cfg->gemm_panel_outer) /* fewer channels a block: never more rows */
-        P.kcb = reduction_block(&P, FC_MAX(1, MAX_BLOCK_RUNS / channel_runs(&P, &ph)));
+    if (P.direct && P.cfg->gemm_panel_outer) { /* fewer channels a block where they read many runs */
+        const int64_t rs = d->r * d->s, runs = copy_input ? channel_runs(&P, &ph) : 1;
+        P.kcb = reduction_block(&P, FC_MAX(MAX_BLOCK_RUNS / runs, (MIN_BLOCK_ROWS + rs - 1) / rs));
+    }
     P.src_chan = plain_1x1 ? d->h * d->w : ph.na * ph.nb * ph.hq * ph.wq;
     P.src_img = d->c * P.src_chan;
     size_t phase_floats = 0; /* slack: the last panel runs past */

@@ -87,7 +87,8 @@ def tile_cases() -> list[Case]:
     add("tail_packed_7x7", (1, 4, 7, 7), (40 * MR, 4, 3, 3), padding=1)
     add("straddle_1x1_n4", (4, 3, 1, 1), (MR, 3, 1, 1))
     # Reduction terms (C * R * S) around every table's longest block: one block, two equal
-    # blocks (kc + 1 rows: kc/2 + 1 and kc/2), three; 3x3 filters in whole channels.
+    # blocks (kc + 1 rows: kc/2 + 1 and kc/2), three; 3x3 filters in whole channels.  (AVX2 cuts
+    # in-place 1x1 blocks at 128 rows, MIN_BLOCK_ROWS in conv_gemm_f32.c: the generic table's kc.)
     terms = {}
     for kc in CONV_KC:
         terms.update({kc - 1: (kc - 1, 1, 1), kc: (kc, 1, 1), kc + 1: (kc + 1, 1, 1), 2 * kc + 1: (2 * kc + 1, 1, 1)})
