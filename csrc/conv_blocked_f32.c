@@ -312,6 +312,77 @@ int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, c
     return FC_OK;
 }
 
+/* -- eager NCHW calls on the blocked kernel ------------------------------------------------------- */
+
+/* The border an input needs: the padding, and what the last taps of a row or column reach past
+ * the plane (backends/c.py's blocked_border). */
+static int64_t needed_border(const fc_conv2d_desc *d) {
+    const int64_t over_h = (d->oh - 1) * d->stride_h - d->pad_top + (d->r - 1) * d->dil_h - (d->h - 1);
+    const int64_t over_w = (d->ow - 1) * d->stride_w - d->pad_left + (d->s - 1) * d->dil_w - (d->w - 1);
+    return FC_MAX(FC_MAX(0, FC_MAX(d->pad_top, d->pad_left)), FC_MAX(over_h, over_w));
+}
+
+/* Whether "auto" runs an eager NCHW call on the blocked kernel (fc_f32_conv2d_nchw_blocked): where
+ * the table says so (eager_blocked), the kernel takes d, and the filter has taps (r x s > 1) --
+ * the rule measured on the table's CPU.  Alternated in one process against the GEMM (AMD EPYC
+ * Zen 3, AVX2, 2 threads, ResNet-50's layers, conversions, scratch and the weights' cache check
+ * included): the 3x3 layers took 0.80-0.96x the time at batch 1 and 8 (the 3x3 stride-2 layer on
+ * 56x56 at batch 1 0.80x); 1x1 layers 0.94-1.25x at batch 1 and mostly slower at batch 8 (up to
+ * 1.19x) -- two conversions of a 1x1 layer's input and output cost about what its GEMM loses.
+ * FASTCONV_F32_CONV=blocked forces it where the kernel takes d (on any table: tests); any other
+ * forced mode keeps the GEMM. */
+int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
+    const fc_isa_config *cfg = fc_config();
+    if (!blocked_ok(d, cfg->kvec_lanes))
+        return 0;
+    const char *force = getenv("FASTCONV_F32_CONV");
+    if (force && *force)
+        return !strcmp(force, "blocked");
+    return cfg->eager_blocked && d->r * d->s > 1;
+}
+
+/* Scratch bytes of fc_f32_conv2d_nchw_blocked: the blocked input (with its border) and output. */
+int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d) {
+    const int64_t b = needed_border(d);
+    size_t in = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->c, (size_t)(d->h + 2 * b)), (size_t)(d->w + 2 * b), 1);
+    size_t out = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->k, (size_t)d->oh), (size_t)d->ow, 1), total;
+    if (fc_size_add(in, out, &total) || total > (size_t)INT64_MAX / sizeof(float))
+        return -1;
+    return (int64_t)(total * sizeof(float));
+}
+
+/* An eager NCHW call on the blocked kernel: the input converted once into the blocked layout
+ * (with the border its padding needs), the residual (if any) into the blocked output, which the
+ * kernel then overwrites in place, and the output converted back.  What the GEMM pays on every
+ * layer in gathered panels or discarded columns, this pays in two or three conversions at about
+ * memory speed; which wins is fc_f32_eager_blocked_wanted's rule.  wpack: fc_f32_blocked_weights
+ * (the caller caches it per weight). */
+int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *wpack, const float *bias,
+                               const float *residual, float *y, int nthreads, const char **kernel) {
+    const int64_t L = fc_config()->kvec_lanes;
+    if (!blocked_ok(d, L))
+        return FC_EUNSUPPORTED;
+    const int64_t b = needed_border(d), bytes = fc_f32_eager_blocked_scratch(d);
+    if (bytes < 0)
+        return FC_ENOMEM;
+    const size_t xfloats = (size_t)d->n * d->c * (d->h + 2 * b) * (d->w + 2 * b);
+    char *scratch = fc_alloc((size_t)bytes);
+    if (!scratch)
+        return FC_ENOMEM;
+    float *xb = (float *)scratch, *yb = xb + xfloats;
+    int status = fc_f32_to_blocked(d->n, d->c, d->h, d->w, x, b, xb, nthreads);
+    if (status == FC_OK && residual)
+        status = fc_f32_to_blocked(d->n, d->k, d->oh, d->ow, residual, 0, yb, nthreads);
+    if (status == FC_OK)
+        status = fc_f32_conv2d_blocked(d, xb, b, wpack, bias, residual ? yb : NULL, 0, yb, 0, nthreads, NULL);
+    if (status == FC_OK)
+        status = fc_f32_from_blocked(d->n, d->k, d->oh, d->ow, yb, 0, y, nthreads);
+    free(scratch);
+    if (status == FC_OK && kernel)
+        *kernel = fc_config()->blocked_eager_name;
+    return status;
+}
+
 /* -- layout conversions --------------------------------------------------------------------------- */
 
 static int convert_ok(int64_t n, int64_t c, int64_t h, int64_t w, int64_t border, int64_t L) {

@@ -264,6 +264,8 @@ typedef struct fc_isa_config {
     int blocked_tiles[2][2];   /* its {pixels, vectors}: [0] for rows a multiple of [0][0], else [1] */
     int blocked_steps;         /* reduction steps (channel x tap) per block: its weights stay in L1 */
     const char *blocked_name;  /* e.g. "conv2d f32 blocked avx512" */
+    int eager_blocked;         /* "auto" runs eager NCHW calls on it (fc_f32_eager_blocked_wanted) */
+    const char *blocked_eager_name; /* ... and names them so */
 } fc_isa_config;
 
 /* The configuration of the instruction set this process uses: the CPU's best, capped by

@@ -47,6 +47,8 @@ static const fc_isa_config CONFIG_AVX512 = {
     .blocked = fc_f32_blocked_7x4_avx512, .blocked_tiles = {{4, 4}, {7, 3}},
     .blocked_steps = 128, /* 128 x 3-4 vectors x 64 bytes: 24-32 KB (256 slowed the 1x1 layers of few outputs) */
     .blocked_name = "conv2d f32 blocked 4x64 / 7x48 avx512",
+    .eager_blocked = 0, /* not measured on an AVX-512 CPU yet: eager calls keep the GEMM */
+    .blocked_eager_name = "conv2d f32 blocked 4x64 / 7x48 avx512, NCHW converted at the call",
 };
 
 static const fc_ukernel_fn GEMM_AVX2[2][3] = {{fc_f32_gemm_6x16_avx2, NULL, NULL},
@@ -84,6 +86,8 @@ static const fc_isa_config CONFIG_AVX2 = {
      * in four whole-network alternations on a Zen 3 (ResNet-18 b1, ResNet-50 b1 and b8). */
     .blocked_steps = 256,
     .blocked_name = "conv2d f32 blocked 4x24 avx2",
+    .eager_blocked = 1, /* measured: fc_f32_eager_blocked_wanted */
+    .blocked_eager_name = "conv2d f32 blocked 4x24 avx2, NCHW converted at the call",
 };
 #endif
 
@@ -103,6 +107,7 @@ static const fc_isa_config CONFIG_GENERIC = {
     .blocked = fc_f32_blocked_4x2_generic, .blocked_tiles = {{4, 2}, {4, 2}},
     .blocked_steps = 128,
     .blocked_name = "conv2d f32 blocked 4x16 generic",
+    .blocked_eager_name = "conv2d f32 blocked 4x16 generic, NCHW converted at the call",
 };
 
 /* The table is picked once; a data race on first use is benign (every thread computes the

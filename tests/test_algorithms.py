@@ -205,35 +205,41 @@ def test_winograd_error_bound_against_float64(shape):
     assert np.abs(err).max() <= WINOGRAD_MAX_BOUND * np.abs(ref).max()
 
 
-def test_winograd_filter_cache_follows_the_weight_contents():
+#: Prepared weights cached per weight: Winograd's filter transforms, and the blocked kernel's
+#: packing for eager calls that run on it (FASTCONV_F32_CONV=blocked forces that route).
+@pytest.mark.parametrize("route", ["winograd", "blocked"])
+def test_prepared_weight_cache_follows_the_weight_contents(route, monkeypatch):
     _needs_c()
-    cbackend.clear_winograd_cache()
+    cbackend.clear_weight_cache()
+    algorithm = "winograd" if route == "winograd" else "auto"
+    if route == "blocked":
+        monkeypatch.setenv("FASTCONV_F32_CONV", "blocked")
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((1, 4, 9, 9), dtype=np.float32)
-    w = rng.standard_normal((6, 4, 3, 3), dtype=np.float32)
+    x = rng.standard_normal((1, 8, 9, 9), dtype=np.float32)
+    w = rng.standard_normal((8, 8, 3, 3), dtype=np.float32)
 
     def ref():
         return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
 
-    y1 = fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c")
+    y1 = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="c")
     np.testing.assert_allclose(y1, ref(), rtol=1e-4, atol=1e-4)
-    assert len(cbackend._WINOGRAD_CACHE) == 1
-    w *= -2  # changed in place, same address: must not reuse the old transform
-    y2 = fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c")
+    assert [key[0] for key in cbackend._WEIGHT_CACHE] == [route]
+    w *= -2  # changed in place, same address: must not reuse the old preparation
+    y2 = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="c")
     np.testing.assert_allclose(y2, ref(), rtol=1e-4, atol=1e-4)
-    assert len(cbackend._WINOGRAD_CACHE) == 1
+    assert len(cbackend._WEIGHT_CACHE) == 1
     # Bounded: many weights never hold more than the byte budget (one entry at least).
-    budget = cbackend._WINOGRAD_CACHE_BYTES
+    budget = cbackend._WEIGHT_CACHE_BYTES
     try:
-        cbackend._WINOGRAD_CACHE_BYTES = 1
+        cbackend._WEIGHT_CACHE_BYTES = 1
         for _ in range(3):
             fastconv.conv2d(
-                x, rng.standard_normal((6, 4, 3, 3), dtype=np.float32), padding=1, algorithm="winograd", backend="c"
+                x, rng.standard_normal((8, 8, 3, 3), dtype=np.float32), padding=1, algorithm=algorithm, backend="c"
             )
-        assert len(cbackend._WINOGRAD_CACHE) == 1
+        assert len(cbackend._WEIGHT_CACHE) == 1
     finally:
-        cbackend._WINOGRAD_CACHE_BYTES = budget
-        cbackend.clear_winograd_cache()
+        cbackend._WEIGHT_CACHE_BYTES = budget
+        cbackend.clear_weight_cache()
 
 
 # -- which kernel ran -----------------------------------------------------------------------------
@@ -246,8 +252,11 @@ def test_kernel_name_is_logged(monkeypatch, caplog):
     w = np.zeros((8, 8, 3, 3), np.float32)
     isa = cbackend.isa()
     tile = {"avx512": "8x48", "avx2": "6x16", "generic": "4x16"}[isa]
+    # A 3x3 layer of 8 channels: AVX2's "auto" runs it on the blocked kernel (fc_f32_eager_blocked_wanted).
+    blocked = {"avx512": "4x64 / 7x48", "avx2": "4x24", "generic": "4x16"}[isa]
+    auto = f"conv2d f32 blocked {blocked} {isa}, NCHW converted at the call" if isa == "avx2" else None
     expected = {
-        "auto": f"conv2d f32 gemm {tile} {isa}",
+        "auto": auto or f"conv2d f32 gemm {tile} {isa}",
         "gemm": f"conv2d f32 gemm {tile} {isa}",
         "direct": f"conv2d f32 direct {isa}",
         "winograd": f"conv2d f32 winograd F(4x4,3x3) gemm {tile} {isa}",
@@ -257,6 +266,15 @@ def test_kernel_name_is_logged(monkeypatch, caplog):
             caplog.clear()
             fastconv.conv2d(x, w, padding=1, algorithm=algo, backend="c")
             assert any(name in r.getMessage() for r in caplog.records), (algo, [r.getMessage() for r in caplog.records])
+        # The test hook takes any table to the blocked route, and any other forced mode keeps the GEMM.
+        for force, name in (("blocked", f"conv2d f32 blocked {blocked} {isa}, NCHW"), ("direct", f"gemm {tile}")):
+            monkeypatch.setenv("FASTCONV_F32_CONV", force)
+            caplog.clear()
+            fastconv.conv2d(x, w, padding=1, backend="c")
+            assert any(name in r.getMessage() for r in caplog.records), (
+                force,
+                [r.getMessage() for r in caplog.records],
+            )
 
 
 def test_eager_gemm_names_weights_packed_per_task(monkeypatch, caplog):

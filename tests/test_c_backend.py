@@ -133,10 +133,12 @@ def test_tile_edges(case):
     check(case, "c")
 
 
-#: FASTCONV_F32_CONV forces the float32 convolution's B source (read per call), or the
-#: channel-vector kernel (kvec), so each meets the tile edges with this process's kernels; tests/test_c_isa.py reruns this module under every
-#: instruction set the CPU has (FASTCONV_ISA is read once per process).
-@pytest.mark.parametrize("mode", ["direct", "packed", "kvec"])
+#: FASTCONV_F32_CONV forces the float32 convolution's B source (read per call), the
+#: channel-vector kernel (kvec), or the blocked kernel with the input and output converted at the
+#: call (blocked; cases it cannot take run the GEMM), so each meets the tile edges with this
+#: process's kernels; tests/test_c_isa.py reruns this module under every instruction set the CPU
+#: has (FASTCONV_ISA is read once per process).
+@pytest.mark.parametrize("mode", ["direct", "packed", "kvec", "blocked"])
 def test_b_sources_on_tile_edges(mode, monkeypatch):
     _needs_c()
     monkeypatch.setenv("FASTCONV_F32_CONV", mode)
@@ -217,8 +219,9 @@ def test_tile_edges_prepacked_weights_give_the_same_bits(monkeypatch):
         ref = fastconv.conv2d(x, w, b, backend="c", **kw)
         residual = np.random.default_rng(i).standard_normal(ref.shape).astype(np.float32) if i % 2 else None
         activation = "relu" if i % 3 else None
-        ref = fastconv.conv2d(x, w, b, residual=residual, activation=activation, backend="c", **kw)
-        p = _problem(case, x, w, b, residual, activation)
+        # "gemm": the GEMM itself ("auto" may run an eager call on the blocked kernel instead).
+        ref = fastconv.conv2d(x, w, b, residual=residual, activation=activation, backend="c", algorithm="gemm", **kw)
+        p = replace(_problem(case, x, w, b, residual, activation), algorithm="gemm")
         wp = cbackend.gemm_weights(p, w)
         if wp is None:
             continue
@@ -488,8 +491,11 @@ def test_random_prepacked_problems_give_the_in_place_bits(case, with_residual, r
     ref = fastconv.conv2d(x, w, b, backend="c", **case.kwargs)
     residual = np.random.default_rng(0).standard_normal(ref.shape).astype(np.float32) if with_residual else None
     activation = "relu" if relu else None
-    ref = fastconv.conv2d(x, w, b, residual=residual, activation=activation, backend="c", **case.kwargs)
-    p = _problem(case, x, w, b, residual, activation)
+    # "gemm": the GEMM itself ("auto" may run an eager call on the blocked kernel instead).
+    ref = fastconv.conv2d(
+        x, w, b, residual=residual, activation=activation, backend="c", algorithm="gemm", **case.kwargs
+    )
+    p = replace(_problem(case, x, w, b, residual, activation), algorithm="gemm")
     y = cbackend.conv2d_into(p, x, w, b, residual, np.empty_like(ref), gemm_weights=cbackend.gemm_weights(p, w))
     np.testing.assert_array_equal(y, ref, err_msg=case.id)
 

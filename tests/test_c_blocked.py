@@ -128,6 +128,28 @@ def test_blocked_kernel_cases():
         assert_close(actual, expected, case)
 
 
+def test_eager_calls_on_the_blocked_kernel(monkeypatch, caplog):
+    """Eager NCHW calls that run on the blocked kernel, their input (and residual) converted to
+    the blocked layout and the output back at the call ("auto" on 3x3 layers on AVX2;
+    FASTCONV_F32_CONV=blocked forces it on any table): every kernel case against torch, and the
+    route was the one that ran."""
+    import logging
+
+    from harness import check
+
+    L = _lanes()
+    monkeypatch.setenv("FASTCONV_F32_CONV", "blocked")
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    cbackend.clear_weight_cache()
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        for case in _cases(L):
+            caplog.clear()
+            check(case, "c")
+            ran = [r.getMessage() for r in caplog.records if "ran conv2d" in r.getMessage()]
+            assert ran and all("NCHW converted at the call" in m for m in ran), (case.id, ran)
+    cbackend.clear_weight_cache()
+
+
 def test_blocked_kernel_with_wider_borders_than_needed():
     L = _lanes()
     case = Case("conv2d", "blocked-borders", (2, 2 * L, 7, 9), (3 * L, 2 * L, 3, 3), {"padding": 1}, residual=True)

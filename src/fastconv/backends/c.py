@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 from collections import OrderedDict
 
@@ -240,6 +241,11 @@ class ConvCall:
             status = lib.fc_f32_conv2d_prepacked(
                 self.desc, xp, self.fixed[0], self.gemm[1], self.gemm[0], self.fixed[1], *tail
             )
+        elif p.algorithm == "auto" and p.dtype == "float32" and lib.fc_f32_eager_blocked_wanted(self.desc):
+            # Input and output converted to and from the blocked layout around the blocked kernel
+            # (fc_f32_conv2d_nchw_blocked); its weights packed once per weight, cached.
+            wp = _prepared_weights("blocked", p, self.weight, blocked_weights)
+            status = lib.fc_f32_conv2d_nchw_blocked(self.desc, xp, call.ptr(wp, wp.size), self.fixed[1], *tail)
         elif p.algorithm == "winograd":
             if self.winograd is not None:
                 u = self.winograd[0]
@@ -489,37 +495,43 @@ class BlockedConvCall:
         return self.y
 
 
-# -- Winograd filter transforms, cached per weight -------------------------------------------------
+# -- prepared weights (Winograd filter transforms, blocked packings), cached per weight -------------
 
-#: The transformed filters of recently used weights: (address, shape) -> (copy of the weight,
-#: transform).  A hit is checked against the copy byte for byte, so weights changed in place (a
-#: training step) or a new array at a reused address are transformed afresh.  Bounded in bytes.
-_WINOGRAD_CACHE: OrderedDict = OrderedDict()
-_WINOGRAD_CACHE_BYTES = 256 << 20
-_winograd_lock = threading.Lock()
+#: The prepared weights of recently used eager calls: (kind, address, shape) -> (copy of the
+#: weight, prepared array); kind "winograd" (winograd_transform) or "blocked" (blocked_weights,
+#: for eager calls on the blocked kernel).  A hit is checked against the copy byte for byte, so
+#: weights changed in place (a training step) or a new array at a reused address are prepared
+#: afresh.  Bounded in bytes.
+_WEIGHT_CACHE: OrderedDict = OrderedDict()
+_WEIGHT_CACHE_BYTES = 256 << 20
+_weight_lock = threading.Lock()
 
 
-def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
-    key = (weight.__array_interface__["data"][0], weight.shape)
+def _prepared_weights(kind: str, p, weight: np.ndarray, make) -> np.ndarray:
+    key = (kind, weight.__array_interface__["data"][0], weight.shape)
     ffi = _ckernels.ffi
-    with _winograd_lock:
-        hit = _WINOGRAD_CACHE.get(key)
+    with _weight_lock:
+        hit = _WEIGHT_CACHE.get(key)
         # memcmp, bit for bit (NaN weights compare equal to themselves; -0.0 differs from 0.0).
         if hit is not None and _ckernels.lib.fc_bytes_equal(
             ffi.from_buffer(hit[0]), ffi.from_buffer(weight), weight.nbytes
         ):
-            _WINOGRAD_CACHE.move_to_end(key)
+            _WEIGHT_CACHE.move_to_end(key)
             return hit[1]
-    u = winograd_transform(p, weight)
-    entry = (weight.copy(), u)
-    with _winograd_lock:
-        _WINOGRAD_CACHE[key] = entry
-        _WINOGRAD_CACHE.move_to_end(key)
-        total = sum(w.nbytes + t.nbytes for w, t in _WINOGRAD_CACHE.values())
-        while total > _WINOGRAD_CACHE_BYTES and len(_WINOGRAD_CACHE) > 1:
-            w, t = _WINOGRAD_CACHE.popitem(last=False)[1]
+    prepared = make(p, weight)
+    entry = (weight.copy(), prepared)
+    with _weight_lock:
+        _WEIGHT_CACHE[key] = entry
+        _WEIGHT_CACHE.move_to_end(key)
+        total = sum(w.nbytes + t.nbytes for w, t in _WEIGHT_CACHE.values())
+        while total > _WEIGHT_CACHE_BYTES and len(_WEIGHT_CACHE) > 1:
+            w, t = _WEIGHT_CACHE.popitem(last=False)[1]
             total -= w.nbytes + t.nbytes
-    return u
+    return prepared
+
+
+def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
+    return _prepared_weights("winograd", p, weight, winograd_transform)
 
 
 def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
@@ -538,10 +550,31 @@ def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
     return u
 
 
-def clear_winograd_cache() -> None:
-    """Forget every cached Winograd filter transform."""
-    with _winograd_lock:
-        _WINOGRAD_CACHE.clear()
+def clear_weight_cache() -> None:
+    """Forget every cached Winograd filter transform and blocked packing."""
+    with _weight_lock:
+        _WEIGHT_CACHE.clear()
+
+
+def eager_blocked(p) -> bool:
+    """Whether an eager "auto" call of ``p`` runs on the blocked kernel, its input and output
+    converted at the call (fc_f32_eager_blocked_wanted: this instruction set's measured rule)."""
+    if p.dtype != "float32" or p.algorithm != "auto" or getattr(p, "direction", "fwd") != "fwd":
+        return False
+    if not blocked_supports(p):
+        return False
+    call = _Call("float32")
+    return bool(_ckernels.lib.fc_f32_eager_blocked_wanted(_conv_desc(call, p)))
+
+
+def eager_blocked_scratch(p) -> int:
+    """Bytes an eager call on the blocked kernel allocates: its blocked input and output, and the
+    packed weights (made once, cached)."""
+    call = _Call("float32")
+    scratch = int(_ckernels.lib.fc_f32_eager_blocked_scratch(_conv_desc(call, p)))
+    if scratch < 0:  # past what size_t holds: more than any machine has
+        return sys.maxsize
+    return scratch + p.k * p.c * p.r * p.s * 4
 
 
 def _pool_desc(call, p):
