@@ -51,6 +51,8 @@ typedef struct {
 
 int fc_f32_blocked_lanes(void) { return fc_config()->kvec_lanes; }
 
+static void interleave(const float *src, int64_t ld, int64_t rows, int64_t n, int64_t L, float *dst);
+
 /* The tile for d: the table's wide tile where it divides the output rows, else its other one
  * (the weights are packed for the tile's vectors: fc_f32_blocked_weights and the kernel call
  * agree through this one rule). */
@@ -92,19 +94,25 @@ int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) 
     tile_of(d, &P, &V);
     if (fc_f32_blocked_weights_size(d) < 0)
         return FC_EUNSUPPORTED;
-    const int64_t cb = d->c / L, rs = d->r * d->s, kvecs = d->k / L;
-    for (int64_t g = 0; g * V < kvecs; g++) {
-        const int64_t nv = FC_MIN(V, kvecs - g * V);
+    const int64_t cb = d->c / L, rs = d->r * d->s, crs = d->c * rs, kvecs = d->k / L;
+    /* One output vector (L output channels) at a time: its rows of w turned into lanes
+     * (interleave: the table's register transpose), then each (channel, tap) step's vector moved
+     * to its place.  An eager call on the blocked kernel packs afresh whenever its weights
+     * change; element by element this took 1.4 ms for a 2 MB weight. */
+    float *tmp = fc_alloc(fc_size_mul3((size_t)crs, (size_t)L, sizeof(float)));
+    if (!tmp)
+        return FC_ENOMEM;
+    for (int64_t kv = 0; kv < kvecs; kv++) {
+        const int64_t g = kv / V, j = kv % V, nv = FC_MIN(V, kvecs - g * V);
         float *dst = out + (size_t)g * V * L * d->c * rs;
+        interleave(w + (size_t)kv * L * crs, crs, L, crs, L, tmp); /* tmp[p * L + l] = w[kv * L + l][p] */
         for (int64_t b = 0; b < cb; b++)
             for (int64_t t = 0; t < rs; t++)
                 for (int64_t ci = 0; ci < L; ci++)
-                    for (int64_t j = 0; j < nv; j++)
-                        for (int64_t l = 0; l < L; l++) {
-                            const int64_t k = (g * V + j) * L + l, c = b * L + ci;
-                            *dst++ = w[((size_t)k * d->c + c) * rs + t];
-                        }
+                    memcpy(dst + (((b * rs + t) * L + ci) * nv + j) * L, tmp + ((b * L + ci) * rs + t) * L,
+                           (size_t)L * sizeof(float));
     }
+    free(tmp);
     return FC_OK;
 }
 
@@ -323,14 +331,20 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
 }
 
 /* Whether "auto" runs an eager NCHW call on the blocked kernel (fc_f32_conv2d_nchw_blocked): where
- * the table says so (eager_blocked), the kernel takes d, and the filter has taps (r x s > 1) --
- * the rule measured on the table's CPU.  Alternated in one process against the GEMM (AMD EPYC
- * Zen 3, AVX2, 2 threads, ResNet-50's layers, conversions, scratch and the weights' cache check
- * included): the 3x3 layers took 0.80-0.96x the time at batch 1 and 8 (the 3x3 stride-2 layer on
- * 56x56 at batch 1 0.80x); 1x1 layers 0.94-1.25x at batch 1 and mostly slower at batch 8 (up to
- * 1.19x) -- two conversions of a 1x1 layer's input and output cost about what its GEMM loses.
+ * the table says so (eager_blocked), the kernel takes d, the filter has taps (r x s > 1), and the
+ * weights are small or the call's work large (EAGER_BLOCKED_*) -- the rule measured on the
+ * table's CPU.  Alternated in one process against the GEMM (AMD EPYC Zen 3, AVX2, 2 threads,
+ * ResNet-50's layers, conversions, scratch and the weights' cache check included): the 3x3
+ * layers took 0.80-0.96x the time at batch 1 and 8 (the 3x3 stride-2 layer on 56x56 at batch 1
+ * 0.80x); 1x1 layers 0.94-1.25x at batch 1 and mostly slower at batch 8 (up to 1.19x) -- two
+ * conversions of a 1x1 layer's input and output cost about what its GEMM loses.  Weights that
+ * change between calls (a training loop) are packed again, with a copy kept for the cache's
+ * check: about 0.26 ns a weight byte, 2.4 ms for 3x3 512 -> 512 against its 2.2 ms call at
+ * batch 1; the size test keeps that cost under about a tenth of the call.
  * FASTCONV_F32_CONV=blocked forces it where the kernel takes d (on any table: tests); any other
  * forced mode keeps the GEMM. */
+#define EAGER_BLOCKED_SMALL_WEIGHTS (1 << 20) /* bytes */
+#define EAGER_BLOCKED_MANY_PIXELS 1024        /* output pixels of the call, n x oh x ow */
 int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
     const fc_isa_config *cfg = fc_config();
     if (!blocked_ok(d, cfg->kvec_lanes))
@@ -338,7 +352,9 @@ int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
     const char *force = getenv("FASTCONV_F32_CONV");
     if (force && *force)
         return !strcmp(force, "blocked");
-    return cfg->eager_blocked && d->r * d->s > 1;
+    const double wbytes = 4.0 * (double)d->k * (double)d->c * (double)(d->r * d->s);
+    return cfg->eager_blocked && d->r * d->s > 1 &&
+           (wbytes <= EAGER_BLOCKED_SMALL_WEIGHTS || (double)d->n * d->oh * d->ow >= EAGER_BLOCKED_MANY_PIXELS);
 }
 
 /* Scratch bytes of fc_f32_conv2d_nchw_blocked: the blocked input (with its border) and output. */
@@ -356,19 +372,19 @@ int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d) {
  * kernel then overwrites in place, and the output converted back.  What the GEMM pays on every
  * layer in gathered panels or discarded columns, this pays in two or three conversions at about
  * memory speed; which wins is fc_f32_eager_blocked_wanted's rule.  wpack: fc_f32_blocked_weights
- * (the caller caches it per weight). */
+ * (the caller caches it per weight); scratch: the caller's workspace of scratch_bytes, at least
+ * fc_f32_eager_blocked_scratch(d) (kept by the caller between calls: allocated and freed per call
+ * it cost about 4% of a 3x3 layer's time at batch 1). */
 int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *wpack, const float *bias,
-                               const float *residual, float *y, int nthreads, const char **kernel) {
+                               const float *residual, float *y, void *scratch, int64_t scratch_bytes, int nthreads,
+                               const char **kernel) {
     const int64_t L = fc_config()->kvec_lanes;
     if (!blocked_ok(d, L))
         return FC_EUNSUPPORTED;
     const int64_t b = needed_border(d), bytes = fc_f32_eager_blocked_scratch(d);
-    if (bytes < 0)
-        return FC_ENOMEM;
+    if (bytes < 0 || !scratch || scratch_bytes < bytes)
+        return FC_EINVAL;
     const size_t xfloats = (size_t)d->n * d->c * (d->h + 2 * b) * (d->w + 2 * b);
-    char *scratch = fc_alloc((size_t)bytes);
-    if (!scratch)
-        return FC_ENOMEM;
     float *xb = (float *)scratch, *yb = xb + xfloats;
     int status = fc_f32_to_blocked(d->n, d->c, d->h, d->w, x, b, xb, nthreads);
     if (status == FC_OK && residual)
@@ -377,7 +393,6 @@ int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const fl
         status = fc_f32_conv2d_blocked(d, xb, b, wpack, bias, residual ? yb : NULL, 0, yb, 0, nthreads, NULL);
     if (status == FC_OK)
         status = fc_f32_from_blocked(d->n, d->k, d->oh, d->ow, yb, 0, y, nthreads);
-    free(scratch);
     if (status == FC_OK && kernel)
         *kernel = fc_config()->blocked_eager_name;
     return status;

@@ -101,13 +101,15 @@ int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, c
                           const char **kernel);
 
 /* An eager NCHW call on the blocked kernel: x converted to the blocked layout, the kernel with
- * weights from fc_f32_blocked_weights, y converted back (residual NCHW, like y); scratch
- * fc_f32_eager_blocked_scratch(d) bytes (-1: too large).  fc_f32_eager_blocked_wanted: whether
- * "auto" runs d this way on this instruction set (0 or 1). */
+ * weights from fc_f32_blocked_weights, y converted back (residual NCHW, like y), in the caller's
+ * scratch of at least fc_f32_eager_blocked_scratch(d) bytes (-1: too large; FC_EINVAL when
+ * scratch_bytes is less).  fc_f32_eager_blocked_wanted: whether "auto" runs d this way on this
+ * instruction set (0 or 1). */
 int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d);
 int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d);
 int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *wpack, const float *bias,
-                               const float *residual, float *y, int nthreads, const char **kernel);
+                               const float *residual, float *y, void *scratch, int64_t scratch_bytes, int nthreads,
+                               const char **kernel);
 
 /* Winograd F(4x4, 3x3) for 3x3, stride-1, undilated, ungrouped float32 convolutions.  The
  * filters are transformed once (fc_f32_winograd_weights, into winograd_weights_size floats) and

@@ -245,7 +245,11 @@ class ConvCall:
             # Input and output converted to and from the blocked layout around the blocked kernel
             # (fc_f32_conv2d_nchw_blocked); its weights packed once per weight, cached.
             wp = _prepared_weights("blocked", p, self.weight, blocked_weights)
-            status = lib.fc_f32_conv2d_nchw_blocked(self.desc, xp, call.ptr(wp, wp.size), self.fixed[1], *tail)
+            ws = _workspace(lib.fc_f32_eager_blocked_scratch(self.desc))
+            status = lib.fc_f32_conv2d_nchw_blocked(
+                self.desc, xp, call.ptr(wp, wp.size), self.fixed[1], tail[0], tail[1],
+                call.ffi.from_buffer(ws), ws.nbytes, nthreads, self.kernel,
+            )  # fmt: skip
         elif p.algorithm == "winograd":
             if self.winograd is not None:
                 u = self.winograd[0]
@@ -548,6 +552,28 @@ def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
         "conv2d",
     )
     return u
+
+
+#: Each calling thread's workspace for eager calls on the blocked kernel (their blocked input and
+#: output), kept from call to call up to _WORKSPACE_KEEP bytes, as cuDNN's callers keep theirs.
+_workspaces = threading.local()
+_WORKSPACE_KEEP = 64 << 20
+
+
+def _workspace(nbytes: int) -> np.ndarray:
+    """At least ``nbytes`` of 64-byte-aligned scratch: this thread's kept workspace, grown as
+    needed (a larger need than _WORKSPACE_KEEP gets a buffer of its own, dropped after the call)."""
+    if nbytes < 0:
+        raise MemoryError("c backend: the blocked kernel's scratch is larger than memory")
+    buf = getattr(_workspaces, "buf", None)
+    if buf is not None and buf.nbytes >= nbytes:
+        return buf
+    raw = np.empty(nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    buf = raw[off : off + nbytes]
+    if nbytes <= _WORKSPACE_KEEP:
+        _workspaces.buf = buf
+    return buf
 
 
 def clear_weight_cache() -> None:
