@@ -351,11 +351,12 @@ def pool_bytes(p, nthreads: int) -> int:
     return nthreads * (row + p.ow) * item
 
 
-#: The test hooks the sizes above read (kernel choices forced per call).
-_HOOKS = (
-    "FASTCONV_F32_CONV", "FASTCONV_F32_FEWC", "FASTCONV_BWD_DATA_B", "FASTCONV_BWD_WEIGHT_PARTS",
-    "FASTCONV_BWD_WEIGHT", "FASTCONV_BWD_DATA",
-)  # fmt: skip
+#: The test hooks the sizes above read (kernel choices forced per call), by direction.
+_HOOKS = {
+    "fwd": ("FASTCONV_F32_CONV", "FASTCONV_F32_FEWC"),
+    "bwd_data": ("FASTCONV_F32_CONV", "FASTCONV_F32_FEWC", "FASTCONV_BWD_DATA_B", "FASTCONV_BWD_DATA"),
+    "bwd_weight": ("FASTCONV_BWD_WEIGHT_PARTS", "FASTCONV_BWD_WEIGHT"),
+}
 #: check's byte counts by (problem, threads, hooks): an eager layer called again skips the
 #: arithmetic, about a fifth of a small call's Python time.  Bounded: cleared when full.
 _MEMO: dict = {}
@@ -364,7 +365,8 @@ _MEMO_ENTRIES = 4096
 
 def scratch_bytes(p, nthreads: int) -> int:
     """The bytes of scratch the c kernels allocate for ``p`` on ``nthreads`` threads."""
-    key = (p, nthreads, *(os.environ.get(h) for h in _HOOKS))
+    hooks = _HOOKS.get(p.direction, ()) if p.op == "conv2d" else ()
+    key = (p, nthreads, *[os.environ.get(h) for h in hooks])
     nbytes = _MEMO.get(key)
     if nbytes is not None:
         return nbytes
