@@ -334,10 +334,11 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
  * the table says so (eager_blocked), the kernel takes d, the filter has taps (r x s > 1), and the
  * weights are small or the call's work large (EAGER_BLOCKED_*) -- the rule measured on the
  * table's CPU.  Alternated in one process against the GEMM (AMD EPYC Zen 3, AVX2, 2 threads,
- * ResNet-50's layers, conversions, scratch and the weights' cache check included): the 3x3
- * layers took 0.80-0.96x the time at batch 1 and 8 (the 3x3 stride-2 layer on 56x56 at batch 1
- * 0.80x); 1x1 layers 0.94-1.25x at batch 1 and mostly slower at batch 8 (up to 1.19x) -- two
- * conversions of a 1x1 layer's input and output cost about what its GEMM loses.  Weights that
+ * ResNet-50's layers, conversions, workspace and the weights' cache check included): the 3x3
+ * layers took 0.83-0.96x the time at batch 8, and at batch 1 0.83-0.87x (3x3 stride 2 at 56x56)
+ * to level (128 channels at 28x28, 0.90-1.02x); 1x1 layers 0.91-1.05x at batch 1 and mostly
+ * slower at batch 8 (up to 1.19x) -- two conversions of a 1x1 layer's input and output cost
+ * about what its GEMM loses.  Weights that
  * change between calls (a training loop) are packed again, with a copy kept for the cache's
  * check: about 0.26 ns a weight byte, 2.4 ms for 3x3 512 -> 512 against its 2.2 ms call at
  * batch 1; the size test keeps that cost under about a tenth of the call.
@@ -360,8 +361,10 @@ int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
 /* Scratch bytes of fc_f32_conv2d_nchw_blocked: the blocked input (with its border) and output. */
 int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d) {
     const int64_t b = needed_border(d);
-    size_t in = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->c, (size_t)(d->h + 2 * b)), (size_t)(d->w + 2 * b), 1);
-    size_t out = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->k, (size_t)d->oh), (size_t)d->ow, 1), total;
+    const size_t in = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->c, (size_t)(d->h + 2 * b)),
+                                   (size_t)(d->w + 2 * b), 1);
+    const size_t out = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->k, (size_t)d->oh), (size_t)d->ow, 1);
+    size_t total;
     if (fc_size_add(in, out, &total) || total > (size_t)INT64_MAX / sizeof(float))
         return -1;
     return (int64_t)(total * sizeof(float));
@@ -374,7 +377,7 @@ int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d) {
  * memory speed; which wins is fc_f32_eager_blocked_wanted's rule.  wpack: fc_f32_blocked_weights
  * (the caller caches it per weight); scratch: the caller's workspace of scratch_bytes, at least
  * fc_f32_eager_blocked_scratch(d) (kept by the caller between calls: allocated and freed per call
- * it cost about 4% of a 3x3 layer's time at batch 1). */
+ * it cost 2-12% of three 3x3 layers' time at batch 1). */
 int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *wpack, const float *bias,
                                const float *residual, float *y, void *scratch, int64_t scratch_bytes, int nthreads,
                                const char **kernel) {

@@ -403,6 +403,29 @@ def test_what_the_blocked_kernel_refuses():
         call(np.zeros((1, L, 5, 5), np.float32))
 
 
+def test_the_eager_blocked_route_refuses_a_short_workspace():
+    """fc_f32_conv2d_nchw_blocked writes only into the workspace it is given: one byte short of
+    fc_f32_eager_blocked_scratch, or none, is refused before anything is written."""
+    from fastconv import _ckernels
+
+    L = _lanes()
+    lib, ffi = _ckernels.lib, _ckernels.ffi
+    p = Conv2dProblem(1, L, 5, 5, L, 3, 3, padding=(1, 1, 1, 1))
+    call = cbackend._Call("float32")
+    d = cbackend._conv_desc(call, p)
+    need = lib.fc_f32_eager_blocked_scratch(d)
+    assert need == 4 * (L * 7 * 7 + L * 5 * 5)  # the input with a 1-pixel border, the output
+    x, y = np.ones(p.input_shape, np.float32), np.full(p.output_shape, 7.0, np.float32)
+    wp = cbackend.blocked_weights(p, np.ones((L, L, 3, 3), np.float32))
+    ws = np.zeros(need, np.uint8)
+    args = (d, call.ptr(x, x.size), call.ptr(wp, wp.size), ffi.NULL, ffi.NULL, call.ptr(y, y.size, writable=True))
+    for scratch, size in ((ffi.from_buffer(ws), need - 1), (ffi.NULL, need)):
+        assert lib.fc_f32_conv2d_nchw_blocked(*args, scratch, size, 1, ffi.NULL) == lib.FC_EINVAL
+    assert (y == 7.0).all() and not ws.any()
+    assert lib.fc_f32_conv2d_nchw_blocked(*args, ffi.from_buffer(ws), need, 1, ffi.NULL) == lib.FC_OK
+    assert y[0, 0, 2, 2] == 9 * L  # an interior pixel: all taps of every channel
+
+
 def test_a_call_checks_each_new_array_and_reads_its_contents_every_time():
     """BlockedConvCall checks an input array the first time it comes and keeps its pointer: a
     different array is checked again (a wrong one refused after good calls), and the same array
