@@ -228,6 +228,12 @@ def test_prepared_weight_cache_follows_the_weight_contents(route, monkeypatch):
     y2 = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="c")
     np.testing.assert_allclose(y2, ref(), rtol=1e-4, atol=1e-4)
     assert len(cbackend._WEIGHT_CACHE) == 1
+    if route == "blocked":  # the packing follows the tile the output width picks: one per width
+        x12 = rng.standard_normal((1, 8, 9, 12), dtype=np.float32)
+        y3 = fastconv.conv2d(x12, w, padding=1, backend="c")
+        ref3 = torch.nn.functional.conv2d(torch.from_numpy(x12), torch.from_numpy(w), padding=1).numpy()
+        np.testing.assert_allclose(y3, ref3, rtol=1e-4, atol=1e-4)
+        assert sorted(key[1] for key in cbackend._WEIGHT_CACHE) == [9, 12]
     # Bounded: many weights never hold more than the byte budget (one entry at least).
     budget = cbackend._WEIGHT_CACHE_BYTES
     try:

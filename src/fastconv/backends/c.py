@@ -244,7 +244,8 @@ class ConvCall:
         elif p.algorithm == "auto" and p.dtype == "float32" and lib.fc_f32_eager_blocked_wanted(self.desc):
             # Input and output converted to and from the blocked layout around the blocked kernel
             # (fc_f32_conv2d_nchw_blocked); its weights packed once per weight, cached.
-            wp = _prepared_weights("blocked", p, self.weight, blocked_weights)
+            # The packing follows the kernel's tile, which the output width picks (fc_f32_blocked_weights).
+            wp = _prepared_weights("blocked", p, self.weight, blocked_weights, variant=p.ow)
             ws = _workspace(lib.fc_f32_eager_blocked_scratch(self.desc))
             status = lib.fc_f32_conv2d_nchw_blocked(
                 self.desc, xp, call.ptr(wp, wp.size), self.fixed[1], tail[0], tail[1],
@@ -501,9 +502,10 @@ class BlockedConvCall:
 
 # -- prepared weights (Winograd filter transforms, blocked packings), cached per weight -------------
 
-#: The prepared weights of recently used eager calls: (kind, address, shape) -> (copy of the
-#: weight, prepared array); kind "winograd" (winograd_transform) or "blocked" (blocked_weights,
-#: for eager calls on the blocked kernel).  A hit is checked against the copy byte for byte, so
+#: The prepared weights of recently used eager calls: (kind, variant, address, shape) -> (copy of
+#: the weight, prepared array); kind "winograd" (winograd_transform) or "blocked" (blocked_weights,
+#: for eager calls on the blocked kernel; its variant the output width, which picks the tile the
+#: packing is made for).  A hit is checked against the copy byte for byte, so
 #: weights changed in place (a training step) or a new array at a reused address are prepared
 #: afresh.  Bounded in bytes.
 _WEIGHT_CACHE: OrderedDict = OrderedDict()
@@ -511,8 +513,8 @@ _WEIGHT_CACHE_BYTES = 256 << 20
 _weight_lock = threading.Lock()
 
 
-def _prepared_weights(kind: str, p, weight: np.ndarray, make) -> np.ndarray:
-    key = (kind, weight.__array_interface__["data"][0], weight.shape)
+def _prepared_weights(kind: str, p, weight: np.ndarray, make, variant=None) -> np.ndarray:
+    key = (kind, variant, weight.__array_interface__["data"][0], weight.shape)
     ffi = _ckernels.ffi
     with _weight_lock:
         hit = _WEIGHT_CACHE.get(key)
