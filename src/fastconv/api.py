@@ -68,6 +68,14 @@ def _from_tensor(t, name: str, torch):
     return t.resolve_conj().resolve_neg().numpy()
 
 
+#: dtype -> its name for the problem descriptors: NumPy's dtype.name costs about 2.5 us a call.
+_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+
+
+def _dtype_name(dtype) -> str:
+    return _DTYPE_NAMES.get(dtype) or dtype.name
+
+
 def _channels_last(t, torch) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
@@ -229,7 +237,7 @@ def conv2d(
         pads,
         dilation,
         groups,
-        x.dtype.name,
+        _dtype_name(x.dtype),
         bias=b is not None,
         residual=residual is not None,
         activation=activation,
@@ -256,6 +264,8 @@ def conv2d(
 
 def _activation_spec(activation):
     """(name, params) from None, a name, or a tuple (name, *params)."""
+    if activation is None:  # the common case, without the general rule's checks (about 2 us)
+        return None, ()
     if isinstance(activation, (tuple, list)) and activation:
         name, params = activation[0], tuple(as_float(v, "activation parameter") for v in activation[1:])
     else:
@@ -324,7 +334,7 @@ def max_pool2d(
         padding,
         dilation,
         ceil_mode,
-        dtype=x.dtype.name,
+        dtype=_dtype_name(x.dtype),
         return_indices=as_bool(return_indices, "return_indices"),
     )
     return _run_pool(p, x, x4, backend)
@@ -371,7 +381,7 @@ def avg_pool2d(
         ceil_mode,
         count_include_pad,
         divisor_override,
-        dtype=x.dtype.name,
+        dtype=_dtype_name(x.dtype),
     )
     return _run_pool(p, x, x4, backend)
 
@@ -392,7 +402,7 @@ def adaptive_avg_pool2d(input, output_size, *, backend=None):
     (1, 1, 2, 4)
     """
     x, x4, (oh, ow) = _adaptive_args(input, output_size, "adaptive_avg_pool2d")
-    p = AdaptivePool2dProblem(*x4.shape, oh, ow, x.dtype.name)
+    p = AdaptivePool2dProblem(*x4.shape, oh, ow, _dtype_name(x.dtype))
     return _run_pool(p, x, x4, backend)
 
 
@@ -414,7 +424,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=Non
     """
     x, x4, (oh, ow) = _adaptive_args(input, output_size, "adaptive_max_pool2d")
     p = AdaptivePool2dProblem(
-        *x4.shape, oh, ow, x.dtype.name, kind="max", return_indices=as_bool(return_indices, "return_indices")
+        *x4.shape, oh, ow, _dtype_name(x.dtype), kind="max", return_indices=as_bool(return_indices, "return_indices")
     )
     return _run_pool(p, x, x4, backend)
 
@@ -492,7 +502,7 @@ def batch_norm(
                     raise ValueError(f"{name} is read-only, but training=True updates it in place")
     w = np.ones(c, x.dtype) if weight is None else _stat(weight, "weight", c, x.dtype)
     b = np.zeros(c, x.dtype) if bias is None else _stat(bias, "bias", c, x.dtype)
-    p = BatchNormProblem(n, c, tuple(spatial), training, eps, x.dtype.name)
+    p = BatchNormProblem(n, c, tuple(spatial), training, eps, _dtype_name(x.dtype))
     if training and p.count == 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     x3 = x.reshape(n, c, p.l)
@@ -523,7 +533,7 @@ def relu(input, inplace=False, *, backend=None):
     """
     target = _writable_target(input, "input", "relu") if as_bool(inplace, "inplace") else None
     x = as_float_array(input, "input")
-    p = ReluProblem(tuple(x.shape), x.dtype.name)
+    p = ReluProblem(tuple(x.shape), _dtype_name(x.dtype))
     y = dispatch.run(p, x, backend=backend)
     return y if target is None else _in_place(target, y)
 
@@ -531,7 +541,7 @@ def relu(input, inplace=False, *, backend=None):
 def _activation(kind, input, params, inplace, backend):
     target = _writable_target(input, "input", kind) if as_bool(inplace, "inplace") else None
     x = as_float_array(input, "input")
-    p = ActivationProblem(kind, tuple(x.shape), x.dtype.name, params)
+    p = ActivationProblem(kind, tuple(x.shape), _dtype_name(x.dtype), params)
     y = dispatch.run(p, x, backend=backend)
     return y if target is None else _in_place(target, y)
 
@@ -629,7 +639,7 @@ def linear(input, weight, bias=None, *, backend=None):
             raise ValueError(
                 f"bias must have shape ({w.shape[0]},) to match weight of shape {tuple(w.shape)}, got {tuple(b.shape)}"
             )
-    p = LinearProblem(tuple(x.shape[:-1]), w.shape[1], w.shape[0], b is not None, x.dtype.name)
+    p = LinearProblem(tuple(x.shape[:-1]), w.shape[1], w.shape[0], b is not None, _dtype_name(x.dtype))
     return dispatch.run(p, x, w, b, backend=backend)
 
 
