@@ -11,8 +11,9 @@
  * team transforms the input (one channel x 16 tiles per step, the 16 tiles along the vector
  * lanes, so the transforms vectorise), runs the 36 GEMMs, and transforms the output back with
  * bias, residual and relu fused.  U is computed once per weight by fc_f32_winograd_weights
- * (the caller caches it), for each xi kp = k rounded up to KPAD rows (zero rows past k, so every
- * microkernel's mr divides it and no tail block exists) in the layout the GEMM reads: where the
+ * (the caller caches it), for each xi kp = k rounded up to the microkernel's mr rows (zero rows
+ * past k, so no tail block exists; a common multiple of every table's mr, 24, made the GEMMs of
+ * 64- and 128-channel layers 9% longer) in the layout the GEMM reads: where the
  * instruction set has kernels for pre-packed weights, each block of mr rows as [c][mr] (one
  * sequential stream the kernel fetches ahead; at batch 1 U comes from memory, four times the
  * weights' size), else [kp][c], rows read in place.  Panels of at most FC_NARROW_COLS tiles
@@ -22,17 +23,21 @@
 #include "fc_internal.h"
 
 #define LANES 16
-#define KPAD 24 /* a multiple of every table's mr (8, 6, 4) */
 #define CHUNK_BYTES (2 << 20) /* V + M of one chunk of tiles */
 
 static int64_t round_up(int64_t v, int64_t m) {
     return (v + m - 1) / m * m;
 }
 
+/* U's rows per element xi: k rounded up to the microkernel's mr (zero rows past k). */
+static int64_t padded_k(int64_t k) {
+    return round_up(k, fc_config()->mr);
+}
+
 int64_t fc_f32_winograd_weights_size(int64_t k, int64_t c) {
-    if (k < 1 || c < 1 || k > (INT64_MAX / 36 - KPAD) / c)
+    if (k < 1 || c < 1 || k > (INT64_MAX / 36 - 64) / c)
         return -1;
-    return 36 * round_up(k, KPAD) * c;
+    return 36 * padded_k(k) * c;
 }
 
 /* u = G g G^T for one 3x3 filter, in double (the filter transform is done once per weight). */
@@ -54,9 +59,9 @@ int fc_bytes_equal(const void *a, const void *b, int64_t bytes) {
 }
 
 int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int nthreads) {
-    const int64_t kp = round_up(k, KPAD);
     if (fc_f32_winograd_weights_size(k, c) < 0)
         return FC_EINVAL;
+    const int64_t kp = padded_k(k);
     const fc_isa_config *cfg = fc_config();
     const int64_t mr = cfg->mr;
     const int packed = cfg->gemm_packed != NULL;
@@ -374,7 +379,7 @@ static int winograd(const fc_conv2d_desc *d, const float *x, layout_t xl, const 
     W.th = (d->oh + 3) / 4;
     W.tw = (d->ow + 3) / 4;
     W.tiles = d->n * W.th * W.tw;
-    W.kp = round_up(d->k, KPAD);
+    W.kp = padded_k(d->k);
     int team = fc_team(nthreads, W.tiles * d->c * d->k * 36, 1 << 16);
     /* Chunks: V and M of a chunk within CHUNK_BYTES, at least one panel.  With enough tiles each
      * thread runs whole chunks on its own scratch (no barriers); otherwise the team shares one

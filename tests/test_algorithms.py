@@ -118,9 +118,10 @@ def winograd_cases() -> list[Case]:
     add("pad1_7x10", (2, 4, 7, 10), 6, padding=1)
     add("pad2_5x6", (1, 4, 5, 6), 3, padding=2)
     add("pad_1x2", (1, 3, 9, 8), 4, padding=(1, 2))
-    # Output channels around the weight padding (24) and every tile's mr; tiles around the
-    # 16 lanes and the 16/48-wide panels (12x12 -> 9 tiles per image, 20x20 -> 25).
-    for k in (5, 6, 8, 23, 24, 25):
+    # Output channels around every table's mr (4 generic, 6 AVX2, 8 AVX-512: U's rows are k
+    # rounded up to it); tiles around the 16 lanes and the 16/48-wide panels (12x12 -> 9 tiles
+    # per image, 20x20 -> 25).
+    for k in (3, 5, 6, 7, 8, 9, 23, 24, 25):
         add(f"k{k}", (1, 5, 8, 8), k, padding=1)
     for n, size in ((2, 12), (4, 14), (1, 28), (3, 20), (7, 14)):
         add(f"tiles_n{n}_{size}", (n, 6, size, size), 7, padding=1)

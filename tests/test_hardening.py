@@ -651,8 +651,8 @@ def test_backward_and_winograd_scratch_that_cannot_fit_is_refused(monkeypatch):
     _refused_for_scratch(
         monkeypatch, 2**28, lambda: grad.conv2d_weight(x, (1024, 1024, 3, 3), np.ones((4, 1024, 1, 1)), backend="c")
     )
-    # Winograd with 2**14 channels on a 1x1 image
-    w = Conv2dProblem(1, 2**14, 1, 1, 1, 3, 3, (1, 1), (1,) * 4, (1, 1), 1, "float32", algorithm="winograd")
+    # Winograd with 2**14 channels on a 1x1 image, 24 outputs (a multiple of every table's rows)
+    w = Conv2dProblem(1, 2**14, 1, 1, 24, 3, 3, (1, 1), (1,) * 4, (1, 1), 1, "float32", algorithm="winograd")
     need = _c_scratch.conv2d_bytes(w, 4)
     assert need > 36 * 2**14 * 16 * 4 + 36 * 24 * 2**14 * 4  # tiles of one 16-wide panel + filters
     assert _c_scratch.conv2d_bytes(replace(w, algorithm="auto"), 4) < need
@@ -661,7 +661,7 @@ def test_backward_and_winograd_scratch_that_cannot_fit_is_refused(monkeypatch):
         need - 1,
         lambda: fastconv.conv2d(
             np.ones((1, 2**14, 1, 1), np.float32),
-            np.ones((1, 2**14, 3, 3), np.float32),
+            np.ones((24, 2**14, 3, 3), np.float32),
             padding=1,
             algorithm="winograd",
             backend="c",
@@ -679,8 +679,8 @@ SCRATCH_RSS = textwrap.dedent("""
     fastconv.set_num_threads(1)
     which = sys.argv[1]
     if which == "winograd":
-        p = Conv2dProblem(1, 2**14, 1, 1, 1, 3, 3, (1, 1), (1,) * 4, (1, 1), 1, "float32", algorithm="winograd")
-        x, w = np.ones((1, 2**14, 1, 1), np.float32), np.ones((1, 2**14, 3, 3), np.float32)
+        p = Conv2dProblem(1, 2**14, 1, 1, 24, 3, 3, (1, 1), (1,) * 4, (1, 1), 1, "float32", algorithm="winograd")
+        x, w = np.ones((1, 2**14, 1, 1), np.float32), np.ones((24, 2**14, 3, 3), np.float32)
         run = lambda: fastconv.conv2d(x, w, padding=1, algorithm="winograd", backend="c")
     elif which == "bwd_data":
         p = Conv2dProblem(1, 1, 300, 300, 1, 48, 48, (3, 3), (0,) * 4, (1, 1), 1, "float64", direction="bwd_data")

@@ -108,13 +108,15 @@ def _fewc_bytes(p, isa: str | None = None) -> int:
 
 # -- Winograd F(4x4, 3x3) (conv_winograd_f32.c) ------------------------------------------------
 
-#: The instruction set's microkernel width (nr): a chunk of tiles is a multiple of it.
+#: The instruction set's microkernel width (nr): a chunk of tiles is a multiple of it; and its
+#: rows (mr): U's rows per element are k rounded up to them.
 _WINOGRAD_NR = {"avx512": 48, "avx2": 16, "generic": 16}
-_WINOGRAD_KPAD, _WINOGRAD_CHUNK = 24, 2 << 20
+_WINOGRAD_MR = {"avx512": 8, "avx2": 6, "generic": 4}
+_WINOGRAD_CHUNK = 2 << 20
 
 
 def winograd_bytes(p, nthreads: int, isa: str | None = None) -> int:
-    """The transformed filters U (36 x k rounded up to 24 x c, made in Python, cached) plus the
+    """The transformed filters U (36 x k rounded up to mr x c, made in Python, cached) plus the
     kernel's transformed input and output tiles V and M: per chunk of tiles 36 x (c + kp) floats
     per tile, at least one microkernel panel of tiles -- so huge channel counts on tiny images
     need 36 x c x nr floats however few tiles there are -- one chunk per thread when there are
@@ -124,7 +126,8 @@ def winograd_bytes(p, nthreads: int, isa: str | None = None) -> int:
 
         isa = c.isa() or "avx512"
     nr = _WINOGRAD_NR.get(isa, max(_WINOGRAD_NR.values()))
-    kp = -(-p.k // _WINOGRAD_KPAD) * _WINOGRAD_KPAD
+    mr = _WINOGRAD_MR.get(isa, 24)  # 24: a multiple of every table's mr, an upper bound
+    kp = -(-p.k // mr) * mr
     tiles = p.n * -(-p.oh // 4) * -(-p.ow // 4)
     team = _team(nthreads, tiles * p.c * p.k * 36, 1 << 16)
     per_tile = 36 * (p.c + kp) * 4
