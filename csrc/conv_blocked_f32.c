@@ -14,9 +14,9 @@
  *   - the weights are packed once as [group of nv vectors][c / L][r][s][L][nv][L]: a task reads
  *     its weights as one sequential stream;
  *   - the reduction runs in blocks of whole channel blocks (about blocked_steps steps, isa.c: 24-32
- *     KB of weights that stay in L1 while the task's tiles pass); a later block adds to the partial sums
- *     left in the output itself, and the last applies the epilogue (bias, residual, relu) on the
- *     way out.
+ *     KB of weights that stay in L1 while the task's tiles pass; blocked_steps_1x1 for 1x1 filters,
+ *     longer on AVX2); a later block adds to the partial sums left in the output itself, and the
+ *     last applies the epilogue (bias, residual, relu) on the way out.
  *
  * A task is (a set of groups of output channel vectors, a chunk of output rows over the batch;
  * task_shape); every output element is summed by one thread in a fixed order, so results do not
@@ -272,7 +272,7 @@ int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, c
     B.kvecs = d->k / L;
     B.groups = (B.kvecs + B.V - 1) / B.V;
     B.rs = d->r * d->s;
-    B.cbb = FC_MAX(1, cfg->blocked_steps / (B.rs * L));
+    B.cbb = FC_MAX(1, (B.rs == 1 ? cfg->blocked_steps_1x1 : cfg->blocked_steps) / (B.rs * L));
     B.xb = xb, B.yb = yb, B.rb = rb;
     B.xw = d->w + 2 * xb;
     B.xplane = (d->h + 2 * xb) * B.xw * L;

@@ -46,6 +46,7 @@ static const fc_isa_config CONFIG_AVX512 = {
      * alternated in one process) and slowed most when the host was busy. */
     .blocked = fc_f32_blocked_7x4_avx512, .blocked_tiles = {{4, 4}, {7, 3}},
     .blocked_steps = 128, /* 128 x 3-4 vectors x 64 bytes: 24-32 KB (256 slowed the 1x1 layers of few outputs) */
+    .blocked_steps_1x1 = 128, /* not measured apart on an AVX-512 CPU yet */
     .blocked_name = "conv2d f32 blocked 4x64 / 7x48 avx512",
     .eager_blocked = 0, /* not measured on an AVX-512 CPU yet: eager calls keep the GEMM */
     .blocked_eager_name = "conv2d f32 blocked 4x64 / 7x48 avx512, NCHW converted at the call",
@@ -85,6 +86,12 @@ static const fc_isa_config CONFIG_AVX2 = {
     /* 256 x 3 vectors x 32 bytes = 24 KB, the bytes AVX-512 keeps: 128 steps ran 0.6-6% slower
      * in four whole-network alternations on a Zen 3 (ResNet-18 b1, ResNet-50 b1 and b8). */
     .blocked_steps = 256,
+    /* 1x1 layers: 1024 channels a block, where 256 cut a 2048-channel reduction into 8 passes over
+     * the partial sums (each tile then waits on its accumulators' load once per pass).  Alternated
+     * in one process, ResNet-50 plans: the 7x7 and 14x14 1x1 layers alone 0.87-0.97x the time at
+     * batch 8, 0.89-0.98x at batch 1 (0.90-0.95x in sequence on the 7x7 ones); whole passes 0.97-0.99x
+     * at batch 8, 0.99x at batch 1.  The weights of a block (96 KB) then stream from L2. */
+    .blocked_steps_1x1 = 1024,
     .blocked_name = "conv2d f32 blocked 4x24 avx2",
     .eager_blocked = 1, /* measured: fc_f32_eager_blocked_wanted */
     .blocked_eager_name = "conv2d f32 blocked 4x24 avx2, NCHW converted at the call",
@@ -106,6 +113,7 @@ static const fc_isa_config CONFIG_GENERIC = {
     .kvec_name = "conv2d f32 kvec 4x16 generic",
     .blocked = fc_f32_blocked_4x2_generic, .blocked_tiles = {{4, 2}, {4, 2}},
     .blocked_steps = 128,
+    .blocked_steps_1x1 = 128,
     .blocked_name = "conv2d f32 blocked 4x16 generic",
     .blocked_eager_name = "conv2d f32 blocked 4x16 generic, NCHW converted at the call",
 };

@@ -95,9 +95,9 @@ def _cases(lanes: int) -> list[Case]:
         # Output channels: 1 to 9 vectors, so every group size of every table, partial last groups.
         *[Case("conv2d", f"blocked-k{v}", (1, L, 6, 6), (v * L, L, 1, 1), {}, bias=True) for v in range(1, 10)],
         # Several reduction blocks (partial sums left in the output between them), with residual: at
-        # least two on every table (blocks of 128-256 steps, isa.c: 16-32 channel blocks in a 1x1
-        # layer, 1-3 in a 3x3 one).
-        Case("conv2d", "blocked-deep1x1", (1, 40 * L, 7, 7), (2 * L, 40 * L, 1, 1), relu, bias=True, residual=True),
+        # least two on every table (blocks of 128-256 steps, 1024 for AVX2's 1x1 filters, isa.c: 8-128
+        # channel blocks in a 1x1 layer, 1-3 in a 3x3 one).
+        Case("conv2d", "blocked-deep1x1", (1, 130 * L, 7, 7), (2 * L, 130 * L, 1, 1), relu, bias=True, residual=True),
         Case(
             "conv2d", "blocked-deep3x3", (2, 5 * L, 6, 9), (5 * L, 5 * L, 3, 3), {"padding": 1, **relu}, residual=True
         ),
