@@ -192,6 +192,12 @@ def _winograd_cases(lanes: int) -> list[Case]:
         Case("conv2d", "wblocked-nopad", (2, L, 9, 6), (2 * L, L, 3, 3), relu, residual=True),
         Case("conv2d", "wblocked-1x1plane", (1, 2 * L, 1, 1), (L, 2 * L, 3, 3), {"padding": 1}, bias=True),
         Case("conv2d", "wblocked-14", (2, 4 * L, 14, 14), (2 * L, 4 * L, 3, 3), {"padding": 1, **relu}, True, True),
+        # Enough tiles for each thread to take its own chunks (chunks crossing images), and a last
+        # group of output vectors narrower than the kernel's tile.
+        Case("conv2d", "wblocked-chunks", (3, L, 30, 26), (5 * L, L, 3, 3), {"padding": 1, **relu}, True, True),
+        # More input channels than one pass of the products takes (1024 channels on AVX2, 128 on
+        # AVX-512: blocked_steps_1x1), the later passes adding to the sums left in M.
+        Case("conv2d", "wblocked-deep", (1, 130 * L, 4, 4), (L, 130 * L, 3, 3), {"padding": 1}, bias=True),
     ]
 
 
