@@ -35,9 +35,10 @@ static int64_t padded_k(int64_t k) {
 }
 
 int64_t fc_f32_winograd_weights_size(int64_t k, int64_t c) {
-    if (k < 1 || c < 1 || k > (INT64_MAX / 36 - 64) / c)
+    if (k < 1 || c < 1 || k > INT64_MAX / 72) /* padded_k cannot overflow */
         return -1;
-    return 36 * padded_k(k) * c;
+    const int64_t kp = padded_k(k);
+    return kp > INT64_MAX / 36 / c ? -1 : 36 * kp * c;
 }
 
 /* u = G g G^T for one 3x3 filter, in double (the filter transform is done once per weight). */
