@@ -21,6 +21,8 @@ typedef struct {
     int64_t wq;              /* direct: virtual row width */
     int64_t img_cols;        /* direct: virtual pixels per image; packed: real pixels in the batch */
     int64_t ppi, npanels;    /* panels per image (direct) and in all */
+    int64_t head;            /* direct: columns of each image's first, short panel (0: none), so
+                                that the others start on a cache line (see conv_gemm_f32.c) */
     int64_t *off;            /* direct: [crs] offset of B row p from a panel's first pixel */
     const float *w;          /* weights (k, cg, r, s): full 8-channel blocks are read in place */
     const float *apack;      /* or NULL: the weights pre-packed, [groups][mblocks][crs][mr] */

@@ -5,9 +5,10 @@
 
 void fc_f32_panel_range(const plan_t *P, int64_t idx, int64_t *n, int64_t *q0, int64_t *ncols) {
     if (P->direct) {
+        const int64_t j = idx % P->ppi;
         *n = idx / P->ppi;
-        *q0 = idx % P->ppi * P->nr;
-        *ncols = FC_MIN(P->nr, P->img_cols - *q0);
+        *q0 = P->head && j > 0 ? P->head + (j - 1) * P->nr : j * P->nr;
+        *ncols = FC_MIN(P->head && j == 0 ? P->head : P->nr, P->img_cols - *q0);
     } else {
         *n = 0;
         *q0 = idx * P->nr;

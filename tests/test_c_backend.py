@@ -173,6 +173,41 @@ def test_fused_epilogue_on_panel_edges(residual, relu):
     check(Case("conv2d", "epilogue", (3, 9, 5, 7), (MR + 1, 9, 3, 3), kw, bias=True, residual=residual), "c")
 
 
+@pytest.mark.parametrize("weights", ["inplace", "task"])
+def test_plain_1x1_input_anywhere_in_a_cache_line(weights, monkeypatch):
+    """A plain 1x1 layer's GEMM reads its input in place; where every plane is a multiple of 16
+    floats, each image's first panel is cut short so that the others start on a cache line
+    (conv_gemm_f32.c).  Wherever the input starts (every float offset within 64 bytes) the result
+    is the same bits, with bias, residual and relu, and matches torch; a plane of 36 floats (no
+    such cut) and weights packed per task (narrow last panels) too."""
+    import torch
+
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_F32_CONV", "direct")  # the GEMM reading x in place (not kvec)
+    monkeypatch.setenv("FASTCONV_F32_WEIGHTS", weights)
+    rng = np.random.default_rng(0)
+    for n, c, h, w_, k in ((2, 20, 8, 8, 13), (3, 7, 12, 12, 30), (1, 9, 4, 16, 5), (2, 5, 6, 6, 7), (1, 3, 8, 10, 9)):
+        x0 = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+        w = rng.standard_normal((k, c, 1, 1)).astype(np.float32)
+        b = rng.standard_normal(k).astype(np.float32)
+        res = rng.standard_normal((n, k, h, w_)).astype(np.float32)
+        expected = torch.relu(
+            torch.nn.functional.conv2d(torch.from_numpy(x0), torch.from_numpy(w), torch.from_numpy(b))
+            + torch.from_numpy(res)
+        ).numpy()
+        raw = np.empty(x0.nbytes + 128, np.uint8)
+        start = (-raw.ctypes.data) % 64
+        first = None
+        for off in range(16):
+            x = raw[start + 4 * off : start + 4 * off + x0.nbytes].view(np.float32).reshape(x0.shape)
+            x[...] = x0
+            y = fastconv.conv2d(x, w, b, residual=res, activation="relu", backend="c", algorithm="gemm")
+            if first is None:
+                first = y
+                np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(y, first, err_msg=f"{(n, c, h, w_, k)} at float offset {off}")
+
+
 # -- the GEMM with pre-packed weights (compiled plans) ---------------------------------------------
 
 
