@@ -86,11 +86,11 @@ static const fc_isa_config CONFIG_AVX2 = {
     /* 256 x 3 vectors x 32 bytes = 24 KB, the bytes AVX-512 keeps: 128 steps ran 0.6-6% slower
      * in four whole-network alternations on a Zen 3 (ResNet-18 b1, ResNet-50 b1 and b8). */
     .blocked_steps = 256,
-    /* 1x1 layers: 1024 channels a block, where 256 cut a 2048-channel reduction into 8 passes, each
-     * reloading every tile's partial sums from the output.  Alternated
-     * in one process, ResNet-50 plans: the 7x7 and 14x14 1x1 layers alone 0.87-0.97x the time at
-     * batch 8, 0.89-0.98x at batch 1 (0.90-0.95x in sequence on the 7x7 ones); whole passes 0.97-0.99x
-     * at batch 8, 0.99x at batch 1.  The weights of a block (96 KB) then stream from L2. */
+    /* 1x1 layers: 1024 channels a block, where 256 cut a 2048-channel reduction into 8 passes,
+     * each reloading every tile's partial sums from the output.  Alternated in one process,
+     * ResNet-50 plans: the 7x7 and 14x14 1x1 layers alone 0.87-0.97x the time at batch 8,
+     * 0.89-0.98x at batch 1 (0.90-0.95x in sequence on the 7x7 ones); whole passes 0.97-0.99x at
+     * batch 8, 0.99x at batch 1.  The weights of a block (96 KB) then stream from L2. */
     .blocked_steps_1x1 = 1024,
     .blocked_name = "conv2d f32 blocked 4x24 avx2",
     .eager_blocked = 1, /* measured: fc_f32_eager_blocked_wanted */
