@@ -755,3 +755,33 @@ def test_max_pool_backward_window_of_padding_only():
     for backend in ("c", "numba", "im2col", "naive"):
         if backend in _backends():
             np.testing.assert_array_equal(grad.max_pool2d_input(x, g, backend=backend, **kw), 0, err_msg=backend)
+
+
+def test_max_pool_window_of_padding_only_gives_torchs_value_and_index():
+    """The forward of the window above: naive raised a TypeError (no tap to take the maximum of,
+    found by make fuzz); torch gives the padding's -inf and, as index, the window's first row and
+    column past the top-left padding (here outside the input), which every backend repeats."""
+    x = np.array([[[[0.125]]], [[[-0.13]]]], np.float32)
+    kw = dict(kernel_size=2, padding=1, dilation=2, return_indices=True)
+    ref, ref_idx = F.max_pool2d(torch.from_numpy(x), **kw)
+    assert np.isneginf(ref.numpy()).all()
+    for backend in _backends():
+        y, idx = fastconv.max_pool2d(x, backend=backend, **kw)
+        np.testing.assert_array_equal(y, ref.numpy(), err_msg=backend)
+        np.testing.assert_array_equal(idx, ref_idx.numpy(), err_msg=backend)
+
+
+def test_gradients_of_inf_inputs_are_nan_without_warnings():
+    """inf - inf in the weight gradient's products (im2col) and in training batch norm's input
+    gradient (naive, im2col) raised NumPy's 'invalid value' RuntimeWarning, an error in this suite
+    (found by make fuzz); torch returns NaN quietly."""
+    x = np.array([[[[np.inf, -0.13], [0.64, np.inf]]]], np.float32)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    gw_ref, g = _torch_grads(lambda input, weight: F.conv2d(input, weight), {"input": x, "weight": w}, "weight")
+    xb = np.array([[[np.inf, -0.13, 0.64]]], np.float32)
+    gx_ref, gb = _torch_grads(lambda input: F.batch_norm(input, None, None, training=True), {"input": xb}, "input")
+    for backend in _backends():
+        gw = grad.conv2d_weight(x, w.shape, g, backend=backend)
+        np.testing.assert_array_equal(np.isnan(gw), np.isnan(gw_ref), err_msg=backend)
+        gx = grad.batch_norm_input(xb, gb, training=True, backend=backend)[0]
+        np.testing.assert_array_equal(np.isnan(gx), np.isnan(gx_ref), err_msg=backend)

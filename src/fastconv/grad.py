@@ -263,8 +263,9 @@ def batch_norm_input(input, grad_output, mean=None, var=None, weight=None, train
             mean = var = np.zeros(c, x.dtype)
         else:
             x64 = x3.astype(np.float64)
-            mean = x64.mean(axis=(0, 2)).astype(x.dtype)
-            var = x64.var(axis=(0, 2)).astype(x.dtype)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf inputs: torch's NaN statistics, quietly
+                mean = x64.mean(axis=(0, 2)).astype(x.dtype)
+                var = x64.var(axis=(0, 2)).astype(x.dtype)
     stats = []
     for name, a in (("mean", mean), ("var", var), ("weight", np.ones(c, x.dtype) if weight is None else weight)):
         a = as_float_array(a, name, like=x.dtype)

@@ -76,7 +76,8 @@ def conv2d_bwd_weight(p, x, grad_output):
                 for g in range(q.groups):
                     cols = _windows(xp[n, g * q.cg : (g + 1) * q.cg], q).reshape(q.cg * q.r * q.s, q.oh * q.ow)
                     gy = grad_output[n, g * q.kg : (g + 1) * q.kg].reshape(q.kg, q.oh * q.ow)
-                    acc[g] += gy @ cols.T
+                    with np.errstate(invalid="ignore"):  # inf inputs: inf - inf is torch's NaN, not a fault
+                        acc[g] += gy @ cols.T
 
     _parallel(work, list(range(len(parts))), blas=True)
     gw = np.sum(partial, axis=0, dtype=p.dtype).reshape(q.weight_shape)
@@ -151,17 +152,18 @@ def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
         return empty_batch_norm_grads(p, x)
     x3, gy = as_ncl(p, x), as_ncl(p, grad_output)
     mean, var, weight = (np.asarray(a, np.float64) for a in (mean, var, weight))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # var + eps == 0, inf or NaN inputs: torch's inf and NaN, not warnings.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv_std = 1.0 / np.sqrt(var + p.eps)
-    gb = gy.sum(axis=(0, 2), dtype=np.float64)
-    # sum dy * xhat = inv_std * (sum dy * x - mean * sum dy): one pass, no xhat array.
-    gw = (np.einsum("ncl,ncl->c", gy, x3, dtype=np.float64) - mean * gb) * inv_std
-    scale = (weight * inv_std)[None, :, None]
-    if p.training and p.count:
-        xhat = (x3 - mean[None, :, None]) * inv_std[None, :, None]
-        gx = scale * (gy - (gb / p.count)[None, :, None] - xhat * (gw / p.count)[None, :, None])
-    else:
-        gx = gy * scale
+        gb = gy.sum(axis=(0, 2), dtype=np.float64)
+        # sum dy * xhat = inv_std * (sum dy * x - mean * sum dy): one pass, no xhat array.
+        gw = (np.einsum("ncl,ncl->c", gy, x3, dtype=np.float64) - mean * gb) * inv_std
+        scale = (weight * inv_std)[None, :, None]
+        if p.training and p.count:
+            xhat = (x3 - mean[None, :, None]) * inv_std[None, :, None]
+            gx = scale * (gy - (gb / p.count)[None, :, None] - xhat * (gw / p.count)[None, :, None])
+        else:
+            gx = gy * scale
     return gx.astype(p.dtype).reshape(x.shape), gw.astype(p.dtype), gb.astype(p.dtype)
 
 

@@ -180,9 +180,22 @@ def max_pool2d_with_indices(p, x):
         for c in range(p.c):
             for i in range(p.oh):
                 for j in range(p.ow):
-                    y[n, c, i, j], (ih, iw) = _window_max(xs[n][c], _pool_taps(p, i, j))
+                    taps = _pool_taps(p, i, j)
+                    if taps:
+                        y[n, c, i, j], (ih, iw) = _window_max(xs[n][c], taps)
+                    else:  # padding and dilation can leave a window no tap inside the input
+                        y[n, c, i, j], (ih, iw) = -math.inf, _first_tap_past_padding(p, i, j)
                     idx[n, c, i, j] = ih * p.w + iw
     return y, idx
+
+
+def _first_tap_past_padding(p, i, j):
+    """Where torch says the max of a window with no tap inside the input is: the window's first
+    row and first column at index 0 or later (for such a window, past the input's end)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    ih = next(i * sh - ph + r * dh for r in range(kh) if i * sh - ph + r * dh >= 0)
+    iw = next(j * sw - pw + s * dw for s in range(kw) if j * sw - pw + s * dw >= 0)
+    return ih, iw
 
 
 def adaptive_max_pool2d(p, x):
@@ -429,15 +442,16 @@ def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
     gw, gb = np.empty(p.c, np.float64), np.empty(p.c, np.float64)
     count = p.count
     for c in range(p.c):
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # var + eps == 0, inf or NaN inputs: torch's inf and NaN, not warnings.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             inv_std = 1.0 / np.sqrt(np.float64(var[c]) + p.eps)
-        xhat = (x3[:, c] - np.float64(mean[c])) * inv_std
-        dy = gy3[:, c]
-        gb[c], gw[c] = dy.sum(), (dy * xhat).sum()
-        if p.training and count:
-            gx[:, c] = np.float64(weight[c]) * inv_std * (dy - gb[c] / count - xhat * gw[c] / count)
-        else:
-            gx[:, c] = dy * np.float64(weight[c]) * inv_std
+            xhat = (x3[:, c] - np.float64(mean[c])) * inv_std
+            dy = gy3[:, c]
+            gb[c], gw[c] = dy.sum(), (dy * xhat).sum()
+            if p.training and count:
+                gx[:, c] = np.float64(weight[c]) * inv_std * (dy - gb[c] / count - xhat * gw[c] / count)
+            else:
+                gx[:, c] = dy * np.float64(weight[c]) * inv_std
     return gx.reshape(x.shape).astype(p.dtype), gw.astype(p.dtype), gb.astype(p.dtype)
 
 
