@@ -45,14 +45,15 @@ def _pair(fdp, lo=1, hi=3):
 def one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     dtype = np.float32 if fdp.ConsumeBool() else np.float64
-    n, c = fdp.ConsumeIntInRange(0, 2), fdp.ConsumeIntInRange(1, 4)
+    # 16 channels (whole vectors on every instruction set) reach the channel-blocked kernel.
+    n, c = fdp.ConsumeIntInRange(0, 2), fdp.PickValueInList([1, 2, 3, 4, 16])
     h, w = fdp.ConsumeIntInRange(1, 8), fdp.ConsumeIntInRange(1, 8)
     x = np.linspace(-1, 1, n * c * h * w, dtype=dtype).reshape(n, c, h, w)
     op = fdp.ConsumeIntInRange(0, 4)
     try:
         if op == 0:
             groups = fdp.PickValueInList([1, c]) if c > 1 else 1
-            k = groups * fdp.ConsumeIntInRange(1, 3)
+            k = groups * fdp.ConsumeIntInRange(1, 3) * (16 if c == 16 and groups == 1 and fdp.ConsumeBool() else 1)
             r, s = fdp.ConsumeIntInRange(1, 4), fdp.ConsumeIntInRange(1, 4)
             wt = np.ones((k, c // groups, r, s), dtype)
             if fdp.ConsumeBool():

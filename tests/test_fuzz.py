@@ -157,8 +157,14 @@ def _conv_call(draw, backward: bool = False) -> Call:
     n, c, h, w = _image(draw)
     if winograd:
         h, w = draw(st.integers(1, 14)), draw(st.integers(1, 14))
-    groups = 1 if winograd else draw(st.sampled_from([1, 1, 1, 2, 3, c, 0, -1]))
-    k = draw(st.integers(1, 6))
+    # Now and then channels in whole vectors (16: a multiple of every instruction set's lanes), so
+    # that the c backend's channel-blocked kernel (eager calls converted to its layout at the call)
+    # meets the same hostile geometry as the rest; the planes stay small for the naive backend.
+    wide = draw(st.integers(0, 4)) == 0
+    if wide:
+        c, h, w = 16 * draw(st.integers(1, 2)), min(h, 6), min(w, 6)
+    groups = 1 if winograd or wide else draw(st.sampled_from([1, 1, 1, 2, 3, c, 0, -1]))
+    k = 16 * draw(st.integers(1, 2)) if wide else draw(st.integers(1, 6))
     cg = c // groups if groups > 0 and draw(st.integers(0, 5)) else draw(st.integers(1, 3))
     r, s = (3, 3) if winograd else (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     padding = draw(st.one_of(st.just(None), st.sampled_from(["same", "valid", "full"])))
@@ -225,6 +231,35 @@ def fastconv_conv2d(call: Call, a: dict, backend):
 
 def conv2d_terms(call: Call) -> int:
     return int(np.prod(call.arrays["weight"].shape[1:]))
+
+
+#: numpy.pad's name for each padding mode.
+_NP_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def winograd_poisoned(call: Call, x: np.ndarray, out_shape) -> np.ndarray | None:
+    """Where a Winograd result may differ from a direct sum (docs/results/winograd.md): every output
+    of the 4x4 blocks whose 6x6 padded-input tile holds a NaN or inf (the transforms spread it over
+    the tile, as NaN, inf or, after relu, 0).  None where no such output exists."""
+    if call.extra.get("algorithm") != "winograd" or np.isfinite(x).all():
+        return None
+    x = x[None] if x.ndim == 3 else x
+    pad = call.options["padding"]
+    top, left = {"same": (1, 1), "valid": (0, 0)}.get(pad, (0, 0)) if isinstance(pad, str) else (
+        (pad, pad) if isinstance(pad, int) else tuple(pad))  # fmt: skip
+    oh, ow = out_shape[-2:]
+    # The padded input the tiles read: the padding mode's values, or zeros.
+    mode = call.options.get("padding_mode", "zeros")
+    padded = np.pad(x, ((0, 0), (0, 0), (top, top), (left, left)), mode=_NP_PAD[mode])
+    bad = ~np.isfinite(padded).all(axis=1)  # (n, rows, cols): any channel non-finite
+    mask = np.zeros((x.shape[0], oh, ow), bool)
+    for n, i, j in zip(*np.nonzero(bad)):
+        # Blocks b whose tile rows 4b .. 4b + 5 hold padded row i.
+        for bi in range(max(0, (i - 5 + 3) // 4), i // 4 + 1):
+            for bj in range(max(0, (j - 5 + 3) // 4), j // 4 + 1):
+                mask[n, 4 * bi : 4 * bi + 4, 4 * bj : 4 * bj + 4] = True
+    mask = np.broadcast_to(mask[:, None], (x.shape[0], out_shape[-3], oh, ow))
+    return mask[0] if len(out_shape) == 3 else mask
 
 
 def conv2d_own_error(call: Call):
@@ -415,11 +450,13 @@ def draw_conv2d_bwd_weight(draw) -> Call:
 @st.composite
 def draw_max_pool2d_bwd(draw) -> Call:
     """Not a window whose dilated taps all land in the padding: torch's backward then credits an
-    index outside the input and aborts the process (fastconv's gradient is zero there:
-    test_hardening.py)."""
+    index outside the input and writes past its gradient's memory (fastconv's gradient is zero there:
+    test_hardening.py).  Probed on one image at least: an empty batch's refusal is checked by
+    running torch on one image (_torch_side)."""
     call = draw(draw_max_pool2d())
+    n, *chw = call.arrays["input"].shape
     try:
-        assume(not np.isneginf(fastconv.max_pool2d(np.zeros(call.arrays["input"].shape), **call.options)).any())
+        assume(not np.isneginf(fastconv.max_pool2d(np.zeros((max(n, 1), *chw)), **call.options)).any())
     except (ValueError, TypeError, MemoryError):
         pass
     return _with_grad(draw, call, ("input", "grad_output"))
@@ -676,8 +713,12 @@ def check_call(key: tuple[str, str], call: Call, backend) -> None:
     expected = ref if isinstance(ref, tuple) else (_reference_with_extras(call, ref, a),)
     assert len(ys) == len(expected), f"{len(ys)} results, torch has {len(expected)}"
     for i, (got, want) in enumerate(zip(ys, expected)):
-        _close(np.asarray(got, np.float64), want, call, op.terms(call), f"result {i}")
         assert np.asarray(got).dtype == np.dtype(call.dtype), f"result {i}: dtype {np.asarray(got).dtype}"
+        got = np.asarray(got, np.float64)
+        poisoned = winograd_poisoned(call, np.asarray(a["input"], np.float64), got.shape)
+        if poisoned is not None:  # the documented difference: not compared
+            got, want = np.where(poisoned, np.nan, got), np.where(poisoned, np.nan, want)
+        _close(got, want, call, op.terms(call), f"result {i}")
     for n, v in (ref_state or {}).items():
         _close(np.asarray(a[n], np.float64), v, call, op.terms(call), n)
 
