@@ -517,3 +517,43 @@ def test_winograd_layers_on_blocked_activations(model, monkeypatch):
     # order): close, not the same bits (tests/test_c_blocked.py has the layer-level bit test).
     assert_matches(y, plans["nchw"](x), what="blocked vs NCHW Winograd plan", rtol=RTOL)
     assert_matches(y, model(x), what="blocked Winograd plan", rtol=WINOGRAD_RTOL)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_plans_of_random_residual_networks_match_torch(data):
+    """Random residual networks written in plain torch (tests/torch_nets.py's HandResNet: widths in
+    and out of whole channel vectors, strided blocks with projection shortcuts, odd image sizes),
+    compiled with each convolution's backend and algorithm and the plan's layout drawn at random
+    instead of timed: every mix of NCHW and blocked steps, Winograd and direct, conversions at the
+    boundaries and outputs written over residuals computes torch's function, twice in a row."""
+    require("c")
+    torch = pytest.importorskip("torch")
+    torch_nets = pytest.importorskip("torch_nets")
+    from fastconv.interop.torch import from_torch
+
+    stages = tuple(data.draw(st.lists(st.integers(1, 2), min_size=1, max_size=3)))
+    width = data.draw(st.sampled_from([3, 5, 8, 16]))
+    torch.manual_seed(data.draw(st.integers(0, 100)))
+    t = torch_nets._randomise(torch_nets.HandResNet(blocks=stages, width=width), data.draw(st.integers(0, 100)))
+    size = data.draw(st.integers(4, 14))
+    x = _x((data.draw(st.integers(1, 3)), 3, size, size), seed=data.draw(st.integers(0, 100)))
+    with torch.no_grad():
+        expected = t.double()(torch.from_numpy(x).double()).numpy()
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    picks = []
+
+    def drawn_conv(self, p, layer_algorithm, make_call):
+        cands = self.candidates(p, layer_algorithm)
+        picks.append(cands[rng.integers(len(cands))])
+        return picks[-1]
+
+    backend = data.draw(st.sampled_from(["c", None]))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_plan_tune.Tuner, "choose_conv", drawn_conv)
+        mp.setattr(_plan_tune.Tuner, "choose_layout", lambda self, key, runs: list(runs)[rng.integers(len(runs))])
+        plan = fastconv.compile(from_torch(t.float()), x.shape, backend=backend, winograd=True)
+    rtol = WINOGRAD_RTOL if ("c", "winograd") in picks else RTOL
+    what = f"plan of HandResNet{stages} width {width} on {x.shape} ({plan.layout_chosen}, {picks})"
+    assert_matches(plan(x), expected, what=what, rtol=rtol)
+    assert_matches(plan(x), expected, what=what + ", again", rtol=rtol)
