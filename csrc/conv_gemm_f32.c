@@ -456,6 +456,11 @@ int fc_stride_phases(const fc_conv2d_desc *d, phases_t *ph) {
            8.0 * ((double)d->h * d->w + (double)d->oh * d->ow) + (1 << 20);
 }
 
+int fc_f32_gemm_supports(const fc_conv2d_desc *d) {
+    phases_t ph; /* the few-channel and channel-vector kernels need the phases too */
+    return fc_stride_phases(d, &ph);
+}
+
 /* Rows per reduction block: whole input channels, at most the table's conv_kc, and blocks of
  * equal size -- a 256-channel 1x1 layer runs as one block, not as 192 + 64 rows.  Each block
  * costs a pass over the task's partial sums and a short tail block runs the kernel at a loss;

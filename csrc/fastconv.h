@@ -64,6 +64,11 @@ int fc_f64_conv2d_algo(const fc_conv2d_desc *d, int algorithm, const double *x, 
                        const double *bias, const double *residual, double *y, int nthreads,
                        const char **kernel);
 
+/* Whether FC_ALGO_GEMM can run the valid float32 descriptor d (1) or would return FC_EUNSUPPORTED
+ * (0): the GEMM reads its input through stride phases, at most 64 a side and within a size bound,
+ * and only the direct loops take larger strides.  Python refuses algorithm "gemm" by this. */
+int fc_f32_gemm_supports(const fc_conv2d_desc *d);
+
 /* The GEMM with its weights pre-packed once (compiled plans): fc_f32_gemm_weights_size floats
  * (0: "auto" would not run the GEMM for d, or this instruction set has no kernel for packed
  * weights; -1: an invalid descriptor or a size too large), filled by fc_f32_gemm_weights, then

@@ -785,3 +785,18 @@ def test_gradients_of_inf_inputs_are_nan_without_warnings():
         np.testing.assert_array_equal(np.isnan(gw), np.isnan(gw_ref), err_msg=backend)
         gx = grad.batch_norm_input(xb, gb, training=True, backend=backend)[0]
         np.testing.assert_array_equal(np.isnan(gx), np.isnan(gx_ref), err_msg=backend)
+
+
+def test_gemm_refuses_strides_its_phases_cannot_take():
+    """algorithm="gemm" with a stride above 64: the C GEMM returned "cannot run this" while the c
+    backend's supports() had accepted the problem, a RuntimeError calling itself a fastconv bug
+    (found by make fuzz-c).  Now the c backend refuses it with the reason, "auto" backend selection
+    moves on, and "direct" runs it; every result is torch's."""
+    x, w = np.ones((1, 1, 3, 1), np.float32), np.ones((1, 1, 1, 1), np.float32)
+    kw = dict(stride=(2**31 - 2, 2), padding=1, dilation=2)
+    ref = _torch(F.conv2d, x, w, **kw)
+    if "c" in _backends():
+        with pytest.raises(fastconv.BackendError, match="stride phases"):
+            fastconv.conv2d(x, w, algorithm="gemm", backend="c", **kw)
+        np.testing.assert_array_equal(fastconv.conv2d(x, w, algorithm="direct", backend="c", **kw), ref)
+    np.testing.assert_array_equal(fastconv.conv2d(x, w, algorithm="gemm", **kw), ref)

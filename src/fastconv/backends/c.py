@@ -89,6 +89,13 @@ def supports(p):
         return why
     if p.op == "conv2d" and p.algorithm == "gemm" and p.dtype != "float32":
         return "the c backend's GEMM kernels are float32 only (float64 runs the direct loops)"
+    if p.op == "conv2d" and p.algorithm == "gemm" and _ckernels is not None:
+        if not _ckernels.lib.fc_f32_gemm_supports(_conv_desc(_Call("float32"), p)):
+            return (
+                f"the c backend's GEMM reads its input through stride phases, which it cannot build for "
+                f"stride {p.stride} and dilation {p.dilation} (at most 64 a side, and not many times the "
+                'input\'s size); algorithm="direct" runs it'
+            )
     if p.op == "conv2d" and p.algorithm == "winograd":
         if p.dtype != "float32":
             return "the c backend's Winograd is float32 only"
