@@ -101,13 +101,15 @@ sanitize: sanitize-build
 	  $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 # Coverage-guided fuzzing (atheris) of the API on the sanitized c backend for FUZZ_C_SECONDS;
-# the corpus it grows is kept in build/fuzz-c-corpus for the next run.
+# the corpus it grows is kept in build/fuzz-c-corpus for the next run, an input that failed in
+# build/fuzz-c-crash-*.
 FUZZ_C_SECONDS ?= 60
 fuzz-c: sanitize-build
 	@if ! $(PY) -c "import atheris" 2>/dev/null && ! $(PY) -m pip install -q --disable-pip-version-check atheris; then \
 	  echo "fuzz-c skipped: atheris is not installed and does not install for $$($(PY) -V)"; exit 0; fi; \
 	mkdir -p build/fuzz-c-corpus && \
-	$(SANITIZE_ENV) $(PY) fuzz/fuzz_c.py -max_total_time=$(FUZZ_C_SECONDS) -print_final_stats=1 build/fuzz-c-corpus
+	$(SANITIZE_ENV) $(PY) fuzz/fuzz_c.py -max_total_time=$(FUZZ_C_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=build/fuzz-c- build/fuzz-c-corpus
 
 # The differential fuzzer (tests/test_fuzz.py) at length: FUZZ_EXAMPLES calls per (op, direction),
 # drawn afresh, and FUZZ_CUDA_EXAMPLES per forward op on the cuda backend (under Numba's CUDA
