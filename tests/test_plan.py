@@ -243,6 +243,13 @@ def test_bad_arguments_name_themselves(model):
         fastconv.compile(model, (3, 8, 8))
     with pytest.raises(TypeError, match="input_shape"):
         fastconv.compile(model, "1,3,8,8")
+    with pytest.raises(TypeError, match="input_shape"):
+        fastconv.compile(model, (True, 3, 8, 8))
+    # Channels the first layer does not take: its own ValueError, on every backend (the c backend
+    # called it a fastconv bug when its array check met the weight, found by probing compile).
+    for backend in ("c", "im2col", None):
+        with pytest.raises(ValueError, match="input_shape: layer 'conv1' gets 4 channels"):
+            fastconv.compile(model, (1, 4, 16, 16), backend=backend, tune=False)
     with pytest.raises(ValueError, match="backend"):
         fastconv.compile(model, (1, 3, 8, 8), backend="nope")
     plan = fastconv.compile(model, (1, 3, 16, 16), backend="c")

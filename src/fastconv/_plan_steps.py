@@ -90,7 +90,12 @@ class Conv(Step):
         self.b = None if layer.bias is None else np.ascontiguousarray(layer.bias, dtype)
         res = None if self.residual is None else env[self.residual]
         n, c, h, w = x.shape
-        k, _, r, s = self.w.shape
+        k, cg, r, s = self.w.shape
+        if c != cg * layer.groups:  # as the eager call says it (the C kernels trust these sizes)
+            raise ValueError(
+                f"input_shape: layer {self.name!r} gets {c} channels but its weight of shape {self.w.shape} with "
+                f"groups={layer.groups} expects {cg * layer.groups} (weight.shape[1] * groups)"
+            )
         pads = api._conv_padding(layer.padding, r, s, layer.dilation, layer.stride)
         act, act_params = api._activation_spec(self.activation)
         p = Conv2dProblem(

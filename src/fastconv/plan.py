@@ -108,7 +108,9 @@ def compile(model, input_shape, *, backend=None, winograd=False, tune=True, layo
 
 
 def _input_shape(input_shape) -> tuple[int, ...]:
-    if not isinstance(input_shape, (tuple, list)) or not all(isinstance(s, (int, np.integer)) for s in input_shape):
+    if not isinstance(input_shape, (tuple, list)) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in input_shape
+    ):
         raise TypeError(f"input_shape must be a tuple of ints, got input_shape={input_shape!r}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4 or min(shape) < 1:
