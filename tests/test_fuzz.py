@@ -405,10 +405,12 @@ FUZZ_OPS: dict[tuple[str, str], FuzzOp] = {
 
 
 def _with_grad(draw, call: Call, formed: tuple, deltas=("longer", "batchless")) -> Call:
-    """A backward call: the forward's arrays plus a seeded grad_output, 1 in 8 of a wrong shape."""
+    """A backward call: the forward's arrays plus a seeded grad_output, 1 in 8 of a wrong shape,
+    1 in 7 holding NaN or inf."""
     call.extra = {
         "grad_seed": draw(st.integers(0, 2**32 - 1)),
         "grad_delta": draw(st.sampled_from([None] * 7 + list(deltas))),
+        "grad_special": draw(st.integers(0, 6)) == 0,
     }
     call.formed = formed
     return call
@@ -421,8 +423,12 @@ def _grad_output(call: Call, shape) -> np.ndarray:
         shape = (*shape[:-1], shape[-1] + 1)
     elif delta == "batchless" and len(shape) > 1:
         shape = shape[1:]
-    call.extra["grad_output"] = np.random.default_rng(call.extra["grad_seed"]).standard_normal(shape)
-    return call.extra["grad_output"]
+    rng = np.random.default_rng(call.extra["grad_seed"])
+    g = rng.standard_normal(shape)
+    if call.extra["grad_special"] and g.size:
+        g.flat[rng.integers(0, g.size, max(1, g.size // 5))] = rng.choice([np.nan, np.inf, -np.inf])
+    call.extra["grad_output"] = g
+    return g
 
 
 def _autograd(forward, wrt: tuple):

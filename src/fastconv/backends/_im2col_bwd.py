@@ -50,11 +50,12 @@ def conv2d_bwd_data(p, grad_output, weight):
         for n in part:
             for g in range(q.groups):
                 gy = grad_output[n, g * q.kg : (g + 1) * q.kg].reshape(q.kg, q.oh * q.ow)
-                cols = (wt[g] @ gy).reshape(q.cg, q.r, q.s, q.oh, q.ow)
-                target = gxp[n, g * q.cg : (g + 1) * q.cg]
-                for r in range(q.r):
-                    for s in range(q.s):
-                        _tap(target, r * dh, s * dw, q.oh, q.ow, sh, sw)[...] += cols[:, r, s]
+                with np.errstate(invalid="ignore"):  # inf gradients: inf * 0 and inf - inf are torch's NaN
+                    cols = (wt[g] @ gy).reshape(q.cg, q.r, q.s, q.oh, q.ow)
+                    target = gxp[n, g * q.cg : (g + 1) * q.cg]
+                    for r in range(q.r):
+                        for s in range(q.s):
+                            _tap(target, r * dh, s * dw, q.oh, q.ow, sh, sw)[...] += cols[:, r, s]
 
     _parallel(work, list(range(q.n)), blas=True)
     gx = np.ascontiguousarray(gxp[:, :, pt : pt + q.h, pl : pl + q.w])
@@ -156,11 +157,12 @@ def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv_std = 1.0 / np.sqrt(var + p.eps)
         gb = gy.sum(axis=(0, 2), dtype=np.float64)
-        # sum dy * xhat = inv_std * (sum dy * x - mean * sum dy): one pass, no xhat array.
-        gw = (np.einsum("ncl,ncl->c", gy, x3, dtype=np.float64) - mean * gb) * inv_std
+        # sum dy * xhat with xhat made first: the one-pass inv_std * (sum dy * x - mean * sum dy)
+        # turns an inf gradient into inf - inf = NaN where torch has inf.
+        xhat = (x3 - mean[None, :, None]) * inv_std[None, :, None]
+        gw = np.einsum("ncl,ncl->c", gy, xhat, dtype=np.float64)
         scale = (weight * inv_std)[None, :, None]
         if p.training and p.count:
-            xhat = (x3 - mean[None, :, None]) * inv_std[None, :, None]
             gx = scale * (gy - (gb / p.count)[None, :, None] - xhat * (gw / p.count)[None, :, None])
         else:
             gx = gy * scale

@@ -47,7 +47,10 @@ def _conv_bwd_data(gy, w, gx, groups, sh, sw, pt, pl, dh, dw):
 
 
 @kernel
-def _conv_bwd_weight(x, gy, gw, groups, sh, sw, pt, pl, dh, dw):
+def _conv_bwd_weight(x, gy, gw, groups, sh, sw, pt, pl, dh, dw, nonfinite):
+    """nonfinite[k]: whether gy[:, k] holds a NaN or inf; padded taps are skipped, so for those
+    channels the taps that fall on the padding are checked apart (padding is zeros, and a NaN or
+    inf gradient meeting one makes NaN, as in torch)."""
     n_, c_all, h, wd = x.shape
     _, k_all, oh, ow = gy.shape
     cg, kg, r_, s_ = c_all // groups, k_all // groups, gw.shape[2], gw.shape[3]
@@ -68,6 +71,14 @@ def _conv_bwd_weight(x, gy, gw, groups, sh, sw, pt, pl, dh, dw):
                         row, cells = gy[n, k, i], x[n, c, ih]
                         for j in range(j_lo, j_hi):
                             acc += row[j] * cells[j * sw + off]
+                if nonfinite[k]:
+                    for n in range(n_):
+                        for i in range(oh):
+                            ih = i * sh - pt + r * dh
+                            for j in range(ow):
+                                padded = ih < 0 or ih >= h or j < j_lo or j >= j_hi
+                                if padded and not np.isfinite(gy[n, k, i, j]):
+                                    acc = np.nan
                 gw[k, cl, r, s] = acc
 
 
@@ -190,7 +201,8 @@ def conv2d_bwd_weight(p, x, grad_output):
     q = zero_padded(p)
     gw = np.empty(q.weight_shape, p.dtype)
     xp = np.ascontiguousarray(pad_input(p, x))
-    _conv_bwd_weight(xp, grad_output, gw, q.groups, *q.stride, q.padding[0], q.padding[2], *q.dilation)
+    nonfinite = ~np.isfinite(grad_output).all(axis=(0, 2, 3))
+    _conv_bwd_weight(xp, grad_output, gw, q.groups, *q.stride, q.padding[0], q.padding[2], *q.dilation, nonfinite)
     gb = grad_output.sum(axis=(0, 2, 3), dtype=np.float64).astype(p.dtype) if p.bias else None
     return gw, gb
 

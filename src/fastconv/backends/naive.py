@@ -10,6 +10,7 @@ fast enough to test; everything else is scalar Python.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -331,6 +332,19 @@ def linear(p, x, weight, bias):
 # loops below are the forward's loops with that one line changed.
 
 
+def _quiet_ieee(fn):
+    """fn with NumPy's floating-point warnings off: inf and NaN inputs give inf and NaN (inf - inf
+    is NaN) quietly, as torch's do."""
+
+    @functools.wraps(fn)
+    def run(*args):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return fn(*args)
+
+    return run
+
+
+@_quiet_ieee
 def conv2d_bwd_data(p, grad_output, weight):
     """dx[n, g*Cg + c, ih, iw] = sum over (k in group g, i, j, r, s) with ih = i*sh - pt + r*dh,
     iw = j*sw - pl + s*dw of dy[n,k,i,j] * w[k,c,r,s]."""
@@ -355,6 +369,7 @@ def conv2d_bwd_data(p, grad_output, weight):
     return fold_padding(p, gx).astype(p.dtype)
 
 
+@_quiet_ieee
 def conv2d_bwd_weight(p, x, grad_output):
     """dw[k,c,r,s] = sum over (n, i, j) of dy[n,k,i,j] * x[n, g*Cg + c, i*sh - pt + r*dh, j*sw - pl + s*dw];
     dbias[k] = sum over (n, i, j) of dy[n,k,i,j]."""
@@ -362,6 +377,7 @@ def conv2d_bwd_weight(p, x, grad_output):
     x, gy = pad_input(p, x).astype(np.float64), grad_output.astype(np.float64)
     (sh, sw), (dh, dw), (pt, _, pl, _) = q.stride, q.dilation, q.padding
     gw = np.zeros(q.weight_shape, np.float64)
+    zeros = np.zeros(q.cg)
     for n in range(q.n):
         for k in range(q.k):
             g = k // q.kg
@@ -369,13 +385,12 @@ def conv2d_bwd_weight(p, x, grad_output):
             for i in range(q.oh):
                 for j in range(q.ow):
                     for r in range(q.r):
-                        ih = i * sh - pt + r * dh
-                        if not 0 <= ih < q.h:
-                            continue
                         for s in range(q.s):
-                            iw = j * sw - pl + s * dw
-                            if 0 <= iw < q.w:
-                                gw[k, :, r, s] += gy[n, k, i, j] * xg[:, ih, iw]
+                            ih, iw = i * sh - pt + r * dh, j * sw - pl + s * dw
+                            # Padding is zeros that multiply like any input: a NaN or inf gradient
+                            # meeting a padded tap makes NaN, as in torch.
+                            xv = xg[:, ih, iw] if 0 <= ih < q.h and 0 <= iw < q.w else zeros
+                            gw[k, :, r, s] += gy[n, k, i, j] * xv
     gb = gy.sum(axis=(0, 2, 3)).astype(p.dtype) if p.bias else None
     return gw.astype(p.dtype), gb
 
