@@ -333,12 +333,12 @@ def linear(p, x, weight, bias):
 
 
 def _quiet_ieee(fn):
-    """fn with NumPy's floating-point warnings off: inf and NaN inputs give inf and NaN (inf - inf
-    is NaN) quietly, as torch's do."""
+    """fn with NumPy's floating-point warnings off: inf and NaN inputs, or a variance of zero, give
+    inf and NaN (inf - inf is NaN, 1 / 0 is inf) quietly, as torch's do."""
 
     @functools.wraps(fn)
     def run(*args):
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             return fn(*args)
 
     return run
@@ -444,6 +444,7 @@ def adaptive_avg_pool2d_bwd_data(p, grad_output):
     return gx.astype(p.dtype)
 
 
+@_quiet_ieee
 def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
     """With xhat = (x - mean) / sqrt(var + eps), per channel over its N*L values:
 
@@ -457,16 +458,14 @@ def batch_norm_bwd_data(p, x, grad_output, mean, var, weight):
     gw, gb = np.empty(p.c, np.float64), np.empty(p.c, np.float64)
     count = p.count
     for c in range(p.c):
-        # var + eps == 0, inf or NaN inputs: torch's inf and NaN, not warnings.
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            inv_std = 1.0 / np.sqrt(np.float64(var[c]) + p.eps)
-            xhat = (x3[:, c] - np.float64(mean[c])) * inv_std
-            dy = gy3[:, c]
-            gb[c], gw[c] = dy.sum(), (dy * xhat).sum()
-            if p.training and count:
-                gx[:, c] = np.float64(weight[c]) * inv_std * (dy - gb[c] / count - xhat * gw[c] / count)
-            else:
-                gx[:, c] = dy * np.float64(weight[c]) * inv_std
+        inv_std = 1.0 / np.sqrt(np.float64(var[c]) + p.eps)
+        xhat = (x3[:, c] - np.float64(mean[c])) * inv_std
+        dy = gy3[:, c]
+        gb[c], gw[c] = dy.sum(), (dy * xhat).sum()
+        if p.training and count:
+            gx[:, c] = np.float64(weight[c]) * inv_std * (dy - gb[c] / count - xhat * gw[c] / count)
+        else:
+            gx[:, c] = dy * np.float64(weight[c]) * inv_std
     return gx.reshape(x.shape).astype(p.dtype), gw.astype(p.dtype), gb.astype(p.dtype)
 
 
