@@ -165,3 +165,16 @@ def test_unsupported_op_is_named():
         fastconv.onnx.load(data)
     with pytest.raises(TypeError, match="path, bytes or an onnx.ModelProto"):
         fastconv.onnx.load(3)
+
+
+def test_what_is_not_an_onnx_model_is_a_value_error(tmp_path):
+    """Corrupt bytes reached the caller as protobuf's DecodeError, and bytes protobuf reads as an
+    empty model loaded as an empty graph (found by probing the loader)."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    for source in (bad, str(bad), b"garbage"):
+        with pytest.raises(ValueError, match="not an ONNX model"):
+            fastconv.onnx.load(source)
+    for empty in (b"", b"\x08\x07"):
+        with pytest.raises(ValueError, match="no graph outputs"):
+            fastconv.onnx.load(empty)

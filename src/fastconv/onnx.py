@@ -577,12 +577,20 @@ def _path(name: str) -> str:
 def load(path_or_model) -> Graph:
     """A fastconv ``Graph`` (eval mode) from an ONNX file path, bytes, or an ``onnx.ModelProto``."""
     onnx = _onnx()
-    if isinstance(path_or_model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(path_or_model))
-    elif isinstance(path_or_model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(path_or_model))
-    elif isinstance(path_or_model, onnx.ModelProto):
+    from google.protobuf.message import DecodeError  # onnx's own dependency
+
+    if isinstance(path_or_model, onnx.ModelProto):
         model = path_or_model
+    elif isinstance(path_or_model, (str, os.PathLike, bytes, bytearray)):
+        try:
+            if isinstance(path_or_model, (bytes, bytearray)):
+                model = onnx.load_from_string(bytes(path_or_model))
+            else:
+                model = onnx.load(os.fspath(path_or_model))
+        except DecodeError as exc:  # protobuf's way of saying "not an ONNX model"
+            raise ValueError(f"onnx.load: path_or_model is not an ONNX model ({exc})") from None
     else:
         raise TypeError(f"onnx.load expects a path, bytes or an onnx.ModelProto, got {type(path_or_model).__name__}")
+    if not model.graph.output:  # any bytes protobuf reads as nothing, an empty file among them
+        raise ValueError("onnx.load: path_or_model holds no graph outputs (an empty model, or not an ONNX file)")
     return _Loader(model).load()
