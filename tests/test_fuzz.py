@@ -254,7 +254,7 @@ def winograd_poisoned(call: Call, x: np.ndarray, out_shape) -> np.ndarray | None
     bad = ~np.isfinite(padded).all(axis=1)  # (n, rows, cols): any channel non-finite
     mask = np.zeros((x.shape[0], oh, ow), bool)
     for n, i, j in zip(*np.nonzero(bad)):
-        # Blocks b whose tile rows 4b .. 4b + 5 hold padded row i.
+        # Blocks b whose tile rows 4b .. 4b + 5 hold padded row i: ceil((i - 5) / 4) <= b <= i // 4.
         for bi in range(max(0, (i - 5 + 3) // 4), i // 4 + 1):
             for bj in range(max(0, (j - 5 + 3) // 4), j // 4 + 1):
                 mask[n, 4 * bi : 4 * bi + 4, 4 * bj : 4 * bj + 4] = True
