@@ -16,6 +16,7 @@ convolution logs the C kernel that ran (e.g. ``conv2d f32 gemm 6x16 avx2``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -90,7 +91,7 @@ def supports(p):
     if p.op == "conv2d" and p.algorithm == "gemm" and p.dtype != "float32":
         return "the c backend's GEMM kernels are float32 only (float64 runs the direct loops)"
     if p.op == "conv2d" and p.algorithm == "gemm" and _ckernels is not None:
-        if not _ckernels.lib.fc_f32_gemm_supports(_conv_desc(_Call("float32"), p)):
+        if not _gemm_takes(p):
             return (
                 f"the c backend's GEMM reads its input through stride phases, which it cannot build for "
                 f"stride {p.stride} and dilation {p.dilation} (at most 64 a side, and not many times the "
@@ -102,6 +103,12 @@ def supports(p):
         if p.groups != 1:
             return f"the c backend's Winograd needs groups=1, got groups={p.groups}"
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _gemm_takes(p) -> bool:
+    """fc_f32_gemm_supports(p), asked once per problem (a descriptor takes about 8 us to make)."""
+    return bool(_ckernels.lib.fc_f32_gemm_supports(_conv_desc(_Call("float32"), p)))
 
 
 def isa() -> str | None:
