@@ -418,7 +418,7 @@ def test_the_eager_blocked_route_refuses_a_short_workspace():
     lib, ffi = _ckernels.lib, _ckernels.ffi
     p = Conv2dProblem(1, L, 5, 5, L, 3, 3, padding=(1, 1, 1, 1))
     call = cbackend._Call("float32")
-    d = cbackend._conv_desc(call, p)
+    d = cbackend._descriptor(p)
     need = lib.fc_f32_eager_blocked_scratch(d)
     assert need == 4 * (L * 7 * 7 + L * 5 * 5)  # the input with a 1-pixel border, the output
     x, y = np.ones(p.input_shape, np.float32), np.full(p.output_shape, 7.0, np.float32)

@@ -141,6 +141,57 @@ def test_auto_skips_refusals_and_logs_them(mocks, monkeypatch, caplog):
     assert "relu relu_2_f64 -> c" in text or "-> im2col (auto" in text or "-> numba (auto" in text
 
 
+def test_auto_asks_no_backend_after_the_first_that_runs_it(mocks):
+    """ "auto" takes the first candidate that can run the problem; the ones after it are not asked
+    (their supports() is neither called nor paid for)."""
+    asked = []
+    mocks("later", refuse=lambda p: asked.append(p) or "not me")  # registered first, asked first
+    first = mocks("first")  # now first in the order: it runs, "later" is never asked
+    fastconv.relu(X)
+    assert first.calls and not asked
+
+
+def test_the_same_conv2d_call_gets_the_same_problem(mocks):
+    """conv2d builds and checks a problem once per distinct call: the same arguments again give the
+    same object (the caches keyed by it hit by identity), other arguments another problem."""
+    m = mocks("rec", fused=True)
+    x2 = np.ones((1, 2, 6, 6), np.float32)
+    for x, kw in ((X, {}), (X, {}), (X, {"padding": 1}), (x2, {}), (X, {}), (X, {"stride": (1, 1)})):
+        fastconv.conv2d(x, W, **kw)
+    p = [call[1] for call in m.calls]
+    assert p[0] is p[1] is p[4] is p[5]  # stride=1 and stride=(1, 1) are one problem
+    assert p[2] is not p[0] and p[2].padding == (1, 1, 1, 1) and p[3].h == 6
+
+
+def test_activation_parameters_keep_the_sign_of_zero():
+    """Problems with activation parameters are never taken from the cache of equal calls: -0.0 and
+    0.0 compare equal, but a leaky_relu slope of -0.0 gives -x * 0.0 = +0.0 where 0.0 gives -0.0."""
+    torch = pytest.importorskip("torch")
+    x = -np.ones((1, 1, 3, 3), np.float32)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    for slope in (0.0, -0.0, 0.0):
+        y = fastconv.conv2d(x, w, activation=("leaky_relu", slope), backend="c")
+        ref = torch.nn.functional.leaky_relu(torch.from_numpy(x), slope).numpy()
+        assert np.array_equal(np.signbit(y), np.signbit(ref)), slope
+
+
+def test_env_reads_what_os_environ_holds(monkeypatch):
+    """fastconv._env.get (the per-call reads of FASTCONV_* variables) answers as os.environ.get,
+    through every change made to os.environ."""
+    import os
+
+    from fastconv import _env
+
+    name = "FASTCONV_TEST_ENV_READ"
+    monkeypatch.delenv(name, raising=False)
+    assert _env.get(name) is None and _env.get(name, "d") == "d"
+    for value in ("1", "", "caf\u00e9", "x" * 300):
+        monkeypatch.setenv(name, value)
+        assert _env.get(name) == os.environ.get(name) == value
+    os.environ.pop(name)
+    assert _env.get(name, "gone") == "gone"
+
+
 def test_auto_never_picks_torch():
     assert "torch" not in dispatch._auto_candidates("conv2d")
 

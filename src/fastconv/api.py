@@ -225,26 +225,12 @@ def conv2d(
             raise ValueError(
                 f"bias must have shape ({k},) to match weight of shape {tuple(w.shape)}, got {tuple(b.shape)}"
             )
-    p = Conv2dProblem(
-        n,
-        c,
-        h,
-        wd,
-        k,
-        r,
-        s,
-        stride,
-        pads,
-        dilation,
-        groups,
-        _dtype_name(x.dtype),
-        bias=b is not None,
-        residual=residual is not None,
-        activation=activation,
-        padding_mode=padding_mode,
-        algorithm=algorithm,
-        activation_params=act_params,
-    )
+    fields = (n, c, h, wd, k, r, s, stride, pads, dilation, groups, _dtype_name(x.dtype))
+    flags = (b is not None, residual is not None, activation, padding_mode, algorithm)
+    # The same call again gets the same problem object: its checks and derived sizes are done
+    # once, and every cache keyed by it downstream (the dispatcher's, the backends') hits at the
+    # cost of an identity test.  Activation parameters (floats: -0.0 equals 0.0) are never cached.
+    p = _conv_problem(fields, flags) if not act_params else _make_conv_problem(fields, flags, act_params)
     out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
     res = None
     if residual is not None:
@@ -260,6 +246,24 @@ def conv2d(
         p = replace(p, h=h + pt + pb, w=wd + pl + pr, padding=(0, 0, 0, 0), padding_mode="zeros")
     y = dispatch.run(p, x4, w, b, res, backend=backend)
     return y if x.ndim == 4 else y[0]
+
+
+def _make_conv_problem(fields: tuple, flags: tuple, act_params: tuple = ()) -> Conv2dProblem:
+    bias, residual, activation, padding_mode, algorithm = flags
+    return Conv2dProblem(
+        *fields,
+        bias=bias,
+        residual=residual,
+        activation=activation,
+        padding_mode=padding_mode,
+        algorithm=algorithm,
+        activation_params=act_params,
+    )
+
+
+#: conv2d's problems by their checked fields (Python ints, tuples of them, bools and validated
+#: names, so equal keys mean equal problems): a problem is built and checked once per distinct call.
+_conv_problem = functools.lru_cache(maxsize=1024)(_make_conv_problem)
 
 
 def _activation_spec(activation):

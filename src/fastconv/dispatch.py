@@ -19,13 +19,12 @@ import contextlib
 import contextvars
 import importlib
 import logging
-import os
 import sys
 import threading
 from dataclasses import dataclass, replace
 from types import ModuleType
 
-from . import arrays, ops, threads, timing
+from . import _env, arrays, ops, threads, timing
 from ._device import CudaArray
 
 log = logging.getLogger("fastconv")
@@ -236,7 +235,7 @@ def get_backend() -> str:
     return (
         _context_backend.get()
         or _global_backend
-        or _check_name(os.environ.get("FASTCONV_BACKEND") or None, "FASTCONV_BACKEND")
+        or _check_name(_env.get("FASTCONV_BACKEND") or None, "FASTCONV_BACKEND")
         or "auto"
     )
 
@@ -250,7 +249,7 @@ def set_autotune(enabled: bool) -> None:
 def get_autotune() -> bool:
     if _autotune is not None:
         return _autotune
-    return os.environ.get("FASTCONV_AUTOTUNE", "").lower() in ("1", "true", "yes", "on")
+    return _env.get("FASTCONV_AUTOTUNE", "").lower() in ("1", "true", "yes", "on")
 
 
 def clear_autotune_cache() -> None:
@@ -258,7 +257,7 @@ def clear_autotune_cache() -> None:
 
 
 def _verbose() -> bool:
-    if os.environ.get("FASTCONV_VERBOSE", "").lower() in ("", "0", "false", "no", "off"):
+    if _env.get("FASTCONV_VERBOSE", "").lower() in ("", "0", "false", "no", "off"):
         return False
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -318,18 +317,14 @@ def _select(problem, backend, verbose: bool) -> tuple[str, str]:
             raise BackendError(f"backend {requested!r} cannot run {problem.op} {problem.id}: {why}")
         return requested, "requested"
     refusals = []
-    runnable = []
-    for name in _auto_candidates(problem.op):
+    for name in _auto_candidates(problem.op):  # the first that can run it: later ones are not asked
         why = _refusal(name, problem)
         if why is None:
-            runnable.append(name)
-        else:
-            refusals.append(f"{name}: {why}")
-            if verbose:
-                log.debug("%s %s: %s refused: %s", problem.op, problem.id, name, why)
-    if not runnable:
-        raise BackendError(f"no backend can run {problem.op} {problem.id}: " + "; ".join(refusals))
-    return runnable[0], "auto"
+            return name, "auto"
+        refusals.append(f"{name}: {why}")
+        if verbose:
+            log.debug("%s %s: %s refused: %s", problem.op, problem.id, name, why)
+    raise BackendError(f"no backend can run {problem.op} {problem.id}: " + "; ".join(refusals))
 
 
 def run(problem, *arrays_, backend: str | None = None):

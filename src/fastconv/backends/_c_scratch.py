@@ -11,8 +11,8 @@ kernels (pool_bwd_impl.h) write straight into the gradient and need none.
 
 from __future__ import annotations
 
-import os
 
+from .. import _env
 from .._args import check_scratch_size
 
 #: Scratch sizes check_scratch_size never refuses (it reads the free memory only above them).
@@ -36,7 +36,7 @@ _KVEC_THREAD_FLOATS = 64 * 1024 + 4 * 16 * (96 + 48)
 def _kvec_bytes(nthreads: int) -> int:
     """What the channel-vector kernel adds to the GEMM's planes: no instruction-set table lets
     "auto" choose it yet, so only the FASTCONV_F32_CONV=kvec hook (read per call) runs it."""
-    if os.environ.get("FASTCONV_F32_CONV") != "kvec":
+    if _env.get("FASTCONV_F32_CONV") != "kvec":
         return 0
     return nthreads * _slice(_KVEC_THREAD_FLOATS * 4)
 
@@ -99,7 +99,7 @@ def _fewc_bytes(p, isa: str | None = None) -> int:
     crs = p.c * p.r * p.s
     if isa not in ("avx512", "avx2") or p.algorithm not in ("auto", "gemm") or p.groups != 1 or crs > _FEWC_MAX_CRS:
         return 0
-    force = os.environ.get("FASTCONV_F32_FEWC")
+    force = _env.get("FASTCONV_F32_FEWC")
     if force == "off" or (force != "on" and (p.c > _FEWC_MAX_C or p.ow < _FEWC_MIN_OW)):
         return 0
     mr = 8 if isa == "avx512" else 6
@@ -180,7 +180,7 @@ _BWD_DATA_TILES, _BWD_DATA_A_BYTES = 32, 512 << 10
 def _bwd_data_in_place(ohw: int, nr: int) -> bool:
     """bwd_data_f32.c's choose_in_place: dy read in place unless panels within one image waste
     more than 1/8 of their columns (then dy is copied so that panels span images)."""
-    force = os.environ.get("FASTCONV_BWD_DATA_B")
+    force = _env.get("FASTCONV_BWD_DATA_B")
     if force in ("in_place", "copy"):
         return force == "in_place"
     return 8 * (ohw // nr * nr + _ceil(ohw % nr, 16) * 16) <= 9 * ohw
@@ -256,7 +256,7 @@ def _bwd_weight_cl_bytes(q, isa: str | None, fold: bool | None = None) -> int | 
     parts = 1
     while npan * parts < 8 and nblk >= 8 * parts:
         parts *= 2
-    forced = os.environ.get("FASTCONV_BWD_WEIGHT_PARTS", "")
+    forced = _env.get("FASTCONV_BWD_WEIGHT_PARTS", "")
     if forced.isdigit() and 1 <= int(forced) <= 16:
         parts = min(int(forced), nblk)
     tiles = parts * q.groups * (kgp // mr) * npan * mr * nr
@@ -271,7 +271,7 @@ def _bwd_weight_f32_bytes(q, isa: str | None) -> int | None:
     panels) and the output tiles, floats, plus small int64 tables."""
     mr, nr, kc = _tile(isa)
     (sh, sw), (dh, dw) = q.stride, q.dilation
-    forced = os.environ.get("FASTCONV_BWD_WEIGHT", "")
+    forced = _env.get("FASTCONV_BWD_WEIGHT", "")
     if forced in ("cl", "clfold"):
         return _bwd_weight_cl_bytes(q, isa, forced == "clfold")
     if q.kg >= 16 and 2 * q.cg < mr and q.r * q.s > 1:
@@ -369,7 +369,7 @@ _MEMO_ENTRIES = 4096
 def scratch_bytes(p, nthreads: int) -> int:
     """The bytes of scratch the c kernels allocate for ``p`` on ``nthreads`` threads."""
     hooks = _HOOKS.get(p.direction, ()) if p.op == "conv2d" else ()
-    key = (p, nthreads, *[os.environ.get(h) for h in hooks])
+    key = (p, nthreads, *[_env.get(h) for h in hooks])
     nbytes = _MEMO.get(key)
     if nbytes is not None:
         return nbytes

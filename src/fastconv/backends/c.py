@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import threads
+from .. import _env, threads
 from . import _c_scratch, refuse_algorithm
 
 NAME = "c"
@@ -107,8 +107,8 @@ def supports(p):
 
 @functools.lru_cache(maxsize=256)
 def _gemm_takes(p) -> bool:
-    """fc_f32_gemm_supports(p), asked once per problem (a descriptor takes about 8 us to make)."""
-    return bool(_ckernels.lib.fc_f32_gemm_supports(_conv_desc(_Call("float32"), p)))
+    """fc_f32_gemm_supports(p), asked once per problem."""
+    return bool(_ckernels.lib.fc_f32_gemm_supports(_descriptor(p)))
 
 
 def isa() -> str | None:
@@ -130,6 +130,9 @@ def peak_gflops(nthreads: int | None = None) -> float | None:
 # -- plumbing ------------------------------------------------------------------------------------
 
 
+_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
 class _Call:
     """Pointers for one C call.  The from_buffer objects keep their arrays alive until the call.
 
@@ -139,13 +142,14 @@ class _Call:
 
     def __init__(self, dtype: str):
         self.ffi = _ckernels.ffi
-        self.dtype = np.dtype(dtype)
+        self.dtype = _DTYPES.get(dtype) or np.dtype(dtype)
 
     def ptr(self, a: np.ndarray | None, size: int, dtype=None, writable: bool = False):
         if a is None:
             return self.ffi.NULL
         want = self.dtype if dtype is None else np.dtype(dtype)
-        if a.dtype != want or a.size != size or not a.flags.c_contiguous or not a.flags.aligned:
+        flags = a.flags
+        if a.dtype != want or a.size != size or not flags.c_contiguous or not flags.aligned:
             raise TypeError(
                 f"c backend: expected a C-contiguous {want} array of {size} elements, "
                 f"got {a.dtype} of shape {a.shape} (aligned: {a.flags.aligned}); this is a fastconv bug"
@@ -188,8 +192,15 @@ def _f64(a) -> np.ndarray:
 # -- ops -----------------------------------------------------------------------------------------
 
 
-def _conv_desc(call, p):
-    d = call.ffi.new("fc_conv2d_desc *")
+def _descriptor(p):
+    """The C descriptor of ``p``, made once per problem (about 3 us each; the C functions only
+    read it, so calls share it) -- except for problems with activation parameters, whose floats
+    compare equal across -0.0 and 0.0 (a leaky_relu slope of either gives another sign of zero)."""
+    return _make_descriptor(p) if p.activation_params else _cached_descriptor(p)
+
+
+def _make_descriptor(p):
+    d = _ckernels.ffi.new("fc_conv2d_desc *")
     d.n, d.c, d.h, d.w = p.n, p.c, p.h, p.w
     d.k, d.r, d.s = p.k, p.r, p.s
     d.oh, d.ow = p.oh, p.ow
@@ -202,6 +213,9 @@ def _conv_desc(call, p):
     params = (*p.activation_params, 0.0, 0.0)
     d.act_a, d.act_b = params[0], params[1]
     return d
+
+
+_cached_descriptor = functools.lru_cache(maxsize=512)(_make_descriptor)
 
 
 def conv2d(p, x, weight, bias, residual):
@@ -229,7 +243,7 @@ class ConvCall:
     def __init__(self, p, weight, bias, y, winograd_weights=None, gemm_weights=None):
         self.p, self.y, self.weight = p, y, weight
         self.call = call = _Call(p.dtype)
-        self.desc = _conv_desc(call, p)
+        self.desc = _descriptor(p)
         self.size = p.n * p.k * p.oh * p.ow
         self.kernel = call.ffi.new("const char **")
         self.fixed = (call.ptr(weight, p.k * p.cg * p.r * p.s), call.ptr(bias, p.k))
@@ -285,7 +299,7 @@ def gemm_weights(p, weight: np.ndarray) -> np.ndarray | None:
     if p.dtype != "float32" or p.algorithm not in ("auto", "gemm"):
         return None
     call = _Call(p.dtype)
-    d = _conv_desc(call, p)
+    d = _descriptor(p)
     size = _ckernels.lib.fc_f32_gemm_weights_size(d)
     if size <= 0:
         return None
@@ -434,7 +448,7 @@ def blocked_weights(p, weight: np.ndarray) -> np.ndarray:
     if not blocked_supports(p):
         raise ValueError(f"c backend: the blocked kernel does not take {p.id}")
     call = _Call("float32")
-    d = _conv_desc(call, p)
+    d = _descriptor(p)
     size = _ckernels.lib.fc_f32_blocked_weights_size(d)
     raw = np.empty(size * 4 + 64, np.uint8)
     off = (-raw.ctypes.data) % 64
@@ -459,7 +473,7 @@ class BlockedConvCall:
         _check_blocked(y, p.output_shape, yb, "y")
         self.p, self.y, self.xb, self.rb, self.yb = p, y, xb, rb, yb
         self.call = call = _Call("float32")
-        self.desc = _conv_desc(call, p)
+        self.desc = _descriptor(p)
         self.kernel = call.ffi.new("const char **")
         if p.algorithm == "winograd":
             self.fn = _ckernels.lib.fc_f32_conv2d_winograd_blocked
@@ -605,15 +619,13 @@ def eager_blocked(p) -> bool:
         return False
     if not blocked_supports(p):
         return False
-    call = _Call("float32")
-    return bool(_ckernels.lib.fc_f32_eager_blocked_wanted(_conv_desc(call, p)))
+    return bool(_ckernels.lib.fc_f32_eager_blocked_wanted(_descriptor(p)))
 
 
 def eager_blocked_scratch(p) -> int:
     """Bytes an eager call on the blocked kernel allocates: its blocked input and output, and the
     packed weights (made once, cached)."""
-    call = _Call("float32")
-    scratch = int(_ckernels.lib.fc_f32_eager_blocked_scratch(_conv_desc(call, p)))
+    scratch = int(_ckernels.lib.fc_f32_eager_blocked_scratch(_descriptor(p)))
     if scratch < 0:  # past what size_t holds: more than any machine has
         return sys.maxsize
     return scratch + p.k * p.c * p.r * p.s * 4
@@ -892,7 +904,7 @@ def _gemm_bwd_data(q) -> bool:
     channels (1.25-1.28x against 1.14-1.17x); not the other stride-1 layers (on 56x56 and 28x28 images with few output
     channels each tile's short reduction leaves it 0.6-0.9x the forward route's speed).
     FASTCONV_BWD_DATA=gemm|forward forces one (tests reach both)."""
-    force = os.environ.get("FASTCONV_BWD_DATA")
+    force = _env.get("FASTCONV_BWD_DATA")
     if force:
         return force == "gemm" and q.dtype == "float32"
     if q.dtype != "float32" or q.cg < 8:
@@ -916,7 +928,7 @@ def conv2d_bwd_data(p, grad_output, weight):
     call = _Call(p.dtype)
     gx = np.empty(q.input_shape, p.dtype)
     status = _fn(p.dtype, "conv2d_bwd_data")(
-        _conv_desc(call, q),
+        _descriptor(q),
         call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
         call.ptr(weight, q.k * q.cg * q.r * q.s),
         call.ptr(gx, gx.size, writable=True),
@@ -934,7 +946,7 @@ def conv2d_bwd_weight(p, x, grad_output):
     gw = np.empty(q.weight_shape, p.dtype)
     gb = np.empty(q.k, p.dtype) if p.bias else None
     status = _fn(p.dtype, "conv2d_bwd_weight")(
-        _conv_desc(call, q),
+        _descriptor(q),
         call.ptr(xp, q.n * q.c * q.h * q.w),
         call.ptr(grad_output, q.n * q.k * q.oh * q.ow),
         call.ptr(gw, gw.size, writable=True),
