@@ -163,6 +163,32 @@ def test_the_same_conv2d_call_gets_the_same_problem(mocks):
     assert p[2] is not p[0] and p[2].padding == (1, 1, 1, 1) and p[3].h == 6
 
 
+def test_repeated_calls_of_every_op_share_their_problem(monkeypatch):
+    """Every functional op builds its problem once per distinct call; floats that may be a signed
+    zero (batch norm's eps of 0) are built afresh."""
+    seen = []
+    real = dispatch.run
+    monkeypatch.setattr(dispatch, "run", lambda p, *a, **k: seen.append(p) or real(p, *a, **k))
+    x = np.ones((2, 3, 6, 6), np.float32)
+    stat = np.ones(3, np.float32)
+    calls = {
+        "max_pool2d": lambda: fastconv.max_pool2d(x, 2),
+        "avg_pool2d": lambda: fastconv.avg_pool2d(x, 3, padding=1),
+        "adaptive_avg_pool2d": lambda: fastconv.adaptive_avg_pool2d(x, 1),
+        "adaptive_max_pool2d": lambda: fastconv.adaptive_max_pool2d(x, (2, 3)),
+        "batch_norm": lambda: fastconv.batch_norm(x, stat, stat),
+        "relu": lambda: fastconv.relu(x),
+        "linear": lambda: fastconv.linear(x.reshape(2, -1), np.ones((4, 108), np.float32)),
+        "batch_norm eps=0": lambda: fastconv.batch_norm(x, stat, stat, eps=0.0),
+    }
+    for name, call in calls.items():
+        seen.clear()
+        call()
+        call()
+        assert seen[0] == seen[1], name
+        assert (seen[0] is seen[1]) == (name != "batch_norm eps=0"), name
+
+
 def test_activation_parameters_keep_the_sign_of_zero():
     """Problems with activation parameters are never taken from the cache of equal calls: -0.0 and
     0.0 compare equal, but a leaky_relu slope of -0.0 gives -x * 0.0 = +0.0 where 0.0 gives -0.0."""

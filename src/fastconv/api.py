@@ -225,12 +225,28 @@ def conv2d(
             raise ValueError(
                 f"bias must have shape ({k},) to match weight of shape {tuple(w.shape)}, got {tuple(b.shape)}"
             )
-    fields = (n, c, h, wd, k, r, s, stride, pads, dilation, groups, _dtype_name(x.dtype))
-    flags = (b is not None, residual is not None, activation, padding_mode, algorithm)
-    # The same call again gets the same problem object: its checks and derived sizes are done
-    # once, and every cache keyed by it downstream (the dispatcher's, the backends') hits at the
-    # cost of an identity test.  Activation parameters (floats: -0.0 equals 0.0) are never cached.
-    p = _conv_problem(fields, flags) if not act_params else _make_conv_problem(fields, flags, act_params)
+    p = _problem(
+        Conv2dProblem,
+        n,
+        c,
+        h,
+        wd,
+        k,
+        r,
+        s,
+        stride,
+        pads,
+        dilation,
+        groups,
+        _dtype_name(x.dtype),
+        bias=b is not None,
+        residual=residual is not None,
+        activation=activation,
+        padding_mode=padding_mode,
+        algorithm=algorithm,
+        activation_params=act_params,
+        floats=bool(act_params),
+    )
     out_shape = p.output_shape if x.ndim == 4 else p.output_shape[1:]
     res = None
     if residual is not None:
@@ -248,22 +264,17 @@ def conv2d(
     return y if x.ndim == 4 else y[0]
 
 
-def _make_conv_problem(fields: tuple, flags: tuple, act_params: tuple = ()) -> Conv2dProblem:
-    bias, residual, activation, padding_mode, algorithm = flags
-    return Conv2dProblem(
-        *fields,
-        bias=bias,
-        residual=residual,
-        activation=activation,
-        padding_mode=padding_mode,
-        algorithm=algorithm,
-        activation_params=act_params,
-    )
+def _problem(cls, *args, floats: bool = False, **kwargs):
+    """``cls(*args, **kwargs)``, the same object for the same call: a problem is built and checked
+    once per distinct call, and every cache keyed by it downstream (the dispatcher's, the
+    backends') hits at the cost of an identity test.  The arguments are the checked ones: Python
+    ints, tuples of them, bools, None and validated names, so equal keys mean equal problems --
+    except floats (``floats=True``: built afresh), where -0.0 equals 0.0 but is another value (a
+    leaky_relu slope of -0.0 makes another sign of zero than 0.0)."""
+    return cls(*args, **kwargs) if floats else _cached_problem(cls, *args, **kwargs)
 
 
-#: conv2d's problems by their checked fields (Python ints, tuples of them, bools and validated
-#: names, so equal keys mean equal problems): a problem is built and checked once per distinct call.
-_conv_problem = functools.lru_cache(maxsize=1024)(_make_conv_problem)
+_cached_problem = functools.lru_cache(maxsize=2048)(lambda cls, *args, **kwargs: cls(*args, **kwargs))
 
 
 def _activation_spec(activation):
@@ -330,7 +341,8 @@ def max_pool2d(
     x, x4, kernel, stride, padding, dilation, ceil_mode = _pool_args(
         input, kernel_size, stride, padding, dilation, ceil_mode
     )
-    p = Pool2dProblem(
+    p = _problem(
+        Pool2dProblem,
         "max",
         *x4.shape,
         kernel,
@@ -375,7 +387,8 @@ def avg_pool2d(
     count_include_pad = as_bool(count_include_pad, "count_include_pad")
     if divisor_override is not None:
         divisor_override = as_int(divisor_override, "divisor_override")
-    p = Pool2dProblem(
+    p = _problem(
+        Pool2dProblem,
         "avg",
         *x4.shape,
         kernel,
@@ -406,7 +419,7 @@ def adaptive_avg_pool2d(input, output_size, *, backend=None):
     (1, 1, 2, 4)
     """
     x, x4, (oh, ow) = _adaptive_args(input, output_size, "adaptive_avg_pool2d")
-    p = AdaptivePool2dProblem(*x4.shape, oh, ow, _dtype_name(x.dtype))
+    p = _problem(AdaptivePool2dProblem, *x4.shape, oh, ow, _dtype_name(x.dtype))
     return _run_pool(p, x, x4, backend)
 
 
@@ -427,8 +440,14 @@ def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=Non
     array([[[[13, 14, 15]]]])
     """
     x, x4, (oh, ow) = _adaptive_args(input, output_size, "adaptive_max_pool2d")
-    p = AdaptivePool2dProblem(
-        *x4.shape, oh, ow, _dtype_name(x.dtype), kind="max", return_indices=as_bool(return_indices, "return_indices")
+    p = _problem(
+        AdaptivePool2dProblem,
+        *x4.shape,
+        oh,
+        ow,
+        _dtype_name(x.dtype),
+        kind="max",
+        return_indices=as_bool(return_indices, "return_indices"),
     )
     return _run_pool(p, x, x4, backend)
 
@@ -506,7 +525,8 @@ def batch_norm(
                     raise ValueError(f"{name} is read-only, but training=True updates it in place")
     w = np.ones(c, x.dtype) if weight is None else _stat(weight, "weight", c, x.dtype)
     b = np.zeros(c, x.dtype) if bias is None else _stat(bias, "bias", c, x.dtype)
-    p = BatchNormProblem(n, c, tuple(spatial), training, eps, _dtype_name(x.dtype))
+    # eps is a float, but only its zero has a sign (-0.0 and 0.0 would share a cached problem).
+    p = _problem(BatchNormProblem, n, c, tuple(spatial), training, eps, _dtype_name(x.dtype), floats=eps == 0)
     if training and p.count == 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     x3 = x.reshape(n, c, p.l)
@@ -537,7 +557,7 @@ def relu(input, inplace=False, *, backend=None):
     """
     target = _writable_target(input, "input", "relu") if as_bool(inplace, "inplace") else None
     x = as_float_array(input, "input")
-    p = ReluProblem(tuple(x.shape), _dtype_name(x.dtype))
+    p = _problem(ReluProblem, tuple(x.shape), _dtype_name(x.dtype))
     y = dispatch.run(p, x, backend=backend)
     return y if target is None else _in_place(target, y)
 
@@ -643,7 +663,7 @@ def linear(input, weight, bias=None, *, backend=None):
             raise ValueError(
                 f"bias must have shape ({w.shape[0]},) to match weight of shape {tuple(w.shape)}, got {tuple(b.shape)}"
             )
-    p = LinearProblem(tuple(x.shape[:-1]), w.shape[1], w.shape[0], b is not None, _dtype_name(x.dtype))
+    p = _problem(LinearProblem, tuple(x.shape[:-1]), w.shape[1], w.shape[0], b is not None, _dtype_name(x.dtype))
     return dispatch.run(p, x, w, b, backend=backend)
 
 
