@@ -800,8 +800,13 @@ def linear(p, x, weight, bias):
     if p.in_features == 0:  # no terms: the bias alone
         y = np.zeros((p.rows, p.out_features), p.dtype)
         return (y + bias if bias is not None else y).reshape(p.output_shape)
-    q = Conv2dProblem(p.rows, p.in_features, 1, 1, p.out_features, 1, 1, dtype=p.dtype, bias=bias is not None)
-    return conv2d(q, x, weight, bias, None).reshape(p.output_shape)
+    return conv2d(_as_conv(p, bias is not None), x, weight, bias, None).reshape(p.output_shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _as_conv(p, bias: bool):
+    """The 1x1 convolution of linear problem ``p``, made once per problem."""
+    return Conv2dProblem(p.rows, p.in_features, 1, 1, p.out_features, 1, 1, dtype=p.dtype, bias=bias)
 
 
 # -- backward ------------------------------------------------------------------------------------
