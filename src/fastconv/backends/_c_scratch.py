@@ -11,7 +11,6 @@ kernels (pool_bwd_impl.h) write straight into the gradient and need none.
 
 from __future__ import annotations
 
-
 from .. import _env
 from .._args import check_scratch_size
 
