@@ -67,6 +67,12 @@ CATALOGUE = [
         ValueError,
         r"padding must be non-negative",
     ),
+    (  # torch.nn.Conv2d would crop by it (F.pad); fastconv refuses it in every mode
+        "conv_padding_negative_reflect",
+        lambda: fastconv.conv2d(x4(), W, padding=(1, -1), padding_mode="reflect"),
+        ValueError,
+        r"padding must be non-negative",
+    ),
     (
         "conv_padding_string",
         lambda: fastconv.conv2d(x4(), W, padding="full"),

@@ -262,9 +262,20 @@ def winograd_poisoned(call: Call, x: np.ndarray, out_shape) -> np.ndarray | None
     return mask[0] if len(out_shape) == 3 else mask
 
 
+def _negative(v) -> bool:
+    values = v if isinstance(v, (tuple, list)) else (v,)
+    return any(isinstance(e, (int, np.integer)) and not isinstance(e, bool) and e < 0 for e in values)
+
+
 def conv2d_own_error(call: Call):
-    """fastconv's own option: an unknown algorithm is a ValueError whatever torch thinks."""
-    return "algorithm" if call.extra.get("algorithm") not in (None, *ALGORITHMS[:-1]) else None
+    """fastconv's own refusals, ValueErrors whatever torch thinks: an unknown algorithm, and negative
+    padding in every padding mode (torch.nn.functional.conv2d refuses it too; torch.nn.Conv2d with
+    padding_mode reflect, replicate or circular crops the input by it instead, through F.pad)."""
+    if call.extra.get("algorithm") not in (None, *ALGORITHMS[:-1]):
+        return "algorithm"
+    if call.options.get("padding_mode", "zeros") != "zeros" and _negative(call.options.get("padding")):
+        return "padding"
+    return None
 
 
 # -- pooling ---------------------------------------------------------------------------------------

@@ -176,7 +176,9 @@ def conv2d(
     input (N, C, H, W) or unbatched (C, H, W); weight (K, C // groups, R, S); bias (K,).
     ``padding`` is an int, a pair, "same" (stride 1 only; an odd total puts the extra row and
     column at the bottom/right) or "valid".  ``padding_mode`` is "zeros", "reflect" (padding <
-    input size), "replicate" or "circular" (padding <= input size), as in torch.nn.Conv2d.
+    input size), "replicate" or "circular" (padding <= input size), as in torch.nn.Conv2d; padding
+    is never negative (torch.nn.Conv2d crops the input by a negative padding in the last three
+    modes, through F.pad; fastconv refuses it in every mode, as torch.nn.functional.conv2d does).
     ``residual`` (the output's shape) is added after the bias, then ``activation`` is applied --
     a ResNet skip connection in one call.  ``activation`` is None, "relu", "relu6", "leaky_relu",
     "hardtanh", "sigmoid", "silu", "hardswish", or a tuple ``(name, *params)`` such as
