@@ -12,7 +12,8 @@
  *     x[xoff[tap] + i * stride * L + c % L]: the border makes every tap of every pixel a valid
  *     address, so there is no edge code;
  *   - the weights are packed once as [group of nv vectors][c / L][r][s][L][nv][L]: a task reads
- *     its weights as one sequential stream;
+ *     its weights as one sequential stream (an eager NCHW call packs each block as its tasks
+ *     reach it, below);
  *   - the reduction runs in blocks of whole channel blocks (about blocked_steps steps, isa.c: 24-32
  *     KB of weights that stay in L1 while the task's tiles pass; blocked_steps_1x1 for 1x1 filters,
  *     longer on AVX2); a later block adds to the partial sums left in the output itself, and the
@@ -47,6 +48,10 @@ typedef struct {
     int64_t gs, sets;                /* groups per task, sets of groups */
     int inplace;                     /* the residual is y: the sums start from it (first block) */
     const int64_t *xoff;             /* [cbb * rs]: tap t's input offset from the tile's origin */
+    const float *wraw;               /* eager calls: the (k, c, r, s) weights, packed a block at a time */
+    float *wbuf;                     /* ... into each thread's part of this, wslice floats apart */
+    int64_t wslice;
+    const int64_t *woff[2];          /* ... at these offsets (step_offsets; groups of V vectors, the last) */
 } bplan_t;
 
 int fc_f32_blocked_lanes(void) { return fc_config()->kvec_lanes; }
@@ -87,32 +92,50 @@ int64_t fc_f32_blocked_weights_size(const fc_conv2d_desc *d) {
     return n > (size_t)INT64_MAX / 4 ? -1 : (int64_t)n;
 }
 
+/* Where the kernel reads step p of a run of channel blocks (channel b * L + ci of the run, tap t;
+ * p = (b * L + ci) * rs + t, the order of a row of w) for output vector j of a group of nv:
+ * off[p] + j * L, off[p] = ((b * rs + t) * L + ci) * nv * L (the layout above). */
+static void step_offsets(int64_t m, int64_t rs, int64_t L, int64_t nv, int64_t *off) {
+    for (int64_t p = 0; p < m; p++) {
+        const int64_t b = p / (L * rs), ci = p / rs % L, t = p % rs;
+        off[p] = ((b * rs + t) * L + ci) * nv * L;
+    }
+}
+
+/* Steps [p0, p1) of one output vector's L rows of w (src, ld apart) turned into lanes, step p's
+ * vector stored at dst + off[p]: the table's register transpose where it has one. */
+static void pack_steps(const float *src, int64_t ld, int64_t L, int64_t p0, int64_t p1, const int64_t *off,
+                       float *dst) {
+    const fc_kvec_pack_to_fn pack = fc_config()->kvec_pack_to;
+    if (pack) {
+        pack(src + p0, ld, p1 - p0, off + p0, dst);
+        return;
+    }
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t p = p0; p < p1; p++)
+            dst[off[p] + l] = src[l * ld + p];
+}
+
 int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) {
-    const fc_isa_config *cfg = fc_config();
-    const int64_t L = cfg->kvec_lanes;
+    const int64_t L = fc_config()->kvec_lanes;
     int64_t P, V;
     tile_of(d, &P, &V);
     if (fc_f32_blocked_weights_size(d) < 0)
         return FC_EUNSUPPORTED;
-    const int64_t cb = d->c / L, rs = d->r * d->s, crs = d->c * rs, kvecs = d->k / L;
-    /* One output vector (L output channels) at a time: its rows of w turned into lanes
-     * (interleave: the table's register transpose), then each (channel, tap) step's vector moved
-     * to its place.  An eager call on the blocked kernel packs afresh whenever its weights
-     * change; element by element this took 1.4 ms for a 2 MB weight. */
-    float *tmp = fc_alloc(fc_size_mul3((size_t)crs, (size_t)L, sizeof(float)));
-    if (!tmp)
+    const int64_t crs = d->c * d->r * d->s, kvecs = d->k / L, last = kvecs - (kvecs - 1) / V * V;
+    int64_t *off = fc_alloc(fc_size_mul3((size_t)crs, 2, sizeof(int64_t)));
+    if (!off)
         return FC_ENOMEM;
-    for (int64_t kv = 0; kv < kvecs; kv++) {
-        const int64_t g = kv / V, j = kv % V, nv = FC_MIN(V, kvecs - g * V);
-        float *dst = out + (size_t)g * V * L * d->c * rs;
-        interleave(w + (size_t)kv * L * crs, crs, L, crs, L, tmp); /* tmp[p * L + l] = w[kv * L + l][p] */
-        for (int64_t b = 0; b < cb; b++)
-            for (int64_t t = 0; t < rs; t++)
-                for (int64_t ci = 0; ci < L; ci++)
-                    memcpy(dst + (((b * rs + t) * L + ci) * nv + j) * L, tmp + ((b * L + ci) * rs + t) * L,
-                           (size_t)L * sizeof(float));
+    step_offsets(crs, d->r * d->s, L, V, off);
+    step_offsets(crs, d->r * d->s, L, last, off + crs);
+    /* A group of V output vectors at a time (the last may have fewer), all its channels as one run. */
+    for (int64_t g = 0; g * V < kvecs; g++) {
+        const int64_t nv = FC_MIN(V, kvecs - g * V);
+        for (int64_t j = 0; j < nv; j++)
+            pack_steps(w + (size_t)(g * V + j) * L * crs, crs, L, 0, crs, nv == V ? off : off + crs,
+                       out + (size_t)g * V * L * crs + j * L);
     }
-    free(tmp);
+    free(off);
     return FC_OK;
 }
 
@@ -148,11 +171,49 @@ static const float *block_weights(const bplan_t *B, const float *wpack, int64_t 
     return wpack + (size_t)g * B->V * L * B->d->c * B->rs + (size_t)b0 * B->rs * L * nv * L;
 }
 
-/* One output row of group g through reduction block b0: its tiles, left to right.  wn/line/per_tile:
- * the next weights this task reads, fetched a slice per tile (see run_task). */
+/* The pre-packed weights a task reads next (`lines` 64-byte lines from w), requested into L2
+ * per_tile lines a tile (see run_task). */
+typedef struct {
+    const float *w;
+    int64_t lines, per_tile, done;
+} wnext_t;
+
+static void prefetch_next(wnext_t *nx) {
+    for (int64_t e = FC_MIN(nx->lines, nx->done + nx->per_tile); nx->done < e; nx->done++)
+        __builtin_prefetch(nx->w + nx->done * 16, 0, 2);
+}
+
+/* Floats of one group's packed block: the most a reduction block holds. */
+static int64_t block_floats(const bplan_t *B) { return FC_MIN(B->cbb, B->cb) * B->rs * B->L * B->V * B->L; }
+
+/* The pre-packed weights of group g's block at b0, as lines to fetch ahead. */
+static wnext_t next_weights(const bplan_t *B, const float *wpack, int64_t g, int64_t b0, int64_t tiles) {
+    wnext_t nx = {0};
+    if (b0 >= B->cb)
+        return nx;
+    nx.w = block_weights(B, wpack, g, b0, &nx.lines);
+    nx.per_tile = (nx.lines + tiles - 1) / tiles;
+    return nx;
+}
+
+/* An eager call's weights for the blocks at b0 of groups [g0, g1), packed into dst (group g at
+ * (g - g0) * block_floats) before the task's tiles read them.  (Packing the next block between the
+ * tiles of the current one, into a second buffer, was slower on the AMD EPYC Zen 3: the two
+ * blocks no longer fit in L1 beside the tiles' input.) */
+static void pack_blocks(const bplan_t *B, int64_t g0, int64_t g1, int64_t b0, float *dst) {
+    const int64_t L = B->L, crs = B->d->c * B->rs, m = FC_MIN(B->cbb, B->cb - b0) * L * B->rs;
+    for (int64_t g = g0; g < g1; g++) {
+        const int64_t nv = FC_MIN(B->V, B->kvecs - g * B->V);
+        for (int64_t j = 0; j < nv; j++)
+            pack_steps(B->wraw + (size_t)(g * B->V + j) * L * crs + b0 * L * B->rs, crs, L, 0, m,
+                       B->woff[nv == B->V ? 0 : 1], dst + (g - g0) * block_floats(B) + j * L);
+    }
+}
+
+/* One output row of group g through reduction block b0: its tiles, left to right, and before each
+ * a slice of the next weights fetched (nx). */
 static void run_row(const bplan_t *B, const float *x, const float *wb, const float *bias, const float *res,
-                    float *y, int64_t g, int64_t row, int64_t b0, int64_t taps, int mode, const float *wn,
-                    int64_t next_lines, int64_t per_tile, int64_t *line) {
+                    float *y, int64_t g, int64_t row, int64_t b0, int64_t taps, int mode, wnext_t *nx) {
     const fc_conv2d_desc *d = B->d;
     const int64_t L = B->L, xpix = d->stride_w * L;
     const int relu = fc_conv_act(d) == FC_ACT_RELU, last = mode & FC_BL_FINISH;
@@ -168,8 +229,7 @@ static void run_row(const bplan_t *B, const float *x, const float *wb, const flo
     const float *rr =
         res ? res + (size_t)n * B->rimg + (size_t)g * B->V * B->rplane + ((oh + B->rb) * B->rw + B->rb) * L : NULL;
     for (int64_t q = 0, o0 = 0, np; q < row_tiles; q++, o0 += np) {
-        for (int64_t e = FC_MIN(next_lines, *line + per_tile); *line < e; (*line)++)
-            __builtin_prefetch(wn + *line * 16, 0, 2);
+        prefetch_next(nx);
         np = (d->ow - o0 + row_tiles - q - 1) / (row_tiles - q);
         /* The lines the epilogue writes (and the residual it reads), requested while the tile
          * computes: a 64->256 1x1 layer with a residual at 56x56, batch 8, waited on them for a
@@ -193,36 +253,30 @@ static void run_task(const bplan_t *B, const float *x, const float *wpack, const
      * later block's partial sums would otherwise overwrite it before the epilogue reads it). */
     if (B->inplace)
         res = NULL;
+    float *buf = B->wraw ? B->wbuf + (size_t)FC_THREAD_ID() * B->wslice : NULL; /* an eager call's */
     for (int64_t b0 = 0; b0 < B->cb; b0 += B->cbb) {
         const int64_t taps = FC_MIN(B->cbb, B->cb - b0) * B->rs;
         const int last = b0 + B->cbb >= B->cb;
         const int mode = (b0 > 0 || B->inplace ? FC_BL_ACCUMULATE : 0) | (last ? FC_BL_FINISH : 0);
-        if (g1 - g0 > 1) {
-            /* A set of groups: each row meets every group while its input is in L1/L2, the set's
-             * weights (at most BL_SHARED_WEIGHTS) staying in L2.  Against each group passing over
-             * all the task's rows: ResNet-50's 56x56 and 28x28 1x1 layers level to 3% faster at
-             * batch 1, the 1x1 stride-2 downsample 5-7% (AMD EPYC Zen 3, 2 threads, alternated in
-             * one process). */
-            int64_t none = 0;
-            for (int64_t row = r0; row < r1; row++)
-                for (int64_t g = g0; g < g1; g++) {
-                    int64_t lines;
-                    run_row(B, x, block_weights(B, wpack, g, b0, &lines), bias, res, y, g, row, b0, taps, mode,
-                            NULL, 0, 0, &none);
-                }
-            continue;
-        }
-        /* One group over all the task's rows; its next block of weights is fetched into L2 a
-         * slice per tile: the block's first tile would otherwise wait on them (at batch 1 the
-         * weights of a late layer come from memory). */
-        int64_t lines, next_lines = 0;
-        const float *wb = block_weights(B, wpack, g0, b0, &lines), *wn = NULL;
-        if (!last)
-            wn = block_weights(B, wpack, g0, b0 + B->cbb, &next_lines);
-        const int64_t per_tile = (next_lines + tiles - 1) / tiles;
-        int64_t line = 0;
+        if (buf)
+            pack_blocks(B, g0, g1, b0, buf);
+        /* One group over all the task's rows: its next block of pre-packed weights is fetched into
+         * L2 a slice per tile, as the block's first tile would otherwise wait on them (at batch 1
+         * the weights of a late layer come from memory). */
+        wnext_t nx = {0};
+        if (!buf && g1 - g0 == 1)
+            nx = next_weights(B, wpack, g0, b0 + B->cbb, tiles);
+        /* A set of groups: each row meets every group while its input is in L1/L2, the set's
+         * weights (at most BL_SHARED_WEIGHTS) staying in L2.  Against each group passing over all
+         * the task's rows: ResNet-50's 56x56 and 28x28 1x1 layers level to 3% faster at batch 1,
+         * the 1x1 stride-2 downsample 5-7% (AMD EPYC Zen 3, 2 threads, alternated in one process). */
         for (int64_t row = r0; row < r1; row++)
-            run_row(B, x, wb, bias, res, y, g0, row, b0, taps, mode, wn, next_lines, per_tile, &line);
+            for (int64_t g = g0; g < g1; g++) {
+                int64_t lines;
+                const float *wb =
+                    buf ? buf + (g - g0) * block_floats(B) : block_weights(B, wpack, g, b0, &lines);
+                run_row(B, x, wb, bias, res, y, g, row, b0, taps, mode, &nx);
+            }
     }
 }
 
@@ -256,68 +310,97 @@ void fc_f32_blocked_zero_border(float *y, int64_t n, int64_t c, int64_t h, int64
         zero_plane_border(y + (size_t)t * plane, h, w, b, L);
 }
 
-int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *wpack,
-                          const float *bias, const float *residual, int64_t rb, float *y, int64_t yb, int nthreads,
-                          const char **kernel) {
+/* B's sizes for d on blocked arrays with borders xb (input), yb (output), rb (residual). */
+static void plan_init(bplan_t *B, const fc_conv2d_desc *d, int64_t xb, int64_t yb, int64_t rb, int nthreads) {
     const fc_isa_config *cfg = fc_config();
-    bplan_t B = {.d = d, .kernel = cfg->blocked, .L = cfg->kvec_lanes};
-    tile_of(d, &B.P, &B.V);
-    if (!blocked_ok(d, B.L))
-        return FC_EUNSUPPORTED;
-    if (!border_covers(d, xb) || yb < 0 || rb < 0 || !x || !wpack || !y || (residual == y && rb != yb))
-        return FC_EINVAL;
-    B.inplace = residual == y;
-    const int64_t L = B.L;
-    B.cb = d->c / L;
-    B.kvecs = d->k / L;
-    B.groups = (B.kvecs + B.V - 1) / B.V;
-    B.rs = d->r * d->s;
-    B.cbb = FC_MAX(1, (B.rs == 1 ? cfg->blocked_steps_1x1 : cfg->blocked_steps) / (B.rs * L));
-    B.xb = xb, B.yb = yb, B.rb = rb;
-    B.xw = d->w + 2 * xb;
-    B.xplane = (d->h + 2 * xb) * B.xw * L;
-    B.ximg = B.cb * B.xplane;
-    B.yw = d->ow + 2 * yb;
-    B.yplane = (d->oh + 2 * yb) * B.yw * L;
-    B.yimg = B.kvecs * B.yplane;
-    B.rw = d->ow + 2 * rb;
-    B.rplane = (d->oh + 2 * rb) * B.rw * L;
-    B.rimg = B.kvecs * B.rplane;
-    B.rows = d->n * d->oh;
-    task_shape(&B, nthreads);
+    *B = (bplan_t){.d = d, .kernel = cfg->blocked, .L = cfg->kvec_lanes};
+    tile_of(d, &B->P, &B->V);
+    const int64_t L = B->L;
+    B->cb = d->c / L;
+    B->kvecs = d->k / L;
+    B->groups = (B->kvecs + B->V - 1) / B->V;
+    B->rs = d->r * d->s;
+    B->cbb = FC_MAX(1, (B->rs == 1 ? cfg->blocked_steps_1x1 : cfg->blocked_steps) / (B->rs * L));
+    B->xb = xb, B->yb = yb, B->rb = rb;
+    B->xw = d->w + 2 * xb;
+    B->xplane = (d->h + 2 * xb) * B->xw * L;
+    B->ximg = B->cb * B->xplane;
+    B->yw = d->ow + 2 * yb;
+    B->yplane = (d->oh + 2 * yb) * B->yw * L;
+    B->yimg = B->kvecs * B->yplane;
+    B->rw = d->ow + 2 * rb;
+    B->rplane = (d->oh + 2 * rb) * B->rw * L;
+    B->rimg = B->kvecs * B->rplane;
+    B->rows = d->n * d->oh;
+    task_shape(B, nthreads);
+    /* An eager call's weight buffer per thread: a block for each group of a set (run_task). */
+    B->wslice = (int64_t)(fc_slice(fc_size_mul3((size_t)B->gs, (size_t)block_floats(B), sizeof(float))) /
+                          sizeof(float));
+}
 
-    const int64_t ntaps = FC_MIN(B.cbb, B.cb) * B.rs;
+/* The convolution B plans (weights pre-packed in wpack, or B->wraw packed as the tasks go). */
+static int run_blocked(bplan_t *B, const float *x, const float *wpack, const float *bias, const float *residual,
+                       float *y, int nthreads) {
+    const fc_conv2d_desc *d = B->d;
+    const int64_t L = B->L, ntaps = FC_MIN(B->cbb, B->cb) * B->rs;
+    B->inplace = residual == y;
     int64_t *xoff = fc_alloc(fc_size_mul3((size_t)ntaps, sizeof(int64_t), 1));
     if (!xoff)
         return FC_ENOMEM;
     for (int64_t t = 0; t < ntaps; t++) {
-        const int64_t b = t / B.rs, r = t % B.rs / d->s, s = t % d->s;
-        xoff[t] = b * B.xplane + (r * d->dil_h * B.xw + s * d->dil_w) * L;
+        const int64_t b = t / B->rs, r = t % B->rs / d->s, s = t % d->s;
+        xoff[t] = b * B->xplane + (r * d->dil_h * B->xw + s * d->dil_w) * L;
     }
-    B.xoff = xoff;
-    const int64_t ntasks = B.sets * B.chunks, planes = d->n * B.kvecs;
-    const int team = (int)FC_MIN(fc_team(nthreads, d->n * d->k * d->oh * d->ow * d->c * B.rs, 1 << 16), ntasks);
+    B->xoff = xoff;
+    if (B->wraw) { /* pack_blocks' offsets: for groups of V vectors, and for the last group's */
+        const int64_t m = FC_MIN(B->cbb, B->cb) * L * B->rs;
+        int64_t *off = fc_alloc(fc_size_mul3((size_t)m, 2, sizeof(int64_t)));
+        if (!off) {
+            free(xoff);
+            return FC_ENOMEM;
+        }
+        step_offsets(m, B->rs, L, B->V, off);
+        step_offsets(m, B->rs, L, B->kvecs - (B->groups - 1) * B->V, off + m);
+        B->woff[0] = off, B->woff[1] = off + m;
+    }
+    const int64_t ntasks = B->sets * B->chunks, planes = d->n * B->kvecs;
+    const int team = (int)FC_MIN(fc_team(nthreads, d->n * d->k * d->oh * d->ow * d->c * B->rs, 1 << 16), ntasks);
     (void)team;
 
     #pragma omp parallel num_threads(team)
     {
-        if (yb > 0) {
+        if (B->yb > 0) {
             #pragma omp for schedule(static) nowait
             for (int64_t t = 0; t < planes; t++)
-                zero_plane_border(y + (size_t)t * B.yplane, d->oh, d->ow, yb, L);
+                zero_plane_border(y + (size_t)t * B->yplane, d->oh, d->ow, B->yb, L);
         }
         /* Row chunks vary fastest: consecutive tasks share their group's weights in cache. */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < ntasks; t++) {
-            const int64_t chunk = t % B.chunks, set = t / B.chunks;
-            run_task(&B, x, wpack, bias, residual, y, set * B.gs, FC_MIN(B.groups, (set + 1) * B.gs), chunk * B.rc,
-                     FC_MIN(B.rows, (chunk + 1) * B.rc));
+            const int64_t chunk = t % B->chunks, set = t / B->chunks;
+            run_task(B, x, wpack, bias, residual, y, set * B->gs, FC_MIN(B->groups, (set + 1) * B->gs),
+                     chunk * B->rc, FC_MIN(B->rows, (chunk + 1) * B->rc));
         }
     }
     free(xoff);
-    if (kernel)
-        *kernel = cfg->blocked_name;
+    free((void *)B->woff[0]);
     return FC_OK;
+}
+
+int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *wpack,
+                          const float *bias, const float *residual, int64_t rb, float *y, int64_t yb, int nthreads,
+                          const char **kernel) {
+    const fc_isa_config *cfg = fc_config();
+    if (!blocked_ok(d, cfg->kvec_lanes))
+        return FC_EUNSUPPORTED;
+    if (!border_covers(d, xb) || yb < 0 || rb < 0 || !x || !wpack || !y || (residual == y && rb != yb))
+        return FC_EINVAL;
+    bplan_t B;
+    plan_init(&B, d, xb, yb, rb, nthreads);
+    const int status = run_blocked(&B, x, wpack, bias, residual, y, nthreads);
+    if (status == FC_OK && kernel)
+        *kernel = cfg->blocked_name;
+    return status;
 }
 
 /* -- eager NCHW calls on the blocked kernel ------------------------------------------------------- */
@@ -338,10 +421,10 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
  * layers took 0.83-0.96x the time at batch 8, and at batch 1 0.83-0.87x (3x3 stride 2 at 56x56)
  * to level (128 channels at 28x28, 0.90-1.02x); 1x1 layers 0.91-1.05x at batch 1 and mostly
  * slower at batch 8 (up to 1.19x) -- two conversions of a 1x1 layer's input and output cost
- * about what its GEMM loses.  Weights that
- * change between calls (a training loop) are packed again, with a copy kept for the cache's
- * check: about 0.26 ns a weight byte, 2.4 ms for 3x3 512 -> 512 against its 2.2 ms call at
- * batch 1; the size test keeps that cost under about a tenth of the call.
+ * about what its GEMM loses.  Large weights with few output pixels (ResNet's late 3x3 layers at
+ * batch 1, the 7x7 ones at batch 8) stay with the GEMM, which reads the weights in place while
+ * the blocked kernel packs them on every call: there the two are level (3x3 512 -> 512 at 7x7,
+ * batch 1: the GEMM 0.92-1.02x the blocked kernel's time; 256 channels at 14x14 0.98-1.01x).
  * FASTCONV_F32_CONV=blocked forces it where the kernel takes d (on any table: tests); any other
  * forced mode keeps the GEMM. */
 #define EAGER_BLOCKED_SMALL_WEIGHTS (1 << 20) /* bytes */
@@ -358,14 +441,21 @@ int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
            (wbytes <= EAGER_BLOCKED_SMALL_WEIGHTS || (double)d->n * d->oh * d->ow >= EAGER_BLOCKED_MANY_PIXELS);
 }
 
-/* Scratch bytes of fc_f32_conv2d_nchw_blocked: the blocked input (with its border) and output. */
-int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d) {
+/* Scratch bytes of fc_f32_conv2d_nchw_blocked on nthreads threads: the blocked input (with its
+ * border) and output, then each thread's weight buffer (plan_init), whole cache lines apart. */
+int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d, int nthreads) {
+    if (!blocked_ok(d, fc_config()->kvec_lanes))
+        return -1;
     const int64_t b = needed_border(d);
+    bplan_t B;
+    plan_init(&B, d, b, 0, 0, nthreads);
     const size_t in = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->c, (size_t)(d->h + 2 * b)),
                                    (size_t)(d->w + 2 * b), 1);
     const size_t out = fc_size_mul3(fc_size_mul3((size_t)d->n, (size_t)d->k, (size_t)d->oh), (size_t)d->ow, 1);
-    size_t total;
-    if (fc_size_add(in, out, &total) || total > (size_t)INT64_MAX / sizeof(float))
+    const size_t wbufs = fc_size_mul3((size_t)FC_MAX(1, nthreads), (size_t)B.wslice, 1);
+    size_t total, acts;
+    if (fc_size_add(in, out, &acts) || fc_size_add(acts, wbufs, &total) || fc_size_add(total, 32, &total) ||
+        total > (size_t)INT64_MAX / sizeof(float))
         return -1;
     return (int64_t)(total * sizeof(float));
 }
@@ -374,26 +464,35 @@ int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d) {
  * (with the border its padding needs), the residual (if any) into the blocked output, which the
  * kernel then overwrites in place, and the output converted back.  What the GEMM pays on every
  * layer in gathered panels or discarded columns, this pays in two or three conversions at about
- * memory speed; which wins is fc_f32_eager_blocked_wanted's rule.  wpack: fc_f32_blocked_weights
- * (the caller caches it per weight); scratch: the caller's workspace of scratch_bytes, at least
- * fc_f32_eager_blocked_scratch(d) (kept by the caller between calls: allocated and freed per call
- * it cost 2-12% of three 3x3 layers' time at batch 1). */
-int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *wpack, const float *bias,
+ * memory speed; which wins is fc_f32_eager_blocked_wanted's rule.  The (k, c, r, s) weights are
+ * packed as the tasks go, a reduction block at a time into each thread's buffer (pack_blocks), so
+ * nothing is cached and weights that change from call to call (a training loop) cost no more
+ * than weights that stay.  (A cache of packed weights had to compare the weights with a copy on
+ * every call, 0.5 ms of a 2.3 ms call for 3x3 512 -> 512 at batch 1, and to pack them again and
+ * copy them when they changed.)  scratch: the caller's
+ * workspace of scratch_bytes, at least fc_f32_eager_blocked_scratch(d, nthreads) (kept by the
+ * caller between calls: allocated and freed per call it cost 2-12% of three 3x3 layers' time at
+ * batch 1). */
+int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *weight, const float *bias,
                                const float *residual, float *y, void *scratch, int64_t scratch_bytes, int nthreads,
                                const char **kernel) {
-    const int64_t L = fc_config()->kvec_lanes;
-    if (!blocked_ok(d, L))
+    if (!blocked_ok(d, fc_config()->kvec_lanes))
         return FC_EUNSUPPORTED;
-    const int64_t b = needed_border(d), bytes = fc_f32_eager_blocked_scratch(d);
-    if (bytes < 0 || !scratch || scratch_bytes < bytes)
+    const int64_t b = needed_border(d), bytes = fc_f32_eager_blocked_scratch(d, nthreads);
+    if (bytes < 0 || !scratch || scratch_bytes < bytes || !x || !weight || !y)
         return FC_EINVAL;
+    bplan_t B;
+    plan_init(&B, d, b, 0, 0, nthreads);
     const size_t xfloats = (size_t)d->n * d->c * (d->h + 2 * b) * (d->w + 2 * b);
+    const size_t yfloats = (size_t)d->n * d->k * d->oh * d->ow;
     float *xb = (float *)scratch, *yb = xb + xfloats;
+    B.wraw = weight;
+    B.wbuf = xb + (xfloats + yfloats + 31) / 32 * 32; /* 128 bytes past a multiple of scratch's alignment */
     int status = fc_f32_to_blocked(d->n, d->c, d->h, d->w, x, b, xb, nthreads);
     if (status == FC_OK && residual)
         status = fc_f32_to_blocked(d->n, d->k, d->oh, d->ow, residual, 0, yb, nthreads);
     if (status == FC_OK)
-        status = fc_f32_conv2d_blocked(d, xb, b, wpack, bias, residual ? yb : NULL, 0, yb, 0, nthreads, NULL);
+        status = run_blocked(&B, xb, NULL, bias, residual ? yb : NULL, yb, nthreads);
     if (status == FC_OK)
         status = fc_f32_from_blocked(d->n, d->k, d->oh, d->ow, yb, 0, y, nthreads);
     if (status == FC_OK && kernel)

@@ -106,13 +106,13 @@ int fc_f32_conv2d_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, c
                           const char **kernel);
 
 /* An eager NCHW call on the blocked kernel: x converted to the blocked layout, the kernel with
- * weights from fc_f32_blocked_weights, y converted back (residual NCHW, like y), in the caller's
- * scratch of at least fc_f32_eager_blocked_scratch(d) bytes (-1: too large; FC_EINVAL when
- * scratch_bytes is less).  fc_f32_eager_blocked_wanted: whether "auto" runs d this way on this
- * instruction set (0 or 1). */
+ * the (k, c, r, s) weights packed as it goes, y converted back (residual NCHW, like y), in the
+ * caller's scratch of at least fc_f32_eager_blocked_scratch(d, nthreads) bytes (-1: too large or
+ * not for this kernel; FC_EINVAL when scratch_bytes is less).  fc_f32_eager_blocked_wanted:
+ * whether "auto" runs d this way on this instruction set (0 or 1). */
 int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d);
-int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d);
-int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *wpack, const float *bias,
+int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d, int nthreads);
+int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *weight, const float *bias,
                                const float *residual, float *y, void *scratch, int64_t scratch_bytes, int nthreads,
                                const char **kernel);
 

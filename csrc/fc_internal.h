@@ -220,6 +220,9 @@ typedef void (*fc_kvec_fn)(int64_t np, int64_t nv, int64_t steps, const float *x
 
 /* dst[p * lanes + l] = l < rows ? w[l * ldw + p] : 0, p < steps: weight rows into channel vectors. */
 typedef void (*fc_kvec_pack_fn)(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
+/* dst[off[p] + l] = w[l * ldw + p], l < lanes, p < steps: whole vectors of weight rows into lanes,
+ * each step's vector stored where off says (the blocked kernel's weights, conv_blocked_f32.c). */
+typedef void (*fc_kvec_pack_to_fn)(const float *w, int64_t ldw, int64_t steps, const int64_t *off, float *dst);
 
 /* The same tile on channel-blocked activations (conv_blocked_f32.c, conv_blocked_ukernel_impl.h):
  * over taps t and their lanes channels c, pixel i reads x[xoff[t] + i * xpix + c]; the sums of
@@ -258,6 +261,7 @@ typedef struct fc_isa_config {
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
     int kvec_p, kvec_v, kvec_lanes; /* its tile: pixels x vectors of lanes channels */
     fc_kvec_pack_fn kvec_pack; /* NULL: the portable loop */
+    fc_kvec_pack_to_fn kvec_pack_to; /* NULL: the portable loop */
     int kvec_auto_pixels;      /* "auto" takes kvec up to this many output pixels per plane (0: never) */
     const char *kvec_name;     /* e.g. "conv2d f32 kvec 7x4x16 avx512" */
     fc_blocked_fn blocked;     /* the channel-vector tile on blocked activations (compiled plans) */
@@ -299,6 +303,7 @@ void fc_f32_tile_store_avx2(const float *c, int64_t ldc, int64_t rows, int64_t l
                             const float *res, float *out, int64_t ldo, int relu);
 void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
 void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst);
+void fc_f32_kvec_pack_to_avx2(const float *w, int64_t ldw, int64_t steps, const int64_t *off, float *dst);
 void fc_f32_gemm_store_avx2(int prefetch_b, int apacked, int64_t kc, const float *a, int64_t lda, const float *b,
                             const int64_t *boff, const float *c, int accumulate, float *out, int64_t ldo,
                             const float *bias, const float *res, int relu);

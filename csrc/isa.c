@@ -81,6 +81,7 @@ static const fc_isa_config CONFIG_AVX2 = {
     .direct_name = "conv2d f32 direct avx2",
     .kvec = fc_f32_kvec_4x3_avx2, .kvec_p = 4, .kvec_v = 3, .kvec_lanes = 8,
     .kvec_pack = fc_f32_kvec_pack_avx2,
+    .kvec_pack_to = fc_f32_kvec_pack_to_avx2,
     .kvec_name = "conv2d f32 kvec 4x24 avx2",
     .blocked = fc_f32_blocked_4x3_avx2, .blocked_tiles = {{4, 3}, {4, 3}},
     /* 256 x 3 vectors x 32 bytes = 24 KB, the bytes AVX-512 keeps: 128 steps ran 0.6-6% slower

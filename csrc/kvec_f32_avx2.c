@@ -107,6 +107,21 @@ __attribute__((target("avx2,fma"))) void fc_f32_kvec_pack_avx2(const float *w, i
     pack_rows(w, ldw, rows, steps, dst, 8);
 }
 
+/* fc_kvec_pack_to_fn, 8 lanes: eight steps a transpose, each vector stored where off says. */
+__attribute__((target("avx2,fma"))) void fc_f32_kvec_pack_to_avx2(const float *w, int64_t ldw, int64_t steps,
+                                                                  const int64_t *off, float *dst) {
+    int64_t p = 0;
+    for (; p + 8 <= steps; p += 8) {
+        __m256 t[8];
+        transpose8(w, ldw, 8, p, t);
+        for (int q = 0; q < 8; q++)
+            _mm256_storeu_ps(dst + off[p + q], t[q]);
+    }
+    for (; p < steps; p++)
+        for (int l = 0; l < 8; l++)
+            dst[off[p] + l] = w[l * ldw + p];
+}
+
 /* A block of weight rows into the order the GEMM's packed kernels read: 6 lanes (its mr). */
 __attribute__((target("avx2,fma"))) void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows,
                                                                 int64_t steps, float *dst) {
@@ -118,6 +133,9 @@ void fc_f32_kvec_pack_avx2(const float *w, int64_t ldw, int64_t rows, int64_t st
 }
 void fc_f32_gemm_pack6_avx2(const float *w, int64_t ldw, int64_t rows, int64_t steps, float *dst) {
     (void)w, (void)ldw, (void)rows, (void)steps, (void)dst;
+}
+void fc_f32_kvec_pack_to_avx2(const float *w, int64_t ldw, int64_t steps, const int64_t *off, float *dst) {
+    (void)w, (void)ldw, (void)steps, (void)off, (void)dst;
 }
 void fc_f32_kvec_4x3_avx2(int64_t np, int64_t nv, int64_t steps, const float *x, const int64_t *xoff,
                           const float *w, int64_t wstride, float *acc, int64_t ldacc, int accumulate) {

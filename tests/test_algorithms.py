@@ -206,10 +206,10 @@ def test_winograd_error_bound_against_float64(shape):
     assert np.abs(err).max() <= WINOGRAD_MAX_BOUND * np.abs(ref).max()
 
 
-#: Prepared weights cached per weight: Winograd's filter transforms, and the blocked kernel's
-#: packing for eager calls that run on it (FASTCONV_F32_CONV=blocked forces that route).
+#: Winograd's filter transforms are cached per weight; the blocked kernel's eager route packs its
+#: weights as it goes and caches nothing (FASTCONV_F32_CONV=blocked forces that route).
 @pytest.mark.parametrize("route", ["winograd", "blocked"])
-def test_prepared_weight_cache_follows_the_weight_contents(route, monkeypatch):
+def test_eager_weights_follow_the_weight_contents(route, monkeypatch):
     _needs_c()
     cbackend.clear_weight_cache()
     algorithm = "winograd" if route == "winograd" else "auto"
@@ -224,17 +224,13 @@ def test_prepared_weight_cache_follows_the_weight_contents(route, monkeypatch):
 
     y1 = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="c")
     np.testing.assert_allclose(y1, ref(), rtol=1e-4, atol=1e-4)
-    assert [key[0] for key in cbackend._WEIGHT_CACHE] == [route]
+    assert len(cbackend._WEIGHT_CACHE) == (route == "winograd")
     w *= -2  # changed in place, same address: must not reuse the old preparation
     y2 = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, backend="c")
     np.testing.assert_allclose(y2, ref(), rtol=1e-4, atol=1e-4)
-    assert len(cbackend._WEIGHT_CACHE) == 1
-    if route == "blocked":  # the packing follows the tile the output width picks: one per width
-        x12 = rng.standard_normal((1, 8, 9, 12), dtype=np.float32)
-        y3 = fastconv.conv2d(x12, w, padding=1, backend="c")
-        ref3 = torch.nn.functional.conv2d(torch.from_numpy(x12), torch.from_numpy(w), padding=1).numpy()
-        np.testing.assert_allclose(y3, ref3, rtol=1e-4, atol=1e-4)
-        assert sorted(key[1] for key in cbackend._WEIGHT_CACHE) == [9, 12]
+    assert len(cbackend._WEIGHT_CACHE) == (route == "winograd")
+    if route == "blocked":
+        return
     # Bounded: many weights never hold more than the byte budget (one entry at least).
     budget = cbackend._WEIGHT_CACHE_BYTES
     try:

@@ -119,6 +119,9 @@ def _cases(lanes: int) -> list[Case]:
         ),
         Case("conv2d", "blocked-nopad", (2, L, 5, 6), (L, L, 3, 3), {}, bias=True),
         Case("conv2d", "blocked-nan", (1, L, 5, 5), (2 * L, L, 3, 3), {"padding": 1, **relu}, special="nan"),
+        # Weights over the 640 KB a set of groups shares (tasks of one group each), a partial last
+        # group of output vectors and a partial last reduction block.
+        Case("conv2d", "blocked-wide", (1, 17 * L, 5, 5), (17 * L, 17 * L, 3, 3), {"padding": 1, **relu}, True, True),
     ]
 
 
@@ -156,6 +159,30 @@ def test_blocked_kernel_with_wider_borders_than_needed():
     for extra in [(1, 0, 0), (0, 2, 0), (0, 0, 3), (2, 1, 1)]:
         actual, expected = run_blocked(case, extra=extra)
         assert_close(actual, expected, case, f"borders +{extra}")
+
+
+def _eager_blocked(case: Case, seed: int = 0) -> np.ndarray:
+    """fastconv.conv2d on ``case`` with the inputs run_blocked uses, on the eager blocked route."""
+    import fastconv
+
+    inputs = make_inputs(case, seed)
+    residual = None
+    if case.residual:
+        shape = _problem(case, case.bias, case.kwargs.get("activation")).output_shape
+        residual = np.random.default_rng(seed + 1).standard_normal(shape).astype(np.float32)
+    return fastconv.conv2d(inputs["x"], inputs["w"], inputs.get("b"), residual=residual, backend="c", **case.kwargs)
+
+
+def test_eager_blocked_calls_give_the_plans_bits(monkeypatch):
+    """An eager call packs its weights a block at a time as its tasks go; a plan's step reads them
+    packed once.  The packing only moves the weights, so both give the same bits, on any thread
+    count (each thread packs into its own part of the workspace).  (The eager route writes the
+    output over the residual, whose sums start from it, as a plan's in-place step does.)"""
+    monkeypatch.setenv("FASTCONV_F32_CONV", "blocked")
+    for case in _cases(_lanes()):
+        planned = run_blocked(case, in_place=case.residual)[0]
+        assert_same_bits_on_thread_counts(lambda case=case: _eager_blocked(case))
+        np.testing.assert_array_equal(_eager_blocked(case), planned, err_msg=case.id)
 
 
 @settings(max_examples=40, deadline=None)
@@ -411,7 +438,8 @@ def test_what_the_blocked_kernel_refuses():
 
 def test_the_eager_blocked_route_refuses_a_short_workspace():
     """fc_f32_conv2d_nchw_blocked writes only into the workspace it is given: one byte short of
-    fc_f32_eager_blocked_scratch, or none, is refused before anything is written."""
+    fc_f32_eager_blocked_scratch (for the call's thread count), or none, is refused before
+    anything is written."""
     from fastconv import _ckernels
 
     L = _lanes()
@@ -419,12 +447,15 @@ def test_the_eager_blocked_route_refuses_a_short_workspace():
     p = Conv2dProblem(1, L, 5, 5, L, 3, 3, padding=(1, 1, 1, 1))
     call = cbackend._Call("float32")
     d = cbackend._descriptor(p)
-    need = lib.fc_f32_eager_blocked_scratch(d)
-    assert need == 4 * (L * 7 * 7 + L * 5 * 5)  # the input with a 1-pixel border, the output
+    need = lib.fc_f32_eager_blocked_scratch(d, 1)
+    # the input with a 1-pixel border, the output, and the thread's packed weights (a second
+    # thread packs its own)
+    assert need >= 4 * (L * 7 * 7 + L * 5 * 5 + L * L * 9)
+    assert lib.fc_f32_eager_blocked_scratch(d, 2) >= need + 4 * L * L * 9
     x, y = np.ones(p.input_shape, np.float32), np.full(p.output_shape, 7.0, np.float32)
-    wp = cbackend.blocked_weights(p, np.ones((L, L, 3, 3), np.float32))
+    w = np.ones((L, L, 3, 3), np.float32)
     ws = np.zeros(need, np.uint8)
-    args = (d, call.ptr(x, x.size), call.ptr(wp, wp.size), ffi.NULL, ffi.NULL, call.ptr(y, y.size, writable=True))
+    args = (d, call.ptr(x, x.size), call.ptr(w, w.size), ffi.NULL, ffi.NULL, call.ptr(y, y.size, writable=True))
     for scratch, size in ((ffi.from_buffer(ws), need - 1), (ffi.NULL, need)):
         assert lib.fc_f32_conv2d_nchw_blocked(*args, scratch, size, 1, ffi.NULL) == lib.FC_EINVAL
     assert (y == 7.0).all() and not ws.any()

@@ -69,7 +69,7 @@ def conv2d_bytes(p, nthreads: int) -> int:
     from . import c
 
     if c.eager_blocked(p):  # the blocked kernel, input and output converted at the call
-        return c.eager_blocked_scratch(p)
+        return c.eager_blocked_scratch(p, nthreads)
     item = _item(p)
     (sh, sw), (dh, dw), pt, pl = p.stride, p.dilation, p.padding[0], p.padding[2]
     if p.groups == p.c and p.groups > 1:  # depthwise: one padded plane per thread

@@ -270,15 +270,12 @@ class ConvCall:
                 self.desc, xp, self.fixed[0], self.gemm[1], self.gemm[0], self.fixed[1], *tail
             )
         elif p.algorithm == "auto" and p.dtype == "float32" and lib.fc_f32_eager_blocked_wanted(self.desc):
-            # Input and output converted to and from the blocked layout around the blocked kernel
-            # (fc_f32_conv2d_nchw_blocked); its weights packed once per weight, cached.
-            # The packing follows the kernel's tile, which the output width picks (fc_f32_blocked_weights).
-            wp = _prepared_weights("blocked", p, self.weight, blocked_weights, variant=p.ow)
-            ws = _workspace(lib.fc_f32_eager_blocked_scratch(self.desc))
+            # Input and output converted to and from the blocked layout around the blocked kernel,
+            # which packs the weights as it goes (fc_f32_conv2d_nchw_blocked).
+            ws = _workspace(lib.fc_f32_eager_blocked_scratch(self.desc, nthreads))
             status = lib.fc_f32_conv2d_nchw_blocked(
-                self.desc, xp, call.ptr(wp, wp.size), self.fixed[1], tail[0], tail[1],
-                call.ffi.from_buffer(ws), ws.nbytes, nthreads, self.kernel,
-            )  # fmt: skip
+                self.desc, xp, *self.fixed, tail[0], tail[1], call.ffi.from_buffer(ws), ws.nbytes, nthreads, self.kernel
+            )
         elif p.algorithm == "winograd":
             if self.winograd is not None:
                 u = self.winograd[0]
@@ -528,21 +525,19 @@ class BlockedConvCall:
         return self.y
 
 
-# -- prepared weights (Winograd filter transforms, blocked packings), cached per weight -------------
+# -- Winograd filter transforms, cached per weight ------------------------------------------------
 
-#: The prepared weights of recently used eager calls: (kind, variant, address, shape) -> (copy of
-#: the weight, prepared array); kind "winograd" (winograd_transform) or "blocked" (blocked_weights,
-#: for eager calls on the blocked kernel; its variant the output width, which picks the tile the
-#: packing is made for).  A hit is checked against the copy byte for byte, so
-#: weights changed in place (a training step) or a new array at a reused address are prepared
-#: afresh.  Bounded in bytes.
+#: The filter transforms of recently used eager Winograd calls: (address, shape) -> (copy of the
+#: weight, transform).  A hit is checked against the copy byte for byte, so weights changed in
+#: place (a training step) or a new array at a reused address are transformed afresh.  Bounded in
+#: bytes.  (The blocked kernel's eager calls pack their weights as they go and cache nothing.)
 _WEIGHT_CACHE: OrderedDict = OrderedDict()
 _WEIGHT_CACHE_BYTES = 256 << 20
 _weight_lock = threading.Lock()
 
 
-def _prepared_weights(kind: str, p, weight: np.ndarray, make, variant=None) -> np.ndarray:
-    key = (kind, variant, weight.__array_interface__["data"][0], weight.shape)
+def _prepared_weights(p, weight: np.ndarray, make) -> np.ndarray:
+    key = (weight.__array_interface__["data"][0], weight.shape)
     ffi = _ckernels.ffi
     with _weight_lock:
         hit = _WEIGHT_CACHE.get(key)
@@ -565,7 +560,7 @@ def _prepared_weights(kind: str, p, weight: np.ndarray, make, variant=None) -> n
 
 
 def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
-    return _prepared_weights("winograd", p, weight, winograd_transform)
+    return _prepared_weights(p, weight, winograd_transform)
 
 
 def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
@@ -585,7 +580,7 @@ def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
 
 
 #: Each calling thread's workspace for eager calls on the blocked kernel (their blocked input and
-#: output), kept from call to call up to _WORKSPACE_KEEP bytes, as cuDNN's callers keep theirs.
+#: output, the threads' packed weights), kept from call to call up to _WORKSPACE_KEEP bytes, as cuDNN's callers keep theirs.
 _workspaces = threading.local()
 _WORKSPACE_KEEP = 64 << 20
 
@@ -607,7 +602,7 @@ def _workspace(nbytes: int) -> np.ndarray:
 
 
 def clear_weight_cache() -> None:
-    """Forget every cached Winograd filter transform and blocked packing."""
+    """Forget every cached Winograd filter transform."""
     with _weight_lock:
         _WEIGHT_CACHE.clear()
 
@@ -622,13 +617,13 @@ def eager_blocked(p) -> bool:
     return bool(_ckernels.lib.fc_f32_eager_blocked_wanted(_descriptor(p)))
 
 
-def eager_blocked_scratch(p) -> int:
-    """Bytes an eager call on the blocked kernel allocates: its blocked input and output, and the
-    packed weights (made once, cached)."""
-    scratch = int(_ckernels.lib.fc_f32_eager_blocked_scratch(_descriptor(p)))
+def eager_blocked_scratch(p, nthreads: int) -> int:
+    """Bytes an eager call on the blocked kernel allocates on ``nthreads`` threads: its blocked
+    input and output, and each thread's buffer of packed weights."""
+    scratch = int(_ckernels.lib.fc_f32_eager_blocked_scratch(_descriptor(p), nthreads))
     if scratch < 0:  # past what size_t holds: more than any machine has
         return sys.maxsize
-    return scratch + p.k * p.c * p.r * p.s * 4
+    return scratch
 
 
 def _pool_desc(call, p):
