@@ -102,8 +102,22 @@ static void step_offsets(int64_t m, int64_t rs, int64_t L, int64_t nv, int64_t *
     }
 }
 
+/* L floats, one vector: a copy of known size, which the compiler makes register moves. */
+static inline void copy_vector(float *dst, const float *src, int64_t L) {
+    if (L == 8)
+        memcpy(dst, src, 8 * sizeof(float));
+    else if (L == 16)
+        memcpy(dst, src, 16 * sizeof(float));
+    else
+        memcpy(dst, src, (size_t)L * sizeof(float));
+}
+
 /* Steps [p0, p1) of one output vector's L rows of w (src, ld apart) turned into lanes, step p's
- * vector stored at dst + off[p]: the table's register transpose where it has one. */
+ * vector stored at dst + off[p]: the table's transposing store where it has one (3x3 512 -> 512
+ * at 7x7 on one thread, AVX2: 0.89-0.93x the time of the fallback), else PACK_STEPS steps at a
+ * time through its register transpose (interleave) into a small buffer, then each vector to its
+ * place.  (Element by element this took 1.4 ms for a 2 MB weight.) */
+#define PACK_STEPS 64
 static void pack_steps(const float *src, int64_t ld, int64_t L, int64_t p0, int64_t p1, const int64_t *off,
                        float *dst) {
     const fc_kvec_pack_to_fn pack = fc_config()->kvec_pack_to;
@@ -111,9 +125,13 @@ static void pack_steps(const float *src, int64_t ld, int64_t L, int64_t p0, int6
         pack(src + p0, ld, p1 - p0, off + p0, dst);
         return;
     }
-    for (int64_t l = 0; l < L; l++)
-        for (int64_t p = p0; p < p1; p++)
-            dst[off[p] + l] = src[l * ld + p];
+    float tmp[PACK_STEPS * 16]; /* L <= 16 */
+    for (int64_t p = p0; p < p1; p += PACK_STEPS) {
+        const int64_t n = FC_MIN(PACK_STEPS, p1 - p);
+        interleave(src + p, ld, L, n, L, tmp); /* tmp[q * L + l] = src[l * ld + p + q] */
+        for (int64_t q = 0; q < n; q++)
+            copy_vector(dst + off[p + q], tmp + q * L, L);
+    }
 }
 
 int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) {
