@@ -432,21 +432,18 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
 }
 
 /* Whether "auto" runs an eager NCHW call on the blocked kernel (fc_f32_conv2d_nchw_blocked): where
- * the table says so (eager_blocked), the kernel takes d, the filter has taps (r x s > 1), and the
- * weights are small or the call's work large (EAGER_BLOCKED_*) -- the rule measured on the
- * table's CPU.  Alternated in one process against the GEMM (AMD EPYC Zen 3, AVX2, 2 threads,
- * ResNet-50's layers, conversions, workspace and the weights' cache check included): the 3x3
- * layers took 0.83-0.96x the time at batch 8, and at batch 1 0.83-0.87x (3x3 stride 2 at 56x56)
- * to level (128 channels at 28x28, 0.90-1.02x); 1x1 layers 0.91-1.05x at batch 1 and mostly
- * slower at batch 8 (up to 1.19x) -- two conversions of a 1x1 layer's input and output cost
- * about what its GEMM loses.  Large weights with few output pixels (ResNet's late 3x3 layers at
- * batch 1, the 7x7 ones at batch 8) stay with the GEMM, which reads the weights in place while
- * the blocked kernel packs them on every call: there the two are level (3x3 512 -> 512 at 7x7,
- * batch 1: the GEMM 0.92-1.02x the blocked kernel's time; 256 channels at 14x14 0.98-1.01x).
- * FASTCONV_F32_CONV=blocked forces it where the kernel takes d (on any table: tests); any other
- * forced mode keeps the GEMM. */
-#define EAGER_BLOCKED_SMALL_WEIGHTS (1 << 20) /* bytes */
-#define EAGER_BLOCKED_MANY_PIXELS 1024        /* output pixels of the call, n x oh x ow */
+ * the table says so (eager_blocked), the kernel takes d and the filter has taps (r x s > 1) -- the
+ * rule measured on the table's CPU.  Alternated in one process against the GEMM (AMD EPYC Zen 3,
+ * AVX2, 2 threads, ResNet-50's layers, conversions and workspace included): the 3x3 layers took
+ * 0.83-0.96x the time at batch 8, and at batch 1 0.83-0.87x (3x3 stride 2 at 56x56) to level
+ * (128 channels at 28x28, 0.90-1.02x); since the weights are packed as the tasks go, also those
+ * with large weights and few output pixels, which the GEMM kept while a cached packing had to be
+ * checked against the weights on every call: 3x3 512 -> 512 at 7x7 0.91-0.92x at batch 1 and
+ * 0.94-0.96x at batch 8, stride 2 at 14x14 0.86-0.87x and 0.86-0.92x, 256 channels at 14x14
+ * 0.90-0.92x and stride 2 at 28x28 0.93-0.97x at batch 1 (three runs).  1x1 layers took 0.91-1.05x
+ * at batch 1 and mostly longer at batch 8 (up to 1.19x): two conversions of a 1x1 layer's input
+ * and output cost about what its GEMM loses.  FASTCONV_F32_CONV=blocked forces it where the
+ * kernel takes d (on any table: tests); any other forced mode keeps the GEMM. */
 int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
     const fc_isa_config *cfg = fc_config();
     if (!blocked_ok(d, cfg->kvec_lanes))
@@ -454,9 +451,7 @@ int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
     const char *force = getenv("FASTCONV_F32_CONV");
     if (force && *force)
         return !strcmp(force, "blocked");
-    const double wbytes = 4.0 * (double)d->k * (double)d->c * (double)(d->r * d->s);
-    return cfg->eager_blocked && d->r * d->s > 1 &&
-           (wbytes <= EAGER_BLOCKED_SMALL_WEIGHTS || (double)d->n * d->oh * d->ow >= EAGER_BLOCKED_MANY_PIXELS);
+    return cfg->eager_blocked && d->r * d->s > 1;
 }
 
 /* Scratch bytes of fc_f32_conv2d_nchw_blocked on nthreads threads: the blocked input (with its
