@@ -114,7 +114,7 @@ static inline void copy_vector(float *dst, const float *src, int64_t L) {
 
 /* Steps [p0, p1) of one output vector's L rows of w (src, ld apart) turned into lanes, step p's
  * vector stored at dst + off[p]: the table's transposing store where it has one (3x3 512 -> 512
- * at 7x7 on one thread, AVX2: 0.89-0.93x the time of the fallback), else PACK_STEPS steps at a
+ * at 7x7 on one thread, AVX2: 0.85-0.94x the time of the fallback), else PACK_STEPS steps at a
  * time through its register transpose (interleave) into a small buffer, then each vector to its
  * place.  (Element by element this took 1.4 ms for a 2 MB weight.) */
 #define PACK_STEPS 64
@@ -440,7 +440,7 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
  * with large weights and few output pixels, which the GEMM kept while a cached packing had to be
  * checked against the weights on every call: 3x3 512 -> 512 at 7x7 0.91-0.92x at batch 1 and
  * 0.94-0.96x at batch 8, stride 2 at 14x14 0.86-0.87x and 0.86-0.92x, 256 channels at 14x14
- * 0.90-0.92x and stride 2 at 28x28 0.93-0.97x at batch 1 (three runs).  1x1 layers took 0.91-1.05x
+ * 0.90-0.92x and stride 2 at 28x28 0.92-0.97x at batch 1 (three runs).  1x1 layers took 0.91-1.05x
  * at batch 1 and mostly longer at batch 8 (up to 1.19x): two conversions of a 1x1 layer's input
  * and output cost about what its GEMM loses.  FASTCONV_F32_CONV=blocked forces it where the
  * kernel takes d (on any table: tests); any other forced mode keeps the GEMM. */
