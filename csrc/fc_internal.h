@@ -261,7 +261,7 @@ typedef struct fc_isa_config {
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
     int kvec_p, kvec_v, kvec_lanes; /* its tile: pixels x vectors of lanes channels */
     fc_kvec_pack_fn kvec_pack; /* NULL: the portable loop */
-    fc_kvec_pack_to_fn kvec_pack_to; /* NULL: the portable loop */
+    fc_kvec_pack_to_fn kvec_pack_to; /* NULL: kvec_pack through a small buffer */
     int kvec_auto_pixels;      /* "auto" takes kvec up to this many output pixels per plane (0: never) */
     const char *kvec_name;     /* e.g. "conv2d f32 kvec 7x4x16 avx512" */
     fc_blocked_fn blocked;     /* the channel-vector tile on blocked activations (compiled plans) */

@@ -580,7 +580,8 @@ def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
 
 
 #: Each calling thread's workspace for eager calls on the blocked kernel (their blocked input and
-#: output, the threads' packed weights), kept from call to call up to _WORKSPACE_KEEP bytes, as cuDNN's callers keep theirs.
+#: output, each OpenMP thread's packed weights), kept from call to call up to _WORKSPACE_KEEP
+#: bytes, as cuDNN's callers keep theirs.
 _workspaces = threading.local()
 _WORKSPACE_KEEP = 64 << 20
 
