@@ -134,29 +134,6 @@ static void pack_steps(const float *src, int64_t ld, int64_t L, int64_t p0, int6
     }
 }
 
-int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) {
-    const int64_t L = fc_config()->kvec_lanes;
-    int64_t P, V;
-    tile_of(d, &P, &V);
-    if (fc_f32_blocked_weights_size(d) < 0)
-        return FC_EUNSUPPORTED;
-    const int64_t crs = d->c * d->r * d->s, kvecs = d->k / L, last = kvecs - (kvecs - 1) / V * V;
-    int64_t *off = fc_alloc(fc_size_mul3((size_t)crs, 2, sizeof(int64_t)));
-    if (!off)
-        return FC_ENOMEM;
-    step_offsets(crs, d->r * d->s, L, V, off);
-    step_offsets(crs, d->r * d->s, L, last, off + crs);
-    /* A group of V output vectors at a time (the last may have fewer), all its channels as one run. */
-    for (int64_t g = 0; g * V < kvecs; g++) {
-        const int64_t nv = FC_MIN(V, kvecs - g * V);
-        for (int64_t j = 0; j < nv; j++)
-            pack_steps(w + (size_t)(g * V + j) * L * crs, crs, L, 0, crs, nv == V ? off : off + crs,
-                       out + (size_t)g * V * L * crs + j * L);
-    }
-    free(off);
-    return FC_OK;
-}
-
 /* A task is a set of gs groups of output channels over a chunk of rc output rows; its loops
  * (run_task) go reduction block, then row and group (a set) or row (a single group).
  * Where the weights are small (BL_SHARED_WEIGHTS) the set is every group: a block of the chunk's
@@ -226,6 +203,19 @@ static void pack_blocks(const bplan_t *B, int64_t g0, int64_t g1, int64_t b0, fl
             pack_steps(B->wraw + (size_t)(g * B->V + j) * L * crs + b0 * L * B->rs, crs, L, 0, m,
                        B->woff[nv == B->V ? 0 : 1], dst + (g - g0) * block_floats(B) + j * L);
     }
+}
+
+/* pack_blocks' offsets (step_offsets), for groups of V vectors and for the last group's; freed
+ * with free(B->woff[0]). */
+static int weight_offsets(bplan_t *B) {
+    const int64_t m = FC_MIN(B->cbb, B->cb) * B->L * B->rs;
+    int64_t *off = fc_alloc(fc_size_mul3((size_t)m, 2, sizeof(int64_t)));
+    if (!off)
+        return FC_ENOMEM;
+    step_offsets(m, B->rs, B->L, B->V, off);
+    step_offsets(m, B->rs, B->L, B->kvecs - (B->groups - 1) * B->V, off + m);
+    B->woff[0] = off, B->woff[1] = off + m;
+    return FC_OK;
 }
 
 /* One output row of group g through reduction block b0: its tiles, left to right, and before each
@@ -356,6 +346,21 @@ static void plan_init(bplan_t *B, const fc_conv2d_desc *d, int64_t xb, int64_t y
                           sizeof(float));
 }
 
+/* A plan's weights, packed once: every group as one reduction block of all channels. */
+int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) {
+    if (fc_f32_blocked_weights_size(d) < 0)
+        return FC_EUNSUPPORTED;
+    bplan_t B;
+    plan_init(&B, d, 0, 0, 0, 1);
+    B.cbb = B.cb;
+    B.wraw = w;
+    if (weight_offsets(&B) != FC_OK)
+        return FC_ENOMEM;
+    pack_blocks(&B, 0, B.groups, 0, out);
+    free((void *)B.woff[0]);
+    return FC_OK;
+}
+
 /* The convolution B plans (weights pre-packed in wpack, or B->wraw packed as the tasks go). */
 static int run_blocked(bplan_t *B, const float *x, const float *wpack, const float *bias, const float *residual,
                        float *y, int nthreads) {
@@ -370,16 +375,9 @@ static int run_blocked(bplan_t *B, const float *x, const float *wpack, const flo
         xoff[t] = b * B->xplane + (r * d->dil_h * B->xw + s * d->dil_w) * L;
     }
     B->xoff = xoff;
-    if (B->wraw) { /* pack_blocks' offsets: for groups of V vectors, and for the last group's */
-        const int64_t m = FC_MIN(B->cbb, B->cb) * L * B->rs;
-        int64_t *off = fc_alloc(fc_size_mul3((size_t)m, 2, sizeof(int64_t)));
-        if (!off) {
-            free(xoff);
-            return FC_ENOMEM;
-        }
-        step_offsets(m, B->rs, L, B->V, off);
-        step_offsets(m, B->rs, L, B->kvecs - (B->groups - 1) * B->V, off + m);
-        B->woff[0] = off, B->woff[1] = off + m;
+    if (B->wraw && weight_offsets(B) != FC_OK) {
+        free(xoff);
+        return FC_ENOMEM;
     }
     const int64_t ntasks = B->sets * B->chunks, planes = d->n * B->kvecs;
     const int team = (int)FC_MIN(fc_team(nthreads, d->n * d->k * d->oh * d->ow * d->c * B->rs, 1 << 16), ntasks);
@@ -482,10 +480,9 @@ int64_t fc_f32_eager_blocked_scratch(const fc_conv2d_desc *d, int nthreads) {
  * nothing is cached and weights that change from call to call (a training loop) cost no more
  * than weights that stay.  (A cache of packed weights had to compare the weights with a copy on
  * every call, 0.5 ms of a 2.3 ms call for 3x3 512 -> 512 at batch 1, and to pack them again and
- * copy them when they changed.)  scratch: the caller's
- * workspace of scratch_bytes, at least fc_f32_eager_blocked_scratch(d, nthreads) (kept by the
- * caller between calls: allocated and freed per call it cost 2-12% of three 3x3 layers' time at
- * batch 1). */
+ * copy them when they changed.)  scratch: the caller's workspace of scratch_bytes, at least
+ * fc_f32_eager_blocked_scratch(d, nthreads) (kept by the caller between calls: allocated and
+ * freed per call it cost 2-12% of three 3x3 layers' time at batch 1). */
 int fc_f32_conv2d_nchw_blocked(const fc_conv2d_desc *d, const float *x, const float *weight, const float *bias,
                                const float *residual, float *y, void *scratch, int64_t scratch_bytes, int nthreads,
                                const char **kernel) {
