@@ -437,11 +437,33 @@ static inline void FN(bin)(int64_t i, int64_t n, int64_t out, int64_t *a, int64_
     *b = ((i + 1) * n + out - 1) / out;
 }
 
+/* The sum of n contiguous values in 8 interleaved partial sums, which the compiler keeps in
+ * vector registers (a single running sum is a chain of dependent adds it may not reorder). */
+static T FN(run_sum)(const T *restrict x, int64_t n) {
+    T part[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            part[k] += x[i + k];
+    for (int k = 0; i < n; i++, k++)
+        part[k] += x[i];
+    return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+}
+
 int FN(adaptive_avg_pool2d)(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
                             const T *x, T *y, int nthreads) {
     if (planes < 0 || h < 1 || w < 1 || oh < 0 || ow < 0)
         return FC_EINVAL;
     int team = fc_team(nthreads, planes * (h * w + oh * ow), 1 << 15);
+    /* Global pooling, a classifier's head: each plane is one run.  Row by row through the row-sum
+     * buffer, 2048 planes of 7x7 at batch 8 took 400-420 us on 2 threads (AMD EPYC Zen 3; torch
+     * 84-93); as runs, 100-110 us (batch 1: 73-78 -> 32-36 us, torch 26-30). */
+    if (oh == 1 && ow == 1) {
+        #pragma omp parallel for num_threads(team) schedule(static)
+        for (int64_t p = 0; p < planes; p++)
+            y[p] = FN(run_sum)(x + (size_t)p * h * w, h * w) / (T)(h * w);
+        return FC_OK;
+    }
     size_t slice;
     char *scratch = FN(pool_scratch)(team, (size_t)w, &slice);
     if (!scratch)
