@@ -33,6 +33,8 @@
 #define BL_SHARED_WEIGHTS (640 * 1024)
 /* Tasks per thread, at least, where the problem has them (dynamic scheduling balances them). */
 #define BL_TASKS_PER_THREAD 2
+/* The most vectors a tile of any table has. */
+#define BL_MAX_V 4
 
 typedef struct {
     const fc_conv2d_desc *d;
@@ -46,12 +48,14 @@ typedef struct {
     int64_t xb;
     int64_t rows, rc, chunks;        /* output rows of the batch (n * oh), rows per task, chunks */
     int64_t gs, sets;                /* groups per task, sets of groups */
+    int split;                       /* the last V + 1 vectors make two groups (group_vectors) */
     int inplace;                     /* the residual is y: the sums start from it (first block) */
     const int64_t *xoff;             /* [cbb * rs]: tap t's input offset from the tile's origin */
     const float *wraw;               /* eager calls: the (k, c, r, s) weights, packed a block at a time */
     float *wbuf;                     /* ... into each thread's part of this, wslice floats apart */
     int64_t wslice;
-    const int64_t *woff[2];          /* ... at these offsets (step_offsets; groups of V vectors, the last) */
+    const int64_t *woff[BL_MAX_V + 1]; /* ... at these offsets (step_offsets), by the group's vectors */
+    int64_t *woffs;                  /* the tables' memory */
 } bplan_t;
 
 int fc_f32_blocked_lanes(void) { return fc_config()->kvec_lanes; }
@@ -65,6 +69,23 @@ static void tile_of(const fc_conv2d_desc *d, int64_t *P, int64_t *V) {
     const fc_isa_config *cfg = fc_config();
     const int *t = cfg->blocked_tiles[d->ow % cfg->blocked_tiles[0][0] == 0 ? 0 : 1];
     *P = t[0], *V = t[1];
+}
+
+/* Group g's output vectors: *v0 the first, the count returned.  Groups of V, the last taking what
+ * is left -- except where that would be one vector and the table says so (blocked_split_tail):
+ * then the last V + 1 vectors make two groups of about half each (3 + 1 -> 2 + 2 on AVX2).  A
+ * tile of one vector has np accumulators, too few to cover the FMA latency (4 on AVX2: half the
+ * FMA rate), and a layer of 128 output channels spent a sixteenth of its work there (measured
+ * on AMD EPYC Zen 3: isa.c). */
+static int64_t group_vectors(const bplan_t *B, int64_t g, int64_t *v0) {
+    const int64_t V = B->V, full = B->groups - 1 - B->split; /* groups of V before the last one or two */
+    if (g < full) {
+        *v0 = g * V;
+        return V;
+    }
+    const int64_t rest = B->kvecs - full * V, first = B->split ? rest / 2 : rest;
+    *v0 = full * V + (g > full ? first : 0);
+    return g > full ? rest - first : first;
 }
 
 /* What the blocked kernel takes; Python checks the same before building a plan's step. */
@@ -161,9 +182,10 @@ static void task_shape(bplan_t *B, int nthreads) {
 /* Group g's weights for the reduction block starting at channel block b0, and their length in
  * 64-byte lines. */
 static const float *block_weights(const bplan_t *B, const float *wpack, int64_t g, int64_t b0, int64_t *lines) {
-    const int64_t L = B->L, nv = FC_MIN(B->V, B->kvecs - g * B->V);
+    int64_t v0;
+    const int64_t L = B->L, nv = group_vectors(B, g, &v0);
     *lines = FC_MIN(B->cbb, B->cb - b0) * B->rs * L * nv * L / 16;
-    return wpack + (size_t)g * B->V * L * B->d->c * B->rs + (size_t)b0 * B->rs * L * nv * L;
+    return wpack + (size_t)v0 * L * B->d->c * B->rs + (size_t)b0 * B->rs * L * nv * L;
 }
 
 /* The pre-packed weights a task reads next (`lines` 64-byte lines from w), requested into L2
@@ -180,6 +202,15 @@ static void prefetch_next(wnext_t *nx) {
 
 /* Floats of one group's packed block: the most a reduction block holds. */
 static int64_t block_floats(const bplan_t *B) { return FC_MIN(B->cbb, B->cb) * B->rs * B->L * B->V * B->L; }
+
+/* Where group g's packed block starts among those of groups g0.. (a set's in a thread's buffer,
+ * or every group's in a plan's weights): after the blocks of the vectors before it. */
+static int64_t group_offset(const bplan_t *B, int64_t g, int64_t g0) {
+    int64_t v0, vg0;
+    group_vectors(B, g, &v0);
+    group_vectors(B, g0, &vg0);
+    return (v0 - vg0) * FC_MIN(B->cbb, B->cb) * B->rs * B->L * B->L;
+}
 
 /* The pre-packed weights of group g's block at b0, as lines to fetch ahead. */
 static wnext_t next_weights(const bplan_t *B, const float *wpack, int64_t g, int64_t b0, int64_t tiles) {
@@ -198,23 +229,29 @@ static wnext_t next_weights(const bplan_t *B, const float *wpack, int64_t g, int
 static void pack_blocks(const bplan_t *B, int64_t g0, int64_t g1, int64_t b0, float *dst) {
     const int64_t L = B->L, crs = B->d->c * B->rs, m = FC_MIN(B->cbb, B->cb - b0) * L * B->rs;
     for (int64_t g = g0; g < g1; g++) {
-        const int64_t nv = FC_MIN(B->V, B->kvecs - g * B->V);
+        int64_t v0;
+        const int64_t nv = group_vectors(B, g, &v0);
         for (int64_t j = 0; j < nv; j++)
-            pack_steps(B->wraw + (size_t)(g * B->V + j) * L * crs + b0 * L * B->rs, crs, L, 0, m,
-                       B->woff[nv == B->V ? 0 : 1], dst + (g - g0) * block_floats(B) + j * L);
+            pack_steps(B->wraw + (size_t)(v0 + j) * L * crs + b0 * L * B->rs, crs, L, 0, m, B->woff[nv],
+                       dst + group_offset(B, g, g0) + j * L);
     }
 }
 
-/* pack_blocks' offsets (step_offsets), for groups of V vectors and for the last group's; freed
- * with free(B->woff[0]). */
+/* pack_blocks' offsets (step_offsets), one table for each size of group there is (the first group
+ * and the last two cover them); freed with free(B->woffs). */
 static int weight_offsets(bplan_t *B) {
     const int64_t m = FC_MIN(B->cbb, B->cb) * B->L * B->rs;
-    int64_t *off = fc_alloc(fc_size_mul3((size_t)m, 2, sizeof(int64_t)));
+    int64_t *off = fc_alloc(fc_size_mul3((size_t)m, (size_t)B->V + 1, sizeof(int64_t)));
     if (!off)
         return FC_ENOMEM;
-    step_offsets(m, B->rs, B->L, B->V, off);
-    step_offsets(m, B->rs, B->L, B->kvecs - (B->groups - 1) * B->V, off + m);
-    B->woff[0] = off, B->woff[1] = off + m;
+    B->woffs = off;
+    const int64_t some[3] = {0, FC_MAX(0, B->groups - 2), B->groups - 1};
+    for (int i = 0; i < 3; i++) {
+        int64_t v0;
+        const int64_t nv = group_vectors(B, some[i], &v0);
+        step_offsets(m, B->rs, B->L, nv, off + nv * m);
+        B->woff[nv] = off + nv * m;
+    }
     return FC_OK;
 }
 
@@ -225,7 +262,8 @@ static void run_row(const bplan_t *B, const float *x, const float *wb, const flo
     const fc_conv2d_desc *d = B->d;
     const int64_t L = B->L, xpix = d->stride_w * L;
     const int relu = fc_conv_act(d) == FC_ACT_RELU, last = mode & FC_BL_FINISH;
-    const int64_t nv = FC_MIN(B->V, B->kvecs - g * B->V), k0 = g * B->V * L;
+    int64_t v0;
+    const int64_t nv = group_vectors(B, g, &v0), k0 = v0 * L;
     /* A row's tiles as even as they go (14 pixels as 4 + 4 + 3 + 3, not 4 + 4 + 4 + 2): a tile of
      * P - 1 pixels still has the accumulators to keep both FMA pipes busy, one of 1-2 pixels
      * waits on their latency. */
@@ -233,9 +271,9 @@ static void run_row(const bplan_t *B, const float *x, const float *wb, const flo
     const int64_t n = row / d->oh, oh = row % d->oh;
     const int64_t ih = oh * d->stride_h - d->pad_top + B->xb, iw = B->xb - d->pad_left;
     const float *xr = x + (size_t)n * B->ximg + (size_t)b0 * B->xplane + (ih * B->xw + iw) * L;
-    float *yr = y + (size_t)n * B->yimg + (size_t)g * B->V * B->yplane + ((oh + B->yb) * B->yw + B->yb) * L;
+    float *yr = y + (size_t)n * B->yimg + (size_t)v0 * B->yplane + ((oh + B->yb) * B->yw + B->yb) * L;
     const float *rr =
-        res ? res + (size_t)n * B->rimg + (size_t)g * B->V * B->rplane + ((oh + B->rb) * B->rw + B->rb) * L : NULL;
+        res ? res + (size_t)n * B->rimg + (size_t)v0 * B->rplane + ((oh + B->rb) * B->rw + B->rb) * L : NULL;
     for (int64_t q = 0, o0 = 0, np; q < row_tiles; q++, o0 += np) {
         prefetch_next(nx);
         np = (d->ow - o0 + row_tiles - q - 1) / (row_tiles - q);
@@ -282,7 +320,7 @@ static void run_task(const bplan_t *B, const float *x, const float *wpack, const
             for (int64_t g = g0; g < g1; g++) {
                 int64_t lines;
                 const float *wb =
-                    buf ? buf + (g - g0) * block_floats(B) : block_weights(B, wpack, g, b0, &lines);
+                    buf ? buf + group_offset(B, g, g0) : block_weights(B, wpack, g, b0, &lines);
                 run_row(B, x, wb, bias, res, y, g, row, b0, taps, mode, &nx);
             }
     }
@@ -327,6 +365,7 @@ static void plan_init(bplan_t *B, const fc_conv2d_desc *d, int64_t xb, int64_t y
     B->cb = d->c / L;
     B->kvecs = d->k / L;
     B->groups = (B->kvecs + B->V - 1) / B->V;
+    B->split = cfg->blocked_split_tail && B->kvecs > B->V && B->kvecs % B->V == 1;
     B->rs = d->r * d->s;
     B->cbb = FC_MAX(1, (B->rs == 1 ? cfg->blocked_steps_1x1 : cfg->blocked_steps) / (B->rs * L));
     B->xb = xb, B->yb = yb, B->rb = rb;
@@ -357,7 +396,7 @@ int fc_f32_blocked_weights(const fc_conv2d_desc *d, const float *w, float *out) 
     if (weight_offsets(&B) != FC_OK)
         return FC_ENOMEM;
     pack_blocks(&B, 0, B.groups, 0, out);
-    free((void *)B.woff[0]);
+    free(B.woffs);
     return FC_OK;
 }
 
@@ -399,7 +438,7 @@ static int run_blocked(bplan_t *B, const float *x, const float *wpack, const flo
         }
     }
     free(xoff);
-    free((void *)B->woff[0]);
+    free(B->woffs);
     return FC_OK;
 }
 

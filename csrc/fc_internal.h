@@ -268,6 +268,7 @@ typedef struct fc_isa_config {
     int blocked_tiles[2][2];   /* its {pixels, vectors}: [0] for rows a multiple of [0][0], else [1] */
     int blocked_steps;         /* reduction steps (channel x tap) per block: its weights stay in L1 */
     int blocked_steps_1x1;     /* the same for 1x1 filters (see isa.c) */
+    int blocked_split_tail;    /* a last group of one vector shares the group before it (conv_blocked_f32.c) */
     const char *blocked_name;  /* e.g. "conv2d f32 blocked avx512" */
     int eager_blocked;         /* "auto" runs eager NCHW calls on it (fc_f32_eager_blocked_wanted) */
     const char *blocked_eager_name; /* ... and names them so */

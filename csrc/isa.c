@@ -93,6 +93,12 @@ static const fc_isa_config CONFIG_AVX2 = {
      * 0.89-0.98x at batch 1 (0.90-0.95x in sequence on the 7x7 ones); whole passes 0.97-0.99x at
      * batch 8, 0.99x at batch 1.  The weights of a block (96 KB) then stream from L2. */
     .blocked_steps_1x1 = 1024,
+    /* 16 output vectors as 3+3+3+3+2+2, not 3+3+3+3+3+1 (group_vectors).  Alternated with the 3+1
+     * split in separate processes, eager calls, 2 threads: 3x3 128 -> 128 at 28x28 and stride 2
+     * at 56x56 0.89-0.98x the time at batch 1 and 0.94-0.99x at batch 8; 5x5 192 -> 32 at 28x28
+     * (3 + 1 vectors -> 2 + 2) 0.87-0.89x at both; the 512-channel 3x3 layers (64 vectors)
+     * level. */
+    .blocked_split_tail = 1,
     .blocked_name = "conv2d f32 blocked 4x24 avx2",
     .eager_blocked = 1, /* measured: fc_f32_eager_blocked_wanted */
     .blocked_eager_name = "conv2d f32 blocked 4x24 avx2, NCHW converted at the call",

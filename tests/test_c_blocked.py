@@ -122,6 +122,10 @@ def _cases(lanes: int) -> list[Case]:
         # Weights over the 640 KB a set of groups shares (tasks of one group each), a partial last
         # group of output vectors and a partial last reduction block.
         Case("conv2d", "blocked-wide", (1, 17 * L, 5, 5), (17 * L, 17 * L, 3, 3), {"padding": 1, **relu}, True, True),
+        # 16 output vectors: on AVX2 (3-vector tiles) the last four make two groups of two
+        # (blocked_split_tail), in a set of groups sharing its weights and, past 640 KB, alone.
+        Case("conv2d", "blocked-split", (2, 17 * L, 5, 6), (16 * L, 17 * L, 3, 3), {"padding": 1, **relu}, True, True),
+        Case("conv2d", "blocked-split-wide", (1, 19 * L, 5, 5), (16 * L, 19 * L, 3, 3), {"padding": 1}, True, True),
     ]
 
 
