@@ -74,9 +74,10 @@ static void tile_of(const fc_conv2d_desc *d, int64_t *P, int64_t *V) {
 /* Group g's output vectors: *v0 the first, the count returned.  Groups of V, the last taking what
  * is left -- except where that would be one vector and the table says so (blocked_split_tail):
  * then the last V + 1 vectors make two groups of about half each (3 + 1 -> 2 + 2 on AVX2).  A
- * tile of one vector has np accumulators, too few to cover the FMA latency (4 on AVX2: half the
- * FMA rate), and a layer of 128 output channels spent a sixteenth of its work there (measured
- * on AMD EPYC Zen 3: isa.c). */
+ * tile of one vector has one accumulator per pixel, too few to cover the FMA latency (4 on
+ * AVX2's 4-pixel tile: about half the FMA rate), and a layer of 128 output channels spent a
+ * sixteenth of its work there (measured on AMD EPYC Zen 3: isa.c).  woff[] has a slot for each
+ * group size up to BL_MAX_V, the widest tile of any table. */
 static int64_t group_vectors(const bplan_t *B, int64_t g, int64_t *v0) {
     const int64_t V = B->V, full = B->groups - 1 - B->split; /* groups of V before the last one or two */
     if (g < full) {
