@@ -478,9 +478,7 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
  * with large weights and few output pixels, which the GEMM kept while a cached packing had to be
  * checked against the weights on every call: 3x3 512 -> 512 at 7x7 0.91-0.92x at batch 1 and
  * 0.94-0.96x at batch 8, stride 2 at 14x14 0.86-0.87x and 0.86-0.92x, 256 channels at 14x14
- * 0.90-0.92x and stride 2 at 28x28 0.92-0.97x at batch 1 (three runs).  1x1 layers took 0.91-1.05x
- * at batch 1 and mostly longer at batch 8 (up to 1.19x): two conversions of a 1x1 layer's input
- * and output cost about what its GEMM loses.  FASTCONV_F32_CONV=blocked forces it where the
+ * 0.90-0.92x and stride 2 at 28x28 0.92-0.97x at batch 1 (three runs).  1x1 layers: see below.  FASTCONV_F32_CONV=blocked forces it where the
  * kernel takes d (on any table: tests); any other forced mode keeps the GEMM. */
 int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
     const fc_isa_config *cfg = fc_config();
@@ -489,7 +487,16 @@ int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
     const char *force = getenv("FASTCONV_F32_CONV");
     if (force && *force)
         return !strcmp(force, "blocked");
-    return cfg->eager_blocked && d->r * d->s > 1;
+    /* 1x1 layers of many input channels and few output pixels (the late ResNet-50 layers at batch
+     * 1, the 7x7 ones at batch 8): alternated in one process against the GEMM (two runs, AMD
+     * EPYC Zen 3, 2 threads, batch 1), 512 -> 128 at 28x28 0.88-0.93x the time, 1024 -> 512 at
+     * 14x14 0.93-0.95x, 2048 -> 512 and 512 -> 2048 at 7x7 0.85-0.93x, 1024 -> 2048 stride 2
+     * 0.91-0.96x, 512 -> 256, 1024 -> 256 and 512 -> 1024 stride 2 0.95-1.02x; at batch 8 the 7x7
+     * layers 0.95-1.00x.  With fewer input channels the conversions cost more than the kernel
+     * saves (64 -> 256 at 56x56 1.28x, 128 -> 512 at 28x28 1.35x), and at batch 8 the 28x28 and
+     * 14x14 layers were mixed (0.84-1.12x). */
+    const int wide_1x1 = d->r * d->s == 1 && d->c >= 512 && d->n * d->oh * d->ow <= 1024;
+    return cfg->eager_blocked && (d->r * d->s > 1 || wide_1x1);
 }
 
 /* Scratch bytes of fc_f32_conv2d_nchw_blocked on nthreads threads: the blocked input (with its

@@ -63,6 +63,9 @@ def conv_cases(dtype: str = "float32") -> list[Case]:
     add("residual_relu", (2, 8, 6, 6), (8, 8, 3, 3), residual=True, padding=1, activation="relu")
     add("relu_only", (2, 3, 6, 6), (4, 3, 3, 3), padding=1, activation="relu")
     add("residual_relu_1x1", (2, 16, 5, 5), (32, 16, 1, 1), residual=True, activation="relu")
+    # Many input channels, few pixels: "auto" on the c backend takes the blocked kernel (AVX2).
+    add("pointwise_wide", (2, 512, 3, 3), (24, 512, 1, 1), residual=True, activation="relu")
+    add("pointwise_wide_s2", (1, 512, 5, 5), (32, 512, 1, 1), stride=2)
     add("residual_relu_dw", (1, 6, 5, 5), (6, 1, 3, 3), groups=6, residual=True, padding=1, activation="relu")
     add("residual_relu_unbatched", (4, 5, 5), (4, 4, 3, 3), residual=True, padding=1, activation="relu")
     return c
