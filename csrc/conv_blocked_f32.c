@@ -495,8 +495,8 @@ int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
      * layers 0.95-1.00x.  With fewer input channels the conversions cost more than the kernel
      * saves (64 -> 256 at 56x56 1.28x, 128 -> 512 at 28x28 1.35x), and at batch 8 the 28x28 and
      * 14x14 layers were mixed (0.84-1.12x).  Linear layers (1x1 convolutions of 1x1 images, rows
-     * as the batch) take the rule too: 4096 -> 4096 at 1, 8 and 64 rows 0.57-0.72x the GEMM's
-     * time, 2048 -> 1000 and 512 -> 1000 0.65-1.0x (one run of 2048 -> 1000 at 1 row 1.13x, the
+     * as the batch) take the rule too: 4096 -> 4096 at 1, 8 and 64 rows 0.57-0.71x the GEMM's
+     * time, 2048 -> 1000 and 512 -> 1000 0.65-1.02x (one run of 2048 -> 1000 at 1 row 1.13x, the
      * next 0.95x). */
     const int wide_1x1 = d->r * d->s == 1 && d->c >= 512 && d->n * d->oh * d->ow <= 1024;
     return cfg->eager_blocked && (d->r * d->s > 1 || wide_1x1);
