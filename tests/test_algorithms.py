@@ -251,11 +251,12 @@ def test_eager_weights_follow_the_weight_contents(route, monkeypatch):
 def test_kernel_name_is_logged(monkeypatch, caplog):
     _needs_c()
     monkeypatch.setenv("FASTCONV_VERBOSE", "1")
-    x = np.zeros((1, 8, 10, 10), np.float32)
-    w = np.zeros((8, 8, 3, 3), np.float32)
+    # 16 channels: a whole channel block on every table (8 lanes on AVX2 and portable, 16 on AVX-512).
+    x = np.zeros((1, 16, 10, 10), np.float32)
+    w = np.zeros((16, 16, 3, 3), np.float32)
     isa = cbackend.isa()
     tile = {"avx512": "8x48", "avx2": "6x16", "generic": "4x16"}[isa]
-    # A 3x3 layer of 8 channels: AVX2's "auto" runs it on the blocked kernel (fc_f32_eager_blocked_wanted).
+    # A 3x3 layer of 16 channels: AVX2's "auto" runs it on the blocked kernel (fc_f32_eager_blocked_wanted).
     blocked = {"avx512": "4x64 / 7x48", "avx2": "4x24", "generic": "4x16"}[isa]
     auto = f"conv2d f32 blocked {blocked} {isa}, NCHW converted at the call" if isa == "avx2" else None
     expected = {
