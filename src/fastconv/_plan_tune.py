@@ -53,20 +53,10 @@ MARGIN = 0.9
 _MEMORY: dict[tuple[str, str], dict] = {}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
-
-
 def machine_key() -> str:
     """What a tuned choice depends on besides the problem: CPU, instruction set, fastconv version."""
     from . import __version__
+    from .bench.machine import cpu_model
 
     isa = "none"
     if dispatch.status("c")[0]:

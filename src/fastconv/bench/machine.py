@@ -71,8 +71,16 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_model() -> str:
+    """The CPU's name, with its x86 family and model where /proc/cpuinfo gives them.
+
+    A cloud guest may name every generation alike ("AMD EPYC" for Zen 3, 4 and 5): the family and
+    model tell them apart, in results and in the keys of the per-machine caches (peak, tuning).
+    """
     info = _cpuinfo()
-    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+    name = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+    if info.get("cpu family") and info.get("model"):
+        name += f" (family {info['cpu family']} model {info['model']})"
+    return name
 
 
 def simd_features() -> list[str]:
