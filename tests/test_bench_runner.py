@@ -304,16 +304,16 @@ def test_peak_prefers_the_c_backend_measured_at_usable_cpus_and_cached(monkeypat
 def test_cpus_of_one_name_are_told_apart_by_family_and_model(monkeypatch):
     """A cloud guest names Zen 3, 4 and 5 alike ("AMD EPYC"): results and the per-machine caches
     (peak, tuning) keep the family and model apart."""
-    from fastconv import _plan_tune
+    from fastconv import _cpu, _plan_tune
 
     zen = {"model name": "AMD EPYC", "cpu family": "25", "model": "1"}
-    monkeypatch.setattr(machine, "_cpuinfo", lambda: zen)
+    monkeypatch.setattr(_cpu, "cpuinfo", lambda: zen)
     assert machine.cpu_model() == "AMD EPYC (family 25 model 1)"
     zen3_tune, zen3_peak = _plan_tune.machine_key(), machine._machine_key(2)
-    monkeypatch.setattr(machine, "_cpuinfo", lambda: {**zen, "model": "17"})
+    monkeypatch.setattr(_cpu, "cpuinfo", lambda: {**zen, "model": "17"})
     assert machine.cpu_model() == "AMD EPYC (family 25 model 17)"
     assert _plan_tune.machine_key() != zen3_tune and machine._machine_key(2) != zen3_peak
-    monkeypatch.setattr(machine, "_cpuinfo", lambda: {"Model": "Raspberry Pi 4"})  # no family: the name alone
+    monkeypatch.setattr(_cpu, "cpuinfo", lambda: {"Model": "Raspberry Pi 4"})  # no family: the name alone
     assert machine.cpu_model() == "Raspberry Pi 4"
 
 

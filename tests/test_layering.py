@@ -17,7 +17,7 @@ ROOT = pathlib.Path(fastconv.__file__).parent
 
 #: Each module's layer; a module may import only from its own layer or below.
 LAYERS = [
-    {"problem", "_args", "_device", "_env", "ops", "arrays", "timing", "threads"},
+    {"problem", "_args", "_cpu", "_device", "_env", "ops", "arrays", "timing", "threads"},
     {"dispatch", "backends", "_ckernels"},
     {"api", "grad", "__init__"},
     {"nn", "optim"},

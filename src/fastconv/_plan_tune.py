@@ -56,7 +56,7 @@ _MEMORY: dict[tuple[str, str], dict] = {}
 def machine_key() -> str:
     """What a tuned choice depends on besides the problem: CPU, instruction set, fastconv version."""
     from . import __version__
-    from .bench.machine import cpu_model
+    from ._cpu import cpu_model
 
     isa = "none"
     if dispatch.status("c")[0]:

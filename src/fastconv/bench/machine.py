@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from .. import threads
+from .._cpu import cpu_model, cpuinfo
 
 #: The SIMD flags worth showing, in the order they appeared (x86, then Arm).
 SIMD_FLAGS = (
@@ -55,37 +56,9 @@ LIBRARIES = (
 )
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's block of /proc/cpuinfo (empty off Linux)."""
-    info = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return info
-
-
-def cpu_model() -> str:
-    """The CPU's name, with its x86 family and model where /proc/cpuinfo gives them.
-
-    A cloud guest may name every generation alike ("AMD EPYC" for Zen 3, 4 and 5): the family and
-    model tell them apart, in results and in the keys of the per-machine caches (peak, tuning).
-    """
-    info = _cpuinfo()
-    name = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
-    if info.get("cpu family") and info.get("model"):
-        name += f" (family {info['cpu family']} model {info['model']})"
-    return name
-
-
 def simd_features() -> list[str]:
     """The CPU's SIMD extensions, from /proc/cpuinfo, else from NumPy's runtime CPU detection."""
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
     if flags:
         return [f for f in SIMD_FLAGS if f in flags]
