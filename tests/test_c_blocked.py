@@ -118,6 +118,11 @@ def _cases(lanes: int) -> list[Case]:
             "conv2d", "blocked-1x1plane", (1, 3 * L, 1, 1), (2 * L, 3 * L, 3, 3), {"padding": 1, **relu}, residual=True
         ),
         Case("conv2d", "blocked-nopad", (2, L, 5, 6), (L, L, 3, 3), {}, bias=True),
+        # Rows whose filter reads only padding (the first and last output rows: every tap skipped,
+        # the sums still started, carried and finished with bias, residual and relu), and rows
+        # that skip some of a tall dilated filter's taps, over several channel blocks.
+        Case("conv2d", "blocked-padrows", (2, 2 * L, 2, 5), (L, 2 * L, 3, 3), {"padding": 3, **relu}, True, True),
+        Case("conv2d", "blocked-tall", (1, 3 * L, 9, 4), (2 * L, 3 * L, 5, 2), {"padding": (4, 1), "dilation": (2, 1)}),
         Case("conv2d", "blocked-nan", (1, L, 5, 5), (2 * L, L, 3, 3), {"padding": 1, **relu}, special="nan"),
         # Weights over the 640 KB a set of groups shares (tasks of one group each), a partial last
         # group of output vectors and a partial last reduction block.
