@@ -48,8 +48,11 @@ static const fc_isa_config CONFIG_AVX512 = {
     .blocked_steps = 128, /* 128 x 3-4 vectors x 64 bytes: 24-32 KB (256 slowed the 1x1 layers of few outputs) */
     /* 1x1 layers measured apart on an AMD EPYC Zen 4 (ResNet-50 Winograd plans, alternated in
      * one process, batch 8): 512 and 1024 steps 1.01-1.02x the time, 64 1.02x, so AVX2's long
-     * blocks (below) stay AVX2's.  The 3x3 blocks at 64 or 256 steps, the 7 x 48 tile on every
-     * row length and AVX2's tail split (group_vectors) were all within 1-2% there too. */
+     * blocks (below) stay AVX2's.  The 7 x 48 tile on every row length and AVX2's tail split
+     * (group_vectors) were within 1-2% there too.  A 3x3 filter's block is one 16-channel block
+     * (144 steps, 27-36 KB) at any setting below 288 steps, so 64 and 256 changed nothing; cut by
+     * filter rows (48 steps, each pass over a row of tiles) the 3x3 layers ran 1.07-1.12x the
+     * time (eager calls on this kernel, alternated in one process). */
     .blocked_steps_1x1 = 128,
     .blocked_name = "conv2d f32 blocked 4x64 / 7x48 avx512",
     /* Eager calls keep the GEMM: on an AMD EPYC Zen 4 (ResNet-50's layers, alternated in one
