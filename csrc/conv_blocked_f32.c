@@ -311,7 +311,8 @@ static void run_row(const bplan_t *B, const float *x, const float *wb, const flo
          * or finishes the sums). */
         const int64_t nb = taps / B->rs, run = (rhi - rlo) * d->s, first = rlo * d->s;
         for (int64_t b = 0; b < nb; b++) {
-            const int m = (b > 0 ? FC_BL_ACCUMULATE : mode & FC_BL_ACCUMULATE) | (b == nb - 1 ? mode & FC_BL_FINISH : 0);
+            const int m =
+                (b > 0 ? FC_BL_ACCUMULATE : mode & FC_BL_ACCUMULATE) | (b == nb - 1 ? mode & FC_BL_FINISH : 0);
             const int64_t t0 = b * B->rs + first;
             B->kernel(np, nv, run, xr + o0 * xpix, B->xoff + t0, xpix, wb + t0 * L * nv * L, yr + o0 * L, B->yplane,
                       m, bias ? bias + k0 : NULL, rr ? rr + o0 * L : NULL, B->rplane, relu);
