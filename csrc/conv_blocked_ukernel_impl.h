@@ -27,8 +27,8 @@ bl_body(const int np, const int nv, int64_t taps, const float *restrict x, const
         int64_t xpix, const float *restrict w, float *restrict y, int64_t yvec, int mode, const float *bias,
         const float *res, int64_t rvec, int relu) {
     KV_VEC a[BL_PMAX][BL_VMAX];
-    for (int i = 0; i < np; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < np; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             a[i][j] = (mode & FC_BL_ACCUMULATE) ? KV_LOAD(y + i * KV_LANES + j * yvec) : KV_ZERO();
     /* One tap (input channel block, r, s) per iteration: its KV_LANES steps unrolled, so that
      * each pixel's inputs are one pointer plus constant offsets and the weights one pointer
@@ -37,37 +37,37 @@ bl_body(const int np, const int nv, int64_t taps, const float *restrict x, const
      * iteration). */
     for (int64_t t = 0; t < taps; t++, w += KV_LANES * nv * KV_LANES) {
         const float *restrict xp[BL_PMAX];
-        for (int i = 0; i < np; i++)
+        FC_TILE_LOOP for (int i = 0; i < np; i++)
             xp[i] = x + xoff[t] + i * xpix;
         BL_UNROLL
         for (int c = 0; c < KV_LANES; c++) {
             KV_VEC wv[BL_VMAX];
-            for (int j = 0; j < nv; j++)
+            FC_TILE_LOOP for (int j = 0; j < nv; j++)
                 wv[j] = KV_LOAD(w + (c * nv + j) * KV_LANES);
-            for (int i = 0; i < np; i++) {
+            FC_TILE_LOOP for (int i = 0; i < np; i++) {
                 KV_VEC b = KV_SET1(xp[i][c]);
-                for (int j = 0; j < nv; j++)
+                FC_TILE_LOOP for (int j = 0; j < nv; j++)
                     a[i][j] = KV_FMA(b, wv[j], a[i][j]);
             }
         }
     }
     if (mode & FC_BL_FINISH) {
-        for (int j = 0; j < nv; j++) {
+        FC_TILE_LOOP for (int j = 0; j < nv; j++) {
             if (bias) {
                 KV_VEC bv = KV_LOAD(bias + j * KV_LANES);
-                for (int i = 0; i < np; i++)
+                FC_TILE_LOOP for (int i = 0; i < np; i++)
                     a[i][j] = a[i][j] + bv;
             }
             if (res)
-                for (int i = 0; i < np; i++)
+                FC_TILE_LOOP for (int i = 0; i < np; i++)
                     a[i][j] = a[i][j] + KV_LOAD(res + i * KV_LANES + j * rvec);
             if (relu)
-                for (int i = 0; i < np; i++)
+                FC_TILE_LOOP for (int i = 0; i < np; i++)
                     a[i][j] = KV_RELU(a[i][j]);
         }
     }
-    for (int i = 0; i < np; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < np; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             KV_STORE(y + i * KV_LANES + j * yvec, a[i][j]);
 }
 

@@ -11,22 +11,22 @@ KV_TARGET __attribute__((always_inline)) static inline void
 kv_body(const int np, const int nv, int64_t steps, const float *restrict x, const int64_t *restrict xoff,
         const float *restrict w, int64_t wstride, float *restrict acc, int64_t ldacc, int accumulate) {
     KV_VEC a[KV_PMAX][KV_VMAX];
-    for (int i = 0; i < np; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < np; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             a[i][j] = accumulate ? KV_LOAD(acc + i * ldacc + j * KV_LANES) : KV_ZERO();
     for (int64_t p = 0; p < steps; p++) {
         const float *restrict xp = x + xoff[p];
         KV_VEC wv[KV_VMAX];
-        for (int j = 0; j < nv; j++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             wv[j] = KV_LOAD(w + j * wstride + p * KV_LANES);
-        for (int i = 0; i < np; i++) {
+        FC_TILE_LOOP for (int i = 0; i < np; i++) {
             KV_VEC b = KV_SET1(xp[i]);
-            for (int j = 0; j < nv; j++)
+            FC_TILE_LOOP for (int j = 0; j < nv; j++)
                 a[i][j] = KV_FMA(b, wv[j], a[i][j]);
         }
     }
-    for (int i = 0; i < np; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < np; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             KV_STORE(acc + i * ldacc + j * KV_LANES, a[i][j]);
 }
 

@@ -40,14 +40,14 @@ gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store
           const float *restrict a, int64_t lda, const float *restrict b, const int64_t *restrict boff,
           float *restrict c, int accumulate, const tile_out_t *o, const tile_tail_t *tl) {
     __m512 acc[FC_MR][3], tacc[FC_NARROW_COLS];
-    for (int i = 0; i < FC_MR; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < FC_MR; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * FC_NR + j * 16) : _mm512_setzero_ps();
-    for (int u = 0; u < nt; u++)
+    FC_TILE_LOOP for (int u = 0; u < nt; u++)
         tacc[u] = accumulate ? _mm512_castps256_ps512(_mm256_loadu_ps(tl->ct + u * 8)) : _mm512_setzero_ps();
     /* The 8 weight rows are read in place (no packing): 8 sequential streams. */
     const float *ar[FC_MR];
-    for (int i = 0; i < FC_MR; i++)
+    FC_TILE_LOOP for (int i = 0; i < FC_MR; i++)
         ar[i] = a + i * lda;
     for (int64_t p = 0; p < kc; p++) {
         /* The weights stream from L2/L3 once per call: fetch each row two lines ahead, one
@@ -64,33 +64,33 @@ gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store
          * ahead, all the lines it spans, while this one computes. */
         if (prefetch_b && p + 8 < kc) {
             const char *next = (const char *)(b + boff[p + 8]);
-            for (int j = 0; j < nv * 64; j += 64)
+            FC_TILE_LOOP for (int j = 0; j < nv * 64; j += 64)
                 _mm_prefetch(next + j, _MM_HINT_T0);
             _mm_prefetch(next + nv * 64 - 4, _MM_HINT_T0);
         }
         const float *bp = b + boff[p];
         __m512 bv[3];
-        for (int j = 0; j < nv; j++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             bv[j] = _mm512_loadu_ps(bp + j * 16);
-        for (int i = 0; i < FC_MR; i++) {
+        FC_TILE_LOOP for (int i = 0; i < FC_MR; i++) {
             __m512 av = _mm512_set1_ps(apacked ? a[p * FC_MR + i] : ar[i][p]);
-            for (int j = 0; j < nv; j++)
+            FC_TILE_LOOP for (int j = 0; j < nv; j++)
                 acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
         if (nt) { /* the tail: step p's 8 weights (lanes 0-7) times each column's value */
             const __m512 a8 = _mm512_castps256_ps512(_mm256_loadu_ps(a + p * FC_MR));
             const float *btp = tl->bt + tl->boff_t[p];
-            for (int u = 0; u < nt; u++)
+            FC_TILE_LOOP for (int u = 0; u < nt; u++)
                 tacc[u] = _mm512_fmadd_ps(a8, _mm512_set1_ps(btp[u]), tacc[u]);
         }
     }
-    for (int u = 0; u < nt; u++)
+    FC_TILE_LOOP for (int u = 0; u < nt; u++)
         _mm256_storeu_ps(tl->ct + u * 8, _mm512_castps512_ps256(tacc[u]));
     if (store) {
         const __m512 zero = _mm512_setzero_ps();
-        for (int i = 0; i < FC_MR; i++) {
+        FC_TILE_LOOP for (int i = 0; i < FC_MR; i++) {
             const __m512 bv = _mm512_set1_ps(o->bias ? o->bias[i] : 0.0f);
-            for (int j = 0; j < nv; j++) {
+            FC_TILE_LOOP for (int j = 0; j < nv; j++) {
                 __m512 v = _mm512_add_ps(acc[i][j], bv);
                 if (o->res)
                     v = _mm512_add_ps(v, _mm512_loadu_ps(o->res + i * o->ldo + j * 16));
@@ -101,8 +101,8 @@ gemm_8xNV(const int nv, const int prefetch_b, const int apacked, const int store
         }
         return;
     }
-    for (int i = 0; i < FC_MR; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < FC_MR; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             _mm512_storeu_ps(c + i * FC_NR + j * 16, acc[i][j]);
 }
 

@@ -28,28 +28,28 @@ narrow_body(const int mr, const int nmb, const int nc, int64_t kc, const float *
             int accumulate) {
     __m256 acc[NARROW_MB][FC_NARROW_COLS];
     const __m256i mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, mr > 6 ? -1 : 0, mr > 7 ? -1 : 0);
-    for (int m = 0; m < nmb; m++)
-        for (int j = 0; j < nc; j++)
+    FC_TILE_LOOP for (int m = 0; m < nmb; m++)
+        FC_TILE_LOOP for (int j = 0; j < nc; j++)
             acc[m][j] = accumulate ? _mm256_loadu_ps(c + m * cstride + j * 8) : _mm256_setzero_ps();
     for (int64_t p = 0; p < kc; p++) {
         /* The weights stream from L3 or memory once per call, one stream per block: fetch
          * each 64 steps ahead, as the microkernel does. */
         if ((p & 1) == 0)
-            for (int m = 0; m < nmb; m++)
+            FC_TILE_LOOP for (int m = 0; m < nmb; m++)
                 _mm_prefetch((const char *)(a + m * astride + (p + 64) * mr), _MM_HINT_T0);
         const float *bp = b + boff[p];
         __m256 bv[FC_NARROW_COLS];
-        for (int j = 0; j < nc; j++)
+        FC_TILE_LOOP for (int j = 0; j < nc; j++)
             bv[j] = _mm256_broadcast_ss(bp + j);
-        for (int m = 0; m < nmb; m++) {
+        FC_TILE_LOOP for (int m = 0; m < nmb; m++) {
             const float *ap = a + m * astride + p * mr;
             __m256 av = mr == 8 ? _mm256_loadu_ps(ap) : _mm256_maskload_ps(ap, mask);
-            for (int j = 0; j < nc; j++)
+            FC_TILE_LOOP for (int j = 0; j < nc; j++)
                 acc[m][j] = _mm256_fmadd_ps(av, bv[j], acc[m][j]);
         }
     }
-    for (int m = 0; m < nmb; m++)
-        for (int j = 0; j < nc; j++)
+    FC_TILE_LOOP for (int m = 0; m < nmb; m++)
+        FC_TILE_LOOP for (int j = 0; j < nc; j++)
             _mm256_storeu_ps(c + m * cstride + j * 8, acc[m][j]);
 }
 
