@@ -105,30 +105,30 @@ __attribute__((target("avx512f"), always_inline)) static inline void
 at_8xnv(const int nv, const int prefetch_b, int64_t kc, const float *restrict a, int64_t lda, const float *restrict b,
         const int64_t *restrict boff, float *restrict c, int accumulate) {
     __m512 acc[8][3];
-    for (int i = 0; i < 8; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < 8; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * 48 + j * 16) : _mm512_setzero_ps();
     for (int64_t p = 0; p < kc; p++) {
         if (p + 8 < kc) /* weight rows lie lda apart: no prefetcher follows them */
             _mm_prefetch((const char *)(a + (p + 8) * lda), _MM_HINT_T0);
         if (prefetch_b && p + 8 < kc) { /* cold B rows (the task's first block): 8 rows ahead */
             const char *next = (const char *)(b + boff[p + 8]);
-            for (int j = 0; j < nv * 64; j += 64)
+            FC_TILE_LOOP for (int j = 0; j < nv * 64; j += 64)
                 _mm_prefetch(next + j, _MM_HINT_T0);
             _mm_prefetch(next + nv * 64 - 4, _MM_HINT_T0);
         }
         const float *bp = b + boff[p], *ap = a + p * lda;
         __m512 bv[3];
-        for (int j = 0; j < nv; j++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             bv[j] = _mm512_loadu_ps(bp + j * 16);
-        for (int i = 0; i < 8; i++) {
+        FC_TILE_LOOP for (int i = 0; i < 8; i++) {
             const __m512 av = _mm512_set1_ps(ap[i]);
-            for (int j = 0; j < nv; j++)
+            FC_TILE_LOOP for (int j = 0; j < nv; j++)
                 acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
     }
-    for (int i = 0; i < 8; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < 8; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             _mm512_storeu_ps(c + i * 48 + j * 16, acc[i][j]);
 }
 

@@ -125,17 +125,17 @@ static inline void FN(pack_b_cols)(int64_t nc, int64_t kc, int64_t j0, int64_t p
 /* ct[MR][NR] = sum over p of ap[p][MR] (outer) bp[p][NR]. */
 static inline void FN(micro)(int64_t kc, const T *restrict ap, const T *restrict bp, T *restrict ct) {
     V acc[MR][2];
-    for (int i = 0; i < MR; i++)
+    FC_TILE_LOOP for (int i = 0; i < MR; i++)
         acc[i][0] = acc[i][1] = (V){0};
     for (int64_t p = 0; p < kc; p++) {
         V b0 = *(const V *)(bp + p * NR), b1 = *(const V *)(bp + p * NR + VL);
-        for (int i = 0; i < MR; i++) {
+        FC_TILE_LOOP for (int i = 0; i < MR; i++) {
             V a = ap[p * MR + i] - (V){0}; /* broadcast (x - 0 is x: folds to a broadcast load) */
             acc[i][0] += a * b0;
             acc[i][1] += a * b1;
         }
     }
-    for (int i = 0; i < MR; i++) {
+    FC_TILE_LOOP for (int i = 0; i < MR; i++) {
         *(V *)(ct + i * NR) = acc[i][0];
         *(V *)(ct + i * NR + VL) = acc[i][1];
     }

@@ -37,29 +37,31 @@ __attribute__((target("avx512f"), always_inline)) static inline void
 tile_8xnv(const int nv, int64_t crs, const float *restrict a, const float *restrict b, const int64_t *restrict off,
           int64_t rows, int64_t len, const float *bias, const float *res, float *y, int64_t ldy, int relu) {
     __m512 acc[8][3];
-    for (int i = 0; i < 8; i++)
-        for (int j = 0; j < nv; j++)
+    FC_TILE_LOOP for (int i = 0; i < 8; i++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             acc[i][j] = _mm512_setzero_ps();
     for (int64_t p = 0; p < crs; p++) {
         const float *bp = b + off[p];
         __m512 bv[3];
-        for (int j = 0; j < nv; j++)
+        FC_TILE_LOOP for (int j = 0; j < nv; j++)
             bv[j] = _mm512_loadu_ps(bp + j * 16);
-        for (int i = 0; i < 8; i++) {
+        FC_TILE_LOOP for (int i = 0; i < 8; i++) {
             __m512 av = _mm512_set1_ps(a[p * 8 + i]);
-            for (int j = 0; j < nv; j++)
+            FC_TILE_LOOP for (int j = 0; j < nv; j++)
                 acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
     }
     __mmask16 mask[3];
-    for (int j = 0; j < nv; j++) {
+    FC_TILE_LOOP for (int j = 0; j < nv; j++) {
         int64_t left = len - j * 16;
         mask[j] = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
     }
     const __m512 zero = _mm512_setzero_ps();
-    for (int i = 0; i < 8 && i < rows; i++) {
+    FC_TILE_LOOP for (int i = 0; i < 8; i++) {
+        if (i >= rows)
+            break;
         __m512 bi = _mm512_set1_ps(bias ? bias[i] : 0.0f);
-        for (int j = 0; j < nv; j++) {
+        FC_TILE_LOOP for (int j = 0; j < nv; j++) {
             __m512 v = _mm512_add_ps(acc[i][j], bi);
             if (res)
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[j], res + i * ldy + j * 16));
