@@ -497,16 +497,18 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
 }
 
 /* Whether "auto" runs an eager NCHW call on the blocked kernel (fc_f32_conv2d_nchw_blocked): where
- * the table says so (eager_blocked), the kernel takes d and the filter has taps (r x s > 1) -- the
- * rule measured on the table's CPU.  Alternated in one process against the GEMM (AMD EPYC Zen 3,
+ * the kernel takes d, the filter has taps (r x s > 1) and the table says so (eager_blocked, and
+ * eager_blocked_reuse: the AVX-512 table keeps layers whose weights outweigh their output on the
+ * GEMM, isa.c) -- the rule measured on the table's CPU.  On the AVX2 table, alternated in one process against the GEMM (AMD EPYC Zen 3,
  * AVX2, 2 threads, ResNet-50's layers, conversions and workspace included): the 3x3 layers took
  * 0.83-0.96x the time at batch 8, and at batch 1 0.83-0.87x (3x3 stride 2 at 56x56) to level
  * (128 channels at 28x28, 0.90-1.02x); since the weights are packed as the tasks go, also those
  * with large weights and few output pixels, which the GEMM kept while a cached packing had to be
  * checked against the weights on every call: 3x3 512 -> 512 at 7x7 0.91-0.92x at batch 1 and
  * 0.94-0.96x at batch 8, stride 2 at 14x14 0.86-0.87x and 0.86-0.92x, 256 channels at 14x14
- * 0.90-0.92x and stride 2 at 28x28 0.92-0.97x at batch 1 (three runs).  1x1 layers: see below.  FASTCONV_F32_CONV=blocked forces it where the
- * kernel takes d (on any table: tests); any other forced mode keeps the GEMM. */
+ * 0.90-0.92x and stride 2 at 28x28 0.92-0.97x at batch 1 (three runs).  1x1 layers: see below
+ * (eager_blocked_1x1).  FASTCONV_F32_CONV=blocked forces it where the kernel takes d (on any
+ * table: tests); any other forced mode keeps the GEMM. */
 int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
     const fc_isa_config *cfg = fc_config();
     if (!blocked_ok(d, cfg->kvec_lanes))
@@ -525,8 +527,10 @@ int fc_f32_eager_blocked_wanted(const fc_conv2d_desc *d) {
      * as the batch) take the rule too: 4096 -> 4096 at 1, 8 and 64 rows 0.57-0.71x the GEMM's
      * time, 2048 -> 1000 and 512 -> 1000 0.65-1.02x (one run of 2048 -> 1000 at 1 row 1.13x, the
      * next 0.95x). */
-    const int wide_1x1 = d->r * d->s == 1 && d->c >= 512 && d->n * d->oh * d->ow <= 1024;
-    return cfg->eager_blocked && (d->r * d->s > 1 || wide_1x1);
+    const int64_t pixels = d->n * d->oh * d->ow;
+    if (d->r * d->s == 1)
+        return cfg->eager_blocked_1x1 && d->c >= 512 && pixels <= 1024;
+    return cfg->eager_blocked && (!cfg->eager_blocked_reuse || d->c * d->r * d->s <= cfg->eager_blocked_reuse * pixels);
 }
 
 /* Scratch bytes of fc_f32_conv2d_nchw_blocked on nthreads threads: the blocked input (with its

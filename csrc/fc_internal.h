@@ -285,7 +285,10 @@ typedef struct fc_isa_config {
     int blocked_steps_1x1;     /* the same for 1x1 filters (see isa.c) */
     int blocked_split_tail;    /* a last group of one vector shares the group before it (conv_blocked_f32.c) */
     const char *blocked_name;  /* e.g. "conv2d f32 blocked avx512" */
-    int eager_blocked;         /* "auto" runs eager NCHW calls on it (fc_f32_eager_blocked_wanted) */
+    int eager_blocked;         /* "auto" runs eager NCHW calls with filter taps on it (fc_f32_eager_blocked_wanted) */
+    int eager_blocked_1x1;     /* ... and 1x1 ones of many input channels and few output pixels */
+    int eager_blocked_reuse;   /* ... but not where c * r * s exceeds this many times the output
+                                * pixels (weights that outweigh their output; 0: no limit) */
     const char *blocked_eager_name; /* ... and names them so */
 } fc_isa_config;
 

@@ -55,10 +55,16 @@ static const fc_isa_config CONFIG_AVX512 = {
      * time (eager calls on this kernel, alternated in one process). */
     .blocked_steps_1x1 = 128,
     .blocked_name = "conv2d f32 blocked 4x64 / 7x48 avx512",
-    /* Eager calls keep the GEMM: on an AMD EPYC Zen 4 (ResNet-50's layers, alternated in one
-     * process, 2 threads) the blocked route with its conversions had a geometric mean of 0.94x
-     * (batch 1) and 0.90x (batch 8) the GEMM's speed, its 3x3 layers within 5% either way. */
-    .eager_blocked = 0,
+    /* Eager 3x3 calls on the blocked kernel, 1x1 ones on the GEMM.  AMD EPYC Zen 4, ResNet-50's
+     * 3x3 layers, alternated in one process with the GEMM, 2 threads, conversions and workspace
+     * included (after FC_TILE_LOOP): batch 8 0.75-0.93x the GEMM's time on all seven (two runs),
+     * batch 1 0.91-0.97x on the five up to 256 channels (three runs), but the 512-channel ones at
+     * 7x7 (9.4 MB of weights packed per call for 49 output pixels) 0.97-1.05x and 0.98-1.26x:
+     * those stay on the GEMM (reuse 32: their c * r * s is 94 times the output pixels, the
+     * others' at most 12).  1x1 layers ran 1.0-1.2x the GEMM's time on this route at batch 1. */
+    .eager_blocked = 1,
+    .eager_blocked_1x1 = 0,
+    .eager_blocked_reuse = 32,
     .blocked_eager_name = "conv2d f32 blocked 4x64 / 7x48 avx512, NCHW converted at the call",
 };
 
@@ -111,6 +117,8 @@ static const fc_isa_config CONFIG_AVX2 = {
     .blocked_split_tail = 1,
     .blocked_name = "conv2d f32 blocked 4x24 avx2",
     .eager_blocked = 1, /* measured: fc_f32_eager_blocked_wanted */
+    .eager_blocked_1x1 = 1,
+    .eager_blocked_reuse = 0,
     .blocked_eager_name = "conv2d f32 blocked 4x24 avx2, NCHW converted at the call",
 };
 #endif

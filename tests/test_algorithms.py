@@ -256,9 +256,10 @@ def test_kernel_name_is_logged(monkeypatch, caplog):
     w = np.zeros((16, 16, 3, 3), np.float32)
     isa = cbackend.isa()
     tile = {"avx512": "8x48", "avx2": "6x16", "generic": "4x16"}[isa]
-    # A 3x3 layer of 16 channels: AVX2's "auto" runs it on the blocked kernel (fc_f32_eager_blocked_wanted).
+    # A 3x3 layer of 16 channels: "auto" runs it on the blocked kernel on the x86 tables
+    # (fc_f32_eager_blocked_wanted), on the GEMM on the portable one.
     blocked = {"avx512": "4x64 / 7x48", "avx2": "4x24", "generic": "4x16"}[isa]
-    auto = f"conv2d f32 blocked {blocked} {isa}, NCHW converted at the call" if isa == "avx2" else None
+    auto = f"conv2d f32 blocked {blocked} {isa}, NCHW converted at the call" if isa != "generic" else None
     expected = {
         "auto": auto or f"conv2d f32 gemm {tile} {isa}",
         "gemm": f"conv2d f32 gemm {tile} {isa}",
@@ -279,6 +280,25 @@ def test_kernel_name_is_logged(monkeypatch, caplog):
                 force,
                 [r.getMessage() for r in caplog.records],
             )
+
+
+def test_eager_blocked_rule_keeps_weight_heavy_layers_on_the_gemm(monkeypatch, caplog):
+    """The AVX-512 table keeps a 3x3 layer whose c * r * s outweighs its output pixels more than
+    32 times (eager_blocked_reuse) on the GEMM; AVX2 takes every 3x3 layer to the blocked kernel."""
+    _needs_c()
+    monkeypatch.setenv("FASTCONV_VERBOSE", "1")
+    monkeypatch.delenv("FASTCONV_F32_CONV", raising=False)
+    isa = cbackend.isa()
+    w = np.zeros((16, 64, 3, 3), np.float32)  # c * r * s = 576
+    # 2x2 outputs: 576 > 32 * 4, on the GEMM (AVX-512); 6x6: 576 <= 32 * 36, on the blocked kernel.
+    for size, heavy in ((2, True), (6, False)):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="fastconv"):
+            fastconv.conv2d(np.zeros((1, 64, size, size), np.float32), w, padding=1, backend="c")
+        names = " ".join(r.getMessage() for r in caplog.records)
+        on_blocked = "NCHW converted at the call" in names
+        want = {"avx512": not heavy, "avx2": True, "generic": False}[isa]
+        assert on_blocked == want, (isa, size, names)
 
 
 def test_eager_gemm_names_weights_packed_per_task(monkeypatch, caplog):
