@@ -68,7 +68,7 @@ static void interleave(const float *src, int64_t ld, int64_t rows, int64_t n, in
  * kernel call agree through this one rule).  Filters with taps take the other one: on AVX-512 a
  * 3x3 filter's 16-channel block of weights is 36 KB for the 4 x 64 tile, more than L1, and 27 KB
  * for 7 x 48.  ResNet-50's 3x3 layers of 56- and 28-pixel rows, eager calls alternated in one
- * process (AMD EPYC Zen 4, 2 threads): 0.87-0.97x the time at batch 1, 0.90-1.00x at batch 8. */
+ * process (AMD EPYC Zen 4, 2 threads): 0.89-0.97x the time at batch 1, 0.90-1.00x at batch 8. */
 static void tile_of(const fc_conv2d_desc *d, int64_t *P, int64_t *V) {
     const fc_isa_config *cfg = fc_config();
     const int wide = d->r * d->s == 1 && d->ow % cfg->blocked_tiles[0][0] == 0;

@@ -85,7 +85,7 @@ static inline int fc_conv_act(const fc_conv2d_desc *d) {
  * by each step of the epilogue: 90-230 vector moves through the stack per call (objdump of the
  * AVX-512 blocked kernels, the 8 x 48 GEMM, the narrow kernel, the stem's tiles, the backward
  * data GEMM), 0-10 with the loops unrolled.
- * AMD EPYC Zen 4, AVX-512: the blocked 4 x 64 tile alone in L1 on one thread 98-100 -> 106-108
+ * AMD EPYC Zen 4, AVX-512: the blocked 4 x 64 tile alone in L1 on one thread 92-100 -> 106-108
  * GFLOP/s over a 64-channel reduction, 105-106 -> 111 over 128; whole Winograd plans on 2
  * threads, the old and new builds alternated in separate processes, ResNet-50 36.4-36.5 ->
  * 34.8-35.2 ms at batch 1 and 272-277 -> 260-267 ms at batch 8, ResNet-18 13.0-13.2 -> 12.7 ms at

@@ -58,9 +58,9 @@ static const fc_isa_config CONFIG_AVX512 = {
     .blocked_name = "conv2d f32 blocked 4x64 / 7x48 avx512",
     /* Eager 3x3 calls on the blocked kernel, 1x1 ones on the GEMM.  AMD EPYC Zen 4, ResNet-50's
      * 3x3 layers, alternated in one process with the GEMM, 2 threads, conversions and workspace
-     * included (after FC_TILE_LOOP): batch 8 0.75-0.93x the GEMM's time on all seven (two runs),
-     * batch 1 0.91-0.97x on the five up to 256 channels (three runs), but the 512-channel ones at
-     * 7x7 (9.4 MB of weights packed per call for 49 output pixels) 0.97-1.05x and 0.98-1.26x:
+     * included (after FC_TILE_LOOP): batch 8 0.76-0.93x the GEMM's time on all seven (two runs),
+     * batch 1 0.91-1.00x on the five up to 256 channels (two runs), but the 512-channel ones at
+     * 7x7 (9.4 MB of weights packed per call for 49 output pixels) 0.98-1.05x and 0.98-1.26x:
      * those stay on the GEMM (reuse 32: their c * r * s is 94 times the output pixels, the
      * others' at most 12).  1x1 layers ran 1.0-1.2x the GEMM's time on this route at batch 1. */
     .eager_blocked = 1,
