@@ -503,8 +503,9 @@ static int64_t needed_border(const fc_conv2d_desc *d) {
 /* Whether "auto" runs an eager NCHW call on the blocked kernel (fc_f32_conv2d_nchw_blocked): where
  * the kernel takes d, the filter has taps (r x s > 1) and the table says so (eager_blocked, and
  * eager_blocked_reuse: the AVX-512 table keeps layers whose weights outweigh their output on the
- * GEMM, isa.c) -- the rule measured on the table's CPU.  On the AVX2 table, alternated in one process against the GEMM (AMD EPYC Zen 3,
- * AVX2, 2 threads, ResNet-50's layers, conversions and workspace included): the 3x3 layers took
+ * GEMM, isa.c) -- the rule measured on the table's CPU.  On the AVX2 table, alternated in one
+ * process against the GEMM (AMD EPYC Zen 3, AVX2, 2 threads, ResNet-50's layers, conversions and
+ * workspace included): the 3x3 layers took
  * 0.83-0.96x the time at batch 8, and at batch 1 0.83-0.87x (3x3 stride 2 at 56x56) to level
  * (128 channels at 28x28, 0.90-1.02x); since the weights are packed as the tasks go, also those
  * with large weights and few output pixels, which the GEMM kept while a cached packing had to be

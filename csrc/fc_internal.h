@@ -83,8 +83,8 @@ static inline int fc_conv_act(const fc_conv2d_desc *d) {
  * Left as loops, GCC kept the accumulator array on the stack outside the reduction loop --
  * stored after zeroing, reloaded before the loop, stored after it, then loaded and stored again
  * by each step of the epilogue: 90-230 vector moves through the stack per call (objdump of the
- * AVX-512 blocked kernels, the 8 x 48 GEMM, the narrow kernel, the stem's tiles, the backward
- * data GEMM), 0-10 with the loops unrolled.
+ * AVX-512 and AVX2 blocked kernels, the 8 x 48 GEMM, the narrow kernel, the stem's tiles, the
+ * backward-data GEMM), 0-10 with the loops unrolled.
  * AMD EPYC Zen 4, AVX-512: the blocked 4 x 64 tile alone in L1 on one thread 92-100 -> 106-108
  * GFLOP/s over a 64-channel reduction, 105-106 -> 111 over 128; whole Winograd plans on 2
  * threads, the old and new builds alternated in separate processes, ResNet-50 36.4-36.5 ->
