@@ -62,7 +62,7 @@ static const fc_isa_config CONFIG_AVX512 = {
      * batch 1 0.91-1.00x on the five up to 256 channels (two runs), but the 512-channel ones at
      * 7x7 (9.4 MB of weights packed per call for 49 output pixels) 0.98-1.05x and 0.98-1.26x:
      * those stay on the GEMM (reuse 32: their c * r * s is 94 times the output pixels, the
-     * others' at most 12).  1x1 layers ran 1.0-1.2x the GEMM's time on this route at batch 1. */
+     * others' at most 12).  1x1 layers ran 1.01-1.25x the GEMM's time on this route at batch 1. */
     .eager_blocked = 1,
     .eager_blocked_1x1 = 0,
     .eager_blocked_reuse = 32,
