@@ -42,9 +42,10 @@ static const fc_isa_config CONFIG_AVX512 = {
     .kvec_pack = fc_f32_kvec_pack_avx512, .kvec_auto_pixels = 0, /* no measured win yet: see conv_kvec_f32.c */
     .kvec_name = "conv2d f32 kvec 7x64 avx512",
     /* 4 x 4 vectors (1x1 filters on rows of a multiple of 4 pixels; 3x3 ones take 7 x 3, whose
-     * weights block fits L1: tile_of): 8 loads per 16 FMAs.  14 x 2 (16 loads per 28) had been picked one layer at a
-     * time; in whole networks it lost 5-8% (ResNet-50 batch 8 142 -> 132 ms, batch 1 21.5 -> 19.7,
-     * alternated in one process) and slowed most when the host was busy. */
+     * weights block fits L1: tile_of): 8 loads per 16 FMAs.  14 x 2 (16 loads per 28) had been
+     * picked one layer at a time; in whole networks it lost 5-8% (ResNet-50 batch 8 142 -> 132
+     * ms, batch 1 21.5 -> 19.7, alternated in one process) and slowed most when the host was
+     * busy. */
     .blocked = fc_f32_blocked_7x4_avx512, .blocked_tiles = {{4, 4}, {7, 3}},
     .blocked_steps = 128, /* 128 x 3-4 vectors x 64 bytes: 24-32 KB (256 slowed the 1x1 layers of few outputs) */
     /* 1x1 layers measured apart on an AMD EPYC Zen 4 (ResNet-50 Winograd plans, alternated in
