@@ -18,7 +18,9 @@
  * sequential stream the kernel fetches ahead; at batch 1 U comes from memory, four times the
  * weights' size), else [kp][c], rows read in place.  Panels of at most FC_NARROW_COLS tiles
  * (ResNet's 28x28 planes at batch 1: 49 tiles, one past a panel) run the narrow kernel over all
- * of xi's blocks at once instead of a 16-column pass.
+ * of xi's blocks at once instead of a 16-column pass.  On channel-blocked activations (compiled
+ * plans), layers of up to 128 x 128 channels run with the channels in the vectors instead and the
+ * products turned around (the last section).
  */
 #include "fc_internal.h"
 
@@ -82,10 +84,11 @@ int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int 
     return FC_OK;
 }
 
-/* The 1-D transforms over 16 lanes: in[i * is + l] -> out[i * os + l]. */
+/* The 1-D transforms over L lanes (a compile-time constant where inlined): in[i * is + l] ->
+ * out[i * os + l]. */
 __attribute__((always_inline)) static inline void bt6(const float *restrict in, int64_t is, float *restrict out,
-                                                      int64_t os) {
-    for (int l = 0; l < LANES; l++) {
+                                                      int64_t os, const int L) {
+    for (int l = 0; l < L; l++) {
         float d0 = in[l], d1 = in[is + l], d2 = in[2 * is + l], d3 = in[3 * is + l], d4 = in[4 * is + l],
               d5 = in[5 * is + l];
         out[l] = 4 * d0 - 5 * d2 + d4;
@@ -98,8 +101,8 @@ __attribute__((always_inline)) static inline void bt6(const float *restrict in, 
 }
 
 __attribute__((always_inline)) static inline void at6(const float *restrict in, int64_t is, float *restrict out,
-                                                      int64_t os) {
-    for (int l = 0; l < LANES; l++) {
+                                                      int64_t os, const int L) {
+    for (int l = 0; l < L; l++) {
         float m0 = in[l], m1 = in[is + l], m2 = in[2 * is + l], m3 = in[3 * is + l], m4 = in[4 * is + l],
               m5 = in[5 * is + l];
         float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
@@ -148,11 +151,11 @@ typedef struct {
     layout_t xl, yl, rl;    /* the input's, output's and residual's layouts */
 } wplan_t;
 
-/* Tile t's image and tile row and column. */
-static inline void tile_at(const wplan_t *W, int64_t t, int64_t *n, int64_t *ty, int64_t *tx) {
-    *n = t / (W->th * W->tw);
-    *ty = t / W->tw % W->th;
-    *tx = t % W->tw;
+/* Tile t's image and tile row and column (th x tw tiles an image). */
+static inline void tile_at(int64_t th, int64_t tw, int64_t t, int64_t *n, int64_t *ty, int64_t *tx) {
+    *n = t / (th * tw);
+    *ty = t / tw % th;
+    *tx = t % tw;
 }
 
 /* The next tile's: the lanes walk consecutive tiles, so one division per call, not three per lane. */
@@ -176,7 +179,7 @@ static void input_transform(const wplan_t *W, const float *x, int64_t c, int64_t
     const fc_conv2d_desc *d = W->d;
     float tile[36 * LANES], tmp[36 * LANES];
     int64_t n, ty, tx;
-    tile_at(W, t0 + tl, &n, &ty, &tx);
+    tile_at(W->th, W->tw, t0 + tl, &n, &ty, &tx);
     for (int l = 0; l < LANES; l++, tile_next(W, &n, &ty, &tx)) {
         if (t0 + tl + l >= t1) {
             for (int e = 0; e < 36; e++)
@@ -205,11 +208,11 @@ static void input_transform(const wplan_t *W, const float *x, int64_t c, int64_t
             }
     }
     for (int j = 0; j < 6; j++) /* down the columns: tmp = B^T d */
-        bt6(tile + j * LANES, 6 * LANES, tmp + j * LANES, 6 * LANES);
+        bt6(tile + j * LANES, 6 * LANES, tmp + j * LANES, 6 * LANES, LANES);
     const size_t estride = (size_t)d->c * W->tcp;
     for (int i = 0; i < 6; i++) { /* along the rows: V = (B^T d) B, straight into V */
         float row[6 * LANES];
-        bt6(tmp + i * 6 * LANES, LANES, row, LANES);
+        bt6(tmp + i * 6 * LANES, LANES, row, LANES, LANES);
         for (int j = 0; j < 6; j++)
             memcpy(v + (size_t)(i * 6 + j) * estride + (size_t)c * W->tcp + tl, row + j * LANES,
                    LANES * sizeof(float));
@@ -230,9 +233,9 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     for (int e = 0; e < 36; e++)
         memcpy(src + e * LANES, base + e * estride, LANES * sizeof(float));
     for (int j = 0; j < 6; j++) /* tmp = A^T M: 4 rows x 6 */
-        at6(src + j * LANES, 6 * LANES, tmp + j * LANES, 6 * LANES);
+        at6(src + j * LANES, 6 * LANES, tmp + j * LANES, 6 * LANES, LANES);
     for (int a = 0; a < 4; a++) /* out = (A^T M) A: 4 x 4 */
-        at6(tmp + a * 6 * LANES, LANES, out + a * 4 * LANES, LANES);
+        at6(tmp + a * 6 * LANES, LANES, out + a * 4 * LANES, LANES, LANES);
     const float b = bias ? bias[k] : 0.0f;
     for (int e = 0; e < 16 * LANES; e++)
         out[e] += b;
@@ -241,7 +244,7 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     if (residual) { /* gathered into the lanes first, so the sum and activation stay vectors */
         float res[16 * LANES] = {0};
         const int64_t row = W->rl.row, pix = W->rl.pix;
-        tile_at(W, t0 + tl, &n, &ty, &tx);
+        tile_at(W->th, W->tw, t0 + tl, &n, &ty, &tx);
         for (int l = 0; l < lanes; l++, tile_next(W, &n, &ty, &tx)) {
             const float *r0 = residual + plane_at(&W->rl, n, k) + ty * 4 * row + tx * 4 * pix;
             for (int a = 0; a < 4 && ty * 4 + a < d->oh; a++)
@@ -255,7 +258,7 @@ static void output_transform(const wplan_t *W, const float *m, int64_t k, int64_
     if (act != FC_ACT_NONE)
         fc_act_row_f32(out, 16 * LANES, act, (float)d->act_a, (float)d->act_b);
     const int64_t row = W->yl.row, pix = W->yl.pix;
-    tile_at(W, t0 + tl, &n, &ty, &tx);
+    tile_at(W->th, W->tw, t0 + tl, &n, &ty, &tx);
     for (int l = 0; l < lanes; l++, tile_next(W, &n, &ty, &tx)) {
         float *y0 = y + plane_at(&W->yl, n, k) + ty * 4 * row + tx * 4 * pix;
         if (ty * 4 + 4 <= d->oh && tx * 4 + 4 <= d->ow) {
@@ -432,22 +435,303 @@ int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float 
     return status;
 }
 
-/* The same on channel-blocked activations (compiled plans): the transforms read and write them
- * where they lie (the input transform checks its bounds, so any border serves), the output's
- * border is zeroed. */
-int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *u,
+/* -- on channel-blocked activations (compiled plans): channels in the vectors -------------------
+ *
+ * The transforms above put 16 tiles in the vector lanes, each lane gathering its 6x6 patch one
+ * float at a time.  On channel-blocked activations ((n, c/L, h, w, L), fastconv.h) a pixel's L
+ * channels are already one vector, so here the transforms run on channel vectors, one tile at a
+ * time, without a gather or a scatter, and the matrix products are turned around so that the
+ * channels stay the fastest dimension from input to output:
+ *     M^T[xi][tile][k] = sum_c V^T[xi][tile][c] U^T[xi][c][k]
+ * A tile's transformed input channels (a row of V^T) are the GEMM's A rows, read in place; an
+ * input channel's transformed filters for every output channel (a row of U^T, kq = k rounded up
+ * to 16 with zero columns) its B rows; each mr x nr tile of M^T holds mr tiles x nr output
+ * channels, so the output transform reads a tile's L output channels as one vector too.  Chunks,
+ * the own/shared split of the team and the fused epilogue are as above.  (ResNet-50 at batch 8,
+ * AMD EPYC Zen 4: the transforms had taken 52% of a 64-channel layer at 56x56 and 36% of a
+ * 128-channel one at 28x28; docs/results/inference.md.) */
+
+#define KQ_STEP 16 /* the GEMM kernels' column vector: kq is a multiple of it */
+
+/* Whether a blocked layer runs this way (channels in the vectors) or as the NCHW kernel does
+ * (tiles in the vectors, the transforms reading and writing the blocked layout): this way where
+ * the transforms weigh most against the products, up to 128 x 128 channels.  ResNet-50's 3x3
+ * layers in Winograd plans, the two builds alternated in separate processes (AMD EPYC Zen 4,
+ * AVX-512, 2 threads, medians of four): 64 channels at 56x56 0.75x the time at batch 1 and 0.79x
+ * at batch 8, 128 at 28x28 0.77x and 0.82x; 256 at 14x14 1.25x and 0.99x, 512 at 7x7 1.04x and
+ * 1.12x (their products turned around stream U^T's larger blocks with less reuse). */
+static int channels_in_vectors(int64_t k, int64_t c) {
+    return k * c <= 128 * 128;
+}
+
+/* U^T's panels of nr output channels over kq = k rounded up to 16. */
+static int64_t u_panels(int64_t k) {
+    return (round_up(k, KQ_STEP) + fc_config()->nr - 1) / fc_config()->nr;
+}
+
+int64_t fc_f32_winograd_blocked_weights_size(int64_t k, int64_t c) {
+    if (k < 1 || c < 1 || k > INT64_MAX / 72)
+        return -1;
+    if (!channels_in_vectors(k, c))
+        return fc_f32_winograd_weights_size(k, c);
+    const int64_t cols = u_panels(k) * fc_config()->nr;
+    return cols > INT64_MAX / 36 / c ? -1 : 36 * c * cols;
+}
+
+/* U^T[xi] as the GEMM's B, packed a panel at a time: [xi][panel][c][nr], element xi of filter
+ * (k, c)'s transform at row c, column k % nr of panel k / nr, zero columns past k.  (Rows read in
+ * place from a [c][kq] matrix lie kq floats apart: 2 KB for 512 channels, every row of a block in
+ * the same few L1 sets, and the 7x7 layers ran 4x slower.) */
+int fc_f32_winograd_blocked_weights(int64_t k, int64_t c, const float *w, float *ut, int nthreads) {
+    if (fc_f32_winograd_blocked_weights_size(k, c) < 0 || !w || !ut)
+        return FC_EINVAL;
+    if (!channels_in_vectors(k, c))
+        return fc_f32_winograd_weights(k, c, w, ut, nthreads);
+    const int64_t nr = fc_config()->nr, npk = u_panels(k), cols = npk * nr;
+    int team = fc_team(nthreads, cols * c * 36, 1 << 16);
+    (void)team;
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int64_t cc = 0; cc < c; cc++)
+        for (int64_t kk = 0; kk < cols; kk++) {
+            double t[6][6] = {{0}};
+            if (kk < k)
+                filter_transform(w + (kk * c + cc) * 9, t);
+            for (int e = 0; e < 36; e++)
+                ut[(((size_t)e * npk + kk / nr) * c + cc) * nr + kk % nr] = (float)t[e / 6][e % 6];
+        }
+    return FC_OK;
+}
+
+typedef struct {
+    const fc_conv2d_desc *d;
+    int64_t L, mr, nr, kq, npk;  /* lanes; the GEMM tile; k rounded up to 16, panels of nr over it */
+    int64_t th, tw, tiles, tcp;  /* tile rows and columns per image, tiles in the batch, per chunk (x mr) */
+    int64_t vstride, mstride;    /* floats of one element's V^T (tcp x c) and M^T (tcp x npk * nr) */
+    layout_t xl, yl, rl;
+} bwplan_t;
+
+/* V^T[xi][tl][cb * L ..] for tile t (the chunk's tl) and input channel block cb: the 6x6 patch's
+ * pixel vectors (zero outside the image; interior patches copied without a test), B^T d down the
+ * columns, then (B^T d) B along the rows straight into V^T. */
+__attribute__((always_inline)) static inline void bw_input(const bwplan_t *W, const float *x, int64_t cb, int64_t t,
+                                                           int64_t tl, float *vt, const int L) {
+    const fc_conv2d_desc *d = W->d;
+    float patch[36 * 16], tmp[36 * 16];
+    int64_t n, ty, tx;
+    tile_at(W->th, W->tw, t, &n, &ty, &tx);
+    const int64_t h0 = ty * 4 - d->pad_top, w0 = tx * 4 - d->pad_left, row = W->xl.row;
+    const float *plane = x + plane_at(&W->xl, n, cb * L);
+    if (h0 >= 0 && w0 >= 0 && h0 + 6 <= d->h && w0 + 6 <= d->w) {
+        for (int i = 0; i < 6; i++)
+            memcpy(patch + i * 6 * L, plane + (h0 + i) * row + w0 * L, (size_t)(6 * L) * sizeof(float));
+    } else {
+        for (int i = 0; i < 6; i++)
+            for (int j = 0; j < 6; j++) {
+                const int64_t ih = h0 + i, iw = w0 + j;
+                float *dst = patch + (i * 6 + j) * L;
+                if (ih >= 0 && ih < d->h && iw >= 0 && iw < d->w)
+                    memcpy(dst, plane + ih * row + iw * L, (size_t)L * sizeof(float));
+                else
+                    memset(dst, 0, (size_t)L * sizeof(float));
+            }
+    }
+    for (int j = 0; j < 6; j++)
+        bt6(patch + j * L, 6 * L, tmp + j * L, 6 * L, L);
+    float *v = vt + tl * d->c + cb * L;
+    for (int i = 0; i < 6; i++) { /* through a local row: constant strides, so the loop vectorises */
+        float row[6 * 16];
+        bt6(tmp + i * 6 * L, L, row, L, L);
+        for (int j = 0; j < 6; j++)
+            memcpy(v + (size_t)(i * 6 + j) * W->vstride, row + j * L, (size_t)L * sizeof(float));
+    }
+}
+
+/* The output block of tile t (the chunk's tl) for output channel block kb: A^T M A on its 36
+ * vectors of M^T, + bias, + residual, the activation, stored where it lies in the image. */
+__attribute__((always_inline)) static inline void bw_output(const bwplan_t *W, const float *mt, int64_t kb,
+                                                            int64_t t, int64_t tl, const float *bias,
+                                                            const float *residual, float *y, const int L) {
+    const fc_conv2d_desc *d = W->d;
+    float src[36 * 16], tmp[24 * 16], out[16 * 16];
+    const int64_t k0 = kb * L;
+    const float *base = mt + ((tl / W->mr) * W->npk + k0 / W->nr) * W->mr * W->nr + (tl % W->mr) * W->nr + k0 % W->nr;
+    for (int e = 0; e < 36; e++)
+        memcpy(src + e * L, base + (size_t)e * W->mstride, (size_t)L * sizeof(float));
+    for (int j = 0; j < 6; j++)
+        at6(src + j * L, 6 * L, tmp + j * L, 6 * L, L);
+    for (int a = 0; a < 4; a++)
+        at6(tmp + a * 6 * L, L, out + a * 4 * L, L, L);
+    int64_t n, ty, tx;
+    tile_at(W->th, W->tw, t, &n, &ty, &tx);
+    const int64_t rows = FC_MIN(4, d->oh - ty * 4), cols = FC_MIN(4, d->ow - tx * 4);
+    if (bias)
+        for (int p = 0; p < 16; p++)
+            for (int l = 0; l < L; l++)
+                out[p * L + l] += bias[k0 + l];
+    if (residual) {
+        const float *r0 = residual + plane_at(&W->rl, n, k0) + ty * 4 * W->rl.row + tx * 4 * L;
+        for (int a = 0; a < rows; a++)
+            for (int c = 0; c < cols; c++)
+                for (int l = 0; l < L; l++)
+                    out[(a * 4 + c) * L + l] += r0[a * W->rl.row + c * L + l];
+    }
+    const int act = fc_conv_act(d);
+    if (act != FC_ACT_NONE)
+        fc_act_row_f32(out, 16 * L, act, (float)d->act_a, (float)d->act_b);
+    float *y0 = y + plane_at(&W->yl, n, k0) + ty * 4 * W->yl.row + tx * 4 * L;
+    for (int a = 0; a < rows; a++)
+        memcpy(y0 + a * W->yl.row, out + a * 4 * L, (size_t)(cols * L) * sizeof(float));
+}
+
+/* The transforms for both blocked widths, each in the CPU's clones. */
+FC_CLONES static void bw_input_any(const bwplan_t *W, const float *x, int64_t cb, int64_t t, int64_t tl, float *vt) {
+    if (W->L == 16)
+        bw_input(W, x, cb, t, tl, vt, 16);
+    else
+        bw_input(W, x, cb, t, tl, vt, 8);
+}
+
+FC_CLONES static void bw_output_any(const bwplan_t *W, const float *mt, int64_t kb, int64_t t, int64_t tl,
+                                    const float *bias, const float *residual, float *y) {
+    if (W->L == 16)
+        bw_output(W, mt, kb, t, tl, bias, residual, y, 16);
+    else
+        bw_output(W, mt, kb, t, tl, bias, residual, y, 8);
+}
+
+/* M^T[xi] = V^T[xi] U^T[xi] over the chunk's tile blocks (ntb of mr tiles): for each panel of nr
+ * output channels and each reduction block of kc input channels, every tile block in turn, so
+ * that the block of U^T (kc x nr) stays in cache while the tiles pass. */
+static void bw_gemm(const bwplan_t *W, const fc_isa_config *cfg, const float *ut, const float *vt, float *mt,
+                    const int64_t *rowoff, int64_t e, int64_t ntb) {
+    const int64_t c = W->d->c, kc = cfg->kc;
+    const float *v = vt + (size_t)e * W->vstride;
+    float *m = mt + (size_t)e * W->mstride;
+    for (int64_t pan = 0; pan < W->npk; pan++) {
+        const int64_t nv = FC_MIN(W->nr, W->kq - pan * W->nr) / 16;
+        const float *u = ut + ((size_t)e * W->npk + pan) * c * W->nr;
+        for (int64_t k0 = 0; k0 < c; k0 += kc) {
+            for (int64_t tb = 0; tb < ntb; tb++)
+                cfg->gemm[0][nv - 1](FC_MIN(kc, c - k0), v + tb * W->mr * c + k0, c, u + k0 * W->nr, rowoff,
+                                     m + (tb * W->npk + pan) * W->mr * W->nr, k0 > 0);
+        }
+    }
+}
+
+/* One chunk of tiles [t0, t1), as run_chunk: by one thread on its own scratch, or by the team
+ * (`shared`), each phase split among the threads (the GEMMs by whole elements xi). */
+static void run_bchunk(const bwplan_t *W, const fc_isa_config *cfg, const float *x, const float *ut,
+                       const float *bias, const float *residual, float *y, int64_t t0, int64_t t1, float *vt,
+                       float *mt, const int64_t *rowoff, int shared) {
+    const fc_conv2d_desc *d = W->d;
+    const int64_t ntiles = t1 - t0, ntb = (ntiles + W->mr - 1) / W->mr, pad = ntb * W->mr - ntiles;
+    const int64_t cbs = d->c / W->L, kbs = d->k / W->L, nin = ntiles * cbs, nout = ntiles * kbs;
+    if (shared) {
+        if (pad) { /* the last tile block's dead rows: zero, so their sums are (never stored) zeros */
+            #pragma omp for schedule(static)
+            for (int e = 0; e < 36; e++)
+                memset(vt + e * W->vstride + ntiles * d->c, 0, (size_t)(pad * d->c) * sizeof(float));
+        }
+        #pragma omp for schedule(static)
+        for (int64_t q = 0; q < nin; q++)
+            bw_input_any(W, x, q / ntiles, t0 + q % ntiles, q % ntiles, vt);
+        #pragma omp for schedule(static)
+        for (int e = 0; e < 36; e++)
+            bw_gemm(W, cfg, ut, vt, mt, rowoff, e, ntb);
+        #pragma omp for schedule(static)
+        for (int64_t q = 0; q < nout; q++)
+            bw_output_any(W, mt, q / ntiles, t0 + q % ntiles, q % ntiles, bias, residual, y);
+        return;
+    }
+    if (pad)
+        for (int e = 0; e < 36; e++)
+            memset(vt + e * W->vstride + ntiles * d->c, 0, (size_t)(pad * d->c) * sizeof(float));
+    for (int64_t q = 0; q < nin; q++)
+        bw_input_any(W, x, q / ntiles, t0 + q % ntiles, q % ntiles, vt);
+    for (int e = 0; e < 36; e++)
+        bw_gemm(W, cfg, ut, vt, mt, rowoff, e, ntb);
+    for (int64_t q = 0; q < nout; q++)
+        bw_output_any(W, mt, q / ntiles, t0 + q % ntiles, q % ntiles, bias, residual, y);
+}
+
+/* Channel-blocked activations (compiled plans): input with border xb (the transform checks its
+ * bounds, so any border serves), output with border yb (zeroed here), residual with border rb
+ * (residual == y: each output block's residual is read before the block is written, and no other
+ * block reads it, so the output may overwrite it in place). */
+int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *ut,
                                    const float *bias, const float *residual, int64_t rb, float *y, int64_t yb,
                                    int nthreads, const char **kernel) {
+    const fc_isa_config *cfg = fc_config();
     const int64_t L = fc_f32_blocked_lanes();
-    /* residual == y: each output block's residual is read (output_transform) before the block is
-     * written, and no other block reads it, so the output may overwrite it in place. */
-    if (d->c % L || d->k % L || xb < 0 || rb < 0 || yb < 0 || !x || !y || (residual == y && rb != yb))
+    if (d->n < 1 || d->c < 1 || d->k < 1 || d->oh < 1 || d->ow < 1 || d->pad_top < 0 || d->pad_left < 0)
         return FC_EINVAL;
+    if (d->r != 3 || d->s != 3 || d->stride_h != 1 || d->stride_w != 1 || d->dil_h != 1 || d->dil_w != 1 ||
+        d->groups != 1)
+        return FC_EUNSUPPORTED;
+    if (d->c % L || d->k % L || (L != 8 && L != 16) || cfg->nr % L || xb < 0 || rb < 0 || yb < 0 || !x || !ut ||
+        !y || (residual == y && rb != yb))
+        return FC_EINVAL;
+    if (!channels_in_vectors(d->k, d->c)) {
+        fc_f32_blocked_zero_border(y, d->n, d->k, d->oh, d->ow, yb, nthreads);
+        const int status = winograd(d, x, blocked_layout(d->c, d->h, d->w, xb, L), ut, bias, residual,
+                                    blocked_layout(d->k, d->oh, d->ow, rb, L), y,
+                                    blocked_layout(d->k, d->oh, d->ow, yb, L), nthreads);
+        if (status == FC_OK && kernel)
+            *kernel = cfg->winograd_blocked_name;
+        return status;
+    }
+    bwplan_t W = {.d = d, .L = L, .mr = cfg->mr, .nr = cfg->nr, .kq = round_up(d->k, KQ_STEP)};
+    W.xl = blocked_layout(d->c, d->h, d->w, xb, L);
+    W.yl = blocked_layout(d->k, d->oh, d->ow, yb, L);
+    W.rl = blocked_layout(d->k, d->oh, d->ow, rb, L);
+    W.npk = u_panels(d->k);
+    W.th = (d->oh + 3) / 4;
+    W.tw = (d->ow + 3) / 4;
+    W.tiles = d->n * W.th * W.tw;
+    int team = fc_team(nthreads, W.tiles * d->c * d->k * 36, 1 << 16);
+    /* Chunks: V^T and M^T of a chunk within CHUNK_BYTES, a multiple of mr tiles; with enough tiles
+     * each thread runs whole chunks on its own scratch (at least two per thread, for balance),
+     * otherwise the team shares one chunk at a time. */
+    const int64_t per_tile = 36 * (d->c + W.npk * W.nr) * (int64_t)sizeof(float);
+    const int64_t least = round_up(FC_NR, W.mr); /* fewer tiles a chunk stream U^T once more each */
+    W.tcp = FC_MAX(least, CHUNK_BYTES / per_tile / W.mr * W.mr);
+    const int own = W.tiles >= 2 * team * least;
+    if (own)
+        W.tcp = FC_MIN(W.tcp, FC_MAX(least, W.tiles / (2 * team) / W.mr * W.mr));
+    W.tcp = FC_MIN(W.tcp, round_up(W.tiles, W.mr));
+    W.vstride = W.tcp * d->c;
+    W.mstride = W.tcp * W.npk * W.nr;
+    const int64_t chunks = (W.tiles + W.tcp - 1) / W.tcp, copies = own ? team : 1;
+    const size_t vslice = fc_slice((size_t)36 * W.vstride * sizeof(float));
+    const size_t mslice = fc_slice((size_t)36 * W.mstride * sizeof(float));
+    char *scratch = fc_alloc((size_t)copies * (vslice + mslice));
+    const int64_t nrow = FC_MIN(cfg->kc, d->c);
+    int64_t *rowoff = fc_alloc((size_t)nrow * sizeof(int64_t));
+    if (!scratch || !rowoff) {
+        free(scratch), free(rowoff);
+        return FC_ENOMEM;
+    }
+    for (int64_t p = 0; p < nrow; p++)
+        rowoff[p] = p * W.nr;
     fc_f32_blocked_zero_border(y, d->n, d->k, d->oh, d->ow, yb, nthreads);
-    const int status = winograd(d, x, blocked_layout(d->c, d->h, d->w, xb, L), u, bias, residual,
-                                blocked_layout(d->k, d->oh, d->ow, rb, L), y, blocked_layout(d->k, d->oh, d->ow, yb, L),
-                                nthreads);
-    if (status == FC_OK && kernel)
-        *kernel = fc_config()->winograd_blocked_name;
-    return status;
+
+    #pragma omp parallel num_threads(team)
+    {
+        if (own) {
+            char *mine = scratch + (size_t)FC_THREAD_ID() * (vslice + mslice);
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run_bchunk(&W, cfg, x, ut, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
+                           (float *)mine, (float *)(mine + vslice), rowoff, 0);
+        } else {
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run_bchunk(&W, cfg, x, ut, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
+                           (float *)scratch, (float *)(scratch + vslice), rowoff, 1);
+        }
+    }
+    free(scratch);
+    free(rowoff);
+    if (kernel)
+        *kernel = cfg->winograd_blocked_name;
+    return FC_OK;
 }

@@ -124,8 +124,11 @@ int fc_f32_winograd_weights(int64_t k, int64_t c, const float *weight, float *u,
 int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
                            const float *residual, float *y, int nthreads, const char **kernel);
 /* The same on channel-blocked activations (see fc_f32_conv2d_blocked, residual == y included; c and
- * k multiples of L). */
-int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *u,
+ * k multiples of L), with the filters transformed for it: fc_f32_winograd_blocked_weights, into
+ * winograd_blocked_weights_size floats (another layout than fc_f32_winograd_weights'). */
+int64_t fc_f32_winograd_blocked_weights_size(int64_t k, int64_t c);
+int fc_f32_winograd_blocked_weights(int64_t k, int64_t c, const float *weight, float *ut, int nthreads);
+int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int64_t xb, const float *ut,
                                    const float *bias, const float *residual, int64_t rb, float *y, int64_t yb,
                                    int nthreads, const char **kernel);
 /* 1 when the `bytes` bytes at a and b are equal (memcmp): the transform cache's content check. */

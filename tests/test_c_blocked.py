@@ -70,7 +70,7 @@ def run_blocked(case: Case, seed: int = 0, extra=(0, 0, 0), winograd: bool = Fal
         y = np.zeros(cbackend.blocked_shape(p.output_shape, yb), np.float32)
         cbackend.to_blocked(residual, yb, y)
         r = y
-    w = cbackend.winograd_transform(p, inputs["w"]) if winograd else cbackend.blocked_weights(p, inputs["w"])
+    w = cbackend.winograd_blocked_transform(p, inputs["w"]) if winograd else cbackend.blocked_weights(p, inputs["w"])
     call = cbackend.BlockedConvCall(p, w, inputs.get("b"), y, xb, rb, yb)
     assert call(x, r) is y
     inner = np.zeros(y.shape, bool)
@@ -231,9 +231,11 @@ def _winograd_cases(lanes: int) -> list[Case]:
         # Enough tiles for each thread to take its own chunks (chunks crossing images), and a last
         # group of output vectors narrower than the kernel's tile.
         Case("conv2d", "wblocked-chunks", (3, L, 30, 26), (5 * L, L, 3, 3), {"padding": 1, **relu}, True, True),
-        # More input channels than one pass of the products takes (1024 channels on AVX2, 128 on
-        # AVX-512: blocked_steps_1x1), the later passes adding to the sums left in M.
+        # More input channels than one pass of the products takes (the table's kc: 128-256), the
+        # later passes adding to the sums left in M: with up to 128 x 128 channels the products run
+        # turned around (channels in the vectors, conv_winograd_f32.c), beyond that as on NCHW.
         Case("conv2d", "wblocked-deep", (1, 130 * L, 4, 4), (L, 130 * L, 3, 3), {"padding": 1}, bias=True),
+        Case("conv2d", "wblocked-deep-narrow", (2, 40 * L, 5, 7), (L, 40 * L, 3, 3), {"padding": 1}, True, True),
     ]
 
 

@@ -164,7 +164,9 @@ class Conv(Step):
         c = _c()
         self.blocked = (xb, rb, yb)
         if self.p.algorithm == "winograd" and winograd:
-            self.wb, self.wp = self.u, None
+            # The blocked kernel's own filter layout (channels fastest), made once here.
+            self.wb = c.winograd_blocked_transform(self.p, self.w)
+            self.u = self.wp = None
             self.choice = "c winograd, blocked activations (filters pre-transformed)"
         else:
             self.p = replace(self.p, algorithm="auto")

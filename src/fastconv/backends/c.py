@@ -459,7 +459,8 @@ class BlockedConvCall:
     """A compiled plan's convolution on blocked activations: input with border ``xb``, residual
     (if ``p.residual``) with border ``rb``, output ``y`` with border ``yb``; weights pre-packed by
     :func:`blocked_weights`, or, for algorithm "winograd", the filters transformed by
-    :func:`winograd_transform` (Winograd's transforms then read and write the blocked layout).
+    :func:`winograd_blocked_transform` (Winograd's transforms then read and write the blocked
+    layout).
     The residual may be ``y`` itself when ``rb == yb``: the output then overwrites it in place."""
 
     def __init__(self, p, wpack, bias, y, xb: int, rb: int, yb: int):
@@ -474,7 +475,7 @@ class BlockedConvCall:
         self.kernel = call.ffi.new("const char **")
         if p.algorithm == "winograd":
             self.fn = _ckernels.lib.fc_f32_conv2d_winograd_blocked
-            wsize = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
+            wsize = _ckernels.lib.fc_f32_winograd_blocked_weights_size(p.k, p.c)
         else:
             self.fn = _ckernels.lib.fc_f32_conv2d_blocked
             wsize = p.k * p.c * p.r * p.s
@@ -572,6 +573,23 @@ def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
     call = _Call("float32")
     _check(
         _ckernels.lib.fc_f32_winograd_weights(
+            p.k, p.c, call.ptr(weight, p.k * p.c * 9), call.ptr(u, size, writable=True), threads.get_num_threads()
+        ),
+        "conv2d",
+    )
+    return u
+
+
+def winograd_blocked_transform(p, weight: np.ndarray) -> np.ndarray:
+    """The Winograd filter transform of ``weight`` (k, c, 3, 3) float32 in the layout of the
+    channel-blocked Winograd kernel (:class:`BlockedConvCall`), made afresh."""
+    size = _ckernels.lib.fc_f32_winograd_blocked_weights_size(p.k, p.c)
+    if size < 0:
+        raise MemoryError(f"c backend: the Winograd transform of a {p.weight_shape} weight is too large")
+    u = np.empty(size, np.float32)
+    call = _Call("float32")
+    _check(
+        _ckernels.lib.fc_f32_winograd_blocked_weights(
             p.k, p.c, call.ptr(weight, p.k * p.c * 9), call.ptr(u, size, writable=True), threads.get_num_threads()
         ),
         "conv2d",
