@@ -327,12 +327,62 @@ static void narrow_gemm(const wplan_t *W, const fc_isa_config *cfg, const float 
     }
 }
 
+/* What every chunk of a call reads and writes: the arrays, and the GEMM's B row offsets. */
+typedef struct {
+    const float *x, *u, *bias, *residual;
+    float *y;
+    const int64_t *rowoff;
+} wcall_t;
+
+/* One chunk of tiles [t0, t1) of a call planned by `plan`, on scratch v and m; `shared`: run by
+ * the whole team, each phase split among the threads. */
+typedef void (*wchunk_fn)(const void *plan, const wcall_t *a, int64_t t0, int64_t t1, float *v, float *m,
+                          int shared);
+
+/* The chunks of tcp tiles that cover `tiles`, each with vbytes of V and mbytes of M: with `own`
+ * every thread runs whole chunks on its own scratch (no barriers), otherwise the team runs one
+ * chunk at a time together.  The GEMM's B rows lie `stride` floats apart (nrow of them). */
+static int run_chunks(const void *plan, wchunk_fn run, wcall_t a, int team, int own, int64_t tiles, int64_t tcp,
+                      size_t vbytes, size_t mbytes, int64_t nrow, int64_t stride) {
+    const int64_t chunks = (tiles + tcp - 1) / tcp, copies = own ? team : 1;
+    const size_t vslice = fc_slice(vbytes), mslice = fc_slice(mbytes);
+    char *scratch = fc_alloc((size_t)copies * (vslice + mslice));
+    int64_t *rowoff = fc_alloc((size_t)nrow * sizeof(int64_t));
+    if (!scratch || !rowoff) {
+        free(scratch), free(rowoff);
+        return FC_ENOMEM;
+    }
+    for (int64_t p = 0; p < nrow; p++)
+        rowoff[p] = p * stride;
+    a.rowoff = rowoff;
+
+    #pragma omp parallel num_threads(team)
+    {
+        if (own) {
+            char *mine = scratch + (size_t)FC_THREAD_ID() * (vslice + mslice);
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run(plan, &a, ch * tcp, FC_MIN(tiles, (ch + 1) * tcp), (float *)mine, (float *)(mine + vslice), 0);
+        } else {
+            for (int64_t ch = 0; ch < chunks; ch++)
+                run(plan, &a, ch * tcp, FC_MIN(tiles, (ch + 1) * tcp), (float *)scratch,
+                    (float *)(scratch + vslice), 1);
+        }
+    }
+    free(scratch);
+    free(rowoff);
+    return FC_OK;
+}
+
 /* One chunk of tiles [t0, t1): input transform, the 36 GEMMs, output transform.  Called either
  * by one thread on its own scratch (`shared` = 0) or by the whole team on shared scratch, each
  * phase split among the threads. */
-static void run_chunk(const wplan_t *W, const fc_isa_config *cfg, const float *x, const float *u,
-                      const float *bias, const float *residual, float *y, int64_t t0, int64_t t1, float *v,
-                      float *m, const int64_t *rowoff, int shared) {
+static void run_chunk(const void *plan, const wcall_t *a, int64_t t0, int64_t t1, float *v, float *m, int shared) {
+    const wplan_t *W = plan;
+    const fc_isa_config *cfg = fc_config();
+    const float *x = a->x, *u = a->u, *bias = a->bias, *residual = a->residual;
+    float *y = a->y;
+    const int64_t *rowoff = a->rowoff;
     const fc_conv2d_desc *d = W->d;
     const int64_t mblocks = W->kp / W->mr;
     /* Live tiles in 16-lane groups: what the transforms make and the GEMMs read. */
@@ -395,35 +445,9 @@ static int winograd(const fc_conv2d_desc *d, const float *x, layout_t xl, const 
         W.tcp = FC_MIN(W.tcp, FC_MAX(W.nr, W.tiles / (2 * team) / W.nr * W.nr));
     W.tcp = FC_MIN(W.tcp, round_up(W.tiles, W.nr));
     W.npan = W.tcp / W.nr;
-    const int64_t chunks = (W.tiles + W.tcp - 1) / W.tcp, copies = own ? team : 1;
-    const size_t vslice = fc_slice((size_t)36 * d->c * W.tcp * sizeof(float));
-    const size_t mslice = fc_slice((size_t)36 * W.kp * W.tcp * sizeof(float));
-    char *scratch = fc_alloc((size_t)copies * (vslice + mslice));
-    int64_t *rowoff = fc_alloc((size_t)d->c * sizeof(int64_t));
-    if (!scratch || !rowoff) {
-        free(scratch), free(rowoff);
-        return FC_ENOMEM;
-    }
-    for (int64_t p = 0; p < d->c; p++)
-        rowoff[p] = p * W.tcp;
-
-    #pragma omp parallel num_threads(team)
-    {
-        if (own) {
-            char *mine = scratch + (size_t)FC_THREAD_ID() * (vslice + mslice);
-            #pragma omp for schedule(dynamic, 1)
-            for (int64_t ch = 0; ch < chunks; ch++)
-                run_chunk(&W, cfg, x, u, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
-                          (float *)mine, (float *)(mine + vslice), rowoff, 0);
-        } else {
-            for (int64_t ch = 0; ch < chunks; ch++)
-                run_chunk(&W, cfg, x, u, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
-                          (float *)scratch, (float *)(scratch + vslice), rowoff, 1);
-        }
-    }
-    free(scratch);
-    free(rowoff);
-    return FC_OK;
+    const wcall_t args = {.x = x, .u = u, .bias = bias, .residual = residual, .y = y};
+    return run_chunks(&W, run_chunk, args, team, own, W.tiles, W.tcp, (size_t)36 * d->c * W.tcp * sizeof(float),
+                      (size_t)36 * W.kp * W.tcp * sizeof(float), d->c, W.tcp);
 }
 
 int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
@@ -620,9 +644,13 @@ static void bw_gemm(const bwplan_t *W, const fc_isa_config *cfg, const float *ut
 
 /* One chunk of tiles [t0, t1), as run_chunk: by one thread on its own scratch, or by the team
  * (`shared`), each phase split among the threads (the GEMMs by whole elements xi). */
-static void run_bchunk(const bwplan_t *W, const fc_isa_config *cfg, const float *x, const float *ut,
-                       const float *bias, const float *residual, float *y, int64_t t0, int64_t t1, float *vt,
-                       float *mt, const int64_t *rowoff, int shared) {
+static void run_bchunk(const void *plan, const wcall_t *a, int64_t t0, int64_t t1, float *vt, float *mt,
+                       int shared) {
+    const bwplan_t *W = plan;
+    const fc_isa_config *cfg = fc_config();
+    const float *x = a->x, *ut = a->u, *bias = a->bias, *residual = a->residual;
+    float *y = a->y;
+    const int64_t *rowoff = a->rowoff;
     const fc_conv2d_desc *d = W->d;
     const int64_t ntiles = t1 - t0, ntb = (ntiles + W->mr - 1) / W->mr, pad = ntb * W->mr - ntiles;
     const int64_t cbs = d->c / W->L, kbs = d->k / W->L, nin = ntiles * cbs, nout = ntiles * kbs;
@@ -701,37 +729,12 @@ int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int6
     W.tcp = FC_MIN(W.tcp, round_up(W.tiles, W.mr));
     W.vstride = W.tcp * d->c;
     W.mstride = W.tcp * W.npk * W.nr;
-    const int64_t chunks = (W.tiles + W.tcp - 1) / W.tcp, copies = own ? team : 1;
-    const size_t vslice = fc_slice((size_t)36 * W.vstride * sizeof(float));
-    const size_t mslice = fc_slice((size_t)36 * W.mstride * sizeof(float));
-    char *scratch = fc_alloc((size_t)copies * (vslice + mslice));
-    const int64_t nrow = FC_MIN(cfg->kc, d->c);
-    int64_t *rowoff = fc_alloc((size_t)nrow * sizeof(int64_t));
-    if (!scratch || !rowoff) {
-        free(scratch), free(rowoff);
-        return FC_ENOMEM;
-    }
-    for (int64_t p = 0; p < nrow; p++)
-        rowoff[p] = p * W.nr;
     fc_f32_blocked_zero_border(y, d->n, d->k, d->oh, d->ow, yb, nthreads);
-
-    #pragma omp parallel num_threads(team)
-    {
-        if (own) {
-            char *mine = scratch + (size_t)FC_THREAD_ID() * (vslice + mslice);
-            #pragma omp for schedule(dynamic, 1)
-            for (int64_t ch = 0; ch < chunks; ch++)
-                run_bchunk(&W, cfg, x, ut, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
-                           (float *)mine, (float *)(mine + vslice), rowoff, 0);
-        } else {
-            for (int64_t ch = 0; ch < chunks; ch++)
-                run_bchunk(&W, cfg, x, ut, bias, residual, y, ch * W.tcp, FC_MIN(W.tiles, (ch + 1) * W.tcp),
-                           (float *)scratch, (float *)(scratch + vslice), rowoff, 1);
-        }
-    }
-    free(scratch);
-    free(rowoff);
-    if (kernel)
+    const wcall_t args = {.x = x, .u = ut, .bias = bias, .residual = residual, .y = y};
+    const int status = run_chunks(&W, run_bchunk, args, team, own, W.tiles, W.tcp,
+                                  (size_t)36 * W.vstride * sizeof(float), (size_t)36 * W.mstride * sizeof(float),
+                                  FC_MIN(cfg->kc, d->c), W.nr);
+    if (status == FC_OK && kernel)
         *kernel = cfg->winograd_blocked_name;
-    return FC_OK;
+    return status;
 }

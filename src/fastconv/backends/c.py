@@ -566,30 +566,24 @@ def _winograd_weights(p, weight: np.ndarray) -> np.ndarray:
 
 def winograd_transform(p, weight: np.ndarray) -> np.ndarray:
     """The Winograd filter transform of ``weight`` (k, c, 3, 3) float32, made afresh (uncached)."""
-    size = _ckernels.lib.fc_f32_winograd_weights_size(p.k, p.c)
-    if size < 0:
-        raise MemoryError(f"c backend: the Winograd transform of a {p.weight_shape} weight is too large")
-    u = np.empty(size, np.float32)
-    call = _Call("float32")
-    _check(
-        _ckernels.lib.fc_f32_winograd_weights(
-            p.k, p.c, call.ptr(weight, p.k * p.c * 9), call.ptr(u, size, writable=True), threads.get_num_threads()
-        ),
-        "conv2d",
-    )
-    return u
+    lib = _ckernels.lib
+    return _filter_transform(p, weight, lib.fc_f32_winograd_weights_size, lib.fc_f32_winograd_weights)
 
 
 def winograd_blocked_transform(p, weight: np.ndarray) -> np.ndarray:
-    """The Winograd filter transform of ``weight`` (k, c, 3, 3) float32 in the layout of the
-    channel-blocked Winograd kernel (:class:`BlockedConvCall`), made afresh."""
-    size = _ckernels.lib.fc_f32_winograd_blocked_weights_size(p.k, p.c)
+    """The same in the layout of the channel-blocked Winograd kernel (:class:`BlockedConvCall`)."""
+    lib = _ckernels.lib
+    return _filter_transform(p, weight, lib.fc_f32_winograd_blocked_weights_size, lib.fc_f32_winograd_blocked_weights)
+
+
+def _filter_transform(p, weight: np.ndarray, size_of, transform) -> np.ndarray:
+    size = size_of(p.k, p.c)
     if size < 0:
         raise MemoryError(f"c backend: the Winograd transform of a {p.weight_shape} weight is too large")
     u = np.empty(size, np.float32)
     call = _Call("float32")
     _check(
-        _ckernels.lib.fc_f32_winograd_blocked_weights(
+        transform(
             p.k, p.c, call.ptr(weight, p.k * p.c * 9), call.ptr(u, size, writable=True), threads.get_num_threads()
         ),
         "conv2d",
