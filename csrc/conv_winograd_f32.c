@@ -735,6 +735,6 @@ int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int6
                                   (size_t)36 * W.vstride * sizeof(float), (size_t)36 * W.mstride * sizeof(float),
                                   FC_MIN(cfg->kc, d->c), W.nr);
     if (status == FC_OK && kernel)
-        *kernel = cfg->winograd_blocked_name;
+        *kernel = cfg->winograd_channels_name;
     return status;
 }

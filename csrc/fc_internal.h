@@ -272,6 +272,7 @@ typedef struct fc_isa_config {
     const char *gemm_task_name; /* an eager call's, weights packed per task (gemm_pack) */
     const char *winograd_name;
     const char *winograd_blocked_name; /* the same on channel-blocked activations */
+    const char *winograd_channels_name; /* ... with the channels in the vectors (conv_winograd_f32.c) */
     const char *direct_name;
     fc_kvec_fn kvec;           /* output channels along the vectors, pixels broadcast */
     int kvec_p, kvec_v, kvec_lanes; /* its tile: pixels x vectors of lanes channels */

@@ -37,6 +37,8 @@ static const fc_isa_config CONFIG_AVX512 = {
     .gemm_tail_name = "conv2d f32 gemm 8x48 avx512, weights pre-packed, last 1-4 columns in the full tile's pass",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512",
     .winograd_blocked_name = "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512, blocked activations",
+    .winograd_channels_name =
+        "conv2d f32 winograd F(4x4,3x3) gemm 8x48 avx512, blocked activations, channels in vectors",
     .direct_name = "conv2d f32 direct avx512",
     .kvec = fc_f32_kvec_7x4_avx512, .kvec_p = 7, .kvec_v = 4, .kvec_lanes = 16,
     .kvec_pack = fc_f32_kvec_pack_avx512, .kvec_auto_pixels = 0, /* no measured win yet: see conv_kvec_f32.c */
@@ -96,6 +98,8 @@ static const fc_isa_config CONFIG_AVX2 = {
     .gemm_task_name = "conv2d f32 gemm 6x16 avx2, weights packed per task",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2",
     .winograd_blocked_name = "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2, blocked activations",
+    .winograd_channels_name =
+        "conv2d f32 winograd F(4x4,3x3) gemm 6x16 avx2, blocked activations, channels in vectors",
     .direct_name = "conv2d f32 direct avx2",
     .kvec = fc_f32_kvec_4x3_avx2, .kvec_p = 4, .kvec_v = 3, .kvec_lanes = 8,
     .kvec_pack = fc_f32_kvec_pack_avx2,
@@ -135,6 +139,8 @@ static const fc_isa_config CONFIG_GENERIC = {
     .gemm_name = "conv2d f32 gemm 4x16 generic",
     .winograd_name = "conv2d f32 winograd F(4x4,3x3) gemm 4x16 generic",
     .winograd_blocked_name = "conv2d f32 winograd F(4x4,3x3) gemm 4x16 generic, blocked activations",
+    .winograd_channels_name =
+        "conv2d f32 winograd F(4x4,3x3) gemm 4x16 generic, blocked activations, channels in vectors",
     .direct_name = "conv2d f32 direct generic",
     .kvec = fc_f32_kvec_4x2_generic, .kvec_p = 4, .kvec_v = 2, .kvec_lanes = 8,
     .kvec_name = "conv2d f32 kvec 4x16 generic",

@@ -234,9 +234,28 @@ def _winograd_cases(lanes: int) -> list[Case]:
         # More input channels than one pass of the products takes (the table's kc: 128-256), the
         # later passes adding to the sums left in M: with up to 128 x 128 channels the products run
         # turned around (channels in the vectors, conv_winograd_f32.c), beyond that as on NCHW.
-        Case("conv2d", "wblocked-deep", (1, 130 * L, 4, 4), (L, 130 * L, 3, 3), {"padding": 1}, bias=True),
+        Case("conv2d", "wblocked-deep", (1, 130 * L, 4, 4), (2 * L, 130 * L, 3, 3), {"padding": 1}, bias=True),
         Case("conv2d", "wblocked-deep-narrow", (2, 40 * L, 5, 7), (L, 40 * L, 3, 3), {"padding": 1}, True, True),
     ]
+
+
+def test_blocked_winograd_names_the_order_it_ran():
+    """Up to 128 x 128 channels the blocked Winograd runs with the channels in the vectors, beyond
+    that in the NCHW kernel's order; the kernel name FASTCONV_VERBOSE logs says which."""
+    from dataclasses import replace
+
+    L = _lanes()
+    for c, k, channels in [(L, L, True), (128, 128, True), (128, 144, False), (130 * L, 2 * L, False)]:
+        p = replace(_problem(Case("conv2d", "name", (1, c, 6, 6), (k, c, 3, 3), {"padding": 1}), False, None),
+                    algorithm="winograd")  # fmt: skip
+        x = np.zeros(cbackend.blocked_shape(p.input_shape, 1), np.float32)
+        y = np.zeros(cbackend.blocked_shape(p.output_shape, 0), np.float32)
+        w = np.zeros(p.weight_shape, np.float32)
+        call = cbackend.BlockedConvCall(p, cbackend.winograd_blocked_transform(p, w), None, y, 1, 0, 0)
+        call(x)
+        name = call.call.ffi.string(call.kernel[0]).decode()
+        assert name.startswith("conv2d f32 winograd F(4x4,3x3)") and "blocked activations" in name, name
+        assert ("channels in vectors" in name) == channels, (c, k, name)
 
 
 def test_blocked_winograd_gives_the_nchw_winograd_bits():
