@@ -61,26 +61,51 @@ int fc_bytes_equal(const void *a, const void *b, int64_t bytes) {
     return bytes <= 0 || memcmp(a, b, (size_t)bytes) == 0;
 }
 
-int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int nthreads) {
-    if (fc_f32_winograd_weights_size(k, c) < 0)
-        return FC_EINVAL;
-    const int64_t kp = padded_k(k);
-    const fc_isa_config *cfg = fc_config();
-    const int64_t mr = cfg->mr;
-    const int packed = cfg->gemm_packed != NULL;
-    int team = fc_team(nthreads, kp * c * 36, 1 << 16);
+/* Where element xi of filter (kk, cc)'s transform lies, from the start of xi's matrix, in the
+ * layouts the products read: rows [kk][cc] read in place; blocks of mr rows pre-packed as
+ * [cc][kk % mr]; or (the blocked order's U^T, below) panels of nr columns as [cc][kk % nr]. */
+typedef enum { U_ROWS, U_PACKED, U_PANELS } ukind_t;
+typedef struct {
+    ukind_t kind;
+    int64_t c, mr, nr;
+} ulayout_t;
+
+static size_t u_at(const ulayout_t *l, int64_t kk, int64_t cc) {
+    switch (l->kind) {
+    case U_PACKED:
+        return (size_t)(kk - kk % l->mr) * l->c + (size_t)cc * l->mr + (size_t)(kk % l->mr);
+    case U_PANELS:
+        return ((size_t)(kk / l->nr) * l->c + (size_t)cc) * l->nr + (size_t)(kk % l->nr);
+    default:
+        return (size_t)kk * l->c + (size_t)cc;
+    }
+}
+
+/* Every filter's transform, computed in double, into `rows` x c floats per element xi (rows past
+ * k zero), laid out as l says. */
+static void transform_filters(int64_t k, int64_t rows, const float *w, float *u, const ulayout_t *l, int nthreads) {
+    const int64_t c = l->c;
+    const size_t estride = (size_t)rows * (size_t)c;
+    int team = fc_team(nthreads, rows * c * 36, 1 << 16);
+    (void)team;
     #pragma omp parallel for num_threads(team) schedule(static)
-    for (int64_t kk = 0; kk < kp; kk++)
+    for (int64_t kk = 0; kk < rows; kk++)
         for (int64_t cc = 0; cc < c; cc++) {
             double t[6][6] = {{0}};
             if (kk < k)
                 filter_transform(w + (kk * c + cc) * 9, t);
-            /* Row kk of xi's matrix: in block kk / mr, at [cc][kk % mr] packed, else [kk][cc]. */
-            const size_t at = packed ? (size_t)(kk - kk % mr) * c + (size_t)cc * mr + (size_t)(kk % mr)
-                                     : (size_t)kk * c + (size_t)cc;
+            const size_t at = u_at(l, kk, cc);
             for (int e = 0; e < 36; e++)
-                u[(size_t)e * kp * c + at] = (float)t[e / 6][e % 6];
+                u[(size_t)e * estride + at] = (float)t[e / 6][e % 6];
         }
+}
+
+int fc_f32_winograd_weights(int64_t k, int64_t c, const float *w, float *u, int nthreads) {
+    if (fc_f32_winograd_weights_size(k, c) < 0)
+        return FC_EINVAL;
+    const fc_isa_config *cfg = fc_config();
+    const ulayout_t l = {.kind = cfg->gemm_packed ? U_PACKED : U_ROWS, .c = c, .mr = cfg->mr};
+    transform_filters(k, padded_k(k), w, u, &l, nthreads);
     return FC_OK;
 }
 
@@ -346,8 +371,10 @@ static int run_chunks(const void *plan, wchunk_fn run, wcall_t a, int team, int 
                       size_t vbytes, size_t mbytes, int64_t nrow, int64_t stride) {
     const int64_t chunks = (tiles + tcp - 1) / tcp, copies = own ? team : 1;
     const size_t vslice = fc_slice(vbytes), mslice = fc_slice(mbytes);
-    char *scratch = fc_alloc((size_t)copies * (vslice + mslice));
-    int64_t *rowoff = fc_alloc((size_t)nrow * sizeof(int64_t));
+    size_t both;
+    fc_size_add(vslice, mslice, &both); /* SIZE_MAX on overflow: fc_alloc then fails */
+    char *scratch = fc_alloc(fc_size_mul3((size_t)copies, both, 1));
+    int64_t *rowoff = fc_alloc(fc_size_mul3((size_t)nrow, sizeof(int64_t), 1));
     if (!scratch || !rowoff) {
         free(scratch), free(rowoff);
         return FC_ENOMEM;
@@ -429,6 +456,8 @@ static int winograd(const fc_conv2d_desc *d, const float *x, layout_t xl, const 
     if (d->r != 3 || d->s != 3 || d->stride_h != 1 || d->stride_w != 1 || d->dil_h != 1 || d->dil_w != 1 ||
         d->groups != 1)
         return FC_EUNSUPPORTED;
+    if (fc_f32_winograd_weights_size(d->k, d->c) < 0) /* bounds k and c for the sizes below */
+        return FC_EINVAL;
     wplan_t W = {.d = d, .mr = cfg->mr, .nr = cfg->nr, .xl = xl, .yl = yl, .rl = rl};
     W.th = (d->oh + 3) / 4;
     W.tw = (d->ow + 3) / 4;
@@ -438,16 +467,17 @@ static int winograd(const fc_conv2d_desc *d, const float *x, layout_t xl, const 
     /* Chunks: V and M of a chunk within CHUNK_BYTES, at least one panel.  With enough tiles each
      * thread runs whole chunks on its own scratch (no barriers); otherwise the team shares one
      * chunk at a time, phase by phase. */
-    const int64_t per_tile = 36 * (d->c + W.kp) * (int64_t)sizeof(float);
-    W.tcp = FC_MAX(W.nr, CHUNK_BYTES / per_tile / W.nr * W.nr);
+    const size_t per_tile = fc_size_mul3(36 * sizeof(float), (size_t)d->c + (size_t)W.kp, 1);
+    W.tcp = FC_MAX(W.nr, (int64_t)(CHUNK_BYTES / per_tile) / W.nr * W.nr);
     int own = W.tiles >= 2 * team * W.nr;
     if (own) /* at least two chunks per thread, for balance */
         W.tcp = FC_MIN(W.tcp, FC_MAX(W.nr, W.tiles / (2 * team) / W.nr * W.nr));
     W.tcp = FC_MIN(W.tcp, round_up(W.tiles, W.nr));
     W.npan = W.tcp / W.nr;
     const wcall_t args = {.x = x, .u = u, .bias = bias, .residual = residual, .y = y};
-    return run_chunks(&W, run_chunk, args, team, own, W.tiles, W.tcp, (size_t)36 * d->c * W.tcp * sizeof(float),
-                      (size_t)36 * W.kp * W.tcp * sizeof(float), d->c, W.tcp);
+    return run_chunks(&W, run_chunk, args, team, own, W.tiles, W.tcp,
+                      fc_size_mul3(36 * sizeof(float), (size_t)d->c, (size_t)W.tcp),
+                      fc_size_mul3(36 * sizeof(float), (size_t)W.kp, (size_t)W.tcp), d->c, W.tcp);
 }
 
 int fc_f32_conv2d_winograd(const fc_conv2d_desc *d, const float *x, const float *u, const float *bias,
@@ -511,18 +541,8 @@ int fc_f32_winograd_blocked_weights(int64_t k, int64_t c, const float *w, float 
         return FC_EINVAL;
     if (!channels_in_vectors(k, c))
         return fc_f32_winograd_weights(k, c, w, ut, nthreads);
-    const int64_t nr = fc_config()->nr, npk = u_panels(k), cols = npk * nr;
-    int team = fc_team(nthreads, cols * c * 36, 1 << 16);
-    (void)team;
-    #pragma omp parallel for num_threads(team) schedule(static)
-    for (int64_t cc = 0; cc < c; cc++)
-        for (int64_t kk = 0; kk < cols; kk++) {
-            double t[6][6] = {{0}};
-            if (kk < k)
-                filter_transform(w + (kk * c + cc) * 9, t);
-            for (int e = 0; e < 36; e++)
-                ut[(((size_t)e * npk + kk / nr) * c + cc) * nr + kk % nr] = (float)t[e / 6][e % 6];
-        }
+    const ulayout_t l = {.kind = U_PANELS, .c = c, .nr = fc_config()->nr};
+    transform_filters(k, u_panels(k) * l.nr, w, ut, &l, nthreads);
     return FC_OK;
 }
 
@@ -697,7 +717,7 @@ int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int6
         d->groups != 1)
         return FC_EUNSUPPORTED;
     if (d->c % L || d->k % L || (L != 8 && L != 16) || cfg->nr % L || xb < 0 || rb < 0 || yb < 0 || !x || !ut ||
-        !y || (residual == y && rb != yb))
+        !y || (residual == y && rb != yb) || fc_f32_winograd_blocked_weights_size(d->k, d->c) < 0)
         return FC_EINVAL;
     if (!channels_in_vectors(d->k, d->c)) {
         fc_f32_blocked_zero_border(y, d->n, d->k, d->oh, d->ow, yb, nthreads);
@@ -720,9 +740,9 @@ int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int6
     /* Chunks: V^T and M^T of a chunk within CHUNK_BYTES, a multiple of mr tiles; with enough tiles
      * each thread runs whole chunks on its own scratch (at least two per thread, for balance),
      * otherwise the team shares one chunk at a time. */
-    const int64_t per_tile = 36 * (d->c + W.npk * W.nr) * (int64_t)sizeof(float);
+    const size_t per_tile = fc_size_mul3(36 * sizeof(float), (size_t)d->c + (size_t)(W.npk * W.nr), 1);
     const int64_t least = round_up(FC_NR, W.mr); /* fewer tiles a chunk stream U^T once more each */
-    W.tcp = FC_MAX(least, CHUNK_BYTES / per_tile / W.mr * W.mr);
+    W.tcp = FC_MAX(least, (int64_t)(CHUNK_BYTES / per_tile) / W.mr * W.mr);
     const int own = W.tiles >= 2 * team * least;
     if (own)
         W.tcp = FC_MIN(W.tcp, FC_MAX(least, W.tiles / (2 * team) / W.mr * W.mr));
@@ -732,7 +752,8 @@ int fc_f32_conv2d_winograd_blocked(const fc_conv2d_desc *d, const float *x, int6
     fc_f32_blocked_zero_border(y, d->n, d->k, d->oh, d->ow, yb, nthreads);
     const wcall_t args = {.x = x, .u = ut, .bias = bias, .residual = residual, .y = y};
     const int status = run_chunks(&W, run_bchunk, args, team, own, W.tiles, W.tcp,
-                                  (size_t)36 * W.vstride * sizeof(float), (size_t)36 * W.mstride * sizeof(float),
+                                  fc_size_mul3(36 * sizeof(float), (size_t)W.tcp, (size_t)d->c),
+                                  fc_size_mul3(36 * sizeof(float), (size_t)W.tcp, (size_t)(W.npk * W.nr)),
                                   FC_MIN(cfg->kc, d->c), W.nr);
     if (status == FC_OK && kernel)
         *kernel = cfg->winograd_channels_name;
